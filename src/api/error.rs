@@ -1,0 +1,236 @@
+//! The one table from errors to gRPC statuses. Every layer's error enters
+//! the API as an [`ApiError`] through an explicit `From`; every `ApiError`
+//! leaves as a [`tonic::Status`] with a stable code. `INTERNAL` means a bug.
+
+use tonic::{Code, Status};
+
+use crate::keys::KeyError;
+use crate::policy::PolicyError;
+use crate::raft::NodeId;
+use crate::token::TokenError;
+
+/// Metadata key carrying the leader's address on `UNAVAILABLE`.
+pub const LEADER_METADATA: &str = "x-tessera-leader";
+
+/// Errors of the API layer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// The request is malformed.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Missing or bad credentials or token.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Policy or a token rule said no; the message names the rule family.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// This node cannot take the write now (no quorum, not the leader).
+    #[error("{reason}")]
+    Unavailable {
+        /// Why.
+        reason: String,
+        /// The leader's id and address, when known.
+        leader: Option<(NodeId, String)>,
+    },
+    /// A limit was hit.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// A bounded wait ran out.
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// A bug.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<TokenError> for ApiError {
+    fn from(e: TokenError) -> Self {
+        use TokenError as T;
+        let msg = e.to_string();
+        match e {
+            // The presented token or credential is not acceptable.
+            T::TooLarge
+            | T::Malformed(_)
+            | T::ForbiddenHeader(_)
+            | T::CriticalHeader
+            | T::WrongType
+            | T::UnknownKey(_)
+            | T::AlgorithmMismatch
+            | T::BadSignature
+            | T::UnsupportedAlgorithm(_)
+            | T::BadClaims(_)
+            | T::WrongIssuer
+            | T::WrongAudience
+            | T::Expired
+            | T::NotYetValid
+            | T::IssuedInFuture
+            | T::ChainTooLong
+            | T::SubjectExpired
+            | T::Unbound
+            | T::BindingMismatch
+            | T::ActorNotCaller => Self::Unauthenticated(msg),
+            // A rule of exchange said no.
+            T::MayActViolated | T::ScopeWidening | T::NoScopeGranted | T::DepthExceeded => {
+                Self::PermissionDenied(msg)
+            }
+            // The request itself is wrong.
+            T::NoScopeRequested
+            | T::InvalidScope
+            | T::NoAudience
+            | T::InvalidAudience
+            | T::BadLifetime => Self::InvalidArgument(msg),
+            T::InvalidKey(_) | T::Crypto(_) => Self::Internal(msg),
+        }
+    }
+}
+
+impl From<KeyError> for ApiError {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::NoActiveKey => Self::Unavailable {
+                reason: "no active signing key".into(),
+                leader: None,
+            },
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<PolicyError> for ApiError {
+    fn from(e: PolicyError) -> Self {
+        match e {
+            PolicyError::Parse(_) | PolicyError::Invalid(_) => Self::InvalidArgument(e.to_string()),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+type ClientWriteRaftError = openraft::error::RaftError<
+    NodeId,
+    openraft::error::ClientWriteError<NodeId, openraft::BasicNode>,
+>;
+
+impl From<ClientWriteRaftError> for ApiError {
+    fn from(e: ClientWriteRaftError) -> Self {
+        use openraft::error::{ClientWriteError, RaftError};
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Self::Unavailable {
+                reason: "this node is not the leader".into(),
+                leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+            },
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+                Self::InvalidArgument(format!("membership change: {c}"))
+            }
+            RaftError::Fatal(f) => Self::Unavailable {
+                reason: format!("raft stopped: {f}"),
+                leader: None,
+            },
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Self {
+        match e {
+            ApiError::InvalidArgument(m) => Status::invalid_argument(m),
+            ApiError::Unauthenticated(m) => Status::unauthenticated(m),
+            ApiError::PermissionDenied(m) => Status::permission_denied(m),
+            ApiError::Unavailable { reason, leader } => match leader {
+                Some((id, addr)) => {
+                    let mut s = Status::new(
+                        Code::Unavailable,
+                        format!("{reason}; leader is node {id} at {addr}"),
+                    );
+                    if let Ok(v) = addr.parse() {
+                        s.metadata_mut().insert(LEADER_METADATA, v);
+                    }
+                    s
+                }
+                None => Status::unavailable(reason),
+            },
+            ApiError::ResourceExhausted(m) => Status::resource_exhausted(m),
+            ApiError::DeadlineExceeded(m) => Status::deadline_exceeded(m),
+            ApiError::Internal(m) => Status::internal(m),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(e: impl Into<ApiError>) -> Code {
+        Status::from(e.into()).code()
+    }
+
+    #[test]
+    fn table_of_codes() {
+        assert_eq!(
+            code(ApiError::InvalidArgument("x".into())),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            code(ApiError::Unauthenticated("x".into())),
+            Code::Unauthenticated
+        );
+        assert_eq!(
+            code(ApiError::PermissionDenied("x".into())),
+            Code::PermissionDenied
+        );
+        assert_eq!(
+            code(ApiError::ResourceExhausted("x".into())),
+            Code::ResourceExhausted
+        );
+        assert_eq!(
+            code(ApiError::DeadlineExceeded("x".into())),
+            Code::DeadlineExceeded
+        );
+        assert_eq!(code(ApiError::Internal("x".into())), Code::Internal);
+        assert_eq!(
+            code(ApiError::Unavailable {
+                reason: "x".into(),
+                leader: None
+            }),
+            Code::Unavailable
+        );
+    }
+
+    #[test]
+    fn unavailable_names_the_leader() {
+        let s = Status::from(ApiError::Unavailable {
+            reason: "not leader".into(),
+            leader: Some((2, "10.0.0.2:7443".into())),
+        });
+        assert_eq!(s.code(), Code::Unavailable);
+        assert!(s.message().contains("node 2 at 10.0.0.2:7443"));
+        assert_eq!(s.metadata().get(LEADER_METADATA).unwrap(), "10.0.0.2:7443");
+    }
+
+    #[test]
+    fn token_errors_by_family() {
+        assert_eq!(code(TokenError::BadSignature), Code::Unauthenticated);
+        assert_eq!(code(TokenError::Expired), Code::Unauthenticated);
+        assert_eq!(code(TokenError::TooLarge), Code::Unauthenticated);
+        assert_eq!(
+            code(TokenError::UnknownKey("k".into())),
+            Code::Unauthenticated
+        );
+        assert_eq!(code(TokenError::BindingMismatch), Code::Unauthenticated);
+        assert_eq!(code(TokenError::ActorNotCaller), Code::Unauthenticated);
+        assert_eq!(code(TokenError::ScopeWidening), Code::PermissionDenied);
+        assert_eq!(code(TokenError::MayActViolated), Code::PermissionDenied);
+        assert_eq!(code(TokenError::DepthExceeded), Code::PermissionDenied);
+        assert_eq!(code(TokenError::NoScopeGranted), Code::PermissionDenied);
+        assert_eq!(code(TokenError::NoScopeRequested), Code::InvalidArgument);
+        assert_eq!(code(TokenError::NoAudience), Code::InvalidArgument);
+        assert_eq!(code(TokenError::Crypto("x")), Code::Internal);
+    }
+
+    #[test]
+    fn other_layers() {
+        assert_eq!(code(KeyError::NoActiveKey), Code::Unavailable);
+        assert_eq!(code(PolicyError::Parse("x".into())), Code::InvalidArgument);
+        assert_eq!(code(PolicyError::Internal("x".into())), Code::Internal);
+    }
+}

@@ -1,0 +1,35 @@
+//! `KeyService`: the JSON Web Key Set of every key that may have signed a
+//! live token (pending, active and retired keys).
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::Shared;
+use crate::pb;
+
+/// The `KeyService` implementation.
+pub struct KeyApi {
+    shared: Arc<Shared>,
+}
+
+impl KeyApi {
+    pub(super) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::key_service_server::KeyService for KeyApi {
+    async fn get_jwks(
+        &self,
+        _req: Request<pb::GetJwksRequest>,
+    ) -> Result<Response<pb::GetJwksResponse>, Status> {
+        let revision = self.shared.state.revision();
+        let ring = self.shared.key_ring()?;
+        Ok(Response::new(pb::GetJwksResponse {
+            jwks_json: ring.verifiers().to_jwks_json(),
+            revision,
+        }))
+    }
+}

@@ -1,0 +1,223 @@
+//! `tessera serve`: flags, environment and TOML file merged (flag > env >
+//! file > default) and validated into the library's `Config`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+use tessera::api::AuditSink;
+use tessera::node::{self, Config, KekSource, Listeners, TokenSettings};
+use tessera::tls::TlsFiles;
+
+use super::CliError;
+
+/// The example policy, used by `--dev` when no policy file is given.
+const EXAMPLE_POLICY: &str = include_str!("../../deploy/policy/example.cedar");
+
+/// Options of `tessera serve`. Every flag also reads `TESSERA_<NAME>`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (keys as the long flags, with underscores).
+    #[arg(long, env = "TESSERA_CONFIG")]
+    config: Option<PathBuf>,
+    /// Development mode: creates certificates, a KEK and data under --dev-dir
+    /// and installs the example policy.
+    #[arg(long)]
+    dev: bool,
+    /// Directory for development state.
+    #[arg(long, env = "TESSERA_DEV_DIR", default_value = ".tessera-dev")]
+    dev_dir: PathBuf,
+    /// Raft node id (>= 1).
+    #[arg(long, env = "TESSERA_NODE_ID")]
+    node_id: Option<u64>,
+    /// Address to listen on for the public API.
+    #[arg(long, env = "TESSERA_LISTEN")]
+    listen: Option<String>,
+    /// Address other nodes use to reach this one (defaults to --listen).
+    #[arg(long, env = "TESSERA_ADVERTISE")]
+    advertise: Option<String>,
+    /// Data directory (sled database).
+    #[arg(long, env = "TESSERA_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// CA certificate (PEM) trusted for clients and peers.
+    #[arg(long, env = "TESSERA_CA")]
+    ca: Option<PathBuf>,
+    /// This node's certificate (PEM).
+    #[arg(long, env = "TESSERA_CERT")]
+    cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, env = "TESSERA_KEY")]
+    key: Option<PathBuf>,
+    /// File holding the key-encryption key (32 bytes, base64 or hex).
+    /// `TESSERA_KEK` may hold the key itself instead.
+    #[arg(long, env = "TESSERA_KEK_FILE")]
+    kek_file: Option<PathBuf>,
+    /// Cedar policy installed when the cluster is initialised.
+    #[arg(long, env = "TESSERA_POLICY")]
+    policy: Option<PathBuf>,
+    /// Issuer (`iss`) of every token.
+    #[arg(long, env = "TESSERA_ISSUER")]
+    issuer: Option<String>,
+    /// Default token lifetime, seconds.
+    #[arg(long, env = "TESSERA_DEFAULT_LIFETIME")]
+    default_lifetime: Option<u64>,
+    /// Maximum token lifetime, seconds.
+    #[arg(long, env = "TESSERA_MAX_LIFETIME")]
+    max_lifetime: Option<u64>,
+    /// Maximum delegation depth.
+    #[arg(long, env = "TESSERA_MAX_DEPTH")]
+    max_depth: Option<usize>,
+    /// Audit log file ("-" for stderr).
+    #[arg(long, env = "TESSERA_AUDIT_LOG")]
+    audit_log: Option<PathBuf>,
+}
+
+/// The TOML file: the same settings as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    node_id: Option<u64>,
+    listen: Option<String>,
+    advertise: Option<String>,
+    data_dir: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    kek_file: Option<PathBuf>,
+    policy: Option<PathBuf>,
+    issuer: Option<String>,
+    default_lifetime: Option<u64>,
+    max_lifetime: Option<u64>,
+    max_depth: Option<usize>,
+    audit_log: Option<PathBuf>,
+}
+
+fn usage(msg: impl Into<String>) -> CliError {
+    CliError::Usage(msg.into())
+}
+
+fn read_policy(path: &Path) -> Result<String, CliError> {
+    std::fs::read_to_string(path).map_err(|e| usage(format!("policy file {}: {e}", path.display())))
+}
+
+/// Builds the node configuration and the listen address.
+fn build(a: ServeArgs) -> Result<(Config, String), CliError> {
+    let file: FileConfig = match &a.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| usage(format!("config file {}: {e}", p.display())))?;
+            toml::from_str(&text).map_err(|e| usage(format!("config file {}: {e}", p.display())))?
+        }
+        None => FileConfig::default(),
+    };
+    let dev = a.dev;
+    let dev_dir = a.dev_dir.clone();
+    let certs = dev_dir.join("certs");
+    if dev && !certs.join("ca.pem").exists() {
+        tessera::certs::init_dev_pki(&certs, &tessera::certs::DevPkiOptions::default())
+            .map_err(|e| usage(format!("creating development certificates: {e}")))?;
+        eprintln!("created development certificates in {}", certs.display());
+    }
+    macro_rules! pick {
+        ($f:ident) => {
+            a.$f.clone().or(file.$f.clone())
+        };
+    }
+    let node_id = pick!(node_id).unwrap_or(1);
+    let listen = pick!(listen)
+        .or_else(|| dev.then(|| "127.0.0.1:7443".to_string()))
+        .ok_or_else(|| usage("--listen is required (or --dev)"))?;
+    let advertise = pick!(advertise).unwrap_or_else(|| listen.clone());
+    let data_dir = pick!(data_dir)
+        .or_else(|| dev.then(|| dev_dir.join(format!("node{node_id}"))))
+        .ok_or_else(|| usage("--data-dir is required (or --dev)"))?;
+    let dev_file = |name: &str| dev.then(|| certs.join(name));
+    let tls = TlsFiles {
+        ca: pick!(ca)
+            .or_else(|| dev_file("ca.pem"))
+            .ok_or_else(|| usage("--ca is required (or --dev)"))?,
+        cert: pick!(cert)
+            .or_else(|| dev_file(&format!("node{node_id}.pem")))
+            .ok_or_else(|| usage("--cert is required (or --dev)"))?,
+        key: pick!(key)
+            .or_else(|| dev_file(&format!("node{node_id}.key")))
+            .ok_or_else(|| usage("--key is required (or --dev)"))?,
+    };
+    for (what, p) in [
+        ("CA", &tls.ca),
+        ("certificate", &tls.cert),
+        ("key", &tls.key),
+    ] {
+        if !p.exists() {
+            return Err(usage(format!("{what} file {} does not exist", p.display())));
+        }
+    }
+    let kek = if let Some(p) = pick!(kek_file) {
+        KekSource::File(p)
+    } else if let Ok(text) = std::env::var("TESSERA_KEK") {
+        KekSource::Text(text)
+    } else if dev {
+        KekSource::Generate(dev_dir.join("kek"))
+    } else {
+        return Err(usage(
+            "a key-encryption key is required: --kek-file or TESSERA_KEK (or --dev)",
+        ));
+    };
+    let initial_policy = match pick!(policy) {
+        Some(p) => Some(read_policy(&p)?),
+        None if dev => Some(EXAMPLE_POLICY.to_string()),
+        None => None,
+    };
+    if let Some(text) = &initial_policy {
+        tessera::policy::PolicyEngine::validate(text).map_err(|e| usage(format!("policy: {e}")))?;
+    }
+    let defaults = TokenSettings::default();
+    let token = TokenSettings {
+        issuer: pick!(issuer).unwrap_or(defaults.issuer),
+        default_lifetime: pick!(default_lifetime).unwrap_or(defaults.default_lifetime),
+        max_lifetime: pick!(max_lifetime).unwrap_or(defaults.max_lifetime),
+        max_depth: pick!(max_depth).unwrap_or(defaults.max_depth),
+        ..defaults
+    };
+    let audit = match pick!(audit_log) {
+        Some(p) if p.as_os_str() == "-" => AuditSink::Stderr,
+        Some(p) => AuditSink::File(p),
+        None if dev => AuditSink::File(dev_dir.join(format!("audit-node{node_id}.jsonl"))),
+        None => AuditSink::File(data_dir.join("audit.jsonl")),
+    };
+    let mut config = Config::new(node_id, data_dir, advertise, tls, kek);
+    config.initial_policy = initial_policy;
+    config.token = token;
+    config.audit = audit;
+    config.read_wait_max = Duration::from_secs(5);
+    config.validate().map_err(usage)?;
+    Ok((config, listen))
+}
+
+/// Runs `tessera serve`.
+pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
+    let (config, listen) = build(args)?;
+    let api = tokio::net::TcpListener::bind(&listen)
+        .await
+        .map_err(|e| usage(format!("cannot listen on {listen}: {e}")))?;
+    eprintln!("tessera node {} listening on {listen}", config.node_id);
+    node::run(config, Listeners { api }, shutdown_signal())
+        .await
+        .map_err(|e| CliError::Failed(e.into()))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}

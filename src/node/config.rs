@@ -1,0 +1,129 @@
+//! The validated configuration a node runs with. The command line and the
+//! config file live in `main.rs`; this is what the library sees, with every
+//! value checked and defaulted.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::api::AuditSink;
+pub use crate::api::TokenSettings;
+use crate::clock::{Clock, SystemClock};
+use crate::tls::TlsFiles;
+
+/// Where the key-encryption key comes from.
+#[derive(Clone)]
+pub enum KekSource {
+    /// A file holding 32 bytes as base64 or hex.
+    File(PathBuf),
+    /// The KEK text itself (read from `TESSERA_KEK` by `main`).
+    Text(String),
+    /// Development only: load or generate a KEK file.
+    Generate(PathBuf),
+}
+
+impl std::fmt::Debug for KekSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(p) => f.debug_tuple("File").field(p).finish(),
+            Self::Text(_) => f.write_str("Text(<redacted>)"),
+            Self::Generate(p) => f.debug_tuple("Generate").field(p).finish(),
+        }
+    }
+}
+
+/// A node's configuration.
+#[derive(Clone)]
+pub struct Config {
+    /// Raft node id.
+    pub node_id: u64,
+    /// Directory holding the sled database.
+    pub data_dir: PathBuf,
+    /// Address other nodes and clients reach this node at (host:port).
+    pub advertise_addr: String,
+    /// Certificate, key and CA for mutual TLS.
+    pub tls: TlsFiles,
+    /// The key-encryption key.
+    pub kek: KekSource,
+    /// The Cedar policy text installed when the cluster is initialised.
+    pub initial_policy: Option<String>,
+    /// Token settings.
+    pub token: TokenSettings,
+    /// Longest an `Introspect` with `min_revision` waits.
+    pub read_wait_max: Duration,
+    /// How often the leader purges expired revocations.
+    pub purge_interval: Duration,
+    /// Where audit records go.
+    pub audit: AuditSink,
+    /// The clock (tests inject a manual one).
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("node_id", &self.node_id)
+            .field("data_dir", &self.data_dir)
+            .field("advertise_addr", &self.advertise_addr)
+            .field("tls", &self.tls)
+            .field("kek", &self.kek)
+            .field("token", &self.token)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// A configuration with defaults for everything but the essentials.
+    pub fn new(
+        node_id: u64,
+        data_dir: PathBuf,
+        advertise_addr: String,
+        tls: TlsFiles,
+        kek: KekSource,
+    ) -> Self {
+        Self {
+            node_id,
+            data_dir,
+            advertise_addr,
+            tls,
+            kek,
+            initial_policy: None,
+            token: TokenSettings::default(),
+            read_wait_max: Duration::from_secs(5),
+            purge_interval: Duration::from_secs(60),
+            audit: AuditSink::Stderr,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Checks the values that no type can: returns a message naming the
+    /// first bad setting.
+    pub fn validate(&self) -> Result<(), String> {
+        let t = &self.token;
+        if self.node_id == 0 {
+            return Err("node id must be at least 1".into());
+        }
+        if t.issuer.is_empty() {
+            return Err("issuer must not be empty".into());
+        }
+        if t.default_lifetime == 0 || t.max_lifetime == 0 {
+            return Err("token lifetimes must be positive".into());
+        }
+        if t.default_lifetime > t.max_lifetime {
+            return Err(format!(
+                "default token lifetime {}s exceeds the maximum {}s",
+                t.default_lifetime, t.max_lifetime
+            ));
+        }
+        if t.max_depth == 0 || t.max_depth > 32 {
+            return Err("max delegation depth must be between 1 and 32".into());
+        }
+        if t.max_token_len < 512 || t.max_token_len > 1024 * 1024 {
+            return Err("max token size must be between 512 bytes and 1 MiB".into());
+        }
+        if self.purge_interval.is_zero() {
+            return Err("purge interval must be positive".into());
+        }
+        Ok(())
+    }
+}

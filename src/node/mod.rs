@@ -1,0 +1,349 @@
+//! Wiring: opens the store, starts Raft, bootstraps a new cluster (first
+//! signing key, initial policy), and serves the public gRPC API over mutual
+//! TLS until told to stop.
+//!
+//! `run(config, listeners, shutdown)` is the whole node; tests use
+//! [`start`] to get a [`Node`] handle with access to Raft metrics, so they
+//! can wait on events instead of sleeping.
+
+mod config;
+mod network;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::BasicNode;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::Instrument as _;
+
+pub use config::{Config, KekSource, TokenSettings};
+pub use network::SoloNetwork;
+
+use crate::api::{self, AuditLog, Shared};
+use crate::keys::{self, Kek};
+use crate::raft::{Command, KeyState, NodeId, Op, TypeConfig};
+use crate::store::{self, StateView};
+
+/// The Raft handle type.
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// How long a node waits to become leader of its fresh one-node cluster.
+const LEADER_WAIT: Duration = Duration::from_secs(30);
+/// How long shutdown waits for Raft's workers to release the store.
+const STORE_CLOSE_WAIT: Duration = Duration::from_secs(30);
+
+/// Errors that stop a node from starting or stopping cleanly.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The key-encryption key or the key ring.
+    #[error(transparent)]
+    Keys(#[from] keys::KeyError),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// TLS material could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// The initial policy is invalid.
+    #[error("initial policy: {0}")]
+    Policy(#[from] crate::policy::PolicyError),
+    /// Raft failed.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// An I/O error (listeners, audit log).
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The listeners a node serves on; bound by the caller (port 0 in tests).
+#[derive(Debug)]
+pub struct Listeners {
+    /// The public API (gRPC over mTLS).
+    pub api: TcpListener,
+}
+
+/// A running node.
+pub struct Node {
+    id: NodeId,
+    raft: Raft,
+    state: StateView,
+    api_addr: std::net::SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    audit_thread: Option<std::thread::JoinHandle<()>>,
+    shared: Option<Arc<Shared>>,
+    store_closed: watch::Receiver<()>,
+}
+
+impl Node {
+    /// This node's Raft id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The Raft handle (metrics, waits).
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The applied state.
+    pub fn state(&self) -> &StateView {
+        &self.state
+    }
+
+    /// Where the public API listens.
+    pub fn api_addr(&self) -> std::net::SocketAddr {
+        self.api_addr
+    }
+
+    /// Stops serving (in-flight calls finish), stops Raft, and releases the
+    /// store, so the same data directory can be opened again.
+    pub async fn shutdown(self) -> Result<(), NodeError> {
+        let Node {
+            id,
+            raft,
+            state,
+            stop,
+            tasks,
+            audit_thread,
+            shared,
+            store_closed,
+            ..
+        } = self;
+        let _ = stop.send(true);
+        for t in tasks {
+            let _ = t.await;
+        }
+        drop(shared);
+        raft.shutdown()
+            .await
+            .map_err(|e| NodeError::Raft(format!("shutdown: {e}")))?;
+        drop(raft);
+        drop(state);
+        // openraft's workers drop their store handles as they wind down;
+        // wait (bounded) until the database is really closed.
+        let mut closed = store_closed;
+        let gone = async move { while closed.changed().await.is_ok() {} };
+        if tokio::time::timeout(STORE_CLOSE_WAIT, gone).await.is_err() {
+            return Err(NodeError::Raft("store still open after shutdown".into()));
+        }
+        if let Some(t) = audit_thread {
+            // The writer ends when the last AuditLog handle is gone.
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        tracing::info!(node = id, "node stopped");
+        Ok(())
+    }
+}
+
+/// Runs a node until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), NodeError> {
+    let node = start(config, listeners).await?;
+    shutdown.await;
+    tracing::info!("shutdown requested");
+    node.shutdown().await
+}
+
+fn raft_config() -> Result<Arc<openraft::Config>, NodeError> {
+    let c = openraft::Config {
+        cluster_name: "tessera".into(),
+        heartbeat_interval: 100,
+        election_timeout_min: 300,
+        election_timeout_max: 600,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10_000),
+        max_in_snapshot_log_to_keep: 1_000,
+        ..Default::default()
+    };
+    Ok(Arc::new(
+        c.validate()
+            .map_err(|e| NodeError::Config(format!("raft: {e}")))?,
+    ))
+}
+
+/// Starts a node: opens its store, starts Raft, initialises and bootstraps
+/// the cluster if it is new, and serves the API.
+pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeError> {
+    config.validate().map_err(NodeError::Config)?;
+    let kek = Arc::new(match &config.kek {
+        KekSource::File(p) => Kek::from_file(p)?,
+        KekSource::Text(t) => Kek::from_text(t)?,
+        KekSource::Generate(p) => Kek::load_or_generate(p)?,
+    });
+    let server_tls = crate::tls::server_config(&config.tls)?;
+    let api_addr = listeners.api.local_addr()?;
+
+    let dir = config.data_dir.clone();
+    let (log_store, state_machine, state) = tokio::task::spawn_blocking(move || store::open(&dir))
+        .await
+        .map_err(|e| NodeError::Raft(format!("store open task: {e}")))??;
+
+    let store_closed = log_store.closed_signal();
+    let raft = Raft::new(
+        config.node_id,
+        raft_config()?,
+        SoloNetwork,
+        log_store,
+        state_machine,
+    )
+    .await
+    .map_err(|e| NodeError::Raft(e.to_string()))?;
+
+    if !raft
+        .is_initialized()
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?
+    {
+        let mut members = BTreeMap::new();
+        members.insert(
+            config.node_id,
+            BasicNode::new(config.advertise_addr.clone()),
+        );
+        raft.initialize(members)
+            .await
+            .map_err(|e| NodeError::Raft(format!("initialize: {e}")))?;
+        tracing::info!(node = config.node_id, "initialized a new one-node cluster");
+    }
+    raft.wait(Some(LEADER_WAIT))
+        .current_leader(config.node_id, "this node leads its one-node cluster")
+        .await
+        .map_err(|e| NodeError::Raft(format!("waiting for leadership: {e}")))?;
+
+    bootstrap(&config, &raft, &state, &kek).await?;
+
+    let (audit, audit_thread) = AuditLog::start(config.audit.clone())?;
+    let shared = Arc::new(Shared::new(
+        raft.clone(),
+        state.clone(),
+        kek.clone(),
+        config.token.clone(),
+        config.read_wait_max,
+        config.clock.clone(),
+        audit,
+    ));
+    // Fail at start, not at the first request, if the KEK is wrong.
+    shared
+        .key_ring()
+        .map_err(|e| NodeError::Raft(format!("key ring: {e}")))?;
+
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(
+        api::serve(
+            shared.clone(),
+            listeners.api,
+            server_tls,
+            wait_stop(stop_rx.clone()),
+        )
+        .instrument(tracing::info_span!("api-server", node = config.node_id)),
+    ));
+    tasks.push(tokio::spawn(
+        purge_loop(raft.clone(), state.clone(), config.clone(), stop_rx.clone())
+            .instrument(tracing::info_span!("purge", node = config.node_id)),
+    ));
+    tracing::info!(node = config.node_id, addr = %api_addr, revision = state.revision(), "node serving");
+    Ok(Node {
+        id: config.node_id,
+        raft,
+        state,
+        api_addr,
+        stop,
+        tasks,
+        audit_thread,
+        shared: Some(shared),
+        store_closed,
+    })
+}
+
+async fn wait_stop(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// On a new cluster: the first signing key and the initial policy.
+async fn bootstrap(
+    config: &Config,
+    raft: &Raft,
+    state: &StateView,
+    kek: &Kek,
+) -> Result<(), NodeError> {
+    let now = config.clock.now();
+    if state.keys().is_empty() {
+        let key = keys::new_ed25519_record(kek, KeyState::Active, now)?;
+        tracing::info!(kid = %key.kid, kek_id = %kek.id(), "bootstrap: first signing key");
+        write(
+            raft,
+            Command {
+                at: now,
+                op: Op::AddKey { key },
+            },
+        )
+        .await?;
+    }
+    if state.policy().is_none() {
+        match &config.initial_policy {
+            Some(text) => {
+                crate::policy::PolicyEngine::validate(text)?;
+                write(
+                    raft,
+                    Command {
+                        at: now,
+                        op: Op::PutPolicy { text: text.clone() },
+                    },
+                )
+                .await?;
+                tracing::info!("bootstrap: initial policy installed");
+            }
+            None => tracing::warn!("no policy installed: every request will be denied"),
+        }
+    }
+    Ok(())
+}
+
+async fn write(raft: &Raft, cmd: Command) -> Result<u64, NodeError> {
+    raft.client_write(cmd)
+        .await
+        .map(|r| r.data.revision)
+        .map_err(|e| NodeError::Raft(e.to_string()))
+}
+
+/// Purges revocation entries no token can match any more, so the set stays
+/// bounded by token lifetimes. Only the leader proposes; the command carries
+/// the leader's time so every replica drops the same entries.
+async fn purge_loop(raft: Raft, state: StateView, config: Config, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(config.purge_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tick.tick() => {}
+        }
+        let is_leader = raft.metrics().borrow().current_leader == Some(config.node_id);
+        if !is_leader || state.revocation_count() == 0 {
+            continue;
+        }
+        let at = config.clock.now();
+        match raft.client_write(Command { at, op: Op::Purge }).await {
+            Ok(r) => {
+                if r.data.changed > 0 {
+                    tracing::info!(
+                        removed = r.data.changed,
+                        revision = r.data.revision,
+                        "purged expired revocations"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "purge failed"),
+        }
+    }
+}

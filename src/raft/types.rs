@@ -1,0 +1,162 @@
+//! The replicated data model: openraft's type configuration, the commands the
+//! leader proposes and what applying them answers.
+//!
+//! This file is data only (no I/O) so that `store` can implement openraft's
+//! storage traits for it without depending on the network or the services.
+
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+/// A node's id in the Raft group.
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// openraft type configuration for Tessera.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResponse,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// A Raft log id for this type configuration.
+pub type LogId = openraft::LogId<NodeId>;
+/// A Raft log entry for this type configuration.
+pub type Entry = openraft::Entry<TypeConfig>;
+/// Membership as stored alongside the state machine.
+pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
+/// A snapshot of the state machine.
+pub type Snapshot = openraft::Snapshot<TypeConfig>;
+/// openraft's storage error for this configuration.
+pub type StorageError = openraft::StorageError<NodeId>;
+
+/// One replicated command. `at` is the leader's clock (unix seconds) at the
+/// time it proposed the command: applying a command never reads the local
+/// clock, so every replica computes the same state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// Leader wall-clock time in unix seconds when the command was proposed.
+    pub at: u64,
+    /// What to do.
+    pub op: Op,
+}
+
+/// The operations the state machine understands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Revoke tokens by `jti`. Every token whose own `jti` or any ancestor
+    /// `jti` is listed becomes inactive. `until` is when the entry may be
+    /// purged: no token it can match is still valid after it.
+    RevokeJtis {
+        /// The revoked `jti`s with their purge times.
+        jtis: Vec<RevokedJti>,
+    },
+    /// Every token of `subject` issued at or before `cutoff` is inactive.
+    RevokeSubject {
+        /// The token `sub` claim value.
+        subject: String,
+        /// Tokens with `iat <= cutoff` are inactive.
+        cutoff: u64,
+        /// When the entry may be purged.
+        until: u64,
+    },
+    /// Every token whose `client_id` is `client` issued at or before `cutoff`
+    /// is inactive.
+    RevokeClient {
+        /// The token `client_id` claim value (the caller identity it was issued to).
+        client: String,
+        /// Tokens with `iat <= cutoff` are inactive.
+        cutoff: u64,
+        /// When the entry may be purged.
+        until: u64,
+    },
+    /// Store a new version of the policy document. The version is the log
+    /// index the command is applied at.
+    PutPolicy {
+        /// Cedar policy text, validated against the schema before proposal.
+        text: String,
+    },
+    /// Add a signing key to the key ring.
+    AddKey {
+        /// The key record (private part sealed with the cluster KEK).
+        key: KeyRecord,
+    },
+    /// Change a key's lifecycle state.
+    SetKeyState {
+        /// Key id.
+        kid: String,
+        /// New state.
+        state: KeyState,
+    },
+    /// Drop revocation entries whose `until` is before `at`.
+    Purge,
+}
+
+/// A revoked `jti` and when it may be forgotten.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedJti {
+    /// The token id.
+    pub jti: String,
+    /// Unix seconds after which no token carrying this `jti` can be valid.
+    pub until: u64,
+}
+
+/// Lifecycle of a signing key. Pending keys are published but never sign;
+/// active keys sign; retired keys are published until `not_after` so that the
+/// tokens they signed still verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyState {
+    /// Published in JWKS, not yet signing.
+    Pending,
+    /// Signs new tokens.
+    Active,
+    /// No longer signs; published until every token it signed has expired.
+    Retired,
+}
+
+/// A signing key as replicated. The private key never travels or rests in
+/// the clear: `sealed_private_key` is AES-256-GCM under the cluster KEK.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// Key id (`kid`).
+    pub kid: String,
+    /// JWS algorithm, `EdDSA` or `ES256`.
+    pub alg: String,
+    /// Raw public key bytes (32 bytes for Ed25519, SEC1 uncompressed for P-256).
+    pub public_key: Vec<u8>,
+    /// Nonce followed by the AES-256-GCM ciphertext of the PKCS#8 private key.
+    pub sealed_private_key: Vec<u8>,
+    /// Id of the KEK that sealed it (a hash prefix, never the KEK itself).
+    pub kek_id: String,
+    /// Lifecycle state.
+    pub state: KeyState,
+    /// Unix seconds when the key was created.
+    pub created_at: u64,
+}
+
+impl std::fmt::Debug for KeyRecord {
+    // The sealed key is not secret without the KEK, but it has no business in logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRecord")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .field("state", &self.state)
+            .field("kek_id", &self.kek_id)
+            .field("created_at", &self.created_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What applying a command answers. `revision` is the log index the command
+/// was applied at: the state machine's revision after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandResponse {
+    /// Log index at which the command took effect.
+    pub revision: u64,
+    /// How many entries the command changed (0 for an idempotent repeat).
+    pub changed: u64,
+}

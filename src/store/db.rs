@@ -1,0 +1,183 @@
+//! The sled database shared by the log store and the state machine: tree
+//! names, key encoding, the JSON codec and the one place where writes are
+//! made durable ([`Db::durable_flush`]).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::StoreError;
+
+/// Raft log entries, keyed by big-endian log index so that sled's byte order
+/// is log order.
+pub(crate) const T_LOG: &str = "log";
+/// Vote, committed log id and last purged log id.
+pub(crate) const T_LOG_META: &str = "log_meta";
+/// Revoked jtis: jti -> until.
+pub(crate) const T_SM_JTIS: &str = "sm_jtis";
+/// Subject cut-offs: subject -> cut-off.
+pub(crate) const T_SM_SUBJECTS: &str = "sm_subjects";
+/// Client cut-offs: client -> cut-off.
+pub(crate) const T_SM_CLIENTS: &str = "sm_clients";
+/// Signing keys: kid -> key record.
+pub(crate) const T_SM_KEYS: &str = "sm_keys";
+/// The current policy document.
+pub(crate) const T_SM_POLICY: &str = "sm_policy";
+/// Last applied log id, last membership, key ring version.
+pub(crate) const T_SM_META: &str = "sm_meta";
+/// The current snapshot: meta and data.
+pub(crate) const T_SNAPSHOT: &str = "snapshot";
+
+/// One node's sled database and its trees.
+pub(crate) struct Db {
+    db: sled::Db,
+    /// sled's data file: the file `durable_flush` fsyncs.
+    data_file: PathBuf,
+    pub(crate) log: sled::Tree,
+    pub(crate) log_meta: sled::Tree,
+    pub(crate) sm_jtis: sled::Tree,
+    pub(crate) sm_subjects: sled::Tree,
+    pub(crate) sm_clients: sled::Tree,
+    pub(crate) sm_keys: sled::Tree,
+    pub(crate) sm_policy: sled::Tree,
+    pub(crate) sm_meta: sled::Tree,
+    pub(crate) snapshot: sled::Tree,
+    /// Serialises read-compare-write of the snapshot tree: a snapshot build
+    /// runs concurrently with apply and install, and must never replace a
+    /// newer stored snapshot with an older one.
+    pub(crate) snapshot_lock: Mutex<()>,
+    /// Completed fsyncs, so tests can show an acknowledgement follows one.
+    fsyncs: AtomicU64,
+    /// Dropped last (fields drop in order), after every sled handle: its
+    /// receivers learn that the database, and its file lock, are released.
+    closed: tokio::sync::watch::Sender<()>,
+}
+
+impl Db {
+    /// Opens (or creates) the database in `dir`. Blocking.
+    pub(crate) fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let db = sled::Config::new()
+            .path(dir)
+            .open()
+            .map_err(|source| StoreError::Open {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        let tree = |name: &str| db.open_tree(name).map_err(StoreError::from);
+        let this = Db {
+            data_file: dir.join("db"),
+            log: tree(T_LOG)?,
+            log_meta: tree(T_LOG_META)?,
+            sm_jtis: tree(T_SM_JTIS)?,
+            sm_subjects: tree(T_SM_SUBJECTS)?,
+            sm_clients: tree(T_SM_CLIENTS)?,
+            sm_keys: tree(T_SM_KEYS)?,
+            sm_policy: tree(T_SM_POLICY)?,
+            sm_meta: tree(T_SM_META)?,
+            snapshot: tree(T_SNAPSHOT)?,
+            snapshot_lock: Mutex::new(()),
+            fsyncs: AtomicU64::new(0),
+            closed: tokio::sync::watch::Sender::new(()),
+            db,
+        };
+        // A freshly created data file is only durable once its directory
+        // entry is: fsync the directory once, now that sled has created it.
+        this.durable_flush()?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| StoreError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        // The directory itself may just have been created. Best effort: the
+        // parent may not be ours to open.
+        let parent = dir
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if let Err(e) = File::open(parent).and_then(|d| d.sync_all()) {
+            tracing::warn!(path = %parent.display(), error = %e, "cannot fsync the data directory's parent");
+        }
+        Ok(this)
+    }
+
+    /// A receiver whose `changed()` fails once this database is closed.
+    pub(crate) fn closed(&self) -> tokio::sync::watch::Receiver<()> {
+        self.closed.subscribe()
+    }
+
+    /// Makes every write issued so far durable. Blocking.
+    ///
+    /// sled 0.34's `flush()` ends in `sync_file_range`, which writes the
+    /// pages but neither the file's metadata nor the disk cache: it is not a
+    /// durability guarantee. An fsync of sled's data file through any file
+    /// descriptor syncs the inode, so it completes the flush.
+    pub(crate) fn durable_flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        File::open(&self.data_file)
+            .and_then(|f| f.sync_all())
+            .map_err(|source| StoreError::Io {
+                path: self.data_file.clone(),
+                source,
+            })?;
+        self.fsyncs.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// How many fsyncs of the data file have completed since open.
+    pub(crate) fn fsync_count(&self) -> u64 {
+        self.fsyncs.load(Ordering::SeqCst)
+    }
+}
+
+/// The key of the log entry at `index`.
+pub(crate) fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+/// Encodes a value for storage.
+pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(StoreError::Encode)
+}
+
+/// Decodes a value read from `tree`.
+pub(crate) fn decode<T: DeserializeOwned>(
+    tree: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        tree,
+        reason: e.to_string(),
+    })
+}
+
+/// Reads and decodes `key` of `tree`.
+pub(crate) fn get<T: DeserializeOwned>(
+    tree: &sled::Tree,
+    name: &'static str,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    match tree.get(key)? {
+        Some(bytes) => decode(name, &bytes).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Runs blocking sled or file work off the async runtime.
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T, StoreError>
+where
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+}

@@ -1,0 +1,434 @@
+//! The Raft log and vote: openraft's [`RaftLogStorage`] over sled.
+//!
+//! Entries live in their own tree keyed by big-endian index; the vote, the
+//! committed log id and the last purged log id in a small meta tree. Every
+//! write that Raft relies on having survived a crash (append, vote,
+//! truncate, purge) ends with [`Db::durable_flush`] before it is
+//! acknowledged.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{AnyError, LogState, OptionalSend, RaftLogReader, StorageIOError, Vote};
+
+use super::db::{self, blocking, Db};
+use super::StoreError;
+use crate::raft::{Entry, LogId, NodeId, StorageError, TypeConfig};
+
+const K_VOTE: &str = "vote";
+const K_COMMITTED: &str = "committed";
+const K_LAST_PURGED: &str = "last_purged";
+
+/// Most entries one `limited_get_log_entries` call returns, so that one
+/// replication message stays bounded however far a follower lags.
+const MAX_ENTRIES_PER_READ: usize = 512;
+
+/// The Raft log store of one node. openraft serialises calls to it (every
+/// method takes `&mut self` and completes its write before returning).
+pub struct LogStore {
+    db: Arc<Db>,
+}
+
+/// A read-only handle on the log, used by replication tasks.
+#[derive(Clone)]
+pub struct LogReader {
+    db: Arc<Db>,
+}
+
+impl LogStore {
+    pub(crate) fn new(db: Arc<Db>) -> Self {
+        LogStore { db }
+    }
+
+    /// A signal for the owner: `changed()` on the receiver returns an error
+    /// once every handle on the database is gone and its file lock is
+    /// released, so the same directory can be opened again.
+    pub fn closed_signal(&self) -> tokio::sync::watch::Receiver<()> {
+        self.db.closed()
+    }
+
+    /// How many fsyncs of the database have completed since it was opened.
+    /// Shared with the state machine (one database per node).
+    pub fn fsync_count(&self) -> u64 {
+        self.db.fsync_count()
+    }
+
+    /// Writes `entries` as one batch, makes them durable, then calls `done`
+    /// (never before the fsync has completed). Returns once the entries are
+    /// readable.
+    async fn append_then<F>(&mut self, entries: Vec<Entry>, done: F) -> Result<(), StorageError>
+    where
+        F: FnOnce(io::Result<()>) + Send + 'static,
+    {
+        let db = self.db.clone();
+        let flushed = blocking(move || {
+            write_entries(&db, &entries)?;
+            // Written and readable; durability is reported through `done`.
+            Ok(db.durable_flush())
+        })
+        .await
+        .map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
+        done(flushed.map_err(io::Error::other));
+        Ok(())
+    }
+}
+
+fn write_entries(db: &Db, entries: &[Entry]) -> Result<(), StoreError> {
+    let mut batch = sled::Batch::default();
+    for e in entries {
+        batch.insert(&db::index_key(e.log_id.index), db::encode(e)?);
+    }
+    db.log.apply_batch(batch)?;
+    Ok(())
+}
+
+/// `[lo, hi)` of a range of indexes, `None` for `hi` meaning unbounded;
+/// `None` overall when the range is empty.
+fn index_bounds<RB: RangeBounds<u64>>(range: &RB) -> Option<(u64, Option<u64>)> {
+    let lo = match range.start_bound() {
+        Bound::Included(&s) => s,
+        Bound::Excluded(&s) => s.checked_add(1)?,
+        Bound::Unbounded => 0,
+    };
+    let hi = match range.end_bound() {
+        Bound::Included(&e) => e.checked_add(1),
+        Bound::Excluded(&e) => Some(e),
+        Bound::Unbounded => None,
+    };
+    match hi {
+        Some(hi) if hi <= lo => None,
+        _ => Some((lo, hi)),
+    }
+}
+
+fn read_entries(db: &Db, lo: u64, hi: Option<u64>, limit: usize) -> Result<Vec<Entry>, StoreError> {
+    let start = db::index_key(lo);
+    let iter = match hi {
+        Some(hi) => db.log.range(start..db::index_key(hi)),
+        None => db.log.range(start..),
+    };
+    let mut out = Vec::new();
+    for kv in iter.take(limit) {
+        let (_, v) = kv?;
+        out.push(db::decode::<Entry>(db::T_LOG, &v)?);
+    }
+    Ok(out)
+}
+
+async fn get_entries<RB: RangeBounds<u64>>(
+    db: &Arc<Db>,
+    range: RB,
+    limit: usize,
+) -> Result<Vec<Entry>, StorageError> {
+    let Some((lo, hi)) = index_bounds(&range) else {
+        return Ok(Vec::new());
+    };
+    let db = db.clone();
+    blocking(move || read_entries(&db, lo, hi, limit))
+        .await
+        .map_err(|e| StorageIOError::read_logs(AnyError::new(&e)).into())
+}
+
+fn log_state(db: &Db) -> Result<LogState<TypeConfig>, StoreError> {
+    let last_purged: Option<LogId> = db::get(&db.log_meta, db::T_LOG_META, K_LAST_PURGED)?;
+    let last = match db.log.last()? {
+        Some((_, v)) => Some(db::decode::<Entry>(db::T_LOG, &v)?.log_id),
+        None => last_purged,
+    };
+    Ok(LogState {
+        last_purged_log_id: last_purged,
+        last_log_id: last,
+    })
+}
+
+/// Removes entries at and after `index`. Blocking.
+fn truncate_from(db: &Db, index: u64) -> Result<(), StoreError> {
+    let mut batch = sled::Batch::default();
+    for kv in db.log.range(db::index_key(index)..) {
+        let (k, _) = kv?;
+        batch.remove(k);
+    }
+    db.log.apply_batch(batch)?;
+    db.durable_flush()
+}
+
+/// Removes entries up to and including `upto`, recording it as the last
+/// purged log id in the same transaction so the log never shows a hole.
+/// Blocking.
+fn purge_upto(db: &Db, upto: LogId) -> Result<(), StoreError> {
+    let prev: Option<LogId> = db::get(&db.log_meta, db::T_LOG_META, K_LAST_PURGED)?;
+    if prev.is_some_and(|p| p >= upto) {
+        return Ok(());
+    }
+    let mut removes = sled::Batch::default();
+    for kv in db.log.range(..=db::index_key(upto.index)) {
+        let (k, _) = kv?;
+        removes.remove(k);
+    }
+    let mut meta = sled::Batch::default();
+    meta.insert(K_LAST_PURGED, db::encode(&Some(upto))?);
+    use sled::Transactional;
+    (&db.log_meta, &db.log)
+        .transaction(|(m, l)| {
+            m.apply_batch(&meta)?;
+            l.apply_batch(&removes)?;
+            Ok::<(), sled::transaction::ConflictableTransactionError<std::convert::Infallible>>(())
+        })
+        .map_err(|e| match e {
+            sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
+            sled::transaction::TransactionError::Abort(never) => match never {},
+        })?;
+    db.durable_flush()
+}
+
+impl RaftLogReader<TypeConfig> for LogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        get_entries(&self.db, range, usize::MAX).await
+    }
+
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        get_entries(&self.db, start..end, MAX_ENTRIES_PER_READ).await
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        get_entries(&self.db, range, usize::MAX).await
+    }
+
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        get_entries(&self.db, start..end, MAX_ENTRIES_PER_READ).await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogReader;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let db = self.db.clone();
+        blocking(move || log_state(&db))
+            .await
+            .map_err(|e| StorageIOError::read_logs(AnyError::new(&e)).into())
+    }
+
+    async fn get_log_reader(&mut self) -> LogReader {
+        LogReader {
+            db: self.db.clone(),
+        }
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
+        let db = self.db.clone();
+        let vote = *vote;
+        blocking(move || {
+            db.log_meta.insert(K_VOTE, db::encode(&vote)?)?;
+            db.durable_flush()
+        })
+        .await
+        .map_err(|e| StorageIOError::write_vote(AnyError::new(&e)).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
+        let db = self.db.clone();
+        blocking(move || db::get(&db.log_meta, db::T_LOG_META, K_VOTE))
+            .await
+            .map_err(|e| StorageIOError::read_vote(AnyError::new(&e)).into())
+    }
+
+    // Not fsynced: a committed id lost in a crash is only learnt again from
+    // the leader; what is persisted (by a later fsync) lets a restarted node
+    // re-apply its committed entries without waiting for one.
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        let db = self.db.clone();
+        blocking(move || {
+            db.log_meta.insert(K_COMMITTED, db::encode(&committed)?)?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| StorageIOError::write(AnyError::new(&e)).into())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        let db = self.db.clone();
+        blocking(move || {
+            Ok(db::get::<Option<LogId>>(&db.log_meta, db::T_LOG_META, K_COMMITTED)?.flatten())
+        })
+        .await
+        .map_err(|e| StorageIOError::read(AnyError::new(&e)).into())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        self.append_then(entries, move |r| callback.log_io_completed(r))
+            .await
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        tracing::debug!(%log_id, "truncating log");
+        let db = self.db.clone();
+        blocking(move || truncate_from(&db, log_id.index))
+            .await
+            .map_err(|e| StorageIOError::write_logs(AnyError::new(&e)).into())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        tracing::debug!(%log_id, "purging log");
+        let db = self.db.clone();
+        blocking(move || purge_upto(&db, log_id))
+            .await
+            .map_err(|e| StorageIOError::write_logs(AnyError::new(&e)).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use openraft::storage::RaftLogReaderExt;
+    use openraft::testing::{blank_ent, log_id};
+
+    use super::*;
+
+    fn open(dir: &std::path::Path) -> LogStore {
+        LogStore::new(Arc::new(Db::open(dir).unwrap()))
+    }
+
+    #[test]
+    fn index_bounds_cover_every_bound_kind() {
+        assert_eq!(index_bounds(&(3..7)), Some((3, Some(7))));
+        assert_eq!(index_bounds(&(3..=7)), Some((3, Some(8))));
+        assert_eq!(index_bounds(&(3..3)), None);
+        assert_eq!(
+            index_bounds(&(Bound::Included(5), Bound::Excluded(3))),
+            None
+        );
+        assert_eq!(index_bounds(&(..)), Some((0, None)));
+        assert_eq!(index_bounds(&(0..=u64::MAX)), Some((0, None)));
+        assert_eq!(
+            index_bounds(&(Bound::Excluded(u64::MAX), Bound::Unbounded)),
+            None
+        );
+        assert_eq!(
+            index_bounds(&(Bound::Excluded(2), Bound::Included(2))),
+            None
+        );
+    }
+
+    // The acknowledgement of an append must never precede the fsync that
+    // makes it durable: the callback records how many fsyncs had completed
+    // when it ran, and a whole batch costs exactly one.
+    #[tokio::test]
+    async fn append_acknowledges_only_after_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        let before = store.fsync_count();
+        let seen = Arc::new(Mutex::new(None));
+        let db = store.db.clone();
+        let seen2 = seen.clone();
+        let entries: Vec<Entry> = (1..=5).map(|i| blank_ent(1, 1, i)).collect();
+        store
+            .append_then(entries, move |r| {
+                r.unwrap();
+                *seen2.lock().unwrap() = Some(db.fsync_count());
+            })
+            .await
+            .unwrap();
+        let at_ack = seen.lock().unwrap().expect("callback ran");
+        assert_eq!(at_ack, before + 1, "acknowledged after exactly one fsync");
+        assert_eq!(store.fsync_count(), before + 1);
+        // Readable once append returned.
+        let got = store.try_get_log_entries(1..=5).await.unwrap();
+        assert_eq!(got.len(), 5);
+    }
+
+    #[tokio::test]
+    async fn vote_and_truncate_and_purge_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        let n = store.fsync_count();
+        store.save_vote(&Vote::new(3, 1)).await.unwrap();
+        assert_eq!(store.fsync_count(), n + 1);
+        let entries: Vec<Entry> = (1..=4).map(|i| blank_ent(1, 1, i)).collect();
+        store.append_then(entries, |r| r.unwrap()).await.unwrap();
+        store.truncate(log_id(1, 1, 4)).await.unwrap();
+        store.purge(log_id(1, 1, 1)).await.unwrap();
+        assert_eq!(store.fsync_count(), n + 4);
+        let st = store.get_log_state().await.unwrap();
+        assert_eq!(st.last_purged_log_id, Some(log_id(1, 1, 1)));
+        assert_eq!(st.last_log_id, Some(log_id(1, 1, 3)));
+        // Purging backwards is a no-op.
+        store.purge(log_id(0, 1, 0)).await.unwrap();
+        let st = store.get_log_state().await.unwrap();
+        assert_eq!(st.last_purged_log_id, Some(log_id(1, 1, 1)));
+    }
+
+    #[tokio::test]
+    async fn limited_reads_are_bounded_but_never_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        let n = MAX_ENTRIES_PER_READ as u64 + 10;
+        let entries: Vec<Entry> = (1..=n).map(|i| blank_ent(1, 1, i)).collect();
+        store.append_then(entries, |r| r.unwrap()).await.unwrap();
+        let mut reader = store.get_log_reader().await;
+        let got = reader.limited_get_log_entries(1, n + 1).await.unwrap();
+        assert_eq!(got.len(), MAX_ENTRIES_PER_READ);
+        assert_eq!(got[0].log_id.index, 1);
+        let got = reader.limited_get_log_entries(n, n + 1).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            reader.try_get_log_entries(..).await.unwrap().len(),
+            n as usize
+        );
+        assert_eq!(reader.get_log_id(n).await.unwrap(), log_id(1, 1, n));
+    }
+
+    #[tokio::test]
+    async fn reopen_keeps_log_vote_committed_and_purge_point() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut store = open(dir.path());
+            let entries: Vec<Entry> = (1..=6).map(|i| blank_ent(2, 1, i)).collect();
+            store.append_then(entries, |r| r.unwrap()).await.unwrap();
+            store.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
+            store.save_committed(Some(log_id(2, 1, 5))).await.unwrap();
+            store.purge(log_id(2, 1, 2)).await.unwrap();
+        }
+        let mut store = open(dir.path());
+        assert_eq!(
+            store.read_vote().await.unwrap(),
+            Some(Vote::new_committed(2, 1))
+        );
+        assert_eq!(store.read_committed().await.unwrap(), Some(log_id(2, 1, 5)));
+        let st = store.get_log_state().await.unwrap();
+        assert_eq!(st.last_purged_log_id, Some(log_id(2, 1, 2)));
+        assert_eq!(st.last_log_id, Some(log_id(2, 1, 6)));
+        let got = store.try_get_log_entries(..).await.unwrap();
+        let idx: Vec<u64> = got.iter().map(|e| e.log_id.index).collect();
+        assert_eq!(idx, [3, 4, 5, 6]);
+    }
+}

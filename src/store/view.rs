@@ -1,0 +1,80 @@
+//! [`StateView`]: the read side of the applied state for the services.
+//! Reads come from memory and never touch sled.
+
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::watch;
+
+use super::sm::read;
+use super::state::State;
+use crate::raft::KeyRecord;
+
+/// A cheap, cloneable read handle on the applied state.
+#[derive(Clone)]
+pub struct StateView {
+    state: Arc<RwLock<State>>,
+    revision: watch::Receiver<u64>,
+}
+
+impl std::fmt::Debug for StateView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateView")
+            .field("revision", &self.revision())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StateView {
+    pub(crate) fn new(state: Arc<RwLock<State>>, revision: watch::Receiver<u64>) -> Self {
+        StateView { state, revision }
+    }
+
+    /// The last applied log index; 0 before anything was applied.
+    pub fn revision(&self) -> u64 {
+        read(&self.state).revision()
+    }
+
+    /// A receiver of the applied revision, updated after each applied batch
+    /// (or installed snapshot) is persisted.
+    pub fn watch_revision(&self) -> watch::Receiver<u64> {
+        self.revision.clone()
+    }
+
+    /// True if any of `jtis` (a token's own and its ancestors') is revoked,
+    /// or `subject`'s or `client`'s revocation cut-off is at or after `iat`.
+    pub fn is_revoked(&self, jtis: &[&str], subject: &str, client: &str, iat: u64) -> bool {
+        read(&self.state).is_revoked(jtis, subject, client, iat)
+    }
+
+    /// The key ring, ordered by `kid`.
+    pub fn keys(&self) -> Vec<KeyRecord> {
+        read(&self.state).keys.values().cloned().collect()
+    }
+
+    /// Log index of the last change to the key ring (0 if none): callers
+    /// cache what they derive from [`keys`](Self::keys) by this version.
+    pub fn keys_version(&self) -> u64 {
+        read(&self.state).keys_version
+    }
+
+    /// The current policy document and its version (the log index it was
+    /// put at), if any was put.
+    pub fn policy(&self) -> Option<(u64, String)> {
+        read(&self.state)
+            .policy
+            .as_ref()
+            .map(|p| (p.version, p.text.clone()))
+    }
+
+    /// The version of the current policy (0 if none): cheap, so callers
+    /// can check their cached engine without copying the text.
+    pub fn policy_version(&self) -> u64 {
+        read(&self.state).policy.as_ref().map_or(0, |p| p.version)
+    }
+
+    /// How many revocation entries (jtis, subject and client cut-offs) are
+    /// held.
+    pub fn revocation_count(&self) -> usize {
+        read(&self.state).revocation_count()
+    }
+}

@@ -1,0 +1,767 @@
+//! The rules of token issuance and of RFC 8693 token exchange, as pure
+//! functions from verified inputs to the claims of the new token.
+//!
+//! The service verifies the subject and actor tokens (signature, issuer,
+//! time, revocation), asks policy what the caller may have, and then calls
+//! [`exchange`] (or [`issue_claims`]); it signs what comes back. Time
+//! is an argument, policy answers are data: nothing here does I/O.
+//!
+//! # Exchange rules, in the order they are checked
+//!
+//! 1. **Subject still valid.** `subject.exp > now`, else
+//!    [`TokenError::SubjectExpired`] (verification allows a leeway; exchange
+//!    does not mint from an expired token).
+//! 2. **Binding (RFC 8705).** A subject token without `cnf` is refused
+//!    ([`TokenError::Unbound`]): Tessera only issues bound tokens. The
+//!    caller may present the subject token if (a) it is the holder — the
+//!    token's `x5t#S256` is the caller's certificate thumbprint — or (b) it
+//!    is one of the token's audiences, i.e. the token was sent to it and it
+//!    exchanges it for one aimed further downstream. Otherwise
+//!    [`TokenError::BindingMismatch`]: a bound token presented from another
+//!    certificate by a party it was not addressed to is refused.
+//! 3. **Actor token.** If given, its `sub` must be the caller and it must be
+//!    bound to the caller's certificate, else [`TokenError::ActorNotCaller`]:
+//!    the actor is always the mTLS caller, whatever token it shows.
+//! 4. **`may_act` (RFC 8693 §4.4).** If the subject token has one, it must
+//!    list the caller, else [`TokenError::MayActViolated`]. This holds even
+//!    when the caller is the subject. The claim is copied into the new token,
+//!    so the subject's restriction binds every later hop too.
+//! 5. **Scopes.** Granted = requested ∩ subject token's ∩ policy-allowed,
+//!    in request order, without duplicates:
+//!    - an empty request is refused ([`TokenError::NoScopeRequested`]): it
+//!      does not mean "everything the subject has";
+//!    - a requested scope that is not RFC 6749 scope syntax is refused
+//!      ([`TokenError::InvalidScope`]);
+//!    - a requested scope the subject token does not carry is refused
+//!      ([`TokenError::ScopeWidening`]) rather than silently dropped: asking
+//!      for more than you hold is a client bug or an attack, and either way
+//!      the caller should hear about it;
+//!    - a requested scope the subject has but policy does not allow is
+//!      dropped (policy narrows quietly, as in IssueToken);
+//!    - if nothing is left, [`TokenError::NoScopeGranted`].
+//! 6. **Audiences.** At least one ([`TokenError::NoAudience`]), none empty
+//!    ([`TokenError::InvalidAudience`]); duplicates are removed. Which
+//!    audiences are allowed is policy's decision, made before this call.
+//! 7. **Depth.** The new chain is `subject.chain + [subject.jti]`; its length
+//!    must be ≤ `max_depth`, else [`TokenError::DepthExceeded`].
+//! 8. **Lifetime.** `min(requested or default, max_lifetime, subject.exp -
+//!    now)`; zero (a request of 0, a limit of 0) or an overflowing expiry is
+//!    [`TokenError::BadLifetime`]. `iat = nbf = now`.
+//! 9. **Actor claim.** Delegation (the default) makes the caller the
+//!    current actor and nests the subject's `act` under it (RFC 8693 §4.1).
+//!    When the caller already is the acting party — the outermost `act` of
+//!    the subject token, or the subject itself if there is no `act` — it is
+//!    narrowing its own token, not delegating, and `act` is kept as is
+//!    (no `{"sub": X, "act": {"sub": X}}` stutter). Impersonation keeps the
+//!    subject's `act` unchanged; whether the caller may impersonate is
+//!    policy's decision, made before this call.
+//!
+//! The new token keeps the subject token's `sub`; `client_id` is the caller
+//! and `cnf` the caller's thumbprint (the new token is bound to whoever
+//! asked for it).
+
+use super::claims::{Actor, Audience, Claims, Confirmation};
+use super::error::TokenError;
+
+/// Everything an exchange decision depends on, already verified.
+#[derive(Debug, Clone, Copy)]
+pub struct ExchangeInput<'a> {
+    /// mTLS identity of the caller.
+    pub caller: &'a str,
+    /// `x5t#S256` of the caller's leaf certificate (base64url of SHA-256 of DER).
+    pub caller_cert_thumbprint: &'a str,
+    /// The verified subject token's claims.
+    pub subject: &'a Claims,
+    /// The verified actor token's claims, if one was presented.
+    pub actor: Option<&'a Claims>,
+    /// Scopes the caller asked for.
+    pub requested_scopes: &'a [String],
+    /// Audiences of the new token (`audience` ∪ `resource`), already
+    /// allowed by policy.
+    pub audiences: &'a [String],
+    /// Lifetime the caller asked for, in seconds.
+    pub requested_lifetime: Option<u64>,
+    /// Impersonation (no new `act` level) instead of delegation; the service
+    /// sets it only when policy allowed it.
+    pub impersonate: bool,
+    /// Current time, unix seconds.
+    pub now: u64,
+}
+
+/// Service-wide limits on what is issued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// `iss` of every token.
+    pub issuer: String,
+    /// Lifetime in seconds when none is requested.
+    pub default_lifetime: u64,
+    /// Longest lifetime in seconds, whatever is requested.
+    pub max_lifetime: u64,
+    /// Longest delegation chain (number of exchanges from the issued token).
+    pub max_depth: usize,
+}
+
+/// Applies the exchange rules (see the module documentation) and returns
+/// the claims of the new token, with `jti` as its id. `policy_scopes` are the
+/// scopes policy allows the caller; a service that asks policy only after
+/// the rules (with the scopes this returns) passes the requested scopes.
+pub fn exchange(
+    input: &ExchangeInput<'_>,
+    policy_scopes: &[String],
+    limits: &Limits,
+    jti: String,
+) -> Result<Claims, TokenError> {
+    let subject = input.subject;
+    let caller = input.caller;
+    let thumbprint = input.caller_cert_thumbprint;
+    let now = input.now;
+
+    // 1. Subject still valid.
+    if subject.exp <= now {
+        return Err(TokenError::SubjectExpired);
+    }
+
+    // 2. Binding.
+    let bound_to = match subject.thumbprint() {
+        Some(t) if !t.is_empty() => t,
+        _ => return Err(TokenError::Unbound),
+    };
+    let is_holder = !thumbprint.is_empty() && bound_to == thumbprint;
+    if !is_holder && !subject.aud.contains(caller) {
+        return Err(TokenError::BindingMismatch);
+    }
+
+    // 3. Actor token.
+    if let Some(actor) = input.actor {
+        if actor.sub != caller || thumbprint.is_empty() || !actor.is_bound_to(thumbprint) {
+            return Err(TokenError::ActorNotCaller);
+        }
+    }
+
+    // 4. may_act.
+    if let Some(may_act) = &subject.may_act {
+        if !may_act.allows(caller) {
+            return Err(TokenError::MayActViolated);
+        }
+    }
+
+    // 5. Scopes.
+    if input.requested_scopes.is_empty() {
+        return Err(TokenError::NoScopeRequested);
+    }
+    if !input.requested_scopes.iter().all(|s| is_scope_token(s)) {
+        return Err(TokenError::InvalidScope);
+    }
+    if !input.requested_scopes.iter().all(|s| subject.has_scope(s)) {
+        return Err(TokenError::ScopeWidening);
+    }
+    let granted: Vec<&str> = dedup(
+        input
+            .requested_scopes
+            .iter()
+            .filter(|s| policy_scopes.contains(*s)),
+    );
+    if granted.is_empty() {
+        return Err(TokenError::NoScopeGranted);
+    }
+
+    // 6. Audiences.
+    let aud = audience(input.audiences)?;
+
+    // 7. Depth.
+    let mut chain = Vec::with_capacity(subject.chain.len() + 1);
+    chain.extend(subject.chain.iter().cloned());
+    chain.push(subject.jti.clone());
+    if chain.len() > limits.max_depth {
+        return Err(TokenError::DepthExceeded);
+    }
+
+    // 8. Lifetime.
+    let remaining = subject.exp - now; // > 0, checked in 1.
+    let exp = expiry(input.requested_lifetime, limits, now, remaining)?;
+
+    // 9. Actor claim.
+    let caller_already_acts = match &subject.act {
+        Some(act) => act.sub == caller,
+        None => subject.sub == caller,
+    };
+    let act = if input.impersonate || caller_already_acts {
+        subject.act.clone()
+    } else {
+        Some(Actor {
+            sub: caller.to_owned(),
+            act: subject.act.clone().map(Box::new),
+        })
+    };
+
+    Ok(Claims {
+        iss: limits.issuer.clone(),
+        sub: subject.sub.clone(),
+        aud,
+        exp,
+        iat: now,
+        nbf: now,
+        jti,
+        scope: granted.join(" "),
+        client_id: caller.to_owned(),
+        act,
+        cnf: Some(Confirmation {
+            x5t_s256: thumbprint.to_owned(),
+        }),
+        may_act: subject.may_act.clone(),
+        chain,
+    })
+}
+
+/// The claims of a token the caller gets for itself (IssueToken): `sub` =
+/// `client_id` = caller, bound to the caller's certificate, no `act`, an
+/// empty chain. `granted_scopes` are what policy allows of the request.
+// The argument list mirrors the IssueToken request one to one; a struct
+// would only rename the same eight values.
+#[allow(clippy::too_many_arguments)]
+pub fn issue_claims(
+    caller: &str,
+    thumbprint: &str,
+    audiences: &[String],
+    granted_scopes: &[String],
+    requested_lifetime: Option<u64>,
+    limits: &Limits,
+    now: u64,
+    jti: String,
+) -> Result<Claims, TokenError> {
+    if thumbprint.is_empty() {
+        return Err(TokenError::Unbound);
+    }
+    if granted_scopes.is_empty() {
+        return Err(TokenError::NoScopeGranted);
+    }
+    if !granted_scopes.iter().all(|s| is_scope_token(s)) {
+        return Err(TokenError::InvalidScope);
+    }
+    let aud = audience(audiences)?;
+    let exp = expiry(requested_lifetime, limits, now, u64::MAX)?;
+    Ok(Claims {
+        iss: limits.issuer.clone(),
+        sub: caller.to_owned(),
+        aud,
+        exp,
+        iat: now,
+        nbf: now,
+        jti,
+        scope: dedup(granted_scopes.iter()).join(" "),
+        client_id: caller.to_owned(),
+        act: None,
+        cnf: Some(Confirmation {
+            x5t_s256: thumbprint.to_owned(),
+        }),
+        may_act: None,
+        chain: Vec::new(),
+    })
+}
+
+/// RFC 6749 §3.3: `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )`.
+fn is_scope_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| matches!(b, 0x21 | 0x23..=0x5B | 0x5D..=0x7E))
+}
+
+/// The distinct values, first occurrence first.
+fn dedup<'a>(values: impl Iterator<Item = &'a String>) -> Vec<&'a str> {
+    let mut out: Vec<&str> = Vec::new();
+    for v in values {
+        if !out.contains(&v.as_str()) {
+            out.push(v);
+        }
+    }
+    out
+}
+
+fn audience(audiences: &[String]) -> Result<Audience, TokenError> {
+    if audiences.iter().any(String::is_empty) {
+        return Err(TokenError::InvalidAudience);
+    }
+    let list = dedup(audiences.iter())
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    Audience::new(list).ok_or(TokenError::NoAudience)
+}
+
+/// `now + min(requested or default, max, remaining)`, refusing zero.
+fn expiry(
+    requested: Option<u64>,
+    limits: &Limits,
+    now: u64,
+    remaining: u64,
+) -> Result<u64, TokenError> {
+    let lifetime = requested
+        .unwrap_or(limits.default_lifetime)
+        .min(limits.max_lifetime)
+        .min(remaining);
+    if lifetime == 0 {
+        return Err(TokenError::BadLifetime);
+    }
+    now.checked_add(lifetime).ok_or(TokenError::BadLifetime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::claims::MayAct;
+
+    const NOW: u64 = 1_700_000_000;
+    const A: &str = "spiffe://td/a";
+    const B: &str = "spiffe://td/b";
+    const C: &str = "spiffe://td/c";
+    const D: &str = "spiffe://td/d";
+
+    fn limits() -> Limits {
+        Limits {
+            issuer: "https://tessera.test".into(),
+            default_lifetime: 300,
+            max_lifetime: 3600,
+            max_depth: 4,
+        }
+    }
+
+    fn thumb(who: &str) -> String {
+        format!("thumb-of-{who}")
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    /// The token A gets for itself, aimed at B.
+    fn issued() -> Claims {
+        issue_claims(
+            A,
+            &thumb(A),
+            &strings(&[B]),
+            &strings(&["read", "write", "admin"]),
+            Some(1800),
+            &limits(),
+            NOW,
+            "j0".into(),
+        )
+        .unwrap()
+    }
+
+    struct Req {
+        caller: &'static str,
+        thumbprint: String,
+        scopes: Vec<String>,
+        policy: Vec<String>,
+        audiences: Vec<String>,
+        lifetime: Option<u64>,
+        impersonate: bool,
+        now: u64,
+    }
+
+    fn req(caller: &'static str, aud: &str) -> Req {
+        Req {
+            caller,
+            thumbprint: thumb(caller),
+            scopes: strings(&["read"]),
+            policy: strings(&["read", "write", "admin"]),
+            audiences: strings(&[aud]),
+            lifetime: None,
+            impersonate: false,
+            now: NOW + 10,
+        }
+    }
+
+    fn run(
+        r: &Req,
+        subject: &Claims,
+        actor: Option<&Claims>,
+        jti: &str,
+    ) -> Result<Claims, TokenError> {
+        let input = ExchangeInput {
+            caller: r.caller,
+            caller_cert_thumbprint: &r.thumbprint,
+            subject,
+            actor,
+            requested_scopes: &r.scopes,
+            audiences: &r.audiences,
+            requested_lifetime: r.lifetime,
+            impersonate: r.impersonate,
+            now: r.now,
+        };
+        exchange(&input, &r.policy, &limits(), jti.into())
+    }
+
+    #[test]
+    fn issue_shape() {
+        let t = issued();
+        assert_eq!(t.iss, "https://tessera.test");
+        assert_eq!((t.sub.as_str(), t.client_id.as_str()), (A, A));
+        assert_eq!(t.aud.as_slice(), [B]);
+        assert_eq!((t.iat, t.nbf, t.exp), (NOW, NOW, NOW + 1800));
+        assert_eq!(t.scope, "read write admin");
+        assert_eq!(t.thumbprint(), Some(thumb(A).as_str()));
+        assert!(t.act.is_none() && t.may_act.is_none() && t.chain.is_empty());
+        assert_eq!(t.jti, "j0");
+    }
+
+    #[test]
+    fn issue_refusals_and_clamps() {
+        let l = limits();
+        let aud = strings(&[B]);
+        let scopes = strings(&["read"]);
+        let issue = |thumb: &str, aud: &[String], scopes: &[String], life: Option<u64>| {
+            issue_claims(A, thumb, aud, scopes, life, &l, NOW, "j".into())
+        };
+        assert_eq!(
+            issue("", &aud, &scopes, None).unwrap_err(),
+            TokenError::Unbound
+        );
+        assert_eq!(
+            issue("t", &aud, &[], None).unwrap_err(),
+            TokenError::NoScopeGranted
+        );
+        assert_eq!(
+            issue("t", &aud, &strings(&["a b"]), None).unwrap_err(),
+            TokenError::InvalidScope
+        );
+        assert_eq!(
+            issue("t", &[], &scopes, None).unwrap_err(),
+            TokenError::NoAudience
+        );
+        assert_eq!(
+            issue("t", &strings(&[""]), &scopes, None).unwrap_err(),
+            TokenError::InvalidAudience
+        );
+        assert_eq!(
+            issue("t", &aud, &scopes, Some(0)).unwrap_err(),
+            TokenError::BadLifetime
+        );
+        assert_eq!(issue("t", &aud, &scopes, None).unwrap().exp, NOW + 300);
+        assert_eq!(
+            issue("t", &aud, &scopes, Some(99_999)).unwrap().exp,
+            NOW + 3600
+        );
+        let t = issue("t", &strings(&[B, C, B]), &strings(&["x", "y", "x"]), None).unwrap();
+        assert_eq!(t.aud.as_slice(), [B, C]);
+        assert_eq!(t.scope, "x y");
+        let far = issue_claims(A, "t", &aud, &scopes, None, &l, u64::MAX - 1, "j".into());
+        assert_eq!(far.unwrap_err(), TokenError::BadLifetime);
+    }
+
+    #[test]
+    fn chain_of_three_nests_act_and_grows_chain() {
+        let t0 = issued();
+        // B received t0 (it is t0's audience) and exchanges it for C.
+        let t1 = run(&req(B, C), &t0, None, "j1").unwrap();
+        assert_eq!(t1.sub, A);
+        assert_eq!(t1.client_id, B);
+        assert_eq!(t1.thumbprint(), Some(thumb(B).as_str()));
+        assert_eq!(t1.act, Some(Actor::new(B)));
+        assert_eq!(t1.chain, ["j0"]);
+        assert_eq!(t1.aud.as_slice(), [C]);
+        assert_eq!((t1.iat, t1.nbf), (NOW + 10, NOW + 10));
+        assert_eq!(t1.jti, "j1");
+        assert_eq!(t1.iss, "https://tessera.test");
+
+        // C received t1 and exchanges it for D.
+        let t2 = run(&req(C, D), &t1, None, "j2").unwrap();
+        assert_eq!(t2.sub, A);
+        assert_eq!(t2.actor_subjects(), [C, B]);
+        assert_eq!(t2.chain, ["j0", "j1"]);
+        assert_eq!(t2.depth(), 2);
+
+        // D received t2 and exchanges it for E.
+        let t3 = run(&req(D, "spiffe://td/e"), &t2, None, "j3").unwrap();
+        assert_eq!(
+            t3.act,
+            Some(Actor {
+                sub: D.into(),
+                act: Some(Box::new(Actor {
+                    sub: C.into(),
+                    act: Some(Box::new(Actor::new(B))),
+                })),
+            })
+        );
+        assert_eq!(t3.chain, ["j0", "j1", "j2"]);
+        assert_eq!(t3.client_id, D);
+        assert_eq!(t3.thumbprint(), Some(thumb(D).as_str()));
+    }
+
+    #[test]
+    fn holder_narrowing_its_own_token_adds_no_act_level() {
+        let t0 = issued();
+        // A holds t0 (bound to A's certificate) and narrows it for C.
+        let own = run(&req(A, C), &t0, None, "j1").unwrap();
+        assert_eq!(own.act, None);
+        assert_eq!(own.chain, ["j0"]);
+        // B, the current actor of t1, narrows t1 again: no stutter.
+        let t1 = run(&req(B, C), &t0, None, "j1").unwrap();
+        let mut r = req(B, D);
+        r.thumbprint = thumb(B);
+        let again = run(&r, &t1, None, "j2").unwrap();
+        assert_eq!(again.act, Some(Actor::new(B)));
+        assert_eq!(again.chain, ["j0", "j1"]);
+    }
+
+    #[test]
+    fn impersonation_keeps_act() {
+        let t0 = issued();
+        let mut r = req(B, C);
+        r.impersonate = true;
+        let t1 = run(&r, &t0, None, "j1").unwrap();
+        assert_eq!(t1.act, None);
+        assert_eq!(t1.sub, A);
+        assert_eq!(t1.client_id, B);
+        assert_eq!(t1.chain, ["j0"]);
+        let delegated = run(&req(B, C), &t0, None, "j1").unwrap();
+        let mut r = req(C, D);
+        r.impersonate = true;
+        let t2 = run(&r, &delegated, None, "j2").unwrap();
+        assert_eq!(t2.act, Some(Actor::new(B)));
+        assert_eq!(t2.chain, ["j0", "j1"]);
+    }
+
+    #[test]
+    fn binding_rules() {
+        let t0 = issued();
+        // C is neither the holder nor an audience of t0.
+        assert_eq!(
+            run(&req(C, D), &t0, None, "j").unwrap_err(),
+            TokenError::BindingMismatch
+        );
+        // A's token presented from another certificate by A's name.
+        let mut r = req(A, C);
+        r.thumbprint = thumb("someone-else");
+        assert_eq!(
+            run(&r, &t0, None, "j").unwrap_err(),
+            TokenError::BindingMismatch
+        );
+        // An empty caller thumbprint never matches.
+        let mut r = req(A, C);
+        r.thumbprint = String::new();
+        assert_eq!(
+            run(&r, &t0, None, "j").unwrap_err(),
+            TokenError::BindingMismatch
+        );
+        // Unbound subject tokens are refused, even from an audience.
+        let mut unbound = issued();
+        unbound.cnf = None;
+        assert_eq!(
+            run(&req(B, C), &unbound, None, "j").unwrap_err(),
+            TokenError::Unbound
+        );
+        unbound.cnf = Some(Confirmation {
+            x5t_s256: String::new(),
+        });
+        assert_eq!(
+            run(&req(B, C), &unbound, None, "j").unwrap_err(),
+            TokenError::Unbound
+        );
+    }
+
+    #[test]
+    fn actor_token_must_be_the_caller() {
+        let t0 = issued();
+        let b_own = issue_claims(
+            B,
+            &thumb(B),
+            &strings(&[C]),
+            &strings(&["x"]),
+            None,
+            &limits(),
+            NOW,
+            "jb".into(),
+        )
+        .unwrap();
+        run(&req(B, C), &t0, Some(&b_own), "j1").unwrap();
+        // Another service's token as actor.
+        let c_own = issue_claims(
+            C,
+            &thumb(C),
+            &strings(&[B]),
+            &strings(&["x"]),
+            None,
+            &limits(),
+            NOW,
+            "jc".into(),
+        )
+        .unwrap();
+        assert_eq!(
+            run(&req(B, C), &t0, Some(&c_own), "j1").unwrap_err(),
+            TokenError::ActorNotCaller
+        );
+        // B's name but bound elsewhere, or unbound.
+        let mut stolen = b_own.clone();
+        stolen.cnf = Some(Confirmation::from_cert_der(b"other cert"));
+        assert_eq!(
+            run(&req(B, C), &t0, Some(&stolen), "j1").unwrap_err(),
+            TokenError::ActorNotCaller
+        );
+        stolen.cnf = None;
+        assert_eq!(
+            run(&req(B, C), &t0, Some(&stolen), "j1").unwrap_err(),
+            TokenError::ActorNotCaller
+        );
+    }
+
+    #[test]
+    fn may_act_is_enforced_and_carried() {
+        let mut t0 = issued();
+        t0.may_act = Some(MayAct { sub: strings(&[B]) });
+        let t1 = run(&req(B, C), &t0, None, "j1").unwrap();
+        assert_eq!(t1.may_act, t0.may_act);
+        // C is not allowed to act for A, even through B.
+        assert_eq!(
+            run(&req(C, D), &t1, None, "j2").unwrap_err(),
+            TokenError::MayActViolated
+        );
+        // Nor is the subject itself when not listed.
+        assert_eq!(
+            run(&req(A, C), &t0, None, "j1").unwrap_err(),
+            TokenError::MayActViolated
+        );
+        t0.may_act = Some(MayAct { sub: strings(&[D]) });
+        assert_eq!(
+            run(&req(B, C), &t0, None, "j1").unwrap_err(),
+            TokenError::MayActViolated
+        );
+        let mut r = req(B, C);
+        r.impersonate = true;
+        assert_eq!(
+            run(&r, &t0, None, "j1").unwrap_err(),
+            TokenError::MayActViolated
+        );
+    }
+
+    #[test]
+    fn scope_rules() {
+        let t0 = issued(); // read write admin
+        let mut r = req(B, C);
+        r.scopes = vec![];
+        assert_eq!(
+            run(&r, &t0, None, "j").unwrap_err(),
+            TokenError::NoScopeRequested
+        );
+        r.scopes = strings(&["read", "delete"]);
+        assert_eq!(
+            run(&r, &t0, None, "j").unwrap_err(),
+            TokenError::ScopeWidening
+        );
+        r.scopes = strings(&["rea"]);
+        assert_eq!(
+            run(&r, &t0, None, "j").unwrap_err(),
+            TokenError::ScopeWidening
+        );
+        for bad in ["", "read write", "quote\"", "back\\slash", "tab\t", "é"] {
+            r.scopes = strings(&[bad]);
+            assert_eq!(
+                run(&r, &t0, None, "j").unwrap_err(),
+                TokenError::InvalidScope,
+                "{bad:?}"
+            );
+        }
+        // Policy drops what it does not allow; order and duplicates handled.
+        r.scopes = strings(&["admin", "write", "read", "write"]);
+        r.policy = strings(&["read", "write"]);
+        assert_eq!(run(&r, &t0, None, "j").unwrap().scope, "write read");
+        r.policy = strings(&["other"]);
+        assert_eq!(
+            run(&r, &t0, None, "j").unwrap_err(),
+            TokenError::NoScopeGranted
+        );
+        r.policy = vec![];
+        assert_eq!(
+            run(&r, &t0, None, "j").unwrap_err(),
+            TokenError::NoScopeGranted
+        );
+        // Exchange narrows hop by hop: what was dropped cannot come back.
+        let mut r = req(B, C);
+        r.scopes = strings(&["read"]);
+        let t1 = run(&r, &t0, None, "j1").unwrap();
+        let mut r = req(C, D);
+        r.scopes = strings(&["write"]);
+        assert_eq!(
+            run(&r, &t1, None, "j2").unwrap_err(),
+            TokenError::ScopeWidening
+        );
+    }
+
+    #[test]
+    fn audience_rules() {
+        let t0 = issued();
+        let mut r = req(B, C);
+        r.audiences = vec![];
+        assert_eq!(run(&r, &t0, None, "j").unwrap_err(), TokenError::NoAudience);
+        r.audiences = strings(&[C, ""]);
+        assert_eq!(
+            run(&r, &t0, None, "j").unwrap_err(),
+            TokenError::InvalidAudience
+        );
+        r.audiences = strings(&[C, D, C]);
+        assert_eq!(run(&r, &t0, None, "j").unwrap().aud.as_slice(), [C, D]);
+    }
+
+    #[test]
+    fn depth_exceeded() {
+        // max_depth 4: four exchanges succeed, the fifth is refused.
+        let callers = [B, C, D, "spiffe://td/e", "spiffe://td/f", "spiffe://td/g"];
+        let mut token = issued();
+        for i in 0..4 {
+            token = run(
+                &req(callers[i], callers[i + 1]),
+                &token,
+                None,
+                &format!("j{}", i + 1),
+            )
+            .unwrap();
+            assert_eq!(token.depth(), i + 1);
+        }
+        assert_eq!(
+            run(&req(callers[4], callers[5]), &token, None, "j5").unwrap_err(),
+            TokenError::DepthExceeded
+        );
+    }
+
+    #[test]
+    fn lifetime_is_clamped() {
+        let t0 = issued(); // exp = NOW + 1800, exchanges at NOW + 10
+        let mut r = req(B, C);
+        assert_eq!(run(&r, &t0, None, "j").unwrap().exp, NOW + 10 + 300);
+        r.lifetime = Some(60);
+        assert_eq!(run(&r, &t0, None, "j").unwrap().exp, NOW + 10 + 60);
+        // Beyond the subject's remaining lifetime: clamped to it.
+        r.lifetime = Some(3000);
+        assert_eq!(run(&r, &t0, None, "j").unwrap().exp, t0.exp);
+        r.now = t0.exp - 1;
+        r.lifetime = None;
+        assert_eq!(run(&r, &t0, None, "j").unwrap().exp, t0.exp);
+        // Beyond the maximum: clamped to it.
+        let mut long = t0.clone();
+        long.exp = NOW + 100_000;
+        r.now = NOW;
+        r.lifetime = Some(50_000);
+        assert_eq!(run(&r, &long, None, "j").unwrap().exp, NOW + 3600);
+        r.lifetime = Some(0);
+        assert_eq!(
+            run(&r, &long, None, "j").unwrap_err(),
+            TokenError::BadLifetime
+        );
+    }
+
+    #[test]
+    fn expired_subject_is_refused() {
+        let t0 = issued();
+        let mut r = req(B, C);
+        r.now = t0.exp;
+        assert_eq!(
+            run(&r, &t0, None, "j").unwrap_err(),
+            TokenError::SubjectExpired
+        );
+        r.now = t0.exp + 1000;
+        assert_eq!(
+            run(&r, &t0, None, "j").unwrap_err(),
+            TokenError::SubjectExpired
+        );
+    }
+}

@@ -1,0 +1,8 @@
+//! Integration tests: real nodes, real gRPC, real mutual TLS on 127.0.0.1
+//! with ports chosen by the kernel. Files are numbered by theme.
+
+mod cluster;
+mod t10_tokens;
+mod t20_refusals;
+mod t30_restart;
+mod t40_transport;

@@ -29,6 +29,11 @@ const MAX_AUDIENCES: usize = 16;
 const MAX_SCOPES: usize = 64;
 const MAX_NAME: usize = 512;
 
+/// Granted scopes and the policy ids that determined them.
+type Grant = (Vec<String>, Vec<String>);
+/// The audience policy allowed nothing for, and the policy ids consulted.
+type Refusal = (String, Vec<String>);
+
 /// The `TokenService` implementation.
 pub struct TokenApi {
     shared: Arc<Shared>,
@@ -83,7 +88,7 @@ impl TokenApi {
         audiences: &[String],
         scopes: &[String],
         facts: &GrantFacts,
-    ) -> Result<(Vec<String>, Vec<String>), (String, Vec<String>)> {
+    ) -> Result<Grant, Refusal> {
         let policy = match self.policy() {
             Ok(p) => p,
             Err(_) => return Err((audiences.first().cloned().unwrap_or_default(), vec![])),

@@ -33,7 +33,12 @@ pub struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
     /// Log filter (tracing `EnvFilter` syntax), logs go to stderr.
-    #[arg(long, env = "TESSERA_LOG", default_value = "info", global = true)]
+    #[arg(
+        long,
+        env = "TESSERA_LOG",
+        default_value = "info,openraft=warn",
+        global = true
+    )]
     pub log: String,
 }
 

@@ -201,7 +201,12 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
     let api = tokio::net::TcpListener::bind(&listen)
         .await
         .map_err(|e| usage(format!("cannot listen on {listen}: {e}")))?;
-    eprintln!("tessera node {} listening on {listen}", config.node_id);
+    // The bound address, not the requested one: with port 0 this is how a
+    // supervisor (or a test) learns the port.
+    let bound = api
+        .local_addr()
+        .map_err(|e| usage(format!("cannot listen on {listen}: {e}")))?;
+    eprintln!("tessera node {} listening on {bound}", config.node_id);
     node::run(config, Listeners { api }, shutdown_signal())
         .await
         .map_err(|e| CliError::Failed(e.into()))

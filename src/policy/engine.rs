@@ -1163,65 +1163,6 @@ mod tests {
     }
 
     #[test]
-    fn timing() {
-        let e = example();
-        let s = scopes(&["payments:charge", "ledger:write", "orders:write"]);
-        let f = GrantFacts::Exchange(from_frontend(1));
-        let n = 2000;
-        let t = std::time::Instant::now();
-        for _ in 0..n {
-            e.allowed_scopes(ORDERS, Action::Exchange, PAYMENTS, &s, &f);
-        }
-        eprintln!("allowed_scopes(3): {:?}", t.elapsed() / n);
-        let r = Request::introspect(ORDERS);
-        let t = std::time::Instant::now();
-        for _ in 0..n {
-            e.authorize(&r);
-        }
-        eprintln!("introspect: {:?}", t.elapsed() / n);
-        let t = std::time::Instant::now();
-        for _ in 0..20 {
-            PolicyEngine::new(EXAMPLE, 1).unwrap();
-        }
-        eprintln!("new: {:?}", t.elapsed() / 20);
-        let m = e.model;
-        let t = std::time::Instant::now();
-        for _ in 0..n {
-            m.entities(ORDERS, Action::Introspect, &Resource::Cluster)
-                .unwrap();
-        }
-        eprintln!("entities: {:?}", t.elapsed() / n);
-        let (p, rr, ents) = m
-            .entities(ORDERS, Action::Introspect, &Resource::Cluster)
-            .unwrap();
-        let t = std::time::Instant::now();
-        for _ in 0..n {
-            CedarRequest::new(
-                p.clone(),
-                m.actions[4].clone(),
-                rr.clone(),
-                CedarContext::empty(),
-                Some(m.schema()),
-            )
-            .unwrap();
-        }
-        eprintln!("request: {:?}", t.elapsed() / n);
-        let req = CedarRequest::new(
-            p.clone(),
-            m.actions[4].clone(),
-            rr.clone(),
-            CedarContext::empty(),
-            Some(m.schema()),
-        )
-        .unwrap();
-        let t = std::time::Instant::now();
-        for _ in 0..n {
-            e.authorizer.is_authorized(&req, &e.policies, &ents);
-        }
-        eprintln!("is_authorized: {:?}", t.elapsed() / n);
-    }
-
-    #[test]
     fn allowed_scopes_keeps_order_and_drops_duplicates() {
         let e = example();
         let (granted, _) = e.allowed_scopes(

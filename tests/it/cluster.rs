@@ -50,6 +50,11 @@ pub fn init_crypto() {
 
 impl TestCluster {
     pub async fn start(n: u64) -> Self {
+        Self::start_with(n, |_| {}).await
+    }
+
+    /// Like [`TestCluster::start`], with a hook to adjust each node's config.
+    pub async fn start_with(n: u64, adjust: impl Fn(&mut Config)) -> Self {
         init_crypto();
         let dir = tempfile::tempdir().unwrap();
         let opts = DevPkiOptions {
@@ -77,6 +82,7 @@ impl TestCluster {
             config.initial_policy = Some(POLICY.to_string());
             config.audit = tessera::api::AuditSink::File(c.audit_path(i));
             config.clock = c.clock.clone();
+            adjust(&mut config);
             c.configs.push(config);
             c.nodes.push(None);
             c.boot(i).await;

@@ -6,3 +6,4 @@ mod t10_tokens;
 mod t20_refusals;
 mod t30_restart;
 mod t40_transport;
+mod t50_crash;

@@ -12,14 +12,18 @@ fn b64json(v: &serde_json::Value) -> String {
     B64.encode(serde_json::to_vec(v).unwrap())
 }
 
-async fn exchange_code(c: &TestCluster, who: &str, req: pb::ExchangeTokenRequest) -> Code {
+async fn exchange_err(c: &TestCluster, who: &str, req: pb::ExchangeTokenRequest) -> tonic::Status {
     match c.tokens(who).await.exchange_token(req).await {
         Ok(r) => panic!(
             "exchange unexpectedly succeeded: jti {}",
             r.into_inner().jti
         ),
-        Err(e) => e.code(),
+        Err(e) => e,
     }
+}
+
+async fn exchange_code(c: &TestCluster, who: &str, req: pb::ExchangeTokenRequest) -> Code {
+    exchange_err(c, who, req).await.code()
 }
 
 /// Claims like the ones `frontend` would get, signed by the cluster's key,
@@ -50,22 +54,25 @@ async fn exchange_rules_refuse_with_the_right_code() {
     let c = TestCluster::start(1).await;
     let (t1, t2, t3) = chain_of_three(&c).await;
 
+    let _ = (&t2, &t3);
     // Scope widening: orders asks for a scope the subject token lacks.
-    assert_eq!(
-        exchange_code(
-            &c,
-            "orders",
-            exchange_req(&t1.access_token, "payments", &["payments:refund"])
-        )
-        .await,
-        Code::PermissionDenied
+    let req = exchange_req(&t1.access_token, "payments", &["payments:refund"]);
+    let e = exchange_err(&c, "orders", req).await;
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(
+        e.message().contains("exceeds the subject token's scopes"),
+        "{}",
+        e.message()
     );
     // Audience not allowed by policy (orders may not aim at admin).
     let mut req = exchange_req(&t1.access_token, "payments", &["payments:charge"]);
     req.audience = vec![id("admin")];
-    assert_eq!(
-        exchange_code(&c, "orders", req).await,
-        Code::PermissionDenied
+    let e = exchange_err(&c, "orders", req).await;
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(
+        e.message().starts_with("policy (exchange)"),
+        "{}",
+        e.message()
     );
     // Bound token from another certificate: ledger is neither the holder nor an audience of t1.
     assert_eq!(
@@ -95,30 +102,6 @@ async fn exchange_rules_refuse_with_the_right_code() {
         .await,
         Code::InvalidArgument
     );
-    // Depth exceeded: the example policy allows depth <= 3... the
-    // server's max_depth is 5; t3 has depth 2, a 4th link is depth 3 and a
-    // 5th is refused by policy.
-    let t4 = c
-        .tokens("ledger")
-        .await
-        .exchange_token(exchange_req(&t3.access_token, "ledger", &["ledger:write"]))
-        .await;
-    match t4 {
-        Ok(t4) => {
-            let t4 = t4.into_inner();
-            assert_eq!(
-                exchange_code(
-                    &c,
-                    "ledger",
-                    exchange_req(&t4.access_token, "ledger", &["ledger:write"])
-                )
-                .await,
-                Code::PermissionDenied
-            );
-        }
-        Err(e) => assert_eq!(e.code(), Code::PermissionDenied),
-    }
-    let _ = t2;
 
     // may_act: a token that names only payments as a permitted actor,
     // presented by orders.
@@ -148,6 +131,39 @@ async fn exchange_rules_refuse_with_the_right_code() {
         .await,
         Code::PermissionDenied
     );
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn depth_beyond_the_limit_is_refused() {
+    // Allow one exchange only: the chain's second exchange is one too deep.
+    let c = TestCluster::start_with(1, |cfg| cfg.token.max_depth = 1).await;
+    let t1 = c
+        .tokens("frontend")
+        .await
+        .issue_token(issue_req("orders", &["payments:charge", "ledger:write"]))
+        .await
+        .unwrap()
+        .into_inner();
+    let t2 = c
+        .tokens("orders")
+        .await
+        .exchange_token(exchange_req(
+            &t1.access_token,
+            "payments",
+            &["ledger:write"],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let e = exchange_err(
+        &c,
+        "payments",
+        exchange_req(&t2.access_token, "ledger", &["ledger:write"]),
+    )
+    .await;
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(e.message().contains("depth"), "{}", e.message());
     c.stop().await;
 }
 

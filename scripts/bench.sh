@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Builds in release mode and runs the load generator against a one-node
+# cluster it starts in-process on 127.0.0.1 (see docs/BENCHMARKS.md).
+# Extra arguments go to `tessera bench`, e.g. --concurrency 16 --seconds 5.
+set -euo pipefail
+cargo build --release -q
+exec ./target/release/tessera bench "$@"

@@ -55,9 +55,8 @@ impl TokenApi {
     }
 
     /// Verifies a presented token and checks it against the revocations.
-    fn check_token(&self, token: &str, now: u64) -> Result<Claims, ApiError> {
-        let ring = self.shared.key_ring()?;
-        let claims = token::verify(token, ring.verifiers(), &self.shared.verify_params(now))?;
+    fn check_token(&self, token: &str, now: u64) -> Result<Arc<Claims>, ApiError> {
+        let claims = self.shared.verify_token(token, now)?;
         if self.is_revoked(&claims) {
             return Err(ApiError::Unauthenticated("token is revoked".into()));
         }
@@ -312,7 +311,7 @@ impl pb::token_service_server::TokenService for TokenApi {
             caller: &caller.id,
             caller_cert_thumbprint: &caller.thumbprint,
             subject: &subject,
-            actor: actor.as_ref(),
+            actor: actor.as_deref(),
             requested_scopes: &scopes,
             audiences: &audiences,
             requested_lifetime: (r.lifetime_seconds > 0).then_some(r.lifetime_seconds),

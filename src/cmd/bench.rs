@@ -37,7 +37,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
     /// HTTP/2 connections per calling identity.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 1)]
     connections: usize,
     /// Seconds per operation.
     #[arg(long, default_value_t = 10)]
@@ -48,6 +48,10 @@ pub struct BenchArgs {
     /// Operations to run (default: all three).
     #[arg(long, value_enum, value_delimiter = ',')]
     ops: Vec<BenchOp>,
+    /// Size of the local node's verified-token cache (0 disables it, so
+    /// every request pays the signature check).
+    #[arg(long, default_value_t = 16 * 1024)]
+    verified_cache: usize,
     /// Iterations of the sign/verify micro-benchmark.
     #[arg(long, default_value_t = 20_000)]
     crypto_iterations: u32,
@@ -71,7 +75,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     let (endpoint, certs) = match &args.endpoint {
         Some(e) => (e.clone(), args.certs.clone()),
         None => {
-            let (node, dir) = start_local().await?;
+            let (node, dir) = start_local(args.verified_cache).await?;
             let addr = node.api_addr().to_string();
             let certs = dir.path().join("certs");
             _local = Some((node, dir));
@@ -108,6 +112,14 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         .into_inner()
         .access_token;
 
+    println!(
+        "\nverified-token cache: {}",
+        if args.endpoint.is_some() {
+            "as configured on the target".to_string()
+        } else {
+            args.verified_cache.to_string()
+        }
+    );
     println!(
         "\n| operation | in flight | requests | errors | throughput (/s) | p50 (ms) | p99 (ms) | max (ms) |\n|---|---|---|---|---|---|---|---|"
     );
@@ -288,14 +300,75 @@ fn crypto_costs(iterations: u32) -> Result<(), CliError> {
             .map_err(CliError::Failed)?;
     }
     let verify_us = t.elapsed().as_secs_f64() * 1e6 / f64::from(n);
-    println!("| JWT operation (one core) | µs/op |\n|---|---|");
+    println!("| operation (one core) | µs/op |\n|---|---|");
     println!("| EdDSA sign (key parsed once) | {sign_us:.1} |");
     println!("| EdDSA verify (RFC 8725 checks + claims) | {verify_us:.1} |");
+    other_costs(n)
+}
+
+/// The other per-request costs on the server: caller identity from the
+/// certificate and policy decisions.
+fn other_costs(n: u32) -> Result<(), CliError> {
+    use tessera::policy::{Action, ExchangeFacts, GrantFacts, PolicyEngine, Request};
+    let dir = tempfile::tempdir().map_err(|e| CliError::Failed(e.into()))?;
+    let pki = tessera::certs::init_dev_pki(dir.path(), &Default::default())
+        .map_err(|e| CliError::Failed(e.into()))?;
+    let files = pki
+        .tls_files("orders")
+        .context("orders")
+        .map_err(CliError::Failed)?;
+    let der = rustls::pki_types::pem::PemObject::from_pem_file(&files.cert)
+        .map(|c: rustls::pki_types::CertificateDer<'static>| c.to_vec())
+        .map_err(|e| CliError::Failed(anyhow::anyhow!("{e}")))?;
+    let time = |f: &mut dyn FnMut()| {
+        let t = Instant::now();
+        for _ in 0..n {
+            f();
+        }
+        t.elapsed().as_secs_f64() * 1e6 / f64::from(n)
+    };
+    let id_us = time(&mut || {
+        let _ = tessera::tls::identity_from_cert(&der);
+    });
+    let engine = PolicyEngine::new(include_str!("../../deploy/policy/example.cedar"), 1)
+        .map_err(|e| CliError::Failed(e.into()))?;
+    let orders = "spiffe://tessera.dev/svc/orders";
+    let introspect = Request::introspect(orders);
+    let intro_us = time(&mut || {
+        let _ = engine.try_authorize(&introspect);
+    });
+    let cached_us = time(&mut || {
+        let _ = engine.authorize(&introspect);
+    });
+    let facts = GrantFacts::Exchange(ExchangeFacts {
+        lifetime: 300,
+        depth: 1,
+        subject: "spiffe://tessera.dev/svc/frontend".into(),
+        subject_client: "spiffe://tessera.dev/svc/frontend".into(),
+        actors: vec![],
+        has_actor_token: false,
+    });
+    let scopes = vec!["payments:charge".to_string()];
+    let exch_us = time(&mut || {
+        let _ = engine.allowed_scopes(
+            orders,
+            Action::Exchange,
+            "spiffe://tessera.dev/svc/payments",
+            &scopes,
+            &facts,
+        );
+    });
+    println!("| caller identity from the client certificate | {id_us:.1} |");
+    println!("| Cedar decision: introspect, evaluated | {intro_us:.1} |");
+    println!("| Cedar decision: introspect, from the decision cache | {cached_us:.2} |");
+    println!("| Cedar decision: exchange, one scope, from the decision cache | {exch_us:.2} |");
     Ok(())
 }
 
 /// Starts a one-node cluster in this process with fresh development state.
-async fn start_local() -> anyhow::Result<(tessera::node::Node, tempfile::TempDir)> {
+async fn start_local(
+    verified_cache: usize,
+) -> anyhow::Result<(tessera::node::Node, tempfile::TempDir)> {
     let dir = tempfile::tempdir()?;
     let pki = tessera::certs::init_dev_pki(&dir.path().join("certs"), &Default::default())?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -309,6 +382,7 @@ async fn start_local() -> anyhow::Result<(tessera::node::Node, tempfile::TempDir
     );
     config.initial_policy = Some(include_str!("../../deploy/policy/example.cedar").to_string());
     config.audit = tessera::api::AuditSink::File(dir.path().join("audit.jsonl"));
+    config.token.verified_cache = verified_cache;
     let node = tessera::node::start(config, tessera::node::Listeners { api: listener }).await?;
     Ok((node, dir))
 }

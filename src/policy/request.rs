@@ -71,7 +71,7 @@ impl std::fmt::Display for Action {
 }
 
 /// What the action is about.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Resource {
     /// The requested audience (`Tessera::Audience::"<audience>"`): the
     /// resource of issue, exchange and impersonate.
@@ -82,7 +82,7 @@ pub enum Resource {
 }
 
 /// Facts about a token exchange (or impersonation), everything but the scope.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct ExchangeFacts {
     /// Requested lifetime of the new token, in seconds.
     pub lifetime: u64,
@@ -102,7 +102,7 @@ pub struct ExchangeFacts {
 /// Facts about a grant other than the scope: what
 /// [`crate::policy::PolicyEngine::allowed_scopes`] needs besides the list of
 /// scopes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum GrantFacts {
     /// For [`Action::Issue`].
     Issue {
@@ -142,7 +142,7 @@ impl RevokeKind {
 }
 
 /// The context of [`Action::Revoke`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RevokeContext {
     /// How the target is named.
     pub kind: RevokeKind,
@@ -154,7 +154,7 @@ pub struct RevokeContext {
 
 /// The typed context of a request; which variant goes with which action is
 /// fixed by the schema (the `Request` constructors always match them).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Context {
     /// Issue, exchange, impersonate: one scope and the facts of the grant.
     Grant {
@@ -176,7 +176,7 @@ pub enum Context {
 
 /// One authorization question: may `principal` do `action` on `resource`
 /// given `context`?
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Request {
     /// The caller's certificate identity: a SPIFFE id or a DNS name.
     pub principal: String,

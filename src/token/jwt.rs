@@ -650,7 +650,10 @@ fn decode_header(header_b64: &str) -> Result<Map<String, Value>, TokenError> {
         .map_err(|_| TokenError::Malformed("header json"))
 }
 
-fn check_claims(claims: &Claims, params: &VerifyParams) -> Result<(), TokenError> {
+/// The claim checks of [`verify`] alone: issuer, audience, times, `jti`,
+/// chain length. For callers that keep tokens whose signature they already
+/// verified and must re-check them against a later `now`.
+pub fn check_claims(claims: &Claims, params: &VerifyParams) -> Result<(), TokenError> {
     if claims.iss != params.issuer {
         return Err(TokenError::WrongIssuer);
     }

@@ -25,6 +25,6 @@ pub use claims::{x5t_s256, Actor, Audience, Claims, Confirmation, MayAct};
 pub use error::TokenError;
 pub use exchange::{exchange, issue_claims, ExchangeInput, Limits};
 pub use jwt::{
-    generate_ed25519, generate_es256, new_jti, verify, Alg, KeySet, SigningKey, VerifyParams,
-    VerifyingKey, DEFAULT_LEEWAY, DEFAULT_MAX_CHAIN, DEFAULT_MAX_LEN, TOKEN_TYPE,
+    check_claims, generate_ed25519, generate_es256, new_jti, verify, Alg, KeySet, SigningKey,
+    VerifyParams, VerifyingKey, DEFAULT_LEEWAY, DEFAULT_MAX_CHAIN, DEFAULT_MAX_LEN, TOKEN_TYPE,
 };

@@ -7,3 +7,4 @@ mod t20_refusals;
 mod t30_restart;
 mod t40_transport;
 mod t50_crash;
+mod t60_cli;

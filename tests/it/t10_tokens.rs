@@ -263,3 +263,57 @@ impl TestCluster {
         drop(dir);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_revocations_are_purged_by_a_replicated_command() {
+    let c = TestCluster::start_with(1, |cfg| {
+        cfg.purge_interval = std::time::Duration::from_millis(20)
+    })
+    .await;
+    let t = c
+        .tokens("frontend")
+        .await
+        .issue_token(pb::IssueTokenRequest {
+            lifetime_seconds: 60,
+            ..issue_req("orders", &["orders:write"])
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let rev = c
+        .tokens("frontend")
+        .await
+        .revoke(pb::RevokeRequest {
+            target: Some(pb::revoke_request::Target::Token(t.access_token.clone())),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let state = c.node(1).state().clone();
+    assert_eq!(state.revocation_count(), 1);
+    // While the token could still be valid, purges leave the entry alone.
+    let mut revs = state.watch_revision();
+    revs.wait_for(|r| *r > rev.revision).await.unwrap();
+    assert_eq!(state.revocation_count(), 1, "purged too early");
+    assert!(
+        !c.tokens("ledger")
+            .await
+            .introspect(introspect_req(&t.access_token))
+            .await
+            .unwrap()
+            .into_inner()
+            .active
+    );
+    // Once the token is past exp + leeway, the next purge drops the entry.
+    c.clock.advance(60 + 31);
+    let mut revs = state.watch_revision();
+    let s2 = state.clone();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        revs.wait_for(move |_| s2.revocation_count() == 0),
+    )
+    .await
+    .expect("purge within 10 s")
+    .unwrap();
+    c.stop().await;
+}

@@ -9,7 +9,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("tessera_descriptor.bin"))
-        .compile_protos(&["proto/tessera/v1/tessera.proto"], &["proto"])?;
+        .compile_protos(
+            &["proto/tessera/v1/tessera.proto", "proto/tessera/v1/admin.proto"],
+            &["proto"],
+        )?;
+    tonic_prost_build::configure()
+        .compile_protos(&["proto/tessera/raft/v1/raft.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

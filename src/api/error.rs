@@ -108,7 +108,7 @@ impl From<PolicyError> for ApiError {
 
 type ClientWriteRaftError = openraft::error::RaftError<
     NodeId,
-    openraft::error::ClientWriteError<NodeId, openraft::BasicNode>,
+    openraft::error::ClientWriteError<NodeId, crate::raft::NodeInfo>,
 >;
 
 impl From<ClientWriteRaftError> for ApiError {
@@ -117,7 +117,7 @@ impl From<ClientWriteRaftError> for ApiError {
         match e {
             RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Self::Unavailable {
                 reason: "this node is not the leader".into(),
-                leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+                leader: f.leader_id.zip(f.leader_node.map(|n| n.api_addr)),
             },
             RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
                 Self::InvalidArgument(format!("membership change: {c}"))

@@ -5,6 +5,7 @@
 //! asks the token rules and the policy, and writes through Raft. Errors of
 //! every layer become statuses in one place, [`error`].
 
+mod admin_service;
 mod audit;
 pub mod error;
 mod keys_service;
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+pub use admin_service::cluster_status;
 pub use audit::{AuditEvent, AuditLog, AuditSink};
 pub use error::ApiError;
 
@@ -23,7 +25,7 @@ use crate::clock::Clock;
 use crate::keys::{Kek, KeyRing};
 use crate::pb;
 use crate::policy::PolicyEngine;
-use crate::raft::{Command, CommandResponse, Op, TypeConfig};
+use crate::raft::{Command, CommandResponse, NodeId, NodeInfo, Op, TypeConfig};
 use crate::store::StateView;
 use crate::token::{Claims, VerifyParams};
 
@@ -68,11 +70,33 @@ impl Default for TokenSettings {
     }
 }
 
+/// What the API needs from the other nodes: forwarding writes to the
+/// leader and asking a node who it is. The node wires the Raft transport in;
+/// the seam keeps this layer free of transport details.
+#[tonic::async_trait]
+pub trait Peers: Send + Sync + 'static {
+    /// Sends a write to the leader and returns its result.
+    async fn forward(&self, leader: NodeId, node: &NodeInfo, cmd: Command) -> Result<CommandResponse, ApiError>;
+    /// Asks the node at a Raft address for its id, addresses and incarnation.
+    async fn hello(&self, raft_addr: &str) -> Result<(NodeId, NodeInfo), ApiError>;
+}
+
+/// Longest a write may take before the caller is told its outcome is
+/// unknown (it may still commit; revocations are idempotent, so retrying is
+/// safe).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A leader that has not heard from a quorum for this long stops taking
+/// writes and reports `NOT_SERVING`: it is probably cut off and will lose
+/// its leadership as soon as it hears from the others.
+pub const LEADER_LEASE: Duration = Duration::from_millis(1500);
+
 /// What every handler shares: Raft, the applied state, and the derived
 /// key ring and policy engine, each cached by the state version it was
 /// built from.
 pub struct Shared {
     raft: Raft,
+    peers: Arc<dyn Peers>,
     state: StateView,
     kek: Arc<Kek>,
     settings: TokenSettings,
@@ -83,6 +107,10 @@ pub struct Shared {
     ring: RwLock<Option<Arc<KeyRing>>>,
     policy: RwLock<Option<Arc<PolicyEngine>>>,
     verified: Mutex<VerifiedTokens>,
+    /// When this node, as leader, last heard from a quorum. Derived from
+    /// openraft's metrics as they arrive: a leader cut off from everyone
+    /// gets no new metrics, so the age is measured here, not read there.
+    quorum_ack: Mutex<Option<std::time::Instant>>,
 }
 
 /// Tokens whose signature this node has verified, with their claims, for
@@ -98,8 +126,10 @@ struct VerifiedTokens {
 
 impl Shared {
     /// Bundles the handler state.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         raft: Raft,
+        peers: Arc<dyn Peers>,
         state: StateView,
         kek: Arc<Kek>,
         settings: TokenSettings,
@@ -109,6 +139,7 @@ impl Shared {
     ) -> Self {
         Self {
             raft,
+            peers,
             state,
             kek,
             settings,
@@ -118,6 +149,7 @@ impl Shared {
             ring: RwLock::new(None),
             policy: RwLock::new(None),
             verified: Mutex::new(VerifiedTokens::default()),
+            quorum_ack: Mutex::new(None),
         }
     }
 
@@ -208,14 +240,110 @@ impl Shared {
         }
     }
 
-    /// Proposes a command stamped with this node's clock and waits until it
-    /// is applied.
+    /// Proposes a command and waits until it is applied: on the leader
+    /// directly, from a follower by forwarding it to the leader. Bounded by
+    /// [`WRITE_TIMEOUT`].
     async fn write(&self, op: Op) -> Result<CommandResponse, ApiError> {
         let cmd = Command {
             at: self.clock.now(),
             op,
         };
-        Ok(self.raft.client_write(cmd).await?.data)
+        let attempt = async {
+            self.check_lease()?;
+            match self.raft.client_write(cmd.clone()).await {
+                Ok(r) => Ok(r.data),
+                Err(openraft::error::RaftError::APIError(
+                    openraft::error::ClientWriteError::ForwardToLeader(f),
+                )) => match (f.leader_id, f.leader_node) {
+                    (Some(id), Some(node)) => self.peers.forward(id, &node, cmd).await,
+                    _ => Err(ApiError::Unavailable {
+                        reason: "no leader is known (no quorum?)".into(),
+                        leader: None,
+                    }),
+                },
+                Err(e) => Err(e.into()),
+            }
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(ApiError::Unavailable {
+                reason: format!(
+                    "write not confirmed within {WRITE_TIMEOUT:?}; it may still be applied, and retrying is safe"
+                ),
+                leader: self.leader_hint(),
+            }),
+        }
+    }
+
+    /// The leader's id and API address, if known.
+    fn leader_hint(&self) -> Option<(NodeId, String)> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, node.api_addr))
+    }
+
+    /// Records what a metrics update says about the last quorum
+    /// acknowledgement.
+    fn observe(&self, m: &openraft::RaftMetrics<NodeId, NodeInfo>) {
+        if let Ok(mut ack) = self.quorum_ack.lock() {
+            *ack = match (m.current_leader == Some(m.id), m.millis_since_quorum_ack) {
+                (true, Some(ms)) => {
+                    std::time::Instant::now().checked_sub(Duration::from_millis(ms))
+                }
+                _ => None,
+            };
+        }
+    }
+
+    /// Whether this node may act as leader: it is one and a quorum (or it
+    /// alone, as the only voter) acknowledged it within [`LEADER_LEASE`].
+    /// True for non-leaders, which forward instead.
+    fn lease_holds(&self, m: &openraft::RaftMetrics<NodeId, NodeInfo>) -> bool {
+        if m.current_leader != Some(m.id)
+            || m.membership_config.membership().voter_ids().count() <= 1
+        {
+            return true;
+        }
+        let ack = self.quorum_ack.lock().ok().and_then(|a| *a);
+        ack.is_some_and(|t| t.elapsed() <= LEADER_LEASE)
+    }
+
+    /// Health: `SERVING` only while a leader is known (if this node is it,
+    /// with its lease) and the applied index is within [`MAX_APPLY_LAG`] of
+    /// the log.
+    pub fn serving(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
+        let log = m.last_log_index.unwrap_or(0);
+        m.current_leader.is_some()
+            && self.lease_holds(&m)
+            && log.saturating_sub(applied) <= MAX_APPLY_LAG
+    }
+
+    /// Refuses to act as leader without a recent quorum acknowledgement.
+    fn check_lease(&self) -> Result<(), ApiError> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_leader == Some(m.id) && !self.lease_holds(&m) {
+            return Err(ApiError::Unavailable {
+                reason: "this leader has lost contact with a quorum".into(),
+                leader: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// Membership changes run on the leader; elsewhere `UNAVAILABLE` with
+    /// the leader's address.
+    fn ensure_leader(&self) -> Result<(), ApiError> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_leader == Some(m.id) {
+            return self.check_lease();
+        }
+        Err(ApiError::Unavailable {
+            reason: "membership changes go to the leader".into(),
+            leader: self.leader_hint(),
+        })
     }
 }
 
@@ -230,11 +358,12 @@ pub async fn serve(
     tls: Arc<rustls::ServerConfig>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
+    use pb::admin_service_server::AdminServiceServer;
     use pb::key_service_server::KeyServiceServer;
     use pb::token_service_server::TokenServiceServer;
 
     let (reporter, health) = tonic_health::server::health_reporter();
-    let health_task = tokio::spawn(health_loop(shared.raft.clone(), reporter));
+    let health_task = tokio::spawn(health_loop(shared.clone(), reporter));
 
     let reflection = match tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -249,6 +378,8 @@ pub async fn serve(
     let tokens = TokenServiceServer::new(token_service::TokenApi::new(shared.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     let keys = KeyServiceServer::new(keys_service::KeyApi::new(shared.clone()));
+    let admin = AdminServiceServer::new(admin_service::AdminApi::new(shared.clone()))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
     let incoming = crate::tls::tls_incoming(listener, tls);
     let result = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(1024)
@@ -258,6 +389,7 @@ pub async fn serve(
         .add_optional_service(reflection)
         .add_service(tokens)
         .add_service(keys)
+        .add_service(admin)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     health_task.abort();
@@ -266,24 +398,28 @@ pub async fn serve(
     }
 }
 
-/// Health follows Raft: `SERVING` while a leader is known and this node's
-/// applied index is close to what it has in its log.
-async fn health_loop(raft: Raft, reporter: tonic_health::server::HealthReporter) {
+/// Publishes [`Shared::serving`] through the standard health service and
+/// keeps the leader lease up to date. A leader cut off from everyone sees no
+/// metric change at all, so a tick re-checks the lease as well.
+async fn health_loop(shared: Arc<Shared>, reporter: tonic_health::server::HealthReporter) {
     use tonic_health::ServingStatus;
-    const SERVICES: [&str; 3] = ["", "tessera.v1.TokenService", "tessera.v1.KeyService"];
-    const MAX_LAG: u64 = 1_000;
-    let mut metrics = raft.metrics();
+    const SERVICES: [&str; 4] = [
+        "",
+        "tessera.v1.TokenService",
+        "tessera.v1.KeyService",
+        "tessera.v1.AdminService",
+    ];
+    let mut metrics = shared.raft.metrics();
     let mut last = None;
+    let mut tick = tokio::time::interval(LEADER_LEASE / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let status = {
-            let m = metrics.borrow_and_update();
-            let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
-            let log = m.last_log_index.unwrap_or(0);
-            if m.current_leader.is_some() && log.saturating_sub(applied) <= MAX_LAG {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            }
+        let m = metrics.borrow_and_update().clone();
+        shared.observe(&m);
+        let status = if shared.serving() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
         };
         if last != Some(status) {
             for s in SERVICES {
@@ -291,8 +427,13 @@ async fn health_loop(raft: Raft, reporter: tonic_health::server::HealthReporter)
             }
             last = Some(status);
         }
-        if metrics.changed().await.is_err() {
-            return;
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = tick.tick() => {}
         }
     }
 }
+
+/// Largest gap between a node's log and what it has applied while it still
+/// reports `SERVING`.
+pub const MAX_APPLY_LAG: u64 = 1_000;

@@ -3,6 +3,9 @@
 //! the library's validated `Config` here so the library never sees `clap`.
 
 mod bench;
+mod bench_revoke;
+mod cluster;
+mod dev;
 mod serve;
 
 use std::path::PathBuf;
@@ -46,6 +49,14 @@ pub struct Cli {
 enum Cmd {
     /// Run a node.
     Serve(serve::ServeArgs),
+    /// Start a three-node development cluster on this machine (separate
+    /// processes on 127.0.0.1), initialise it, and stop it on Ctrl-C.
+    Dev(dev::DevArgs),
+    /// Cluster administration: init, status, add, promote, remove, policy.
+    Cluster {
+        #[command(subcommand)]
+        cmd: cluster::ClusterCmd,
+    },
     /// Development certificates.
     Certs {
         #[command(subcommand)]
@@ -62,6 +73,9 @@ enum Cmd {
     Jwks(ConnArgs),
     /// Load generator: throughput and latency of Issue, Exchange, Introspect.
     Bench(bench::BenchArgs),
+    /// Revocation commit benchmark against a cluster (and etcd, with the
+    /// `etcd-bench` feature): throughput and latency per client count.
+    BenchRevoke(bench_revoke::BenchRevokeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -243,7 +257,7 @@ fn actor_json(a: &pb::Actor) -> serde_json::Value {
     v
 }
 
-fn status_err(s: tonic::Status) -> anyhow::Error {
+pub(crate) fn status_err(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", s.code(), s.message())
 }
 
@@ -251,6 +265,8 @@ fn status_err(s: tonic::Status) -> anyhow::Error {
 pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
     match cli.cmd {
         Cmd::Serve(args) => serve::serve(args).await,
+        Cmd::Dev(args) => dev::run(args).await,
+        Cmd::Cluster { cmd } => cluster::run(cmd).await.map_err(CliError::Failed),
         Cmd::Certs {
             cmd:
                 CertsCmd::Init {
@@ -287,6 +303,7 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Cmd::Bench(args) => bench::run(args).await,
+        Cmd::BenchRevoke(args) => bench_revoke::run(args).await,
     }
 }
 

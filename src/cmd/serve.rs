@@ -34,9 +34,22 @@ pub struct ServeArgs {
     /// Address to listen on for the public API.
     #[arg(long, env = "TESSERA_LISTEN")]
     listen: Option<String>,
-    /// Address other nodes use to reach this one (defaults to --listen).
+    /// Address clients use to reach this node's API (defaults to --listen);
+    /// followers name it in leader hints.
     #[arg(long, env = "TESSERA_ADVERTISE")]
     advertise: Option<String>,
+    /// Address to listen on for node-to-node Raft traffic (mTLS, cluster
+    /// members only).
+    #[arg(long, env = "TESSERA_RAFT_LISTEN")]
+    raft_listen: Option<String>,
+    /// Address other nodes use to reach this node's Raft listener (defaults
+    /// to --raft-listen).
+    #[arg(long, env = "TESSERA_RAFT_ADVERTISE")]
+    raft_advertise: Option<String>,
+    /// Initialise a one-node cluster on first start. Without it a fresh
+    /// node waits to be initialised (`tessera cluster init`) or added.
+    #[arg(long, env = "TESSERA_BOOTSTRAP")]
+    bootstrap: bool,
     /// Data directory (sled database).
     #[arg(long, env = "TESSERA_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -80,6 +93,9 @@ struct FileConfig {
     node_id: Option<u64>,
     listen: Option<String>,
     advertise: Option<String>,
+    raft_listen: Option<String>,
+    raft_advertise: Option<String>,
+    bootstrap: Option<bool>,
     data_dir: Option<PathBuf>,
     ca: Option<PathBuf>,
     cert: Option<PathBuf>,
@@ -102,7 +118,7 @@ fn read_policy(path: &Path) -> Result<String, CliError> {
 }
 
 /// Builds the node configuration and the listen address.
-fn build(a: ServeArgs) -> Result<(Config, String), CliError> {
+fn build(a: ServeArgs) -> Result<(Config, String, String), CliError> {
     let file: FileConfig = match &a.config {
         Some(p) => {
             let text = std::fs::read_to_string(p)
@@ -129,6 +145,11 @@ fn build(a: ServeArgs) -> Result<(Config, String), CliError> {
         .or_else(|| dev.then(|| "127.0.0.1:7443".to_string()))
         .ok_or_else(|| usage("--listen is required (or --dev)"))?;
     let advertise = pick!(advertise).unwrap_or_else(|| listen.clone());
+    let raft_listen = pick!(raft_listen)
+        .or_else(|| dev.then(|| "127.0.0.1:7543".to_string()))
+        .ok_or_else(|| usage("--raft-listen is required (or --dev)"))?;
+    let raft_advertise = pick!(raft_advertise);
+    let bootstrap = a.bootstrap || dev || file.bootstrap.unwrap_or(false);
     let data_dir = pick!(data_dir)
         .or_else(|| dev.then(|| dev_dir.join(format!("node{node_id}"))))
         .ok_or_else(|| usage("--data-dir is required (or --dev)"))?;
@@ -187,27 +208,44 @@ fn build(a: ServeArgs) -> Result<(Config, String), CliError> {
         None => AuditSink::File(data_dir.join("audit.jsonl")),
     };
     let mut config = Config::new(node_id, data_dir, advertise, tls, kek);
+    config.raft_advertise_addr = raft_advertise.unwrap_or_default();
+    config.bootstrap = bootstrap;
     config.initial_policy = initial_policy;
     config.token = token;
     config.audit = audit;
     config.read_wait_max = Duration::from_secs(5);
     config.validate().map_err(usage)?;
-    Ok((config, listen))
+    Ok((config, listen, raft_listen))
 }
 
 /// Runs `tessera serve`.
 pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
-    let (config, listen) = build(args)?;
-    let api = tokio::net::TcpListener::bind(&listen)
-        .await
-        .map_err(|e| usage(format!("cannot listen on {listen}: {e}")))?;
-    // The bound address, not the requested one: with port 0 this is how a
-    // supervisor (or a test) learns the port.
-    let bound = api
-        .local_addr()
-        .map_err(|e| usage(format!("cannot listen on {listen}: {e}")))?;
-    eprintln!("tessera node {} listening on {bound}", config.node_id);
-    node::run(config, Listeners { api }, shutdown_signal())
+    let (mut config, listen, raft_listen) = build(args)?;
+    let bind = |addr: String| async move {
+        let l = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|e| usage(format!("cannot listen on {addr}: {e}")))?;
+        let bound = l
+            .local_addr()
+            .map_err(|e| usage(format!("cannot listen on {addr}: {e}")))?;
+        Ok::<_, CliError>((l, bound))
+    };
+    let (api, api_bound) = bind(listen).await?;
+    let (raft, raft_bound) = bind(raft_listen).await?;
+    // Advertise what was bound when nothing else was asked for (port 0).
+    if config.advertise_addr.ends_with(":0") {
+        config.advertise_addr = api_bound.to_string();
+    }
+    if config.raft_advertise_addr.is_empty() {
+        config.raft_advertise_addr = raft_bound.to_string();
+    }
+    // The bound addresses, not the requested ones: with port 0 this is how
+    // a supervisor (or a test) learns the ports.
+    eprintln!(
+        "tessera node {} listening on {api_bound} raft {raft_bound}",
+        config.node_id
+    );
+    node::run(config, Listeners { api, raft }, shutdown_signal())
         .await
         .map_err(|e| CliError::Failed(e.into()))
 }

@@ -39,8 +39,13 @@ pub struct Config {
     pub node_id: u64,
     /// Directory holding the sled database.
     pub data_dir: PathBuf,
-    /// Address other nodes and clients reach this node at (host:port).
+    /// Address clients reach this node's API at (host:port).
     pub advertise_addr: String,
+    /// Address other nodes reach this node's Raft listener at (host:port);
+    /// empty: the Raft listener's bound address.
+    pub raft_advertise_addr: String,
+    /// Initialise a one-node cluster on first start.
+    pub bootstrap: bool,
     /// Certificate, key and CA for mutual TLS.
     pub tls: TlsFiles,
     /// The key-encryption key.
@@ -85,6 +90,8 @@ impl Config {
             node_id,
             data_dir,
             advertise_addr,
+            raft_advertise_addr: String::new(),
+            bootstrap: false,
             tls,
             kek,
             initial_policy: None,

@@ -14,7 +14,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::BasicNode;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -68,6 +67,8 @@ pub enum NodeError {
 pub struct Listeners {
     /// The public API (gRPC over mTLS).
     pub api: TcpListener,
+    /// Node-to-node Raft traffic (gRPC over mTLS, members only).
+    pub raft: TcpListener,
 }
 
 /// A running node.
@@ -208,7 +209,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
         let mut members = BTreeMap::new();
         members.insert(
             config.node_id,
-            BasicNode::new(config.advertise_addr.clone()),
+            crate::raft::NodeInfo { raft_addr: String::new(), api_addr: config.advertise_addr.clone(), incarnation: 0 },
         );
         raft.initialize(members)
             .await
@@ -225,6 +226,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
     let (audit, audit_thread) = AuditLog::start(config.audit.clone())?;
     let shared = Arc::new(Shared::new(
         raft.clone(),
+        Arc::new(NoPeers),
         state.clone(),
         kek.clone(),
         config.token.clone(),
@@ -264,6 +266,25 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
         shared: Some(shared),
         store_closed,
     })
+}
+
+/// Placeholder until the transport lands.
+struct NoPeers;
+
+#[tonic::async_trait]
+impl api::Peers for NoPeers {
+    async fn forward(
+        &self,
+        _leader: NodeId,
+        _node: &crate::raft::NodeInfo,
+        _cmd: Command,
+    ) -> Result<crate::raft::CommandResponse, api::ApiError> {
+        Err(api::ApiError::Unavailable { reason: "no transport".into(), leader: None })
+    }
+
+    async fn hello(&self, _raft_addr: &str) -> Result<(NodeId, crate::raft::NodeInfo), api::ApiError> {
+        Err(api::ApiError::Unavailable { reason: "no transport".into(), leader: None })
+    }
 }
 
 async fn wait_stop(mut rx: watch::Receiver<bool>) {

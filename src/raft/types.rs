@@ -17,18 +17,46 @@ openraft::declare_raft_types!(
         D = Command,
         R = CommandResponse,
         NodeId = NodeId,
-        Node = openraft::BasicNode,
+        Node = NodeInfo,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
         AsyncRuntime = openraft::TokioRuntime,
 );
+
+/// What the cluster knows about a member: where to reach it and which
+/// incarnation of its data it is.
+///
+/// The incarnation is a random number a node draws when it creates its
+/// database. A node whose data was wiped comes back with a new one; its
+/// peers then refuse its votes and acknowledgements (they no longer speak
+/// for the state it had promised), until an operator removes it and adds it
+/// again as a fresh learner.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Address of the node's Raft listener (host:port).
+    pub raft_addr: String,
+    /// Address of the node's public API (host:port), for leader hints.
+    pub api_addr: String,
+    /// Incarnation of the node's data.
+    pub incarnation: u64,
+}
+
+impl std::fmt::Display for NodeInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "raft {} api {} incarnation {:016x}",
+            self.raft_addr, self.api_addr, self.incarnation
+        )
+    }
+}
 
 /// A Raft log id for this type configuration.
 pub type LogId = openraft::LogId<NodeId>;
 /// A Raft log entry for this type configuration.
 pub type Entry = openraft::Entry<TypeConfig>;
 /// Membership as stored alongside the state machine.
-pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, NodeInfo>;
 /// A snapshot of the state machine.
 pub type Snapshot = openraft::Snapshot<TypeConfig>;
 /// openraft's storage error for this configuration.

@@ -31,6 +31,8 @@ pub(crate) const T_SM_POLICY: &str = "sm_policy";
 pub(crate) const T_SM_META: &str = "sm_meta";
 /// The current snapshot: meta and data.
 pub(crate) const T_SNAPSHOT: &str = "snapshot";
+/// Key of the node's data incarnation in [`T_LOG_META`].
+pub(crate) const K_INCARNATION: &str = "incarnation";
 
 /// One node's sled database and its trees.
 pub(crate) struct Db {
@@ -50,6 +52,8 @@ pub(crate) struct Db {
     /// runs concurrently with apply and install, and must never replace a
     /// newer stored snapshot with an older one.
     pub(crate) snapshot_lock: Mutex<()>,
+    /// The random, non-zero number drawn when this database was created.
+    pub(crate) incarnation: u64,
     /// Completed fsyncs, so tests can show an acknowledgement follows one.
     fsyncs: AtomicU64,
     /// Dropped last (fields drop in order), after every sled handle: its
@@ -72,7 +76,7 @@ impl Db {
                 source,
             })?;
         let tree = |name: &str| db.open_tree(name).map_err(StoreError::from);
-        let this = Db {
+        let mut this = Db {
             data_file: dir.join("db"),
             log: tree(T_LOG)?,
             log_meta: tree(T_LOG_META)?,
@@ -84,10 +88,12 @@ impl Db {
             sm_meta: tree(T_SM_META)?,
             snapshot: tree(T_SNAPSHOT)?,
             snapshot_lock: Mutex::new(()),
+            incarnation: 0,
             fsyncs: AtomicU64::new(0),
             closed: tokio::sync::watch::Sender::new(()),
             db,
         };
+        this.incarnation = load_or_draw_incarnation(&this.log_meta)?;
         // A freshly created data file is only durable once its directory
         // entry is: fsync the directory once, now that sled has created it.
         this.durable_flush()?;
@@ -135,6 +141,43 @@ impl Db {
     /// How many fsyncs of the data file have completed since open.
     pub(crate) fn fsync_count(&self) -> u64 {
         self.fsyncs.load(Ordering::SeqCst)
+    }
+}
+
+/// Reads the incarnation from `log_meta`, or draws and stores one if this
+/// database has none yet (it was just created). Made durable by the flush
+/// that ends [`Db::open`].
+fn load_or_draw_incarnation(log_meta: &sled::Tree) -> Result<u64, StoreError> {
+    if let Some(n) = get::<u64>(log_meta, T_LOG_META, K_INCARNATION)? {
+        if n != 0 {
+            return Ok(n);
+        }
+    }
+    let n = random_nonzero_u64()?;
+    // Compare-and-swap: two opens cannot race (sled locks the directory),
+    // but it costs nothing to never replace an incarnation once written.
+    match log_meta.compare_and_swap(K_INCARNATION, None::<&[u8]>, Some(encode(&n)?))? {
+        Ok(()) => Ok(n),
+        Err(_) => get::<u64>(log_meta, T_LOG_META, K_INCARNATION)?
+            .filter(|n| *n != 0)
+            .ok_or_else(|| StoreError::Corrupt {
+                tree: T_LOG_META,
+                reason: "the incarnation is zero".into(),
+            }),
+    }
+}
+
+/// A random non-zero u64 from the operating system's generator: zero means
+/// "unknown" in membership records.
+fn random_nonzero_u64() -> Result<u64, StoreError> {
+    loop {
+        let mut buf = [0u8; 8];
+        aws_lc_rs::rand::fill(&mut buf)
+            .map_err(|_| StoreError::Task("the system random generator failed".into()))?;
+        let n = u64::from_le_bytes(buf);
+        if n != 0 {
+            return Ok(n);
+        }
     }
 }
 

@@ -50,6 +50,14 @@ impl LogStore {
         self.db.closed()
     }
 
+    /// The incarnation of this node's data: a random non-zero number drawn
+    /// when the database was created and kept across restarts. A node whose
+    /// data was wiped has a new one, which is how its peers tell it apart
+    /// from the node that made promises (votes, acknowledgements) before.
+    pub fn incarnation(&self) -> u64 {
+        self.db.incarnation
+    }
+
     /// How many fsyncs of the database have completed since it was opened.
     /// Shared with the state machine (one database per node).
     pub fn fsync_count(&self) -> u64 {
@@ -405,6 +413,23 @@ mod tests {
             n as usize
         );
         assert_eq!(reader.get_log_id(n).await.unwrap(), log_id(1, 1, n));
+    }
+
+    #[test]
+    fn incarnation_is_stable_across_reopen_and_fresh_per_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = open(dir.path()).incarnation();
+        assert_ne!(first, 0);
+        assert_eq!(open(dir.path()).incarnation(), first);
+        let other = tempfile::tempdir().unwrap();
+        let second = open(other.path()).incarnation();
+        assert_ne!(second, 0);
+        assert_ne!(second, first);
+        // Wiping the data means a new incarnation.
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        let third = open(dir.path()).incarnation();
+        assert_ne!(third, 0);
+        assert_ne!(third, first);
     }
 
     #[tokio::test]

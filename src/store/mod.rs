@@ -5,7 +5,9 @@
 //! # On disk
 //!
 //! One sled database per node, with a tree per concern: log entries
-//! (big-endian index keys), log meta (vote, committed, last purged), one tree
+//! (big-endian index keys), log meta (vote, committed, last purged, and the
+//! data's incarnation: a random number drawn when the database is created,
+//! see [`LogStore::incarnation`]), one tree
 //! per kind of state-machine data (revoked jtis, subject cut-offs, client
 //! cut-offs, keys, policy, meta) and the current snapshot. Values are JSON.
 //!

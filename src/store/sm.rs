@@ -30,7 +30,7 @@ const K_SNAP_DATA: &str = "data";
 const SNAPSHOT_FORMAT: u32 = 1;
 
 /// Snapshot meta for this type configuration.
-type Meta = SnapshotMeta<NodeId, openraft::BasicNode>;
+type Meta = SnapshotMeta<NodeId, crate::raft::NodeInfo>;
 
 #[derive(Serialize)]
 struct SnapshotBodyRef<'a> {

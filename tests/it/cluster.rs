@@ -98,7 +98,9 @@ impl TestCluster {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut config = self.configs[(i - 1) as usize].clone();
         config.advertise_addr = listener.local_addr().unwrap().to_string();
-        let node = node::start(config, Listeners { api: listener })
+        config.bootstrap = true;
+        let raft = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let node = node::start(config, Listeners { api: listener, raft })
             .await
             .unwrap();
         self.nodes[(i - 1) as usize] = Some(node);

@@ -25,7 +25,7 @@ impl Drop for Proc {
 /// bound address (an event, not a sleep).
 fn spawn(dir: &std::path::Path, certs: &std::path::Path) -> Proc {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--node-id", "1"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--raft-listen", "127.0.0.1:0", "--node-id", "1", "--bootstrap"])
         .arg("--data-dir")
         .arg(dir.join("data"))
         .arg("--ca")
@@ -56,7 +56,7 @@ fn spawn(dir: &std::path::Path, certs: &std::path::Path) -> Proc {
             .expect("server exited before listening")
             .unwrap();
         if let Some(rest) = line.split(" listening on ").nth(1) {
-            break rest.trim().to_string();
+            break rest.split_whitespace().next().unwrap().to_string();
         }
     };
     // Keep draining stderr so the child never blocks on a full pipe.

@@ -10,7 +10,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("tessera_descriptor.bin"))
         .compile_protos(
-            &["proto/tessera/v1/tessera.proto", "proto/tessera/v1/admin.proto"],
+            &[
+                "proto/tessera/v1/tessera.proto",
+                "proto/tessera/v1/admin.proto",
+            ],
             &["proto"],
         )?;
     tonic_prost_build::configure()

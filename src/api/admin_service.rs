@@ -38,12 +38,20 @@ impl AdminApi {
             .policy()?
             .ok_or_else(|| ApiError::PermissionDenied("no policy is installed".into()))?;
         let d = policy.authorize(&crate::policy::Request::admin(caller.id.clone(), operation));
-        let mut ev = AuditEvent::new(now, "admin", if d.allowed { "allow" } else { "deny" }, &caller.id);
+        let mut ev = AuditEvent::new(
+            now,
+            "admin",
+            if d.allowed { "allow" } else { "deny" },
+            &caller.id,
+        );
         ev.policy_ids = d.policy_ids;
         ev.reason = Some(operation.to_string());
         self.shared.audit.record(ev).await;
         if !d.allowed {
-            return Err(ApiError::PermissionDenied(format!("policy (admin): {operation} not allowed")).into());
+            return Err(ApiError::PermissionDenied(format!(
+                "policy (admin): {operation} not allowed"
+            ))
+            .into());
         }
         tracing::info!(caller = %caller.id, operation, "admin operation");
         Ok(caller.id)
@@ -56,7 +64,13 @@ impl AdminApi {
     /// Waits until `id`'s replicated index reaches the leader's last log
     /// index as it was when the wait began.
     async fn wait_caught_up(&self, id: NodeId, timeout: Duration) -> Result<(), ApiError> {
-        let target = self.shared.raft.metrics().borrow().last_log_index.unwrap_or(0);
+        let target = self
+            .shared
+            .raft
+            .metrics()
+            .borrow()
+            .last_log_index
+            .unwrap_or(0);
         let res = self
             .shared
             .raft
@@ -110,7 +124,12 @@ pub fn cluster_status(raft: &super::Raft) -> pb::ClusterStatusResponse {
                 node_id: *id,
                 raft_addr: n.raft_addr.clone(),
                 api_addr: n.api_addr.clone(),
-                role: if voters.contains(id) { "voter" } else { "learner" }.into(),
+                role: if voters.contains(id) {
+                    "voter"
+                } else {
+                    "learner"
+                }
+                .into(),
                 matched_index: mi,
                 lag: last.saturating_sub(mi),
                 is_leader: m.current_leader == Some(*id),
@@ -123,7 +142,9 @@ pub fn cluster_status(raft: &super::Raft) -> pb::ClusterStatusResponse {
     let commit_index = if lag_known {
         let mut held: Vec<u64> = voters.iter().map(&matched).collect();
         held.sort_unstable();
-        held.get(held.len().saturating_sub(1) / 2).copied().unwrap_or(0)
+        held.get(held.len().saturating_sub(1) / 2)
+            .copied()
+            .unwrap_or(0)
     } else {
         m.last_applied.map(|l| l.index).unwrap_or(0)
     };
@@ -158,17 +179,27 @@ impl pb::admin_service_server::AdminService for AdminApi {
         self.admit(&req, "init_cluster").await?;
         let addrs = req.into_inner().raft_addrs;
         if addrs.is_empty() || addrs.len() > 9 {
-            return Err(Status::invalid_argument("give 1 to 9 member Raft addresses"));
+            return Err(Status::invalid_argument(
+                "give 1 to 9 member Raft addresses",
+            ));
         }
         let raft = &self.shared.raft;
-        if raft.is_initialized().await.map_err(|e| Status::unavailable(e.to_string()))? {
-            return Err(Status::failed_precondition("this node already belongs to a cluster"));
+        if raft
+            .is_initialized()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?
+        {
+            return Err(Status::failed_precondition(
+                "this node already belongs to a cluster",
+            ));
         }
         let mut members: BTreeMap<NodeId, NodeInfo> = BTreeMap::new();
         for addr in &addrs {
             let (id, info) = self.shared.peers.hello(addr).await?;
             if members.insert(id, info).is_some() {
-                return Err(Status::invalid_argument(format!("node id {id} appears twice")));
+                return Err(Status::invalid_argument(format!(
+                    "node id {id} appears twice"
+                )));
             }
         }
         let me = raft.metrics().borrow().id;
@@ -184,6 +215,24 @@ impl pb::admin_service_server::AdminService for AdminApi {
             .metrics(|m| m.current_leader.is_some(), "a leader is elected")
             .await
             .map_err(|e| Status::deadline_exceeded(format!("no leader elected: {e}")))?;
+        // The new leader writes the first signing key (and the initial
+        // policy); the cluster is ready to serve once this node has them.
+        let state = self.shared.state.clone();
+        let mut rx = state.watch_revision();
+        let ready = async move {
+            rx.wait_for(|_| !state.keys().is_empty() && state.policy().is_some())
+                .await
+                .map(|_| ())
+        };
+        match tokio::time::timeout(ELECTION_WAIT, ready).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(Status::unavailable("node is shutting down")),
+            Err(_) => {
+                return Err(Status::deadline_exceeded(
+                    "the cluster has a leader but no signing key or policy yet (was the leader started with --policy?)",
+                ))
+            }
+        }
         Ok(Response::new(self.status()))
     }
 
@@ -246,7 +295,9 @@ impl pb::admin_service_server::AdminService for AdminApi {
             .get_node(&id)
             .is_some();
         if !is_node {
-            return Err(Status::not_found(format!("node {id} is not in the cluster; add it first")));
+            return Err(Status::not_found(format!(
+                "node {id} is not in the cluster; add it first"
+            )));
         }
         // It votes only once it holds everything the leader has.
         self.wait_caught_up(id, CATCH_UP_WAIT).await?;
@@ -269,7 +320,11 @@ impl pb::admin_service_server::AdminService for AdminApi {
             let m = self.shared.raft.metrics().borrow().clone();
             let mem = m.membership_config.membership();
             let voters: BTreeSet<NodeId> = mem.voter_ids().collect();
-            (voters.contains(&id), mem.get_node(&id).is_some(), voters.len())
+            (
+                voters.contains(&id),
+                mem.get_node(&id).is_some(),
+                voters.len(),
+            )
         };
         let change = if is_voter {
             if voters <= 1 {
@@ -279,7 +334,9 @@ impl pb::admin_service_server::AdminService for AdminApi {
         } else if is_node {
             ChangeMembers::RemoveNodes(BTreeSet::from([id]))
         } else {
-            return Err(Status::not_found(format!("node {id} is not in the cluster")));
+            return Err(Status::not_found(format!(
+                "node {id} is not in the cluster"
+            )));
         };
         self.shared
             .raft
@@ -297,7 +354,9 @@ impl pb::admin_service_server::AdminService for AdminApi {
         let text = req.into_inner().text;
         PolicyEngine::validate(&text).map_err(ApiError::from)?;
         let r = self.shared.write(Op::PutPolicy { text }).await?;
-        Ok(Response::new(pb::PutPolicyResponse { version: r.revision }))
+        Ok(Response::new(pb::PutPolicyResponse {
+            version: r.revision,
+        }))
     }
 
     async fn get_policy(
@@ -314,9 +373,17 @@ impl pb::admin_service_server::AdminService for AdminApi {
         req: Request<pb::PutPolicyRequest>,
     ) -> Result<Response<pb::ValidatePolicyResponse>, Status> {
         self.admit(&req, "validate_policy").await?;
-        Ok(Response::new(match PolicyEngine::validate(&req.into_inner().text) {
-            Ok(()) => pb::ValidatePolicyResponse { valid: true, message: String::new() },
-            Err(e) => pb::ValidatePolicyResponse { valid: false, message: e.to_string() },
-        }))
+        Ok(Response::new(
+            match PolicyEngine::validate(&req.into_inner().text) {
+                Ok(()) => pb::ValidatePolicyResponse {
+                    valid: true,
+                    message: String::new(),
+                },
+                Err(e) => pb::ValidatePolicyResponse {
+                    valid: false,
+                    message: e.to_string(),
+                },
+            },
+        ))
     }
 }

@@ -76,7 +76,12 @@ impl Default for TokenSettings {
 #[tonic::async_trait]
 pub trait Peers: Send + Sync + 'static {
     /// Sends a write to the leader and returns its result.
-    async fn forward(&self, leader: NodeId, node: &NodeInfo, cmd: Command) -> Result<CommandResponse, ApiError>;
+    async fn forward(
+        &self,
+        leader: NodeId,
+        node: &NodeInfo,
+        cmd: Command,
+    ) -> Result<CommandResponse, ApiError>;
     /// Asks the node at a Raft address for its id, addresses and incarnation.
     async fn hello(&self, raft_addr: &str) -> Result<(NodeId, NodeInfo), ApiError>;
 }
@@ -106,6 +111,9 @@ pub struct Shared {
     // std locks: held for a pointer copy, never across an await.
     ring: RwLock<Option<Arc<KeyRing>>>,
     policy: RwLock<Option<Arc<PolicyEngine>>>,
+    /// The policy this node was started with: it decides until the cluster
+    /// has a replicated one (so that an operator may initialise a cluster).
+    initial_policy: Option<Arc<PolicyEngine>>,
     verified: Mutex<VerifiedTokens>,
     /// When this node, as leader, last heard from a quorum. Derived from
     /// openraft's metrics as they arrive: a leader cut off from everyone
@@ -148,9 +156,19 @@ impl Shared {
             audit,
             ring: RwLock::new(None),
             policy: RwLock::new(None),
+            initial_policy: None,
             verified: Mutex::new(VerifiedTokens::default()),
             quorum_ack: Mutex::new(None),
         }
+    }
+
+    /// Sets the policy that decides while the cluster has none replicated.
+    pub fn with_initial_policy(mut self, text: Option<&str>) -> Result<Self, ApiError> {
+        self.initial_policy = match text {
+            Some(t) => Some(Arc::new(PolicyEngine::new(t, 0)?)),
+            None => None,
+        };
+        Ok(self)
     }
 
     /// The key ring for the current key version, rebuilt when keys change.
@@ -180,7 +198,7 @@ impl Shared {
             }
         }
         let Some((version, text)) = self.state.policy() else {
-            return Ok(None);
+            return Ok(self.initial_policy.clone());
         };
         // Replicated policies were validated before they were proposed; a
         // failure here means the schema changed under a stored policy.

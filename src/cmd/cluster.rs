@@ -21,7 +21,11 @@ pub struct AdminConn {
     #[arg(long, env = "TESSERA_CA", default_value = ".tessera-dev/certs/ca.pem")]
     ca: PathBuf,
     /// Admin client certificate (PEM).
-    #[arg(long, env = "TESSERA_ADMIN_CERT", default_value = ".tessera-dev/certs/admin.pem")]
+    #[arg(
+        long,
+        env = "TESSERA_ADMIN_CERT",
+        default_value = ".tessera-dev/certs/admin.pem"
+    )]
     cert: PathBuf,
     /// Admin client key (PEM); defaults to the certificate path with `.key`.
     #[arg(long, env = "TESSERA_ADMIN_KEY")]
@@ -158,7 +162,10 @@ fn print_status(s: &pb::ClusterStatusResponse) {
         "node {} is {}; leader {leader}; term {}; log {} commit {} applied {}",
         s.node_id, s.state, s.term, s.last_log_index, s.commit_index, s.applied_index
     );
-    println!("{:>4}  {:<8} {:<22} {:<22} {:>8} {:>8}", "id", "role", "api", "raft", "matched", "lag");
+    println!(
+        "{:>4}  {:<8} {:<22} {:<22} {:>8} {:>8}",
+        "id", "role", "api", "raft", "matched", "lag"
+    );
     for n in &s.nodes {
         let (m, l) = if s.lag_known {
             (n.matched_index.to_string(), n.lag.to_string())

@@ -812,6 +812,22 @@ fn prepare(dir: &Path, layout: &Layout) -> Result<(), CliError> {
         Err(e) => return Err(usage(format!("{}: {e}", layout_path.display()))),
     };
     let max_nodes = recorded.map_or(layout.nodes, |r| r.nodes.max(layout.nodes));
+    // Nodes left behind by a supervisor that was killed (-9) still hold
+    // their ports and databases; new ones would only fail obscurely.
+    let orphans: Vec<String> = (1..=max_nodes)
+        .filter_map(|i| {
+            let pid = read_pid(&dir.join(format!("node{i}.pid")))?;
+            tessera_alive(pid).then(|| format!("node {i} (pid {pid})"))
+        })
+        .collect();
+    if !orphans.is_empty() {
+        return Err(usage(format!(
+            "{} of an earlier `tessera dev` in {} still running; stop them first \
+             (kill <pid>)",
+            orphans.join(", "),
+            dir.display()
+        )));
+    }
     let has_data = (1..=max_nodes).any(|i| dir.join(format!("node{i}")).exists());
     check_restart(layout, recorded.as_ref(), has_data)
         .map_err(|m| usage(format!("{} {m}", dir.display())))?;
@@ -925,19 +941,44 @@ fn print_ready(sup: &Supervisor, s: &pb::ClusterStatusResponse, initialised: boo
              TESSERA_CERT={dir}/certs/frontend.pem TESSERA_ADMIN_CERT={dir}/certs/admin.pem\n"
         );
     }
+    let leader = s.leader_id;
+    let mut tries: Vec<(String, String)> = vec![
+        (
+            format!("tessera cluster status --endpoint {}", api(0)),
+            "leader, term, indexes, each member's lag".into(),
+        ),
+        (
+            format!("TESSERA_ENDPOINT={} scripts/tour.sh", api(tour_node)),
+            format!(
+                "the README tour against node {}: writes from any node",
+                tour_node + 1
+            ),
+        ),
+        (
+            "scripts/cluster-status.sh".into(),
+            "every node's view".into(),
+        ),
+        (
+            format!("scripts/kill-node.sh {leader}"),
+            "SIGKILL the leader; the others elect a new one and keep serving".into(),
+        ),
+    ];
+    if !sup.layout.kernel_ports() {
+        tries.push((
+            format!("scripts/restart-node.sh {leader}"),
+            format!("bring it back (kill -HUP {})", std::process::id()),
+        ));
+    }
+    let width = tries.iter().map(|(c, _)| c.len()).max().unwrap_or(0);
     out.push_str(&format!(
-        "\nTry, in another terminal at the repository root (`tessera` is {exe}):\n{env}\
-         \x20 tessera cluster status --endpoint {a1}\n\
-         \x20 TESSERA_ENDPOINT={at} scripts/tour.sh       # the README tour against node {tn}: writes from any node\n\
-         \x20 scripts/cluster-status.sh                     # every node's view\n\
-         \x20 scripts/kill-node.sh 1                        # SIGKILL node 1; the others keep serving\n\
-         \x20 scripts/restart-node.sh 1                     # start it again (kill -HUP {pid})\n\
-         Logs: {dir}/node<i>.log, audit: {dir}/audit-node<i>.jsonl. Ctrl-C stops every node.\n",
-        exe = sup.exe.display(),
-        a1 = api(0),
-        at = api(tour_node),
-        tn = tour_node + 1,
-        pid = std::process::id(),
+        "\nTry, in another terminal at the repository root (`tessera` is {}):\n{env}",
+        sup.exe.display()
+    ));
+    for (cmd, why) in &tries {
+        out.push_str(&format!("  {cmd:<width$}  # {why}\n"));
+    }
+    out.push_str(&format!(
+        "Logs: {dir}/node<i>.log, audit: {dir}/audit-node<i>.jsonl. Ctrl-C stops every node.\n"
     ));
     out.push_str("cluster ready\n");
     let mut stdout = std::io::stdout().lock();
@@ -1206,5 +1247,39 @@ mod tests {
         }
         // Once it is gone, a stale pid file is ignored.
         assert!(prepare(tmp.path(), &layout(1, 7443, 7543)).is_ok());
+
+        // A node left running by a supervisor that was killed.
+        let mut child = Command::new("sh")
+            .args(["-c", "read x", "tessera"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        fs::write(tmp.path().join("node1.pid"), format!("{}\n", child.id())).unwrap();
+        let r = prepare(tmp.path(), &layout(1, 7443, 7543));
+        eprintln!("DEBUG {} {:?}", child.id(), fs::read(format!("/proc/{}/cmdline", child.id())));
+        drop(child.stdin.take());
+        child.wait().unwrap();
+        match r {
+            Err(CliError::Usage(m)) => assert!(m.contains("node 1 (pid"), "{m}"),
+            _ => panic!("expected a usage error"),
+        }
+        assert!(prepare(tmp.path(), &layout(1, 7443, 7543)).is_ok());
+    }
+
+    /// The Kubernetes example carries a copy of the example policy in a
+    /// ConfigMap; it must not drift from the real one.
+    #[test]
+    fn k8s_configmap_holds_the_example_policy() {
+        let yaml = include_str!("../../deploy/k8s/tessera.yaml");
+        let start = yaml.find("  policy.cedar: |\n").expect("the ConfigMap key");
+        let mut copy = String::new();
+        for line in yaml[start..].lines().skip(1) {
+            if line.starts_with("---") {
+                break;
+            }
+            copy.push_str(line.strip_prefix("    ").unwrap_or(line));
+            copy.push('\n');
+        }
+        assert_eq!(copy.trim_end(), EXAMPLE_POLICY.trim_end());
     }
 }

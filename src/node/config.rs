@@ -32,6 +32,30 @@ impl std::fmt::Debug for KekSource {
     }
 }
 
+/// Raft timing and log compaction.
+#[derive(Debug, Clone)]
+pub struct RaftSettings {
+    /// Leader heartbeat interval, milliseconds.
+    pub heartbeat_ms: u64,
+    /// Election timeout, milliseconds (randomised up to twice this).
+    pub election_timeout_ms: u64,
+    /// Build a snapshot after this many log entries.
+    pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot (for followers slightly behind).
+    pub keep_logs: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 100,
+            election_timeout_ms: 500,
+            snapshot_every: 10_000,
+            keep_logs: 1_000,
+        }
+    }
+}
+
 /// A node's configuration.
 #[derive(Clone)]
 pub struct Config {
@@ -62,6 +86,10 @@ pub struct Config {
     pub audit: AuditSink,
     /// The clock (tests inject a manual one).
     pub clock: Arc<dyn Clock>,
+    /// Raft timing and compaction.
+    pub raft: RaftSettings,
+    /// Fault injection on the Raft network (tests and chaos drills).
+    pub faults: Option<Arc<crate::raft::network::Faults>>,
 }
 
 impl std::fmt::Debug for Config {
@@ -100,6 +128,8 @@ impl Config {
             purge_interval: Duration::from_secs(60),
             audit: AuditSink::Stderr,
             clock: Arc::new(SystemClock),
+            raft: RaftSettings::default(),
+            faults: None,
         }
     }
 
@@ -127,6 +157,13 @@ impl Config {
         }
         if t.max_token_len < 512 || t.max_token_len > 1024 * 1024 {
             return Err("max token size must be between 512 bytes and 1 MiB".into());
+        }
+        let r = &self.raft;
+        if r.heartbeat_ms == 0 || r.election_timeout_ms < 3 * r.heartbeat_ms {
+            return Err("the election timeout must be at least three heartbeats".into());
+        }
+        if r.snapshot_every == 0 {
+            return Err("snapshot interval must be positive".into());
         }
         if self.purge_interval.is_zero() {
             return Err("purge interval must be positive".into());

@@ -7,7 +7,6 @@
 //! can wait on events instead of sleeping.
 
 mod config;
-mod network;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -19,12 +18,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
-pub use config::{Config, KekSource, TokenSettings};
-pub use network::SoloNetwork;
+pub use config::{Config, KekSource, RaftSettings, TokenSettings};
 
 use crate::api::{self, AuditLog, Shared};
 use crate::keys::{self, Kek};
-use crate::raft::{Command, KeyState, NodeId, Op, TypeConfig};
+use crate::raft::network::Network as RaftNetwork;
+use crate::raft::{Command, KeyState, NodeId, NodeInfo, Op, TypeConfig};
 use crate::store::{self, StateView};
 
 /// The Raft handle type.
@@ -77,6 +76,7 @@ pub struct Node {
     raft: Raft,
     state: StateView,
     api_addr: std::net::SocketAddr,
+    raft_addr: std::net::SocketAddr,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     audit_thread: Option<std::thread::JoinHandle<()>>,
@@ -103,6 +103,11 @@ impl Node {
     /// Where the public API listens.
     pub fn api_addr(&self) -> std::net::SocketAddr {
         self.api_addr
+    }
+
+    /// Where the Raft listener listens.
+    pub fn raft_addr(&self) -> std::net::SocketAddr {
+        self.raft_addr
     }
 
     /// Stops serving (in-flight calls finish), stops Raft, and releases the
@@ -157,14 +162,19 @@ pub async fn run(
     node.shutdown().await
 }
 
-fn raft_config() -> Result<Arc<openraft::Config>, NodeError> {
+fn raft_config(r: &RaftSettings) -> Result<Arc<openraft::Config>, NodeError> {
     let c = openraft::Config {
         cluster_name: "tessera".into(),
-        heartbeat_interval: 100,
-        election_timeout_min: 300,
-        election_timeout_max: 600,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10_000),
-        max_in_snapshot_log_to_keep: 1_000,
+        heartbeat_interval: r.heartbeat_ms,
+        election_timeout_min: r.election_timeout_ms,
+        election_timeout_max: r.election_timeout_ms * 2,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_every),
+        max_in_snapshot_log_to_keep: r.keep_logs,
+        // Chunks stay well inside the transport's 64 MiB message limit.
+        snapshot_max_chunk_size: 4 * 1024 * 1024,
+        // openraft bounds each snapshot chunk by this; its 200 ms default is
+        // too short for a 4 MiB chunk on a busy machine.
+        install_snapshot_timeout: 10_000,
         ..Default::default()
     };
     Ok(Arc::new(
@@ -173,8 +183,10 @@ fn raft_config() -> Result<Arc<openraft::Config>, NodeError> {
     ))
 }
 
-/// Starts a node: opens its store, starts Raft, initialises and bootstraps
-/// the cluster if it is new, and serves the API.
+/// Starts a node: opens its store, starts Raft and its transport, serves
+/// the API, and (with `bootstrap`) initialises a one-node cluster on first
+/// start. A node without `bootstrap` waits to be initialised
+/// (`AdminService.InitCluster`) or added as a learner.
 pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeError> {
     config.validate().map_err(NodeError::Config)?;
     let kek = Arc::new(match &config.kek {
@@ -184,63 +196,107 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
     });
     let server_tls = crate::tls::server_config(&config.tls)?;
     let api_addr = listeners.api.local_addr()?;
+    let raft_addr = listeners.raft.local_addr()?;
 
     let dir = config.data_dir.clone();
     let (log_store, state_machine, state) = tokio::task::spawn_blocking(move || store::open(&dir))
         .await
         .map_err(|e| NodeError::Raft(format!("store open task: {e}")))??;
-
     let store_closed = log_store.closed_signal();
+    let info = NodeInfo {
+        raft_addr: non_empty_or(&config.raft_advertise_addr, raft_addr),
+        api_addr: non_empty_or(&config.advertise_addr, api_addr),
+        incarnation: log_store.incarnation(),
+    };
+    let network = RaftNetwork::new(
+        config.node_id,
+        info.incarnation,
+        config.tls.clone(),
+        config.faults.clone(),
+    )
+    .map_err(|e| NodeError::Raft(format!("raft transport: {e}")))?;
+    let trust_domain = network.trust_domain().to_string();
     let raft = Raft::new(
         config.node_id,
-        raft_config()?,
-        SoloNetwork,
+        raft_config(&config.raft)?,
+        network.clone(),
         log_store,
         state_machine,
     )
     .await
     .map_err(|e| NodeError::Raft(e.to_string()))?;
 
-    if !raft
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    // The Raft listener first: peers may be waiting for this node.
+    let raft_service =
+        crate::raft::service::server(raft.clone(), config.node_id, info.clone(), &trust_domain);
+    let raft_incoming = crate::tls::tls_incoming(listeners.raft, server_tls.clone());
+    let raft_stop = wait_stop(stop_rx.clone());
+    tasks.push(tokio::spawn(
+        async move {
+            let res = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(raft_service)
+                .serve_with_incoming_shutdown(raft_incoming, raft_stop)
+                .await;
+            if let Err(e) = res {
+                tracing::error!(error = %e, "Raft server failed");
+            }
+        }
+        .instrument(tracing::info_span!("raft-server", node = config.node_id)),
+    ));
+
+    let initialized = raft
         .is_initialized()
         .await
-        .map_err(|e| NodeError::Raft(e.to_string()))?
-    {
-        let mut members = BTreeMap::new();
-        members.insert(
-            config.node_id,
-            crate::raft::NodeInfo { raft_addr: String::new(), api_addr: config.advertise_addr.clone(), incarnation: 0 },
-        );
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+    if config.bootstrap && !initialized {
+        let members = BTreeMap::from([(config.node_id, info.clone())]);
         raft.initialize(members)
             .await
             .map_err(|e| NodeError::Raft(format!("initialize: {e}")))?;
         tracing::info!(node = config.node_id, "initialized a new one-node cluster");
     }
-    raft.wait(Some(LEADER_WAIT))
-        .current_leader(config.node_id, "this node leads its one-node cluster")
-        .await
-        .map_err(|e| NodeError::Raft(format!("waiting for leadership: {e}")))?;
-
-    bootstrap(&config, &raft, &state, &kek).await?;
+    let single_voter = (config.bootstrap && !initialized)
+        || raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .eq([config.node_id]);
+    if single_voter {
+        // A one-node cluster is ready as soon as it leads itself; then the
+        // first key and the policy exist before the first request.
+        raft.wait(Some(LEADER_WAIT))
+            .current_leader(config.node_id, "this node leads its one-node cluster")
+            .await
+            .map_err(|e| NodeError::Raft(format!("waiting for leadership: {e}")))?;
+        bootstrap(&config, &raft, &state, &kek).await?;
+    }
 
     let (audit, audit_thread) = AuditLog::start(config.audit.clone())?;
-    let shared = Arc::new(Shared::new(
-        raft.clone(),
-        Arc::new(NoPeers),
-        state.clone(),
-        kek.clone(),
-        config.token.clone(),
-        config.read_wait_max,
-        config.clock.clone(),
-        audit,
-    ));
+    let peers = Arc::new(NetPeers { network });
+    let shared = Arc::new(
+        Shared::new(
+            raft.clone(),
+            peers,
+            state.clone(),
+            kek.clone(),
+            config.token.clone(),
+            config.read_wait_max,
+            config.clock.clone(),
+            audit,
+        )
+        .with_initial_policy(config.initial_policy.as_deref())
+        .map_err(|e| NodeError::Config(format!("initial policy: {e}")))?,
+    );
     // Fail at start, not at the first request, if the KEK is wrong.
     shared
         .key_ring()
         .map_err(|e| NodeError::Raft(format!("key ring: {e}")))?;
 
-    let (stop, stop_rx) = watch::channel(false);
-    let mut tasks = Vec::new();
     tasks.push(tokio::spawn(
         api::serve(
             shared.clone(),
@@ -254,12 +310,30 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
         purge_loop(raft.clone(), state.clone(), config.clone(), stop_rx.clone())
             .instrument(tracing::info_span!("purge", node = config.node_id)),
     ));
-    tracing::info!(node = config.node_id, addr = %api_addr, revision = state.revision(), "node serving");
+    tasks.push(tokio::spawn(
+        leader_duties(
+            raft.clone(),
+            state.clone(),
+            config.clone(),
+            kek.clone(),
+            stop_rx.clone(),
+        )
+        .instrument(tracing::info_span!("leader-duties", node = config.node_id)),
+    ));
+    tracing::info!(
+        node = config.node_id,
+        api = %api_addr,
+        raft = %raft_addr,
+        incarnation = %format!("{:016x}", info.incarnation),
+        revision = state.revision(),
+        "node serving"
+    );
     Ok(Node {
         id: config.node_id,
         raft,
         state,
         api_addr,
+        raft_addr,
         stop,
         tasks,
         audit_thread,
@@ -268,22 +342,87 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
     })
 }
 
-/// Placeholder until the transport lands.
-struct NoPeers;
+fn non_empty_or(configured: &str, bound: std::net::SocketAddr) -> String {
+    if configured.is_empty() || configured.ends_with(":0") {
+        bound.to_string()
+    } else {
+        configured.to_string()
+    }
+}
+
+/// [`api::Peers`] over the Raft transport.
+struct NetPeers {
+    network: RaftNetwork,
+}
 
 #[tonic::async_trait]
-impl api::Peers for NoPeers {
+impl api::Peers for NetPeers {
     async fn forward(
         &self,
-        _leader: NodeId,
-        _node: &crate::raft::NodeInfo,
-        _cmd: Command,
+        leader: NodeId,
+        node: &NodeInfo,
+        cmd: Command,
     ) -> Result<crate::raft::CommandResponse, api::ApiError> {
-        Err(api::ApiError::Unavailable { reason: "no transport".into(), leader: None })
+        use crate::raft::network::ForwardError;
+        match self
+            .network
+            .forward(leader, node, cmd, api::WRITE_TIMEOUT)
+            .await
+        {
+            Ok(r) => Ok(r),
+            Err(ForwardError::NotLeader { leader: hint }) => Err(api::ApiError::Unavailable {
+                reason: format!("node {leader} is no longer the leader"),
+                leader: hint.map(|(id, n)| (id, n.api_addr)),
+            }),
+            Err(e) => Err(api::ApiError::Unavailable {
+                reason: e.to_string(),
+                leader: Some((leader, node.api_addr.clone())),
+            }),
+        }
     }
 
-    async fn hello(&self, _raft_addr: &str) -> Result<(NodeId, crate::raft::NodeInfo), api::ApiError> {
-        Err(api::ApiError::Unavailable { reason: "no transport".into(), leader: None })
+    async fn hello(&self, raft_addr: &str) -> Result<(NodeId, NodeInfo), api::ApiError> {
+        self.network
+            .hello(raft_addr)
+            .await
+            .map_err(|e| api::ApiError::Unavailable {
+                reason: format!("node at {raft_addr}: {e}"),
+                leader: None,
+            })
+    }
+}
+
+/// Whenever this node becomes leader: once it has applied everything
+/// committed before its term, it makes sure the cluster has a signing key
+/// and (if it was given one) the initial policy. Idempotent: a cluster that
+/// has them gets nothing.
+async fn leader_duties(
+    raft: Raft,
+    state: StateView,
+    config: Config,
+    kek: Arc<Kek>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut metrics = raft.metrics();
+    let mut done_term = None;
+    loop {
+        let (leading, term) = {
+            let m = metrics.borrow_and_update();
+            (m.current_leader == Some(config.node_id), m.current_term)
+        };
+        if leading && done_term != Some(term) {
+            match raft.ensure_linearizable().await {
+                Ok(_) => match bootstrap(&config, &raft, &state, &kek).await {
+                    Ok(()) => done_term = Some(term),
+                    Err(e) => tracing::warn!(error = %e, "bootstrap as leader failed; will retry"),
+                },
+                Err(e) => tracing::debug!(error = %e, "not confirmed as leader yet"),
+            }
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            changed = metrics.changed() => if changed.is_err() { return },
+        }
     }
 }
 

@@ -237,6 +237,7 @@ impl Faults {
 #[derive(Clone)]
 pub struct Network {
     inner: Arc<Inner>,
+    snapshot_chunk_timeout: Duration,
 }
 
 struct Inner {
@@ -245,7 +246,6 @@ struct Inner {
     trust_domain: String,
     tls: TlsMaterial,
     faults: Option<Arc<Faults>>,
-    snapshot_chunk_timeout: Duration,
     // A std lock: held to look up or insert a channel, never across an
     // await. Bounded by the number of distinct (node, address) pairs the
     // membership ever named.
@@ -297,20 +297,17 @@ impl Network {
                 trust_domain,
                 tls: TlsMaterial::load(&tls)?,
                 faults,
-                snapshot_chunk_timeout: DEFAULT_SNAPSHOT_CHUNK_TIMEOUT,
                 channels: Mutex::new(HashMap::new()),
             }),
+            snapshot_chunk_timeout: DEFAULT_SNAPSHOT_CHUNK_TIMEOUT,
         })
     }
 
     /// Sets the timeout of one `InstallSnapshot` chunk (default
     /// [`DEFAULT_SNAPSHOT_CHUNK_TIMEOUT`]). openraft also bounds each chunk
     /// by its `install_snapshot_timeout`, so the shorter of the two applies.
-    /// Call before the network is cloned.
     pub fn with_snapshot_chunk_timeout(mut self, timeout: Duration) -> Self {
-        if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            inner.snapshot_chunk_timeout = timeout;
-        }
+        self.snapshot_chunk_timeout = timeout;
         self
     }
 
@@ -650,7 +647,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, NodeInfo, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        let timeout = self.net.inner.snapshot_chunk_timeout;
+        let timeout = self.net.snapshot_chunk_timeout;
         self.send(
             Method::InstallSnapshot,
             RPCTypes::InstallSnapshot,
@@ -934,5 +931,187 @@ impl ServerCertVerifier for NodeCertVerifier {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::metadata::{MetadataMap, MetadataValue};
+
+    use super::*;
+
+    #[test]
+    fn faults_block_directed_links() {
+        let f = Faults::new();
+        assert!(!f.is_blocked(1, 2));
+        f.block(1, 2);
+        assert!(f.is_blocked(1, 2));
+        assert!(!f.is_blocked(2, 1), "one direction only");
+        f.unblock(1, 2);
+        assert!(!f.is_blocked(1, 2));
+        f.unblock(1, 2);
+        assert!(!f.is_blocked(1, 2));
+    }
+
+    #[test]
+    fn isolate_cuts_both_directions_to_every_node() {
+        let f = Faults::new();
+        f.isolate(3);
+        for other in (1..=16).filter(|n| *n != 3) {
+            assert!(f.is_blocked(3, other), "3 -> {other}");
+            assert!(f.is_blocked(other, 3), "{other} -> 3");
+        }
+        assert!(!f.is_blocked(3, 3));
+        assert!(!f.is_blocked(1, 2));
+        f.block(1, 2);
+        f.rejoin(3);
+        assert!(!f.is_blocked(3, 1) && !f.is_blocked(1, 3));
+        assert!(f.is_blocked(1, 2), "rejoin leaves other links alone");
+        f.isolate_from(7, [1, 2, 7]);
+        assert!(f.is_blocked(7, 1) && f.is_blocked(2, 7));
+        assert!(!f.is_blocked(7, 3));
+        f.heal();
+        assert!(!f.is_blocked(7, 1) && !f.is_blocked(1, 2));
+    }
+
+    fn meta(node: Option<&str>, incarnation: Option<&str>) -> MetadataMap {
+        let mut m = MetadataMap::new();
+        if let Some(n) = node {
+            m.insert(NODE_ID_HEADER, MetadataValue::try_from(n).unwrap());
+        }
+        if let Some(i) = incarnation {
+            m.insert(INCARNATION_HEADER, MetadataValue::try_from(i).unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn reply_metadata_must_name_the_target_and_its_incarnation() {
+        assert!(check_reply_metadata(&meta(Some("2"), Some("77")), 2, 77).is_ok());
+        // Incarnation not recorded: anything goes.
+        assert!(check_reply_metadata(&meta(Some("2"), None), 2, 0).is_ok());
+        let err = check_reply_metadata(&meta(Some("3"), Some("77")), 2, 77).unwrap_err();
+        assert!(err.contains("node 3 answered"), "{err}");
+        let err = check_reply_metadata(&meta(None, Some("77")), 2, 77).unwrap_err();
+        assert!(err.contains("does not name"), "{err}");
+        let err = check_reply_metadata(&meta(Some("x"), Some("77")), 2, 77).unwrap_err();
+        assert!(err.contains("does not name"), "{err}");
+        for wrong in [Some("78"), None, Some("-1"), Some("0x4d")] {
+            let err = check_reply_metadata(&meta(Some("2"), wrong), 2, 77).unwrap_err();
+            assert!(err.contains("data was wiped"), "{err}");
+        }
+    }
+
+    #[test]
+    fn call_errors_map_to_openraft_errors() {
+        type E = RPCError<NodeId, NodeInfo, RaftError<NodeId>>;
+        let map = |e: CallError| -> E { e.into_rpc(RPCTypes::Vote, 1, 2) };
+        assert!(matches!(
+            map(CallError::Unreachable("x".into())),
+            RPCError::Unreachable(_)
+        ));
+        assert!(matches!(
+            map(CallError::Network("x".into())),
+            RPCError::Network(_)
+        ));
+        match map(CallError::Timeout(Duration::from_millis(5))) {
+            RPCError::Timeout(t) => {
+                assert_eq!((t.action, t.id, t.target), (RPCTypes::Vote, 1, 2));
+                assert_eq!(t.timeout, Duration::from_millis(5));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        for (code, unreachable) in [
+            (tonic::Code::Unavailable, true),
+            (tonic::Code::PermissionDenied, true),
+            (tonic::Code::Unauthenticated, true),
+            (tonic::Code::FailedPrecondition, true),
+            (tonic::Code::InvalidArgument, false),
+            (tonic::Code::Internal, false),
+            (tonic::Code::Unknown, false),
+            (tonic::Code::Cancelled, false),
+        ] {
+            let e = map(CallError::Status(tonic::Status::new(code, "m")));
+            assert_eq!(
+                matches!(e, RPCError::Unreachable(_)),
+                unreachable,
+                "{code:?}"
+            );
+            assert_eq!(matches!(e, RPCError::Network(_)), !unreachable, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn forward_refusals_are_told_apart_from_unknown_outcomes() {
+        for code in [
+            tonic::Code::PermissionDenied,
+            tonic::Code::Unauthenticated,
+            tonic::Code::FailedPrecondition,
+            tonic::Code::InvalidArgument,
+        ] {
+            assert!(matches!(
+                forward_status_error(3, tonic::Status::new(code, "m")),
+                ForwardError::Rejected { leader: 3, code: c, .. } if c == code
+            ));
+        }
+        for code in [
+            tonic::Code::Unavailable,
+            tonic::Code::DeadlineExceeded,
+            tonic::Code::Cancelled,
+            tonic::Code::Internal,
+        ] {
+            assert!(matches!(
+                forward_status_error(3, tonic::Status::new(code, "m")),
+                ForwardError::Unreachable { leader: 3, .. }
+            ));
+        }
+        let e = ForwardError::Timeout {
+            leader: 1,
+            timeout: Duration::from_secs(1),
+        };
+        assert!(e.to_string().contains("may or may not"));
+    }
+
+    #[test]
+    fn network_requires_this_nodes_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = crate::certs::init_dev_pki(dir.path(), &Default::default()).unwrap();
+        let node2 = pki.tls_files("node2").unwrap();
+        let net = Network::new(2, 5, node2.clone(), None).unwrap();
+        assert_eq!(net.self_id(), 2);
+        assert_eq!(net.trust_domain(), "tessera.dev");
+        assert!(matches!(
+            Network::new(1, 5, node2, None),
+            Err(RaftNetError::Identity { .. })
+        ));
+        assert!(matches!(
+            Network::new(1, 5, pki.tls_files("orders").unwrap(), None),
+            Err(RaftNetError::Identity { .. })
+        ));
+        let missing = crate::tls::TlsFiles {
+            cert: dir.path().join("nope.pem"),
+            ..pki.tls_files("node1").unwrap()
+        };
+        assert!(Network::new(1, 5, missing, None).is_err());
+    }
+
+    #[tokio::test]
+    async fn hello_to_nowhere_fails_without_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = crate::certs::init_dev_pki(dir.path(), &Default::default()).unwrap();
+        let node1 = pki.tls_files("node1").unwrap();
+        // A port nothing listens on: bind, note it, close.
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        assert!(matches!(
+            hello(&addr, &node1).await,
+            Err(RaftNetError::Call { .. })
+        ));
+        assert!(matches!(
+            hello("not an address/", &node1).await,
+            Err(RaftNetError::Address { .. })
+        ));
     }
 }

@@ -72,6 +72,11 @@ impl StateView {
         read(&self.state).policy.as_ref().map_or(0, |p| p.version)
     }
 
+    /// Every revoked `jti` held (for comparing replicas).
+    pub fn revoked_jtis(&self) -> std::collections::BTreeSet<String> {
+        read(&self.state).jtis.keys().cloned().collect()
+    }
+
     /// How many revocation entries (jtis, subject and client cut-offs) are
     /// held.
     pub fn revocation_count(&self) -> usize {

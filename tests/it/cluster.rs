@@ -1,17 +1,23 @@
 //! `TestCluster`: nodes in this process, each with a temporary data
-//! directory, a listener on port 0 and development certificates; a manual
-//! clock shared by all nodes; helpers to connect as any example service.
+//! directory, listeners on port 0 and development certificates; a manual
+//! clock shared by all nodes; a fault seam on the Raft network that can
+//! isolate a node or drop one direction of traffic; helpers to connect as
+//! any example service and to wait on Raft metrics (never on time).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tempfile::TempDir;
 use tessera::certs::{self, DevPki, DevPkiOptions};
 use tessera::clock::{Clock, ManualClock};
 use tessera::keys::{Kek, KeyRing};
 use tessera::node::{self, Config, KekSource, Listeners, Node};
+use tessera::pb::admin_service_client::AdminServiceClient;
 use tessera::pb::token_service_client::TokenServiceClient;
 use tessera::pb::{self, key_service_client::KeyServiceClient};
+use tessera::raft::network::Faults;
 use tessera::tls::TlsFiles;
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
@@ -24,6 +30,9 @@ pub const KEK: &str = "dGVzc2VyYS10ZXN0LWtlay0zMi1ieXRlcy1sb25nISE=";
 pub const TD: &str = "spiffe://tessera.dev";
 /// A plausible start time for the manual clock (2026-11-26).
 pub const T0: u64 = 1_795_000_000;
+/// Bound on every wait in the tests: generous, because CI machines are slow;
+/// a wait ends as soon as its event happens.
+pub const WAIT: Duration = Duration::from_secs(30);
 
 pub fn id(name: &str) -> String {
     match name {
@@ -36,8 +45,13 @@ pub struct TestCluster {
     pub dir: TempDir,
     pub pki: DevPki,
     pub clock: Arc<ManualClock>,
-    pub nodes: Vec<Option<Node>>,
-    configs: Vec<Config>,
+    pub faults: Arc<Faults>,
+    pub nodes: BTreeMap<u64, Node>,
+    configs: BTreeMap<u64, Config>,
+    /// Each node's Raft address, kept across restarts (the membership
+    /// records it).
+    raft_addrs: BTreeMap<u64, String>,
+    adjust: Arc<dyn Fn(&mut Config) + Send + Sync>,
 }
 
 static CRYPTO: std::sync::Once = std::sync::Once::new();
@@ -54,66 +68,111 @@ impl TestCluster {
     }
 
     /// Like [`TestCluster::start`], with a hook to adjust each node's config.
-    pub async fn start_with(n: u64, adjust: impl Fn(&mut Config)) -> Self {
+    /// One node bootstraps itself; more are initialised through the admin
+    /// API, like an operator would.
+    pub async fn start_with(n: u64, adjust: impl Fn(&mut Config) + Send + Sync + 'static) -> Self {
         init_crypto();
         let dir = tempfile::tempdir().unwrap();
         let opts = DevPkiOptions {
-            nodes: n as u32,
+            nodes: 9,
             ..Default::default()
         };
         let pki = certs::init_dev_pki(&dir.path().join("certs"), &opts).unwrap();
-        let clock = Arc::new(ManualClock::new(T0));
         let mut c = Self {
             dir,
             pki,
-            clock,
-            nodes: Vec::new(),
-            configs: Vec::new(),
+            clock: Arc::new(ManualClock::new(T0)),
+            faults: Arc::new(Faults::default()),
+            nodes: BTreeMap::new(),
+            configs: BTreeMap::new(),
+            raft_addrs: BTreeMap::new(),
+            adjust: Arc::new(adjust),
         };
         for i in 1..=n {
-            let files = c.pki.tls_files(&format!("node{i}")).unwrap();
-            let mut config = Config::new(
-                i,
-                c.dir.path().join(format!("node{i}")),
-                String::new(),
-                files,
-                KekSource::Text(KEK.into()),
-            );
-            config.initial_policy = Some(POLICY.to_string());
-            config.audit = tessera::api::AuditSink::File(c.audit_path(i));
-            config.clock = c.clock.clone();
-            adjust(&mut config);
-            c.configs.push(config);
-            c.nodes.push(None);
-            c.boot(i).await;
+            c.add_node(i, n == 1).await;
         }
+        if n > 1 {
+            let members: Vec<String> = c.raft_addrs.values().cloned().collect();
+            c.admin(1)
+                .await
+                .init_cluster(pb::InitClusterRequest {
+                    raft_addrs: members,
+                })
+                .await
+                .unwrap();
+        }
+        c.wait_ready(&(1..=n).collect::<Vec<_>>()).await;
         c
+    }
+
+    /// Starts node `i` (fresh data unless it ran before) without adding it
+    /// to the cluster.
+    pub async fn add_node(&mut self, i: u64, bootstrap: bool) {
+        let files = self.pki.tls_files(&format!("node{i}")).unwrap();
+        let mut config = Config::new(
+            i,
+            self.dir.path().join(format!("node{i}")),
+            String::new(),
+            files,
+            KekSource::Text(KEK.into()),
+        );
+        config.initial_policy = Some(POLICY.to_string());
+        config.audit = tessera::api::AuditSink::File(self.audit_path(i));
+        config.clock = self.clock.clone();
+        config.faults = Some(self.faults.clone());
+        config.bootstrap = bootstrap;
+        (self.adjust)(&mut config);
+        self.configs.insert(i, config);
+        self.boot(i).await;
     }
 
     pub fn audit_path(&self, i: u64) -> PathBuf {
         self.dir.path().join(format!("audit-node{i}.jsonl"))
     }
 
+    pub fn data_dir(&self, i: u64) -> PathBuf {
+        self.configs[&i].data_dir.clone()
+    }
+
     async fn boot(&mut self, i: u64) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut config = self.configs[(i - 1) as usize].clone();
-        config.advertise_addr = listener.local_addr().unwrap().to_string();
-        config.bootstrap = true;
-        let raft = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let node = node::start(config, Listeners { api: listener, raft })
-            .await
-            .unwrap();
-        self.nodes[(i - 1) as usize] = Some(node);
+        let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // A restarted node listens where the membership says it is.
+        let raft_at = self
+            .raft_addrs
+            .get(&i)
+            .cloned()
+            .unwrap_or_else(|| "127.0.0.1:0".into());
+        let raft = TcpListener::bind(&raft_at).await.unwrap();
+        self.raft_addrs
+            .insert(i, raft.local_addr().unwrap().to_string());
+        let mut config = self.configs[&i].clone();
+        config.advertise_addr = api.local_addr().unwrap().to_string();
+        let node = node::start(config, Listeners { api, raft }).await.unwrap();
+        self.nodes.insert(i, node);
     }
 
     pub fn node(&self, i: u64) -> &Node {
-        self.nodes[(i - 1) as usize].as_ref().unwrap()
+        &self.nodes[&i]
+    }
+
+    pub fn raft_addr(&self, i: u64) -> String {
+        self.raft_addrs[&i].clone()
+    }
+
+    /// Stops node `i` cleanly.
+    pub async fn stop_node(&mut self, i: u64) {
+        let node = self.nodes.remove(&i).unwrap();
+        node.shutdown().await.unwrap();
+    }
+
+    /// Starts a stopped node `i` again on its data.
+    pub async fn start_node(&mut self, i: u64) {
+        self.boot(i).await;
     }
 
     /// Stops node `i` cleanly and starts it again on the same data.
     pub async fn restart(&mut self, i: u64) {
-        let node = self.nodes[(i - 1) as usize].take().unwrap();
-        node.shutdown().await.unwrap();
+        self.stop_node(i).await;
         self.boot(i).await;
     }
 
@@ -128,7 +187,16 @@ impl TestCluster {
 
     /// A TokenService client on node 1 presenting `name`'s certificate.
     pub async fn tokens(&self, name: &str) -> TokenServiceClient<Channel> {
-        TokenServiceClient::new(self.channel_as(1, &self.files(name)).await)
+        self.tokens_on(1, name).await
+    }
+
+    /// A TokenService client on node `i` presenting `name`'s certificate.
+    pub async fn tokens_on(&self, i: u64, name: &str) -> TokenServiceClient<Channel> {
+        TokenServiceClient::new(self.channel_as(i, &self.files(name)).await)
+    }
+
+    pub async fn admin(&self, i: u64) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(self.channel_as(i, &self.files("admin")).await)
     }
 
     pub async fn keys(&self, name: &str) -> KeyServiceClient<Channel> {
@@ -151,12 +219,106 @@ impl TestCluster {
         self.clock.now()
     }
 
-    pub async fn stop(mut self) {
-        for n in self.nodes.iter_mut() {
-            if let Some(node) = n.take() {
-                node.shutdown().await.unwrap();
-            }
+    /// Waits until every listed node knows a leader and holds a signing key
+    /// and the policy.
+    pub async fn wait_ready(&self, ids: &[u64]) {
+        for i in ids {
+            let node = self.node(*i);
+            node.raft()
+                .wait(Some(WAIT))
+                .metrics(|m| m.current_leader.is_some(), "leader known")
+                .await
+                .unwrap();
+            let state = node.state().clone();
+            let mut rx = state.watch_revision();
+            tokio::time::timeout(
+                WAIT,
+                rx.wait_for(|_| !state.keys().is_empty() && state.policy().is_some()),
+            )
+            .await
+            .expect("keys and policy replicated")
+            .unwrap();
         }
+    }
+
+    /// Waits until the listed nodes agree on a leader among them, and
+    /// returns it.
+    pub async fn agreed_leader(&self, ids: &[u64]) -> u64 {
+        let first = ids[0];
+        let set: BTreeSet<u64> = ids.iter().copied().collect();
+        let m = self
+            .node(first)
+            .raft()
+            .wait(Some(WAIT))
+            .metrics(
+                |m| m.current_leader.is_some_and(|l| set.contains(&l)),
+                "leader among the set",
+            )
+            .await
+            .unwrap();
+        let leader = m.current_leader.unwrap();
+        for i in &ids[1..] {
+            self.node(*i)
+                .raft()
+                .wait(Some(WAIT))
+                .current_leader(leader, "same leader")
+                .await
+                .unwrap();
+        }
+        leader
+    }
+
+    /// Waits until every listed node has applied everything the leader has
+    /// in its log.
+    pub async fn wait_converged(&self, ids: &[u64]) {
+        let leader = self.agreed_leader(ids).await;
+        // Let the leader commit what it has (a fresh read index).
+        self.node(leader)
+            .raft()
+            .ensure_linearizable()
+            .await
+            .unwrap();
+        let target = self
+            .node(leader)
+            .raft()
+            .metrics()
+            .borrow()
+            .last_log_index
+            .unwrap_or(0);
+        for i in ids {
+            self.node(*i)
+                .raft()
+                .wait(Some(WAIT))
+                .applied_index_at_least(Some(target), "converged")
+                .await
+                .unwrap();
+        }
+    }
+
+    pub fn revoked(&self, i: u64) -> BTreeSet<String> {
+        self.node(i).state().revoked_jtis()
+    }
+
+    pub async fn stop(mut self) {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for i in ids {
+            self.stop_node(i).await;
+        }
+    }
+
+    /// Stops every node (which flushes the audit writer) and hands node 1's
+    /// audit log to `check`.
+    pub async fn stop_audit_and_read(self, check: impl FnOnce(&str)) {
+        let path = self.audit_path(1);
+        let dir_guard = tempfile::tempdir().unwrap();
+        let copy = dir_guard.path().join("audit");
+        let TestCluster { dir, nodes, .. } = self;
+        for (_, node) in nodes {
+            node.shutdown().await.unwrap();
+        }
+        std::fs::copy(&path, &copy).unwrap();
+        drop(dir);
+        check(&std::fs::read_to_string(&copy).unwrap());
     }
 }
 
@@ -186,6 +348,12 @@ pub fn introspect_req(token: &str) -> pb::IntrospectRequest {
     pb::IntrospectRequest {
         token: token.to_string(),
         min_revision: 0,
+    }
+}
+
+pub fn revoke_jti(jti: &str) -> pb::RevokeRequest {
+    pb::RevokeRequest {
+        target: Some(pb::revoke_request::Target::Jti(jti.to_string())),
     }
 }
 
@@ -223,4 +391,62 @@ pub async fn chain_of_three(
         .unwrap()
         .into_inner();
     (t1, t2, t3)
+}
+
+/// Outcome of a burst of revocations.
+#[derive(Debug, Default)]
+pub struct Burst {
+    /// Acknowledged: jti and revision.
+    pub acked: Vec<(String, u64)>,
+    /// Failed (outcome unknown): jti and status.
+    pub failed: Vec<(String, tonic::Code)>,
+}
+
+impl Burst {
+    pub fn acked_set(&self) -> BTreeSet<String> {
+        self.acked.iter().map(|(j, _)| j.clone()).collect()
+    }
+}
+
+/// Sends `n` revocations of fresh jtis (`{prefix}-{k}`) from `workers`
+/// concurrent admin clients spread over `on` nodes.
+pub async fn revoke_burst(
+    c: &TestCluster,
+    prefix: &str,
+    n: usize,
+    workers: usize,
+    on: &[u64],
+) -> Burst {
+    let mut clients = Vec::new();
+    for (k, i) in on.iter().cycle().take(workers).enumerate() {
+        let _ = k;
+        clients.push(c.tokens_on(*i, "admin").await);
+    }
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for mut client in clients {
+        let next = next.clone();
+        let prefix = prefix.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut out = Burst::default();
+            loop {
+                let k = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if k >= n {
+                    return out;
+                }
+                let jti = format!("{prefix}-{k}");
+                match client.revoke(revoke_jti(&jti)).await {
+                    Ok(r) => out.acked.push((jti, r.into_inner().revision)),
+                    Err(s) => out.failed.push((jti, s.code())),
+                }
+            }
+        }));
+    }
+    let mut all = Burst::default();
+    for t in tasks {
+        let b = t.await.unwrap();
+        all.acked.extend(b.acked);
+        all.failed.extend(b.failed);
+    }
+    all
 }

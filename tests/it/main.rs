@@ -8,3 +8,6 @@ mod t30_restart;
 mod t40_transport;
 mod t50_crash;
 mod t60_cli;
+mod t70_dev;
+mod t80_cluster;
+mod t90_kill9;

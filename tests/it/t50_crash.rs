@@ -25,7 +25,16 @@ impl Drop for Proc {
 /// bound address (an event, not a sleep).
 fn spawn(dir: &std::path::Path, certs: &std::path::Path) -> Proc {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--raft-listen", "127.0.0.1:0", "--node-id", "1", "--bootstrap"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--raft-listen",
+            "127.0.0.1:0",
+            "--node-id",
+            "1",
+            "--bootstrap",
+        ])
         .arg("--data-dir")
         .arg(dir.join("data"))
         .arg("--ca")

@@ -38,7 +38,15 @@ fn invalid_configuration_exits_64() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
     // Missing TLS files.
-    let out = tessera(&["serve", "--listen", "127.0.0.1:0", "--raft-listen", "127.0.0.1:0", "--data-dir", d]);
+    let out = tessera(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--raft-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        d,
+    ]);
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--ca is required"));
     // An unknown key in the config file.
@@ -64,7 +72,15 @@ fn invalid_configuration_exits_64() {
     .unwrap();
     let f = pki.tls_files("node1").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--raft-listen", "127.0.0.1:0", "--data-dir", d])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--raft-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            d,
+        ])
         .args([
             "--ca",
             f.ca.to_str().unwrap(),
@@ -85,6 +101,8 @@ fn invalid_configuration_exits_64() {
             "serve",
             "--listen",
             "127.0.0.1:0",
+            "--raft-listen",
+            "127.0.0.1:0",
             "--data-dir",
             d,
             "--max-lifetime",
@@ -102,5 +120,6 @@ fn invalid_configuration_exits_64() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("exceeds the maximum"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("exceeds the maximum"), "{err}");
 }

@@ -12,10 +12,12 @@
 //!   and the signing and verification keys derived from replicated records.
 //! - [`tls`]: rustls configurations for mutual TLS and the caller identity
 //!   taken from a peer certificate; [`certs`] generates development PKI.
-//! - [`raft`]: openraft's type configuration and the replicated commands.
+//! - [`raft`]: openraft's type configuration and the replicated commands,
+//!   and the node-to-node transport (members-only gRPC over mTLS).
 //! - [`store`]: sled-backed Raft log and state machine.
 //! - [`api`]: the public gRPC services and the error-to-status table.
 //! - [`node`]: configuration and wiring: `run(config, listeners, shutdown)`.
+//! - [`client`]: what callers and resource servers embed.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -230,7 +230,13 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
     let mut tasks = Vec::new();
     // The Raft listener first: peers may be waiting for this node.
     let raft_service =
-        crate::raft::service::server(raft.clone(), config.node_id, info.clone(), &trust_domain);
+        crate::raft::service::server(
+            raft.clone(),
+            config.node_id,
+            info.clone(),
+            &trust_domain,
+            config.clock.clone(),
+        );
     let raft_incoming = crate::tls::tls_incoming(listeners.raft, server_tls.clone());
     let raft_stop = wait_stop(stop_rx.clone());
     tasks.push(tokio::spawn(

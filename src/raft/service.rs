@@ -55,6 +55,9 @@ pub struct RaftService {
     id: NodeId,
     info: NodeInfo,
     trust_domain: Arc<str>,
+    /// Re-stamps forwarded commands: the state machine's time is the
+    /// leader's, whichever node the client talked to.
+    clock: Option<Arc<dyn crate::clock::Clock>>,
 }
 
 impl std::fmt::Debug for RaftService {
@@ -76,7 +79,15 @@ impl RaftService {
             id,
             info,
             trust_domain: trust_domain.into(),
+            clock: None,
         }
+    }
+
+    /// Forwarded commands get their time from `clock` (the leader's) rather
+    /// than from the follower that forwarded them.
+    pub fn with_clock(mut self, clock: Arc<dyn crate::clock::Clock>) -> Self {
+        self.clock = Some(clock);
+        self
     }
 
     /// Adds this node's id and incarnation to reply metadata.
@@ -221,7 +232,10 @@ impl raft_service_server::RaftService for RaftService {
     ) -> Result<Response<RaftMessage>, Status> {
         let result = async {
             let caller = self.authorize(&request, true)?;
-            let cmd: Command = decode(&request)?;
+            let mut cmd: Command = decode(&request)?;
+            if let Some(clock) = &self.clock {
+                cmd.at = clock.now();
+            }
             tracing::debug!(caller, "raft service: forwarded write");
             let reply: Result<
                 CommandResponse,
@@ -251,8 +265,9 @@ pub fn server(
     id: NodeId,
     info: NodeInfo,
     trust_domain: &str,
+    clock: Arc<dyn crate::clock::Clock>,
 ) -> RaftServiceServer<RaftService> {
-    RaftServiceServer::new(RaftService::new(raft, id, info, trust_domain))
+    RaftServiceServer::new(RaftService::new(raft, id, info, trust_domain).with_clock(clock))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE)
 }
@@ -338,7 +353,7 @@ mod tests {
                 .unwrap();
             let td = trust_domain_of(&files).unwrap();
             assert_eq!(td, "tessera.dev");
-            let service = server(raft.clone(), id, info.clone(), &td);
+            let service = server(raft.clone(), id, info.clone(), &td, Arc::new(crate::clock::SystemClock));
             let incoming =
                 crate::tls::tls_incoming(listener, crate::tls::server_config(&files).unwrap());
             let (stop, stopped) = oneshot::channel::<()>();

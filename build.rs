@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &[
                 "proto/tessera/v1/tessera.proto",
                 "proto/tessera/v1/admin.proto",
+                "proto/tessera/v1/watch.proto",
             ],
             &["proto"],
         )?;

@@ -10,6 +10,7 @@ mod audit;
 pub mod error;
 mod keys_service;
 mod token_service;
+mod watch_service;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -19,7 +20,8 @@ use tokio::net::TcpListener;
 
 pub use admin_service::cluster_status;
 pub use audit::{AuditEvent, AuditLog, AuditSink};
-pub use error::ApiError;
+pub use error::{ApiError, LEADER_METADATA};
+pub use watch_service::{resumable, WatchSettings, RESUME_METADATA};
 
 use crate::clock::Clock;
 use crate::keys::{Kek, KeyRing};
@@ -374,10 +376,12 @@ pub async fn serve(
     shared: Arc<Shared>,
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    watch: WatchSettings,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
     use pb::admin_service_server::AdminServiceServer;
     use pb::key_service_server::KeyServiceServer;
+    use pb::revocation_service_server::RevocationServiceServer;
     use pb::token_service_server::TokenServiceServer;
 
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -398,7 +402,16 @@ pub async fn serve(
     let keys = KeyServiceServer::new(keys_service::KeyApi::new(shared.clone()));
     let admin = AdminServiceServer::new(admin_service::AdminApi::new(shared.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let watcher = RevocationServiceServer::new(watch_service::WatchApi::new(
+        shared.clone(),
+        watch,
+        stop.clone(),
+    ));
     let incoming = crate::tls::tls_incoming(listener, tls);
+    let mut stop_rx = stop;
+    let shutdown = async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    };
     let result = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(1024)
         .timeout(Duration::from_secs(30))
@@ -408,6 +421,7 @@ pub async fn serve(
         .add_service(tokens)
         .add_service(keys)
         .add_service(admin)
+        .add_service(watcher)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     health_task.abort();
@@ -421,11 +435,12 @@ pub async fn serve(
 /// metric change at all, so a tick re-checks the lease as well.
 async fn health_loop(shared: Arc<Shared>, reporter: tonic_health::server::HealthReporter) {
     use tonic_health::ServingStatus;
-    const SERVICES: [&str; 4] = [
+    const SERVICES: [&str; 5] = [
         "",
         "tessera.v1.TokenService",
         "tessera.v1.KeyService",
         "tessera.v1.AdminService",
+        "tessera.v1.RevocationService",
     ];
     let mut metrics = shared.raft.metrics();
     let mut last = None;

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use clap::Args;
+use futures_util::future::BoxFuture;
 use tessera::pb::{self, token_service_client::TokenServiceClient};
 use tessera::tls::TlsFiles;
 use tonic::transport::Channel;
@@ -35,6 +36,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// More workers than this is a typo, not a benchmark.
 const MAX_CLIENTS: usize = 10_000;
+
+/// Length of the warm-up before the measured runs.
+const WARMUP: Duration = Duration::from_secs(2);
 
 /// How long a revoked test token could live: the `until` of each revocation.
 #[cfg(any(feature = "etcd-bench", test))]
@@ -77,16 +81,89 @@ pub struct BenchRevokeArgs {
 }
 
 /// Runs the benchmark and prints one Markdown table per system.
+///
+/// With both systems, each client count is run on one and then the other
+/// before the next count, so that whatever else the machine is doing
+/// disturbs both alike.
 pub async fn run(args: BenchRevokeArgs) -> Result<(), CliError> {
     let plan = Plan::from_args(args).map_err(CliError::Usage)?;
-    print_header(&plan);
+    // Read before the load starts: what else the machine was doing.
+    let loadavg = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
+    let mut systems = Vec::new();
     if !plan.endpoints.is_empty() {
-        run_tessera(&plan).await?;
+        systems.push(tessera_system(&plan).await?);
     }
     if !plan.etcd.is_empty() {
-        run_etcd(&plan).await?;
+        systems.push(etcd_system(&plan).await?);
+    }
+    if plan.warmup {
+        for s in &systems {
+            // Opens the connections and lets the first elections settle; a
+            // system that fails every warm-up request is not worth measuring.
+            let w = drive(4, WARMUP, 200, REQUEST_TIMEOUT, s.op.clone()).await;
+            if w.ok() == 0 {
+                return Err(CliError::Failed(anyhow::anyhow!(
+                    "{}: every warm-up request failed: {}",
+                    s.title,
+                    w.first_error.as_deref().unwrap_or("no request was sent")
+                )));
+            }
+        }
+    }
+    let mut rows = vec![Vec::new(); systems.len()];
+    for &clients in &plan.clients {
+        for (s, rows) in systems.iter().zip(&mut rows) {
+            let r = drive(
+                clients,
+                plan.duration,
+                plan.max_requests,
+                REQUEST_TIMEOUT,
+                s.op.clone(),
+            )
+            .await;
+            eprintln!(
+                "{}, {clients} clients: {} requests, {:.0}/s",
+                s.name,
+                r.requests,
+                r.throughput()
+            );
+            if let Some(e) = &r.first_error {
+                eprintln!("{}, {clients} clients: first error: {e}", s.name);
+            }
+            rows.push(r.row(clients));
+        }
+    }
+    print_header(&plan, loadavg.as_deref(), systems.len() > 1);
+    for (s, rows) in systems.iter().zip(rows) {
+        println!("### {}\n\n{TABLE_HEAD}", s.title);
+        for r in rows {
+            println!("{r}");
+        }
+        println!();
     }
     Ok(())
+}
+
+/// One request against a system: `op(worker, seq)`.
+type OpFn = Arc<dyn Fn(usize, u64) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// A system under test.
+struct System {
+    /// Short name for progress lines.
+    name: &'static str,
+    /// Heading of its table: what was measured and how it was reached.
+    title: String,
+    op: OpFn,
+}
+
+fn op_fn<F, Fut>(f: F) -> OpFn
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
+{
+    Arc::new(move |w, seq| Box::pin(f(w, seq)))
 }
 
 /// Validated options.
@@ -144,64 +221,36 @@ impl Plan {
     }
 }
 
-fn print_header(plan: &Plan) {
+fn print_header(plan: &Plan, loadavg: Option<&str>, interleaved: bool) {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let revoke = revoke_request(&"x".repeat(22));
+    let jti = "x".repeat(22);
     println!(
-        "## Revocation commits: {} s per run, at most {} requests per run, {cores} cores\n",
+        "## Revocation commits: {} s per run, at most {} requests per run\n",
         plan.duration.as_secs(),
         plan.max_requests
     );
     println!(
-        "Payload: Tessera `RevokeRequest` {} bytes (a 22-character jti); etcd `put` key {} bytes + value 8 bytes.",
-        prost::Message::encoded_len(&revoke),
-        etcd_key(&"x".repeat(22)).len()
+        "{cores} cores; load average before the run: {}.{}",
+        loadavg.unwrap_or("unknown"),
+        if interleaved {
+            " Runs alternate between the systems at each client count."
+        } else {
+            ""
+        }
     );
     println!(
-        "Throughput and latency count successful requests; CPU columns are the machine's busy share over the run and the share used by this load generator.\n"
+        "Payload: Tessera `RevokeRequest` {} bytes (a 22-character jti); etcd `put` key {} bytes + value 8 bytes.",
+        prost::Message::encoded_len(&revoke_request(&jti)),
+        etcd_key(&jti).len()
+    );
+    println!(
+        "Throughput and latency count successful requests; the CPU columns are the machine's busy share over the run and the share used by this load generator.\n"
     );
 }
 
 const TABLE_HEAD: &str = "| clients | requests | errors | throughput (/s) | p50 (ms) | p99 (ms) | max (ms) | CPU busy (%) | load generator CPU (%) |\n|---|---|---|---|---|---|---|---|---|";
 
-/// Runs every client count against one system and prints its table.
-async fn run_all<F, Fut>(plan: &Plan, title: &str, op: F) -> Result<(), CliError>
-where
-    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), String>> + Send + 'static,
-{
-    let op = Arc::new(op);
-    if plan.warmup {
-        // Opens the connections and lets the first elections settle; a
-        // system that fails every warm-up request is not worth measuring.
-        let w = drive(4, Duration::from_secs(2), 200, REQUEST_TIMEOUT, op.clone()).await;
-        if w.ok() == 0 {
-            return Err(CliError::Failed(anyhow::anyhow!(
-                "{title}: every warm-up request failed: {}",
-                w.first_error.as_deref().unwrap_or("no request was sent")
-            )));
-        }
-    }
-    println!("### {title}\n\n{TABLE_HEAD}");
-    for &clients in &plan.clients {
-        let s = drive(
-            clients,
-            plan.duration,
-            plan.max_requests,
-            REQUEST_TIMEOUT,
-            op.clone(),
-        )
-        .await;
-        println!("{}", s.row(clients));
-        if let Some(e) = &s.first_error {
-            eprintln!("{title}, {clients} clients: first error: {e}");
-        }
-    }
-    println!();
-    Ok(())
-}
-
-async fn run_tessera(plan: &Plan) -> Result<(), CliError> {
+async fn tessera_system(plan: &Plan) -> Result<System, CliError> {
     let files = TlsFiles {
         ca: plan.certs.join("ca.pem"),
         cert: plan.certs.join("admin.pem"),
@@ -234,7 +283,7 @@ async fn run_tessera(plan: &Plan) -> Result<(), CliError> {
         },
         plan.connections
     );
-    run_all(plan, &title, move |_worker, seq| {
+    let op = op_fn(move |_worker, seq| {
         let mut c = clients[pick(seq, clients.len())].clone();
         async move {
             let jti = random_jti()?;
@@ -243,8 +292,12 @@ async fn run_tessera(plan: &Plan) -> Result<(), CliError> {
                 .map(|_| ())
                 .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
         }
+    });
+    Ok(System {
+        name: "tessera",
+        title,
+        op,
     })
-    .await
 }
 
 /// Asks the endpoints in turn for the leader's API address.
@@ -273,7 +326,7 @@ async fn leader_endpoint(endpoints: &[String], files: &TlsFiles) -> Result<Strin
 }
 
 #[cfg(feature = "etcd-bench")]
-async fn run_etcd(plan: &Plan) -> Result<(), CliError> {
+async fn etcd_system(plan: &Plan) -> Result<System, CliError> {
     let mut clients = Vec::with_capacity(plan.connections);
     for _ in 0..plan.connections {
         let c = etcd_client::Client::connect(&plan.etcd, None)
@@ -287,7 +340,7 @@ async fn run_etcd(plan: &Plan) -> Result<(), CliError> {
         plan.etcd.len(),
         plan.connections
     );
-    run_all(plan, &title, move |_worker, seq| {
+    let op = op_fn(move |_worker, seq| {
         let mut c = clients[pick(seq, clients.len())].clone();
         async move {
             let jti = random_jti()?;
@@ -296,12 +349,16 @@ async fn run_etcd(plan: &Plan) -> Result<(), CliError> {
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         }
+    });
+    Ok(System {
+        name: "etcd",
+        title,
+        op,
     })
-    .await
 }
 
 #[cfg(not(feature = "etcd-bench"))]
-async fn run_etcd(_plan: &Plan) -> Result<(), CliError> {
+async fn etcd_system(_plan: &Plan) -> Result<System, CliError> {
     Err(CliError::Usage(
         "--etcd needs a build with `--features etcd-bench`".into(),
     ))
@@ -407,17 +464,13 @@ impl RunStats {
 
 /// Runs `workers` loops of `op(worker, seq)` until `duration` has passed or
 /// `max_requests` have been started, one request in flight per worker.
-async fn drive<F, Fut>(
+async fn drive(
     workers: usize,
     duration: Duration,
     max_requests: u64,
     request_timeout: Duration,
-    op: Arc<F>,
-) -> RunStats
-where
-    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), String>> + Send + 'static,
-{
+    op: OpFn,
+) -> RunStats {
     let started = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let first_error = Arc::new(Mutex::new(None::<String>));
@@ -689,7 +742,7 @@ mod tests {
             Duration::from_secs(600),
             50,
             REQUEST_TIMEOUT,
-            Arc::new(move |_w, _seq| {
+            op_fn(move |_w, _seq| {
                 c.fetch_add(1, Ordering::Relaxed);
                 async { Ok(()) }
             }),
@@ -711,7 +764,7 @@ mod tests {
             Duration::ZERO,
             u64::MAX,
             REQUEST_TIMEOUT,
-            Arc::new(|_w, _seq| async { Ok(()) }),
+            op_fn(|_w, _seq| async { Ok(()) }),
         )
         .await;
         assert_eq!(s.requests, 0);
@@ -724,7 +777,7 @@ mod tests {
             Duration::from_secs(600),
             10,
             REQUEST_TIMEOUT,
-            Arc::new(|_w, seq| async move {
+            op_fn(|_w, seq| async move {
                 if seq % 2 == 1 {
                     Err(format!("failure {seq}"))
                 } else {
@@ -748,7 +801,7 @@ mod tests {
             Duration::from_secs(600),
             40,
             REQUEST_TIMEOUT,
-            Arc::new(move |w, seq| {
+            op_fn(move |w, seq| {
                 s2.lock().unwrap().push((w, seq));
                 async move {
                     // Yield so the other workers get turns.
@@ -774,7 +827,7 @@ mod tests {
             Duration::from_secs(600),
             2,
             Duration::from_millis(5),
-            Arc::new(|_w, _seq| std::future::pending::<Result<(), String>>()),
+            op_fn(|_w, _seq| std::future::pending::<Result<(), String>>()),
         )
         .await;
         assert_eq!(s.requests, 2);

@@ -623,7 +623,16 @@ impl Supervisor {
                         self.nodes.iter().filter_map(|n| n.raft.clone()).collect();
                     eprintln!("initialising the cluster with {} members", raft_addrs.len());
                     let req = pb::InitClusterRequest { raft_addrs };
-                    match tokio::time::timeout(RPC_TIMEOUT, client.init_cluster(req)).await {
+                    // InitCluster returns once a leader has written the
+                    // first signing key and the policy, which can take a
+                    // while on a busy machine: bounded by the overall
+                    // deadline, not by RPC_TIMEOUT.
+                    let reply = tokio::select! {
+                        r = tokio::time::timeout_at(deadline, client.init_cluster(req)) => r,
+                        _ = sig.int.recv() => return Err(Stop::Interrupted),
+                        _ = sig.term.recv() => return Err(Stop::Interrupted),
+                    };
+                    match reply {
                         Ok(Ok(_)) => initialised = true,
                         Ok(Err(s)) => {
                             return Err(Stop::Failed(anyhow::anyhow!(
@@ -632,9 +641,7 @@ impl Supervisor {
                                 s.message()
                             )))
                         }
-                        // The call may still have gone through; the next
-                        // status tells, and a second init is never sent.
-                        Err(_) => last_err = "InitCluster timed out".into(),
+                        Err(_) => last_err = "InitCluster did not return in time".into(),
                     }
                     continue;
                 }
@@ -1226,13 +1233,7 @@ mod tests {
         // Our own pid is allowed (a pid file left by this very process).
         fs::write(tmp.path().join(SUPERVISOR_PID_FILE), format!("{me}\n")).unwrap();
         assert!(prepare(tmp.path(), &layout(1, 7443, 7543)).is_ok());
-        // A live process whose command line names tessera, kept alive
-        // until its stdin closes.
-        let mut child = Command::new("sh")
-            .args(["-c", "read x", "tessera"])
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = stand_in();
         fs::write(
             tmp.path().join(SUPERVISOR_PID_FILE),
             format!("{}\n", child.id()),
@@ -1249,14 +1250,9 @@ mod tests {
         assert!(prepare(tmp.path(), &layout(1, 7443, 7543)).is_ok());
 
         // A node left running by a supervisor that was killed.
-        let mut child = Command::new("sh")
-            .args(["-c", "read x", "tessera"])
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = stand_in();
         fs::write(tmp.path().join("node1.pid"), format!("{}\n", child.id())).unwrap();
         let r = prepare(tmp.path(), &layout(1, 7443, 7543));
-        eprintln!("DEBUG {} {:?}", child.id(), fs::read(format!("/proc/{}/cmdline", child.id())));
         drop(child.stdin.take());
         child.wait().unwrap();
         match r {
@@ -1264,6 +1260,24 @@ mod tests {
             _ => panic!("expected a usage error"),
         }
         assert!(prepare(tmp.path(), &layout(1, 7443, 7543)).is_ok());
+    }
+
+    /// A live process whose command line names tessera, running until its
+    /// stdin closes. Returns once it has said so: right after `spawn` the
+    /// kernel may not have set up its command line yet.
+    fn stand_in() -> std::process::Child {
+        let mut child = Command::new("sh")
+            .args(["-c", "echo up; read x", "tessera"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "up\n");
+        child
     }
 
     /// The Kubernetes example carries a copy of the example policy in a

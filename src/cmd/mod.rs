@@ -7,6 +7,7 @@ mod bench_revoke;
 mod cluster;
 mod dev;
 mod serve;
+mod watch;
 
 use std::path::PathBuf;
 
@@ -71,6 +72,8 @@ enum Cmd {
     Revoke(RevokeArgs),
     /// Print the JSON Web Key Set.
     Jwks(ConnArgs),
+    /// Print the revocation stream as JSON lines.
+    Watch(watch::WatchArgs),
     /// Load generator: throughput and latency of Issue, Exchange, Introspect.
     Bench(bench::BenchArgs),
     /// Revocation commit benchmark against a cluster (and etcd, with the
@@ -303,6 +306,7 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Cmd::Bench(args) => bench::run(args).await,
+        Cmd::Watch(args) => watch::run(args).await.map_err(CliError::Failed),
         Cmd::BenchRevoke(args) => bench_revoke::run(args).await,
     }
 }

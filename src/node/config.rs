@@ -90,6 +90,10 @@ pub struct Config {
     pub raft: RaftSettings,
     /// Fault injection on the Raft network (tests and chaos drills).
     pub faults: Option<Arc<crate::raft::network::Faults>>,
+    /// Revocation stream limits (subscribers, heartbeat interval).
+    pub watch: crate::api::WatchSettings,
+    /// Recent revocation events kept for watchers that resume.
+    pub watch_window: usize,
 }
 
 impl std::fmt::Debug for Config {
@@ -130,6 +134,8 @@ impl Config {
             clock: Arc::new(SystemClock),
             raft: RaftSettings::default(),
             faults: None,
+            watch: crate::api::WatchSettings::default(),
+            watch_window: crate::store::DEFAULT_WINDOW,
         }
     }
 
@@ -164,6 +170,12 @@ impl Config {
         }
         if r.snapshot_every == 0 {
             return Err("snapshot interval must be positive".into());
+        }
+        if self.watch_window == 0
+            || self.watch.max_subscribers == 0
+            || self.watch.heartbeat.is_zero()
+        {
+            return Err("watch window, subscriber limit and heartbeat must be positive".into());
         }
         if self.purge_interval.is_zero() {
             return Err("purge interval must be positive".into());

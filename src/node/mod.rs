@@ -199,9 +199,11 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
     let raft_addr = listeners.raft.local_addr()?;
 
     let dir = config.data_dir.clone();
-    let (log_store, state_machine, state) = tokio::task::spawn_blocking(move || store::open(&dir))
-        .await
-        .map_err(|e| NodeError::Raft(format!("store open task: {e}")))??;
+    let window = config.watch_window;
+    let (log_store, state_machine, state) =
+        tokio::task::spawn_blocking(move || store::open_with(&dir, window))
+            .await
+            .map_err(|e| NodeError::Raft(format!("store open task: {e}")))??;
     let store_closed = log_store.closed_signal();
     let info = NodeInfo {
         raft_addr: non_empty_or(&config.raft_advertise_addr, raft_addr),
@@ -229,14 +231,13 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     // The Raft listener first: peers may be waiting for this node.
-    let raft_service =
-        crate::raft::service::server(
-            raft.clone(),
-            config.node_id,
-            info.clone(),
-            &trust_domain,
-            config.clock.clone(),
-        );
+    let raft_service = crate::raft::service::server(
+        raft.clone(),
+        config.node_id,
+        info.clone(),
+        &trust_domain,
+        config.clock.clone(),
+    );
     let raft_incoming = crate::tls::tls_incoming(listeners.raft, server_tls.clone());
     let raft_stop = wait_stop(stop_rx.clone());
     tasks.push(tokio::spawn(
@@ -308,7 +309,8 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
             shared.clone(),
             listeners.api,
             server_tls,
-            wait_stop(stop_rx.clone()),
+            config.watch.clone(),
+            stop_rx.clone(),
         )
         .instrument(tracing::info_span!("api-server", node = config.node_id)),
     ));

@@ -353,7 +353,13 @@ mod tests {
                 .unwrap();
             let td = trust_domain_of(&files).unwrap();
             assert_eq!(td, "tessera.dev");
-            let service = server(raft.clone(), id, info.clone(), &td, Arc::new(crate::clock::SystemClock));
+            let service = server(
+                raft.clone(),
+                id,
+                info.clone(),
+                &td,
+                Arc::new(crate::clock::SystemClock),
+            );
             let incoming =
                 crate::tls::tls_incoming(listener, crate::tls::server_config(&files).unwrap());
             let (stop, stopped) = oneshot::channel::<()>();

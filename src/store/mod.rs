@@ -24,6 +24,7 @@
 //! All sled and file work runs on tokio's blocking pool.
 
 mod db;
+mod feed;
 mod log;
 mod sm;
 mod state;
@@ -32,6 +33,9 @@ mod view;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use self::feed::{
+    FeedItem, Revocation, RevocationEvent, Watch, WatchStart, DEFAULT_WINDOW, LIVE_BUFFER,
+};
 pub use self::log::{LogReader, LogStore};
 pub use self::sm::{SnapshotBuilder, StateMachine};
 pub use self::view::StateView;
@@ -83,8 +87,17 @@ pub enum StoreError {
 /// the state machine from it. Blocking: call it at start-up or from
 /// `spawn_blocking`.
 pub fn open(path: &Path) -> Result<(LogStore, StateMachine, StateView), StoreError> {
+    open_with(path, DEFAULT_WINDOW)
+}
+
+/// [`open`] with the number of recent revocation events kept for watchers
+/// that resume (the retained window).
+pub fn open_with(
+    path: &Path,
+    feed_window: usize,
+) -> Result<(LogStore, StateMachine, StateView), StoreError> {
     let db = Arc::new(db::Db::open(path)?);
-    let (sm, view) = StateMachine::load(db.clone())?;
+    let (sm, view) = StateMachine::load(db.clone(), feed_window)?;
     tracing::info!(path = %path.display(), "store opened");
     Ok((LogStore::new(db), sm, view))
 }

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::db::{self, blocking, Db};
+use super::feed::Feed;
 use super::state::{State, Touched};
 use super::{StateView, StoreError};
 use crate::raft::{
@@ -48,6 +49,7 @@ struct SnapshotBody {
 pub struct StateMachine {
     db: Arc<Db>,
     state: Arc<RwLock<State>>,
+    feed: Arc<Feed>,
     /// Announces the applied revision once a batch is persisted.
     revision: watch::Sender<u64>,
     snapshot_seq: Arc<AtomicU64>,
@@ -74,7 +76,7 @@ impl StateMachine {
     /// Loads the state machine from `db`, restoring from the stored snapshot
     /// if it is newer than the persisted state (a crash between storing a
     /// snapshot and persisting the state it came from). Blocking.
-    pub(crate) fn load(db: Arc<Db>) -> Result<(Self, StateView), StoreError> {
+    pub(crate) fn load(db: Arc<Db>, feed_window: usize) -> Result<(Self, StateView), StoreError> {
         let mut state = State::load(&db)?;
         let mut seq = 0;
         if let Some((meta, data)) = read_snapshot(&db)? {
@@ -102,14 +104,16 @@ impl StateMachine {
             "state machine loaded"
         );
         let (tx, rx) = watch::channel(state.revision());
+        let feed = Arc::new(Feed::new(state.revision(), feed_window));
         let state = Arc::new(RwLock::new(state));
         let sm = StateMachine {
             db,
             state: state.clone(),
+            feed: feed.clone(),
             revision: tx,
             snapshot_seq: Arc::new(AtomicU64::new(seq)),
         };
-        Ok((sm, StateView::new(state, rx)))
+        Ok((sm, StateView::new(state, rx, feed)))
     }
 
     /// How many fsyncs of the database have completed since it was opened.
@@ -211,6 +215,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         let db = self.db.clone();
         let state = self.state.clone();
+        let feed = self.feed.clone();
         // The write lock is taken on a blocking thread too: a snapshot being
         // serialized under the read lock must not stall the async runtime.
         let (responses, revision) = blocking(move || {
@@ -219,6 +224,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let mut touched = Touched::default();
                 let responses: Vec<CommandResponse> =
                     entries.iter().map(|e| st.apply(e, &mut touched)).collect();
+                // Under the write lock: watchers starting now see either
+                // the state before this batch and its events live, or both
+                // after it.
+                feed.push(std::mem::take(&mut touched.events));
                 (responses, st.batches(&touched), st.revision())
             };
             batches?.commit(&db, None)?;
@@ -254,6 +263,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })?;
         let db = self.db.clone();
         let state = self.state.clone();
+        let feed = self.feed.clone();
         let meta = meta.clone();
         let sig = meta.signature();
         let revision = blocking(move || {
@@ -266,7 +276,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // state between reading `old` here and swapping it below.
             replace(&db, &read(&state), &new_state, Some(&snap))?;
             let revision = new_state.revision();
-            *write(&state) = new_state;
+            let mut st = write(&state);
+            *st = new_state;
+            feed.reset(revision);
             Ok(revision)
         })
         .await
@@ -364,7 +376,7 @@ mod tests {
             m.last_log_id = None;
             store_if_not_older(&db, &m, br#"{"format":1,"state":{}}"#).unwrap();
         }
-        let (sm, _) = StateMachine::load(Arc::new(Db::open(dir.path()).unwrap())).unwrap();
+        let (sm, _) = StateMachine::load(Arc::new(Db::open(dir.path()).unwrap()), 16).unwrap();
         assert_eq!(sm.snapshot_seq.load(Ordering::Relaxed), 41);
     }
 }

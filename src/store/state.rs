@@ -11,6 +11,7 @@ use openraft::EntryPayload;
 use serde::{Deserialize, Serialize};
 
 use super::db::{self, Db};
+use super::feed::Revocation;
 use super::StoreError;
 use crate::raft::{Command, CommandResponse, Entry, KeyRecord, LogId, Op, StoredMembership};
 
@@ -50,6 +51,8 @@ pub(crate) struct State {
 /// The keys of each tree that applying entries changed.
 #[derive(Debug, Default)]
 pub(crate) struct Touched {
+    /// What each applied command revoked, for the watch feed.
+    pub(crate) events: Vec<super::feed::RevocationEvent>,
     jtis: BTreeSet<String>,
     subjects: BTreeSet<String>,
     clients: BTreeSet<String>,
@@ -58,6 +61,15 @@ pub(crate) struct Touched {
 }
 
 impl Touched {
+    fn event(&mut self, revision: u64, revocations: Vec<Revocation>) {
+        if !revocations.is_empty() {
+            self.events.push(super::feed::RevocationEvent {
+                revision,
+                revocations,
+            });
+        }
+    }
+
     /// Every key present in `state`: with the keys of the state being
     /// replaced, this rewrites a tree completely.
     pub(crate) fn add_all(&mut self, state: &State) {
@@ -98,21 +110,29 @@ impl State {
         match &cmd.op {
             Op::RevokeJtis { jtis } => {
                 let mut new = 0;
+                let mut event: Vec<Revocation> = Vec::new();
                 for r in jtis {
-                    match self.jtis.get_mut(&r.jti) {
-                        Some(until) => {
-                            if r.until > *until {
-                                *until = r.until;
-                                touched.jtis.insert(r.jti.clone());
-                            }
+                    let until = match self.jtis.get_mut(&r.jti) {
+                        Some(until) if r.until > *until => {
+                            *until = r.until;
+                            *until
                         }
+                        Some(_) => continue,
                         None => {
                             self.jtis.insert(r.jti.clone(), r.until);
-                            touched.jtis.insert(r.jti.clone());
                             new += 1;
+                            r.until
                         }
-                    }
+                    };
+                    touched.jtis.insert(r.jti.clone());
+                    // A jti listed twice in one command: one entry, latest until.
+                    event.retain(|e| !matches!(e, Revocation::Jti { jti, .. } if *jti == r.jti));
+                    event.push(Revocation::Jti {
+                        jti: r.jti.clone(),
+                        until,
+                    });
                 }
+                touched.event(index, event);
                 new
             }
             Op::RevokeSubject {
@@ -127,6 +147,16 @@ impl State {
                     *until,
                     &mut touched.subjects,
                 );
+                if moved {
+                    if let Some(c) = self.subjects.get(subject) {
+                        let r = Revocation::Subject {
+                            subject: subject.clone(),
+                            cutoff: c.cutoff,
+                            until: c.until,
+                        };
+                        touched.event(index, vec![r]);
+                    }
+                }
                 u64::from(moved)
             }
             Op::RevokeClient {
@@ -141,6 +171,16 @@ impl State {
                     *until,
                     &mut touched.clients,
                 );
+                if moved {
+                    if let Some(c) = self.clients.get(client) {
+                        let r = Revocation::Client {
+                            client: client.clone(),
+                            cutoff: c.cutoff,
+                            until: c.until,
+                        };
+                        touched.event(index, vec![r]);
+                    }
+                }
                 u64::from(moved)
             }
             Op::PutPolicy { text } => {
@@ -189,6 +229,26 @@ impl State {
         jtis.iter().any(|j| self.jtis.contains_key(*j))
             || self.subjects.get(subject).is_some_and(|c| c.cutoff >= iat)
             || self.clients.get(client).is_some_and(|c| c.cutoff >= iat)
+    }
+
+    /// Every active revocation entry, for a watcher's snapshot.
+    pub(crate) fn revocations(&self) -> Vec<Revocation> {
+        let mut out = Vec::with_capacity(self.revocation_count());
+        out.extend(self.jtis.iter().map(|(jti, until)| Revocation::Jti {
+            jti: jti.clone(),
+            until: *until,
+        }));
+        out.extend(self.subjects.iter().map(|(s, c)| Revocation::Subject {
+            subject: s.clone(),
+            cutoff: c.cutoff,
+            until: c.until,
+        }));
+        out.extend(self.clients.iter().map(|(s, c)| Revocation::Client {
+            client: s.clone(),
+            cutoff: c.cutoff,
+            until: c.until,
+        }));
+        out
     }
 
     /// Number of revocation entries of every kind.

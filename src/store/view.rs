@@ -5,6 +5,7 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
 
+use super::feed::{Feed, Watch};
 use super::sm::read;
 use super::state::State;
 use crate::raft::KeyRecord;
@@ -14,6 +15,7 @@ use crate::raft::KeyRecord;
 pub struct StateView {
     state: Arc<RwLock<State>>,
     revision: watch::Receiver<u64>,
+    feed: Arc<Feed>,
 }
 
 impl std::fmt::Debug for StateView {
@@ -25,8 +27,35 @@ impl std::fmt::Debug for StateView {
 }
 
 impl StateView {
-    pub(crate) fn new(state: Arc<RwLock<State>>, revision: watch::Receiver<u64>) -> Self {
-        StateView { state, revision }
+    pub(crate) fn new(
+        state: Arc<RwLock<State>>,
+        revision: watch::Receiver<u64>,
+        feed: Arc<Feed>,
+    ) -> Self {
+        StateView {
+            state,
+            revision,
+            feed,
+        }
+    }
+
+    /// Starts a revocation watcher after `from_revision`: a replay when the
+    /// cursor is inside the retained window, else a snapshot of every active
+    /// revocation; then the live feed, continuing exactly where the start
+    /// ends.
+    pub fn watch(&self, from_revision: u64) -> Watch {
+        let st = read(&self.state);
+        self.feed.watch(&st, from_revision)
+    }
+
+    /// The oldest cursor a watcher can resume from without a snapshot.
+    pub fn watch_window_start(&self) -> u64 {
+        self.feed.window_start()
+    }
+
+    /// Watchers subscribed to the live feed.
+    pub fn watchers(&self) -> usize {
+        self.feed.subscribers()
     }
 
     /// The last applied log index; 0 before anything was applied.

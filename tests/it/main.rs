@@ -10,4 +10,6 @@ mod t50_crash;
 mod t60_cli;
 mod t70_dev;
 mod t80_cluster;
+mod t85_watch;
 mod t90_kill9;
+mod t95_client;

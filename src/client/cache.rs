@@ -1,0 +1,1183 @@
+//! [`RevocationCache`]: a local copy of the cluster's active revocations,
+//! kept current by the `WatchRevocations` stream, so that a resource server
+//! can apply the revocation rules without a network call per request.
+//!
+//! One background task owns the subscription. It subscribes with
+//! `from_revision` = the last revision it applied (0 at first, which asks
+//! for a snapshot), applies what the stream sends, and when the stream ends
+//! for any reason (`ABORTED` with `x-tessera-resume-from`, `UNAVAILABLE`,
+//! a reset connection, a node that went silent) subscribes again, from its
+//! own last revision, on the next endpoint in turn, after a short backoff
+//! that grows while attempts fail and resets once a stream delivers.
+//!
+//! The rules it keeps, whatever the node sends:
+//!
+//! - A snapshot replaces the whole set at its `snapshot_end` marker and not
+//!   before: until then (and if the stream breaks half-way) the old set keeps
+//!   serving. A snapshot older than what the cache has is ignored.
+//! - An event at or below the cache's revision is ignored: no duplicate, and
+//!   never back in time, also after resuming on a node that is behind.
+//! - Entries whose `until` has passed (on the injected [`Clock`]) are
+//!   forgotten: no token they could match is still valid.
+//! - Heartbeats are not applied as a revision: a node's applied revision may
+//!   run ahead of the events it has queued for this stream, so they only
+//!   tell how fresh the cache is ([`RevocationCache::staleness`]) and how far
+//!   the node is ([`CacheStatus::node_revision`]).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tonic::transport::Endpoint;
+use tracing::Instrument as _;
+
+use super::conn::{endpoint, DEFAULT_CONNECT_TIMEOUT};
+use super::error::ClientError;
+use crate::clock::{Clock, SystemClock};
+use crate::pb;
+use crate::pb::revocation::Target;
+use crate::pb::watch_event::Kind;
+use crate::tls::TlsFiles;
+use crate::token::Claims;
+
+/// How often expired entries are forgotten while a stream is open.
+const PURGE_EVERY: Duration = Duration::from_secs(1);
+
+/// Settings of a [`RevocationCache`]. Build with [`CacheConfig::new`] and
+/// adjust the public fields.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct CacheConfig {
+    /// API addresses of the cluster's nodes (`host:port`); subscriptions
+    /// go to them in turn.
+    pub endpoints: Vec<String>,
+    /// The resource server's own TLS identity and the cluster CA.
+    pub tls: TlsFiles,
+    /// Server name to check in the nodes' certificates (`localhost` if
+    /// `None`, which the development certificates carry).
+    pub server_name: Option<String>,
+    /// Wall clock for forgetting expired entries.
+    pub clock: Arc<dyn Clock>,
+    /// A stream that delivers nothing (not even a heartbeat) for this long
+    /// is considered dead and replaced. Keep it a few heartbeat intervals.
+    pub idle_timeout: Duration,
+    /// First wait before subscribing again after a failure.
+    pub backoff_min: Duration,
+    /// Longest wait between attempts.
+    pub backoff_max: Duration,
+    /// Longest TCP + TLS connection set-up.
+    pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for CacheConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheConfig")
+            .field("endpoints", &self.endpoints)
+            .field("tls", &self.tls)
+            .field("server_name", &self.server_name)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("backoff_min", &self.backoff_min)
+            .field("backoff_max", &self.backoff_max)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CacheConfig {
+    /// Settings with the defaults: system clock, 10 s idle timeout (nodes
+    /// send a heartbeat every second), backoff
+    /// from 50 ms to 2 s, 5 s connect timeout.
+    pub fn new(endpoints: Vec<String>, tls: TlsFiles) -> Self {
+        Self {
+            endpoints,
+            tls,
+            server_name: None,
+            clock: Arc::new(SystemClock),
+            idle_timeout: Duration::from_secs(10),
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(2),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+}
+
+/// What a [`RevocationCache`] knows about its subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheStatus {
+    /// The revision the cache has applied: every revocation up to it.
+    pub revision: u64,
+    /// The subscribed node's applied revision, from its last heartbeat.
+    pub node_revision: u64,
+    /// The node currently streaming, if any.
+    pub connected_to: Option<String>,
+    /// Whether the node's last heartbeat said it knew a leader.
+    pub leader_known: bool,
+    /// Time since the last message of any kind, if there was one.
+    pub last_message_age: Option<Duration>,
+    /// Number of entries (jtis, subjects and clients).
+    pub entries: usize,
+    /// How many times the cache has subscribed (1 after the first).
+    pub subscriptions: u64,
+    /// Why the last subscription ended or failed, if one did (for
+    /// diagnostics: a `PERMISSION_DENIED` here means the identity may not
+    /// watch).
+    pub last_error: Option<String>,
+}
+
+/// A subject or client cut-off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cutoff {
+    cutoff: u64,
+    until: u64,
+}
+
+/// A set of revocation entries, as the server's state holds them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Entries {
+    jtis: HashMap<String, u64>,
+    subjects: HashMap<String, Cutoff>,
+    clients: HashMap<String, Cutoff>,
+}
+
+impl Entries {
+    /// Adds or raises an entry. The server sends the entry's resulting
+    /// values; taking the maximum keeps the set monotonic whatever the order.
+    /// An entry without a target (a newer server's kind) is skipped.
+    fn add(&mut self, r: pb::Revocation) {
+        fn raise(map: &mut HashMap<String, Cutoff>, key: String, cutoff: u64, until: u64) {
+            let e = map.entry(key).or_insert(Cutoff { cutoff, until });
+            e.cutoff = e.cutoff.max(cutoff);
+            e.until = e.until.max(until);
+        }
+        match r.target {
+            Some(Target::Jti(jti)) => {
+                let until = self.jtis.entry(jti).or_insert(r.until);
+                *until = (*until).max(r.until);
+            }
+            Some(Target::Subject(s)) => raise(&mut self.subjects, s, r.cutoff, r.until),
+            Some(Target::Client(c)) => raise(&mut self.clients, c, r.cutoff, r.until),
+            None => tracing::debug!("revocation without a known target skipped"),
+        }
+    }
+
+    /// Forgets entries whose `until` is before `now`, as the cluster's purge
+    /// does. Returns how many.
+    fn purge(&mut self, now: u64) -> usize {
+        let before = self.len();
+        self.jtis.retain(|_, until| *until >= now);
+        self.subjects.retain(|_, c| c.until >= now);
+        self.clients.retain(|_, c| c.until >= now);
+        before - self.len()
+    }
+
+    fn len(&self) -> usize {
+        self.jtis.len() + self.subjects.len() + self.clients.len()
+    }
+
+    /// The server's rule: any of the token's jtis (its own and its
+    /// ancestors') is revoked, or its subject's or client's cut-off is at or
+    /// after its `iat`.
+    fn is_revoked(&self, jtis: &[&str], subject: &str, client: &str, iat: u64) -> bool {
+        jtis.iter().any(|j| self.jtis.contains_key(*j))
+            || self.subjects.get(subject).is_some_and(|c| c.cutoff >= iat)
+            || self.clients.get(client).is_some_and(|c| c.cutoff >= iat)
+    }
+}
+
+/// The applied set and its revision.
+#[derive(Debug, Default)]
+struct CacheState {
+    revision: u64,
+    /// A complete set has been received (a snapshot or a replay from 0):
+    /// until then the cache knows nothing and is infinitely stale.
+    synced: bool,
+    entries: Entries,
+}
+
+/// Per-stream progress: a snapshot being received is kept here, apart from
+/// the serving set, and dropped with the stream if it breaks half-way.
+#[derive(Debug, Default)]
+struct Session {
+    snapshot: Option<(Entries, u64)>,
+}
+
+/// What one message did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Nothing changed (a duplicate, a snapshot chunk, an old snapshot, an
+    /// unknown kind).
+    Nothing,
+    /// An event was applied; the cache is at this revision.
+    Applied(u64),
+    /// A snapshot replaced the set; the cache is at this revision.
+    Replaced(u64),
+    /// A heartbeat: the node's applied revision and leader knowledge.
+    Heartbeat { revision: u64, leader_known: bool },
+}
+
+/// A stream that broke the protocol; the cache drops it and subscribes
+/// again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum ProtocolError {
+    #[error("event inside a snapshot")]
+    EventDuringSnapshot,
+    #[error("snapshot announced {announced} entries, {received} received")]
+    SnapshotCount { announced: u64, received: u64 },
+}
+
+impl Session {
+    fn step(&mut self, st: &mut CacheState, ev: pb::WatchEvent) -> Result<Step, ProtocolError> {
+        let revision = ev.revision;
+        match ev.kind {
+            Some(Kind::Revoked(rs)) => {
+                if self.snapshot.is_some() {
+                    return Err(ProtocolError::EventDuringSnapshot);
+                }
+                if revision <= st.revision {
+                    return Ok(Step::Nothing);
+                }
+                for r in rs.revocations {
+                    st.entries.add(r);
+                }
+                st.revision = revision;
+                st.synced = true;
+                Ok(Step::Applied(revision))
+            }
+            Some(Kind::Snapshot(rs)) => {
+                let (entries, received) = self.snapshot.get_or_insert_with(Default::default);
+                *received += rs.revocations.len() as u64;
+                for r in rs.revocations {
+                    entries.add(r);
+                }
+                Ok(Step::Nothing)
+            }
+            Some(Kind::SnapshotEnd(end)) => {
+                let (entries, received) = self.snapshot.take().unwrap_or_default();
+                if received != end.count {
+                    return Err(ProtocolError::SnapshotCount {
+                        announced: end.count,
+                        received,
+                    });
+                }
+                // A node behind the cache (after a fail-over) may answer with
+                // an older snapshot: keeping the newer set is right, and the
+                // node's live events up to our revision will be skipped.
+                if st.synced && revision < st.revision {
+                    return Ok(Step::Nothing);
+                }
+                st.entries = entries;
+                st.revision = revision;
+                st.synced = true;
+                Ok(Step::Replaced(revision))
+            }
+            Some(Kind::Heartbeat(hb)) => Ok(Step::Heartbeat {
+                revision,
+                leader_known: hb.leader_known,
+            }),
+            None => Ok(Step::Nothing),
+        }
+    }
+}
+
+/// What waiters on the cache watch.
+#[derive(Debug, Clone, Copy, Default)]
+struct Progress {
+    revision: u64,
+    /// A complete set has been applied.
+    synced: bool,
+    closed: bool,
+}
+
+#[derive(Debug, Default)]
+struct Link {
+    connected_to: Option<String>,
+    leader_known: bool,
+    node_revision: u64,
+    last_message: Option<Instant>,
+    /// Last event, snapshot, or heartbeat from a node that knew a leader.
+    last_fresh: Option<Instant>,
+    subscriptions: u64,
+    last_error: Option<String>,
+}
+
+/// State shared by the handles and the background task.
+struct Shared {
+    state: RwLock<CacheState>,
+    link: Mutex<Link>,
+    progress: watch::Sender<Progress>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Shared {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, CacheState> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, CacheState> {
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn link(&self) -> std::sync::MutexGuard<'_, Link> {
+        self.link.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn apply(&self, session: &mut Session, ev: pb::WatchEvent) -> Result<(), ProtocolError> {
+        let step = session.step(&mut self.write(), ev)?;
+        let now = Instant::now();
+        let mut link = self.link();
+        link.last_message = Some(now);
+        match step {
+            Step::Nothing => {}
+            Step::Applied(revision) | Step::Replaced(revision) => {
+                link.last_fresh = Some(now);
+                drop(link);
+                if let Step::Replaced(_) = step {
+                    tracing::debug!(revision, "snapshot applied");
+                }
+                self.progress.send_modify(|p| {
+                    p.revision = revision;
+                    p.synced = true;
+                });
+            }
+            Step::Heartbeat {
+                revision,
+                leader_known,
+            } => {
+                link.node_revision = revision;
+                link.leader_known = leader_known;
+                if leader_known {
+                    link.last_fresh = Some(now);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn purge(&self) {
+        let now = self.clock.now();
+        let n = self.write().entries.purge(now);
+        if n > 0 {
+            tracing::debug!(forgotten = n, "expired revocations forgotten");
+        }
+    }
+
+    fn connected(&self, addr: &str) {
+        let mut link = self.link();
+        link.connected_to = Some(addr.to_string());
+        link.subscriptions += 1;
+    }
+
+    fn disconnected(&self, why: Option<String>) {
+        let mut link = self.link();
+        link.connected_to = None;
+        link.leader_known = false;
+        if why.is_some() {
+            link.last_error = why;
+        }
+    }
+}
+
+/// Ends the background task when the last handle goes away.
+struct Owner {
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.shutdown.send_replace(true);
+        if let Some(task) = self
+            .task
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            task.abort();
+        }
+    }
+}
+
+/// A live, local copy of the cluster's revocations. See the [module
+/// documentation](self) for the rules it keeps.
+///
+/// Cheap to clone: clones share the copy and its one background task, which
+/// ends when the last clone is dropped or on [`RevocationCache::shutdown`].
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), tessera::client::ClientError> {
+/// use std::time::Duration;
+/// use tessera::client::{CacheConfig, RevocationCache};
+/// use tessera::tls::TlsFiles;
+///
+/// let tls = TlsFiles {
+///     ca: "certs/ca.pem".into(),
+///     cert: "certs/ledger.pem".into(),
+///     key: "certs/ledger.key".into(),
+/// };
+/// let endpoints = vec!["127.0.0.1:7443".into(), "127.0.0.1:7444".into()];
+/// let cache = RevocationCache::start(CacheConfig::new(endpoints, tls))?;
+/// // Read-your-writes after a `Revoke` that answered `revision`:
+/// # let revision = 1;
+/// cache.wait_for_revision(revision, Duration::from_secs(5)).await?;
+/// // Per request, with the verified token's chain + jti, sub, client_id, iat:
+/// if cache.is_revoked(&["root-jti", "the-jti"], "spiffe://tessera.dev/svc/frontend",
+///     "spiffe://tessera.dev/svc/orders", 1_795_000_000) {
+///     // refuse
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RevocationCache {
+    owner: Arc<Owner>,
+}
+
+impl std::fmt::Debug for RevocationCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RevocationCache")
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+/// What the background task needs besides the shared state.
+struct Runner {
+    shared: Arc<Shared>,
+    targets: Vec<(String, Endpoint)>,
+    idle_timeout: Duration,
+    backoff_min: Duration,
+    backoff_max: Duration,
+}
+
+impl RevocationCache {
+    /// Starts the background subscription and returns at once; the cache
+    /// answers from an empty set (and [`staleness`](Self::staleness) is
+    /// `Duration::MAX`) until the first snapshot is in.
+    ///
+    /// Must be called inside a Tokio runtime. Fails if no endpoint is given,
+    /// a TLS file cannot be read or an address is invalid.
+    pub fn start(config: CacheConfig) -> Result<Self, ClientError> {
+        if config.endpoints.is_empty() {
+            return Err(ClientError::NoEndpoints);
+        }
+        if config.backoff_min.is_zero() || config.backoff_max < config.backoff_min {
+            return Err(ClientError::InvalidConfig(
+                "backoff_min must be positive and at most backoff_max",
+            ));
+        }
+        if config.idle_timeout.is_zero() {
+            return Err(ClientError::InvalidConfig("idle_timeout must be positive"));
+        }
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            ClientError::InvalidConfig("RevocationCache::start needs a Tokio runtime")
+        })?;
+        let targets = config
+            .endpoints
+            .iter()
+            .map(|addr| {
+                let ep = endpoint(addr, &config.tls, config.server_name.as_deref())?
+                    .connect_timeout(config.connect_timeout);
+                Ok((addr.clone(), ep))
+            })
+            .collect::<Result<Vec<_>, ClientError>>()?;
+        let (progress, _) = watch::channel(Progress::default());
+        let shared = Arc::new(Shared {
+            state: RwLock::new(CacheState::default()),
+            link: Mutex::new(Link::default()),
+            progress,
+            clock: config.clock,
+        });
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let runner = Runner {
+            shared: shared.clone(),
+            targets,
+            idle_timeout: config.idle_timeout,
+            backoff_min: config.backoff_min,
+            backoff_max: config.backoff_max,
+        };
+        let span = tracing::info_span!("revocation_cache");
+        let task = runtime.spawn(runner.run(shutdown_rx).instrument(span));
+        Ok(Self {
+            owner: Arc::new(Owner {
+                shared,
+                shutdown,
+                task: Mutex::new(Some(task)),
+            }),
+        })
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.owner.shared
+    }
+
+    /// Whether a token with these `jtis` (its own and its ancestors', see
+    /// [`Claims::chain`]), `subject`, `client` and `iat` is revoked, by the
+    /// server's rules: any jti revoked, or the subject's or client's
+    /// cut-off at or after `iat`.
+    pub fn is_revoked(&self, jtis: &[&str], subject: &str, client: &str, iat: u64) -> bool {
+        self.shared()
+            .read()
+            .entries
+            .is_revoked(jtis, subject, client, iat)
+    }
+
+    /// [`is_revoked`](Self::is_revoked) for verified claims: the chain and
+    /// the token's own jti, its `sub`, `client_id` and `iat`.
+    pub fn is_token_revoked(&self, claims: &Claims) -> bool {
+        let mut jtis: Vec<&str> = claims.chain.iter().map(String::as_str).collect();
+        jtis.push(&claims.jti);
+        self.is_revoked(&jtis, &claims.sub, &claims.client_id, claims.iat)
+    }
+
+    /// The revision the cache has applied.
+    pub fn revision(&self) -> u64 {
+        self.shared().read().revision
+    }
+
+    /// Time since the last event, snapshot, or heartbeat from a node that
+    /// knew a leader: how old the cache's knowledge may be. `Duration::MAX`
+    /// until the first snapshot has been applied. Measured on Tokio's clock
+    /// (monotonic, and paused in tests that pause time).
+    pub fn staleness(&self) -> Duration {
+        if !self.shared().read().synced {
+            return Duration::MAX;
+        }
+        self.shared()
+            .link()
+            .last_fresh
+            .map_or(Duration::MAX, |t| t.elapsed())
+    }
+
+    /// The subscription's state, for health checks and metrics.
+    pub fn status(&self) -> CacheStatus {
+        let (revision, entries) = {
+            let st = self.shared().read();
+            (st.revision, st.entries.len())
+        };
+        let link = self.shared().link();
+        CacheStatus {
+            revision,
+            node_revision: link.node_revision,
+            connected_to: link.connected_to.clone(),
+            leader_known: link.leader_known,
+            last_message_age: link.last_message.map(|t| t.elapsed()),
+            entries,
+            subscriptions: link.subscriptions,
+            last_error: link.last_error.clone(),
+        }
+    }
+
+    /// Waits until the cache has applied `revision` (for example the
+    /// revision a `Revoke` answered: read-your-writes), at most `timeout`.
+    /// Event-driven: it wakes when the revision moves, never polls.
+    pub async fn wait_for_revision(
+        &self,
+        revision: u64,
+        timeout: Duration,
+    ) -> Result<(), ClientError> {
+        let mut rx = self.shared().progress.subscribe();
+        let waited =
+            tokio::time::timeout(timeout, rx.wait_for(|p| p.revision >= revision || p.closed))
+                .await;
+        match waited {
+            Err(_) => Err(ClientError::Timeout {
+                what: "the revocation cache to reach a revision",
+                waited: timeout,
+            }),
+            Ok(Ok(p)) if p.revision >= revision => Ok(()),
+            Ok(_) => Err(ClientError::Closed),
+        }
+    }
+
+    /// Waits until the cache holds a complete copy (its first snapshot),
+    /// at most `timeout`: for a resource server's start-up, so that it does
+    /// not answer from an empty set.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), ClientError> {
+        let mut rx = self.shared().progress.subscribe();
+        let waited = tokio::time::timeout(timeout, rx.wait_for(|p| p.synced || p.closed)).await;
+        match waited {
+            Err(_) => Err(ClientError::Timeout {
+                what: "the revocation cache's first snapshot",
+                waited: timeout,
+            }),
+            Ok(Ok(p)) if p.synced => Ok(()),
+            Ok(_) => Err(ClientError::Closed),
+        }
+    }
+
+    /// Number of entries (revoked jtis, subject and client cut-offs).
+    pub fn len(&self) -> usize {
+        self.shared().read().entries.len()
+    }
+
+    /// Whether the cache holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The revoked jtis, sorted: for tests and diagnostics (it copies the
+    /// set).
+    pub fn revoked_jtis(&self) -> BTreeSet<String> {
+        self.shared().read().entries.jtis.keys().cloned().collect()
+    }
+
+    /// Forgets the entries whose `until` has passed now, as the background
+    /// task does every second; for callers that move the clock.
+    pub fn purge_expired(&self) {
+        self.shared().purge();
+    }
+
+    /// Ends the background task and waits for it. The cache keeps
+    /// answering from what it has, which no longer changes. Idempotent.
+    pub async fn shutdown(&self) {
+        self.owner.shutdown.send_replace(true);
+        let task = self
+            .owner
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            // The task ends at its next await on the shutdown signal; a
+            // JoinError can only mean it panicked, which it reports itself.
+            let _ = task.await;
+        }
+    }
+}
+
+#[cfg(test)]
+impl RevocationCache {
+    /// A cache without a subscription, fed by [`Self::apply_for_tests`].
+    pub(crate) fn detached(clock: Arc<dyn Clock>) -> Self {
+        let (progress, _) = watch::channel(Progress::default());
+        let (shutdown, _) = watch::channel(false);
+        Self {
+            owner: Arc::new(Owner {
+                shared: Arc::new(Shared {
+                    state: RwLock::new(CacheState::default()),
+                    link: Mutex::new(Link::default()),
+                    progress,
+                    clock,
+                }),
+                shutdown,
+                task: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Applies `events` as one stream would deliver them.
+    pub(crate) fn apply_for_tests(&self, events: Vec<pb::WatchEvent>) {
+        let mut session = Session::default();
+        for ev in events {
+            self.shared().apply(&mut session, ev).unwrap();
+        }
+    }
+
+    /// Pretends the last fresh message is `age` old.
+    pub(crate) fn make_stale_for_tests(&self, age: Duration) {
+        self.shared().link().last_fresh = Instant::now().checked_sub(age);
+    }
+}
+
+/// Why a subscription ended.
+#[derive(Debug, thiserror::Error)]
+enum End {
+    #[error("connecting: {0}")]
+    Connect(String),
+    #[error("stream ended with {code:?}: {message}")]
+    Status {
+        code: tonic::Code,
+        message: String,
+        resume_from: Option<String>,
+    },
+    #[error("stream closed by the node")]
+    Closed,
+    #[error("no message within the idle timeout")]
+    Idle,
+    #[error("protocol error: {0}")]
+    Protocol(ProtocolError),
+}
+
+impl Runner {
+    async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        tracing::info!(endpoints = self.targets.len(), "revocation cache started");
+        let mut next = 0usize;
+        let mut backoff = self.backoff_min;
+        loop {
+            let (addr, ep) = &self.targets[next % self.targets.len()];
+            next = next.wrapping_add(1);
+            let (delivered, end) = tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => break,
+                out = self.subscribe(addr, ep) => out,
+            };
+            self.shared.disconnected(Some(end.to_string()));
+            match &end {
+                End::Status {
+                    code: tonic::Code::Aborted,
+                    resume_from,
+                    ..
+                } => {
+                    tracing::info!(endpoint = %addr, resume_from = ?resume_from, "stream ended by the node; resuming")
+                }
+                other => {
+                    tracing::info!(endpoint = %addr, reason = ?other, "stream ended; resubscribing")
+                }
+            }
+            if delivered {
+                backoff = self.backoff_min;
+            }
+            self.shared.purge();
+            tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => break,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            if !delivered {
+                backoff = (backoff * 2).min(self.backoff_max);
+            }
+        }
+        self.shared.disconnected(None);
+        self.shared.progress.send_modify(|p| p.closed = true);
+        tracing::info!("revocation cache stopped");
+    }
+
+    /// One subscription, until it ends. Returns whether it delivered any
+    /// message, and why it ended.
+    async fn subscribe(&self, addr: &str, ep: &Endpoint) -> (bool, End) {
+        let channel = match ep.connect().await {
+            Ok(c) => c,
+            Err(e) => return (false, End::Connect(e.to_string())),
+        };
+        let from_revision = self.shared.read().revision;
+        let mut client = pb::revocation_service_client::RevocationServiceClient::new(channel);
+        let request = pb::WatchRequest { from_revision };
+        let response =
+            tokio::time::timeout(self.idle_timeout, client.watch_revocations(request)).await;
+        let mut stream = match response {
+            Err(_) => return (false, End::Idle),
+            Ok(Err(status)) => return (false, end_of(&status)),
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        tracing::debug!(endpoint = %addr, from_revision, "subscribed");
+        self.shared.connected(addr);
+        let mut session = Session::default();
+        let mut delivered = false;
+        let idle = tokio::time::sleep(self.idle_timeout);
+        tokio::pin!(idle);
+        let mut purge = tokio::time::interval(PURGE_EVERY);
+        purge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = stream.message() => match msg {
+                    Ok(Some(ev)) => {
+                        delivered = true;
+                        idle.as_mut().reset(Instant::now() + self.idle_timeout);
+                        if let Err(e) = self.shared.apply(&mut session, ev) {
+                            return (delivered, End::Protocol(e));
+                        }
+                    }
+                    Ok(None) => return (delivered, End::Closed),
+                    Err(status) => return (delivered, end_of(&status)),
+                },
+                _ = &mut idle => return (delivered, End::Idle),
+                _ = purge.tick() => self.shared.purge(),
+            }
+        }
+    }
+}
+
+fn end_of(status: &tonic::Status) -> End {
+    End::Status {
+        code: status.code(),
+        message: status.message().to_string(),
+        resume_from: status
+            .metadata()
+            .get(crate::api::RESUME_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    fn jti(j: &str, until: u64) -> pb::Revocation {
+        pb::Revocation {
+            target: Some(Target::Jti(j.into())),
+            cutoff: 0,
+            until,
+        }
+    }
+
+    fn subject(s: &str, cutoff: u64, until: u64) -> pb::Revocation {
+        pb::Revocation {
+            target: Some(Target::Subject(s.into())),
+            cutoff,
+            until,
+        }
+    }
+
+    fn client(c: &str, cutoff: u64, until: u64) -> pb::Revocation {
+        pb::Revocation {
+            target: Some(Target::Client(c.into())),
+            cutoff,
+            until,
+        }
+    }
+
+    fn ev(revision: u64, kind: Kind) -> pb::WatchEvent {
+        pb::WatchEvent {
+            revision,
+            kind: Some(kind),
+        }
+    }
+
+    fn revoked(revision: u64, rs: Vec<pb::Revocation>) -> pb::WatchEvent {
+        ev(revision, Kind::Revoked(pb::Revocations { revocations: rs }))
+    }
+
+    fn chunk(revision: u64, rs: Vec<pb::Revocation>) -> pb::WatchEvent {
+        ev(
+            revision,
+            Kind::Snapshot(pb::Revocations { revocations: rs }),
+        )
+    }
+
+    fn end(revision: u64, count: u64) -> pb::WatchEvent {
+        ev(revision, Kind::SnapshotEnd(pb::SnapshotEnd { count }))
+    }
+
+    fn heartbeat(revision: u64, leader_known: bool) -> pb::WatchEvent {
+        ev(
+            revision,
+            Kind::Heartbeat(pb::Heartbeat {
+                leader_known,
+                leader_id: 1,
+            }),
+        )
+    }
+
+    fn jtis(st: &CacheState) -> BTreeSet<String> {
+        st.entries.jtis.keys().cloned().collect()
+    }
+
+    fn set(items: &[&str]) -> BTreeSet<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn snapshot_replaces_the_set_only_at_its_end() {
+        let mut st = CacheState::default();
+        let mut s = Session::default();
+        s.step(&mut st, chunk(5, vec![jti("a", 100)])).unwrap();
+        s.step(&mut st, end(5, 1)).unwrap();
+        assert_eq!((st.revision, jtis(&st)), (5, set(&["a"])));
+
+        // A second snapshot: the old set serves until the marker.
+        let mut s = Session::default();
+        assert_eq!(
+            s.step(&mut st, chunk(9, vec![jti("b", 100)])).unwrap(),
+            Step::Nothing
+        );
+        s.step(&mut st, chunk(9, vec![jti("c", 100)])).unwrap();
+        assert_eq!((st.revision, jtis(&st)), (5, set(&["a"])));
+        assert!(st.entries.is_revoked(&["a"], "", "", 0));
+        assert_eq!(s.step(&mut st, end(9, 2)).unwrap(), Step::Replaced(9));
+        // "a" was purged on the server: gone here too.
+        assert_eq!((st.revision, jtis(&st)), (9, set(&["b", "c"])));
+    }
+
+    #[test]
+    fn a_broken_snapshot_leaves_the_old_set() {
+        let mut st = CacheState::default();
+        Session::default()
+            .step(&mut st, revoked(3, vec![jti("a", 100)]))
+            .unwrap();
+        // The stream ends mid-snapshot: its session is dropped.
+        let mut s = Session::default();
+        s.step(&mut st, chunk(8, vec![jti("b", 100)])).unwrap();
+        drop(s);
+        assert_eq!((st.revision, jtis(&st)), (3, set(&["a"])));
+    }
+
+    #[test]
+    fn an_empty_snapshot_empties_the_set() {
+        let mut st = CacheState::default();
+        let mut s = Session::default();
+        s.step(&mut st, revoked(3, vec![jti("a", 100)])).unwrap();
+        let mut s = Session::default();
+        assert_eq!(s.step(&mut st, end(7, 0)).unwrap(), Step::Replaced(7));
+        assert_eq!((st.revision, st.entries.len()), (7, 0));
+        assert!(st.synced);
+    }
+
+    #[test]
+    fn snapshot_count_must_match() {
+        let mut st = CacheState::default();
+        let mut s = Session::default();
+        s.step(&mut st, chunk(5, vec![jti("a", 100), jti("b", 100)]))
+            .unwrap();
+        assert_eq!(
+            s.step(&mut st, end(5, 3)),
+            Err(ProtocolError::SnapshotCount {
+                announced: 3,
+                received: 2
+            })
+        );
+        assert_eq!((st.revision, st.entries.len()), (0, 0));
+        assert!(!st.synced);
+    }
+
+    #[test]
+    fn events_inside_a_snapshot_are_a_protocol_error() {
+        let mut st = CacheState::default();
+        let mut s = Session::default();
+        s.step(&mut st, chunk(5, vec![jti("a", 100)])).unwrap();
+        assert_eq!(
+            s.step(&mut st, revoked(6, vec![jti("b", 100)])),
+            Err(ProtocolError::EventDuringSnapshot)
+        );
+        assert_eq!(st.entries.len(), 0);
+    }
+
+    #[test]
+    fn duplicates_and_the_past_are_ignored() {
+        let mut st = CacheState::default();
+        let mut s = Session::default();
+        assert_eq!(
+            s.step(&mut st, revoked(4, vec![jti("a", 100)])).unwrap(),
+            Step::Applied(4)
+        );
+        assert_eq!(
+            s.step(&mut st, revoked(4, vec![jti("dup", 100)])).unwrap(),
+            Step::Nothing
+        );
+        assert_eq!(
+            s.step(&mut st, revoked(2, vec![jti("old", 100)])).unwrap(),
+            Step::Nothing
+        );
+        assert_eq!(
+            s.step(&mut st, revoked(6, vec![jti("b", 100)])).unwrap(),
+            Step::Applied(6)
+        );
+        assert_eq!((st.revision, jtis(&st)), (6, set(&["a", "b"])));
+
+        // Resuming on a node that is behind: its older snapshot is ignored,
+        // and so are its events up to our revision.
+        let mut s = Session::default();
+        s.step(&mut st, chunk(5, vec![jti("a", 100)])).unwrap();
+        assert_eq!(s.step(&mut st, end(5, 1)).unwrap(), Step::Nothing);
+        assert_eq!(
+            s.step(&mut st, revoked(6, vec![jti("b", 100)])).unwrap(),
+            Step::Nothing
+        );
+        assert_eq!(
+            s.step(&mut st, revoked(7, vec![jti("c", 100)])).unwrap(),
+            Step::Applied(7)
+        );
+        assert_eq!((st.revision, jtis(&st)), (7, set(&["a", "b", "c"])));
+
+        // A snapshot at our own revision is the same state: taken.
+        let mut s = Session::default();
+        s.step(&mut st, chunk(7, vec![jti("a", 100), jti("b", 100)]))
+            .unwrap();
+        s.step(&mut st, chunk(7, vec![jti("c", 100)])).unwrap();
+        assert_eq!(s.step(&mut st, end(7, 3)).unwrap(), Step::Replaced(7));
+    }
+
+    #[test]
+    fn heartbeats_do_not_move_the_revision() {
+        let mut st = CacheState::default();
+        let mut s = Session::default();
+        assert_eq!(
+            s.step(&mut st, heartbeat(40, true)).unwrap(),
+            Step::Heartbeat {
+                revision: 40,
+                leader_known: true
+            }
+        );
+        assert_eq!(st.revision, 0);
+        assert!(!st.synced);
+        // Nor does an event kind this client does not know.
+        assert_eq!(
+            s.step(
+                &mut st,
+                pb::WatchEvent {
+                    revision: 50,
+                    kind: None
+                }
+            )
+            .unwrap(),
+            Step::Nothing
+        );
+        assert_eq!(st.revision, 0);
+    }
+
+    #[test]
+    fn the_revocation_rules() {
+        let mut e = Entries::default();
+        e.add(jti("root", 100));
+        e.add(subject("alice", 50, 100));
+        e.add(client("svc", 60, 100));
+        e.add(pb::Revocation {
+            target: None,
+            cutoff: 1,
+            until: 1,
+        });
+        assert_eq!(e.len(), 3);
+        // Any jti of the chain.
+        assert!(e.is_revoked(&["root", "child"], "bob", "other", 99));
+        assert!(e.is_revoked(&["child", "root"], "bob", "other", 99));
+        assert!(!e.is_revoked(&["child"], "bob", "other", 99));
+        assert!(!e.is_revoked(&[], "bob", "other", 0));
+        // Subject cut-off: at or after iat.
+        assert!(e.is_revoked(&["x"], "alice", "other", 49));
+        assert!(e.is_revoked(&["x"], "alice", "other", 50));
+        assert!(!e.is_revoked(&["x"], "alice", "other", 51));
+        // Client cut-off.
+        assert!(e.is_revoked(&["x"], "bob", "svc", 60));
+        assert!(!e.is_revoked(&["x"], "bob", "svc", 61));
+        // A subject is not a client and the other way round.
+        assert!(!e.is_revoked(&["x"], "svc", "alice", 61));
+    }
+
+    #[test]
+    fn entries_only_grow() {
+        let mut e = Entries::default();
+        e.add(subject("alice", 50, 100));
+        e.add(subject("alice", 40, 90));
+        assert_eq!(
+            e.subjects["alice"],
+            Cutoff {
+                cutoff: 50,
+                until: 100
+            }
+        );
+        e.add(subject("alice", 70, 200));
+        assert_eq!(
+            e.subjects["alice"],
+            Cutoff {
+                cutoff: 70,
+                until: 200
+            }
+        );
+        e.add(jti("a", 100));
+        e.add(jti("a", 80));
+        assert_eq!(e.jtis["a"], 100);
+    }
+
+    #[test]
+    fn expired_entries_are_forgotten() {
+        let mut e = Entries::default();
+        e.add(jti("a", 100));
+        e.add(jti("b", 200));
+        e.add(subject("alice", 50, 100));
+        e.add(client("svc", 60, 300));
+        // `until` itself is still kept (the server purges `until < at`).
+        assert_eq!(e.purge(100), 0);
+        assert_eq!(e.purge(101), 2);
+        assert_eq!(e.jtis.keys().collect::<Vec<_>>(), ["b"]);
+        assert!(e.subjects.is_empty());
+        assert_eq!(e.purge(301), 2);
+        assert_eq!(e.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn waits_are_event_driven_and_bounded() {
+        let cache = RevocationCache::detached(Arc::new(crate::clock::ManualClock::new(0)));
+        assert_eq!(cache.staleness(), Duration::MAX);
+        let short = Duration::from_millis(20);
+        assert!(matches!(
+            cache.wait_ready(short).await,
+            Err(ClientError::Timeout { .. })
+        ));
+        let waiter = {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                cache.wait_ready(WAIT).await?;
+                cache.wait_for_revision(9, WAIT).await
+            })
+        };
+        cache.apply_for_tests(vec![chunk(4, vec![jti("a", 10)]), end(4, 1)]);
+        cache.apply_for_tests(vec![revoked(9, vec![jti("b", 10)])]);
+        waiter.await.unwrap().unwrap();
+        assert_eq!(cache.revision(), 9);
+        assert!(cache.staleness() < WAIT);
+        assert!(matches!(
+            cache.wait_for_revision(10, short).await,
+            Err(ClientError::Timeout { .. })
+        ));
+        // A heartbeat from a node without a leader is not fresh news.
+        cache.make_stale_for_tests(Duration::from_secs(60));
+        cache.apply_for_tests(vec![heartbeat(12, false)]);
+        assert!(cache.staleness() >= Duration::from_secs(60));
+        assert_eq!(cache.status().node_revision, 12);
+        assert!(!cache.status().leader_known);
+        cache.apply_for_tests(vec![heartbeat(12, true)]);
+        assert!(cache.staleness() < Duration::from_secs(60));
+        assert_eq!(cache.revision(), 9);
+    }
+
+    #[tokio::test]
+    async fn purge_uses_the_injected_clock() {
+        let clock = Arc::new(crate::clock::ManualClock::new(100));
+        let cache = RevocationCache::detached(clock.clone());
+        cache.apply_for_tests(vec![
+            chunk(3, vec![jti("a", 150), jti("b", 300)]),
+            end(3, 2),
+        ]);
+        cache.purge_expired();
+        assert_eq!(cache.len(), 2);
+        clock.advance(51);
+        cache.purge_expired();
+        assert_eq!(cache.revoked_jtis(), set(&["b"]));
+        assert!(!cache.is_revoked(&["a"], "", "", 0));
+        assert!(cache.is_revoked(&["a", "b"], "", "", 0));
+    }
+
+    fn test_config() -> CacheConfig {
+        let dir = std::env::temp_dir();
+        CacheConfig::new(
+            vec!["127.0.0.1:1".into()],
+            TlsFiles {
+                ca: dir.join("tessera-no-such-ca.pem"),
+                cert: dir.join("tessera-no-such.pem"),
+                key: dir.join("tessera-no-such.key"),
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn start_refuses_bad_config() {
+        let mut c = test_config();
+        c.endpoints.clear();
+        assert!(matches!(
+            RevocationCache::start(c),
+            Err(ClientError::NoEndpoints)
+        ));
+        let mut c = test_config();
+        c.backoff_max = Duration::from_millis(1);
+        assert!(matches!(
+            RevocationCache::start(c),
+            Err(ClientError::InvalidConfig(_))
+        ));
+        assert!(matches!(
+            RevocationCache::start(test_config()),
+            Err(ClientError::Read { .. })
+        ));
+    }
+
+    #[test]
+    fn start_needs_a_runtime() {
+        assert!(matches!(
+            RevocationCache::start(test_config()),
+            Err(ClientError::InvalidConfig(_))
+        ));
+    }
+}

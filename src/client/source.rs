@@ -1,0 +1,691 @@
+//! [`TokenSource`]: the caller's side. Gets the caller's own tokens
+//! (`IssueToken`) and exchanged tokens (`ExchangeToken`), caches them per
+//! audience and scopes, and renews them before they expire.
+//!
+//! Renewal is lazy: there is no background task. A call that finds its
+//! cached token past its renewal point asks the cluster for a new one; while
+//! the old token is still valid, concurrent callers keep getting it instead
+//! of waiting, and if the renewal fails the old token is handed out until it
+//! expires. An expired token is never handed out: past `exp`, a failed
+//! renewal is an error. The renewal point is drawn per token, by default at
+//! 80% of its lifetime ± 10%, so that many processes started together do
+//! not renew together.
+//!
+//! Calls fail over across the cluster's nodes on `UNAVAILABLE` and
+//! connection errors (following a leader hint when a node gives one);
+//! refusals (`PERMISSION_DENIED`, `INVALID_ARGUMENT`, ...) are returned as
+//! they are.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine as _;
+use serde::Deserialize;
+
+use super::conn::Pool;
+use super::error::ClientError;
+use crate::clock::{Clock, SystemClock};
+use crate::pb;
+use crate::tls::TlsFiles;
+
+/// RFC 8693 grant type of a token exchange.
+const EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// RFC 8693 token type of an access token.
+const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// When a cached token is renewed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Renewal {
+    /// Once `fraction` of the token's lifetime has passed, moved by a random
+    /// amount of at most ± `jitter` × lifetime.
+    AtFraction {
+        /// Between 0 and 1.
+        fraction: f64,
+        /// Between 0 and 1.
+        jitter: f64,
+    },
+    /// `before` the token's expiry, moved by a random amount of at most
+    /// ± `jitter`.
+    Before {
+        /// How long before expiry.
+        before: Duration,
+        /// Random spread around that point.
+        jitter: Duration,
+    },
+}
+
+impl Default for Renewal {
+    /// At 80% of the lifetime ± 10%.
+    fn default() -> Self {
+        Renewal::AtFraction {
+            fraction: 0.8,
+            jitter: 0.1,
+        }
+    }
+}
+
+impl Renewal {
+    fn check(&self) -> Result<(), ClientError> {
+        let ok = match *self {
+            Renewal::AtFraction { fraction, jitter } => {
+                (0.0..=1.0).contains(&fraction) && (0.0..=1.0).contains(&jitter)
+            }
+            Renewal::Before { .. } => true,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(ClientError::InvalidConfig(
+                "renewal fraction and jitter must be between 0 and 1",
+            ))
+        }
+    }
+
+    /// The unix second at which a token valid from `iat` to `exp` is
+    /// renewed, for a uniform `r` in [0, 1). Always within
+    /// [`iat`, `exp` - 1] (or `iat` for a token of at most one second).
+    fn renew_at(&self, iat: u64, exp: u64, r: f64) -> u64 {
+        let life = exp.saturating_sub(iat) as f64;
+        let spread = 2.0 * r - 1.0;
+        let offset = match *self {
+            Renewal::AtFraction { fraction, jitter } => life * (fraction + jitter * spread),
+            Renewal::Before { before, jitter } => {
+                life - before.as_secs_f64() + jitter.as_secs_f64() * spread
+            }
+        };
+        let latest = (life - 1.0).max(0.0);
+        // `as` saturates, and the clamp keeps NaN out.
+        iat.saturating_add(offset.clamp(0.0, latest) as u64)
+    }
+}
+
+/// Settings of a [`TokenSource`]. Build with [`TokenSourceConfig::new`]
+/// and adjust the public fields.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct TokenSourceConfig {
+    /// API addresses of the cluster's nodes.
+    pub endpoints: Vec<String>,
+    /// The caller's identity (its client certificate) and the cluster CA.
+    /// Tokens are issued to, and bound to, this certificate.
+    pub tls: TlsFiles,
+    /// Server name to check in the nodes' certificates (`localhost` if
+    /// `None`).
+    pub server_name: Option<String>,
+    /// When to renew.
+    pub renewal: Renewal,
+    /// Lifetime to ask for; `None` takes the cluster's default. Policy may
+    /// shorten it, and an exchanged token never outlives its subject token.
+    pub lifetime: Option<Duration>,
+    /// Bound on one call to a node.
+    pub request_timeout: Duration,
+    /// Most tokens kept (own and exchanged together); the ones expiring
+    /// first are dropped beyond it.
+    pub max_cached: usize,
+    /// Wall clock, compared with the tokens' `iat` and `exp`.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for TokenSourceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSourceConfig")
+            .field("endpoints", &self.endpoints)
+            .field("tls", &self.tls)
+            .field("renewal", &self.renewal)
+            .field("lifetime", &self.lifetime)
+            .field("max_cached", &self.max_cached)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenSourceConfig {
+    /// Settings with the defaults: renew at 80% ± 10% of the lifetime, the
+    /// cluster's default lifetime, 10 s calls, 1024 cached tokens, system
+    /// clock.
+    pub fn new(endpoints: Vec<String>, tls: TlsFiles) -> Self {
+        Self {
+            endpoints,
+            tls,
+            server_name: None,
+            renewal: Renewal::default(),
+            lifetime: None,
+            request_timeout: Duration::from_secs(10),
+            max_cached: 1024,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// What a cached token is cached under. Scopes are sorted and deduplicated,
+/// so that the order a caller lists them in does not matter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Own {
+        audience: String,
+        scopes: String,
+    },
+    /// The subject token is identified by its SHA-256, not by its `jti`
+    /// claim: the claim is unverified here, and a forged token reusing a
+    /// real `jti` must not be answered from the cache.
+    Exchange {
+        subject: [u8; 32],
+        audience: String,
+        scopes: String,
+    },
+}
+
+/// A token and the times that govern it (unix seconds).
+#[derive(Clone)]
+struct Cached {
+    token: String,
+    jti: String,
+    /// When it stops being handed out: its `exp`, or the subject token's
+    /// if earlier.
+    exp: u64,
+    renew_at: u64,
+}
+
+#[derive(Default)]
+struct Slot {
+    cached: Mutex<Option<Cached>>,
+    /// Held by the one caller renewing this slot. An async mutex on
+    /// purpose: the holder awaits the cluster, and callers without a valid
+    /// token wait for its answer instead of sending their own request.
+    renewing: tokio::sync::Mutex<()>,
+}
+
+impl Slot {
+    fn cached(&self) -> Option<Cached> {
+        self.cached
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn store(&self, c: Cached) {
+        *self.cached.lock().unwrap_or_else(PoisonError::into_inner) = Some(c);
+    }
+}
+
+/// The claims the source reads from a token it received, unverified: the
+/// cluster sent it over mutual TLS, and they only decide when to renew.
+#[derive(Deserialize)]
+struct Times {
+    iat: u64,
+    exp: u64,
+    #[serde(default)]
+    jti: String,
+}
+
+fn read_times(token: &str) -> Option<Times> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = B64.decode(payload).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// A uniform number in [0, 1) for the jitter; 0.5 (no jitter) if the
+/// system's random source fails.
+fn unit_random() -> f64 {
+    let mut b = [0u8; 8];
+    if aws_lc_rs::rand::fill(&mut b).is_err() {
+        return 0.5;
+    }
+    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn scope_key(scopes: &[&str]) -> String {
+    let mut s: Vec<&str> = scopes.to_vec();
+    s.sort_unstable();
+    s.dedup();
+    s.join(" ")
+}
+
+fn scope_list(scopes: &[&str]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(scopes.len());
+    for s in scopes {
+        if !out.iter().any(|o| o == s) {
+            out.push((*s).to_string());
+        }
+    }
+    out
+}
+
+/// Gets, caches and renews the caller's tokens. See the [module
+/// documentation](self).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), tessera::client::ClientError> {
+/// use tessera::client::{TokenSource, TokenSourceConfig};
+/// use tessera::tls::TlsFiles;
+///
+/// let me = TlsFiles {
+///     ca: "certs/ca.pem".into(),
+///     cert: "certs/frontend.pem".into(),
+///     key: "certs/frontend.key".into(),
+/// };
+/// let nodes = vec!["127.0.0.1:7443".into(), "127.0.0.1:7444".into()];
+/// let tokens = TokenSource::new(TokenSourceConfig::new(nodes, me))?;
+/// let token = tokens
+///     .token("spiffe://tessera.dev/svc/orders", &["orders:write"])
+///     .await?;
+/// // Send it as `authorization: Bearer {token}` over the same certificate.
+/// # let _ = token; Ok(()) }
+/// ```
+pub struct TokenSource {
+    pool: Pool,
+    renewal: Renewal,
+    lifetime_seconds: u64,
+    max_cached: usize,
+    clock: Arc<dyn Clock>,
+    slots: Mutex<HashMap<Key, Arc<Slot>>>,
+}
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSource")
+            .field("renewal", &self.renewal)
+            .field("cached", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenSource {
+    /// A token source; connects lazily, on the first call. Fails if no
+    /// endpoint is given, a TLS file cannot be read or the renewal settings
+    /// are out of range.
+    pub fn new(config: TokenSourceConfig) -> Result<Self, ClientError> {
+        config.renewal.check()?;
+        if config.max_cached == 0 {
+            return Err(ClientError::InvalidConfig("max_cached must be positive"));
+        }
+        let pool = Pool::new(
+            &config.endpoints,
+            &config.tls,
+            config.server_name.as_deref(),
+            config.request_timeout,
+        )?;
+        Ok(Self {
+            pool,
+            renewal: config.renewal,
+            lifetime_seconds: config.lifetime.map_or(0, |d| d.as_secs().max(1)),
+            max_cached: config.max_cached,
+            clock: config.clock,
+            slots: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The caller's own token for `audience` with `scopes` (`IssueToken`),
+    /// from the cache while it is before its renewal point.
+    pub async fn token(&self, audience: &str, scopes: &[&str]) -> Result<String, ClientError> {
+        let key = Key::Own {
+            audience: audience.to_string(),
+            scopes: scope_key(scopes),
+        };
+        let request = pb::IssueTokenRequest {
+            audience: vec![audience.to_string()],
+            scope: scope_list(scopes),
+            lifetime_seconds: self.lifetime_seconds,
+        };
+        self.get(key, None, || {
+            let request = request.clone();
+            self.pool.call(move |ch| {
+                let request = request.clone();
+                async move {
+                    pb::token_service_client::TokenServiceClient::new(ch)
+                        .issue_token(request)
+                        .await
+                }
+            })
+        })
+        .await
+    }
+
+    /// A token exchanged from `subject_token` (delegation, RFC 8693) for
+    /// `audience` with `scopes` (`ExchangeToken`), cached per subject
+    /// token, audience and scopes, and never kept past the subject token's
+    /// expiry.
+    pub async fn exchange(
+        &self,
+        subject_token: &str,
+        audience: &str,
+        scopes: &[&str],
+    ) -> Result<String, ClientError> {
+        let digest =
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, subject_token.as_bytes());
+        let mut subject = [0u8; 32];
+        subject.copy_from_slice(digest.as_ref());
+        let key = Key::Exchange {
+            subject,
+            audience: audience.to_string(),
+            scopes: scope_key(scopes),
+        };
+        // Unverified, and only ever used to shorten how long the result is
+        // kept; the cluster checks the subject token itself.
+        let cap = read_times(subject_token).map(|t| t.exp);
+        let request = pb::ExchangeTokenRequest {
+            grant_type: EXCHANGE_GRANT.into(),
+            subject_token: subject_token.to_string(),
+            subject_token_type: ACCESS_TOKEN_TYPE.into(),
+            audience: vec![audience.to_string()],
+            scope: scope_list(scopes),
+            requested_token_type: ACCESS_TOKEN_TYPE.into(),
+            lifetime_seconds: self.lifetime_seconds,
+            ..Default::default()
+        };
+        self.get(key, cap, || {
+            self.pool.call(move |ch| {
+                let request = request.clone();
+                async move {
+                    pb::token_service_client::TokenServiceClient::new(ch)
+                        .exchange_token(request)
+                        .await
+                }
+            })
+        })
+        .await
+    }
+
+    /// Number of cached tokens.
+    pub fn len(&self) -> usize {
+        self.slots().len()
+    }
+
+    /// Whether no token is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Forgets every cached token (for example after a downstream service
+    /// answered that a token was revoked): the next calls get new ones.
+    pub fn clear(&self) {
+        self.slots().clear();
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Arc<Slot>>> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The slot for `key`, making room if the cache is full: expired or
+    /// empty slots go first, then the ones expiring soonest.
+    fn slot(&self, key: Key) -> Arc<Slot> {
+        let now = self.clock.now();
+        let mut slots = self.slots();
+        if let Some(s) = slots.get(&key) {
+            return s.clone();
+        }
+        if slots.len() >= self.max_cached {
+            slots.retain(|_, s| s.cached().is_some_and(|c| now < c.exp));
+            while slots.len() >= self.max_cached {
+                let first = slots
+                    .iter()
+                    .min_by_key(|(_, s)| s.cached().map_or(0, |c| c.exp))
+                    .map(|(k, _)| k.clone());
+                match first {
+                    Some(k) => slots.remove(&k),
+                    None => break,
+                };
+            }
+        }
+        slots.entry(key).or_default().clone()
+    }
+
+    /// The cached token while it is before its renewal point, else a new
+    /// one from `fetch`; the cached one if that fails and it has not
+    /// expired.
+    async fn get<F, Fut>(&self, key: Key, cap: Option<u64>, fetch: F) -> Result<String, ClientError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<pb::TokenResponse, ClientError>>,
+    {
+        let slot = self.slot(key);
+        let now = self.clock.now();
+        let cached = slot.cached();
+        if let Some(c) = &cached {
+            if now < c.renew_at && now < c.exp {
+                return Ok(c.token.clone());
+            }
+        }
+        let _renewing = match &cached {
+            // Someone is renewing and this token is still good: use it.
+            Some(c) if now < c.exp => match slot.renewing.try_lock() {
+                Ok(guard) => guard,
+                Err(_) => return Ok(c.token.clone()),
+            },
+            _ => slot.renewing.lock().await,
+        };
+        // Renewed while we waited?
+        let now = self.clock.now();
+        if let Some(c) = slot.cached() {
+            if now < c.renew_at && now < c.exp {
+                return Ok(c.token.clone());
+            }
+        }
+        let fetched = match fetch().await {
+            Ok(resp) => self.accept(resp, cap),
+            Err(e) => Err(e),
+        };
+        match fetched {
+            Ok(c) => {
+                tracing::debug!(jti = %c.jti, exp = c.exp, renew_at = c.renew_at, "token obtained");
+                let token = c.token.clone();
+                slot.store(c);
+                Ok(token)
+            }
+            Err(e) => match slot.cached() {
+                Some(c) if self.clock.now() < c.exp => {
+                    tracing::warn!(jti = %c.jti, exp = c.exp, error = %e, "token renewal failed; using the current token until it expires");
+                    Ok(c.token)
+                }
+                _ => Err(e),
+            },
+        }
+    }
+
+    /// Reads the times of a token the cluster sent and decides when to
+    /// renew it. A token that is already expired (clocks apart) is refused
+    /// rather than handed out.
+    fn accept(&self, resp: pb::TokenResponse, cap: Option<u64>) -> Result<Cached, ClientError> {
+        let times = read_times(&resp.access_token).ok_or_else(|| {
+            ClientError::BadResponse("the issued token's claims are unreadable".into())
+        })?;
+        let exp = cap.map_or(times.exp, |cap| cap.min(times.exp));
+        if exp <= self.clock.now() {
+            return Err(ClientError::BadResponse(
+                "the issued token has already expired (are the clocks apart?)".into(),
+            ));
+        }
+        let jti = if times.jti.is_empty() {
+            resp.jti
+        } else {
+            times.jti
+        };
+        Ok(Cached {
+            renew_at: self.renewal.renew_at(times.iat, exp, unit_random()),
+            token: resp.access_token,
+            jti,
+            exp,
+        })
+    }
+
+    #[cfg(test)]
+    fn seed(&self, audience: &str, scopes: &[&str], c: Cached) {
+        let key = Key::Own {
+            audience: audience.to_string(),
+            scopes: scope_key(scopes),
+        };
+        self.slot(key).store(c);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::tls::testpki::TestPki;
+
+    const T0: u64 = 1_800_000_000;
+
+    #[test]
+    fn renewal_points() {
+        let r = Renewal::default();
+        // 100 s token: 80 s ± 10 s.
+        assert_eq!(r.renew_at(T0, T0 + 100, 0.5), T0 + 80);
+        assert_eq!(r.renew_at(T0, T0 + 100, 0.0), T0 + 70);
+        assert_eq!(r.renew_at(T0, T0 + 100, 0.999_999), T0 + 89);
+        // Always before expiry, never before issuance.
+        let late = Renewal::AtFraction {
+            fraction: 1.0,
+            jitter: 1.0,
+        };
+        assert_eq!(late.renew_at(T0, T0 + 100, 0.999), T0 + 99);
+        assert_eq!(late.renew_at(T0, T0 + 100, 0.0), T0);
+        let before = Renewal::Before {
+            before: Duration::from_secs(30),
+            jitter: Duration::from_secs(5),
+        };
+        assert_eq!(before.renew_at(T0, T0 + 100, 0.5), T0 + 70);
+        assert_eq!(before.renew_at(T0, T0 + 100, 0.0), T0 + 65);
+        assert_eq!(before.renew_at(T0, T0 + 10, 0.5), T0);
+        // Degenerate tokens.
+        assert_eq!(r.renew_at(T0, T0 + 1, 0.5), T0);
+        assert_eq!(r.renew_at(T0, T0, 0.5), T0);
+        assert_eq!(r.renew_at(T0 + 5, T0, 0.5), T0 + 5);
+    }
+
+    #[test]
+    fn jitter_spreads_renewals() {
+        let r = Renewal::default();
+        let points: std::collections::BTreeSet<u64> = (0..200)
+            .map(|_| r.renew_at(T0, T0 + 1000, unit_random()))
+            .collect();
+        assert!(points.len() > 20, "{points:?}");
+        assert!(points.iter().all(|p| (T0 + 700..=T0 + 900).contains(p)));
+    }
+
+    #[test]
+    fn renewal_settings_are_checked() {
+        for (fraction, jitter) in [(1.5, 0.1), (0.8, -0.1), (f64::NAN, 0.1), (0.8, 2.0)] {
+            assert!(Renewal::AtFraction { fraction, jitter }.check().is_err());
+        }
+        assert!(Renewal::default().check().is_ok());
+    }
+
+    #[test]
+    fn scopes_are_keyed_in_any_order() {
+        assert_eq!(scope_key(&["b", "a", "b"]), "a b");
+        assert_eq!(scope_key(&["a", "b"]), scope_key(&["b", "a"]));
+        assert_eq!(scope_list(&["b", "a", "b"]), ["b", "a"]);
+    }
+
+    #[test]
+    fn times_are_read_from_the_payload() {
+        let payload = B64.encode(br#"{"iat":10,"exp":20,"jti":"j","sub":"x"}"#);
+        let t = read_times(&format!("h.{payload}.s")).unwrap();
+        assert_eq!((t.iat, t.exp, t.jti.as_str()), (10, 20, "j"));
+        assert!(read_times("nodots").is_none());
+        assert!(read_times("h.!!!.s").is_none());
+        assert!(read_times(&format!("h.{}.s", B64.encode(b"{\"iat\":\"10\"}"))).is_none());
+    }
+
+    struct Fixture {
+        _pki: TestPki,
+        clock: Arc<ManualClock>,
+        source: TokenSource,
+    }
+
+    /// A source whose cluster is unreachable (port 1), so that every renewal
+    /// fails.
+    fn unreachable() -> Fixture {
+        let pki = TestPki::new();
+        let clock = Arc::new(ManualClock::new(T0));
+        let mut cfg = TokenSourceConfig::new(vec!["127.0.0.1:1".into()], pki.client("frontend"));
+        cfg.clock = clock.clone();
+        cfg.max_cached = 2;
+        let source = TokenSource::new(cfg).unwrap();
+        Fixture {
+            _pki: pki,
+            clock,
+            source,
+        }
+    }
+
+    fn cached(token: &str, exp: u64, renew_at: u64) -> Cached {
+        Cached {
+            token: token.into(),
+            jti: token.into(),
+            exp,
+            renew_at,
+        }
+    }
+
+    #[tokio::test]
+    async fn never_hands_out_an_expired_token() {
+        let f = unreachable();
+        f.source
+            .seed("aud", &["s"], cached("t1", T0 + 100, T0 + 80));
+        // Before the renewal point: from the cache, no call.
+        assert_eq!(f.source.token("aud", &["s"]).await.unwrap(), "t1");
+        // Past it, the renewal fails, the token is still valid: it is used.
+        f.clock.advance(90);
+        assert_eq!(f.source.token("aud", &["s"]).await.unwrap(), "t1");
+        // At `exp`: an error, never the expired token.
+        f.clock.advance(10);
+        let e = f.source.token("aud", &["s"]).await.unwrap_err();
+        assert_eq!(e.code(), Some(tonic::Code::Unavailable), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_first_call_without_cluster_fails() {
+        let f = unreachable();
+        let e = f.source.token("aud", &["s"]).await.unwrap_err();
+        assert_eq!(e.code(), Some(tonic::Code::Unavailable), "{e}");
+        let e = f.source.exchange("a.b.c", "aud", &["s"]).await.unwrap_err();
+        assert_eq!(e.code(), Some(tonic::Code::Unavailable), "{e}");
+    }
+
+    #[tokio::test]
+    async fn the_cache_is_bounded() {
+        let f = unreachable();
+        f.source.seed("a", &["s"], cached("ta", T0 + 100, T0 + 80));
+        f.source.seed("b", &["s"], cached("tb", T0 + 50, T0 + 40));
+        assert_eq!(f.source.len(), 2);
+        // Full: the one expiring first goes.
+        f.source.seed("c", &["s"], cached("tc", T0 + 70, T0 + 60));
+        assert_eq!(f.source.len(), 2);
+        assert_eq!(f.source.token("a", &["s"]).await.unwrap(), "ta");
+        assert_eq!(f.source.token("c", &["s"]).await.unwrap(), "tc");
+        f.source.clear();
+        assert!(f.source.is_empty());
+    }
+
+    #[test]
+    fn accept_caps_and_refuses_expired() {
+        let f = unreachable();
+        let token = |iat: u64, exp: u64| {
+            let payload = B64.encode(format!(r#"{{"iat":{iat},"exp":{exp},"jti":"j"}}"#));
+            pb::TokenResponse {
+                access_token: format!("h.{payload}.s"),
+                jti: "j".into(),
+                ..Default::default()
+            }
+        };
+        let c = f.source.accept(token(T0, T0 + 100), None).unwrap();
+        assert_eq!(c.exp, T0 + 100);
+        assert!((T0 + 70..T0 + 90).contains(&c.renew_at));
+        // Capped by the subject token's expiry.
+        let c = f.source.accept(token(T0, T0 + 100), Some(T0 + 50)).unwrap();
+        assert_eq!(c.exp, T0 + 50);
+        assert!(c.renew_at < T0 + 50);
+        assert!(matches!(
+            f.source.accept(token(T0 - 100, T0), None),
+            Err(ClientError::BadResponse(_))
+        ));
+        assert!(matches!(
+            f.source.accept(token(T0, T0 + 100), Some(T0)),
+            Err(ClientError::BadResponse(_))
+        ));
+    }
+}

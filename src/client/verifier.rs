@@ -1,0 +1,682 @@
+//! [`Verifier`]: local verification of Tessera access tokens for a resource
+//! server, with no network call per request.
+//!
+//! A token is accepted when, in this order:
+//!
+//! 1. it passes [`crate::token::verify`] (RFC 8725: allow-listed algorithm,
+//!    key from the cluster's JWKS by `kid` only, `typ`, exact issuer and
+//!    audience, times with a bounded leeway, bounded size and chain);
+//! 2. it is bound to the certificate that presented it, when the resource
+//!    server passes that certificate (`cnf.x5t#S256`, RFC 8705);
+//! 3. neither it nor any ancestor of its delegation chain is revoked, and
+//!    its subject's and client's cut-offs are before its `iat` — the
+//!    server's rules, applied to a [`RevocationCache`];
+//! 4. the cache is fresh enough, when a maximum staleness is configured.
+//!
+//! The JWKS is fetched from `KeyService.GetJwks` (failing over across the
+//! nodes) on first use and cached. A token signed with an unknown `kid`
+//! (a key published since) triggers one refresh and one more try; refreshes
+//! are rate limited, so a stream of tokens with made-up `kid`s costs at most
+//! one fetch per interval.
+
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::cache::RevocationCache;
+use super::conn::Pool;
+use super::error::ClientError;
+use crate::clock::{Clock, SystemClock};
+use crate::pb;
+use crate::tls::{thumbprint, TlsFiles};
+use crate::token::{
+    verify, Claims, KeySet, TokenError, VerifyParams, DEFAULT_LEEWAY, DEFAULT_MAX_CHAIN,
+    DEFAULT_MAX_LEN,
+};
+
+/// Settings of a [`Verifier`]. Build with [`VerifierConfig::new`] and adjust
+/// the public fields.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct VerifierConfig {
+    /// API addresses of the cluster's nodes, for the JWKS.
+    pub endpoints: Vec<String>,
+    /// The resource server's TLS identity and the cluster CA.
+    pub tls: TlsFiles,
+    /// Server name to check in the nodes' certificates (`localhost` if
+    /// `None`).
+    pub server_name: Option<String>,
+    /// The exact `iss` of the cluster's tokens.
+    pub issuer: String,
+    /// This resource server's audience: tokens must name it in `aud`.
+    pub audience: String,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat` (whole seconds).
+    pub leeway: Duration,
+    /// Least time between two JWKS refreshes triggered by unknown `kid`s.
+    pub jwks_refresh_min_interval: Duration,
+    /// Refuse tokens ([`VerifyError::Stale`]) when the revocation cache has
+    /// heard nothing fresh for longer than this. `None`: never.
+    pub max_staleness: Option<Duration>,
+    /// Longest token accepted, bytes.
+    pub max_token_len: usize,
+    /// Longest delegation chain accepted.
+    pub max_chain: usize,
+    /// Bound on one JWKS call.
+    pub request_timeout: Duration,
+    /// Wall clock for the token's times.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for VerifierConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifierConfig")
+            .field("endpoints", &self.endpoints)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("leeway", &self.leeway)
+            .field("jwks_refresh_min_interval", &self.jwks_refresh_min_interval)
+            .field("max_staleness", &self.max_staleness)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VerifierConfig {
+    /// Settings with the defaults: 30 s leeway, JWKS refreshed at most every
+    /// 5 s, no staleness bound, the token layer's size and chain bounds,
+    /// 10 s calls, system clock.
+    pub fn new(
+        endpoints: Vec<String>,
+        tls: TlsFiles,
+        issuer: impl Into<String>,
+        audience: impl Into<String>,
+    ) -> Self {
+        Self {
+            endpoints,
+            tls,
+            server_name: None,
+            issuer: issuer.into(),
+            audience: audience.into(),
+            leeway: Duration::from_secs(DEFAULT_LEEWAY),
+            jwks_refresh_min_interval: Duration::from_secs(5),
+            max_staleness: None,
+            max_token_len: DEFAULT_MAX_LEN,
+            max_chain: DEFAULT_MAX_CHAIN,
+            request_timeout: Duration::from_secs(10),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// A token that passed every check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VerifiedToken {
+    /// Its claims.
+    pub claims: Claims,
+    /// The revocation cache's revision it was checked against (0 without a
+    /// cache).
+    pub revision: u64,
+}
+
+/// Why a token was refused. Messages never contain the token.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// The token failed RFC 8725 verification (shape, key, signature,
+    /// issuer, audience, times, chain length).
+    #[error("invalid token: {0}")]
+    Invalid(TokenError),
+    /// The token, an ancestor of its chain, its subject or its client is
+    /// revoked.
+    #[error("token is revoked")]
+    Revoked,
+    /// The token is bound to another certificate than the one that
+    /// presented it.
+    #[error("token is bound to another certificate")]
+    BindingMismatch,
+    /// A certificate presented the token, but the token is not bound to
+    /// any.
+    #[error("token is not certificate-bound")]
+    Unbound,
+    /// The revocation cache has heard nothing fresh for longer than the
+    /// configured maximum: revocations may be missing.
+    #[error("revocation data is stale ({staleness:?} since the last fresh message)")]
+    Stale {
+        /// How long since the last fresh message.
+        staleness: Duration,
+    },
+    /// The verification keys could not be fetched.
+    #[error("verification keys unavailable: {0}")]
+    Keys(ClientError),
+}
+
+/// Verifies tokens locally. See the [module documentation](self).
+///
+/// ```no_run
+/// # async fn demo(token: &str, peer_cert_der: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
+/// use tessera::client::{CacheConfig, RevocationCache, Verifier, VerifierConfig, VerifyError};
+/// use tessera::tls::TlsFiles;
+///
+/// let tls = TlsFiles {
+///     ca: "certs/ca.pem".into(),
+///     cert: "certs/ledger.pem".into(),
+///     key: "certs/ledger.key".into(),
+/// };
+/// let nodes: Vec<String> = vec!["127.0.0.1:7443".into(), "127.0.0.1:7444".into()];
+/// let cache = RevocationCache::start(CacheConfig::new(nodes.clone(), tls.clone()))?;
+/// let verifier = Verifier::new(
+///     VerifierConfig::new(nodes, tls, "https://tessera.dev", "spiffe://tessera.dev/svc/ledger"),
+///     Some(cache),
+/// )?;
+/// match verifier.verify(token, Some(peer_cert_der)).await {
+///     Ok(t) => println!("caller {} acting for {}", t.claims.client_id, t.claims.sub),
+///     Err(VerifyError::Revoked) => println!("revoked"),
+///     Err(e) => println!("refused: {e}"),
+/// }
+/// # Ok(()) }
+/// ```
+pub struct Verifier {
+    pool: Pool,
+    issuer: String,
+    audience: String,
+    leeway: u64,
+    max_token_len: usize,
+    max_chain: usize,
+    min_refresh: Duration,
+    max_staleness: Option<Duration>,
+    clock: Arc<dyn Clock>,
+    keys: RwLock<Option<Arc<KeySet>>>,
+    /// When the last fetch started. An async mutex: it also makes callers
+    /// that miss a `kid` at the same time wait for the one fetch rather than
+    /// start their own.
+    refreshed: tokio::sync::Mutex<Option<Instant>>,
+    cache: Option<RevocationCache>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("keys", &self.current_keys().map(|k| k.len()))
+            .field("cache", &self.cache)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    /// A verifier for `config.audience`, checking revocations against
+    /// `cache` (none: revocations are not checked, only signatures, claims
+    /// and binding). Fetches nothing yet: the JWKS is fetched on first use
+    /// or by [`refresh_keys`](Self::refresh_keys).
+    pub fn new(
+        config: VerifierConfig,
+        cache: Option<RevocationCache>,
+    ) -> Result<Self, ClientError> {
+        if config.issuer.is_empty() {
+            return Err(ClientError::InvalidConfig("issuer must not be empty"));
+        }
+        if config.audience.is_empty() {
+            return Err(ClientError::InvalidConfig("audience must not be empty"));
+        }
+        let pool = Pool::new(
+            &config.endpoints,
+            &config.tls,
+            config.server_name.as_deref(),
+            config.request_timeout,
+        )?;
+        Ok(Self {
+            pool,
+            issuer: config.issuer,
+            audience: config.audience,
+            leeway: config.leeway.as_secs(),
+            max_token_len: config.max_token_len,
+            max_chain: config.max_chain,
+            min_refresh: config.jwks_refresh_min_interval,
+            max_staleness: config.max_staleness,
+            clock: config.clock,
+            keys: RwLock::new(None),
+            refreshed: tokio::sync::Mutex::new(None),
+            cache,
+        })
+    }
+
+    /// The revocation cache, if the verifier has one.
+    pub fn cache(&self) -> Option<&RevocationCache> {
+        self.cache.as_ref()
+    }
+
+    /// Verifies `token`, presented over TLS by the client certificate
+    /// `presenter_cert_der` (DER) when the resource server passes it.
+    /// Without a certificate the binding is not checked.
+    pub async fn verify(
+        &self,
+        token: &str,
+        presenter_cert_der: Option<&[u8]>,
+    ) -> Result<VerifiedToken, VerifyError> {
+        let params = self.params();
+        let keys = self.keys().await?;
+        let claims = match verify(token, &keys, &params) {
+            Err(TokenError::UnknownKey(kid)) => {
+                // A key published after our fetch; or a made-up kid, which
+                // the rate limit makes cheap.
+                let refreshed = self.refresh_limited().await;
+                let keys = self.current_keys().unwrap_or(keys);
+                match verify(token, &keys, &params) {
+                    Err(TokenError::UnknownKey(_)) => {
+                        if let Err(e) = refreshed {
+                            return Err(VerifyError::Keys(e));
+                        }
+                        return Err(VerifyError::Invalid(TokenError::UnknownKey(kid)));
+                    }
+                    other => other.map_err(VerifyError::Invalid)?,
+                }
+            }
+            other => other.map_err(VerifyError::Invalid)?,
+        };
+        if let Some(der) = presenter_cert_der {
+            match claims.thumbprint() {
+                None => return Err(VerifyError::Unbound),
+                Some(t) if t != thumbprint(der) => return Err(VerifyError::BindingMismatch),
+                Some(_) => {}
+            }
+        }
+        let mut revision = 0;
+        if let Some(cache) = &self.cache {
+            if cache.is_token_revoked(&claims) {
+                tracing::debug!(jti = %claims.jti, "token revoked");
+                return Err(VerifyError::Revoked);
+            }
+            if let Some(max) = self.max_staleness {
+                let staleness = cache.staleness();
+                if staleness > max {
+                    return Err(VerifyError::Stale { staleness });
+                }
+            }
+            revision = cache.revision();
+        }
+        Ok(VerifiedToken { claims, revision })
+    }
+
+    /// Fetches the JWKS now, whatever the rate limit, and returns the number
+    /// of keys. Resource servers may call it at start-up to fail early.
+    pub async fn refresh_keys(&self) -> Result<usize, ClientError> {
+        let mut last = self.refreshed.lock().await;
+        *last = Some(Instant::now());
+        self.fetch().await
+    }
+
+    fn params(&self) -> VerifyParams {
+        let mut p =
+            VerifyParams::new(self.issuer.clone(), self.clock.now()).with_audience(&self.audience);
+        p.leeway = self.leeway;
+        p.max_len = self.max_token_len;
+        p.max_chain = self.max_chain;
+        p
+    }
+
+    fn current_keys(&self) -> Option<Arc<KeySet>> {
+        self.keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    async fn keys(&self) -> Result<Arc<KeySet>, VerifyError> {
+        if let Some(k) = self.current_keys() {
+            return Ok(k);
+        }
+        self.refresh_limited().await.map_err(VerifyError::Keys)?;
+        self.current_keys()
+            .ok_or(VerifyError::Keys(ClientError::NoKeys))
+    }
+
+    /// Fetches the JWKS unless a fetch started less than the minimum
+    /// interval ago. `Ok(false)` when rate limited.
+    async fn refresh_limited(&self) -> Result<bool, ClientError> {
+        let mut last = self.refreshed.lock().await;
+        if last.is_some_and(|t| t.elapsed() < self.min_refresh) {
+            return Ok(false);
+        }
+        *last = Some(Instant::now());
+        self.fetch().await.map(|_| true)
+    }
+
+    async fn fetch(&self) -> Result<usize, ClientError> {
+        let resp = self
+            .pool
+            .call(|ch| async move {
+                pb::key_service_client::KeyServiceClient::new(ch)
+                    .get_jwks(pb::GetJwksRequest {})
+                    .await
+            })
+            .await?;
+        let set = KeySet::from_jwks_json(&resp.jwks_json)
+            .map_err(|e| ClientError::BadResponse(format!("JWKS: {e}")))?;
+        let n = set.len();
+        tracing::debug!(keys = n, revision = resp.revision, "JWKS fetched");
+        *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(set));
+        Ok(n)
+    }
+
+    #[cfg(test)]
+    fn set_keys(&self, keys: KeySet) {
+        *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(keys));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::pb::revocation::Target;
+    use crate::pb::watch_event::Kind;
+    use crate::tls::testpki::TestPki;
+    use crate::token::{generate_ed25519, Alg, Audience, Confirmation, SigningKey};
+
+    const ISS: &str = "https://tessera.test";
+    const AUD: &str = "spiffe://tessera.test/svc/ledger";
+    const NOW: u64 = 1_800_000_000;
+
+    struct Fixture {
+        _pki: TestPki,
+        key: SigningKey,
+        clock: Arc<ManualClock>,
+        tls: TlsFiles,
+    }
+
+    fn fixture() -> Fixture {
+        let pki = TestPki::new();
+        let tls = pki.client("ledger");
+        let (pkcs8, _) = generate_ed25519().unwrap();
+        let key = SigningKey::from_pkcs8("k1".into(), Alg::EdDSA, &pkcs8).unwrap();
+        Fixture {
+            _pki: pki,
+            key,
+            clock: Arc::new(ManualClock::new(NOW)),
+            tls,
+        }
+    }
+
+    impl Fixture {
+        fn config(&self) -> VerifierConfig {
+            // Nothing listens on port 1: a fetch fails at once.
+            let mut c = VerifierConfig::new(vec!["127.0.0.1:1".into()], self.tls.clone(), ISS, AUD);
+            c.clock = self.clock.clone();
+            c.request_timeout = Duration::from_secs(5);
+            c
+        }
+
+        fn verifier(&self, cache: Option<RevocationCache>) -> Verifier {
+            let v = Verifier::new(self.config(), cache).unwrap();
+            v.set_keys(KeySet::new([self.key.verifying_key()]));
+            v
+        }
+    }
+
+    fn claims() -> Claims {
+        Claims {
+            iss: ISS.into(),
+            sub: "spiffe://tessera.test/svc/frontend".into(),
+            aud: Audience::one(AUD),
+            exp: NOW + 300,
+            iat: NOW,
+            nbf: NOW,
+            jti: "j3".into(),
+            scope: "ledger:write".into(),
+            client_id: "spiffe://tessera.test/svc/payments".into(),
+            act: None,
+            cnf: Some(Confirmation::from_cert_der(b"payments-cert")),
+            may_act: None,
+            chain: vec!["j1".into(), "j2".into()],
+        }
+    }
+
+    fn revocation(target: Target, cutoff: u64) -> pb::Revocation {
+        pb::Revocation {
+            target: Some(target),
+            cutoff,
+            until: NOW + 1000,
+        }
+    }
+
+    fn snapshot(revision: u64, rs: Vec<pb::Revocation>) -> Vec<pb::WatchEvent> {
+        let count = rs.len() as u64;
+        vec![
+            pb::WatchEvent {
+                revision,
+                kind: Some(Kind::Snapshot(pb::Revocations { revocations: rs })),
+            },
+            pb::WatchEvent {
+                revision,
+                kind: Some(Kind::SnapshotEnd(pb::SnapshotEnd { count })),
+            },
+        ]
+    }
+
+    #[tokio::test]
+    async fn accepts_a_good_bound_token() {
+        let f = fixture();
+        let v = f.verifier(None);
+        let token = f.key.sign(&claims()).unwrap();
+        let ok = v.verify(&token, Some(b"payments-cert")).await.unwrap();
+        assert_eq!(ok.claims, claims());
+        assert_eq!(ok.revision, 0);
+        // Without the presenting certificate the binding is not checked.
+        assert!(v.verify(&token, None).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn binding_is_checked_against_the_presenter() {
+        let f = fixture();
+        let v = f.verifier(None);
+        let token = f.key.sign(&claims()).unwrap();
+        assert!(matches!(
+            v.verify(&token, Some(b"another-cert")).await,
+            Err(VerifyError::BindingMismatch)
+        ));
+        let mut c = claims();
+        c.cnf = None;
+        let unbound = f.key.sign(&c).unwrap();
+        assert!(matches!(
+            v.verify(&unbound, Some(b"payments-cert")).await,
+            Err(VerifyError::Unbound)
+        ));
+        assert!(v.verify(&unbound, None).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn token_rules_come_from_the_token_layer() {
+        let f = fixture();
+        let v = f.verifier(None);
+        let check = |c: Claims, want: TokenError| {
+            let token = f.key.sign(&c).unwrap();
+            let v = &v;
+            async move {
+                match v.verify(&token, None).await {
+                    Err(VerifyError::Invalid(e)) => assert_eq!(e, want),
+                    other => panic!("expected {want:?}, got {other:?}"),
+                }
+            }
+        };
+        let mut c = claims();
+        c.aud = Audience::one("spiffe://tessera.test/svc/other");
+        check(c, TokenError::WrongAudience).await;
+        let mut c = claims();
+        c.iss = "https://evil.test".into();
+        check(c, TokenError::WrongIssuer).await;
+        let mut c = claims();
+        c.exp = NOW - 31;
+        check(c, TokenError::Expired).await;
+        let mut c = claims();
+        c.exp = NOW - 29;
+        let token = f.key.sign(&c).unwrap();
+        assert!(v.verify(&token, None).await.is_ok(), "within the leeway");
+        assert!(matches!(
+            v.verify("not.a-token", None).await,
+            Err(VerifyError::Invalid(TokenError::Malformed(_)))
+        ));
+        // Moving the clock moves `now`.
+        let token = f.key.sign(&claims()).unwrap();
+        f.clock.advance(400);
+        assert!(matches!(
+            v.verify(&token, None).await,
+            Err(VerifyError::Invalid(TokenError::Expired))
+        ));
+    }
+
+    #[tokio::test]
+    async fn revocation_rules_use_the_cache() {
+        let f = fixture();
+        let cache = RevocationCache::detached(f.clock.clone());
+        let v = f.verifier(Some(cache.clone()));
+        let token = f.key.sign(&claims()).unwrap();
+        let cert: &[u8] = b"payments-cert";
+        assert_eq!(v.verify(&token, Some(cert)).await.unwrap().revision, 0);
+
+        // An ancestor.
+        cache.apply_for_tests(snapshot(7, vec![revocation(Target::Jti("j1".into()), 0)]));
+        assert!(matches!(
+            v.verify(&token, Some(cert)).await,
+            Err(VerifyError::Revoked)
+        ));
+        // Its own jti.
+        cache.apply_for_tests(snapshot(8, vec![revocation(Target::Jti("j3".into()), 0)]));
+        assert!(matches!(
+            v.verify(&token, Some(cert)).await,
+            Err(VerifyError::Revoked)
+        ));
+        // A descendant's revocation does not touch the ancestor.
+        cache.apply_for_tests(snapshot(9, vec![revocation(Target::Jti("j4".into()), 0)]));
+        assert_eq!(v.verify(&token, Some(cert)).await.unwrap().revision, 9);
+        // Subject cut-off at iat, then before it.
+        let sub = || Target::Subject(claims().sub);
+        cache.apply_for_tests(snapshot(10, vec![revocation(sub(), NOW)]));
+        assert!(matches!(
+            v.verify(&token, Some(cert)).await,
+            Err(VerifyError::Revoked)
+        ));
+        cache.apply_for_tests(snapshot(11, vec![revocation(sub(), NOW - 1)]));
+        assert!(v.verify(&token, Some(cert)).await.is_ok());
+        // Client cut-off.
+        let client = Target::Client(claims().client_id);
+        cache.apply_for_tests(snapshot(12, vec![revocation(client, NOW + 5)]));
+        assert!(matches!(
+            v.verify(&token, Some(cert)).await,
+            Err(VerifyError::Revoked)
+        ));
+    }
+
+    #[tokio::test]
+    async fn staleness_is_enforced_when_configured() {
+        let f = fixture();
+        let cache = RevocationCache::detached(f.clock.clone());
+        let mut cfg = f.config();
+        cfg.max_staleness = Some(Duration::from_secs(30));
+        let v = Verifier::new(cfg, Some(cache.clone())).unwrap();
+        v.set_keys(KeySet::new([f.key.verifying_key()]));
+        let token = f.key.sign(&claims()).unwrap();
+        // Never synced: infinitely stale.
+        match v.verify(&token, None).await {
+            Err(VerifyError::Stale { staleness }) => assert_eq!(staleness, Duration::MAX),
+            other => panic!("{other:?}"),
+        }
+        cache.apply_for_tests(snapshot(3, vec![]));
+        assert!(v.verify(&token, None).await.is_ok());
+        // Revoked wins over stale: it is certain.
+        cache.apply_for_tests(snapshot(4, vec![revocation(Target::Jti("j3".into()), 0)]));
+        cache.make_stale_for_tests(Duration::from_secs(31));
+        assert!(matches!(
+            v.verify(&token, None).await,
+            Err(VerifyError::Revoked)
+        ));
+        cache.apply_for_tests(snapshot(5, vec![]));
+        assert!(v.verify(&token, None).await.is_ok());
+        cache.make_stale_for_tests(Duration::from_secs(31));
+        assert!(matches!(
+            v.verify(&token, None).await,
+            Err(VerifyError::Stale { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn unknown_kid_refreshes_at_most_once_per_interval() {
+        let f = fixture();
+        let v = f.verifier(None);
+        let (pkcs8, _) = generate_ed25519().unwrap();
+        let new_key = SigningKey::from_pkcs8("k2".into(), Alg::EdDSA, &pkcs8).unwrap();
+        let token = new_key.sign(&claims()).unwrap();
+        // The refresh is attempted and fails (nothing listens).
+        assert!(matches!(
+            v.verify(&token, None).await,
+            Err(VerifyError::Keys(ClientError::Status { .. }))
+        ));
+        // Within the interval: no new attempt, the kid is just unknown.
+        match v.verify(&token, None).await {
+            Err(VerifyError::Invalid(TokenError::UnknownKey(kid))) => assert_eq!(kid, "k2"),
+            other => panic!("{other:?}"),
+        }
+        // Known keys keep working meanwhile.
+        let good = f.key.sign(&claims()).unwrap();
+        assert!(v.verify(&good, None).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn no_keys_and_unreachable_cluster() {
+        let f = fixture();
+        let v = Verifier::new(f.config(), None).unwrap();
+        let token = f.key.sign(&claims()).unwrap();
+        assert!(matches!(
+            v.verify(&token, None).await,
+            Err(VerifyError::Keys(ClientError::Status { .. }))
+        ));
+        assert!(matches!(
+            v.verify(&token, None).await,
+            Err(VerifyError::Keys(ClientError::NoKeys))
+        ));
+    }
+
+    #[test]
+    fn config_is_checked() {
+        let f = fixture();
+        let mut c = f.config();
+        c.audience.clear();
+        assert!(matches!(
+            Verifier::new(c, None),
+            Err(ClientError::InvalidConfig(_))
+        ));
+        let mut c = f.config();
+        c.endpoints.clear();
+        assert!(matches!(
+            Verifier::new(c, None),
+            Err(ClientError::NoEndpoints)
+        ));
+    }
+
+    #[test]
+    fn errors_never_quote_the_token() {
+        let errors = [
+            VerifyError::Invalid(TokenError::BadSignature),
+            VerifyError::Revoked,
+            VerifyError::BindingMismatch,
+            VerifyError::Unbound,
+            VerifyError::Stale {
+                staleness: Duration::from_secs(3),
+            },
+            VerifyError::Keys(ClientError::NoKeys),
+        ];
+        let texts: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            texts,
+            [
+                "invalid token: bad signature",
+                "token is revoked",
+                "token is bound to another certificate",
+                "token is not certificate-bound",
+                "revocation data is stale (3s since the last fresh message)",
+                "verification keys unavailable: no verification keys loaded yet",
+            ]
+        );
+    }
+}

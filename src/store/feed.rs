@@ -1,0 +1,278 @@
+//! The revocation feed: what each applied command revoked, kept for a
+//! bounded window of recent revisions and broadcast live, so that watchers
+//! can resume from a cursor or start from a snapshot without a gap.
+//!
+//! The feed is updated while the state machine holds its write lock, and a
+//! watcher starts (replay or snapshot, plus its live subscription) under the
+//! read lock: the start and the live events meet exactly, with no revision
+//! missing and none twice.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::broadcast;
+
+use super::state::State;
+
+/// Default number of recent events kept for resuming watchers.
+pub const DEFAULT_WINDOW: usize = 100_000;
+/// Events a watcher may fall behind the live feed before it is cut off
+/// (with a resumable status): the per-subscriber buffer bound.
+pub const LIVE_BUFFER: usize = 1024;
+
+/// One revocation entry as held in the state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    /// A revoked token id (and so every token exchanged from it).
+    Jti {
+        /// The token id.
+        jti: String,
+        /// When the entry may be forgotten.
+        until: u64,
+    },
+    /// A subject cut-off.
+    Subject {
+        /// The subject.
+        subject: String,
+        /// Tokens with `iat <= cutoff` are revoked.
+        cutoff: u64,
+        /// When the entry may be forgotten.
+        until: u64,
+    },
+    /// A client cut-off.
+    Client {
+        /// The client identity.
+        client: String,
+        /// Tokens with `iat <= cutoff` are revoked.
+        cutoff: u64,
+        /// When the entry may be forgotten.
+        until: u64,
+    },
+}
+
+/// What one applied command revoked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationEvent {
+    /// The log index the command was applied at.
+    pub revision: u64,
+    /// The entries it added or extended.
+    pub revocations: Vec<Revocation>,
+}
+
+/// What the live feed carries.
+#[derive(Debug, Clone)]
+pub enum FeedItem {
+    /// An applied revocation command.
+    Event(Arc<RevocationEvent>),
+    /// The whole state was replaced by a snapshot at `revision` (a follower
+    /// that fell too far behind): watchers must resume, and will get a
+    /// snapshot.
+    Reset {
+        /// The snapshot's revision.
+        revision: u64,
+    },
+}
+
+/// How a watcher starts.
+#[derive(Debug)]
+pub enum WatchStart {
+    /// The cursor is inside the window: every event after it, in order.
+    Replay(Vec<Arc<RevocationEvent>>),
+    /// The cursor is outside the window (or 0): all active revocations as
+    /// of `revision`.
+    Snapshot {
+        /// The revision the snapshot reflects.
+        revision: u64,
+        /// Every active revocation.
+        revocations: Vec<Revocation>,
+    },
+}
+
+/// A watcher's start and its live subscription, which continues exactly
+/// where the start ends (the caller skips anything at or below the start's
+/// last revision, which can only happen for a cursor ahead of this node).
+#[derive(Debug)]
+pub struct Watch {
+    /// Replay or snapshot.
+    pub start: WatchStart,
+    /// Live items after the start.
+    pub live: broadcast::Receiver<FeedItem>,
+}
+
+pub(crate) struct Feed {
+    inner: Mutex<Inner>,
+    tx: broadcast::Sender<FeedItem>,
+}
+
+struct Inner {
+    /// Every event with a revision above `window_start`, oldest first.
+    ring: VecDeque<Arc<RevocationEvent>>,
+    window_start: u64,
+    capacity: usize,
+}
+
+impl Feed {
+    pub(crate) fn new(revision: u64, capacity: usize) -> Self {
+        let (tx, _) = broadcast::channel(LIVE_BUFFER);
+        Self {
+            inner: Mutex::new(Inner {
+                ring: VecDeque::new(),
+                window_start: revision,
+                capacity: capacity.max(1),
+            }),
+            tx,
+        }
+    }
+
+    /// Records the events of one applied batch. Call with the state's write
+    /// lock held.
+    pub(crate) fn push(&self, events: Vec<RevocationEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        for ev in events {
+            let ev = Arc::new(ev);
+            if inner.ring.len() == inner.capacity {
+                if let Some(old) = inner.ring.pop_front() {
+                    inner.window_start = old.revision;
+                }
+            }
+            inner.ring.push_back(ev.clone());
+            // No receivers is fine: nobody is watching.
+            let _ = self.tx.send(FeedItem::Event(ev));
+        }
+    }
+
+    /// The state was replaced by a snapshot at `revision`. Call with the
+    /// state's write lock held.
+    pub(crate) fn reset(&self, revision: u64) {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        inner.ring.clear();
+        inner.window_start = revision;
+        let _ = self.tx.send(FeedItem::Reset { revision });
+    }
+
+    /// Starts a watcher from `from_revision`. Call with the state's read
+    /// lock held, `state` being what it guards.
+    pub(crate) fn watch(&self, state: &State, from_revision: u64) -> Watch {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let live = self.tx.subscribe();
+        let start = if from_revision > 0 && from_revision >= inner.window_start {
+            WatchStart::Replay(
+                inner
+                    .ring
+                    .iter()
+                    .filter(|e| e.revision > from_revision)
+                    .cloned()
+                    .collect(),
+            )
+        } else {
+            WatchStart::Snapshot {
+                revision: state.revision(),
+                revocations: state.revocations(),
+            }
+        };
+        Watch { start, live }
+    }
+
+    /// The oldest cursor this feed can resume from.
+    pub(crate) fn window_start(&self) -> u64 {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .window_start
+    }
+
+    /// Live subscribers right now.
+    pub(crate) fn subscribers(&self) -> usize {
+        self.tx.receiver_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(revision: u64, jti: &str) -> RevocationEvent {
+        RevocationEvent {
+            revision,
+            revocations: vec![Revocation::Jti {
+                jti: jti.into(),
+                until: 100,
+            }],
+        }
+    }
+
+    #[test]
+    fn replay_inside_the_window_snapshot_outside() {
+        let feed = Feed::new(10, 3);
+        feed.push(vec![ev(11, "a"), ev(12, "b")]);
+        feed.push(vec![ev(13, "c"), ev(14, "d")]);
+        // The ring holds 12, 13, 14: complete above 11.
+        assert_eq!(feed.window_start(), 11);
+        let state = State::default();
+        match feed.watch(&state, 12).start {
+            WatchStart::Replay(evs) => {
+                assert_eq!(
+                    evs.iter().map(|e| e.revision).collect::<Vec<_>>(),
+                    vec![13, 14]
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        match feed.watch(&state, 11).start {
+            WatchStart::Replay(evs) => assert_eq!(evs.len(), 3),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            feed.watch(&state, 10).start,
+            WatchStart::Snapshot { .. }
+        ));
+        assert!(matches!(
+            feed.watch(&state, 0).start,
+            WatchStart::Snapshot { .. }
+        ));
+        // A cursor ahead of this node replays nothing.
+        match feed.watch(&state, 99).start {
+            WatchStart::Replay(evs) => assert!(evs.is_empty()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn live_follows_the_start_and_reset_is_announced() {
+        let feed = Feed::new(0, 10);
+        let state = State::default();
+        let mut w = feed.watch(&state, 0);
+        feed.push(vec![ev(1, "a")]);
+        feed.reset(50);
+        match w.live.try_recv().unwrap() {
+            FeedItem::Event(e) => assert_eq!(e.revision, 1),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            w.live.try_recv().unwrap(),
+            FeedItem::Reset { revision: 50 }
+        ));
+        assert_eq!(feed.window_start(), 50);
+        assert!(matches!(
+            feed.watch(&state, 1).start,
+            WatchStart::Snapshot { .. }
+        ));
+    }
+
+    #[test]
+    fn a_watcher_that_falls_behind_the_live_buffer_lags() {
+        let feed = Feed::new(0, 10);
+        let state = State::default();
+        let mut w = feed.watch(&state, 0);
+        for r in 1..=(LIVE_BUFFER as u64 + 5) {
+            feed.push(vec![ev(r, "x")]);
+        }
+        assert!(matches!(
+            w.live.try_recv(),
+            Err(broadcast::error::TryRecvError::Lagged(_))
+        ));
+    }
+}

@@ -1,0 +1,320 @@
+//! The revocation stream: resume across nodes, snapshot fallback, slow
+//! subscribers, fan-out to a thousand subscribers, limits, heartbeats.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use tessera::pb::revocation_service_client::RevocationServiceClient;
+use tessera::pb::{self, revocation, watch_event::Kind};
+use tonic::transport::Channel;
+use tonic::Code;
+
+use crate::cluster::*;
+
+type Stream = tonic::Streaming<pb::WatchEvent>;
+
+async fn watch_on(c: &TestCluster, i: u64, from: u64) -> Stream {
+    let ch = c.channel_as(i, &c.files("ledger")).await;
+    watch_with(ch, from).await
+}
+
+async fn watch_with(ch: Channel, from: u64) -> Stream {
+    RevocationServiceClient::new(ch)
+        .watch_revocations(pb::WatchRequest {
+            from_revision: from,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// What a subscriber saw.
+#[derive(Debug, Default)]
+struct Seen {
+    /// (revision, jti) of every revoked event, in arrival order.
+    events: Vec<(u64, String)>,
+    /// The snapshot's revision and contents, if one came.
+    snapshot: Option<(u64, BTreeSet<String>)>,
+    heartbeats: Vec<pb::WatchEvent>,
+}
+
+impl Seen {
+    fn jtis(&self) -> BTreeSet<String> {
+        let mut all: BTreeSet<String> = self.events.iter().map(|(_, j)| j.clone()).collect();
+        if let Some((_, s)) = &self.snapshot {
+            all.extend(s.iter().cloned());
+        }
+        all
+    }
+
+    fn last_revision(&self) -> u64 {
+        self.events
+            .last()
+            .map(|(r, _)| *r)
+            .or(self.snapshot.as_ref().map(|(r, _)| *r))
+            .unwrap_or(0)
+    }
+
+    /// Events strictly increasing in revision, and none at or below the
+    /// snapshot's revision.
+    fn assert_ordered(&self) {
+        let mut prev = self.snapshot.as_ref().map(|(r, _)| *r).unwrap_or(0);
+        let mut prev_jti_rev = 0;
+        for (r, _) in &self.events {
+            // Several jtis of one command share a revision.
+            assert!(
+                *r > prev || *r == prev_jti_rev,
+                "revision {r} after {prev}: out of order or duplicate"
+            );
+            prev_jti_rev = *r;
+            prev = *r;
+        }
+    }
+}
+
+fn jti_of(r: &pb::Revocation) -> Option<String> {
+    match &r.target {
+        Some(revocation::Target::Jti(j)) => Some(j.clone()),
+        _ => None,
+    }
+}
+
+/// Reads `stream` until `done(seen)` or the stream ends. Returns what was
+/// seen and how it ended (None: `done` became true).
+async fn read_until(
+    stream: &mut Stream,
+    seen: &mut Seen,
+    done: impl Fn(&Seen) -> bool,
+) -> Option<tonic::Status> {
+    let mut pending_snapshot: BTreeSet<String> = BTreeSet::new();
+    let read = async {
+        loop {
+            if done(seen) {
+                return None;
+            }
+            match stream.message().await {
+                Ok(Some(e)) => match e.kind {
+                    Some(Kind::Revoked(rs)) => {
+                        for r in rs.revocations.iter().filter_map(jti_of) {
+                            seen.events.push((e.revision, r));
+                        }
+                    }
+                    Some(Kind::Snapshot(rs)) => {
+                        pending_snapshot.extend(rs.revocations.iter().filter_map(jti_of))
+                    }
+                    Some(Kind::SnapshotEnd(end)) => {
+                        assert_eq!(end.count as usize, pending_snapshot.len());
+                        seen.snapshot = Some((e.revision, std::mem::take(&mut pending_snapshot)));
+                    }
+                    Some(Kind::Heartbeat(_)) => seen.heartbeats.push(e),
+                    None => panic!("empty event"),
+                },
+                Ok(None) => return Some(tonic::Status::ok("ended")),
+                Err(s) => return Some(s),
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, read)
+        .await
+        .expect("stream stalled")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_resumes_on_another_node_without_gap_or_duplicate() {
+    let c = TestCluster::start(3).await;
+    let mut s1 = watch_on(&c, 1, 0).await;
+    let mut seen = Seen::default();
+    // From scratch: a snapshot (empty) first.
+    read_until(&mut s1, &mut seen, |s| s.snapshot.is_some()).await;
+    let first = revoke_burst(&c, "a", 40, 4, &[1, 2, 3]).await;
+    assert!(first.failed.is_empty());
+    // Disconnect mid-stream, after 25 events.
+    read_until(&mut s1, &mut seen, |s| s.events.len() >= 25).await;
+    drop(s1);
+    let cursor = seen.last_revision();
+    let second = revoke_burst(&c, "b", 40, 4, &[1, 2, 3]).await;
+    assert!(second.failed.is_empty());
+    // Resume on node 3 from the last revision received.
+    let mut s3 = watch_on(&c, 3, cursor).await;
+    let mut all = first.acked_set();
+    all.extend(second.acked_set());
+    let want = all.clone();
+    read_until(&mut s3, &mut seen, |s| s.jtis().is_superset(&want)).await;
+    assert!(seen.snapshot.as_ref().unwrap().1.is_empty());
+    seen.assert_ordered();
+    let jtis: Vec<&String> = seen.events.iter().map(|(_, j)| j).collect();
+    let unique: BTreeSet<&String> = jtis.iter().copied().collect();
+    assert_eq!(jtis.len(), unique.len(), "a duplicate was delivered");
+    assert_eq!(seen.jtis(), all);
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_older_than_the_window_gets_a_snapshot_then_live_events() {
+    let c = TestCluster::start_with(3, |cfg| cfg.watch_window = 10).await;
+    let old = revoke_burst(&c, "old", 40, 4, &[1, 2, 3]).await;
+    assert!(old.failed.is_empty());
+    c.wait_converged(&[1, 2, 3]).await;
+    let early = old.acked.iter().map(|(_, r)| *r).min().unwrap();
+    let window_start = c.node(2).state().watch_window_start();
+    assert!(
+        early < window_start,
+        "the burst overflowed the 10-event window"
+    );
+    let mut s = watch_on(&c, 2, early).await;
+    let mut seen = Seen::default();
+    read_until(&mut s, &mut seen, |s| s.snapshot.is_some()).await;
+    assert_eq!(seen.snapshot.as_ref().unwrap().1, old.acked_set());
+    let live = revoke_burst(&c, "live", 20, 2, &[1, 2, 3]).await;
+    let want = live.acked_set();
+    read_until(&mut s, &mut seen, |s| s.jtis().is_superset(&want)).await;
+    seen.assert_ordered();
+    assert_eq!(
+        seen.jtis(),
+        c.revoked(2),
+        "the subscriber ends with the server's set"
+    );
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscriber_is_cut_off_while_a_hundred_others_get_everything() {
+    let c = TestCluster::start(3).await;
+    // The slow one: a small HTTP/2 window, and it never reads. With these
+    // windows it holds about 660 events before the server cuts it off.
+    let slow_ch =
+        tessera::client::endpoint(&c.node(1).api_addr().to_string(), &c.files("ledger"), None)
+            .unwrap()
+            .initial_stream_window_size(16 * 1024)
+            .initial_connection_window_size(16 * 1024)
+            .connect()
+            .await
+            .unwrap();
+    let mut slow = watch_with(slow_ch, 0).await;
+    // A hundred readers, spread over the nodes, on a few connections.
+    let mut readers = Vec::new();
+    let mut chans = Vec::new();
+    for i in 1..=3u64 {
+        for _ in 0..3 {
+            chans.push(c.channel_as(i, &c.files("ledger")).await);
+        }
+    }
+    const N: usize = 2000;
+    const READERS: usize = 100;
+    for k in 0..READERS {
+        let mut s = watch_with(chans[k % chans.len()].clone(), 0).await;
+        readers.push(tokio::spawn(async move {
+            let mut seen = Seen::default();
+            let end = read_until(&mut s, &mut seen, |s| s.events.len() >= N).await;
+            assert!(end.is_none(), "reader {k} was cut off: {end:?}");
+            seen.assert_ordered();
+            seen
+        }));
+    }
+    let b = revoke_burst(&c, "slow", N, 16, &[1, 2, 3]).await;
+    assert!(b.failed.is_empty());
+    for r in readers {
+        let seen = r.await.unwrap();
+        assert_eq!(seen.jtis(), b.acked_set());
+    }
+    // Now read the slow one: some events, then ABORTED with where to resume.
+    let mut seen = Seen::default();
+    let end = read_until(&mut slow, &mut seen, |_| false).await.unwrap();
+    assert_eq!(end.code(), Code::Aborted, "{end:?}");
+    let resume: u64 = end
+        .metadata()
+        .get(tessera::api::RESUME_METADATA)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        resume,
+        seen.last_revision(),
+        "resume exactly after the last delivered event"
+    );
+    assert!(seen.events.len() < N);
+    // Resuming from there completes the set without a gap.
+    let mut again = watch_on(&c, 2, resume).await;
+    let want = b.acked_set();
+    read_until(&mut again, &mut seen, |s| s.jtis().is_superset(&want)).await;
+    seen.assert_ordered();
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_subscribers_over_three_nodes_get_every_event_in_order() {
+    let c = TestCluster::start(3).await;
+    let mut chans = Vec::new();
+    for i in 1..=3u64 {
+        for _ in 0..8 {
+            chans.push(c.channel_as(i, &c.files("ledger")).await);
+        }
+    }
+    const N: usize = 200;
+    let mut readers = Vec::new();
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(1000);
+    for k in 0..1000 {
+        let ch = chans[k % chans.len()].clone();
+        let ready = ready_tx.clone();
+        readers.push(tokio::spawn(async move {
+            let mut s = watch_with(ch, 0).await;
+            let mut seen = Seen::default();
+            read_until(&mut s, &mut seen, |s| s.snapshot.is_some()).await;
+            ready.send(()).await.unwrap();
+            let end = read_until(&mut s, &mut seen, |s| s.events.len() >= N).await;
+            assert!(end.is_none(), "subscriber {k} ended: {end:?}");
+            seen.assert_ordered();
+            seen
+        }));
+    }
+    for _ in 0..1000 {
+        ready_rx.recv().await.unwrap();
+    }
+    let b = revoke_burst(&c, "fan", N, 16, &[1, 2, 3]).await;
+    assert!(b.failed.is_empty());
+    for r in readers {
+        let seen = r.await.unwrap();
+        assert_eq!(seen.jtis(), b.acked_set());
+    }
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriber_limit_and_heartbeats_without_a_leader() {
+    let c = TestCluster::start_with(3, |cfg| {
+        cfg.watch.max_subscribers = 2;
+        cfg.watch.heartbeat = Duration::from_millis(100);
+    })
+    .await;
+    let leader = c.agreed_leader(&[1, 2, 3]).await;
+    let f = if leader == 1 { 2 } else { 1 };
+    let mut a = watch_on(&c, f, 0).await;
+    let _b = watch_on(&c, f, 0).await;
+    let ch = c.channel_as(f, &c.files("ledger")).await;
+    let e = RevocationServiceClient::new(ch)
+        .watch_revocations(pb::WatchRequest { from_revision: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+
+    // Heartbeats carry the applied revision and leader knowledge.
+    let mut seen = Seen::default();
+    read_until(&mut a, &mut seen, |s| !s.heartbeats.is_empty()).await;
+    let hb = &seen.heartbeats[0];
+    assert!(
+        matches!(&hb.kind, Some(Kind::Heartbeat(h)) if h.leader_known && h.leader_id == leader)
+    );
+    assert_eq!(hb.revision, c.node(f).state().revision());
+    // Cut the node off: it keeps streaming and says it knows no leader.
+    c.faults.isolate(f);
+    read_until(&mut a, &mut seen, |s| {
+        s.heartbeats
+            .iter()
+            .any(|h| matches!(&h.kind, Some(Kind::Heartbeat(h)) if !h.leader_known))
+    })
+    .await;
+    c.faults.heal();
+    c.stop().await;
+}

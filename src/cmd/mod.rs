@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_revoke;
+mod bench_watch;
 mod cluster;
 mod dev;
 mod serve;
@@ -74,6 +75,8 @@ enum Cmd {
     Jwks(ConnArgs),
     /// Print the revocation stream as JSON lines.
     Watch(watch::WatchArgs),
+    /// Propagation latency of the revocation stream to many subscribers.
+    BenchWatch(bench_watch::BenchWatchArgs),
     /// Load generator: throughput and latency of Issue, Exchange, Introspect.
     Bench(bench::BenchArgs),
     /// Revocation commit benchmark against a cluster (and etcd, with the
@@ -307,6 +310,7 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
         }
         Cmd::Bench(args) => bench::run(args).await,
         Cmd::Watch(args) => watch::run(args).await.map_err(CliError::Failed),
+        Cmd::BenchWatch(args) => bench_watch::run(args).await,
         Cmd::BenchRevoke(args) => bench_revoke::run(args).await,
     }
 }

@@ -264,9 +264,20 @@ async fn revocation_cache_resumes_on_another_node_when_its_node_stops() {
         .find(|(_, n)| n.api_addr().to_string() == addr)
         .unwrap()
         .0;
+    let rest: Vec<u64> = c.nodes.keys().copied().filter(|i| *i != node).collect();
+    let t = std::time::Instant::now();
     c.stop_node(node).await;
-    let rest: Vec<u64> = c.nodes.keys().copied().collect();
+    let stopped = t.elapsed();
     c.agreed_leader(&rest).await;
+    let elected = t.elapsed();
+    let r = revoke(&c, "probe").await;
+    let acked = t.elapsed();
+    cache.wait_for_revision(r, WAIT).await.unwrap();
+    eprintln!(
+        "MEASURE stopped {stopped:?} elected {elected:?} acked {acked:?} cache {:?} subs {}",
+        t.elapsed(),
+        cache.status().subscriptions
+    );
     let second = revoke_burst(&c, "after", 100, 4, &rest).await;
     assert!(second.failed.is_empty(), "{:?}", second.failed);
     settle(&c, &cache, rest[0], "marker").await;

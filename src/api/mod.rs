@@ -120,7 +120,53 @@ pub struct Shared {
     /// When this node, as leader, last heard from a quorum. Derived from
     /// openraft's metrics as they arrive: a leader cut off from everyone
     /// gets no new metrics, so the age is measured here, not read there.
-    quorum_ack: Mutex<Option<std::time::Instant>>,
+    lease: Mutex<Lease>,
+}
+
+/// What this node knows about its own leadership's contact with a quorum.
+/// Ages are measured here, from when metrics were seen: a leader cut off
+/// from everyone gets no fresh acknowledgements, so its lease runs out.
+#[derive(Debug)]
+struct Lease {
+    term: u64,
+    /// When this node was first seen leading in `term`: winning the
+    /// election was a quorum's contact, so a new leader starts with a lease.
+    since: std::time::Instant,
+    /// The latest quorum acknowledgement seen in `term`.
+    ack: Option<std::time::Instant>,
+}
+
+impl Default for Lease {
+    fn default() -> Self {
+        Self {
+            term: 0,
+            since: std::time::Instant::now(),
+            ack: None,
+        }
+    }
+}
+
+impl Lease {
+    fn observe(&mut self, m: &openraft::RaftMetrics<NodeId, NodeInfo>) {
+        let now = std::time::Instant::now();
+        if m.current_term != self.term {
+            *self = Self {
+                term: m.current_term,
+                since: now,
+                ack: None,
+            };
+        }
+        if let Some(t) = m
+            .millis_since_quorum_ack
+            .and_then(|ms| now.checked_sub(Duration::from_millis(ms)))
+        {
+            self.ack = Some(self.ack.map_or(t, |a| a.max(t)));
+        }
+    }
+
+    fn last_contact(&self) -> std::time::Instant {
+        self.ack.map_or(self.since, |a| a.max(self.since))
+    }
 }
 
 /// Tokens whose signature this node has verified, with their claims, for
@@ -160,7 +206,7 @@ impl Shared {
             policy: RwLock::new(None),
             initial_policy: None,
             verified: Mutex::new(VerifiedTokens::default()),
-            quorum_ack: Mutex::new(None),
+            lease: Mutex::new(Lease::default()),
         }
     }
 
@@ -306,13 +352,10 @@ impl Shared {
     /// Records what a metrics update says about the last quorum
     /// acknowledgement.
     fn observe(&self, m: &openraft::RaftMetrics<NodeId, NodeInfo>) {
-        if let Ok(mut ack) = self.quorum_ack.lock() {
-            *ack = match (m.current_leader == Some(m.id), m.millis_since_quorum_ack) {
-                (true, Some(ms)) => {
-                    std::time::Instant::now().checked_sub(Duration::from_millis(ms))
-                }
-                _ => None,
-            };
+        if m.current_leader == Some(m.id) {
+            if let Ok(mut lease) = self.lease.lock() {
+                lease.observe(m);
+            }
         }
     }
 
@@ -325,8 +368,11 @@ impl Shared {
         {
             return true;
         }
-        let ack = self.quorum_ack.lock().ok().and_then(|a| *a);
-        ack.is_some_and(|t| t.elapsed() <= LEADER_LEASE)
+        let Ok(mut lease) = self.lease.lock() else {
+            return false;
+        };
+        lease.observe(m);
+        lease.last_contact().elapsed() <= LEADER_LEASE
     }
 
     /// Health: `SERVING` only while a leader is known (if this node is it,

@@ -215,8 +215,14 @@ enum Step {
     Applied(u64),
     /// A snapshot replaced the set; the cache is at this revision.
     Replaced(u64),
-    /// A heartbeat: the node's applied revision and leader knowledge.
-    Heartbeat { revision: u64, leader_known: bool },
+    /// A heartbeat: the node's applied revision and leader knowledge, and
+    /// whether the node has applied at least what the cache has (a node
+    /// behind the cache is lagging, whatever it says about its leader).
+    Heartbeat {
+        revision: u64,
+        leader_known: bool,
+        caught_up: bool,
+    },
 }
 
 /// A stream that broke the protocol; the cache drops it and subscribes
@@ -277,6 +283,7 @@ impl Session {
             Some(Kind::Heartbeat(hb)) => Ok(Step::Heartbeat {
                 revision,
                 leader_known: hb.leader_known,
+                caught_up: revision >= st.revision,
             }),
             None => Ok(Step::Nothing),
         }
@@ -298,7 +305,8 @@ struct Link {
     leader_known: bool,
     node_revision: u64,
     last_message: Option<Instant>,
-    /// Last event, snapshot, or heartbeat from a node that knew a leader.
+    /// Last event, snapshot, or heartbeat from a node that knew a leader
+    /// and had applied at least the cache's revision.
     last_fresh: Option<Instant>,
     subscriptions: u64,
     last_error: Option<String>,
@@ -346,10 +354,11 @@ impl Shared {
             Step::Heartbeat {
                 revision,
                 leader_known,
+                caught_up,
             } => {
                 link.node_revision = revision;
                 link.leader_known = leader_known;
-                if leader_known {
+                if leader_known && caught_up {
                     link.last_fresh = Some(now);
                 }
             }
@@ -539,7 +548,8 @@ impl RevocationCache {
     }
 
     /// Time since the last event, snapshot, or heartbeat from a node that
-    /// knew a leader: how old the cache's knowledge may be. `Duration::MAX`
+    /// knew a leader and was not behind the cache: how old the cache's
+    /// knowledge may be. `Duration::MAX`
     /// until the first snapshot has been applied. Measured on Tokio's clock
     /// (monotonic, and paused in tests that pause time).
     pub fn staleness(&self) -> Duration {
@@ -999,7 +1009,8 @@ mod tests {
             s.step(&mut st, heartbeat(40, true)).unwrap(),
             Step::Heartbeat {
                 revision: 40,
-                leader_known: true
+                leader_known: true,
+                caught_up: true,
             }
         );
         assert_eq!(st.revision, 0);
@@ -1122,6 +1133,10 @@ mod tests {
         cache.apply_for_tests(vec![heartbeat(12, true)]);
         assert!(cache.staleness() < Duration::from_secs(60));
         assert_eq!(cache.revision(), 9);
+        // Nor is one from a node behind the cache.
+        cache.make_stale_for_tests(Duration::from_secs(60));
+        cache.apply_for_tests(vec![heartbeat(8, true)]);
+        assert!(cache.staleness() >= Duration::from_secs(60));
     }
 
     #[tokio::test]

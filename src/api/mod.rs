@@ -103,6 +103,7 @@ pub const LEADER_LEASE: Duration = Duration::from_millis(1500);
 /// built from.
 pub struct Shared {
     raft: Raft,
+    proposer: crate::raft::Proposer,
     peers: Arc<dyn Peers>,
     state: StateView,
     kek: Arc<Kek>,
@@ -185,6 +186,7 @@ impl Shared {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         raft: Raft,
+        proposer: crate::raft::Proposer,
         peers: Arc<dyn Peers>,
         state: StateView,
         kek: Arc<Kek>,
@@ -195,6 +197,7 @@ impl Shared {
     ) -> Self {
         Self {
             raft,
+            proposer,
             peers,
             state,
             kek,
@@ -316,8 +319,8 @@ impl Shared {
         };
         let attempt = async {
             self.check_lease()?;
-            match self.raft.client_write(cmd.clone()).await {
-                Ok(r) => Ok(r.data),
+            match self.proposer.propose(cmd.clone()).await {
+                Ok(r) => Ok(r),
                 Err(openraft::error::RaftError::APIError(
                     openraft::error::ClientWriteError::ForwardToLeader(f),
                 )) => match (f.leader_id, f.leader_node) {

@@ -228,6 +228,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
     .await
     .map_err(|e| NodeError::Raft(e.to_string()))?;
 
+    let proposer = crate::raft::Proposer::start(raft.clone());
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     // The Raft listener first: peers may be waiting for this node.
@@ -237,6 +238,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
         info.clone(),
         &trust_domain,
         config.clock.clone(),
+        proposer.clone(),
     );
     let raft_incoming = crate::tls::tls_incoming(listeners.raft, server_tls.clone());
     let raft_stop = wait_stop(stop_rx.clone());
@@ -288,6 +290,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
     let shared = Arc::new(
         Shared::new(
             raft.clone(),
+            proposer,
             peers,
             state.clone(),
             kek.clone(),

@@ -242,6 +242,7 @@ mod tests {
             Ok(CommandResponse {
                 revision: 12,
                 changed: 1,
+                ..Default::default()
             }),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(
                 ForwardToLeader::new(2, node(2)),
@@ -273,6 +274,7 @@ mod tests {
         let bytes = encode(&CommandResponse {
             revision: 1,
             changed: 0,
+            ..Default::default()
         })
         .unwrap();
         assert!(matches!(

@@ -1,7 +1,8 @@
 //! Raft: the type configuration and replicated data model ([`types`]), and
 //! the node-to-node transport: the binary encoding of Raft messages
 //! ([`codec`]), the client side openraft sends through ([`network`]) and
-//! the internal gRPC service that receives ([`service`]).
+//! the internal gRPC service that receives ([`service`]); and the
+//! [`proposer`], which batches concurrent writes into single log entries.
 //!
 //! # Transport
 //!
@@ -17,6 +18,7 @@
 
 pub mod codec;
 pub mod network;
+pub mod proposer;
 pub mod service;
 pub mod types;
 
@@ -24,6 +26,7 @@ pub use codec::CodecError;
 pub use network::{
     hello, Faults, ForwardError, Network, PeerClient, RaftNetError, DEFAULT_SNAPSHOT_CHUNK_TIMEOUT,
 };
+pub use proposer::{Proposer, WriteError};
 pub use service::{server, trust_domain_of, RaftService};
 pub use types::*;
 

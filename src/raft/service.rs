@@ -58,6 +58,8 @@ pub struct RaftService {
     /// Re-stamps forwarded commands: the state machine's time is the
     /// leader's, whichever node the client talked to.
     clock: Option<Arc<dyn crate::clock::Clock>>,
+    /// Batches forwarded writes with local ones.
+    proposer: Option<super::Proposer>,
 }
 
 impl std::fmt::Debug for RaftService {
@@ -80,7 +82,15 @@ impl RaftService {
             info,
             trust_domain: trust_domain.into(),
             clock: None,
+            proposer: None,
         }
+    }
+
+    /// Forwarded writes go through `proposer` (batched with the others)
+    /// instead of one `client_write` each.
+    pub fn with_proposer(mut self, proposer: super::Proposer) -> Self {
+        self.proposer = Some(proposer);
+        self
     }
 
     /// Forwarded commands get their time from `clock` (the leader's) rather
@@ -240,7 +250,10 @@ impl raft_service_server::RaftService for RaftService {
             let reply: Result<
                 CommandResponse,
                 RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>,
-            > = self.raft.client_write(cmd).await.map(|r| r.data);
+            > = match &self.proposer {
+                Some(p) => p.propose(cmd).await,
+                None => self.raft.client_write(cmd).await.map(|r| r.data),
+            };
             encode(&reply)
         }
         .await;
@@ -266,10 +279,15 @@ pub fn server(
     info: NodeInfo,
     trust_domain: &str,
     clock: Arc<dyn crate::clock::Clock>,
+    proposer: super::Proposer,
 ) -> RaftServiceServer<RaftService> {
-    RaftServiceServer::new(RaftService::new(raft, id, info, trust_domain).with_clock(clock))
-        .max_decoding_message_size(MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(MAX_MESSAGE_SIZE)
+    RaftServiceServer::new(
+        RaftService::new(raft, id, info, trust_domain)
+            .with_clock(clock)
+            .with_proposer(proposer),
+    )
+    .max_decoding_message_size(MAX_MESSAGE_SIZE)
+    .max_encoding_message_size(MAX_MESSAGE_SIZE)
 }
 
 #[cfg(test)]
@@ -359,6 +377,7 @@ mod tests {
                 info.clone(),
                 &td,
                 Arc::new(crate::clock::SystemClock),
+                crate::raft::Proposer::start(raft.clone()),
             );
             let incoming =
                 crate::tls::tls_incoming(listener, crate::tls::server_config(&files).unwrap());

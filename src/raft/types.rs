@@ -122,6 +122,12 @@ pub enum Op {
     },
     /// Drop revocation entries whose `until` is before `at`.
     Purge,
+    /// Several revocations proposed as one log entry (the proposer batches
+    /// concurrent writes). Applied in order; each answers its own `changed`.
+    Batch {
+        /// The revocations, never a nested batch.
+        ops: Vec<Op>,
+    },
 }
 
 /// A revoked `jti` and when it may be forgotten.
@@ -181,10 +187,13 @@ impl std::fmt::Debug for KeyRecord {
 
 /// What applying a command answers. `revision` is the log index the command
 /// was applied at: the state machine's revision after it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommandResponse {
     /// Log index at which the command took effect.
     pub revision: u64,
     /// How many entries the command changed (0 for an idempotent repeat).
     pub changed: u64,
+    /// For a [`Op::Batch`]: each operation's `changed`, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed_each: Vec<u64>,
 }

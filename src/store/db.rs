@@ -39,6 +39,8 @@ pub(crate) struct Db {
     db: sled::Db,
     /// sled's data file: the file `durable_flush` fsyncs.
     data_file: PathBuf,
+    /// An open handle on it, so an fsync costs no `open`.
+    data: File,
     pub(crate) log: sled::Tree,
     pub(crate) log_meta: sled::Tree,
     pub(crate) sm_jtis: sled::Tree,
@@ -77,6 +79,10 @@ impl Db {
             })?;
         let tree = |name: &str| db.open_tree(name).map_err(StoreError::from);
         let mut this = Db {
+            data: File::open(dir.join("db")).map_err(|source| StoreError::Io {
+                path: dir.join("db"),
+                source,
+            })?,
             data_file: dir.join("db"),
             log: tree(T_LOG)?,
             log_meta: tree(T_LOG_META)?,
@@ -128,12 +134,11 @@ impl Db {
     /// descriptor syncs the inode, so it completes the flush.
     pub(crate) fn durable_flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
-        File::open(&self.data_file)
-            .and_then(|f| f.sync_all())
-            .map_err(|source| StoreError::Io {
-                path: self.data_file.clone(),
-                source,
-            })?;
+        // fdatasync: the data and what is needed to read it back (the size).
+        self.data.sync_data().map_err(|source| StoreError::Io {
+            path: self.data_file.clone(),
+            source,
+        })?;
         self.fsyncs.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::db::{self, Db};
 use super::feed::Revocation;
 use super::StoreError;
-use crate::raft::{Command, CommandResponse, Entry, KeyRecord, LogId, Op, StoredMembership};
+use crate::raft::{CommandResponse, Entry, KeyRecord, LogId, Op, StoredMembership};
 
 /// A subject's or client's revocation cut-off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,12 +61,18 @@ pub(crate) struct Touched {
 }
 
 impl Touched {
+    /// Records revocations of the entry at `revision`: one event per log
+    /// entry, however many operations a batch entry carries.
     fn event(&mut self, revision: u64, revocations: Vec<Revocation>) {
-        if !revocations.is_empty() {
-            self.events.push(super::feed::RevocationEvent {
+        if revocations.is_empty() {
+            return;
+        }
+        match self.events.last_mut() {
+            Some(last) if last.revision == revision => last.revocations.extend(revocations),
+            _ => self.events.push(super::feed::RevocationEvent {
                 revision,
                 revocations,
-            });
+            }),
         }
     }
 
@@ -98,16 +104,30 @@ impl State {
                 self.last_membership = StoredMembership::new(Some(entry.log_id), m.clone());
                 0
             }
-            EntryPayload::Normal(cmd) => self.apply_command(index, cmd, touched),
+            EntryPayload::Normal(cmd) => match &cmd.op {
+                Op::Batch { ops } => {
+                    let each: Vec<u64> = ops
+                        .iter()
+                        .map(|op| self.apply_op(index, cmd.at, op, touched))
+                        .collect();
+                    return CommandResponse {
+                        revision: index,
+                        changed: each.iter().sum(),
+                        changed_each: each,
+                    };
+                }
+                op => self.apply_op(index, cmd.at, op, touched),
+            },
         };
         CommandResponse {
             revision: index,
             changed,
+            changed_each: Vec::new(),
         }
     }
 
-    fn apply_command(&mut self, index: u64, cmd: &Command, touched: &mut Touched) -> u64 {
-        match &cmd.op {
+    fn apply_op(&mut self, index: u64, at: u64, op: &Op, touched: &mut Touched) -> u64 {
+        match op {
             Op::RevokeJtis { jtis } => {
                 let mut new = 0;
                 let mut event: Vec<Revocation> = Vec::new();
@@ -212,8 +232,9 @@ impl State {
                 // raced command cannot wedge the log.
                 _ => 0,
             },
+            // The proposer never nests batches; one would change nothing.
+            Op::Batch { .. } => 0,
             Op::Purge => {
-                let at = cmd.at;
                 let mut removed = 0;
                 removed += purge_map(&mut self.jtis, |until| *until < at, &mut touched.jtis);
                 removed += purge_map(&mut self.subjects, |c| c.until < at, &mut touched.subjects);
@@ -438,6 +459,8 @@ mod tests {
     use openraft::testing::log_id;
     use openraft::Membership;
 
+    use crate::raft::Command;
+
     use super::*;
     use crate::raft::{KeyState, RevokedJti};
 
@@ -477,6 +500,34 @@ mod tests {
             state,
             created_at: 10,
         }
+    }
+
+    #[test]
+    fn a_batch_answers_each_operation_and_makes_one_event() {
+        let mut s = State::default();
+        let mut t = Touched::default();
+        s.apply(&entry(1, 10, jtis(&[("a", 100)])), &mut t);
+        let batch = Op::Batch {
+            ops: vec![
+                jtis(&[("a", 100)]),
+                jtis(&[("b", 100)]),
+                Op::RevokeSubject {
+                    subject: "s".into(),
+                    cutoff: 10,
+                    until: 200,
+                },
+            ],
+        };
+        let mut t = Touched::default();
+        let r = s.apply(&entry(2, 10, batch), &mut t);
+        assert_eq!(r.revision, 2);
+        assert_eq!(r.changed_each, vec![0, 1, 1], "a repeat changes nothing");
+        assert_eq!(r.changed, 2);
+        assert_eq!(t.events.len(), 1, "one event per log entry");
+        assert_eq!(t.events[0].revision, 2);
+        assert_eq!(t.events[0].revocations.len(), 2);
+        assert!(s.is_revoked(&["b"], "x", "y", 0));
+        assert!(s.is_revoked(&[], "s", "y", 10));
     }
 
     #[test]
@@ -664,7 +715,8 @@ mod tests {
             r,
             CommandResponse {
                 revision: 1,
-                changed: 0
+                changed: 0,
+                ..Default::default()
             }
         );
         let m = Membership::new(vec![BTreeSet::from([1, 2])], None);
@@ -673,7 +725,8 @@ mod tests {
             r,
             CommandResponse {
                 revision: 2,
-                changed: 0
+                changed: 0,
+                ..Default::default()
             }
         );
         assert_eq!(s.last_applied, Some(log_id(2, 1, 2)));

@@ -4,7 +4,7 @@
 //! applied revision and whether it knows a leader.
 //!
 //! Each subscriber has a bounded buffer: the live feed keeps
-//! [`LIVE_BUFFER`](crate::store::LIVE_BUFFER) events for it, and its own
+//! [`WatchSettings::live_buffer`] events for it, and its own
 //! outgoing queue is small. One that cannot keep up is ended with `ABORTED`
 //! and the revision to resume from (message and `x-tessera-resume-from`
 //! metadata); the feed never waits for it, so the others are not slowed.
@@ -37,6 +37,9 @@ pub struct WatchSettings {
     pub max_subscribers: usize,
     /// Interval between heartbeats.
     pub heartbeat: Duration,
+    /// Events a subscriber may fall behind the live feed before it is cut
+    /// off with a resumable status.
+    pub live_buffer: usize,
 }
 
 impl Default for WatchSettings {
@@ -44,6 +47,7 @@ impl Default for WatchSettings {
         Self {
             max_subscribers: 10_000,
             heartbeat: Duration::from_secs(1),
+            live_buffer: crate::store::LIVE_BUFFER,
         }
     }
 }

@@ -173,6 +173,7 @@ impl Config {
         }
         if self.watch_window == 0
             || self.watch.max_subscribers == 0
+            || self.watch.live_buffer == 0
             || self.watch.heartbeat.is_zero()
         {
             return Err("watch window, subscriber limit and heartbeat must be positive".into());

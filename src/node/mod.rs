@@ -199,9 +199,12 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
     let raft_addr = listeners.raft.local_addr()?;
 
     let dir = config.data_dir.clone();
-    let window = config.watch_window;
+    let feed = store::FeedSizes {
+        window: config.watch_window,
+        live_buffer: config.watch.live_buffer,
+    };
     let (log_store, state_machine, state) =
-        tokio::task::spawn_blocking(move || store::open_with(&dir, window))
+        tokio::task::spawn_blocking(move || store::open_with(&dir, feed))
             .await
             .map_err(|e| NodeError::Raft(format!("store open task: {e}")))??;
     let store_closed = log_store.closed_signal();

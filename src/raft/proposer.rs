@@ -6,8 +6,12 @@
 //! in front of `client_write`: whatever writes arrive while the previous
 //! proposal is being handed to Raft are drained together (up to
 //! [`MAX_BATCH`]) and proposed as one [`Op::Batch`] entry, and each caller
-//! gets its own answer from that entry's response. Proposals are handed over
-//! without waiting for their commit, so batches pipeline.
+//! gets its own answer from that entry's response. At most
+//! [`IN_FLIGHT`] entries are between proposal and application at a time:
+//! while they commit, new writes queue up and form the next batch (without
+//! that bound every write would be handed to Raft alone, and pay its own
+//! fsync in series), and two in flight let one append while the other
+//! replicates.
 //!
 //! Only revocations are batched; any other operation is proposed alone, in
 //! order, so a batch never reorders writes.
@@ -22,6 +26,8 @@ use super::{Command, CommandResponse, NodeId, NodeInfo, Op, TypeConfig};
 pub const MAX_BATCH: usize = 512;
 /// Writes waiting to be proposed (bounded: callers wait when it is full).
 const QUEUE: usize = 4096;
+/// Entries proposed and not yet applied.
+pub const IN_FLIGHT: usize = 2;
 
 /// The error a write answers: openraft's, so that callers can see a
 /// `ForwardToLeader` with the leader's address.
@@ -76,8 +82,17 @@ impl Proposer {
 }
 
 async fn run(raft: openraft::Raft<TypeConfig>, mut rx: mpsc::Receiver<Pending>) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     let mut drained: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut drained, MAX_BATCH).await > 0 {
+    loop {
+        // Wait for a slot first: writes arriving meanwhile join the batch.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        if rx.recv_many(&mut drained, MAX_BATCH).await == 0 {
+            return;
+        }
+        drop(slot);
         // Consecutive revocations form one entry; anything else goes alone.
         let mut group: Vec<Pending> = Vec::new();
         for p in drained.drain(..) {
@@ -86,19 +101,30 @@ async fn run(raft: openraft::Raft<TypeConfig>, mut rx: mpsc::Receiver<Pending>) 
                 continue;
             }
             if !group.is_empty() {
-                submit(&raft, std::mem::take(&mut group)).await;
+                submit(&raft, &slots, std::mem::take(&mut group)).await;
             }
-            submit(&raft, vec![p]).await;
+            submit(&raft, &slots, vec![p]).await;
         }
         if !group.is_empty() {
-            submit(&raft, group).await;
+            submit(&raft, &slots, group).await;
         }
     }
 }
 
 /// Hands one entry to Raft and spawns the wait for its result, so the next
 /// batch can be formed while this one commits.
-async fn submit(raft: &openraft::Raft<TypeConfig>, mut group: Vec<Pending>) {
+async fn submit(
+    raft: &openraft::Raft<TypeConfig>,
+    slots: &std::sync::Arc<tokio::sync::Semaphore>,
+    mut group: Vec<Pending>,
+) {
+    // Held until the entry is applied (or refused).
+    let Ok(slot) = slots.clone().acquire_owned().await else {
+        for p in group {
+            let _ = p.reply.send(Err(stopped()));
+        }
+        return;
+    };
     let (cmd, replies): (Command, Vec<_>) = if group.len() == 1 {
         let p = group.pop().expect("one element");
         (p.cmd, vec![p.reply])
@@ -123,6 +149,7 @@ async fn submit(raft: &openraft::Raft<TypeConfig>, mut group: Vec<Pending>) {
         }
         Ok(pending) => {
             tokio::spawn(async move {
+                let _slot = slot;
                 let outcome = match pending.await {
                     Ok(Ok(resp)) => Ok(resp.data),
                     Ok(Err(e)) => Err(openraft::error::RaftError::APIError(e)),

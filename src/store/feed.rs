@@ -20,6 +20,24 @@ pub const DEFAULT_WINDOW: usize = 100_000;
 /// (with a resumable status): the per-subscriber buffer bound.
 pub const LIVE_BUFFER: usize = 1024;
 
+/// Sizes of a feed.
+#[derive(Debug, Clone, Copy)]
+pub struct FeedSizes {
+    /// Recent events kept for watchers that resume.
+    pub window: usize,
+    /// Events a watcher may fall behind before it is cut off.
+    pub live_buffer: usize,
+}
+
+impl Default for FeedSizes {
+    fn default() -> Self {
+        Self {
+            window: DEFAULT_WINDOW,
+            live_buffer: LIVE_BUFFER,
+        }
+    }
+}
+
 /// One revocation entry as held in the state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Revocation {
@@ -112,8 +130,9 @@ struct Inner {
 }
 
 impl Feed {
-    pub(crate) fn new(revision: u64, capacity: usize) -> Self {
-        let (tx, _) = broadcast::channel(LIVE_BUFFER);
+    pub(crate) fn new(revision: u64, sizes: FeedSizes) -> Self {
+        let capacity = sizes.window;
+        let (tx, _) = broadcast::channel(sizes.live_buffer.max(1));
         Self {
             inner: Mutex::new(Inner {
                 ring: VecDeque::new(),
@@ -206,7 +225,13 @@ mod tests {
 
     #[test]
     fn replay_inside_the_window_snapshot_outside() {
-        let feed = Feed::new(10, 3);
+        let feed = Feed::new(
+            10,
+            FeedSizes {
+                window: 3,
+                live_buffer: LIVE_BUFFER,
+            },
+        );
         feed.push(vec![ev(11, "a"), ev(12, "b")]);
         feed.push(vec![ev(13, "c"), ev(14, "d")]);
         // The ring holds 12, 13, 14: complete above 11.
@@ -242,7 +267,13 @@ mod tests {
 
     #[test]
     fn live_follows_the_start_and_reset_is_announced() {
-        let feed = Feed::new(0, 10);
+        let feed = Feed::new(
+            0,
+            FeedSizes {
+                window: 10,
+                live_buffer: LIVE_BUFFER,
+            },
+        );
         let state = State::default();
         let mut w = feed.watch(&state, 0);
         feed.push(vec![ev(1, "a")]);
@@ -264,7 +295,13 @@ mod tests {
 
     #[test]
     fn a_watcher_that_falls_behind_the_live_buffer_lags() {
-        let feed = Feed::new(0, 10);
+        let feed = Feed::new(
+            0,
+            FeedSizes {
+                window: 10,
+                live_buffer: LIVE_BUFFER,
+            },
+        );
         let state = State::default();
         let mut w = feed.watch(&state, 0);
         for r in 1..=(LIVE_BUFFER as u64 + 5) {

@@ -34,7 +34,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use self::feed::{
-    FeedItem, Revocation, RevocationEvent, Watch, WatchStart, DEFAULT_WINDOW, LIVE_BUFFER,
+    FeedItem, FeedSizes, Revocation, RevocationEvent, Watch, WatchStart, DEFAULT_WINDOW,
+    LIVE_BUFFER,
 };
 pub use self::log::{LogReader, LogStore};
 pub use self::sm::{SnapshotBuilder, StateMachine};
@@ -87,17 +88,18 @@ pub enum StoreError {
 /// the state machine from it. Blocking: call it at start-up or from
 /// `spawn_blocking`.
 pub fn open(path: &Path) -> Result<(LogStore, StateMachine, StateView), StoreError> {
-    open_with(path, DEFAULT_WINDOW)
+    open_with(path, FeedSizes::default())
 }
 
-/// [`open`] with the number of recent revocation events kept for watchers
-/// that resume (the retained window).
+/// [`open`] with the sizes of the revocation feed: the recent events kept
+/// for watchers that resume (the retained window) and how far a watcher may
+/// fall behind.
 pub fn open_with(
     path: &Path,
-    feed_window: usize,
+    feed: FeedSizes,
 ) -> Result<(LogStore, StateMachine, StateView), StoreError> {
     let db = Arc::new(db::Db::open(path)?);
-    let (sm, view) = StateMachine::load(db.clone(), feed_window)?;
+    let (sm, view) = StateMachine::load(db.clone(), feed)?;
     tracing::info!(path = %path.display(), "store opened");
     Ok((LogStore::new(db), sm, view))
 }

@@ -76,7 +76,10 @@ impl StateMachine {
     /// Loads the state machine from `db`, restoring from the stored snapshot
     /// if it is newer than the persisted state (a crash between storing a
     /// snapshot and persisting the state it came from). Blocking.
-    pub(crate) fn load(db: Arc<Db>, feed_window: usize) -> Result<(Self, StateView), StoreError> {
+    pub(crate) fn load(
+        db: Arc<Db>,
+        feed: super::feed::FeedSizes,
+    ) -> Result<(Self, StateView), StoreError> {
         let mut state = State::load(&db)?;
         let mut seq = 0;
         if let Some((meta, data)) = read_snapshot(&db)? {
@@ -104,7 +107,7 @@ impl StateMachine {
             "state machine loaded"
         );
         let (tx, rx) = watch::channel(state.revision());
-        let feed = Arc::new(Feed::new(state.revision(), feed_window));
+        let feed = Arc::new(Feed::new(state.revision(), feed));
         let state = Arc::new(RwLock::new(state));
         let sm = StateMachine {
             db,
@@ -376,7 +379,9 @@ mod tests {
             m.last_log_id = None;
             store_if_not_older(&db, &m, br#"{"format":1,"state":{}}"#).unwrap();
         }
-        let (sm, _) = StateMachine::load(Arc::new(Db::open(dir.path()).unwrap()), 16).unwrap();
+        let (sm, _) =
+            StateMachine::load(Arc::new(Db::open(dir.path()).unwrap()), Default::default())
+                .unwrap();
         assert_eq!(sm.snapshot_seq.load(Ordering::Relaxed), 41);
     }
 }

@@ -64,6 +64,9 @@ fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 fn total_rss(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
     pids.iter().map(|p| rss_kib(*p)).sum()
 }
 

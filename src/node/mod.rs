@@ -23,6 +23,7 @@ pub use config::{Config, KekSource, RaftSettings, TokenSettings};
 use crate::api::{self, AuditLog, Shared};
 use crate::keys::{self, Kek};
 use crate::raft::network::Network as RaftNetwork;
+use crate::raft::Batcher;
 use crate::raft::{Command, KeyState, NodeId, NodeInfo, Op, TypeConfig};
 use crate::store::{self, StateView};
 
@@ -231,7 +232,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
     .await
     .map_err(|e| NodeError::Raft(e.to_string()))?;
 
-    let proposer = crate::raft::Proposer::start(raft.clone());
+    let proposer = crate::raft::Proposer::for_raft(raft.clone());
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     // The Raft listener first: peers may be waiting for this node.
@@ -289,7 +290,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
     }
 
     let (audit, audit_thread) = AuditLog::start(config.audit.clone())?;
-    let peers = Arc::new(NetPeers { network });
+    let peers = Arc::new(NetPeers::new(network));
     let shared = Arc::new(
         Shared::new(
             raft.clone(),
@@ -364,9 +365,76 @@ fn non_empty_or(configured: &str, bound: std::net::SocketAddr) -> String {
     }
 }
 
-/// [`api::Peers`] over the Raft transport.
+/// [`api::Peers`] over the Raft transport. Writes forwarded to the leader
+/// are batched (one `Forward` RPC per batch), per leader.
 struct NetPeers {
     network: RaftNetwork,
+    /// One batcher per (leader id, leader Raft address); a handful at most.
+    forwarders: std::sync::Mutex<BTreeMap<(NodeId, String), Batcher<api::ApiError>>>,
+}
+
+/// Forward batches to one leader in flight at a time.
+const FORWARDS_IN_FLIGHT: usize = 4;
+/// Most leaders remembered (each entry is a batcher task).
+const MAX_FORWARDERS: usize = 16;
+
+impl NetPeers {
+    fn new(network: RaftNetwork) -> Self {
+        Self {
+            network,
+            forwarders: std::sync::Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn forwarder(&self, leader: NodeId, node: &NodeInfo) -> Batcher<api::ApiError> {
+        let mut map = self
+            .forwarders
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = (leader, node.raft_addr.clone());
+        if let Some(b) = map.get(&key) {
+            return b.clone();
+        }
+        if map.len() >= MAX_FORWARDERS {
+            map.clear();
+        }
+        let network = self.network.clone();
+        let node = node.clone();
+        let b = Batcher::start(FORWARDS_IN_FLIGHT, forwarder_stopped, move |cmd| {
+            let network = network.clone();
+            let node = node.clone();
+            async move { forward_once(&network, leader, &node, cmd).await }
+        });
+        map.insert(key, b.clone());
+        b
+    }
+}
+
+fn forwarder_stopped() -> api::ApiError {
+    api::ApiError::Unavailable {
+        reason: "node is stopping".into(),
+        leader: None,
+    }
+}
+
+async fn forward_once(
+    network: &RaftNetwork,
+    leader: NodeId,
+    node: &NodeInfo,
+    cmd: Command,
+) -> Result<crate::raft::CommandResponse, api::ApiError> {
+    use crate::raft::network::ForwardError;
+    match network.forward(leader, node, cmd, api::WRITE_TIMEOUT).await {
+        Ok(r) => Ok(r),
+        Err(ForwardError::NotLeader { leader: hint }) => Err(api::ApiError::Unavailable {
+            reason: format!("node {leader} is no longer the leader"),
+            leader: hint.map(|(id, n)| (id, n.api_addr)),
+        }),
+        Err(e) => Err(api::ApiError::Unavailable {
+            reason: e.to_string(),
+            leader: Some((leader, node.api_addr.clone())),
+        }),
+    }
 }
 
 #[tonic::async_trait]
@@ -377,22 +445,7 @@ impl api::Peers for NetPeers {
         node: &NodeInfo,
         cmd: Command,
     ) -> Result<crate::raft::CommandResponse, api::ApiError> {
-        use crate::raft::network::ForwardError;
-        match self
-            .network
-            .forward(leader, node, cmd, api::WRITE_TIMEOUT)
-            .await
-        {
-            Ok(r) => Ok(r),
-            Err(ForwardError::NotLeader { leader: hint }) => Err(api::ApiError::Unavailable {
-                reason: format!("node {leader} is no longer the leader"),
-                leader: hint.map(|(id, n)| (id, n.api_addr)),
-            }),
-            Err(e) => Err(api::ApiError::Unavailable {
-                reason: e.to_string(),
-                leader: Some((leader, node.api_addr.clone())),
-            }),
-        }
+        self.forwarder(leader, node).propose(cmd).await
     }
 
     async fn hello(&self, raft_addr: &str) -> Result<(NodeId, NodeInfo), api::ApiError> {

@@ -26,7 +26,7 @@ pub use codec::CodecError;
 pub use network::{
     hello, Faults, ForwardError, Network, PeerClient, RaftNetError, DEFAULT_SNAPSHOT_CHUNK_TIMEOUT,
 };
-pub use proposer::{Proposer, WriteError};
+pub use proposer::{Batcher, Proposer, WriteError};
 pub use service::{server, trust_domain_of, RaftService};
 pub use types::*;
 

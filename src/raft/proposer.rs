@@ -1,57 +1,63 @@
-//! The proposer: batches concurrent writes into single log entries.
+//! Batching writes into single log entries.
 //!
 //! openraft 0.9 handles one client write at a time on the leader, each as
 //! its own log append followed by a flush the core waits for, so N
-//! concurrent revocations would cost N fsyncs in series. The proposer sits
-//! in front of `client_write`: whatever writes arrive while the previous
-//! proposal is being handed to Raft are drained together (up to
-//! [`MAX_BATCH`]) and proposed as one [`Op::Batch`] entry, and each caller
-//! gets its own answer from that entry's response. At most
-//! [`IN_FLIGHT`] entries are between proposal and application at a time:
-//! while they commit, new writes queue up and form the next batch (without
-//! that bound every write would be handed to Raft alone, and pay its own
-//! fsync in series), and two in flight let one append while the other
-//! replicates.
+//! concurrent revocations would cost N fsyncs in series. A [`Batcher`] sits
+//! in front of a write path: whatever writes arrive while its previous
+//! batches are in flight are drained together (up to [`MAX_BATCH`]) and
+//! sent as one [`Op::Batch`] command, and each caller gets its own answer
+//! from that command's response. At most `in_flight` batches are out at a
+//! time: while they commit, new writes queue up and form the next batch.
 //!
-//! Only revocations are batched; any other operation is proposed alone, in
-//! order, so a batch never reorders writes.
+//! The [`Proposer`] is the batcher in front of `Raft::client_write` on every
+//! node; followers put another in front of the forward RPC to the leader,
+//! so a burst reaching a follower costs one RPC per batch, not per write.
+//!
+//! Only revocations are batched; any other operation is sent alone.
 
-use tokio::sync::{mpsc, oneshot};
+use std::future::Future;
+use std::sync::Arc;
 
 use openraft::error::ClientWriteError;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::{Command, CommandResponse, NodeId, NodeInfo, Op, TypeConfig};
 
-/// Most writes in one log entry.
+/// Most writes in one command.
 pub const MAX_BATCH: usize = 512;
-/// Writes waiting to be proposed (bounded: callers wait when it is full).
+/// Writes waiting to be sent (bounded: callers wait when it is full).
 const QUEUE: usize = 4096;
-/// Entries proposed and not yet applied.
+/// Entries proposed to Raft and not yet applied.
 pub const IN_FLIGHT: usize = 2;
 
 /// The error a write answers: openraft's, so that callers can see a
 /// `ForwardToLeader` with the leader's address.
 pub type WriteError = openraft::error::RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>;
 
-struct Pending {
+struct Pending<E> {
     cmd: Command,
-    reply: oneshot::Sender<Result<CommandResponse, WriteError>>,
+    reply: oneshot::Sender<Result<CommandResponse, E>>,
 }
 
-/// Batching front of `Raft::client_write`. Cheap to clone.
-#[derive(Clone)]
-pub struct Proposer {
-    tx: mpsc::Sender<Pending>,
+/// Batches commands for a write path. Cheap to clone.
+pub struct Batcher<E> {
+    tx: mpsc::Sender<Pending<E>>,
+    stopped: fn() -> E,
 }
 
-impl std::fmt::Debug for Proposer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Proposer").finish_non_exhaustive()
+impl<E> Clone for Batcher<E> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            stopped: self.stopped,
+        }
     }
 }
 
-fn stopped() -> WriteError {
-    openraft::error::RaftError::Fatal(openraft::error::Fatal::Stopped)
+impl<E> std::fmt::Debug for Batcher<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batcher").finish_non_exhaustive()
+    }
 }
 
 fn batchable(op: &Op) -> bool {
@@ -61,31 +67,44 @@ fn batchable(op: &Op) -> bool {
     )
 }
 
-impl Proposer {
-    /// Starts the proposer's task; it ends when every handle is dropped
-    /// (or Raft stops).
-    pub fn start(raft: openraft::Raft<TypeConfig>) -> Self {
+impl<E: Clone + Send + 'static> Batcher<E> {
+    /// Starts the batcher's task; `send` performs one (possibly batched)
+    /// write. The task ends when every handle is dropped. `stopped` is the
+    /// error callers get once it has ended.
+    pub fn start<F, Fut>(in_flight: usize, stopped: fn() -> E, send: F) -> Self
+    where
+        F: Fn(Command) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<CommandResponse, E>> + Send + 'static,
+    {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(raft, rx));
-        Self { tx }
+        tokio::spawn(run(
+            rx,
+            Arc::new(Semaphore::new(in_flight.max(1))),
+            Arc::new(send),
+        ));
+        Self { tx, stopped }
     }
 
-    /// Proposes `cmd` and waits until it is applied (or refused).
-    pub async fn propose(&self, cmd: Command) -> Result<CommandResponse, WriteError> {
+    /// Sends `cmd` (batched with concurrent ones) and waits for its answer.
+    pub async fn propose(&self, cmd: Command) -> Result<CommandResponse, E> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Pending { cmd, reply })
             .await
-            .map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
+            .map_err(|_| (self.stopped)())?;
+        rx.await.map_err(|_| (self.stopped)())?
     }
 }
 
-async fn run(raft: openraft::Raft<TypeConfig>, mut rx: mpsc::Receiver<Pending>) {
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
-    let mut drained: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
+async fn run<E, F, Fut>(mut rx: mpsc::Receiver<Pending<E>>, slots: Arc<Semaphore>, send: Arc<F>)
+where
+    E: Clone + Send + 'static,
+    F: Fn(Command) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<CommandResponse, E>> + Send + 'static,
+{
+    let mut drained: Vec<Pending<E>> = Vec::with_capacity(MAX_BATCH);
     loop {
-        // Wait for a slot first: writes arriving meanwhile join the batch.
+        // Wait for a free slot first: writes arriving meanwhile join the batch.
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
@@ -93,91 +112,95 @@ async fn run(raft: openraft::Raft<TypeConfig>, mut rx: mpsc::Receiver<Pending>) 
             return;
         }
         drop(slot);
-        // Consecutive revocations form one entry; anything else goes alone.
-        let mut group: Vec<Pending> = Vec::new();
+        // Consecutive revocations form one command; anything else goes alone.
+        let mut group: Vec<Pending<E>> = Vec::new();
         for p in drained.drain(..) {
             if batchable(&p.cmd.op) {
                 group.push(p);
                 continue;
             }
             if !group.is_empty() {
-                submit(&raft, &slots, std::mem::take(&mut group)).await;
+                dispatch(&slots, &send, std::mem::take(&mut group)).await;
             }
-            submit(&raft, &slots, vec![p]).await;
+            dispatch(&slots, &send, vec![p]).await;
         }
         if !group.is_empty() {
-            submit(&raft, &slots, group).await;
+            dispatch(&slots, &send, group).await;
         }
     }
 }
 
-/// Hands one entry to Raft and spawns the wait for its result, so the next
-/// batch can be formed while this one commits.
-async fn submit(
-    raft: &openraft::Raft<TypeConfig>,
-    slots: &std::sync::Arc<tokio::sync::Semaphore>,
-    mut group: Vec<Pending>,
-) {
-    // Held until the entry is applied (or refused).
+/// Sends one command in its own task (holding a slot until it is answered)
+/// and splits the answer among the callers.
+async fn dispatch<E, F, Fut>(slots: &Arc<Semaphore>, send: &Arc<F>, mut group: Vec<Pending<E>>)
+where
+    E: Clone + Send + 'static,
+    F: Fn(Command) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<CommandResponse, E>> + Send + 'static,
+{
     let Ok(slot) = slots.clone().acquire_owned().await else {
-        for p in group {
-            let _ = p.reply.send(Err(stopped()));
-        }
         return;
     };
-    let (cmd, replies): (Command, Vec<_>) = if group.len() == 1 {
-        let p = group.pop().expect("one element");
-        (p.cmd, vec![p.reply])
-    } else {
-        let at = group.iter().map(|p| p.cmd.at).max().unwrap_or(0);
-        let (ops, replies): (Vec<Op>, Vec<_>) =
-            group.into_iter().map(|p| (p.cmd.op, p.reply)).unzip();
-        (
-            Command {
-                at,
-                op: Op::Batch { ops },
-            },
-            replies,
-        )
+    let (cmd, replies): (Command, Vec<_>) = match group.len() {
+        0 => return,
+        1 => {
+            let Some(p) = group.pop() else { return };
+            (p.cmd, vec![p.reply])
+        }
+        _ => {
+            let at = group.iter().map(|p| p.cmd.at).max().unwrap_or(0);
+            let (ops, replies): (Vec<Op>, Vec<_>) =
+                group.into_iter().map(|p| (p.cmd.op, p.reply)).unzip();
+            (
+                Command {
+                    at,
+                    op: Op::Batch { ops },
+                },
+                replies,
+            )
+        }
     };
-    let single = replies.len() == 1;
-    match raft.client_write_ff(cmd).await {
-        Err(fatal) => {
-            for r in replies {
-                let _ = r.send(Err(openraft::error::RaftError::Fatal(fatal.clone())));
+    let fut = send(cmd);
+    tokio::spawn(async move {
+        let _slot = slot;
+        match fut.await {
+            Ok(resp) if replies.len() == 1 => {
+                if let Some(r) = replies.into_iter().next() {
+                    let _ = r.send(Ok(resp));
+                }
+            }
+            Ok(resp) => {
+                for (i, r) in replies.into_iter().enumerate() {
+                    let _ = r.send(Ok(CommandResponse {
+                        revision: resp.revision,
+                        changed: resp.changed_each.get(i).copied().unwrap_or(0),
+                        changed_each: Vec::new(),
+                    }));
+                }
+            }
+            Err(e) => {
+                for r in replies {
+                    let _ = r.send(Err(e.clone()));
+                }
             }
         }
-        Ok(pending) => {
-            tokio::spawn(async move {
-                let _slot = slot;
-                let outcome = match pending.await {
-                    Ok(Ok(resp)) => Ok(resp.data),
-                    Ok(Err(e)) => Err(openraft::error::RaftError::APIError(e)),
-                    Err(_) => Err(stopped()),
-                };
-                match outcome {
-                    Ok(resp) if single => {
-                        if let Some(r) = replies.into_iter().next() {
-                            let _ = r.send(Ok(resp));
-                        }
-                    }
-                    Ok(resp) => {
-                        for (i, r) in replies.into_iter().enumerate() {
-                            let changed = resp.changed_each.get(i).copied().unwrap_or(0);
-                            let _ = r.send(Ok(CommandResponse {
-                                revision: resp.revision,
-                                changed,
-                                changed_each: Vec::new(),
-                            }));
-                        }
-                    }
-                    Err(e) => {
-                        for r in replies {
-                            let _ = r.send(Err(e.clone()));
-                        }
-                    }
-                }
-            });
-        }
+    });
+}
+
+/// The batcher in front of `Raft::client_write`.
+pub type Proposer = Batcher<WriteError>;
+
+fn stopped() -> WriteError {
+    openraft::error::RaftError::Fatal(openraft::error::Fatal::Stopped)
+}
+
+impl Batcher<WriteError> {
+    /// The proposer of `raft`: batches of revocations become one log entry,
+    /// with [`IN_FLIGHT`] entries between proposal and application.
+    pub fn for_raft(raft: openraft::Raft<TypeConfig>) -> Self {
+        Batcher::start(IN_FLIGHT, stopped, move |cmd| {
+            let raft = raft.clone();
+            async move { raft.client_write(cmd).await.map(|r| r.data) }
+        })
     }
 }

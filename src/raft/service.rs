@@ -377,7 +377,7 @@ mod tests {
                 info.clone(),
                 &td,
                 Arc::new(crate::clock::SystemClock),
-                crate::raft::Proposer::start(raft.clone()),
+                crate::raft::Proposer::for_raft(raft.clone()),
             );
             let incoming =
                 crate::tls::tls_incoming(listener, crate::tls::server_config(&files).unwrap());

@@ -61,10 +61,14 @@ impl<E> std::fmt::Debug for Batcher<E> {
 }
 
 fn batchable(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::RevokeJtis { .. } | Op::RevokeSubject { .. } | Op::RevokeClient { .. }
-    )
+    match op {
+        Op::RevokeJtis { .. } | Op::RevokeSubject { .. } | Op::RevokeClient { .. } => true,
+        // A batch a follower forwarded joins the leader's batch.
+        Op::Batch { ops } => ops
+            .iter()
+            .all(|o| batchable(o) && !matches!(o, Op::Batch { .. })),
+        _ => false,
+    }
 }
 
 impl<E: Clone + Send + 'static> Batcher<E> {
@@ -145,12 +149,26 @@ where
         0 => return,
         1 => {
             let Some(p) = group.pop() else { return };
-            (p.cmd, vec![p.reply])
+            (p.cmd, vec![(p.reply, None)])
         }
         _ => {
             let at = group.iter().map(|p| p.cmd.at).max().unwrap_or(0);
-            let (ops, replies): (Vec<Op>, Vec<_>) =
-                group.into_iter().map(|p| (p.cmd.op, p.reply)).unzip();
+            let mut ops = Vec::new();
+            let mut replies = Vec::with_capacity(group.len());
+            for p in group {
+                // Each caller's share of the flattened batch: one op, or
+                // the ops of a batch it sent itself.
+                match p.cmd.op {
+                    Op::Batch { ops: inner } => {
+                        replies.push((p.reply, Some(inner.len())));
+                        ops.extend(inner);
+                    }
+                    op => {
+                        replies.push((p.reply, None));
+                        ops.push(op);
+                    }
+                }
+            }
             (
                 Command {
                     at,
@@ -160,26 +178,42 @@ where
             )
         }
     };
+    let single = replies.len() == 1;
     let fut = send(cmd);
     tokio::spawn(async move {
         let _slot = slot;
         match fut.await {
-            Ok(resp) if replies.len() == 1 => {
-                if let Some(r) = replies.into_iter().next() {
+            Ok(resp) if single => {
+                if let Some((r, _)) = replies.into_iter().next() {
                     let _ = r.send(Ok(resp));
                 }
             }
             Ok(resp) => {
-                for (i, r) in replies.into_iter().enumerate() {
-                    let _ = r.send(Ok(CommandResponse {
-                        revision: resp.revision,
-                        changed: resp.changed_each.get(i).copied().unwrap_or(0),
-                        changed_each: Vec::new(),
-                    }));
+                let mut each = resp.changed_each.into_iter();
+                for (r, share) in replies {
+                    let answer = match share {
+                        None => {
+                            let changed = each.next().unwrap_or(0);
+                            CommandResponse {
+                                revision: resp.revision,
+                                changed,
+                                changed_each: Vec::new(),
+                            }
+                        }
+                        Some(k) => {
+                            let mine: Vec<u64> = each.by_ref().take(k).collect();
+                            CommandResponse {
+                                revision: resp.revision,
+                                changed: mine.iter().sum(),
+                                changed_each: mine,
+                            }
+                        }
+                    };
+                    let _ = r.send(Ok(answer));
                 }
             }
             Err(e) => {
-                for r in replies {
+                for (r, _) in replies {
                     let _ = r.send(Err(e.clone()));
                 }
             }
@@ -202,5 +236,104 @@ impl Batcher<WriteError> {
             let raft = raft.clone();
             async move { raft.client_write(cmd).await.map(|r| r.data) }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::raft::RevokedJti;
+
+    fn revoke(j: &str) -> Command {
+        Command {
+            at: 1,
+            op: Op::RevokeJtis {
+                jtis: vec![RevokedJti {
+                    jti: j.into(),
+                    until: 9,
+                }],
+            },
+        }
+    }
+
+    /// A fake write path that holds its first call until released, answers
+    /// a batch with each operation's index as its `changed`, and counts
+    /// calls.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_share_commands_and_get_their_own_answers() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let started = Arc::new(tokio::sync::Notify::new());
+        let (c2, g2, s2) = (calls.clone(), gate.clone(), started.clone());
+        let b: Batcher<String> = Batcher::start(
+            1,
+            || "stopped".to_string(),
+            move |cmd: Command| {
+                let (calls, gate, started) = (c2.clone(), g2.clone(), s2.clone());
+                async move {
+                    if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                        started.notify_one();
+                        let _ = gate.acquire().await.map(|p| p.forget());
+                    }
+                    let changed_each = match &cmd.op {
+                        Op::Batch { ops } => (0..ops.len() as u64).collect(),
+                        _ => Vec::new(),
+                    };
+                    Ok(CommandResponse {
+                        revision: 7,
+                        changed: 1,
+                        changed_each,
+                    })
+                }
+            },
+        );
+        let mut tasks = Vec::new();
+        // The first write occupies the only slot...
+        let first = {
+            let b = b.clone();
+            tokio::spawn(async move { b.propose(revoke("first")).await })
+        };
+        // ...wait until it is in the write path, then queue 100 more.
+        started.notified().await;
+        let (queued_tx, mut queued_rx) = mpsc::channel::<()>(100);
+        for i in 0..100 {
+            let b = b.clone();
+            let queued = queued_tx.clone();
+            tasks.push(tokio::spawn(async move {
+                let fut = b.propose(revoke(&format!("j{i}")));
+                let _ = queued.send(()).await;
+                fut.await
+            }));
+        }
+        for _ in 0..100 {
+            queued_rx.recv().await.unwrap();
+        }
+        gate.add_permits(1);
+        assert_eq!(first.await.unwrap().unwrap().changed, 1);
+        let mut answers = Vec::new();
+        for t in tasks {
+            let r = t.await.unwrap().unwrap();
+            assert_eq!(r.revision, 7);
+            answers.push(r.changed);
+        }
+        // Far fewer writes than callers, and every caller a distinct answer
+        // from its position in its batch.
+        let n = calls.load(Ordering::SeqCst);
+        assert!(n < 10, "{n} writes for 101 callers");
+        assert!(answers.iter().any(|c| *c > 0));
+    }
+
+    #[tokio::test]
+    async fn errors_reach_every_caller_of_the_batch() {
+        let b: Batcher<String> = Batcher::start(
+            2,
+            || "stopped".into(),
+            |_cmd: Command| async { Err::<CommandResponse, String>("no quorum".into()) },
+        );
+        let (r1, r2) = tokio::join!(b.propose(revoke("a")), b.propose(revoke("b")));
+        assert_eq!(r1.unwrap_err(), "no quorum");
+        assert_eq!(r2.unwrap_err(), "no quorum");
     }
 }

@@ -341,23 +341,6 @@ impl SmBatches {
     /// Applies the batches atomically, plus `snapshot` on the snapshot tree
     /// (used by snapshot install). Blocking; not durable on its own.
     pub(crate) fn commit(self, db: &Db, snapshot: Option<&sled::Batch>) -> Result<(), StoreError> {
-        if snapshot.is_none() {
-            // Applying entries: no transaction. Every operation is
-            // idempotent, and `last_applied` (in the meta tree) is written
-            // last, so after a crash between the trees the entries are
-            // simply applied again. sled recovers a prefix of its writes.
-            for (tree, batch) in [
-                (&db.sm_jtis, self.jtis),
-                (&db.sm_subjects, self.subjects),
-                (&db.sm_clients, self.clients),
-                (&db.sm_keys, self.keys),
-                (&db.sm_policy, self.policy),
-                (&db.sm_meta, self.meta),
-            ] {
-                tree.apply_batch(batch)?;
-            }
-            return Ok(());
-        }
         let empty = sled::Batch::default();
         let trees = [
             &db.sm_jtis,

@@ -10,8 +10,8 @@
 //! time: while they commit, new writes queue up and form the next batch.
 //!
 //! The [`Proposer`] is the batcher in front of `Raft::client_write` on every
-//! node; followers put another in front of the forward RPC to the leader,
-//! so a burst reaching a follower costs one RPC per batch, not per write.
+//! node; writes forwarded by followers reach the leader's proposer and join
+//! its batches (a batch forwarded as one command is flattened into them).
 //!
 //! Only revocations are batched; any other operation is sent alone.
 

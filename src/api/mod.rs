@@ -456,7 +456,7 @@ pub async fn serve(
         watch,
         stop.clone(),
     ));
-    let incoming = crate::tls::tls_incoming(listener, tls);
+    let (incoming, accept_loop) = crate::tls::tls_incoming_joined(listener, tls);
     let mut stop_rx = stop;
     let shutdown = async move {
         let _ = stop_rx.wait_for(|s| *s).await;
@@ -477,6 +477,9 @@ pub async fn serve(
     if let Err(e) = result {
         tracing::error!(error = %e, "API server failed");
     }
+    // The server dropped the stream; the listener is closed once the accept
+    // loop has noticed.
+    let _ = accept_loop.await;
 }
 
 /// Publishes [`Shared::serving`] through the standard health service and

@@ -243,7 +243,8 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
         config.clock.clone(),
         proposer.clone(),
     );
-    let raft_incoming = crate::tls::tls_incoming(listeners.raft, server_tls.clone());
+    let (raft_incoming, raft_accept) =
+        crate::tls::tls_incoming_joined(listeners.raft, server_tls.clone());
     let raft_stop = wait_stop(stop_rx.clone());
     tasks.push(tokio::spawn(
         async move {
@@ -255,6 +256,8 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
             if let Err(e) = res {
                 tracing::error!(error = %e, "Raft server failed");
             }
+            // The listener is closed once the accept loop has ended.
+            let _ = raft_accept.await;
         }
         .instrument(tracing::info_span!("raft-server", node = config.node_id)),
     ));

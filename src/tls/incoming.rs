@@ -74,6 +74,21 @@ pub fn tls_incoming(listener: TcpListener, tls: impl Into<ServerTls>) -> TlsInco
     )
 }
 
+/// [`tls_incoming`], plus the accept loop's task handle: once the server has
+/// dropped the stream, awaiting the handle means the listener is closed, so
+/// its port can be bound again at once (a restart on the same address).
+pub fn tls_incoming_joined(
+    listener: TcpListener,
+    tls: impl Into<ServerTls>,
+) -> (TlsIncoming, tokio::task::JoinHandle<()>) {
+    spawn_accept(
+        listener,
+        tls,
+        AcceptOptions::default(),
+        std::future::pending(),
+    )
+}
+
 /// [`tls_incoming`] with explicit limits and a shutdown signal.
 ///
 /// The configuration is taken from `tls` per connection, so
@@ -93,11 +108,23 @@ pub fn tls_incoming_with<F>(
 where
     F: Future<Output = ()> + Send + 'static,
 {
+    spawn_accept(listener, tls, opts, shutdown).0
+}
+
+fn spawn_accept<F>(
+    listener: TcpListener,
+    tls: impl Into<ServerTls>,
+    opts: AcceptOptions,
+    shutdown: F,
+) -> (TlsIncoming, tokio::task::JoinHandle<()>)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
     let (tx, rx) = mpsc::channel(opts.queue.max(1));
     let local = listener.local_addr().ok();
     let span = tracing::info_span!("tls_accept", local = ?local);
-    tokio::spawn(accept_loop(listener, tls.into(), opts, tx, shutdown).instrument(span));
-    TlsIncoming { rx }
+    let task = tokio::spawn(accept_loop(listener, tls.into(), opts, tx, shutdown).instrument(span));
+    (TlsIncoming { rx }, task)
 }
 
 async fn accept_loop<F>(

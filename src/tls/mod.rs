@@ -38,7 +38,9 @@ use serde::{Deserialize, Serialize};
 
 pub use config::{client_config, server_config, tonic_client_tls, ServerTls};
 pub use identity::{caller_identity, identity_from_cert, thumbprint, PeerIdentity};
-pub use incoming::{tls_incoming, tls_incoming_with, AcceptOptions, TlsIncoming};
+pub use incoming::{
+    tls_incoming, tls_incoming_joined, tls_incoming_with, AcceptOptions, TlsIncoming,
+};
 
 /// The ALPN protocol every Tessera port speaks (gRPC over HTTP/2).
 pub const ALPN_H2: &[u8] = b"h2";

@@ -307,7 +307,16 @@ async fn membership_changes_under_load() {
             })
             .await
             .unwrap();
-        // Caught up before it votes: keys, policy and every revocation so far.
+        // Caught up before it votes: it holds the leader's log; once it has
+        // applied it (the commit index reaches a learner with the next
+        // heartbeat), its keys and policy are the leader's.
+        let applied = c.node(leader).raft().metrics().borrow().last_applied;
+        c.node(4)
+            .raft()
+            .wait(Some(WAIT))
+            .applied_index_at_least(applied.map(|l| l.index), "learner applied")
+            .await
+            .unwrap();
         let leader_state = c.node(leader).state();
         let n4 = c.node(4).state();
         assert_eq!(n4.keys(), leader_state.keys());

@@ -38,7 +38,7 @@ const MAX_ENTRIES_PER_READ: usize = 512;
 pub struct LogStore {
     db: Arc<Db>,
     /// `None` only while dropping.
-    flusher: Option<std::sync::mpsc::Sender<Ack>>,
+    flusher: Option<std::sync::mpsc::SyncSender<Ack>>,
     flusher_thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -57,7 +57,9 @@ impl Drop for LogStore {
 /// An append's acknowledgement, waiting for its fsync.
 type Ack = Box<dyn FnOnce(io::Result<()>) + Send>;
 
-/// Most acknowledgements one fsync covers (bounds the work per round).
+/// Most acknowledgements one fsync covers (bounds the work per round), and
+/// most waiting for the flusher (openraft has one append outstanding at a
+/// time, so the bound is never reached in practice).
 const MAX_GROUP: usize = 4096;
 
 /// The flusher thread: owns a handle on the database until the log store
@@ -92,7 +94,7 @@ pub struct LogReader {
 
 impl LogStore {
     pub(crate) fn new(db: Arc<Db>) -> Self {
-        let (tx, rx) = std::sync::mpsc::channel::<Ack>();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Ack>(MAX_GROUP);
         let flusher_db = db.clone();
         // If the thread cannot start, acknowledgements fail (never lie).
         let thread = std::thread::Builder::new()

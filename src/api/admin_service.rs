@@ -58,7 +58,19 @@ impl AdminApi {
     }
 
     fn status(&self) -> pb::ClusterStatusResponse {
-        cluster_status(&self.shared.raft)
+        let mut s = cluster_status(&self.shared.raft);
+        match self.shared.readiness() {
+            Ok(()) => s.leader_known = true,
+            Err(e) => {
+                // A leader that lost its quorum, or a follower whose leader
+                // went silent, does not know a leader it can vouch for.
+                s.leader_known = false;
+                s.not_serving_reason = e.to_string();
+                s.leader_id = 0;
+                s.leader_api_addr.clear();
+            }
+        }
+        s
     }
 
     /// Waits until `id`'s replicated index reaches the leader's last log
@@ -159,6 +171,8 @@ pub fn cluster_status(raft: &super::Raft) -> pb::ClusterStatusResponse {
         state: format!("{:?}", m.state).to_lowercase(),
         nodes,
         lag_known,
+        leader_known: m.current_leader.is_some(),
+        not_serving_reason: String::new(),
     }
 }
 

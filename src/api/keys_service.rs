@@ -25,6 +25,9 @@ impl pb::key_service_server::KeyService for KeyApi {
         &self,
         _req: Request<pb::GetJwksRequest>,
     ) -> Result<Response<pb::GetJwksResponse>, Status> {
+        // A node that cannot vouch for its state would publish a stale or
+        // empty key set; verifiers must ask another node.
+        self.shared.ensure_ready()?;
         let revision = self.shared.state.revision();
         let ring = self.shared.key_ring()?;
         Ok(Response::new(pb::GetJwksResponse {

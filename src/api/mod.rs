@@ -7,6 +7,7 @@
 
 mod admin_service;
 mod audit;
+pub mod consistency;
 pub mod error;
 mod keys_service;
 mod token_service;
@@ -20,6 +21,7 @@ use tokio::net::TcpListener;
 
 pub use admin_service::cluster_status;
 pub use audit::{AuditEvent, AuditLog, AuditSink};
+pub use consistency::{NotReady, READ_CONFIRM_BUDGET};
 pub use error::{ApiError, LEADER_METADATA};
 pub use watch_service::{resumable, WatchSettings, RESUME_METADATA};
 
@@ -122,6 +124,13 @@ pub struct Shared {
     /// openraft's metrics as they arrive: a leader cut off from everyone
     /// gets no new metrics, so the age is measured here, not read there.
     lease: Mutex<Lease>,
+    /// The batched read index behind linearizable reads (`None`: reads are
+    /// answered locally; only unit tests without a cluster).
+    reads: Option<crate::raft::ReadIndex>,
+    /// When this node last heard from its leader.
+    contact: Option<Arc<crate::raft::LeaderContact>>,
+    /// This node's data incarnation (0: unknown).
+    incarnation: u64,
 }
 
 /// What this node knows about its own leadership's contact with a quorum.
@@ -162,6 +171,17 @@ impl Lease {
             .and_then(|ms| now.checked_sub(Duration::from_millis(ms)))
         {
             self.ack = Some(self.ack.map_or(t, |a| a.max(t)));
+        }
+    }
+
+    /// Starts a new lease when a new term is seen.
+    fn observe_term(&mut self, m: &openraft::RaftMetrics<NodeId, NodeInfo>) {
+        if m.current_term != self.term {
+            *self = Self {
+                term: m.current_term,
+                since: std::time::Instant::now(),
+                ack: None,
+            };
         }
     }
 
@@ -210,7 +230,25 @@ impl Shared {
             initial_policy: None,
             verified: Mutex::new(VerifiedTokens::default()),
             lease: Mutex::new(Lease::default()),
+            reads: None,
+            contact: None,
+            incarnation: 0,
         }
+    }
+
+    /// Makes reads linearizable through `reads`, judges a follower's leader
+    /// by `contact`, and refuses to serve when the membership records
+    /// another data incarnation than `incarnation` for this node.
+    pub fn with_consensus(
+        mut self,
+        reads: crate::raft::ReadIndex,
+        contact: Arc<crate::raft::LeaderContact>,
+        incarnation: u64,
+    ) -> Self {
+        self.reads = Some(reads);
+        self.contact = Some(contact);
+        self.incarnation = incarnation;
+        self
     }
 
     /// Sets the policy that decides while the cluster has none replicated.
@@ -374,20 +412,24 @@ impl Shared {
         let Ok(mut lease) = self.lease.lock() else {
             return false;
         };
+        if let Some(reads) = &self.reads {
+            // With a read index, contact is what a confirmed round proves:
+            // its start, measured here. (openraft's `millis_since_quorum_ack`
+            // is an age as of when the metrics were made; read later, as
+            // from a leader cut off from everyone that gets no new metrics,
+            // it makes a lost lease look fresh.)
+            lease.observe_term(m);
+            let since = lease.since;
+            let contact = reads.confirmed_at().map_or(since, |c| c.max(since));
+            return contact.elapsed() <= LEADER_LEASE;
+        }
         lease.observe(m);
         lease.last_contact().elapsed() <= LEADER_LEASE
     }
 
-    /// Health: `SERVING` only while a leader is known (if this node is it,
-    /// with its lease) and the applied index is within [`MAX_APPLY_LAG`] of
-    /// the log.
+    /// Health: `SERVING` only while [`Shared::readiness`] holds.
     pub fn serving(&self) -> bool {
-        let m = self.raft.metrics().borrow().clone();
-        let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
-        let log = m.last_log_index.unwrap_or(0);
-        m.current_leader.is_some()
-            && self.lease_holds(&m)
-            && log.saturating_sub(applied) <= MAX_APPLY_LAG
+        self.readiness().is_ok()
     }
 
     /// Refuses to act as leader without a recent quorum acknowledgement.
@@ -435,6 +477,7 @@ pub async fn serve(
 
     let (reporter, health) = tonic_health::server::health_reporter();
     let health_task = tokio::spawn(health_loop(shared.clone(), reporter));
+    let lease_task = tokio::spawn(lease_keeper(shared.clone()));
 
     let reflection = match tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -474,6 +517,7 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     health_task.abort();
+    lease_task.abort();
     if let Err(e) = result {
         tracing::error!(error = %e, "API server failed");
     }
@@ -515,6 +559,30 @@ async fn health_loop(shared: Arc<Shared>, reporter: tonic_health::server::Health
         tokio::select! {
             changed = metrics.changed() => if changed.is_err() { return },
             _ = tick.tick() => {}
+        }
+    }
+}
+
+/// On the leader, confirms leadership with a quorum (one read-index round)
+/// whenever no read did so for a third of [`LEADER_LEASE`], so that health
+/// and the lease reflect real contact even when no reads arrive.
+async fn lease_keeper(shared: Arc<Shared>) {
+    let Some(reads) = shared.reads.clone() else {
+        return;
+    };
+    let period = LEADER_LEASE / 3;
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let leading = {
+            let m = shared.raft.metrics();
+            let m = m.borrow();
+            m.current_leader == Some(m.id)
+        };
+        let fresh = reads.confirmed_at().is_some_and(|c| c.elapsed() < period);
+        if leading && !fresh {
+            let _ = reads.get().await;
         }
     }
 }

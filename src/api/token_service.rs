@@ -197,6 +197,8 @@ impl pb::token_service_server::TokenService for TokenApi {
         if scopes.is_empty() {
             return Err(ApiError::from(token::TokenError::NoScopeRequested).into());
         }
+        // Policy and keys as of every acknowledged write.
+        self.shared.read_barrier().await?;
         let now = self.shared.clock.now();
         let s = &self.shared.settings;
         let lifetime = match r.lifetime_seconds {
@@ -280,6 +282,9 @@ impl pb::token_service_server::TokenService for TokenApi {
         let audiences = dedup(r.audience.into_iter().chain(r.resource));
         check_names("audience", &audiences, MAX_AUDIENCES)?;
         check_names("scope", &scopes, MAX_SCOPES)?;
+        // Revocations, keys and policy as of every acknowledged write: a
+        // token revoked a moment ago on another node is refused here.
+        self.shared.read_barrier().await?;
 
         let now = self.shared.clock.now();
         let mut ev = AuditEvent::new(now, "exchange", "deny", &caller.id);
@@ -395,11 +400,28 @@ impl pb::token_service_server::TokenService for TokenApi {
                 ApiError::PermissionDenied("policy (introspect): not allowed".into()).into(),
             );
         }
+        let local = r.consistency == pb::Consistency::Local as i32;
+        if !local && r.consistency != pb::Consistency::Linearizable as i32 {
+            return Err(Status::invalid_argument("unknown consistency"));
+        }
+        if local {
+            // Possibly stale, by choice; the response says how stale.
+            self.shared.ensure_started()?;
+        } else {
+            self.shared.read_barrier().await?;
+        }
         if r.min_revision > 0 {
             self.wait_applied(r.min_revision).await?;
         }
         // Read the revision before the state: the answer reflects at least it.
         let revision = self.shared.state.revision();
+        let max_staleness_ms = if local {
+            self.shared
+                .staleness()
+                .map_or(u64::MAX, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        } else {
+            0
+        };
         let resp = match self.check_token(&r.token, now) {
             Ok(c) => {
                 ev.subject_jti = Some(c.jti.clone());
@@ -424,6 +446,8 @@ impl pb::token_service_server::TokenService for TokenApi {
                         .unwrap_or_default(),
                     revision,
                     chain: c.chain.clone(),
+                    linearizable: !local,
+                    max_staleness_ms,
                 }
             }
             Err(e) => {
@@ -431,6 +455,8 @@ impl pb::token_service_server::TokenService for TokenApi {
                 pb::IntrospectResponse {
                     active: false,
                     revision,
+                    linearizable: !local,
+                    max_staleness_ms,
                     ..Default::default()
                 }
             }
@@ -563,6 +589,8 @@ impl pb::token_service_server::TokenService for TokenApi {
             }
         };
         let kind = ctx.kind;
+        // Authorize against the policy as of every acknowledged write.
+        self.shared.read_barrier().await?;
         let decision = self
             .policy()?
             .authorize(&crate::policy::Request::revoke(caller.id.clone(), ctx));

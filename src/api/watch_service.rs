@@ -151,6 +151,8 @@ impl pb::revocation_service_server::RevocationService for WatchApi {
             )
             .into());
         }
+        // Never an empty or frozen snapshot presented as current.
+        self.shared.ensure_ready()?;
         let permit = self.permits.clone().try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(
                 "this node serves at most {} watchers; try another node",
@@ -200,12 +202,13 @@ impl Pump {
     }
 
     fn heartbeat_msg(&self) -> pb::WatchEvent {
+        let ready = self.shared.readiness().is_ok();
         let leader = self.shared.raft.metrics().borrow().current_leader;
         pb::WatchEvent {
             revision: self.shared.state.revision(),
             kind: Some(Kind::Heartbeat(pb::Heartbeat {
-                leader_known: leader.is_some(),
-                leader_id: leader.unwrap_or(0),
+                leader_known: ready && leader.is_some(),
+                leader_id: if ready { leader.unwrap_or(0) } else { 0 },
             })),
         }
     }
@@ -291,6 +294,17 @@ impl Pump {
                     }
                 },
                 _ = tick.tick() => {
+                    if let Err(e) = self.shared.readiness() {
+                        // This node can no longer vouch for what it streams:
+                        // the subscriber resumes on another node.
+                        tracing::info!(last, reason = %e, "node not ready; ending watcher");
+                        let _ = self.send(Err(resumable(
+                            tonic::Code::Unavailable,
+                            &format!("this node cannot vouch for its state ({e})"),
+                            last,
+                        ))).await;
+                        return;
+                    }
                     let hb = self.heartbeat_msg();
                     if !self.send(Ok(hb)).await {
                         return;

@@ -20,7 +20,10 @@ use super::CliError;
 enum BenchOp {
     Issue,
     Exchange,
+    /// Linearizable introspection (the default).
     Introspect,
+    /// Introspection with `consistency = LOCAL`.
+    IntrospectLocal,
 }
 
 /// Options of `tessera bench`.
@@ -127,7 +130,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         let (clients, t1) = match op {
             BenchOp::Issue => (frontend.clone(), t1.clone()),
             BenchOp::Exchange => (orders.clone(), t1.clone()),
-            BenchOp::Introspect => (ledger.clone(), t1.clone()),
+            BenchOp::Introspect | BenchOp::IntrospectLocal => (ledger.clone(), t1.clone()),
         };
         let r = load(
             op,
@@ -206,10 +209,15 @@ async fn load(
                         })
                         .await
                         .is_ok(),
-                    BenchOp::Introspect => client
+                    BenchOp::Introspect | BenchOp::IntrospectLocal => client
                         .introspect(pb::IntrospectRequest {
                             token: subject.clone(),
                             min_revision: 0,
+                            consistency: if op == BenchOp::IntrospectLocal {
+                                pb::Consistency::Local as i32
+                            } else {
+                                pb::Consistency::Linearizable as i32
+                            },
                         })
                         .await
                         .map(|r| r.into_inner().active)

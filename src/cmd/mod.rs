@@ -196,6 +196,10 @@ enum TokenCmd {
         /// Wait until the node has applied this revision.
         #[arg(long, default_value_t = 0)]
         min_revision: u64,
+        /// Answer from this node's applied state at once (possibly stale;
+        /// the output says how stale) instead of a linearizable read.
+        #[arg(long)]
+        local: bool,
     },
 }
 
@@ -376,12 +380,19 @@ async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
             conn,
             token,
             min_revision,
+            local,
         } => {
             let mut c = TokenServiceClient::new(conn.channel().await?);
+            let consistency = if local {
+                pb::Consistency::Local
+            } else {
+                pb::Consistency::Linearizable
+            };
             let r = c
                 .introspect(pb::IntrospectRequest {
                     token,
                     min_revision,
+                    consistency: consistency as i32,
                 })
                 .await
                 .map_err(status_err)?
@@ -400,6 +411,11 @@ async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
             } else {
                 serde_json::json!({ "active": false, "revision": r.revision })
             };
+            let mut v = v;
+            v["linearizable"] = r.linearizable.into();
+            if !r.linearizable {
+                v["max_staleness_ms"] = r.max_staleness_ms.into();
+            }
             println!("{}", serde_json::to_string_pretty(&v).context("json")?);
             Ok(())
         }

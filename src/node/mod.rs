@@ -59,6 +59,9 @@ pub enum NodeError {
     /// An I/O error (listeners, audit log).
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// The node stopped itself: its storage failed (fail-stop).
+    #[error("{0}")]
+    Fatal(String),
 }
 
 /// The listeners a node serves on; bound by the caller (port 0 in tests).
@@ -82,6 +85,9 @@ pub struct Node {
     audit_thread: Option<std::thread::JoinHandle<()>>,
     shared: Option<Arc<Shared>>,
     store_closed: watch::Receiver<()>,
+    /// Set (once) when the node stopped itself on a fatal error.
+    fatal: watch::Receiver<Option<String>>,
+    campaign_stats: Arc<crate::raft::CampaignStats>,
 }
 
 impl Node {
@@ -108,6 +114,26 @@ impl Node {
     /// Where the Raft listener listens.
     pub fn raft_addr(&self) -> std::net::SocketAddr {
         self.raft_addr
+    }
+
+    /// Completes with the error message once the node has stopped itself
+    /// on a fatal error (see [`run`]); never completes otherwise.
+    pub async fn failed(&self) -> String {
+        let mut rx = self.fatal.clone();
+        let message = match rx.wait_for(|f| f.is_some()).await {
+            Ok(f) => f.clone(),
+            Err(_) => None,
+        };
+        match message {
+            Some(m) => m,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Pre-votes and elections this node has started (see
+    /// [`crate::raft::election`]).
+    pub fn campaign_stats(&self) -> &crate::raft::CampaignStats {
+        &self.campaign_stats
     }
 
     /// Stops serving (in-flight calls finish), stops Raft, and releases the
@@ -157,9 +183,26 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), NodeError> {
     let node = start(config, listeners).await?;
-    shutdown.await;
-    tracing::info!("shutdown requested");
-    node.shutdown().await
+    let fatal = tokio::select! {
+        _ = shutdown => None,
+        f = node.failed() => Some(f),
+    };
+    match fatal {
+        None => {
+            tracing::info!("shutdown requested");
+            node.shutdown().await
+        }
+        Some(message) => {
+            // Release what can be released (bounded: the storage that failed
+            // may not let go), then report the failure.
+            match tokio::time::timeout(Duration::from_secs(5), node.shutdown()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "after a fatal error, shutdown was not clean"),
+                Err(_) => tracing::warn!("after a fatal error, shutdown did not finish in 5 s"),
+            }
+            Err(NodeError::Fatal(message))
+        }
+    }
 }
 
 fn raft_config(r: &RaftSettings) -> Result<Arc<openraft::Config>, NodeError> {
@@ -175,6 +218,9 @@ fn raft_config(r: &RaftSettings) -> Result<Arc<openraft::Config>, NodeError> {
         // openraft bounds each snapshot chunk by this; its 200 ms default is
         // too short for a 4 MiB chunk on a busy machine.
         install_snapshot_timeout: 10_000,
+        // Elections start only after a won pre-vote (raft::election), so a
+        // node returning from a partition never deposes a healthy leader.
+        enable_elect: false,
         ..Default::default()
     };
     Ok(Arc::new(
@@ -235,14 +281,26 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     // The Raft listener first: peers may be waiting for this node.
-    let raft_service = crate::raft::service::server(
-        raft.clone(),
-        config.node_id,
-        info.clone(),
-        &trust_domain,
-        config.clock.clone(),
-        proposer.clone(),
+    let contact = Arc::new(crate::raft::LeaderContact::default());
+    let times = crate::raft::ElectionTimes {
+        min: Duration::from_millis(config.raft.election_timeout_ms),
+        max: Duration::from_millis(config.raft.election_timeout_ms * 2),
+        tick: Duration::from_millis(config.raft.heartbeat_ms),
+    };
+    let (reads, reads_task) =
+        crate::raft::ReadIndex::spawn(raft.clone(), network.clone(), stop_rx.clone());
+    tasks.push(reads_task);
+    let raft_service = crate::raft::service::wrap(
+        crate::raft::RaftService::new(raft.clone(), config.node_id, info.clone(), &trust_domain)
+            .with_clock(config.clock.clone())
+            .with_proposer(proposer.clone())
+            .with_reads(reads.clone())
+            .with_election(contact.clone(), times),
     );
+    let campaigner =
+        crate::raft::Campaigner::new(raft.clone(), network.clone(), contact.clone(), times);
+    let campaign_stats = campaigner.stats();
+    tasks.push(campaigner.spawn(stop_rx.clone()));
     let (raft_incoming, raft_accept) =
         crate::tls::tls_incoming_joined(listeners.raft, server_tls.clone());
     let raft_stop = wait_stop(stop_rx.clone());
@@ -293,6 +351,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
 
     let (audit, audit_thread) = AuditLog::start(config.audit.clone())?;
     let peers = Arc::new(NetPeers { network });
+    let incarnation = info.incarnation;
     let shared = Arc::new(
         Shared::new(
             raft.clone(),
@@ -306,7 +365,8 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
             audit,
         )
         .with_initial_policy(config.initial_policy.as_deref())
-        .map_err(|e| NodeError::Config(format!("initial policy: {e}")))?,
+        .map_err(|e| NodeError::Config(format!("initial policy: {e}")))?
+        .with_consensus(reads, contact, incarnation),
     );
     // Fail at start, not at the first request, if the KEK is wrong.
     shared
@@ -337,6 +397,17 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
         )
         .instrument(tracing::info_span!("leader-duties", node = config.node_id)),
     ));
+    let (fatal_tx, fatal) = watch::channel(None);
+    tasks.push(tokio::spawn(
+        fail_stop(
+            raft.clone(),
+            config.data_dir.clone(),
+            stop.clone(),
+            fatal_tx,
+            stop_rx.clone(),
+        )
+        .instrument(tracing::info_span!("fail-stop", node = config.node_id)),
+    ));
     tracing::info!(
         node = config.node_id,
         api = %api_addr,
@@ -356,7 +427,43 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
         audit_thread,
         shared: Some(shared),
         store_closed,
+        fatal,
+        campaign_stats,
     })
+}
+
+/// Fail-stop: when the Raft core stops on its own (a storage write or
+/// fsync failed, or it panicked), this node stops serving at once — its
+/// state is frozen and it must not answer from it — and reports the error
+/// so that [`run`] returns it and the process exits non-zero. A supervisor
+/// restarts it; it then recovers from what is on disk.
+async fn fail_stop(
+    raft: Raft,
+    data_dir: std::path::PathBuf,
+    stop: watch::Sender<bool>,
+    fatal: watch::Sender<Option<String>>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let mut metrics = raft.metrics();
+    let error = loop {
+        if let Err(e) = &metrics.borrow_and_update().running_state {
+            break e.clone();
+        }
+        tokio::select! {
+            _ = stopping.wait_for(|s| *s) => return,
+            changed = metrics.changed() => if changed.is_err() { return },
+        }
+    };
+    if matches!(error, openraft::error::Fatal::Stopped) || *stopping.borrow() {
+        return;
+    }
+    let message = format!(
+        "storage or consensus failure under {}: {error}; stopping this node (fail-stop): restart it once the cause is fixed, it recovers from what is on disk",
+        data_dir.display()
+    );
+    tracing::error!(error = %error, data_dir = %data_dir.display(), "fatal: stopping the node");
+    let _ = fatal.send(Some(message));
+    let _ = stop.send(true);
 }
 
 fn non_empty_or(configured: &str, bound: std::net::SocketAddr) -> String {

@@ -2,7 +2,9 @@
 //! the node-to-node transport: the binary encoding of Raft messages
 //! ([`codec`]), the client side openraft sends through ([`network`]) and
 //! the internal gRPC service that receives ([`service`]); and the
-//! [`proposer`], which batches concurrent writes into single log entries.
+//! [`proposer`], which batches concurrent writes into single log entries;
+//! the batched [`read_index`] behind linearizable reads; and the pre-vote
+//! [`election`] that keeps a returning node from deposing a healthy leader.
 //!
 //! # Transport
 //!
@@ -17,8 +19,10 @@
 //! the state it lost.
 
 pub mod codec;
+pub mod election;
 pub mod network;
 pub mod proposer;
+pub mod read_index;
 pub mod service;
 pub mod types;
 
@@ -26,7 +30,11 @@ pub use codec::CodecError;
 pub use network::{
     hello, Faults, ForwardError, Network, PeerClient, RaftNetError, DEFAULT_SNAPSHOT_CHUNK_TIMEOUT,
 };
+pub use election::{
+    CampaignStats, Campaigner, ElectionTimes, LeaderContact, PreVoteReply, PreVoteRequest,
+};
 pub use proposer::{Batcher, Proposer, WriteError};
+pub use read_index::{ReadIndex, ReadIndexError};
 pub use service::{server, trust_domain_of, RaftService};
 pub use types::*;
 

@@ -383,6 +383,8 @@ impl Network {
                 Method::Vote => client.vote(request).await,
                 Method::InstallSnapshot => client.install_snapshot(request).await,
                 Method::Forward => client.forward(request).await,
+                Method::ReadIndex => client.read_index(request).await,
+                Method::PreVote => client.pre_vote(request).await,
             }
         };
         let response = match tokio::time::timeout(timeout, call).await {
@@ -437,6 +439,47 @@ impl Network {
         }
     }
 
+    /// Asks `leader` for a read index (see [`super::read_index`]): it
+    /// confirms its leadership with a quorum and answers the log index a
+    /// linearizable read must wait for. Waits at most `timeout`.
+    pub async fn read_index(
+        &self,
+        leader: NodeId,
+        node: &NodeInfo,
+        timeout: Duration,
+    ) -> Result<u64, super::ReadIndexError> {
+        use super::ReadIndexError;
+        let reply: Result<u64, ReadIndexError> = self
+            .call(leader, node, Method::ReadIndex, &(), timeout)
+            .await
+            .map_err(|e| match e {
+                CallError::Timeout(_) => ReadIndexError::Timeout,
+                CallError::Unreachable(reason) | CallError::Network(reason) => {
+                    ReadIndexError::Unconfirmed(format!("leader {leader}: {reason}"))
+                }
+                CallError::Status(status) => ReadIndexError::Unconfirmed(format!(
+                    "leader {leader}: {:?}: {}",
+                    status.code(),
+                    status.message()
+                )),
+            })?;
+        reply
+    }
+
+    /// Asks `target` whether it would vote for this node (see
+    /// [`super::election`]). Waits at most `timeout`.
+    pub async fn pre_vote(
+        &self,
+        target: NodeId,
+        node: &NodeInfo,
+        req: &super::PreVoteRequest,
+        timeout: Duration,
+    ) -> Result<super::PreVoteReply, String> {
+        self.call(target, node, Method::PreVote, req, timeout)
+            .await
+            .map_err(|e| format!("{e:?}"))
+    }
+
     /// Asks the node at the Raft address `addr` who it is, with this node's
     /// identity (see [`hello`]).
     pub async fn hello(&self, addr: &str) -> Result<(NodeId, NodeInfo), RaftNetError> {
@@ -457,6 +500,8 @@ enum Method {
     Vote,
     InstallSnapshot,
     Forward,
+    ReadIndex,
+    PreVote,
 }
 
 /// A failed call, before it is mapped to openraft's or the forwarder's

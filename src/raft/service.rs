@@ -60,6 +60,10 @@ pub struct RaftService {
     clock: Option<Arc<dyn crate::clock::Clock>>,
     /// Batches forwarded writes with local ones.
     proposer: Option<super::Proposer>,
+    /// Answers followers' read-index requests (batched with local reads).
+    reads: Option<super::ReadIndex>,
+    /// Records when the leader was last heard and answers pre-votes.
+    election: Option<(Arc<super::LeaderContact>, super::ElectionTimes)>,
 }
 
 impl std::fmt::Debug for RaftService {
@@ -83,6 +87,31 @@ impl RaftService {
             trust_domain: trust_domain.into(),
             clock: None,
             proposer: None,
+            reads: None,
+            election: None,
+        }
+    }
+
+    /// Followers' read-index requests are served by `reads`.
+    pub fn with_reads(mut self, reads: super::ReadIndex) -> Self {
+        self.reads = Some(reads);
+        self
+    }
+
+    /// Accepted leader messages are recorded in `contact`, and pre-votes
+    /// are decided with it and `times` (see [`super::election`]).
+    pub fn with_election(
+        mut self,
+        contact: Arc<super::LeaderContact>,
+        times: super::ElectionTimes,
+    ) -> Self {
+        self.election = Some((contact, times));
+        self
+    }
+
+    fn heard_leader(&self) {
+        if let Some((contact, _)) = &self.election {
+            contact.heard();
         }
     }
 
@@ -205,7 +234,12 @@ impl raft_service_server::RaftService for RaftService {
             let caller = self.authorize(&request, true)?;
             let req: AppendEntriesRequest<TypeConfig> = decode(&request)?;
             check_sender(caller, req.vote.leader_id.node_id, "leader")?;
-            encode(&self.raft.append_entries(req).await)
+            let reply = self.raft.append_entries(req).await;
+            if matches!(&reply, Ok(r) if !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_)))
+            {
+                self.heard_leader();
+            }
+            encode(&reply)
         }
         .await;
         self.stamped(result)
@@ -230,7 +264,11 @@ impl raft_service_server::RaftService for RaftService {
             let caller = self.authorize(&request, true)?;
             let req: InstallSnapshotRequest<TypeConfig> = decode(&request)?;
             check_sender(caller, req.vote.leader_id.node_id, "leader")?;
-            encode(&self.raft.install_snapshot(req).await)
+            let reply = self.raft.install_snapshot(req).await;
+            if matches!(&reply, Ok(r) if r.vote.leader_id().node_id == caller) {
+                self.heard_leader();
+            }
+            encode(&reply)
         }
         .await;
         self.stamped(result)
@@ -260,6 +298,60 @@ impl raft_service_server::RaftService for RaftService {
         self.stamped(result)
     }
 
+    async fn read_index(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let result = async {
+            self.authorize(&request, true)?;
+            let reply: Result<u64, super::ReadIndexError> = match &self.reads {
+                None => Err(super::ReadIndexError::Stopped),
+                Some(reads) => {
+                    let (me, leader) = {
+                        let m = self.raft.metrics();
+                        let m = m.borrow();
+                        let leader = m.current_leader.and_then(|l| {
+                            m.membership_config
+                                .membership()
+                                .get_node(&l)
+                                .map(|n| (l, n.clone()))
+                        });
+                        (m.id, leader)
+                    };
+                    match leader {
+                        // Batched with this leader's own reads.
+                        Some((l, _)) if l == me => reads.get().await,
+                        other => Err(super::ReadIndexError::NotLeader { leader: other }),
+                    }
+                }
+            };
+            encode(&reply)
+        }
+        .await;
+        self.stamped(result)
+    }
+
+    async fn pre_vote(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let result = async {
+            let caller = self.authorize(&request, true)?;
+            let req: super::PreVoteRequest = decode(&request)?;
+            check_sender(caller, req.candidate, "candidate")?;
+            let reply = match &self.election {
+                Some((contact, times)) => super::election::decide(&self.raft, contact, *times, &req),
+                None => super::PreVoteReply {
+                    granted: false,
+                    reason: "this node does not take part in pre-votes".into(),
+                },
+            };
+            encode(&reply)
+        }
+        .await;
+        self.stamped(result)
+    }
+
     async fn hello(&self, request: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
         let result = self.authorize(&request, false).map(|_| HelloReply {
             node_id: self.id,
@@ -281,11 +373,17 @@ pub fn server(
     clock: Arc<dyn crate::clock::Clock>,
     proposer: super::Proposer,
 ) -> RaftServiceServer<RaftService> {
-    RaftServiceServer::new(
+    wrap(
         RaftService::new(raft, id, info, trust_domain)
             .with_clock(clock)
             .with_proposer(proposer),
     )
+}
+
+/// The tonic service around `service`, with message limits that fit a
+/// snapshot chunk.
+pub fn wrap(service: RaftService) -> RaftServiceServer<RaftService> {
+    RaftServiceServer::new(service)
     .max_decoding_message_size(MAX_MESSAGE_SIZE)
     .max_encoding_message_size(MAX_MESSAGE_SIZE)
 }

@@ -348,6 +348,7 @@ pub fn introspect_req(token: &str) -> pb::IntrospectRequest {
     pb::IntrospectRequest {
         token: token.to_string(),
         min_revision: 0,
+        consistency: 0,
     }
 }
 

@@ -130,6 +130,7 @@ async fn revoke_by_subject_and_client_and_min_revision() {
         .introspect(pb::IntrospectRequest {
             token: t1.access_token.clone(),
             min_revision: rev.revision,
+            consistency: 0,
         })
         .await
         .unwrap()
@@ -176,6 +177,7 @@ async fn revoke_by_subject_and_client_and_min_revision() {
         .introspect(pb::IntrospectRequest {
             token: fresh.access_token.clone(),
             min_revision: rev2.revision,
+            consistency: 0,
         })
         .await
         .unwrap()
@@ -187,6 +189,7 @@ async fn revoke_by_subject_and_client_and_min_revision() {
         .introspect(pb::IntrospectRequest {
             token: fresh.access_token.clone(),
             min_revision: rev2.revision + 1_000_000,
+            consistency: 0,
         })
         .await
         .unwrap_err();

@@ -119,6 +119,7 @@ async fn acknowledged_revocations_survive_kill_9() {
             .introspect(pb::IntrospectRequest {
                 token: t.access_token.clone(),
                 min_revision: last_revision,
+                consistency: 0,
             })
             .await
             .unwrap()

@@ -244,6 +244,7 @@ async fn dev_cluster_serves_on_every_node_and_stops_on_sigint() {
             .introspect(pb::IntrospectRequest {
                 token: t.access_token.clone(),
                 min_revision: r.revision,
+                consistency: 0,
             })
             .await
             .unwrap()

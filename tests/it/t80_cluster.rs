@@ -68,6 +68,7 @@ async fn writes_from_any_node_and_read_your_writes() {
         .introspect(pb::IntrospectRequest {
             token: t.access_token.clone(),
             min_revision: rev.revision,
+            consistency: 0,
         })
         .await
         .unwrap()

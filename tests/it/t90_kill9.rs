@@ -223,6 +223,7 @@ async fn kill_9_the_leader_in_the_middle_of_a_burst() {
                 c.introspect(pb::IntrospectRequest {
                     token: tok,
                     min_revision: max_rev,
+                    consistency: 0,
                 })
                 .await
                 .unwrap()
@@ -273,6 +274,7 @@ async fn kill_9_the_leader_in_the_middle_of_a_burst() {
                 .introspect(pb::IntrospectRequest {
                     token: revoked[jti].clone(),
                     min_revision: last,
+                    consistency: 0,
                 })
                 .await
                 .unwrap()

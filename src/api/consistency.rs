@@ -1,0 +1,215 @@
+//! What an answer guarantees: whether this node may serve at all
+//! ([`Readiness`]), and the read barrier that makes decisions linearizable.
+//!
+//! Every decision that depends on revocations, keys or policy (introspect,
+//! exchange, issue, revoke) first passes [`Shared::read_barrier`]: a batched
+//! read index from the leader (see [`crate::raft::read_index`]), then a wait
+//! until this node has applied it. A node that cannot confirm within
+//! [`READ_CONFIRM_BUDGET`] answers `UNAVAILABLE` with the leader hint, never
+//! from state it cannot vouch for. `docs/CONSISTENCY.md` has the contract.
+
+use std::time::{Duration, Instant};
+
+use super::{ApiError, Shared, LEADER_LEASE, MAX_APPLY_LAG};
+use crate::raft::ReadIndexError;
+
+/// Longest a read waits for its read index and for this node to apply it
+/// (it may be shorter: the node's `read_wait_max`).
+pub const READ_CONFIRM_BUDGET: Duration = Duration::from_secs(3);
+
+/// Why a node may not serve: every state in which its answers, streams or
+/// key set could be stale or empty without it knowing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NotReady {
+    /// The Raft core stopped (a storage error, or shutdown).
+    #[error("the Raft core has stopped")]
+    Stopped,
+    /// This node is not in the membership it holds: it never received the
+    /// cluster's state, or its data was wiped.
+    #[error("this node is not a member of the cluster it knows (no state received, or its data was wiped: remove and re-add it)")]
+    NotMember,
+    /// The membership records another data incarnation for this node.
+    #[error("the cluster records another data incarnation for this node (its data was wiped: remove and re-add it)")]
+    IncarnationRefused,
+    /// Nothing was ever applied.
+    #[error("this node has never received state")]
+    NoState,
+    /// No leader is known.
+    #[error("no leader is known")]
+    NoLeader,
+    /// This node leads but has not heard from a quorum within the lease.
+    #[error("this leader has lost contact with a quorum")]
+    LostQuorum,
+    /// This node follows a leader it has not heard from within the lease.
+    #[error("the leader has not been heard from for {0:?}")]
+    LeaderSilent(Duration),
+    /// The applied state is far behind the log.
+    #[error("applied state is {0} entries behind the log")]
+    Behind(u64),
+}
+
+impl Shared {
+    /// Whether this node may serve, and if not, why. Health (`SERVING`),
+    /// `ClusterStatus.leader_known` and stream heartbeats all report this.
+    pub fn readiness(&self) -> Result<(), NotReady> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.running_state.is_err() {
+            return Err(NotReady::Stopped);
+        }
+        let membership = m.membership_config.membership();
+        let Some(me) = membership.get_node(&m.id) else {
+            return Err(NotReady::NotMember);
+        };
+        if self.incarnation != 0 && me.incarnation != 0 && me.incarnation != self.incarnation {
+            return Err(NotReady::IncarnationRefused);
+        }
+        if m.last_applied.is_none() {
+            return Err(NotReady::NoState);
+        }
+        let Some(leader) = m.current_leader else {
+            return Err(NotReady::NoLeader);
+        };
+        if leader == m.id {
+            if !self.lease_holds(&m) {
+                return Err(NotReady::LostQuorum);
+            }
+        } else if let Some(contact) = &self.contact {
+            let quiet = contact.quiet_for();
+            if quiet > LEADER_LEASE {
+                return Err(NotReady::LeaderSilent(quiet));
+            }
+        }
+        let behind = m
+            .last_log_index
+            .unwrap_or(0)
+            .saturating_sub(m.last_applied.map_or(0, |l| l.index));
+        if behind > MAX_APPLY_LAG {
+            return Err(NotReady::Behind(behind));
+        }
+        Ok(())
+    }
+
+    /// `UNAVAILABLE` with the leader hint unless [`Shared::readiness`] holds.
+    pub fn ensure_ready(&self) -> Result<(), ApiError> {
+        self.readiness().map_err(|e| ApiError::Unavailable {
+            reason: format!("this node cannot vouch for its state: {e}"),
+            leader: self.leader_hint(),
+        })
+    }
+
+    /// For LOCAL reads: refuses only a node that holds no state of the
+    /// cluster at all (never received it, wiped, or stopped) — an empty
+    /// state would answer `active=true` for every revoked token.
+    pub fn ensure_started(&self) -> Result<(), ApiError> {
+        match self.readiness() {
+            Err(e @ (NotReady::Stopped | NotReady::NotMember | NotReady::IncarnationRefused | NotReady::NoState)) => {
+                Err(ApiError::Unavailable {
+                    reason: format!("this node holds no state it can vouch for: {e}"),
+                    leader: self.leader_hint(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// For LOCAL reads: how stale this node's applied state may be, that
+    /// is, how long ago it last had a quorum's leader's word (`None`: no
+    /// such contact at all).
+    pub fn staleness(&self) -> Option<Duration> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.running_state.is_err() || m.last_applied.is_none() {
+            return None;
+        }
+        if m.current_leader == Some(m.id) {
+            if m.membership_config.membership().voter_ids().count() <= 1 {
+                return Some(Duration::ZERO);
+            }
+            return self
+                .lease
+                .lock()
+                .ok()
+                .map(|l| l.last_contact().elapsed());
+        }
+        self.contact.as_ref().map(|c| c.quiet_for())
+    }
+
+    /// Waits until this node's applied state includes every write
+    /// acknowledged before the call, and returns the applied revision.
+    /// `UNAVAILABLE` (with the leader hint) when that cannot be confirmed in
+    /// time.
+    pub async fn read_barrier(&self) -> Result<u64, ApiError> {
+        let Some(reads) = &self.reads else {
+            return Ok(self.state.revision());
+        };
+        // Definitive states answer at once; an election in progress is
+        // worth waiting for.
+        match self.readiness() {
+            Err(
+                e @ (NotReady::Stopped
+                | NotReady::NotMember
+                | NotReady::IncarnationRefused
+                | NotReady::NoState
+                | NotReady::LostQuorum),
+            ) => {
+                return Err(ApiError::Unavailable {
+                    reason: format!("cannot confirm a linearizable read: {e}"),
+                    leader: self.leader_hint(),
+                })
+            }
+            _ => {}
+        }
+        let deadline = Instant::now() + READ_CONFIRM_BUDGET.min(self.read_wait_max);
+        let unavailable = |why: String| ApiError::Unavailable {
+            reason: format!("cannot confirm a linearizable read: {why}"),
+            leader: self.leader_hint(),
+        };
+        let mut backoff = Duration::from_millis(10);
+        let index = loop {
+            let why = match tokio::time::timeout_at(deadline.into(), reads.get()).await {
+                Err(_) => return Err(unavailable("no read index in time".into())),
+                Ok(Ok(index)) => break index,
+                Ok(Err(ReadIndexError::Overloaded)) => {
+                    return Err(ApiError::ResourceExhausted(
+                        "too many reads are waiting for a read index".into(),
+                    ))
+                }
+                Ok(Err(ReadIndexError::Stopped)) => {
+                    return Err(unavailable("the node is stopping".into()))
+                }
+                Ok(Err(e)) => e.to_string(),
+            };
+            // Leadership is changing or a round was lost: try again, with
+            // a short backoff, while the budget lasts.
+            if Instant::now() + backoff >= deadline {
+                return Err(unavailable(why));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(200));
+        };
+        let mut rx = self.state.watch_revision();
+        let applied = tokio::time::timeout_at(deadline.into(), rx.wait_for(|r| *r >= index)).await;
+        match applied {
+            Ok(Ok(_)) => Ok(self.state.revision()),
+            Ok(Err(_)) => Err(unavailable("the node is stopping".into())),
+            Err(_) => Err(unavailable(format!(
+                "read index {index} not applied in time (applied: {})",
+                self.state.revision()
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_name_the_way_out() {
+        assert!(NotReady::NotMember.to_string().contains("re-add"));
+        assert!(NotReady::IncarnationRefused.to_string().contains("wiped"));
+        assert!(NotReady::LeaderSilent(Duration::from_secs(2))
+            .to_string()
+            .contains("2s"));
+    }
+}

@@ -1,0 +1,290 @@
+//! Elections without disruption: a pre-vote before every campaign.
+//!
+//! openraft 0.9 has no pre-vote. A follower cut off from the cluster times
+//! out again and again, raising its term each time; when it returns, the
+//! leader sees the higher term in a replication reply and steps down, and
+//! the cluster takes no writes until a new election ends (0.5–1 s
+//! measured). So nodes run with openraft's own elections switched off
+//! (`enable_elect = false`) and the [`Campaigner`] decides instead:
+//!
+//! 1. a voter that has not heard from a leader for a randomized election
+//!    timeout asks every other voter [`PreVoteRequest`]: *would you vote for
+//!    me?* — without changing anyone's term;
+//! 2. a voter grants it only if it has not heard from a leader for the
+//!    minimum election timeout itself (a leader, only if it has lost its
+//!    quorum) and the candidate's log is not behind its own;
+//! 3. with grants from a quorum (in every configuration of a joint
+//!    membership) the node starts a real election (`trigger().elect()`),
+//!    which openraft runs with its usual rules.
+//!
+//! A node that cannot reach a quorum therefore never raises its term, and
+//! rejoins as a follower of the leader it left.
+
+use std::collections::BTreeSet;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::Instrument as _;
+
+use super::network::Network;
+use super::{NodeId, TypeConfig};
+
+/// When this node last heard from a leader it accepts (an `AppendEntries`
+/// or snapshot chunk that did not carry a stale term). Written by the Raft
+/// service, read by the campaigner, the pre-vote decision and health.
+#[derive(Debug)]
+pub struct LeaderContact {
+    last: Mutex<Instant>,
+}
+
+impl Default for LeaderContact {
+    /// Starting counts as contact: a node that just started waits an
+    /// election timeout for the leader before it campaigns.
+    fn default() -> Self {
+        Self {
+            last: Mutex::new(Instant::now()),
+        }
+    }
+}
+
+impl LeaderContact {
+    /// Records that the leader was heard now.
+    pub fn heard(&self) {
+        if let Ok(mut l) = self.last.lock() {
+            *l = Instant::now();
+        }
+    }
+
+    /// When the leader was last heard.
+    pub fn last(&self) -> Instant {
+        self.last.lock().map(|l| *l).unwrap_or_else(|_| Instant::now())
+    }
+
+    /// How long ago the leader was last heard.
+    pub fn quiet_for(&self) -> Duration {
+        self.last().elapsed()
+    }
+}
+
+/// The election timeouts (openraft's `election_timeout_min/max`).
+#[derive(Debug, Clone, Copy)]
+pub struct ElectionTimes {
+    /// Shortest wait for a leader before campaigning; also how recently a
+    /// voter must have heard a leader to refuse a pre-vote.
+    pub min: Duration,
+    /// Longest wait (the wait is drawn between the two).
+    pub max: Duration,
+    /// How often the campaigner looks.
+    pub tick: Duration,
+}
+
+/// "Would you vote for me?"
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreVoteRequest {
+    /// The node that would campaign.
+    pub candidate: NodeId,
+    /// Its current term (a real campaign would use the next one).
+    pub term: u64,
+    /// Its last log index.
+    pub last_log_index: Option<u64>,
+}
+
+/// The answer to a [`PreVoteRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PreVoteReply {
+    /// Whether the voter would vote.
+    pub granted: bool,
+    /// Why not, for logs.
+    pub reason: String,
+}
+
+/// The voter's side: grants only if this node has no live leader and the
+/// candidate's log is not behind this node's.
+pub fn decide(
+    raft: &openraft::Raft<TypeConfig>,
+    contact: &LeaderContact,
+    times: ElectionTimes,
+    req: &PreVoteRequest,
+) -> PreVoteReply {
+    let refuse = |reason: String| PreVoteReply {
+        granted: false,
+        reason,
+    };
+    let m = raft.metrics().borrow().clone();
+    if m.current_leader == Some(m.id) {
+        // A leader grants only once it has not heard from a quorum for an
+        // election timeout (it is probably the one cut off).
+        let fresh = m
+            .millis_since_quorum_ack
+            .is_some_and(|ms| Duration::from_millis(ms) < times.min);
+        if fresh || m.membership_config.membership().voter_ids().count() <= 1 {
+            return refuse(format!("node {} leads with a live quorum", m.id));
+        }
+    } else if m.current_leader.is_some() && contact.quiet_for() < times.min {
+        return refuse(format!(
+            "node {} heard its leader {:?} ago",
+            m.id,
+            contact.quiet_for()
+        ));
+    }
+    if req.last_log_index < m.last_log_index {
+        return refuse(format!(
+            "candidate log {:?} is behind {:?}",
+            req.last_log_index, m.last_log_index
+        ));
+    }
+    PreVoteReply {
+        granted: true,
+        reason: String::new(),
+    }
+}
+
+/// Counters of the campaigner, for tests and metrics.
+#[derive(Debug, Default)]
+pub struct CampaignStats {
+    /// Pre-vote rounds started.
+    pub pre_votes: AtomicU64,
+    /// Real elections started (pre-vote won).
+    pub elections: AtomicU64,
+}
+
+/// Runs pre-votes and elections for one node (see the module docs).
+pub struct Campaigner {
+    raft: openraft::Raft<TypeConfig>,
+    network: Network,
+    contact: Arc<LeaderContact>,
+    times: ElectionTimes,
+    stats: Arc<CampaignStats>,
+}
+
+impl Campaigner {
+    /// A campaigner for node `raft`, reaching the other voters through
+    /// `network`.
+    pub fn new(
+        raft: openraft::Raft<TypeConfig>,
+        network: Network,
+        contact: Arc<LeaderContact>,
+        times: ElectionTimes,
+    ) -> Self {
+        Self {
+            raft,
+            network,
+            contact,
+            times,
+            stats: Arc::default(),
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> Arc<CampaignStats> {
+        self.stats.clone()
+    }
+
+    /// Runs until `stop` turns true.
+    pub fn spawn(self, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+        let id = self.network.self_id();
+        tokio::spawn(
+            async move {
+                let mut since = self.contact.last();
+                let mut deadline = since + self.draw();
+                loop {
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s) => return,
+                        _ = tokio::time::sleep(self.times.tick) => {}
+                    }
+                    let last = self.contact.last();
+                    if last > since {
+                        since = last;
+                        deadline = since + self.draw();
+                    }
+                    if Instant::now() < deadline {
+                        continue;
+                    }
+                    match self.attempt().await {
+                        Attempt::Stop => return,
+                        Attempt::Done => {}
+                    }
+                    since = Instant::now();
+                    deadline = since + self.draw();
+                }
+            }
+            .instrument(tracing::info_span!("campaigner", node = id)),
+        )
+    }
+
+    /// A wait drawn uniformly between the two election timeouts.
+    fn draw(&self) -> Duration {
+        let span = self.times.max.saturating_sub(self.times.min);
+        let r = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let extra = if span.is_zero() {
+            0
+        } else {
+            r % (span.as_millis() as u64).max(1)
+        };
+        self.times.min + Duration::from_millis(extra)
+    }
+
+    async fn attempt(&self) -> Attempt {
+        let m = self.raft.metrics().borrow().clone();
+        if m.running_state.is_err() {
+            return Attempt::Stop;
+        }
+        let membership = m.membership_config.membership().clone();
+        if m.current_leader == Some(m.id) || !membership.voter_ids().any(|v| v == m.id) {
+            return Attempt::Done;
+        }
+        let configs = membership.get_joint_config().clone();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let mut granted = BTreeSet::from([m.id]);
+        if voters.len() > 1 {
+            self.stats.pre_votes.fetch_add(1, Ordering::Relaxed);
+            let req = PreVoteRequest {
+                candidate: m.id,
+                term: m.current_term,
+                last_log_index: m.last_log_index,
+            };
+            let asks = voters.iter().filter(|v| **v != m.id).filter_map(|v| {
+                let node = membership.get_node(v)?.clone();
+                let net = self.network.clone();
+                let req = req.clone();
+                let timeout = self.times.min;
+                let v = *v;
+                Some(async move { (v, net.pre_vote(v, &node, &req, timeout).await) })
+            });
+            for (v, reply) in futures_util::future::join_all(asks).await {
+                match reply {
+                    Ok(r) if r.granted => {
+                        granted.insert(v);
+                    }
+                    Ok(r) => tracing::debug!(voter = v, reason = %r.reason, "pre-vote refused"),
+                    Err(e) => tracing::debug!(voter = v, error = %e, "pre-vote not answered"),
+                }
+            }
+        }
+        let quorum = configs
+            .iter()
+            .all(|c| c.iter().filter(|v| granted.contains(v)).count() * 2 > c.len());
+        if !quorum {
+            tracing::debug!(granted = ?granted, "pre-vote lost; not campaigning");
+            return Attempt::Done;
+        }
+        tracing::info!(term = m.current_term, granted = ?granted, "pre-vote won; starting an election");
+        self.stats.elections.fetch_add(1, Ordering::Relaxed);
+        match self.raft.trigger().elect().await {
+            Ok(()) => Attempt::Done,
+            Err(_) => Attempt::Stop,
+        }
+    }
+}
+
+enum Attempt {
+    Done,
+    Stop,
+}

@@ -1,0 +1,214 @@
+//! Linearizable reads: the read index, batched.
+//!
+//! A read is linearizable when it is answered from state that includes
+//! every write acknowledged before the read arrived. The classic way
+//! (Raft thesis §6.4) is a *read index*: the leader confirms with a quorum
+//! that it still leads (so no other leader can have acknowledged a write it
+//! does not know of), takes its commit index as the read index, and the
+//! reader waits until its own applied index reaches it. A follower asks the
+//! leader for the read index and waits for its own state machine.
+//!
+//! Confirming leadership costs one round of heartbeats to every voter, so
+//! rounds are **batched**: every read that arrives while a round is in
+//! flight waits for the *next* round, which then serves all of them. A round
+//! always starts after each read it serves arrived, which is what makes the
+//! answer valid for that read. Under load one round (one quorum heartbeat,
+//! or one RPC from a follower to the leader) serves dozens of reads.
+//!
+//! We do not answer from a leader lease: openraft 0.9 refuses votes while a
+//! follower's lease is fresh, but a follower that restarts forgets its lease
+//! and may vote at once, so a lease read could miss a write acknowledged by
+//! a new leader. The read index is always safe, and batching makes it cheap
+//! (measured in `docs/BENCHMARKS.md`).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::error::{CheckIsLeaderError, RaftError};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::Instrument as _;
+
+use super::network::Network;
+use super::{NodeId, NodeInfo, TypeConfig};
+
+/// Reads waiting for a round, at most. A full queue refuses at once.
+const QUEUE: usize = 16 * 1024;
+/// Longest one round may take: a leader confirming itself with a quorum, or
+/// a follower's request to the leader.
+pub const ROUND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why no read index could be had.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ReadIndexError {
+    /// No leader is known (an election is under way, or no quorum).
+    #[error("no leader is known (election under way or no quorum)")]
+    NoLeader,
+    /// The node asked is not the leader.
+    #[error("not the leader; leader: {}", match .leader { Some((id, _)) => id.to_string(), None => "unknown".into() })]
+    NotLeader {
+        /// The leader as that node knows it.
+        leader: Option<(NodeId, NodeInfo)>,
+    },
+    /// The leader could not confirm its leadership with a quorum, or could
+    /// not be reached.
+    #[error("leadership not confirmed: {0}")]
+    Unconfirmed(String),
+    /// No answer within [`ROUND_TIMEOUT`].
+    #[error("read index not confirmed within {ROUND_TIMEOUT:?}")]
+    Timeout,
+    /// Too many reads are waiting.
+    #[error("too many reads waiting for a read index")]
+    Overloaded,
+    /// The node is stopping or its Raft core stopped.
+    #[error("the node is stopping")]
+    Stopped,
+}
+
+type Waiter = oneshot::Sender<Result<u64, ReadIndexError>>;
+
+/// A handle on this node's read-index batcher. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ReadIndex {
+    tx: mpsc::Sender<Waiter>,
+    /// When the last round this node ran *as leader* started, if it was
+    /// confirmed by a quorum: proof of contact at that instant.
+    confirmed: Arc<Mutex<Option<Instant>>>,
+}
+
+impl ReadIndex {
+    /// Starts the batcher of node `raft`, which reaches the leader through
+    /// `network`. It ends when `stop` turns true.
+    pub fn spawn(
+        raft: openraft::Raft<TypeConfig>,
+        network: Network,
+        mut stop: watch::Receiver<bool>,
+    ) -> (Self, JoinHandle<()>) {
+        let (tx, mut rx) = mpsc::channel::<Waiter>(QUEUE);
+        let id = network.self_id();
+        let confirmed: Arc<Mutex<Option<Instant>>> = Arc::default();
+        let record = confirmed.clone();
+        let task = tokio::spawn(
+            async move {
+                loop {
+                    let first = tokio::select! {
+                        _ = stop.wait_for(|s| *s) => return,
+                        w = rx.recv() => match w { Some(w) => w, None => return },
+                    };
+                    let mut batch = vec![first];
+                    while let Ok(w) = rx.try_recv() {
+                        batch.push(w);
+                    }
+                    // Readers that gave up are not worth a round.
+                    batch.retain(|w| !w.is_closed());
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    let started = Instant::now();
+                    let result = tokio::time::timeout(ROUND_TIMEOUT, round(&raft, &network))
+                        .await
+                        .unwrap_or(Err(ReadIndexError::Timeout));
+                    if let Ok((_, true)) = &result {
+                        if let Ok(mut c) = record.lock() {
+                            *c = Some(c.map_or(started, |c| c.max(started)));
+                        }
+                    }
+                    let result = result.map(|(index, _)| index);
+                    tracing::trace!(reads = batch.len(), ?result, "read index round");
+                    for w in batch {
+                        let _ = w.send(result.clone());
+                    }
+                }
+            }
+            .instrument(tracing::info_span!("read-index", node = id)),
+        );
+        (Self { tx, confirmed }, task)
+    }
+
+    /// When the last quorum-confirmed round as leader started.
+    pub fn confirmed_at(&self) -> Option<Instant> {
+        self.confirmed.lock().ok().and_then(|c| *c)
+    }
+
+    /// The read index of a round that starts after this call: once this
+    /// node has applied it, its state includes every write acknowledged
+    /// before the call.
+    pub async fn get(&self) -> Result<u64, ReadIndexError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.try_send(tx).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => ReadIndexError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => ReadIndexError::Stopped,
+        })?;
+        rx.await.unwrap_or(Err(ReadIndexError::Stopped))
+    }
+}
+
+/// One round: on the leader, confirm leadership with a quorum; on a
+/// follower, ask the leader (whose own batcher serves us with others).
+/// The flag says whether this node confirmed itself as leader.
+async fn round(
+    raft: &openraft::Raft<TypeConfig>,
+    network: &Network,
+) -> Result<(u64, bool), ReadIndexError> {
+    let (me, leader, node) = {
+        let m = raft.metrics();
+        let m = m.borrow();
+        if m.running_state.is_err() {
+            return Err(ReadIndexError::Stopped);
+        }
+        let leader = m.current_leader;
+        let node = leader.and_then(|l| m.membership_config.membership().get_node(&l).cloned());
+        (m.id, leader, node)
+    };
+    match (leader, node) {
+        (Some(l), _) if l == me => leader_round(raft).await.map(|i| (i, true)),
+        (Some(l), Some(node)) => network
+            .read_index(l, &node, ROUND_TIMEOUT)
+            .await
+            .map(|i| (i, false)),
+        _ => Err(ReadIndexError::NoLeader),
+    }
+}
+
+/// This node's read index as leader: openraft sends a heartbeat to every
+/// voter and answers once a quorum acknowledged this term's leadership.
+pub async fn leader_round(raft: &openraft::Raft<TypeConfig>) -> Result<u64, ReadIndexError> {
+    match raft.get_read_log_id().await {
+        Ok((read, _applied)) => Ok(read.map_or(0, |l| l.index)),
+        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+            Err(ReadIndexError::NotLeader {
+                leader: f.leader_id.zip(f.leader_node),
+            })
+        }
+        Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
+            Err(ReadIndexError::Unconfirmed(q.to_string()))
+        }
+        Err(RaftError::Fatal(_)) => Err(ReadIndexError::Stopped),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_survive_the_wire() {
+        let e = ReadIndexError::NotLeader {
+            leader: Some((
+                2,
+                NodeInfo {
+                    raft_addr: "r".into(),
+                    api_addr: "a".into(),
+                    incarnation: 7,
+                },
+            )),
+        };
+        let r: Result<u64, ReadIndexError> = Err(e.clone());
+        let back: Result<u64, ReadIndexError> =
+            super::super::codec::decode(&super::super::codec::encode(&r).unwrap()).unwrap();
+        assert_eq!(back, Err(e));
+        assert!(ReadIndexError::Timeout.to_string().contains("2s"));
+    }
+}

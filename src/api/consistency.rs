@@ -10,12 +10,18 @@
 
 use std::time::{Duration, Instant};
 
-use super::{ApiError, Shared, LEADER_LEASE, MAX_APPLY_LAG};
+use super::{ApiError, Shared, MAX_APPLY_LAG};
 use crate::raft::ReadIndexError;
 
 /// Longest a read waits for its read index and for this node to apply it
 /// (it may be shorter: the node's `read_wait_max`).
 pub const READ_CONFIRM_BUDGET: Duration = Duration::from_secs(3);
+
+/// Longest a follower may go without hearing its leader and still serve.
+/// Longer than [`LEADER_LEASE`] on purpose: the leader heartbeats every
+/// 100 ms, and a busy machine must not flap a follower's streams; a
+/// follower cut off for this long has already started pre-votes.
+pub const FOLLOWER_SILENCE: Duration = Duration::from_secs(3);
 
 /// Why a node may not serve: every state in which its answers, streams or
 /// key set could be stale or empty without it knowing.
@@ -76,7 +82,7 @@ impl Shared {
             }
         } else if let Some(contact) = &self.contact {
             let quiet = contact.quiet_for();
-            if quiet > LEADER_LEASE {
+            if quiet > FOLLOWER_SILENCE {
                 return Err(NotReady::LeaderSilent(quiet));
             }
         }
@@ -103,12 +109,15 @@ impl Shared {
     /// state would answer `active=true` for every revoked token.
     pub fn ensure_started(&self) -> Result<(), ApiError> {
         match self.readiness() {
-            Err(e @ (NotReady::Stopped | NotReady::NotMember | NotReady::IncarnationRefused | NotReady::NoState)) => {
-                Err(ApiError::Unavailable {
-                    reason: format!("this node holds no state it can vouch for: {e}"),
-                    leader: self.leader_hint(),
-                })
-            }
+            Err(
+                e @ (NotReady::Stopped
+                | NotReady::NotMember
+                | NotReady::IncarnationRefused
+                | NotReady::NoState),
+            ) => Err(ApiError::Unavailable {
+                reason: format!("this node holds no state it can vouch for: {e}"),
+                leader: self.leader_hint(),
+            }),
             _ => Ok(()),
         }
     }
@@ -125,11 +134,7 @@ impl Shared {
             if m.membership_config.membership().voter_ids().count() <= 1 {
                 return Some(Duration::ZERO);
             }
-            return self
-                .lease
-                .lock()
-                .ok()
-                .map(|l| l.last_contact().elapsed());
+            return self.lease.lock().ok().map(|l| l.last_contact().elapsed());
         }
         self.contact.as_ref().map(|c| c.quiet_for())
     }

@@ -413,14 +413,17 @@ impl Shared {
             return false;
         };
         if let Some(reads) = &self.reads {
-            // With a read index, contact is what a confirmed round proves:
-            // its start, measured here. (openraft's `millis_since_quorum_ack`
-            // is an age as of when the metrics were made; read later, as
-            // from a leader cut off from everyone that gets no new metrics,
-            // it makes a lost lease look fresh.)
+            // Contact is either a quorum acknowledgement seen in *fresh*
+            // metrics (recorded by `observe` as each update arrives; never
+            // recomputed here from metrics that may be old: an age read late
+            // makes a lost quorum look fresh, and a leader cut off from
+            // everyone gets no new metrics) or a confirmed read-index round
+            // (its start, measured here).
             lease.observe_term(m);
-            let since = lease.since;
-            let contact = reads.confirmed_at().map_or(since, |c| c.max(since));
+            let contact = match reads.confirmed_at() {
+                Some(c) => c.max(lease.last_contact()),
+                None => lease.last_contact(),
+            };
             return contact.elapsed() <= LEADER_LEASE;
         }
         lease.observe(m);
@@ -476,6 +479,13 @@ pub async fn serve(
     use pb::token_service_server::TokenServiceServer;
 
     let (reporter, health) = tonic_health::server::health_reporter();
+    // tonic-health starts out SERVING; nothing is served before the node
+    // has judged its own state.
+    for s in HEALTH_SERVICES {
+        reporter
+            .set_service_status(s, tonic_health::ServingStatus::NotServing)
+            .await;
+    }
     let health_task = tokio::spawn(health_loop(shared.clone(), reporter));
     let lease_task = tokio::spawn(lease_keeper(shared.clone()));
 
@@ -526,40 +536,47 @@ pub async fn serve(
     let _ = accept_loop.await;
 }
 
+/// The services whose health is reported ("" is the whole node).
+const HEALTH_SERVICES: [&str; 5] = [
+    "",
+    "tessera.v1.TokenService",
+    "tessera.v1.KeyService",
+    "tessera.v1.AdminService",
+    "tessera.v1.RevocationService",
+];
+
 /// Publishes [`Shared::serving`] through the standard health service and
 /// keeps the leader lease up to date. A leader cut off from everyone sees no
 /// metric change at all, so a tick re-checks the lease as well.
 async fn health_loop(shared: Arc<Shared>, reporter: tonic_health::server::HealthReporter) {
     use tonic_health::ServingStatus;
-    const SERVICES: [&str; 5] = [
-        "",
-        "tessera.v1.TokenService",
-        "tessera.v1.KeyService",
-        "tessera.v1.AdminService",
-        "tessera.v1.RevocationService",
-    ];
     let mut metrics = shared.raft.metrics();
     let mut last = None;
     let mut tick = tokio::time::interval(LEADER_LEASE / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut fresh = true;
     loop {
-        let m = metrics.borrow_and_update().clone();
-        shared.observe(&m);
+        if fresh {
+            // Only a new metrics value says anything new about quorum
+            // contact: its age is measured from now, as it arrives.
+            let m = metrics.borrow_and_update().clone();
+            shared.observe(&m);
+        }
         let status = if shared.serving() {
             ServingStatus::Serving
         } else {
             ServingStatus::NotServing
         };
         if last != Some(status) {
-            for s in SERVICES {
+            for s in HEALTH_SERVICES {
                 reporter.set_service_status(s, status).await;
             }
             last = Some(status);
         }
-        tokio::select! {
-            changed = metrics.changed() => if changed.is_err() { return },
-            _ = tick.tick() => {}
-        }
+        fresh = tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return } else { true },
+            _ = tick.tick() => false,
+        };
     }
 }
 

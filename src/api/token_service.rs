@@ -416,9 +416,9 @@ impl pb::token_service_server::TokenService for TokenApi {
         // Read the revision before the state: the answer reflects at least it.
         let revision = self.shared.state.revision();
         let max_staleness_ms = if local {
-            self.shared
-                .staleness()
-                .map_or(u64::MAX, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            self.shared.staleness().map_or(u64::MAX, |d| {
+                u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+            })
         } else {
             0
         };

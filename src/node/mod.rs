@@ -197,7 +197,9 @@ pub async fn run(
             // may not let go), then report the failure.
             match tokio::time::timeout(Duration::from_secs(5), node.shutdown()).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "after a fatal error, shutdown was not clean"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "after a fatal error, shutdown was not clean")
+                }
                 Err(_) => tracing::warn!("after a fatal error, shutdown did not finish in 5 s"),
             }
             Err(NodeError::Fatal(message))

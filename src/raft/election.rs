@@ -62,7 +62,10 @@ impl LeaderContact {
 
     /// When the leader was last heard.
     pub fn last(&self) -> Instant {
-        self.last.lock().map(|l| *l).unwrap_or_else(|_| Instant::now())
+        self.last
+            .lock()
+            .map(|l| *l)
+            .unwrap_or_else(|_| Instant::now())
     }
 
     /// How long ago the leader was last heard.
@@ -145,12 +148,34 @@ pub fn decide(
 }
 
 /// Counters of the campaigner, for tests and metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CampaignStats {
-    /// Pre-vote rounds started.
-    pub pre_votes: AtomicU64,
+    /// Pre-vote rounds finished (won or lost); also a watch channel, so a
+    /// test can wait for the next one instead of sleeping.
+    pre_votes: watch::Sender<u64>,
     /// Real elections started (pre-vote won).
     pub elections: AtomicU64,
+}
+
+impl Default for CampaignStats {
+    fn default() -> Self {
+        Self {
+            pre_votes: watch::channel(0).0,
+            elections: AtomicU64::new(0),
+        }
+    }
+}
+
+impl CampaignStats {
+    /// Pre-vote rounds finished so far.
+    pub fn pre_votes(&self) -> u64 {
+        *self.pre_votes.borrow()
+    }
+
+    /// A receiver of the number of finished pre-vote rounds.
+    pub fn watch_pre_votes(&self) -> watch::Receiver<u64> {
+        self.pre_votes.subscribe()
+    }
 }
 
 /// Runs pre-votes and elections for one node (see the module docs).
@@ -244,7 +269,6 @@ impl Campaigner {
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let mut granted = BTreeSet::from([m.id]);
         if voters.len() > 1 {
-            self.stats.pre_votes.fetch_add(1, Ordering::Relaxed);
             let req = PreVoteRequest {
                 candidate: m.id,
                 term: m.current_term,
@@ -267,6 +291,7 @@ impl Campaigner {
                     Err(e) => tracing::debug!(voter = v, error = %e, "pre-vote not answered"),
                 }
             }
+            self.stats.pre_votes.send_modify(|n| *n += 1);
         }
         let quorum = configs
             .iter()

@@ -27,11 +27,11 @@ pub mod service;
 pub mod types;
 
 pub use codec::CodecError;
-pub use network::{
-    hello, Faults, ForwardError, Network, PeerClient, RaftNetError, DEFAULT_SNAPSHOT_CHUNK_TIMEOUT,
-};
 pub use election::{
     CampaignStats, Campaigner, ElectionTimes, LeaderContact, PreVoteReply, PreVoteRequest,
+};
+pub use network::{
+    hello, Faults, ForwardError, Network, PeerClient, RaftNetError, DEFAULT_SNAPSHOT_CHUNK_TIMEOUT,
 };
 pub use proposer::{Batcher, Proposer, WriteError};
 pub use read_index::{ReadIndex, ReadIndexError};

@@ -340,7 +340,9 @@ impl raft_service_server::RaftService for RaftService {
             let req: super::PreVoteRequest = decode(&request)?;
             check_sender(caller, req.candidate, "candidate")?;
             let reply = match &self.election {
-                Some((contact, times)) => super::election::decide(&self.raft, contact, *times, &req),
+                Some((contact, times)) => {
+                    super::election::decide(&self.raft, contact, *times, &req)
+                }
                 None => super::PreVoteReply {
                     granted: false,
                     reason: "this node does not take part in pre-votes".into(),
@@ -384,8 +386,8 @@ pub fn server(
 /// snapshot chunk.
 pub fn wrap(service: RaftService) -> RaftServiceServer<RaftService> {
     RaftServiceServer::new(service)
-    .max_decoding_message_size(MAX_MESSAGE_SIZE)
-    .max_encoding_message_size(MAX_MESSAGE_SIZE)
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE)
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@ mod t50_crash;
 mod t60_cli;
 mod t70_dev;
 mod t80_cluster;
+mod t82_consistency;
 mod t85_watch;
 mod t90_kill9;
+mod t92_pause;
 mod t95_client;

@@ -66,6 +66,7 @@ async fn chain_of_three_then_revoke_the_middle() {
                     pb::IntrospectResponse {
                         active: false,
                         revision: r.revision,
+                        linearizable: true,
                         ..Default::default()
                     }
                 );

@@ -114,7 +114,9 @@ async fn read_until(
             }
         }
     };
-    tokio::time::timeout(WAIT, read)
+    // The whole read may cover hundreds of sequential commits (each an
+    // fsync): bound it generously; a stall shows as no progress at all.
+    tokio::time::timeout(4 * WAIT, read)
         .await
         .expect("stream stalled")
 }
@@ -179,8 +181,8 @@ async fn a_cursor_older_than_the_window_gets_a_snapshot_then_live_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_subscriber_is_cut_off_while_a_hundred_others_get_everything() {
-    // A subscriber may fall 128 events behind (1,024 by default).
-    let c = TestCluster::start_with(3, |cfg| cfg.watch.live_buffer = 128).await;
+    // A subscriber may fall 32 events behind (1,024 by default).
+    let c = TestCluster::start_with(3, |cfg| cfg.watch.live_buffer = 32).await;
     // The slow one reads one message for every ten revocations: it falls
     // behind until the server cuts it off. (A subscriber that never reads
     // at all is cut off by its own HTTP/2 client instead, which limits how
@@ -204,7 +206,9 @@ async fn a_slow_subscriber_is_cut_off_while_a_hundred_others_get_everything() {
             chans.push(c.channel_as(i, &c.files("ledger")).await);
         }
     }
-    const N: usize = 600;
+    // Sequential commits, each fsynced: about 20 s alone for 600 on these
+    // machines, so 400 keeps the whole read within a fifth of its bound.
+    const N: usize = 400;
     const READERS: usize = 100;
     for k in 0..READERS {
         let mut s = watch_with(chans[k % chans.len()].clone(), 0).await;

@@ -15,10 +15,10 @@ use tessera::tls::TlsFiles;
 
 use crate::cluster::*;
 
-struct Proc {
-    child: Child,
-    api: String,
-    raft: String,
+pub(crate) struct Proc {
+    pub(crate) child: Child,
+    pub(crate) api: String,
+    pub(crate) raft: String,
 }
 
 impl Drop for Proc {
@@ -29,7 +29,7 @@ impl Drop for Proc {
 }
 
 /// Starts node `i`; waits for its ready line (an event, not a sleep).
-fn spawn(dir: &Path, i: u64, api: &str, raft: &str) -> Proc {
+pub(crate) fn spawn(dir: &Path, i: u64, api: &str, raft: &str) -> Proc {
     let certs = dir.join("certs");
     let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
         .args([
@@ -75,7 +75,7 @@ fn spawn(dir: &Path, i: u64, api: &str, raft: &str) -> Proc {
     Proc { child, api, raft }
 }
 
-fn files(dir: &Path, name: &str) -> TlsFiles {
+pub(crate) fn files(dir: &Path, name: &str) -> TlsFiles {
     let c = dir.join("certs");
     TlsFiles {
         ca: c.join("ca.pem"),
@@ -84,7 +84,7 @@ fn files(dir: &Path, name: &str) -> TlsFiles {
     }
 }
 
-async fn admin(dir: &Path, addr: &str) -> AdminServiceClient<tonic::transport::Channel> {
+pub(crate) async fn admin(dir: &Path, addr: &str) -> AdminServiceClient<tonic::transport::Channel> {
     AdminServiceClient::new(
         tessera::client::connect(addr, &files(dir, "admin"))
             .await

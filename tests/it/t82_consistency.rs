@@ -1,0 +1,342 @@
+//! Answers a client can trust: a node answers `active=true` only from state
+//! that includes every acknowledged revocation, or says it cannot vouch for
+//! its state (`UNAVAILABLE`, `NOT_SERVING`, `leader_known=false`). One test
+//! per situation the black-box run found (the paused leader is in
+//! `t92_pause`, with real processes).
+
+use std::time::Duration;
+
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+use crate::cluster::*;
+use tessera::pb;
+use tessera::pb::revocation_service_client::RevocationServiceClient;
+
+/// Waits (bounded) until node `i`'s health reports `want`.
+async fn wait_health(c: &TestCluster, i: u64, want: ServingStatus) {
+    let mut h = HealthClient::new(c.channel_as(i, &c.files("ledger")).await);
+    let mut watch = h
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::timeout(WAIT, async {
+        while let Some(r) = watch.message().await.unwrap() {
+            if r.status == want as i32 {
+                return;
+            }
+        }
+        panic!("health stream ended");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("node {i} health never became {want:?}"));
+}
+
+/// Revokes `token` through any of `via`, retrying while leadership moves;
+/// returns the acknowledged revision.
+async fn revoke_acknowledged(c: &TestCluster, via: &[u64], token: &str) -> u64 {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        for i in via {
+            let r = c
+                .tokens_on(*i, "frontend")
+                .await
+                .revoke(pb::RevokeRequest {
+                    target: Some(pb::revoke_request::Target::Token(token.to_string())),
+                })
+                .await;
+            match r {
+                Ok(r) => return r.into_inner().revision,
+                Err(s) => assert_eq!(s.code(), Code::Unavailable, "{s:?}"),
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no revocation acknowledged"
+        );
+        // The majority is electing a leader: wait for one to be agreed.
+        c.agreed_leader(via).await;
+    }
+}
+
+/// Introspects on node `i` with the default (linearizable) consistency and
+/// checks the answer is never `active=true`; returns the status code of a
+/// refusal, if refused.
+async fn never_active(c: &TestCluster, i: u64, token: &str) -> Option<Code> {
+    match c
+        .tokens_on(i, "orders")
+        .await
+        .introspect(introspect_req(token))
+        .await
+    {
+        Ok(r) => {
+            let r = r.into_inner();
+            assert!(
+                !r.active,
+                "node {i} said active=true for a revoked token (revision {})",
+                r.revision
+            );
+            assert!(r.linearizable);
+            None
+        }
+        Err(s) => Some(s.code()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_leader_never_answers_active_for_a_token_revoked_on_the_majority() {
+    let c = TestCluster::start(3).await;
+    let old = c.agreed_leader(&[1, 2, 3]).await;
+    let majority: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != old).collect();
+    let t = c
+        .tokens_on(old, "frontend")
+        .await
+        .issue_token(issue_req("orders", &["orders:write"]))
+        .await
+        .unwrap()
+        .into_inner();
+    // Active before: the audience is told so (the checks below can fail).
+    let before = c
+        .tokens_on(old, "orders")
+        .await
+        .introspect(introspect_req(&t.access_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(before.active && before.linearizable);
+    // A subscriber on the old leader, before the partition.
+    let mut sub = RevocationServiceClient::new(c.channel_as(old, &c.files("ledger")).await)
+        .watch_revocations(pb::WatchRequest { from_revision: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+
+    c.faults.isolate(old);
+    let rev = revoke_acknowledged(&c, &majority, &t.access_token).await;
+
+    // For the whole partition, the old leader never says active=true.
+    for _ in 0..3 {
+        let code = never_active(&c, old, &t.access_token).await;
+        assert_eq!(code, Some(Code::Unavailable));
+    }
+    wait_health(&c, old, ServingStatus::NotServing).await;
+    let s = c
+        .admin(old)
+        .await
+        .cluster_status(pb::ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!s.leader_known, "{s:?}");
+    assert_eq!(s.leader_id, 0);
+    assert!(s.not_serving_reason.contains("quorum"), "{s:?}");
+    // Its stream ends with a resumable UNAVAILABLE instead of streaming on
+    // from a state that misses the revocation.
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match sub.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("stream ended without a status"),
+                Err(s) => return s,
+            }
+        }
+    })
+    .await
+    .expect("the old leader ends its streams");
+    assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+    assert!(ended
+        .metadata()
+        .get(tessera::api::RESUME_METADATA)
+        .is_some());
+    // New subscribers and JWKS requests are refused.
+    let refused = RevocationServiceClient::new(c.channel_as(old, &c.files("ledger")).await)
+        .watch_revocations(pb::WatchRequest { from_revision: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable);
+    let jwks = tessera::pb::key_service_client::KeyServiceClient::new(
+        c.channel_as(old, &c.files("ledger")).await,
+    )
+    .get_jwks(pb::GetJwksRequest {})
+    .await
+    .unwrap_err();
+    assert_eq!(jwks.code(), Code::Unavailable);
+    // The majority answers, linearizably.
+    for i in &majority {
+        assert_eq!(never_active(&c, *i, &t.access_token).await, None);
+    }
+
+    c.faults.heal();
+    // The old leader steps down when it hears the new term.
+    let new = c.agreed_leader(&majority).await;
+    c.node(old)
+        .raft()
+        .wait(Some(WAIT))
+        .current_leader(new, "the old leader follows the new one")
+        .await
+        .unwrap();
+    c.wait_converged(&[1, 2, 3]).await;
+    for i in [1, 2, 3] {
+        assert_eq!(never_active(&c, i, &t.access_token).await, None);
+        assert!(c.node(i).state().revision() >= rev);
+    }
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoked_on_the_leader_cannot_be_exchanged_on_a_follower_a_moment_later() {
+    let c = TestCluster::start(3).await;
+    let leader = c.agreed_leader(&[1, 2, 3]).await;
+    let follower = if leader == 1 { 2 } else { 1 };
+    let mut issuer = c.tokens_on(leader, "frontend").await;
+    let mut exchanger = c.tokens_on(follower, "orders").await;
+    for k in 0..40 {
+        let t = issuer
+            .issue_token(issue_req("orders", &["orders:write", "payments:charge"]))
+            .await
+            .unwrap()
+            .into_inner();
+        issuer
+            .revoke(pb::RevokeRequest {
+                target: Some(pb::revoke_request::Target::Token(t.access_token.clone())),
+            })
+            .await
+            .unwrap();
+        // At once, on another node: the revocation is acknowledged, so the
+        // exchange must see it.
+        let e = exchanger
+            .exchange_token(exchange_req(
+                &t.access_token,
+                "payments",
+                &["payments:charge"],
+            ))
+            .await
+            .expect_err(&format!("attempt {k}: a revoked token was exchanged"));
+        assert_eq!(e.code(), Code::Unauthenticated, "attempt {k}: {e:?}");
+        assert!(e.message().contains("revoked"), "{}", e.message());
+    }
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_serves_no_empty_state_before_it_is_re_added() {
+    let mut c = TestCluster::start(3).await;
+    let leader = c.agreed_leader(&[1, 2, 3]).await;
+    let wiped = if leader == 3 { 2 } else { 3 };
+    let t = c
+        .tokens("frontend")
+        .await
+        .issue_token(issue_req("orders", &["orders:write"]))
+        .await
+        .unwrap()
+        .into_inner();
+    revoke_acknowledged(&c, &[leader], &t.access_token).await;
+    assert_eq!(never_active(&c, wiped, &t.access_token).await, None);
+
+    c.stop_node(wiped).await;
+    std::fs::remove_dir_all(c.data_dir(wiped)).unwrap();
+    c.start_node(wiped).await;
+    // Give it every chance to hear the leader: a few more writes.
+    let b = revoke_burst(&c, "after-wipe", 10, 2, &[leader]).await;
+    assert!(b.failed.is_empty(), "{:?}", b.failed);
+
+    let mut h = HealthClient::new(c.channel_as(wiped, &c.files("ledger")).await);
+    let status = h
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::NotServing as i32);
+    let s = c
+        .admin(wiped)
+        .await
+        .cluster_status(pb::ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!s.leader_known, "{s:?}");
+    let w = RevocationServiceClient::new(c.channel_as(wiped, &c.files("ledger")).await)
+        .watch_revocations(pb::WatchRequest { from_revision: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(w.code(), Code::Unavailable, "{w:?}");
+    let jwks = tessera::pb::key_service_client::KeyServiceClient::new(
+        c.channel_as(wiped, &c.files("ledger")).await,
+    )
+    .get_jwks(pb::GetJwksRequest {})
+    .await
+    .unwrap_err();
+    assert_eq!(jwks.code(), Code::Unavailable);
+    assert_eq!(
+        never_active(&c, wiped, &t.access_token).await,
+        Some(Code::Unavailable)
+    );
+    // Even a LOCAL read refuses: an empty state is not a stale one.
+    let local = c
+        .tokens_on(wiped, "orders")
+        .await
+        .introspect(pb::IntrospectRequest {
+            consistency: pb::Consistency::Local as i32,
+            ..introspect_req(&t.access_token)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(local.code(), Code::Unavailable);
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_follower_rejoins_without_deposing_the_leader() {
+    let c = TestCluster::start(3).await;
+    let leader = c.agreed_leader(&[1, 2, 3]).await;
+    let follower = if leader == 3 { 2 } else { 3 };
+    let term = c.node(leader).raft().metrics().borrow().current_term;
+
+    c.faults.isolate(follower);
+    // Wait until it has tried (and failed) to win a pre-vote three times:
+    // without pre-vote each of those would have raised its term.
+    let mut tries = c.node(follower).campaign_stats().watch_pre_votes();
+    tokio::time::timeout(WAIT, tries.wait_for(|n| *n >= 3))
+        .await
+        .expect("the isolated follower keeps asking")
+        .unwrap();
+    assert_eq!(
+        c.node(follower).raft().metrics().borrow().current_term,
+        term,
+        "an isolated follower must not raise its term"
+    );
+
+    // Writes keep flowing through the heal; record the longest gap.
+    let writer = {
+        let mut client = c.tokens_on(leader, "admin").await;
+        tokio::spawn(async move {
+            let mut longest = Duration::ZERO;
+            let mut last = tokio::time::Instant::now();
+            for k in 0..60 {
+                client
+                    .revoke(revoke_jti(&format!("heal-{k}")))
+                    .await
+                    .expect("writes continue while the follower rejoins");
+                longest = longest.max(last.elapsed());
+                last = tokio::time::Instant::now();
+            }
+            longest
+        })
+    };
+    c.faults.heal();
+    let longest = writer.await.unwrap();
+    c.wait_converged(&[1, 2, 3]).await;
+    let m = c.node(leader).raft().metrics().borrow().clone();
+    assert_eq!(m.current_leader, Some(leader), "the leader was deposed");
+    assert_eq!(m.current_term, term, "the term changed");
+    eprintln!("longest gap between acknowledged writes while the follower rejoined: {longest:?}");
+    c.stop().await;
+}

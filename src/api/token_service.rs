@@ -68,7 +68,7 @@ impl TokenApi {
         jtis.push(&c.jti);
         self.shared
             .state
-            .is_revoked(&jtis, &c.sub, &c.client_id, c.iat)
+            .is_revoked(&jtis, &c.sub, &c.client_id, c.iat, c.rev)
     }
 
     fn policy(&self) -> Result<Arc<crate::policy::PolicyEngine>, ApiError> {
@@ -227,7 +227,7 @@ impl pb::token_service_server::TokenService for TokenApi {
         };
         ev.policy_ids = ids;
         let jti = token::new_jti().map_err(ApiError::from)?;
-        let claims = token::issue_claims(
+        let mut claims = token::issue_claims(
             &caller.id,
             &caller.thumbprint,
             &audiences,
@@ -238,6 +238,9 @@ impl pb::token_service_server::TokenService for TokenApi {
             jti,
         )
         .map_err(ApiError::from)?;
+        // The revision this node has applied: a subject or client cut-off
+        // applied above it revokes the token (token::cutoff_revokes).
+        claims.rev = Some(self.shared.state.revision());
         let token = self.sign(&claims)?;
         tracing::Span::current().record("jti", claims.jti.as_str());
         ev.decision = "allow";
@@ -282,6 +285,11 @@ impl pb::token_service_server::TokenService for TokenApi {
         check_names("scope", &scopes, MAX_SCOPES)?;
 
         let now = self.shared.clock.now();
+        // Read before the presented tokens are checked against the
+        // revocations: a cut-off applied after this read (which the checks
+        // may not have seen) is then above the new token's `tsr_rev` and
+        // revokes it too.
+        let rev = self.shared.state.revision();
         let mut ev = AuditEvent::new(now, "exchange", "deny", &caller.id);
         ev.audience = audiences.clone();
         let subject = match self.check_token(&r.subject_token, now) {
@@ -361,6 +369,7 @@ impl pb::token_service_server::TokenService for TokenApi {
             }
         };
         claims.scope = granted.join(" ");
+        claims.rev = Some(rev);
         let token = self.sign(&claims)?;
         tracing::Span::current().record("jti", claims.jti.as_str());
         ev.decision = "allow";
@@ -454,8 +463,7 @@ impl pb::token_service_server::TokenService for TokenApi {
             .ok_or_else(|| Status::invalid_argument("a revocation target is required"))?;
         let now = self.shared.clock.now();
         let s = &self.shared.settings;
-        // No token we issued lives longer than this after `now`.
-        let horizon = now + s.max_lifetime + s.leeway;
+        let (jti_until, horizon) = purge_times(s, now);
         let owns = |c: &Claims| c.sub == caller.id || c.client_id == caller.id;
         let mut ev = AuditEvent::new(now, "revoke", "deny", &caller.id);
         let (ctx, op) = match target {
@@ -476,7 +484,7 @@ impl pb::token_service_server::TokenService for TokenApi {
                     target: c.jti.clone(),
                     own: owns(&c),
                 };
-                let until = c.exp + s.leeway;
+                let until = jti_until(c.exp);
                 (
                     ctx,
                     Op::RevokeJtis {
@@ -507,7 +515,7 @@ impl pb::token_service_server::TokenService for TokenApi {
                     .collect();
                 jtis.push(RevokedJti {
                     jti: c.jti.clone(),
-                    until: c.exp + s.leeway,
+                    until: jti_until(c.exp),
                 });
                 (ctx, Op::RevokeJtis { jtis })
             }
@@ -624,6 +632,42 @@ impl TokenApi {
             ))),
         }
     }
+}
+
+/// When revocation entries may be purged: for a presented token's `jti`, a
+/// function of its `exp`; for everything else (a subject or client cut-off,
+/// a bare `jti`, a chain's ancestors) a horizon after `now`.
+///
+/// Let `S` = `max_clock_skew` (bound on the difference between any two
+/// clocks: nodes and verifiers), `W` = leeway, `L` = the longest lifetime.
+/// A verifier with clock `Cv` accepts a token while `Cv < exp + W`. The
+/// leader purges an entry with a `Purge` stamped `P > until` by its own
+/// clock; at that moment and later every verifier's clock reads more than
+/// `P - S > until - S`. So purging is safe when `until >= exp + W + S` for
+/// every token the entry can match:
+///
+/// - a presented token's `jti` (and its descendants, whose `exp` is never
+///   later): `until = exp + W + S`;
+/// - a cut-off matches tokens minted before the revocation was applied by
+///   their minting node (reads are linearizable, so no later than the write
+///   is acknowledged: within `WRITE_TIMEOUT` of `now`, this node's clock
+///   when it took the request). The minting clock is at most `S` ahead of
+///   this node's, so `exp <= now + T + S + L` with `T` = `WRITE_TIMEOUT`,
+///   and `until = now + L + W + 2S + T`. A bare `jti` or a chain's
+///   ancestors were minted before `now`: the same bound covers them.
+///
+/// A revocation acknowledged later than `T` (its caller was told the
+/// outcome is unknown) may be purged up to that much early; retrying it,
+/// which is idempotent, renews it.
+fn purge_times(s: &super::TokenSettings, now: u64) -> (impl Fn(u64) -> u64, u64) {
+    let (w, skew) = (s.leeway, s.max_clock_skew);
+    let horizon = now
+        .saturating_add(s.max_lifetime)
+        .saturating_add(w)
+        .saturating_add(skew.saturating_mul(2))
+        .saturating_add(super::WRITE_TIMEOUT.as_secs());
+    let jti_until = move |exp: u64| exp.saturating_add(w).saturating_add(skew);
+    (jti_until, horizon)
 }
 
 fn prefix(what: &str, e: ApiError) -> ApiError {

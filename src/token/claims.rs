@@ -19,6 +19,11 @@
 //!   a bare array of subjects. It lists who may act for the token's subject.
 //! - `tsr_chain` holds the ancestor `jti`s of a delegation chain, root first,
 //!   and is omitted when empty.
+//! - `tsr_rev` (private claim) is the revision (Raft applied index) the
+//!   issuing node had applied when it minted the token. Subject and client
+//!   cut-offs compare it with the revision they were committed at, not clocks
+//!   (see [`cutoff_revokes`](super::cutoff_revokes)). Tokens minted before the
+//!   claim existed lack it and fall back to comparing `iat`.
 
 use std::fmt;
 
@@ -60,6 +65,10 @@ pub struct Claims {
     /// Ancestor `jti`s of the delegation chain, root first.
     #[serde(rename = "tsr_chain", default, skip_serializing_if = "Vec::is_empty")]
     pub chain: Vec<String>,
+    /// The revision the issuing node had applied when it minted the token;
+    /// `None` for tokens minted before this claim existed.
+    #[serde(rename = "tsr_rev", default, skip_serializing_if = "Option::is_none")]
+    pub rev: Option<u64>,
 }
 
 impl Claims {
@@ -331,6 +340,7 @@ mod tests {
             }),
             may_act: None,
             chain: vec![],
+            rev: None,
         }
     }
 

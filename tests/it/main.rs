@@ -11,5 +11,6 @@ mod t60_cli;
 mod t70_dev;
 mod t80_cluster;
 mod t85_watch;
+mod t88_cutoffs;
 mod t90_kill9;
 mod t95_client;

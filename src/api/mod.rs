@@ -9,6 +9,7 @@ mod admin_service;
 mod audit;
 pub mod error;
 mod keys_service;
+mod purge;
 mod token_service;
 mod watch_service;
 

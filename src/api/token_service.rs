@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::purge::PurgeTimes;
 use super::{ApiError, AuditEvent, Shared};
 use crate::pb;
 use crate::policy::{Action, ExchangeFacts, GrantFacts, RevokeContext, RevokeKind};
@@ -463,7 +464,9 @@ impl pb::token_service_server::TokenService for TokenApi {
             .ok_or_else(|| Status::invalid_argument("a revocation target is required"))?;
         let now = self.shared.clock.now();
         let s = &self.shared.settings;
-        let (jti_until, horizon) = purge_times(s, now);
+        // When each entry may be purged (the derivation is in `purge`).
+        let purge = PurgeTimes::new(s, now);
+        let horizon = purge.horizon;
         let owns = |c: &Claims| c.sub == caller.id || c.client_id == caller.id;
         let mut ev = AuditEvent::new(now, "revoke", "deny", &caller.id);
         let (ctx, op) = match target {
@@ -484,7 +487,7 @@ impl pb::token_service_server::TokenService for TokenApi {
                     target: c.jti.clone(),
                     own: owns(&c),
                 };
-                let until = jti_until(c.exp);
+                let until = purge.for_token(c.exp);
                 (
                     ctx,
                     Op::RevokeJtis {
@@ -515,7 +518,7 @@ impl pb::token_service_server::TokenService for TokenApi {
                     .collect();
                 jtis.push(RevokedJti {
                     jti: c.jti.clone(),
-                    until: jti_until(c.exp),
+                    until: purge.for_token(c.exp),
                 });
                 (ctx, Op::RevokeJtis { jtis })
             }
@@ -632,42 +635,6 @@ impl TokenApi {
             ))),
         }
     }
-}
-
-/// When revocation entries may be purged: for a presented token's `jti`, a
-/// function of its `exp`; for everything else (a subject or client cut-off,
-/// a bare `jti`, a chain's ancestors) a horizon after `now`.
-///
-/// Let `S` = `max_clock_skew` (bound on the difference between any two
-/// clocks: nodes and verifiers), `W` = leeway, `L` = the longest lifetime.
-/// A verifier with clock `Cv` accepts a token while `Cv < exp + W`. The
-/// leader purges an entry with a `Purge` stamped `P > until` by its own
-/// clock; at that moment and later every verifier's clock reads more than
-/// `P - S > until - S`. So purging is safe when `until >= exp + W + S` for
-/// every token the entry can match:
-///
-/// - a presented token's `jti` (and its descendants, whose `exp` is never
-///   later): `until = exp + W + S`;
-/// - a cut-off matches tokens minted before the revocation was applied by
-///   their minting node (reads are linearizable, so no later than the write
-///   is acknowledged: within `WRITE_TIMEOUT` of `now`, this node's clock
-///   when it took the request). The minting clock is at most `S` ahead of
-///   this node's, so `exp <= now + T + S + L` with `T` = `WRITE_TIMEOUT`,
-///   and `until = now + L + W + 2S + T`. A bare `jti` or a chain's
-///   ancestors were minted before `now`: the same bound covers them.
-///
-/// A revocation acknowledged later than `T` (its caller was told the
-/// outcome is unknown) may be purged up to that much early; retrying it,
-/// which is idempotent, renews it.
-fn purge_times(s: &super::TokenSettings, now: u64) -> (impl Fn(u64) -> u64, u64) {
-    let (w, skew) = (s.leeway, s.max_clock_skew);
-    let horizon = now
-        .saturating_add(s.max_lifetime)
-        .saturating_add(w)
-        .saturating_add(skew.saturating_mul(2))
-        .saturating_add(super::WRITE_TIMEOUT.as_secs());
-    let jti_until = move |exp: u64| exp.saturating_add(w).saturating_add(skew);
-    (jti_until, horizon)
 }
 
 fn prefix(what: &str, e: ApiError) -> ApiError {

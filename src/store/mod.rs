@@ -213,6 +213,11 @@ mod tests {
         assert!(!view.is_revoked(&["j-old"], "x", "y", 1, None), "purged");
         assert!(!view.is_revoked(&[], "alice", "y", 1, None), "purged");
         assert!(view.is_revoked(&[], "bob", "svc-a", 90, None));
+        // The client cut-off was applied at revision 5: tokens minted below
+        // it are revoked whatever their iat (also after a snapshot install
+        // or a reopen: the revision is part of the state).
+        assert!(view.is_revoked(&[], "bob", "svc-a", 1_000, Some(4)));
+        assert!(!view.is_revoked(&[], "bob", "svc-a", 0, Some(5)));
         assert_eq!(view.revocation_count(), 2);
         assert_eq!(view.policy().map(|p| p.0), Some(6));
         assert_eq!(view.keys_version(), 8);

@@ -357,6 +357,7 @@ mod tests {
         assert!(!obj.contains_key("tsr_chain"));
         assert!(!obj.contains_key("act"));
         assert!(!obj.contains_key("may_act"));
+        assert!(!obj.contains_key("tsr_rev"));
     }
 
     #[test]
@@ -371,11 +372,13 @@ mod tests {
             sub: vec!["b".into(), "c".into()],
         });
         c.chain = vec!["j0".into(), "j00".into()];
+        c.rev = Some(42);
         let v = serde_json::to_value(&c).unwrap();
         assert_eq!(v["aud"], json!(["x", "y"]));
         assert_eq!(v["act"], json!({"sub": "c", "act": {"sub": "b"}}));
         assert_eq!(v["may_act"], json!({"sub": ["b", "c"]}));
         assert_eq!(v["tsr_chain"], json!(["j0", "j00"]));
+        assert_eq!(v["tsr_rev"], json!(42));
         let back: Claims = serde_json::from_value(v).unwrap();
         assert_eq!(back, c);
     }
@@ -421,6 +424,11 @@ mod tests {
             let mut v = base_json();
             v["exp"] = bad.clone();
             assert!(serde_json::from_value::<Claims>(v).is_err(), "exp = {bad}");
+            if !bad.is_null() {
+                let mut v = base_json();
+                v["tsr_rev"] = bad.clone();
+                assert!(serde_json::from_value::<Claims>(v).is_err(), "rev = {bad}");
+            }
         }
         // From text as well: `1e10` and `2000.0` are floats to a JSON parser.
         let text = serde_json::to_string(&base_json()).unwrap();

@@ -10,6 +10,7 @@ mod audit;
 pub mod consistency;
 pub mod error;
 mod keys_service;
+mod purge;
 mod token_service;
 mod watch_service;
 
@@ -54,6 +55,12 @@ pub struct TokenSettings {
     pub max_depth: usize,
     /// Clock skew tolerated when checking `exp`, `nbf` and `iat`, seconds.
     pub leeway: u64,
+    /// Largest difference between the clocks of any two nodes or verifiers
+    /// that revocations stay correct under, seconds: every revocation's
+    /// purge time is extended by it (docs/DESIGN-NOTES.md, "Clock-free
+    /// cut-offs"). Subject and client cut-offs themselves compare
+    /// revisions, not clocks.
+    pub max_clock_skew: u64,
     /// Largest token accepted, bytes.
     pub max_token_len: usize,
     /// How many verified tokens to remember (0: verify every signature).
@@ -68,6 +75,7 @@ impl Default for TokenSettings {
             max_lifetime: 3600,
             max_depth: 5,
             leeway: 30,
+            max_clock_skew: 30,
             max_token_len: 8 * 1024,
             verified_cache: 16 * 1024,
         }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::purge::PurgeTimes;
 use super::{ApiError, AuditEvent, Shared};
 use crate::pb;
 use crate::policy::{Action, ExchangeFacts, GrantFacts, RevokeContext, RevokeKind};
@@ -68,7 +69,7 @@ impl TokenApi {
         jtis.push(&c.jti);
         self.shared
             .state
-            .is_revoked(&jtis, &c.sub, &c.client_id, c.iat)
+            .is_revoked(&jtis, &c.sub, &c.client_id, c.iat, c.rev)
     }
 
     fn policy(&self) -> Result<Arc<crate::policy::PolicyEngine>, ApiError> {
@@ -229,7 +230,7 @@ impl pb::token_service_server::TokenService for TokenApi {
         };
         ev.policy_ids = ids;
         let jti = token::new_jti().map_err(ApiError::from)?;
-        let claims = token::issue_claims(
+        let mut claims = token::issue_claims(
             &caller.id,
             &caller.thumbprint,
             &audiences,
@@ -240,6 +241,9 @@ impl pb::token_service_server::TokenService for TokenApi {
             jti,
         )
         .map_err(ApiError::from)?;
+        // The revision this node has applied: a subject or client cut-off
+        // applied above it revokes the token (token::cutoff_revokes).
+        claims.rev = Some(self.shared.state.revision());
         let token = self.sign(&claims)?;
         tracing::Span::current().record("jti", claims.jti.as_str());
         ev.decision = "allow";
@@ -287,6 +291,11 @@ impl pb::token_service_server::TokenService for TokenApi {
         self.shared.read_barrier().await?;
 
         let now = self.shared.clock.now();
+        // Read before the presented tokens are checked against the
+        // revocations: a cut-off applied after this read (which the checks
+        // may not have seen) is then above the new token's `tsr_rev` and
+        // revokes it too.
+        let rev = self.shared.state.revision();
         let mut ev = AuditEvent::new(now, "exchange", "deny", &caller.id);
         ev.audience = audiences.clone();
         let subject = match self.check_token(&r.subject_token, now) {
@@ -366,6 +375,7 @@ impl pb::token_service_server::TokenService for TokenApi {
             }
         };
         claims.scope = granted.join(" ");
+        claims.rev = Some(rev);
         let token = self.sign(&claims)?;
         tracing::Span::current().record("jti", claims.jti.as_str());
         ev.decision = "allow";
@@ -480,8 +490,9 @@ impl pb::token_service_server::TokenService for TokenApi {
             .ok_or_else(|| Status::invalid_argument("a revocation target is required"))?;
         let now = self.shared.clock.now();
         let s = &self.shared.settings;
-        // No token we issued lives longer than this after `now`.
-        let horizon = now + s.max_lifetime + s.leeway;
+        // When each entry may be purged (the derivation is in `purge`).
+        let purge = PurgeTimes::new(s, now);
+        let horizon = purge.horizon;
         let owns = |c: &Claims| c.sub == caller.id || c.client_id == caller.id;
         let mut ev = AuditEvent::new(now, "revoke", "deny", &caller.id);
         let (ctx, op) = match target {
@@ -502,7 +513,7 @@ impl pb::token_service_server::TokenService for TokenApi {
                     target: c.jti.clone(),
                     own: owns(&c),
                 };
-                let until = c.exp + s.leeway;
+                let until = purge.for_token(c.exp);
                 (
                     ctx,
                     Op::RevokeJtis {
@@ -533,7 +544,7 @@ impl pb::token_service_server::TokenService for TokenApi {
                     .collect();
                 jtis.push(RevokedJti {
                     jti: c.jti.clone(),
-                    until: c.exp + s.leeway,
+                    until: purge.for_token(c.exp),
                 });
                 (ctx, Op::RevokeJtis { jtis })
             }

@@ -89,24 +89,29 @@ fn to_pb(r: &Revocation) -> pb::Revocation {
             target: Some(Target::Jti(jti.clone())),
             cutoff: 0,
             until: *until,
+            cutoff_revision: 0,
         },
         Revocation::Subject {
             subject,
             cutoff,
             until,
+            revision,
         } => pb::Revocation {
             target: Some(Target::Subject(subject.clone())),
             cutoff: *cutoff,
             until: *until,
+            cutoff_revision: *revision,
         },
         Revocation::Client {
             client,
             cutoff,
             until,
+            revision,
         } => pb::Revocation {
             target: Some(Target::Client(client.clone())),
             cutoff: *cutoff,
             until: *until,
+            cutoff_revision: *revision,
         },
     }
 }

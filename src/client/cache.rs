@@ -41,7 +41,7 @@ use crate::pb;
 use crate::pb::revocation::Target;
 use crate::pb::watch_event::Kind;
 use crate::tls::TlsFiles;
-use crate::token::Claims;
+use crate::token::{cutoff_revokes, Claims};
 
 /// How often expired entries are forgotten while a stream is open.
 const PURGE_EVERY: Duration = Duration::from_secs(1);
@@ -131,8 +131,11 @@ pub struct CacheStatus {
 /// A subject or client cut-off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Cutoff {
+    /// Cut-off time, for tokens without `tsr_rev`.
     cutoff: u64,
     until: u64,
+    /// Revision the cut-off was applied at; 0 if the server did not say.
+    revision: u64,
 }
 
 /// A set of revocation entries, as the server's state holds them.
@@ -147,19 +150,33 @@ impl Entries {
     /// Adds or raises an entry. The server sends the entry's resulting
     /// values; taking the maximum keeps the set monotonic whatever the order.
     /// An entry without a target (a newer server's kind) is skipped.
-    fn add(&mut self, r: pb::Revocation) {
-        fn raise(map: &mut HashMap<String, Cutoff>, key: String, cutoff: u64, until: u64) {
-            let e = map.entry(key).or_insert(Cutoff { cutoff, until });
-            e.cutoff = e.cutoff.max(cutoff);
-            e.until = e.until.max(until);
+    ///
+    /// `event_revision` is the revision of the live event carrying the entry
+    /// (0 for a snapshot entry): a cut-off in a live event was applied at
+    /// that revision, which stands in for `cutoff_revision` if a server too
+    /// old to send it did not.
+    fn add(&mut self, r: pb::Revocation, event_revision: u64) {
+        fn raise(map: &mut HashMap<String, Cutoff>, key: String, new: Cutoff) {
+            let e = map.entry(key).or_insert(new);
+            e.cutoff = e.cutoff.max(new.cutoff);
+            e.until = e.until.max(new.until);
+            e.revision = e.revision.max(new.revision);
         }
+        let cut = Cutoff {
+            cutoff: r.cutoff,
+            until: r.until,
+            revision: match r.cutoff_revision {
+                0 => event_revision,
+                rev => rev,
+            },
+        };
         match r.target {
             Some(Target::Jti(jti)) => {
                 let until = self.jtis.entry(jti).or_insert(r.until);
                 *until = (*until).max(r.until);
             }
-            Some(Target::Subject(s)) => raise(&mut self.subjects, s, r.cutoff, r.until),
-            Some(Target::Client(c)) => raise(&mut self.clients, c, r.cutoff, r.until),
+            Some(Target::Subject(s)) => raise(&mut self.subjects, s, cut),
+            Some(Target::Client(c)) => raise(&mut self.clients, c, cut),
             None => tracing::debug!("revocation without a known target skipped"),
         }
     }
@@ -179,12 +196,21 @@ impl Entries {
     }
 
     /// The server's rule: any of the token's jtis (its own and its
-    /// ancestors') is revoked, or its subject's or client's cut-off is at or
-    /// after its `iat`.
-    fn is_revoked(&self, jtis: &[&str], subject: &str, client: &str, iat: u64) -> bool {
+    /// ancestors') is revoked, or its subject's or client's cut-off revokes
+    /// it ([`cutoff_revokes`]: by revision, or by `iat` for a token or entry
+    /// without one).
+    fn is_revoked(
+        &self,
+        jtis: &[&str],
+        subject: &str,
+        client: &str,
+        iat: u64,
+        rev: Option<u64>,
+    ) -> bool {
+        let hit = |c: &Cutoff| cutoff_revokes(c.cutoff, c.revision, iat, rev);
         jtis.iter().any(|j| self.jtis.contains_key(*j))
-            || self.subjects.get(subject).is_some_and(|c| c.cutoff >= iat)
-            || self.clients.get(client).is_some_and(|c| c.cutoff >= iat)
+            || self.subjects.get(subject).is_some_and(hit)
+            || self.clients.get(client).is_some_and(hit)
     }
 }
 
@@ -247,7 +273,7 @@ impl Session {
                     return Ok(Step::Nothing);
                 }
                 for r in rs.revocations {
-                    st.entries.add(r);
+                    st.entries.add(r, revision);
                 }
                 st.revision = revision;
                 st.synced = true;
@@ -257,7 +283,7 @@ impl Session {
                 let (entries, received) = self.snapshot.get_or_insert_with(Default::default);
                 *received += rs.revocations.len() as u64;
                 for r in rs.revocations {
-                    entries.add(r);
+                    entries.add(r, 0);
                 }
                 Ok(Step::Nothing)
             }
@@ -524,22 +550,38 @@ impl RevocationCache {
     }
 
     /// Whether a token with these `jtis` (its own and its ancestors', see
-    /// [`Claims::chain`]), `subject`, `client` and `iat` is revoked, by the
-    /// server's rules: any jti revoked, or the subject's or client's
-    /// cut-off at or after `iat`.
-    pub fn is_revoked(&self, jtis: &[&str], subject: &str, client: &str, iat: u64) -> bool {
+    /// [`Claims::chain`]), `subject`, `client`, `iat` and minting revision
+    /// `rev` (its `tsr_rev` claim, [`Claims::rev`]) is revoked, by the
+    /// server's rules: any jti revoked, or the subject's or client's cut-off
+    /// applied at a revision above `rev` (for a token without `rev`, or a
+    /// cut-off from a server that did not send its revision: a cut-off time
+    /// at or after `iat`). See [`crate::token::cutoff_revokes`].
+    pub fn is_revoked(
+        &self,
+        jtis: &[&str],
+        subject: &str,
+        client: &str,
+        iat: u64,
+        rev: Option<u64>,
+    ) -> bool {
         self.shared()
             .read()
             .entries
-            .is_revoked(jtis, subject, client, iat)
+            .is_revoked(jtis, subject, client, iat, rev)
     }
 
     /// [`is_revoked`](Self::is_revoked) for verified claims: the chain and
-    /// the token's own jti, its `sub`, `client_id` and `iat`.
+    /// the token's own jti, its `sub`, `client_id`, `iat` and `tsr_rev`.
     pub fn is_token_revoked(&self, claims: &Claims) -> bool {
         let mut jtis: Vec<&str> = claims.chain.iter().map(String::as_str).collect();
         jtis.push(&claims.jti);
-        self.is_revoked(&jtis, &claims.sub, &claims.client_id, claims.iat)
+        self.is_revoked(
+            &jtis,
+            &claims.sub,
+            &claims.client_id,
+            claims.iat,
+            claims.rev,
+        )
     }
 
     /// The revision the cache has applied.
@@ -822,6 +864,7 @@ mod tests {
             target: Some(Target::Jti(j.into())),
             cutoff: 0,
             until,
+            cutoff_revision: 0,
         }
     }
 
@@ -830,6 +873,7 @@ mod tests {
             target: Some(Target::Subject(s.into())),
             cutoff,
             until,
+            cutoff_revision: 0,
         }
     }
 
@@ -838,6 +882,7 @@ mod tests {
             target: Some(Target::Client(c.into())),
             cutoff,
             until,
+            cutoff_revision: 0,
         }
     }
 
@@ -897,7 +942,7 @@ mod tests {
         );
         s.step(&mut st, chunk(9, vec![jti("c", 100)])).unwrap();
         assert_eq!((st.revision, jtis(&st)), (5, set(&["a"])));
-        assert!(st.entries.is_revoked(&["a"], "", "", 0));
+        assert!(st.entries.is_revoked(&["a"], "", "", 0, None));
         assert_eq!(s.step(&mut st, end(9, 2)).unwrap(), Step::Replaced(9));
         // "a" was purged on the server: gone here too.
         assert_eq!((st.revision, jtis(&st)), (9, set(&["b", "c"])));
@@ -1033,63 +1078,100 @@ mod tests {
     #[test]
     fn the_revocation_rules() {
         let mut e = Entries::default();
-        e.add(jti("root", 100));
-        e.add(subject("alice", 50, 100));
-        e.add(client("svc", 60, 100));
-        e.add(pb::Revocation {
-            target: None,
-            cutoff: 1,
-            until: 1,
-        });
+        e.add(jti("root", 100), 0);
+        e.add(subject("alice", 50, 100), 0);
+        e.add(client("svc", 60, 100), 0);
+        e.add(
+            pb::Revocation {
+                target: None,
+                cutoff: 1,
+                until: 1,
+                cutoff_revision: 1,
+            },
+            0,
+        );
         assert_eq!(e.len(), 3);
         // Any jti of the chain.
-        assert!(e.is_revoked(&["root", "child"], "bob", "other", 99));
-        assert!(e.is_revoked(&["child", "root"], "bob", "other", 99));
-        assert!(!e.is_revoked(&["child"], "bob", "other", 99));
-        assert!(!e.is_revoked(&[], "bob", "other", 0));
+        assert!(e.is_revoked(&["root", "child"], "bob", "other", 99, None));
+        assert!(e.is_revoked(&["child", "root"], "bob", "other", 99, None));
+        assert!(!e.is_revoked(&["child"], "bob", "other", 99, None));
+        assert!(!e.is_revoked(&[], "bob", "other", 0, None));
         // Subject cut-off: at or after iat.
-        assert!(e.is_revoked(&["x"], "alice", "other", 49));
-        assert!(e.is_revoked(&["x"], "alice", "other", 50));
-        assert!(!e.is_revoked(&["x"], "alice", "other", 51));
+        assert!(e.is_revoked(&["x"], "alice", "other", 49, None));
+        assert!(e.is_revoked(&["x"], "alice", "other", 50, None));
+        assert!(!e.is_revoked(&["x"], "alice", "other", 51, None));
         // Client cut-off.
-        assert!(e.is_revoked(&["x"], "bob", "svc", 60));
-        assert!(!e.is_revoked(&["x"], "bob", "svc", 61));
+        assert!(e.is_revoked(&["x"], "bob", "svc", 60, None));
+        assert!(!e.is_revoked(&["x"], "bob", "svc", 61, None));
         // A subject is not a client and the other way round.
-        assert!(!e.is_revoked(&["x"], "svc", "alice", 61));
+        assert!(!e.is_revoked(&["x"], "svc", "alice", 61, None));
+    }
+
+    #[test]
+    fn cutoffs_compare_revisions_like_the_server() {
+        let mut s = Session::default();
+        let mut st = CacheState::default();
+        let with_rev = |mut r: pb::Revocation, rev| {
+            r.cutoff_revision = rev;
+            r
+        };
+        // A snapshot entry carries its cut-off revision...
+        for e in [
+            chunk(9, vec![with_rev(subject("alice", 100, 900), 7)]),
+            end(9, 1),
+        ] {
+            s.step(&mut st, e).unwrap();
+        }
+        // ...and so does a live event (here from a server that left the
+        // field out: the event's revision stands in).
+        s.step(&mut st, revoked(12, vec![client("svc", 100, 900)]))
+            .unwrap();
+        let e = &st.entries;
+        // Below the cut-off revision: revoked, whatever the iat.
+        assert!(e.is_revoked(&["x"], "alice", "o", 5_000, Some(6)));
+        assert!(e.is_revoked(&["x"], "bob", "svc", 5_000, Some(11)));
+        // At or above: valid, whatever the iat.
+        assert!(!e.is_revoked(&["x"], "alice", "o", 1, Some(7)));
+        assert!(!e.is_revoked(&["x"], "bob", "svc", 1, Some(12)));
+        // No claim: the iat rule.
+        assert!(e.is_revoked(&["x"], "alice", "o", 100, None));
+        assert!(!e.is_revoked(&["x"], "alice", "o", 101, None));
     }
 
     #[test]
     fn entries_only_grow() {
         let mut e = Entries::default();
-        e.add(subject("alice", 50, 100));
-        e.add(subject("alice", 40, 90));
+        e.add(subject("alice", 50, 100), 0);
+        e.add(subject("alice", 40, 90), 0);
         assert_eq!(
             e.subjects["alice"],
             Cutoff {
                 cutoff: 50,
-                until: 100
+                until: 100,
+                revision: 0,
             }
         );
-        e.add(subject("alice", 70, 200));
+        e.add(subject("alice", 70, 200), 0);
         assert_eq!(
             e.subjects["alice"],
             Cutoff {
                 cutoff: 70,
-                until: 200
+                until: 200,
+                revision: 0,
             }
         );
-        e.add(jti("a", 100));
-        e.add(jti("a", 80));
+        e.add(jti("a", 100), 0);
+        e.add(jti("a", 80), 0);
         assert_eq!(e.jtis["a"], 100);
     }
 
     #[test]
     fn expired_entries_are_forgotten() {
         let mut e = Entries::default();
-        e.add(jti("a", 100));
-        e.add(jti("b", 200));
-        e.add(subject("alice", 50, 100));
-        e.add(client("svc", 60, 300));
+        e.add(jti("a", 100), 0);
+        e.add(jti("b", 200), 0);
+        e.add(subject("alice", 50, 100), 0);
+        e.add(client("svc", 60, 300), 0);
         // `until` itself is still kept (the server purges `until < at`).
         assert_eq!(e.purge(100), 0);
         assert_eq!(e.purge(101), 2);
@@ -1152,8 +1234,8 @@ mod tests {
         clock.advance(51);
         cache.purge_expired();
         assert_eq!(cache.revoked_jtis(), set(&["b"]));
-        assert!(!cache.is_revoked(&["a"], "", "", 0));
-        assert!(cache.is_revoked(&["a", "b"], "", "", 0));
+        assert!(!cache.is_revoked(&["a"], "", "", 0, None));
+        assert!(cache.is_revoked(&["a", "b"], "", "", 0, None));
     }
 
     fn test_config() -> CacheConfig {

@@ -430,6 +430,7 @@ mod tests {
             cnf: Some(Confirmation::from_cert_der(b"payments-cert")),
             may_act: None,
             chain: vec!["j1".into(), "j2".into()],
+            rev: None,
         }
     }
 
@@ -438,6 +439,7 @@ mod tests {
             target: Some(target),
             cutoff,
             until: NOW + 1000,
+            cutoff_revision: 0,
         }
     }
 

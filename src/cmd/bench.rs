@@ -282,6 +282,7 @@ fn crypto_costs(iterations: u32) -> Result<(), CliError> {
         }),
         may_act: None,
         chain: vec![],
+        rev: None,
     };
     let params = VerifyParams {
         issuer: "https://tessera.dev".into(),

@@ -47,6 +47,9 @@ pub struct Cli {
     pub log: String,
 }
 
+// Parsed once at start-up and matched at once: the size of the largest
+// variant (the node's flags) costs nothing worth boxing for.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Run a node.

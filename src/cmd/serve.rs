@@ -81,6 +81,11 @@ pub struct ServeArgs {
     /// Maximum delegation depth.
     #[arg(long, env = "TESSERA_MAX_DEPTH")]
     max_depth: Option<usize>,
+    /// Largest clock difference between any two nodes or verifiers that
+    /// revocations stay correct under, seconds (default 30): revocations
+    /// are kept this much longer before they are purged.
+    #[arg(long, env = "TESSERA_MAX_CLOCK_SKEW")]
+    max_clock_skew: Option<u64>,
     /// Audit log file ("-" for stderr).
     #[arg(long, env = "TESSERA_AUDIT_LOG")]
     audit_log: Option<PathBuf>,
@@ -106,6 +111,7 @@ struct FileConfig {
     default_lifetime: Option<u64>,
     max_lifetime: Option<u64>,
     max_depth: Option<usize>,
+    max_clock_skew: Option<u64>,
     audit_log: Option<PathBuf>,
 }
 
@@ -199,6 +205,7 @@ fn build(a: ServeArgs) -> Result<(Config, String, String), CliError> {
         default_lifetime: pick!(default_lifetime).unwrap_or(defaults.default_lifetime),
         max_lifetime: pick!(max_lifetime).unwrap_or(defaults.max_lifetime),
         max_depth: pick!(max_depth).unwrap_or(defaults.max_depth),
+        max_clock_skew: pick!(max_clock_skew).unwrap_or(defaults.max_clock_skew),
         ..defaults
     };
     let audit = match pick!(audit_log) {

@@ -27,10 +27,10 @@ fn revocation_json(r: &pb::Revocation) -> serde_json::Value {
     match &r.target {
         Some(Target::Jti(j)) => serde_json::json!({ "jti": j, "until": r.until }),
         Some(Target::Subject(s)) => {
-            serde_json::json!({ "subject": s, "cutoff": r.cutoff, "until": r.until })
+            serde_json::json!({ "subject": s, "cutoff": r.cutoff, "cutoff_revision": r.cutoff_revision, "until": r.until })
         }
         Some(Target::Client(c)) => {
-            serde_json::json!({ "client": c, "cutoff": r.cutoff, "until": r.until })
+            serde_json::json!({ "client": c, "cutoff": r.cutoff, "cutoff_revision": r.cutoff_revision, "until": r.until })
         }
         None => serde_json::json!({}),
     }

@@ -11,6 +11,10 @@ pub use crate::api::TokenSettings;
 use crate::clock::{Clock, SystemClock};
 use crate::tls::TlsFiles;
 
+/// Upper bound on `max_clock_skew`, seconds: clocks further apart than a
+/// day are a broken deployment, not skew to plan for.
+pub const MAX_CLOCK_SKEW_LIMIT: u64 = 86_400;
+
 /// Where the key-encryption key comes from.
 #[derive(Clone)]
 pub enum KekSource {
@@ -160,6 +164,11 @@ impl Config {
         }
         if t.max_depth == 0 || t.max_depth > 32 {
             return Err("max delegation depth must be between 1 and 32".into());
+        }
+        if t.max_clock_skew > MAX_CLOCK_SKEW_LIMIT {
+            return Err(format!(
+                "max clock skew must be at most {MAX_CLOCK_SKEW_LIMIT}s"
+            ));
         }
         if t.max_token_len < 512 || t.max_token_len > 1024 * 1024 {
             return Err("max token size must be between 512 bytes and 1 MiB".into());

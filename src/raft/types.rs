@@ -83,21 +83,24 @@ pub enum Op {
         /// The revoked `jti`s with their purge times.
         jtis: Vec<RevokedJti>,
     },
-    /// Every token of `subject` issued at or before `cutoff` is inactive.
+    /// Every token of `subject` minted by a node that had not applied this
+    /// entry (its `tsr_rev` is below the entry's log index) is inactive; a
+    /// token without `tsr_rev` is, if issued at or before `cutoff`.
     RevokeSubject {
         /// The token `sub` claim value.
         subject: String,
-        /// Tokens with `iat <= cutoff` are inactive.
+        /// Tokens without `tsr_rev` and with `iat <= cutoff` are inactive.
         cutoff: u64,
         /// When the entry may be purged.
         until: u64,
     },
-    /// Every token whose `client_id` is `client` issued at or before `cutoff`
-    /// is inactive.
+    /// Every token whose `client_id` is `client` minted below the entry's
+    /// log index (`tsr_rev`) is inactive; a token without `tsr_rev` is, if
+    /// issued at or before `cutoff`.
     RevokeClient {
         /// The token `client_id` claim value (the caller identity it was issued to).
         client: String,
-        /// Tokens with `iat <= cutoff` are inactive.
+        /// Tokens without `tsr_rev` and with `iat <= cutoff` are inactive.
         cutoff: u64,
         /// When the entry may be purged.
         until: u64,

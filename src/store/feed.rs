@@ -52,19 +52,27 @@ pub enum Revocation {
     Subject {
         /// The subject.
         subject: String,
-        /// Tokens with `iat <= cutoff` are revoked.
+        /// Tokens without a `tsr_rev` claim and with `iat <= cutoff` are
+        /// revoked.
         cutoff: u64,
         /// When the entry may be forgotten.
         until: u64,
+        /// Revision the cut-off was applied at: tokens with `tsr_rev` below
+        /// it are revoked (see [`crate::token::cutoff_revokes`]).
+        revision: u64,
     },
     /// A client cut-off.
     Client {
         /// The client identity.
         client: String,
-        /// Tokens with `iat <= cutoff` are revoked.
+        /// Tokens without a `tsr_rev` claim and with `iat <= cutoff` are
+        /// revoked.
         cutoff: u64,
         /// When the entry may be forgotten.
         until: u64,
+        /// Revision the cut-off was applied at: tokens with `tsr_rev` below
+        /// it are revoked (see [`crate::token::cutoff_revokes`]).
+        revision: u64,
     },
 }
 

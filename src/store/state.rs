@@ -14,14 +14,22 @@ use super::db::{self, Db};
 use super::feed::Revocation;
 use super::StoreError;
 use crate::raft::{CommandResponse, Entry, KeyRecord, LogId, Op, StoredMembership};
+use crate::token::cutoff_revokes;
 
 /// A subject's or client's revocation cut-off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Cutoff {
-    /// Tokens with `iat <= cutoff` are inactive.
+    /// Tokens without a `tsr_rev` claim and with `iat <= cutoff` are
+    /// inactive.
     pub(crate) cutoff: u64,
     /// When the entry may be purged.
     pub(crate) until: u64,
+    /// Log index of the last revocation that raised this cut-off: tokens
+    /// minted by a node that had applied less (`tsr_rev < revision`) are
+    /// inactive. 0 for a cut-off stored before cut-offs recorded it (then
+    /// only the `iat` rule applies); the serde default reads such state.
+    #[serde(default)]
+    pub(crate) revision: u64,
 }
 
 /// A policy document and the log index it was put at.
@@ -163,8 +171,11 @@ impl State {
                 let moved = raise_cutoff(
                     &mut self.subjects,
                     subject,
-                    *cutoff,
-                    *until,
+                    Cutoff {
+                        cutoff: *cutoff,
+                        until: *until,
+                        revision: index,
+                    },
                     &mut touched.subjects,
                 );
                 if moved {
@@ -173,6 +184,7 @@ impl State {
                             subject: subject.clone(),
                             cutoff: c.cutoff,
                             until: c.until,
+                            revision: c.revision,
                         };
                         touched.event(index, vec![r]);
                     }
@@ -187,8 +199,11 @@ impl State {
                 let moved = raise_cutoff(
                     &mut self.clients,
                     client,
-                    *cutoff,
-                    *until,
+                    Cutoff {
+                        cutoff: *cutoff,
+                        until: *until,
+                        revision: index,
+                    },
                     &mut touched.clients,
                 );
                 if moved {
@@ -197,6 +212,7 @@ impl State {
                             client: client.clone(),
                             cutoff: c.cutoff,
                             until: c.until,
+                            revision: c.revision,
                         };
                         touched.event(index, vec![r]);
                     }
@@ -245,11 +261,20 @@ impl State {
     }
 
     /// True if any of `jtis` is revoked, or the subject's or the client's
-    /// cut-off is at or after `iat`.
-    pub(crate) fn is_revoked(&self, jtis: &[&str], subject: &str, client: &str, iat: u64) -> bool {
+    /// cut-off revokes a token minted at revision `rev` (or, without one, at
+    /// `iat`): see [`cutoff_revokes`].
+    pub(crate) fn is_revoked(
+        &self,
+        jtis: &[&str],
+        subject: &str,
+        client: &str,
+        iat: u64,
+        rev: Option<u64>,
+    ) -> bool {
+        let hit = |c: &Cutoff| cutoff_revokes(c.cutoff, c.revision, iat, rev);
         jtis.iter().any(|j| self.jtis.contains_key(*j))
-            || self.subjects.get(subject).is_some_and(|c| c.cutoff >= iat)
-            || self.clients.get(client).is_some_and(|c| c.cutoff >= iat)
+            || self.subjects.get(subject).is_some_and(hit)
+            || self.clients.get(client).is_some_and(hit)
     }
 
     /// Every active revocation entry, for a watcher's snapshot.
@@ -263,11 +288,13 @@ impl State {
             subject: s.clone(),
             cutoff: c.cutoff,
             until: c.until,
+            revision: c.revision,
         }));
         out.extend(self.clients.iter().map(|(s, c)| Revocation::Client {
             client: s.clone(),
             cutoff: c.cutoff,
             until: c.until,
+            revision: c.revision,
         }));
         out
     }
@@ -376,27 +403,29 @@ impl SmBatches {
     }
 }
 
-/// Raises `key`'s cut-off to `cutoff` and its purge time to `until` (each
-/// only ever moves forward). Returns whether the cut-off moved.
+/// Raises `key`'s cut-off time, revision and purge time to `new`'s (each
+/// only ever moves forward). Returns whether the cut-off moved: a later
+/// revocation revokes the tokens minted since the earlier one, so it counts
+/// as a change even within the same second.
 fn raise_cutoff(
     map: &mut BTreeMap<String, Cutoff>,
     key: &str,
-    cutoff: u64,
-    until: u64,
+    new: Cutoff,
     touched: &mut BTreeSet<String>,
 ) -> bool {
     match map.get_mut(key) {
         Some(c) => {
-            let moved = cutoff > c.cutoff;
-            if moved || until > c.until {
-                c.cutoff = c.cutoff.max(cutoff);
-                c.until = c.until.max(until);
+            let moved = new.cutoff > c.cutoff || new.revision > c.revision;
+            if moved || new.until > c.until {
+                c.cutoff = c.cutoff.max(new.cutoff);
+                c.until = c.until.max(new.until);
+                c.revision = c.revision.max(new.revision);
                 touched.insert(key.to_owned());
             }
             moved
         }
         None => {
-            map.insert(key.to_owned(), Cutoff { cutoff, until });
+            map.insert(key.to_owned(), new);
             touched.insert(key.to_owned());
             true
         }
@@ -526,8 +555,8 @@ mod tests {
         assert_eq!(t.events.len(), 1, "one event per log entry");
         assert_eq!(t.events[0].revision, 2);
         assert_eq!(t.events[0].revocations.len(), 2);
-        assert!(s.is_revoked(&["b"], "x", "y", 0));
-        assert!(s.is_revoked(&[], "s", "y", 10));
+        assert!(s.is_revoked(&["b"], "x", "y", 0, None));
+        assert!(s.is_revoked(&[], "s", "y", 10, None));
     }
 
     #[test]
@@ -571,37 +600,75 @@ mod tests {
                     .get("c1")
                     .unwrap()
             };
+            let cut = |cutoff, until, revision| Cutoff {
+                cutoff,
+                until,
+                revision,
+            };
             let mut s = State::default();
             assert_eq!(apply(&mut s, 1, 0, op(100, 500)), 1);
-            assert_eq!(
-                get(&s),
-                Cutoff {
-                    cutoff: 100,
-                    until: 500
-                }
-            );
-            // Same cut-off: unchanged.
-            assert_eq!(apply(&mut s, 2, 0, op(100, 500)), 0);
-            // Earlier cut-off but later until: cut-off stays, until grows, not counted.
-            assert_eq!(apply(&mut s, 3, 0, op(50, 900)), 0);
-            assert_eq!(
-                get(&s),
-                Cutoff {
-                    cutoff: 100,
-                    until: 900
-                }
-            );
-            // Later cut-off with earlier until: cut-off moves, until stays max.
+            assert_eq!(get(&s), cut(100, 500, 1));
+            // Same cut-off time, later revision: revokes the tokens minted
+            // since revision 1, so it counts.
+            assert_eq!(apply(&mut s, 2, 0, op(100, 500)), 1);
+            assert_eq!(get(&s), cut(100, 500, 2));
+            // Earlier time, later until: time stays, until and revision grow.
+            assert_eq!(apply(&mut s, 3, 0, op(50, 900)), 1);
+            assert_eq!(get(&s), cut(100, 900, 3));
+            // Later time with earlier until: until stays max.
             assert_eq!(apply(&mut s, 4, 0, op(150, 600)), 1);
-            assert_eq!(
-                get(&s),
-                Cutoff {
-                    cutoff: 150,
-                    until: 900
-                }
-            );
+            assert_eq!(get(&s), cut(150, 900, 4));
             assert_eq!(s.revocation_count(), 1);
         }
+    }
+
+    #[test]
+    fn a_cutoff_revokes_by_revision_not_by_clock() {
+        let mut s = State::default();
+        let subject = |cutoff| Op::RevokeSubject {
+            subject: "alice".into(),
+            cutoff,
+            until: 10_000,
+        };
+        let client = |cutoff| Op::RevokeClient {
+            client: "svc".into(),
+            cutoff,
+            until: 10_000,
+        };
+        // Cut-offs applied at revisions 7 and 9, stamped at time 100.
+        apply(&mut s, 7, 100, subject(100));
+        apply(&mut s, 9, 100, client(100));
+        // A token minted below the cut-off's revision is revoked whatever
+        // its iat (a minting clock ahead of the revoking node's)...
+        assert!(s.is_revoked(&[], "alice", "x", 5_000, Some(6)));
+        assert!(s.is_revoked(&[], "bob", "svc", 5_000, Some(8)));
+        // ...and one minted at or above it is valid whatever its iat (a
+        // minting clock behind).
+        assert!(!s.is_revoked(&[], "alice", "x", 1, Some(7)));
+        assert!(!s.is_revoked(&[], "alice", "x", 1, Some(8)));
+        assert!(!s.is_revoked(&[], "bob", "svc", 1, Some(9)));
+        // No claim: the iat rule.
+        assert!(s.is_revoked(&[], "alice", "x", 100, None));
+        assert!(!s.is_revoked(&[], "alice", "x", 101, None));
+        // A cut-off held before revisions were recorded (read from old state
+        // with the serde default) uses the iat rule even for new tokens.
+        let old: Cutoff = serde_json::from_str(r#"{"cutoff":100,"until":200}"#).unwrap();
+        assert_eq!(old.revision, 0);
+        s.subjects.insert("carol".into(), old);
+        assert!(s.is_revoked(&[], "carol", "x", 100, Some(1_000)));
+        assert!(!s.is_revoked(&[], "carol", "x", 101, Some(1)));
+        // The watch feed and a watcher's snapshot carry the revision.
+        let revs: Vec<u64> = s
+            .revocations()
+            .iter()
+            .filter_map(|r| match r {
+                Revocation::Subject { revision, .. } | Revocation::Client { revision, .. } => {
+                    Some(*revision)
+                }
+                Revocation::Jti { .. } => None,
+            })
+            .collect();
+        assert_eq!(revs, [7, 0, 9]);
     }
 
     #[test]
@@ -762,18 +829,18 @@ mod tests {
             },
         );
         // Own jti or any ancestor.
-        assert!(s.is_revoked(&["j1"], "bob", "other", 999));
-        assert!(s.is_revoked(&["x", "j1"], "bob", "other", 999));
-        assert!(!s.is_revoked(&["x", "y"], "bob", "other", 999));
-        assert!(!s.is_revoked(&[], "bob", "other", 0));
+        assert!(s.is_revoked(&["j1"], "bob", "other", 999, None));
+        assert!(s.is_revoked(&["x", "j1"], "bob", "other", 999, None));
+        assert!(!s.is_revoked(&["x", "y"], "bob", "other", 999, None));
+        assert!(!s.is_revoked(&[], "bob", "other", 0, None));
         // Subject cut-off: iat <= cutoff is revoked.
-        assert!(s.is_revoked(&[], "alice", "other", 50));
-        assert!(s.is_revoked(&[], "alice", "other", 0));
-        assert!(!s.is_revoked(&[], "alice", "other", 51));
+        assert!(s.is_revoked(&[], "alice", "other", 50, None));
+        assert!(s.is_revoked(&[], "alice", "other", 0, None));
+        assert!(!s.is_revoked(&[], "alice", "other", 51, None));
         // Client cut-off likewise; subject and client are not interchangeable.
-        assert!(s.is_revoked(&[], "bob", "svc", 60));
-        assert!(!s.is_revoked(&[], "bob", "svc", 61));
-        assert!(!s.is_revoked(&[], "svc", "alice", 1));
+        assert!(s.is_revoked(&[], "bob", "svc", 60, None));
+        assert!(!s.is_revoked(&[], "bob", "svc", 61, None));
+        assert!(!s.is_revoked(&[], "svc", "alice", 1, None));
     }
 
     #[test]

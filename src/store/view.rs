@@ -70,9 +70,18 @@ impl StateView {
     }
 
     /// True if any of `jtis` (a token's own and its ancestors') is revoked,
-    /// or `subject`'s or `client`'s revocation cut-off is at or after `iat`.
-    pub fn is_revoked(&self, jtis: &[&str], subject: &str, client: &str, iat: u64) -> bool {
-        read(&self.state).is_revoked(jtis, subject, client, iat)
+    /// or `subject`'s or `client`'s revocation cut-off revokes a token
+    /// minted at revision `rev` (its `tsr_rev` claim) or, for a token
+    /// without one, at `iat`: see [`crate::token::cutoff_revokes`].
+    pub fn is_revoked(
+        &self,
+        jtis: &[&str],
+        subject: &str,
+        client: &str,
+        iat: u64,
+        rev: Option<u64>,
+    ) -> bool {
+        read(&self.state).is_revoked(jtis, subject, client, iat, rev)
     }
 
     /// The key ring, ordered by `kid`.

@@ -19,6 +19,11 @@
 //!   a bare array of subjects. It lists who may act for the token's subject.
 //! - `tsr_chain` holds the ancestor `jti`s of a delegation chain, root first,
 //!   and is omitted when empty.
+//! - `tsr_rev` (private claim) is the revision (Raft applied index) the
+//!   issuing node had applied when it minted the token. Subject and client
+//!   cut-offs compare it with the revision they were committed at, not clocks
+//!   (see [`cutoff_revokes`](super::cutoff_revokes)). Tokens minted before the
+//!   claim existed lack it and fall back to comparing `iat`.
 
 use std::fmt;
 
@@ -60,6 +65,10 @@ pub struct Claims {
     /// Ancestor `jti`s of the delegation chain, root first.
     #[serde(rename = "tsr_chain", default, skip_serializing_if = "Vec::is_empty")]
     pub chain: Vec<String>,
+    /// The revision the issuing node had applied when it minted the token;
+    /// `None` for tokens minted before this claim existed.
+    #[serde(rename = "tsr_rev", default, skip_serializing_if = "Option::is_none")]
+    pub rev: Option<u64>,
 }
 
 impl Claims {
@@ -331,6 +340,7 @@ mod tests {
             }),
             may_act: None,
             chain: vec![],
+            rev: None,
         }
     }
 
@@ -347,6 +357,7 @@ mod tests {
         assert!(!obj.contains_key("tsr_chain"));
         assert!(!obj.contains_key("act"));
         assert!(!obj.contains_key("may_act"));
+        assert!(!obj.contains_key("tsr_rev"));
     }
 
     #[test]
@@ -361,11 +372,13 @@ mod tests {
             sub: vec!["b".into(), "c".into()],
         });
         c.chain = vec!["j0".into(), "j00".into()];
+        c.rev = Some(42);
         let v = serde_json::to_value(&c).unwrap();
         assert_eq!(v["aud"], json!(["x", "y"]));
         assert_eq!(v["act"], json!({"sub": "c", "act": {"sub": "b"}}));
         assert_eq!(v["may_act"], json!({"sub": ["b", "c"]}));
         assert_eq!(v["tsr_chain"], json!(["j0", "j00"]));
+        assert_eq!(v["tsr_rev"], json!(42));
         let back: Claims = serde_json::from_value(v).unwrap();
         assert_eq!(back, c);
     }
@@ -411,6 +424,11 @@ mod tests {
             let mut v = base_json();
             v["exp"] = bad.clone();
             assert!(serde_json::from_value::<Claims>(v).is_err(), "exp = {bad}");
+            if !bad.is_null() {
+                let mut v = base_json();
+                v["tsr_rev"] = bad.clone();
+                assert!(serde_json::from_value::<Claims>(v).is_err(), "rev = {bad}");
+            }
         }
         // From text as well: `1e10` and `2000.0` are floats to a JSON parser.
         let text = serde_json::to_string(&base_json()).unwrap();

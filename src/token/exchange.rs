@@ -210,6 +210,8 @@ pub fn exchange(
         }),
         may_act: subject.may_act.clone(),
         chain,
+        // Set by the service from its applied revision.
+        rev: None,
     })
 }
 
@@ -256,6 +258,8 @@ pub fn issue_claims(
         }),
         may_act: None,
         chain: Vec::new(),
+        // Set by the service from its applied revision.
+        rev: None,
     })
 }
 

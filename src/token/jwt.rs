@@ -711,6 +711,7 @@ mod tests {
             }),
             may_act: None,
             chain: vec![],
+            rev: None,
         }
     }
 

@@ -14,14 +14,18 @@
 //!   [`verify`] and [`VerifyParams`].
 //! - [`mod@exchange`]: [`exchange()`], [`issue_claims`] and the rules they
 //!   apply, documented rule by rule.
+//! - [`cutoff_revokes`]: the subject/client cut-off rule (revisions, not
+//!   clocks), shared with the client library's verifier.
 //! - [`TokenError`]: one error enum for the layer, with exact variants.
 
 pub mod claims;
+mod cutoff;
 mod error;
 pub mod exchange;
 pub mod jwt;
 
 pub use claims::{x5t_s256, Actor, Audience, Claims, Confirmation, MayAct};
+pub use cutoff::cutoff_revokes;
 pub use error::TokenError;
 pub use exchange::{exchange, issue_claims, ExchangeInput, Limits};
 pub use jwt::{

@@ -12,6 +12,7 @@ mod t70_dev;
 mod t80_cluster;
 mod t82_consistency;
 mod t85_watch;
+mod t88_cutoffs;
 mod t90_kill9;
 mod t92_pause;
 mod t95_client;

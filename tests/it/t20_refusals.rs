@@ -46,6 +46,7 @@ fn frontend_claims(c: &TestCluster, thumbprint: &str) -> Claims {
         }),
         may_act: None,
         chain: vec![],
+        rev: None,
     }
 }
 

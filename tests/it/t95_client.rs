@@ -301,12 +301,12 @@ async fn revocation_cache_forgets_expired_entries() {
     let cache = cache_as(&c, "ledger");
     let rev = revoke(&c, "short-lived").await;
     cache.wait_for_revision(rev, WAIT).await.unwrap();
-    assert!(cache.is_revoked(&["short-lived"], "", "", 0));
+    assert!(cache.is_revoked(&["short-lived"], "", "", 0, None));
     // A revoked jti is kept until every token it can match has expired:
     // within the maximum lifetime plus leeway, well under a day.
     c.clock.advance(86_400);
     cache.purge_expired();
-    assert!(!cache.is_revoked(&["short-lived"], "", "", 0));
+    assert!(!cache.is_revoked(&["short-lived"], "", "", 0, None));
     cache.shutdown().await;
     c.stop().await;
 }

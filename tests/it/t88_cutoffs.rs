@@ -1,0 +1,198 @@
+//! Subject and client cut-offs on a cluster whose nodes' clocks disagree:
+//! a cut-off compares the revision a token was minted at, so a token minted
+//! before the cut-off by a node whose clock runs ahead is revoked, and one
+//! minted after it by a node whose clock runs behind stays valid, on every
+//! node and in the client library's `Verifier`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine as _;
+use tessera::client::{CacheConfig, RevocationCache, Verifier, VerifierConfig, VerifyError};
+use tessera::clock::ManualClock;
+use tessera::pb;
+
+use crate::cluster::*;
+
+/// Node 2's clock runs this far ahead of node 1's, node 3's this far
+/// behind: pairwise at most twice this, within the 30 s leeway, so every
+/// token still verifies everywhere.
+const SKEW: u64 = 10;
+
+/// A three-node cluster with a clock per node (node 1 at `T0`).
+async fn skewed_cluster() -> TestCluster {
+    let clocks: BTreeMap<u64, Arc<ManualClock>> = [(1, T0), (2, T0 + SKEW), (3, T0 - SKEW)]
+        .into_iter()
+        .map(|(i, t)| (i, Arc::new(ManualClock::new(t))))
+        .collect();
+    TestCluster::start_with(3, move |cfg| cfg.clock = clocks[&cfg.node_id].clone()).await
+}
+
+/// The `tsr_rev` claim of a token, read without verification.
+fn minted_at(token: &str) -> u64 {
+    let payload = token.split('.').nth(1).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&B64.decode(payload).unwrap()).unwrap();
+    v["tsr_rev"].as_u64().expect("tokens carry tsr_rev")
+}
+
+/// A token's claims, read without verification.
+fn decoded(token: &str) -> tessera::token::Claims {
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&B64.decode(payload).unwrap()).unwrap()
+}
+
+/// Whether node `i`, once it has applied `revision`, says `token` is active.
+async fn active_on(c: &TestCluster, i: u64, token: &str, revision: u64) -> bool {
+    let mut req = introspect_req(token);
+    req.min_revision = revision;
+    c.tokens_on(i, "ledger")
+        .await
+        .introspect(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .active
+}
+
+/// Waits (bounded) until node `i` has applied `revision`.
+async fn applied(c: &TestCluster, i: u64, revision: u64) {
+    let mut rx = c.node(i).state().watch_revision();
+    tokio::time::timeout(WAIT, rx.wait_for(|r| *r >= revision))
+        .await
+        .expect("revision applied")
+        .unwrap();
+}
+
+async fn issue_on(c: &TestCluster, i: u64) -> pb::TokenResponse {
+    c.tokens_on(i, "frontend")
+        .await
+        .issue_token(issue_req(
+            "orders",
+            &["orders:write", "payments:charge", "ledger:write"],
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn exchange_on(c: &TestCluster, i: u64, token: &str) -> pb::TokenResponse {
+    c.tokens_on(i, "orders")
+        .await
+        .exchange_token(exchange_req(token, "payments", &["payments:charge"]))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn revoke_on(c: &TestCluster, i: u64, target: pb::revoke_request::Target) -> u64 {
+    c.tokens_on(i, "admin")
+        .await
+        .revoke(pb::RevokeRequest {
+            target: Some(target),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .revision
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cutoff_revokes_a_token_minted_on_a_node_whose_clock_is_ahead() {
+    let c = skewed_cluster().await;
+    let mut cache_cfg = CacheConfig::new(
+        c.nodes.values().map(|n| n.api_addr().to_string()).collect(),
+        c.files("orders"),
+    );
+    cache_cfg.clock = c.clock.clone();
+    let cache = RevocationCache::start(cache_cfg).unwrap();
+    let mut vcfg = VerifierConfig::new(
+        c.nodes.values().map(|n| n.api_addr().to_string()).collect(),
+        c.files("orders"),
+        "https://tessera.dev",
+        id("orders"),
+    );
+    vcfg.clock = c.clock.clone();
+    let verifier = Verifier::new(vcfg, Some(cache.clone())).unwrap();
+    cache.wait_ready(WAIT).await.unwrap();
+
+    // Minted before the cut-off on node 2, whose clock is ahead: its iat
+    // is after the cut-off time node 1 stamps, but its revision is below.
+    let early = issue_on(&c, 2).await;
+    let early_child = exchange_on(&c, 2, &early.access_token).await;
+    assert!(verifier.verify(&early.access_token, None).await.is_ok());
+
+    let cut = revoke_on(&c, 1, pb::revoke_request::Target::Subject(id("frontend"))).await;
+    assert!(minted_at(&early.access_token) < cut);
+    assert!(minted_at(&early_child.access_token) < cut);
+    for i in [1, 2, 3] {
+        assert!(
+            !active_on(&c, i, &early.access_token, cut).await,
+            "node {i} says a token minted before the cut-off is active"
+        );
+        assert!(
+            !active_on(&c, i, &early_child.access_token, cut).await,
+            "node {i} says an exchanged token minted before the cut-off is active"
+        );
+    }
+    cache.wait_for_revision(cut, WAIT).await.unwrap();
+    assert!(matches!(
+        verifier.verify(&early.access_token, None).await,
+        Err(VerifyError::Revoked)
+    ));
+    // The exchanged token is aimed at payments; the cache's rule alone.
+    assert!(cache.is_token_revoked(&decoded(&early_child.access_token)));
+
+    // Minted after the cut-off on node 3, whose clock is behind: its iat
+    // is before the cut-off time, but its revision is not below: valid,
+    // and so is what it is exchanged for.
+    applied(&c, 3, cut).await;
+    let late = issue_on(&c, 3).await;
+    assert!(minted_at(&late.access_token) >= cut);
+    let late_child = exchange_on(&c, 3, &late.access_token).await;
+    for i in [1, 2, 3] {
+        assert!(
+            active_on(&c, i, &late.access_token, cut).await,
+            "node {i} says a token minted after the cut-off is revoked"
+        );
+        assert!(active_on(&c, i, &late_child.access_token, cut).await);
+    }
+    let ok = verifier.verify(&late.access_token, None).await.unwrap();
+    assert_eq!(ok.claims.rev, Some(minted_at(&late.access_token)));
+
+    // The same rule for a client cut-off taken by the node that is behind:
+    // tokens issued to frontend on the node ahead before it die, those
+    // after it live.
+    let before = issue_on(&c, 2).await;
+    let cut2 = revoke_on(&c, 3, pb::revoke_request::Target::Client(id("frontend"))).await;
+    applied(&c, 2, cut2).await;
+    let after = issue_on(&c, 2).await;
+    for i in [1, 2, 3] {
+        assert!(!active_on(&c, i, &before.access_token, cut2).await);
+        assert!(active_on(&c, i, &after.access_token, cut2).await);
+    }
+    cache.wait_for_revision(cut2, WAIT).await.unwrap();
+    assert!(matches!(
+        verifier.verify(&before.access_token, None).await,
+        Err(VerifyError::Revoked)
+    ));
+    assert!(verifier.verify(&after.access_token, None).await.is_ok());
+
+    // A watcher starting from scratch gets the cut-off revisions in its
+    // snapshot, not only in live events.
+    let fresh = RevocationCache::start({
+        let mut cfg = CacheConfig::new(vec![c.node(3).api_addr().to_string()], c.files("orders"));
+        cfg.clock = c.clock.clone();
+        cfg
+    })
+    .unwrap();
+    fresh.wait_for_revision(cut2, WAIT).await.unwrap();
+    let rev = |t: &pb::TokenResponse| Some(minted_at(&t.access_token));
+    assert!(fresh.is_revoked(&["x"], &id("frontend"), "", 0, rev(&early)));
+    assert!(!fresh.is_revoked(&["x"], &id("frontend"), "", 0, rev(&late)));
+    assert!(fresh.is_revoked(&["x"], "", &id("frontend"), 0, rev(&before)));
+    assert!(!fresh.is_revoked(&["x"], "", &id("frontend"), 0, rev(&after)));
+    fresh.shutdown().await;
+    cache.shutdown().await;
+    c.stop().await;
+}

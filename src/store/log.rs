@@ -156,6 +156,7 @@ impl LogStore {
 }
 
 fn write_entries(db: &Db, entries: &[Entry]) -> Result<(), StoreError> {
+    db.check_write()?;
     let mut batch = sled::Batch::default();
     for e in entries {
         batch.insert(&db::index_key(e.log_id.index), db::encode(e)?);
@@ -225,6 +226,7 @@ fn log_state(db: &Db) -> Result<LogState<TypeConfig>, StoreError> {
 
 /// Removes entries at and after `index`. Blocking.
 fn truncate_from(db: &Db, index: u64) -> Result<(), StoreError> {
+    db.check_write()?;
     let mut batch = sled::Batch::default();
     for kv in db.log.range(db::index_key(index)..) {
         let (k, _) = kv?;
@@ -238,6 +240,7 @@ fn truncate_from(db: &Db, index: u64) -> Result<(), StoreError> {
 /// purged log id in the same transaction so the log never shows a hole.
 /// Blocking.
 fn purge_upto(db: &Db, upto: LogId) -> Result<(), StoreError> {
+    db.check_write()?;
     let prev: Option<LogId> = db::get(&db.log_meta, db::T_LOG_META, K_LAST_PURGED)?;
     if prev.is_some_and(|p| p >= upto) {
         return Ok(());
@@ -317,6 +320,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let db = self.db.clone();
         let vote = *vote;
         blocking(move || {
+            db.check_write()?;
             db.log_meta.insert(K_VOTE, db::encode(&vote)?)?;
             db.durable_flush()
         })
@@ -337,6 +341,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let db = self.db.clone();
         blocking(move || {
+            db.check_write()?;
             db.log_meta.insert(K_COMMITTED, db::encode(&committed)?)?;
             Ok(())
         })

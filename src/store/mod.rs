@@ -24,6 +24,7 @@
 //! All sled and file work runs on tokio's blocking pool.
 
 mod db;
+mod faults;
 mod feed;
 mod log;
 mod sm;
@@ -33,6 +34,7 @@ mod view;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use self::faults::{StoreFaults, INJECTED_ENOSPC};
 pub use self::feed::{
     FeedItem, FeedSizes, Revocation, RevocationEvent, Watch, WatchStart, DEFAULT_WINDOW,
     LIVE_BUFFER,
@@ -88,17 +90,19 @@ pub enum StoreError {
 /// the state machine from it. Blocking: call it at start-up or from
 /// `spawn_blocking`.
 pub fn open(path: &Path) -> Result<(LogStore, StateMachine, StateView), StoreError> {
-    open_with(path, FeedSizes::default())
+    open_with(path, FeedSizes::default(), StoreFaults::default())
 }
 
 /// [`open`] with the sizes of the revocation feed: the recent events kept
 /// for watchers that resume (the retained window) and how far a watcher may
-/// fall behind.
+/// fall behind; and `faults`, switches that inject write errors in tests
+/// (`StoreFaults::default()` never fails).
 pub fn open_with(
     path: &Path,
     feed: FeedSizes,
+    faults: StoreFaults,
 ) -> Result<(LogStore, StateMachine, StateView), StoreError> {
-    let db = Arc::new(db::Db::open(path)?);
+    let db = Arc::new(db::Db::open_with(path, faults)?);
     let (sm, view) = StateMachine::load(db.clone(), feed)?;
     tracing::info!(path = %path.display(), "store opened");
     Ok((LogStore::new(db), sm, view))
@@ -410,6 +414,36 @@ mod tests {
             sm.get_current_snapshot().await.unwrap().unwrap().meta,
             second.meta
         );
+    }
+
+    // The seam the disk-full tests use: while on, every kind of write fails
+    // with the injected error; switched off, the same store works again.
+    #[tokio::test]
+    async fn injected_write_errors_fail_every_kind_of_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = StoreFaults::new();
+        let (mut log, mut sm, view) =
+            open_with(dir.path(), FeedSizes::default(), faults.clone()).unwrap();
+        faults.fail_writes(true);
+        let injected = |e: StorageError| {
+            assert!(e.to_string().contains(INJECTED_ENOSPC), "{e}");
+        };
+        injected(log.save_vote(&Vote::new(1, 1)).await.unwrap_err());
+        injected(log.blocking_append(workload()).await.unwrap_err());
+        injected(sm.apply(workload()).await.unwrap_err());
+        injected(
+            sm.get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(view.revision(), 0);
+        faults.fail_writes(false);
+        log.save_vote(&Vote::new(1, 1)).await.unwrap();
+        log.blocking_append(workload()).await.unwrap();
+        sm.apply(workload()).await.unwrap();
+        assert_workload_state(&view);
     }
 
     #[test]

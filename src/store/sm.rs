@@ -222,6 +222,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // The write lock is taken on a blocking thread too: a snapshot being
         // serialized under the read lock must not stall the async runtime.
         let (responses, revision) = blocking(move || {
+            // Before the state changes in memory: a failed write must leave
+            // memory as it was.
+            db.check_write()?;
             let (responses, batches, revision) = {
                 let mut st = write(&state);
                 let mut touched = Touched::default();

@@ -162,6 +162,18 @@ impl Db {
         })
     }
 
+    /// The names of every tree, sled's default tree included (tests).
+    #[cfg(test)]
+    pub(crate) fn db_tree_names(&self) -> Vec<sled::IVec> {
+        self.db.tree_names()
+    }
+
+    /// The tree called `name` (tests).
+    #[cfg(test)]
+    pub(crate) fn tree(&self, name: &[u8]) -> sled::Tree {
+        self.db.open_tree(name).expect("open tree")
+    }
+
     /// How many fsyncs of the data file have completed since open.
     pub(crate) fn fsync_count(&self) -> u64 {
         self.fsyncs.load(Ordering::SeqCst)

@@ -23,6 +23,7 @@
 //!
 //! All sled and file work runs on tokio's blocking pool.
 
+mod chunk;
 mod db;
 mod faults;
 mod feed;
@@ -444,6 +445,121 @@ mod tests {
         log.blocking_append(workload()).await.unwrap();
         sm.apply(workload()).await.unwrap();
         assert_workload_state(&view);
+    }
+
+    /// Every file under `dir/blobs` (sled's unsynced large-value files).
+    fn blob_files(dir: &Path) -> Vec<PathBuf> {
+        match std::fs::read_dir(dir.join("blobs")) {
+            Ok(rd) => rd.map(|e| e.unwrap().path()).collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// A batch entry revoking `n` jtis named `prefix-i`.
+    fn revoke_many(index: u64, prefix: &str, n: usize) -> Entry {
+        let ops = (0..n)
+            .map(|i| Op::RevokeJtis {
+                jtis: vec![RevokedJti {
+                    jti: format!("{prefix}-{i:08}-0123456789abcdef"),
+                    until: 10_000 + i as u64,
+                }],
+            })
+            .collect();
+        cmd(index, 100, Op::Batch { ops })
+    }
+
+    // sled 0.34 writes values above ~128 KiB to unsynced files under
+    // `blobs/`: a multi-MB snapshot, a >200 KiB log entry and a large
+    // policy must be stored in chunks, and survive a reopen and an install.
+    #[tokio::test]
+    async fn large_values_never_reach_sled_blob_files() {
+        // Control: a plain 200 KiB sled value does go to a blob file, so an
+        // empty `blobs/` below means something.
+        let control = tempfile::tempdir().unwrap();
+        {
+            let db = sled::Config::new().path(control.path()).open().unwrap();
+            db.insert("big", vec![1u8; 200 * 1024]).unwrap();
+            db.flush().unwrap();
+        }
+        assert!(
+            !blob_files(control.path()).is_empty(),
+            "control wrote no blob"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let big = revoke_many(2, "big", 3_000);
+        let big_len = serde_json::to_vec(&big).unwrap().len();
+        assert!(big_len > 200 * 1024, "{big_len}");
+        let policy = format!(
+            "// {}\npermit(principal, action, resource);",
+            "p".repeat(300 * 1024)
+        );
+        let mut entries = vec![membership_ent(1, 1, 1, vec![BTreeSet::from([1])]), big];
+        // Many revocations for a multi-MB snapshot, in entries of 2000.
+        for i in 0..30u64 {
+            entries.push(revoke_many(3 + i, &format!("r{i}"), 2_000));
+        }
+        entries.push(cmd(
+            33,
+            100,
+            Op::PutPolicy {
+                text: policy.clone(),
+            },
+        ));
+        let snap = {
+            let (mut log, mut sm, view) = open(dir.path()).unwrap();
+            log.blocking_append(entries.clone()).await.unwrap();
+            sm.apply(entries.clone()).await.unwrap();
+            assert_eq!(view.revocation_count(), 63_000);
+            let snap = sm
+                .get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap();
+            assert!(
+                snap.snapshot.get_ref().len() > 2 << 20,
+                "{}",
+                snap.snapshot.get_ref().len()
+            );
+            snap
+        };
+        assert_eq!(blob_files(dir.path()), Vec::<PathBuf>::new());
+        {
+            let db = db::Db::open(dir.path()).unwrap();
+            for name in db.db_tree_names() {
+                let tree = db.tree(&name);
+                for kv in tree.iter() {
+                    let (k, v) = kv.unwrap();
+                    assert!(v.len() <= chunk::CHUNK, "{name:?} {k:?}: {} bytes", v.len());
+                }
+            }
+        }
+        // Everything reads back whole.
+        let (mut log, mut sm, view) = open(dir.path()).unwrap();
+        assert_eq!(log.try_get_log_entries(..).await.unwrap(), entries);
+        assert_eq!(view.policy(), Some((33, policy)));
+        let cur = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(cur.meta, snap.meta);
+        assert_eq!(cur.snapshot.get_ref(), snap.snapshot.get_ref());
+        // Round trip: installed on a fresh store, the same state.
+        let fresh = tempfile::tempdir().unwrap();
+        let (_l2, mut sm2, view2) = open(fresh.path()).unwrap();
+        let buf = Box::new(Cursor::new(snap.snapshot.get_ref().clone()));
+        sm2.install_snapshot(&snap.meta, buf).await.unwrap();
+        assert_eq!(view2.revoked_jtis(), view.revoked_jtis());
+        assert_eq!(view2.policy(), view.policy());
+        assert_eq!(
+            sm2.applied_state().await.unwrap(),
+            sm.applied_state().await.unwrap()
+        );
+        // The log shrinks cleanly: purging past the big entry leaves none
+        // of its chunks behind.
+        log.purge(log_id(1, 1, 2)).await.unwrap();
+        assert_eq!(log.try_get_log_entries(..).await.unwrap(), entries[2..]);
+        drop((_l2, sm2, view2));
+        assert_eq!(blob_files(fresh.path()), Vec::<PathBuf>::new());
     }
 
     #[test]

@@ -84,6 +84,12 @@ pub struct ServeArgs {
     /// Audit log file ("-" for stderr).
     #[arg(long, env = "TESSERA_AUDIT_LOG")]
     audit_log: Option<PathBuf>,
+    /// Build a Raft snapshot after this many log entries (default 10000).
+    #[arg(long, env = "TESSERA_SNAPSHOT_EVERY")]
+    snapshot_every: Option<u64>,
+    /// Log entries kept behind a snapshot (default 1000).
+    #[arg(long, env = "TESSERA_KEEP_LOGS")]
+    keep_logs: Option<u64>,
 }
 
 /// The TOML file: the same settings as the flags.
@@ -107,6 +113,8 @@ struct FileConfig {
     max_lifetime: Option<u64>,
     max_depth: Option<usize>,
     audit_log: Option<PathBuf>,
+    snapshot_every: Option<u64>,
+    keep_logs: Option<u64>,
 }
 
 fn usage(msg: impl Into<String>) -> CliError {
@@ -214,6 +222,12 @@ fn build(a: ServeArgs) -> Result<(Config, String, String), CliError> {
     config.token = token;
     config.audit = audit;
     config.read_wait_max = Duration::from_secs(5);
+    if let Some(n) = pick!(snapshot_every) {
+        config.raft.snapshot_every = n;
+    }
+    if let Some(n) = pick!(keep_logs) {
+        config.raft.keep_logs = n;
+    }
     config.validate().map_err(usage)?;
     Ok((config, listen, raft_listen))
 }

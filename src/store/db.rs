@@ -109,6 +109,13 @@ impl Db {
             db,
         };
         this.incarnation = load_or_draw_incarnation(&this.log_meta)?;
+        // sled writes its `conf` file (segment size, format) when it creates
+        // the database and never syncs it; without it sled refuses to open.
+        // The durability audit (scripts/durability-audit.sh) found it.
+        let conf = dir.join("conf");
+        File::open(&conf)
+            .and_then(|f| f.sync_all())
+            .map_err(|source| StoreError::Io { path: conf, source })?;
         // A freshly created data file is only durable once its directory
         // entry is: fsync the directory once, now that sled has created it.
         this.durable_flush()?;

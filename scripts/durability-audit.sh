@@ -39,6 +39,9 @@ tmp=$(mktemp -d "${TMPDIR:-/tmp}/tessera-durability.XXXXXX")
 node_pid=
 strace_pid=
 cleanup() {
+    if [ -z "$node_pid" ] && [ -n "$strace_pid" ]; then
+        node_pid=$(pgrep -P "$strace_pid" || true)
+    fi
     if [ -n "$node_pid" ] && kill -0 "$node_pid" 2>/dev/null; then
         kill -KILL "$node_pid" 2>/dev/null || true
     fi
@@ -77,7 +80,11 @@ while [ -z "$api" ]; do
         sleep 0.2
     fi
 done
-node_pid=$(pgrep -P "$strace_pid" | head -n 1)
+node_pid=$(pgrep -P "$strace_pid" || true)
+if [ -z "$node_pid" ]; then
+    echo "cannot find the node process under strace ($strace_pid)" >&2
+    exit 1
+fi
 port=${api##*:}
 
 conn=(--endpoint "$api" --ca "$certs/ca.pem" --cert "$certs/admin.pem" --key "$certs/admin.key")

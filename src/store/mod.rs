@@ -562,6 +562,79 @@ mod tests {
         assert_eq!(blob_files(fresh.path()), Vec::<PathBuf>::new());
     }
 
+    // Benchmark, not a check (docs/BENCHMARKS.md): snapshot build and
+    // install time for 100k and 1M revocations, against a plain sled write
+    // of the same bytes in the same run.
+    //   cargo test --lib store::tests::bench_snapshot -- --ignored --nocapture
+    // TESSERA_BENCH_REVOCATIONS=100000,1000000 sets the sizes.
+    #[tokio::test(flavor = "multi_thread")]
+    #[ignore]
+    async fn bench_snapshot_build_and_install() {
+        use std::time::Instant;
+        let sizes: Vec<usize> = std::env::var("TESSERA_BENCH_REVOCATIONS")
+            .unwrap_or_else(|_| "100000,1000000".into())
+            .split(',')
+            .map(|s| s.trim().parse().unwrap())
+            .collect();
+        println!("| revocations | snapshot bytes | build | install | plain sled write of the bytes | build / plain | install / plain |");
+        println!("|---|---|---|---|---|---|---|");
+        for n in sizes {
+            let dir = tempfile::tempdir().unwrap();
+            let (_l, mut sm, _v) = open(dir.path()).unwrap();
+            let mut entries = vec![membership_ent(1, 1, 1, vec![BTreeSet::from([1])])];
+            let per = 2_000;
+            for (k, start) in (0..n).step_by(per).enumerate() {
+                let mut e = revoke_many(2 + k as u64, &format!("b{start}"), per.min(n - start));
+                e.log_id = log_id(1, 1, 2 + k as u64);
+                entries.push(e);
+            }
+            for chunk in entries.chunks(16) {
+                sm.apply(chunk.to_vec()).await.unwrap();
+            }
+            let t = Instant::now();
+            let snap = sm
+                .get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap();
+            let build = t.elapsed();
+            let bytes = snap.snapshot.get_ref().len();
+
+            let fresh = tempfile::tempdir().unwrap();
+            let (_l2, mut sm2, v2) = open(fresh.path()).unwrap();
+            let t = Instant::now();
+            let buf = Box::new(Cursor::new(snap.snapshot.get_ref().clone()));
+            sm2.install_snapshot(&snap.meta, buf).await.unwrap();
+            let install = t.elapsed();
+            assert_eq!(v2.revocation_count(), n);
+
+            // Baseline: the same bytes in 4 KiB values, one batch, flushed
+            // and fdatasynced.
+            let plain = tempfile::tempdir().unwrap();
+            let db = db::Db::open(plain.path()).unwrap();
+            let data = snap.snapshot.get_ref().clone();
+            let t = Instant::now();
+            let mut b = sled::Batch::default();
+            for (i, piece) in data.chunks(chunk::CHUNK).enumerate() {
+                b.insert(&(i as u64).to_be_bytes(), piece);
+            }
+            db.snapshot.apply_batch(b).unwrap();
+            db.durable_flush().unwrap();
+            let base = t.elapsed();
+            let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+            println!(
+                "| {n} | {:.1} MB | {:.0} ms | {:.0} ms | {:.0} ms | {:.1} | {:.1} |",
+                bytes as f64 / 1e6,
+                ms(build),
+                ms(install),
+                ms(base),
+                ms(build) / ms(base),
+                ms(install) / ms(base)
+            );
+        }
+    }
+
     #[test]
     fn open_reports_a_path_that_is_a_file() {
         let dir = tempfile::tempdir().unwrap();

@@ -165,7 +165,16 @@ mod tests {
     #[test]
     fn values_round_trip_in_one_piece_or_in_chunks_and_shrink_cleanly() {
         let (_d, _db, t) = tree();
-        for len in [0, 1, CHUNK, CHUNK + 1, 3 * CHUNK, 3 * CHUNK + 7] {
+        for len in [
+            0,
+            1,
+            CHUNK,
+            CHUNK + 1,
+            3 * CHUNK,
+            3 * CHUNK + 7,
+            CHUNK + 1,
+            5,
+        ] {
             let value: Vec<u8> = (0..len).map(|i| (i % 251) as u8 + 1).collect();
             let stale = stored_chunks(&t, b"k").unwrap();
             let mut b = sled::Batch::default();

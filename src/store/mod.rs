@@ -9,7 +9,10 @@
 //! data's incarnation: a random number drawn when the database is created,
 //! see [`LogStore::incarnation`]), one tree
 //! per kind of state-machine data (revoked jtis, subject cut-offs, client
-//! cut-offs, keys, policy, meta) and the current snapshot. Values are JSON.
+//! cut-offs, keys, policy, meta) and the current snapshot. Values are JSON;
+//! none is larger than 4 KiB: bigger ones (the snapshot, large log entries,
+//! the policy) are stored in chunks, because sled 0.34 writes large values
+//! to blob files it never fsyncs (see [`chunk`]).
 //!
 //! # Durability
 //!

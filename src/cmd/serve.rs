@@ -89,6 +89,12 @@ pub struct ServeArgs {
     /// Audit log file ("-" for stderr).
     #[arg(long, env = "TESSERA_AUDIT_LOG")]
     audit_log: Option<PathBuf>,
+    /// Build a Raft snapshot after this many log entries (default 10000).
+    #[arg(long, env = "TESSERA_SNAPSHOT_EVERY")]
+    snapshot_every: Option<u64>,
+    /// Log entries kept behind a snapshot (default 1000).
+    #[arg(long, env = "TESSERA_KEEP_LOGS")]
+    keep_logs: Option<u64>,
 }
 
 /// The TOML file: the same settings as the flags.
@@ -113,6 +119,8 @@ struct FileConfig {
     max_depth: Option<usize>,
     max_clock_skew: Option<u64>,
     audit_log: Option<PathBuf>,
+    snapshot_every: Option<u64>,
+    keep_logs: Option<u64>,
 }
 
 fn usage(msg: impl Into<String>) -> CliError {
@@ -221,6 +229,12 @@ fn build(a: ServeArgs) -> Result<(Config, String, String), CliError> {
     config.token = token;
     config.audit = audit;
     config.read_wait_max = Duration::from_secs(5);
+    if let Some(n) = pick!(snapshot_every) {
+        config.raft.snapshot_every = n;
+    }
+    if let Some(n) = pick!(keep_logs) {
+        config.raft.keep_logs = n;
+    }
     config.validate().map_err(usage)?;
     Ok((config, listen, raft_listen))
 }

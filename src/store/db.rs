@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::StoreError;
+use super::{StoreError, StoreFaults};
 
 /// Raft log entries, keyed by big-endian log index so that sled's byte order
 /// is log order.
@@ -58,6 +58,8 @@ pub(crate) struct Db {
     pub(crate) incarnation: u64,
     /// Completed fsyncs, so tests can show an acknowledgement follows one.
     fsyncs: AtomicU64,
+    /// Injected write errors (tests only ever switch them on).
+    faults: StoreFaults,
     /// Dropped last (fields drop in order), after every sled handle: its
     /// receivers learn that the database, and its file lock, are released.
     closed: tokio::sync::watch::Sender<()>,
@@ -65,7 +67,13 @@ pub(crate) struct Db {
 
 impl Db {
     /// Opens (or creates) the database in `dir`. Blocking.
+    #[cfg(test)]
     pub(crate) fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, StoreFaults::default())
+    }
+
+    /// [`Db::open`] with injectable write errors. Blocking.
+    pub(crate) fn open_with(dir: &Path, faults: StoreFaults) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
             path: dir.to_path_buf(),
             source,
@@ -96,10 +104,18 @@ impl Db {
             snapshot_lock: Mutex::new(()),
             incarnation: 0,
             fsyncs: AtomicU64::new(0),
+            faults,
             closed: tokio::sync::watch::Sender::new(()),
             db,
         };
         this.incarnation = load_or_draw_incarnation(&this.log_meta)?;
+        // sled writes its `conf` file (segment size, format) when it creates
+        // the database and never syncs it; without it sled refuses to open.
+        // The durability audit (scripts/durability-audit.sh) found it.
+        let conf = dir.join("conf");
+        File::open(&conf)
+            .and_then(|f| f.sync_all())
+            .map_err(|source| StoreError::Io { path: conf, source })?;
         // A freshly created data file is only durable once its directory
         // entry is: fsync the directory once, now that sled has created it.
         this.durable_flush()?;
@@ -133,6 +149,7 @@ impl Db {
     /// durability guarantee. An fsync of sled's data file through any file
     /// descriptor syncs the inode, so it completes the flush.
     pub(crate) fn durable_flush(&self) -> Result<(), StoreError> {
+        self.check_write()?;
         self.db.flush()?;
         // fdatasync: the data and what is needed to read it back (the size).
         self.data.sync_data().map_err(|source| StoreError::Io {
@@ -141,6 +158,27 @@ impl Db {
         })?;
         self.fsyncs.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Fails with the injected error while [`StoreFaults::fail_writes`] is
+    /// on; called before every write.
+    pub(crate) fn check_write(&self) -> Result<(), StoreError> {
+        self.faults.check_write().map_err(|source| StoreError::Io {
+            path: self.data_file.clone(),
+            source,
+        })
+    }
+
+    /// The names of every tree, sled's default tree included (tests).
+    #[cfg(test)]
+    pub(crate) fn db_tree_names(&self) -> Vec<sled::IVec> {
+        self.db.tree_names()
+    }
+
+    /// The tree called `name` (tests).
+    #[cfg(test)]
+    pub(crate) fn tree(&self, name: &[u8]) -> sled::Tree {
+        self.db.open_tree(name).expect("open tree")
     }
 
     /// How many fsyncs of the data file have completed since open.

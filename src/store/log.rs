@@ -14,6 +14,7 @@ use std::sync::Arc;
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{AnyError, LogState, OptionalSend, RaftLogReader, StorageIOError, Vote};
 
+use super::chunk;
 use super::db::{self, blocking, Db};
 use super::StoreError;
 use crate::raft::{Entry, LogId, NodeId, StorageError, TypeConfig};
@@ -156,12 +157,28 @@ impl LogStore {
 }
 
 fn write_entries(db: &Db, entries: &[Entry]) -> Result<(), StoreError> {
+    db.check_write()?;
     let mut batch = sled::Batch::default();
     for e in entries {
-        batch.insert(&db::index_key(e.log_id.index), db::encode(e)?);
+        let key = db::index_key(e.log_id.index);
+        // A large entry (a big batch of revocations, a policy) is stored in
+        // chunks: sled would put it in an unsynced blob file.
+        let stale = chunk::stored_chunks(&db.log, &key)?;
+        chunk::put(&mut batch, &key, &db::encode(e)?, stale);
     }
     db.log.apply_batch(batch)?;
     Ok(())
+}
+
+/// Whether `key` of the log tree is an entry's own key (not a chunk's).
+fn is_entry_key(key: &[u8]) -> bool {
+    key.len() == 8
+}
+
+/// Decodes the entry stored under `key` (reassembling its chunks).
+fn decode_entry(db: &Db, key: &[u8], stored: sled::IVec) -> Result<Entry, StoreError> {
+    let bytes = chunk::assemble(&db.log, db::T_LOG, key, stored)?;
+    db::decode::<Entry>(db::T_LOG, &bytes)
 }
 
 /// `[lo, hi)` of a range of indexes, `None` for `hi` meaning unbounded;
@@ -190,9 +207,14 @@ fn read_entries(db: &Db, lo: u64, hi: Option<u64>, limit: usize) -> Result<Vec<E
         None => db.log.range(start..),
     };
     let mut out = Vec::new();
-    for kv in iter.take(limit) {
-        let (_, v) = kv?;
-        out.push(db::decode::<Entry>(db::T_LOG, &v)?);
+    for kv in iter {
+        if out.len() >= limit {
+            break;
+        }
+        let (k, v) = kv?;
+        if is_entry_key(&k) {
+            out.push(decode_entry(db, &k, v)?);
+        }
     }
     Ok(out)
 }
@@ -213,10 +235,15 @@ async fn get_entries<RB: RangeBounds<u64>>(
 
 fn log_state(db: &Db) -> Result<LogState<TypeConfig>, StoreError> {
     let last_purged: Option<LogId> = db::get(&db.log_meta, db::T_LOG_META, K_LAST_PURGED)?;
-    let last = match db.log.last()? {
-        Some((_, v)) => Some(db::decode::<Entry>(db::T_LOG, &v)?.log_id),
-        None => last_purged,
-    };
+    // The last entry's own key: chunk keys sort after it.
+    let mut last = last_purged;
+    for kv in db.log.iter().rev() {
+        let (k, v) = kv?;
+        if is_entry_key(&k) {
+            last = Some(decode_entry(db, &k, v)?.log_id);
+            break;
+        }
+    }
     Ok(LogState {
         last_purged_log_id: last_purged,
         last_log_id: last,
@@ -225,6 +252,7 @@ fn log_state(db: &Db) -> Result<LogState<TypeConfig>, StoreError> {
 
 /// Removes entries at and after `index`. Blocking.
 fn truncate_from(db: &Db, index: u64) -> Result<(), StoreError> {
+    db.check_write()?;
     let mut batch = sled::Batch::default();
     for kv in db.log.range(db::index_key(index)..) {
         let (k, _) = kv?;
@@ -238,12 +266,15 @@ fn truncate_from(db: &Db, index: u64) -> Result<(), StoreError> {
 /// purged log id in the same transaction so the log never shows a hole.
 /// Blocking.
 fn purge_upto(db: &Db, upto: LogId) -> Result<(), StoreError> {
+    db.check_write()?;
     let prev: Option<LogId> = db::get(&db.log_meta, db::T_LOG_META, K_LAST_PURGED)?;
     if prev.is_some_and(|p| p >= upto) {
         return Ok(());
     }
     let mut removes = sled::Batch::default();
-    for kv in db.log.range(..=db::index_key(upto.index)) {
+    // Up to and including the chunks of the entry at `upto`.
+    let end = chunk::chunk_key(&db::index_key(upto.index), u32::MAX);
+    for kv in db.log.range(..=end) {
         let (k, _) = kv?;
         removes.remove(k);
     }
@@ -317,6 +348,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let db = self.db.clone();
         let vote = *vote;
         blocking(move || {
+            db.check_write()?;
             db.log_meta.insert(K_VOTE, db::encode(&vote)?)?;
             db.durable_flush()
         })
@@ -337,6 +369,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let db = self.db.clone();
         blocking(move || {
+            db.check_write()?;
             db.log_meta.insert(K_COMMITTED, db::encode(&committed)?)?;
             Ok(())
         })

@@ -9,7 +9,10 @@
 //! data's incarnation: a random number drawn when the database is created,
 //! see [`LogStore::incarnation`]), one tree
 //! per kind of state-machine data (revoked jtis, subject cut-offs, client
-//! cut-offs, keys, policy, meta) and the current snapshot. Values are JSON.
+//! cut-offs, keys, policy, meta) and the current snapshot. Values are JSON;
+//! none is larger than 4 KiB: bigger ones (the snapshot, large log entries,
+//! the policy) are stored in chunks, because sled 0.34 writes large values
+//! to blob files it never fsyncs (see [`chunk`]).
 //!
 //! # Durability
 //!
@@ -23,7 +26,9 @@
 //!
 //! All sled and file work runs on tokio's blocking pool.
 
+mod chunk;
 mod db;
+mod faults;
 mod feed;
 mod log;
 mod sm;
@@ -33,6 +38,7 @@ mod view;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use self::faults::{StoreFaults, INJECTED_ENOSPC};
 pub use self::feed::{
     FeedItem, FeedSizes, Revocation, RevocationEvent, Watch, WatchStart, DEFAULT_WINDOW,
     LIVE_BUFFER,
@@ -88,17 +94,19 @@ pub enum StoreError {
 /// the state machine from it. Blocking: call it at start-up or from
 /// `spawn_blocking`.
 pub fn open(path: &Path) -> Result<(LogStore, StateMachine, StateView), StoreError> {
-    open_with(path, FeedSizes::default())
+    open_with(path, FeedSizes::default(), StoreFaults::default())
 }
 
 /// [`open`] with the sizes of the revocation feed: the recent events kept
 /// for watchers that resume (the retained window) and how far a watcher may
-/// fall behind.
+/// fall behind; and `faults`, switches that inject write errors in tests
+/// (`StoreFaults::default()` never fails).
 pub fn open_with(
     path: &Path,
     feed: FeedSizes,
+    faults: StoreFaults,
 ) -> Result<(LogStore, StateMachine, StateView), StoreError> {
-    let db = Arc::new(db::Db::open(path)?);
+    let db = Arc::new(db::Db::open_with(path, faults)?);
     let (sm, view) = StateMachine::load(db.clone(), feed)?;
     tracing::info!(path = %path.display(), "store opened");
     Ok((LogStore::new(db), sm, view))
@@ -415,6 +423,224 @@ mod tests {
             sm.get_current_snapshot().await.unwrap().unwrap().meta,
             second.meta
         );
+    }
+
+    // The seam the disk-full tests use: while on, every kind of write fails
+    // with the injected error; switched off, the same store works again.
+    #[tokio::test]
+    async fn injected_write_errors_fail_every_kind_of_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = StoreFaults::new();
+        let (mut log, mut sm, view) =
+            open_with(dir.path(), FeedSizes::default(), faults.clone()).unwrap();
+        faults.fail_writes(true);
+        let injected = |e: StorageError| {
+            assert!(e.to_string().contains(INJECTED_ENOSPC), "{e}");
+        };
+        injected(log.save_vote(&Vote::new(1, 1)).await.unwrap_err());
+        injected(log.blocking_append(workload()).await.unwrap_err());
+        injected(sm.apply(workload()).await.unwrap_err());
+        injected(
+            sm.get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(view.revision(), 0);
+        faults.fail_writes(false);
+        log.save_vote(&Vote::new(1, 1)).await.unwrap();
+        log.blocking_append(workload()).await.unwrap();
+        sm.apply(workload()).await.unwrap();
+        assert_workload_state(&view);
+    }
+
+    /// Every file under `dir/blobs` (sled's unsynced large-value files).
+    fn blob_files(dir: &Path) -> Vec<PathBuf> {
+        match std::fs::read_dir(dir.join("blobs")) {
+            Ok(rd) => rd.map(|e| e.unwrap().path()).collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// A batch entry revoking `n` jtis named `prefix-i`.
+    fn revoke_many(index: u64, prefix: &str, n: usize) -> Entry {
+        let ops = (0..n)
+            .map(|i| Op::RevokeJtis {
+                jtis: vec![RevokedJti {
+                    jti: format!("{prefix}-{i:08}-0123456789abcdef"),
+                    until: 10_000 + i as u64,
+                }],
+            })
+            .collect();
+        cmd(index, 100, Op::Batch { ops })
+    }
+
+    // sled 0.34 writes values above ~128 KiB to unsynced files under
+    // `blobs/`: a multi-MB snapshot, a >200 KiB log entry and a large
+    // policy must be stored in chunks, and survive a reopen and an install.
+    #[tokio::test]
+    async fn large_values_never_reach_sled_blob_files() {
+        // Control: a plain 200 KiB sled value does go to a blob file, so an
+        // empty `blobs/` below means something.
+        let control = tempfile::tempdir().unwrap();
+        {
+            let db = sled::Config::new().path(control.path()).open().unwrap();
+            db.insert("big", vec![1u8; 200 * 1024]).unwrap();
+            db.flush().unwrap();
+        }
+        assert!(
+            !blob_files(control.path()).is_empty(),
+            "control wrote no blob"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let big = revoke_many(2, "big", 3_000);
+        let big_len = serde_json::to_vec(&big).unwrap().len();
+        assert!(big_len > 200 * 1024, "{big_len}");
+        let policy = format!(
+            "// {}\npermit(principal, action, resource);",
+            "p".repeat(300 * 1024)
+        );
+        let mut entries = vec![membership_ent(1, 1, 1, vec![BTreeSet::from([1])]), big];
+        // Many revocations for a multi-MB snapshot, in entries of 2000.
+        for i in 0..30u64 {
+            entries.push(revoke_many(3 + i, &format!("r{i}"), 2_000));
+        }
+        entries.push(cmd(
+            33,
+            100,
+            Op::PutPolicy {
+                text: policy.clone(),
+            },
+        ));
+        let snap = {
+            let (mut log, mut sm, view) = open(dir.path()).unwrap();
+            log.blocking_append(entries.clone()).await.unwrap();
+            sm.apply(entries.clone()).await.unwrap();
+            assert_eq!(view.revocation_count(), 63_000);
+            let snap = sm
+                .get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap();
+            assert!(
+                snap.snapshot.get_ref().len() > 2 << 20,
+                "{}",
+                snap.snapshot.get_ref().len()
+            );
+            snap
+        };
+        assert_eq!(blob_files(dir.path()), Vec::<PathBuf>::new());
+        {
+            let db = db::Db::open(dir.path()).unwrap();
+            for name in db.db_tree_names() {
+                let tree = db.tree(&name);
+                for kv in tree.iter() {
+                    let (k, v) = kv.unwrap();
+                    assert!(v.len() <= chunk::CHUNK, "{name:?} {k:?}: {} bytes", v.len());
+                }
+            }
+        }
+        // Everything reads back whole.
+        let (mut log, mut sm, view) = open(dir.path()).unwrap();
+        assert_eq!(log.try_get_log_entries(..).await.unwrap(), entries);
+        assert_eq!(view.policy(), Some((33, policy)));
+        let cur = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(cur.meta, snap.meta);
+        assert_eq!(cur.snapshot.get_ref(), snap.snapshot.get_ref());
+        // Round trip: installed on a fresh store, the same state.
+        let fresh = tempfile::tempdir().unwrap();
+        let (_l2, mut sm2, view2) = open(fresh.path()).unwrap();
+        let buf = Box::new(Cursor::new(snap.snapshot.get_ref().clone()));
+        sm2.install_snapshot(&snap.meta, buf).await.unwrap();
+        assert_eq!(view2.revoked_jtis(), view.revoked_jtis());
+        assert_eq!(view2.policy(), view.policy());
+        assert_eq!(
+            sm2.applied_state().await.unwrap(),
+            sm.applied_state().await.unwrap()
+        );
+        // The log shrinks cleanly: purging past the big entry leaves none
+        // of its chunks behind.
+        log.purge(log_id(1, 1, 2)).await.unwrap();
+        assert_eq!(log.try_get_log_entries(..).await.unwrap(), entries[2..]);
+        drop((_l2, sm2, view2));
+        assert_eq!(blob_files(fresh.path()), Vec::<PathBuf>::new());
+    }
+
+    // Benchmark, not a check (docs/BENCHMARKS.md): snapshot build and
+    // install time for 100k and 1M revocations, against a plain sled write
+    // of the same bytes in the same run.
+    //   cargo test --lib store::tests::bench_snapshot -- --ignored --nocapture
+    // TESSERA_BENCH_REVOCATIONS=100000,1000000 sets the sizes.
+    #[tokio::test(flavor = "multi_thread")]
+    #[ignore]
+    async fn bench_snapshot_build_and_install() {
+        use std::time::Instant;
+        let sizes: Vec<usize> = std::env::var("TESSERA_BENCH_REVOCATIONS")
+            .unwrap_or_else(|_| "100000,1000000".into())
+            .split(',')
+            .map(|s| s.trim().parse().unwrap())
+            .collect();
+        println!("| revocations | snapshot bytes | build | install | plain sled write of the bytes | build / plain | install / plain |");
+        println!("|---|---|---|---|---|---|---|");
+        for n in sizes {
+            let dir = tempfile::tempdir().unwrap();
+            let (_l, mut sm, _v) = open(dir.path()).unwrap();
+            let mut entries = vec![membership_ent(1, 1, 1, vec![BTreeSet::from([1])])];
+            let per = 2_000;
+            for (k, start) in (0..n).step_by(per).enumerate() {
+                let mut e = revoke_many(2 + k as u64, &format!("b{start}"), per.min(n - start));
+                e.log_id = log_id(1, 1, 2 + k as u64);
+                entries.push(e);
+            }
+            for chunk in entries.chunks(16) {
+                sm.apply(chunk.to_vec()).await.unwrap();
+            }
+            let t = Instant::now();
+            let snap = sm
+                .get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap();
+            let build = t.elapsed();
+            let bytes = snap.snapshot.get_ref().len();
+
+            let fresh = tempfile::tempdir().unwrap();
+            let (_l2, mut sm2, v2) = open(fresh.path()).unwrap();
+            let t = Instant::now();
+            let buf = Box::new(Cursor::new(snap.snapshot.get_ref().clone()));
+            sm2.install_snapshot(&snap.meta, buf).await.unwrap();
+            let install = t.elapsed();
+            assert_eq!(v2.revocation_count(), n);
+
+            // Baseline: the same bytes in 4 KiB values, one batch, flushed
+            // and fdatasynced.
+            let plain = tempfile::tempdir().unwrap();
+            let db = db::Db::open(plain.path()).unwrap();
+            let data = snap.snapshot.get_ref().clone();
+            let t = Instant::now();
+            let mut b = sled::Batch::default();
+            for (i, piece) in data.chunks(chunk::CHUNK).enumerate() {
+                b.insert(&(i as u64).to_be_bytes(), piece);
+            }
+            db.snapshot.apply_batch(b).unwrap();
+            db.durable_flush().unwrap();
+            let base = t.elapsed();
+            let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+            println!(
+                "| {n} | {:.1} MB | {:.0} ms | {:.0} ms | {:.0} ms | {:.1} | {:.1} |",
+                bytes as f64 / 1e6,
+                ms(build),
+                ms(install),
+                ms(base),
+                ms(build) / ms(base),
+                ms(install) / ms(base)
+            );
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ use openraft::{AnyError, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, Storag
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::chunk;
 use super::db::{self, blocking, Db};
 use super::feed::Feed;
 use super::state::{State, Touched};
@@ -143,9 +144,9 @@ fn replace(
 
 fn read_snapshot(db: &Db) -> Result<Option<(Meta, Vec<u8>)>, StoreError> {
     let meta: Option<Meta> = db::get(&db.snapshot, db::T_SNAPSHOT, K_SNAP_META)?;
-    let data = db.snapshot.get(K_SNAP_DATA)?;
+    let data = chunk::get(&db.snapshot, db::T_SNAPSHOT, K_SNAP_DATA.as_bytes())?;
     match (meta, data) {
-        (Some(meta), Some(data)) => Ok(Some((meta, data.to_vec()))),
+        (Some(meta), Some(data)) => Ok(Some((meta, data))),
         (None, None) => Ok(None),
         _ => Err(StoreError::Corrupt {
             tree: db::T_SNAPSHOT,
@@ -154,10 +155,16 @@ fn read_snapshot(db: &Db) -> Result<Option<(Meta, Vec<u8>)>, StoreError> {
     }
 }
 
-fn snapshot_batch(meta: &Meta, data: &[u8]) -> Result<sled::Batch, StoreError> {
+/// The writes that replace the stored snapshot with `meta` and `data`:
+/// the data in chunks below sled's blob threshold (see [`chunk`]), the
+/// previous snapshot's surplus chunks removed, all in one batch. Blocking;
+/// call it under `snapshot_lock`.
+fn snapshot_batch(db: &Db, meta: &Meta, data: &[u8]) -> Result<sled::Batch, StoreError> {
+    let key = K_SNAP_DATA.as_bytes();
+    let stale = chunk::stored_chunks(&db.snapshot, key)?;
     let mut b = sled::Batch::default();
     b.insert(K_SNAP_META, db::encode(meta)?);
-    b.insert(K_SNAP_DATA, data);
+    chunk::put(&mut b, key, data, stale);
     Ok(b)
 }
 
@@ -173,7 +180,7 @@ fn store_if_not_older(db: &Db, meta: &Meta, data: &[u8]) -> Result<bool, StoreEr
     if current.is_some_and(|c| c.last_log_id > meta.last_log_id) {
         return Ok(false);
     }
-    db.snapshot.apply_batch(snapshot_batch(meta, data)?)?;
+    db.snapshot.apply_batch(snapshot_batch(db, meta, data)?)?;
     db.durable_flush()?;
     Ok(true)
 }
@@ -222,6 +229,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // The write lock is taken on a blocking thread too: a snapshot being
         // serialized under the read lock must not stall the async runtime.
         let (responses, revision) = blocking(move || {
+            // Before the state changes in memory: a failed write must leave
+            // memory as it was.
+            db.check_write()?;
             let (responses, batches, revision) = {
                 let mut st = write(&state);
                 let mut touched = Touched::default();
@@ -270,11 +280,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let meta = meta.clone();
         let sig = meta.signature();
         let revision = blocking(move || {
-            let snap = snapshot_batch(&meta, &data)?;
             let _g = db
                 .snapshot_lock
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
+            let snap = snapshot_batch(&db, &meta, &data)?;
             // apply and install both take `&mut self`: nothing changes the
             // state between reading `old` here and swapping it below.
             replace(&db, &read(&state), &new_state, Some(&snap))?;

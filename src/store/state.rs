@@ -10,6 +10,7 @@ use std::convert::Infallible;
 use openraft::EntryPayload;
 use serde::{Deserialize, Serialize};
 
+use super::chunk;
 use super::db::{self, Db};
 use super::feed::Revocation;
 use super::StoreError;
@@ -321,8 +322,14 @@ impl State {
                 let mut b = sled::Batch::default();
                 if touched.policy {
                     match &self.policy {
-                        Some(p) => b.insert(K_POLICY, db::encode(p)?),
-                        None => b.remove(K_POLICY),
+                        // Chunked: a policy can exceed sled's blob threshold.
+                        Some(p) => chunk::put(
+                            &mut b,
+                            K_POLICY.as_bytes(),
+                            &db::encode(p)?,
+                            chunk::SWEEP_CHUNKS,
+                        ),
+                        None => chunk::remove(&mut b, K_POLICY.as_bytes(), chunk::SWEEP_CHUNKS),
                     }
                 }
                 b
@@ -348,7 +355,9 @@ impl State {
             subjects: load_map(&db.sm_subjects, db::T_SM_SUBJECTS)?,
             clients: load_map(&db.sm_clients, db::T_SM_CLIENTS)?,
             keys: load_map(&db.sm_keys, db::T_SM_KEYS)?,
-            policy: db::get(&db.sm_policy, db::T_SM_POLICY, K_POLICY)?,
+            policy: chunk::get(&db.sm_policy, db::T_SM_POLICY, K_POLICY.as_bytes())?
+                .map(|bytes| db::decode(db::T_SM_POLICY, &bytes))
+                .transpose()?,
         })
     }
 }

@@ -9,7 +9,9 @@ mod admin_service;
 mod audit;
 pub mod error;
 mod keys_service;
+mod message_limit;
 mod token_service;
+pub mod validate;
 mod watch_service;
 
 use std::collections::HashMap;
@@ -21,6 +23,7 @@ use tokio::net::TcpListener;
 pub use admin_service::cluster_status;
 pub use audit::{AuditEvent, AuditLog, AuditSink};
 pub use error::{ApiError, LEADER_METADATA};
+pub use message_limit::MessageLimitLayer;
 pub use watch_service::{resumable, WatchSettings, RESUME_METADATA};
 
 use crate::clock::Clock;
@@ -36,7 +39,8 @@ pub type Raft = openraft::Raft<TypeConfig>;
 
 /// Largest request message the public services accept. Big enough that an
 /// oversized token reaches the token rules (and gets their precise answer),
-/// small enough to bound memory per call.
+/// small enough to bound memory per call. Larger: `RESOURCE_EXHAUSTED`
+/// ([`MessageLimitLayer`]). The limits on each field are in [`validate`].
 pub const MAX_REQUEST_BYTES: usize = 2 * 1024 * 1024;
 
 /// Token lifetimes and limits.
@@ -462,6 +466,7 @@ pub async fn serve(
         let _ = stop_rx.wait_for(|s| *s).await;
     };
     let result = tonic::transport::Server::builder()
+        .layer(MessageLimitLayer::new(MAX_REQUEST_BYTES))
         .concurrency_limit_per_connection(1024)
         .timeout(Duration::from_secs(30))
         .tcp_nodelay(true)

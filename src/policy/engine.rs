@@ -55,7 +55,7 @@ struct Model {
     service: EntityTypeName,
     audience: EntityTypeName,
     cluster: EntityUid,
-    actions: [EntityUid; 6],
+    actions: [EntityUid; 7],
 }
 
 static MODEL: LazyLock<Result<Model, String>> = LazyLock::new(Model::load);
@@ -569,7 +569,10 @@ mod tests {
     }
 
     fn issue(lifetime: u64) -> GrantFacts {
-        GrantFacts::Issue { lifetime }
+        GrantFacts::Issue {
+            lifetime,
+            may_act: Vec::new(),
+        }
     }
 
     fn revoke(principal: &str, kind: RevokeKind, own: bool) -> Request {

@@ -414,7 +414,7 @@ mod tests {
     }
 
     #[test]
-    fn issue_refusals_and_clamps() {
+    fn issue_refusals_and_lifetimes() {
         let l = limits();
         let aud = strings(&[B]);
         let scopes = strings(&["read"]);
@@ -447,7 +447,11 @@ mod tests {
         );
         assert_eq!(issue("t", &aud, &scopes, None).unwrap().exp, NOW + 300);
         assert_eq!(
-            issue("t", &aud, &scopes, Some(99_999)).unwrap().exp,
+            issue("t", &aud, &scopes, Some(99_999)).unwrap_err(),
+            TokenError::BadLifetime
+        );
+        assert_eq!(
+            issue("t", &aud, &scopes, Some(3600)).unwrap().exp,
             NOW + 3600
         );
         let t = issue("t", &strings(&[B, C, B]), &strings(&["x", "y", "x"]), None).unwrap();

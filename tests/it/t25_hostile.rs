@@ -80,6 +80,7 @@ async fn hundred_thousand_scopes_or_audiences_stalled_the_node() {
         started.elapsed()
     };
     let ((), took) = tokio::join!(others, attacks);
+    eprintln!("four 100k-item refusals took {took:?}");
     assert!(took < REFUSAL_BOUND, "four refusals took {took:?}");
     // Nothing was issued to the attacker.
     c.stop_audit_and_read(|audit| {
@@ -341,7 +342,11 @@ async fn lifetime_above_the_maximum_was_silently_clamped() {
             .expires_in,
         3600
     );
-    let t1 = fe.issue_token(with(0)).await.unwrap().into_inner();
+    let t1 = fe
+        .issue_token(issue_req("orders", &["payments:charge"]))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(t1.expires_in, 300, "the default when none is asked for");
 
     // Exchange: the same rule applies to the requested lifetime.
@@ -355,6 +360,11 @@ async fn lifetime_above_the_maximum_was_silently_clamped() {
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     assert!(e.message().contains("limit-lifetime"), "{}", e.message());
+    // Within the limits, shortened only to the subject's remaining lifetime.
+    let mut req = exchange_req(&t1.access_token, "payments", &["payments:charge"]);
+    req.lifetime_seconds = 3600;
+    let t2 = c.tokens("orders").await.exchange_token(req).await.unwrap();
+    assert_eq!(t2.into_inner().expires_in, 300);
     c.stop().await;
 }
 

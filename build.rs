@@ -7,7 +7,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     #[allow(clippy::disallowed_methods)]
     std::env::set_var("PROTOC", protoc);
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    // Our codec: an undecodable message is INVALID_ARGUMENT, not INTERNAL.
     tonic_prost_build::configure()
+        .codec_path("crate::pb_codec::StrictCodec")
         .file_descriptor_set_path(out.join("tessera_descriptor.bin"))
         .compile_protos(
             &[

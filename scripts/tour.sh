@@ -32,5 +32,5 @@ echo "$REV"
 MIN=$(echo "$REV" | sed -n 's/.*"revision":\([0-9]*\).*/\1/p')
 echo "== T3 after the revocation"
 tessera token introspect --cert "$certs/ledger.pem" --min-revision "${MIN:-0}" "$T3"
-echo "== T1 after the revocation"
-tessera token introspect --cert "$certs/ledger.pem" --min-revision "${MIN:-0}" "$T1"
+echo "== T1 after the revocation (asked by its audience, orders)"
+tessera token introspect --cert "$certs/orders.pem" --min-revision "${MIN:-0}" "$T1"

@@ -18,6 +18,7 @@
 //! - [`api`]: the public gRPC services and the error-to-status table.
 //! - [`node`]: configuration and wiring: `run(config, listeners, shutdown)`.
 //! - [`client`]: what callers and resource servers embed.
+//! - [`pb`] and [`pb_codec`]: the generated `tessera.v1` code and its codec.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -27,6 +28,7 @@ pub mod client;
 pub mod clock;
 pub mod keys;
 pub mod node;
+pub mod pb_codec;
 pub mod policy;
 pub mod raft;
 pub mod store;

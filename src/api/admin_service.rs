@@ -192,11 +192,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
         self.admit(&req, "init_cluster").await?;
         let addrs = req.into_inner().raft_addrs;
-        if addrs.is_empty() || addrs.len() > 9 {
-            return Err(Status::invalid_argument(
-                "give 1 to 9 member Raft addresses",
-            ));
-        }
+        super::validate::raft_addrs(&addrs)?;
         let raft = &self.shared.raft;
         if raft
             .is_initialized()
@@ -256,6 +252,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
         self.admit(&req, "add_learner").await?;
         let r = req.into_inner();
+        super::validate::raft_addr(&r.raft_addr)?;
         let timeout = match r.timeout_seconds {
             0 => CATCH_UP_WAIT,
             s => Duration::from_secs(s.min(3600)),
@@ -366,6 +363,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
     ) -> Result<Response<pb::PutPolicyResponse>, Status> {
         self.admit(&req, "put_policy").await?;
         let text = req.into_inner().text;
+        super::validate::policy_text(&text)?;
         PolicyEngine::validate(&text).map_err(ApiError::from)?;
         let r = self.shared.write(Op::PutPolicy { text }).await?;
         Ok(Response::new(pb::PutPolicyResponse {

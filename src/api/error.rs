@@ -1,6 +1,11 @@
 //! The one table from errors to gRPC statuses. Every layer's error enters
 //! the API as an [`ApiError`] through an explicit `From`; every `ApiError`
 //! leaves as a [`tonic::Status`] with a stable code. `INTERNAL` means a bug.
+//!
+//! Two answers are made before a handler runs: a request message above the
+//! size limit is `RESOURCE_EXHAUSTED` ([`super::MessageLimitLayer`]) and
+//! one that is not valid protobuf is `INVALID_ARGUMENT`
+//! ([`crate::pb_codec`]).
 
 use tonic::{Code, Status};
 
@@ -225,6 +230,48 @@ mod tests {
         assert_eq!(code(TokenError::NoScopeRequested), Code::InvalidArgument);
         assert_eq!(code(TokenError::NoAudience), Code::InvalidArgument);
         assert_eq!(code(TokenError::Crypto("x")), Code::Internal);
+    }
+
+    #[test]
+    fn malformed_requests_and_field_limits_are_invalid_argument() {
+        use crate::api::validate;
+        use crate::pb;
+        let too_many = pb::IssueTokenRequest {
+            audience: vec!["a".into()],
+            scope: (0..100_000).map(|i| i.to_string()).collect(),
+            ..Default::default()
+        };
+        assert_eq!(
+            code(validate::issue(too_many, 3600).unwrap_err()),
+            Code::InvalidArgument
+        );
+        let too_long = pb::IssueTokenRequest {
+            audience: vec!["a".into()],
+            scope: vec!["s".into()],
+            lifetime_seconds: 3601,
+            ..Default::default()
+        };
+        assert_eq!(
+            code(validate::issue(too_long, 3600).unwrap_err()),
+            Code::InvalidArgument
+        );
+        // RFC 8693: subject_token_type is required.
+        let untyped = pb::ExchangeTokenRequest {
+            subject_token: "t".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            code(validate::exchange(untyped, 3600).unwrap_err()),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            code(validate::revoke(pb::RevokeRequest { target: None }).unwrap_err()),
+            Code::InvalidArgument
+        );
+        assert_eq!(code(TokenError::BadLifetime), Code::InvalidArgument);
+        // Oversized messages (api::message_limit) and undecodable protobuf
+        // (pb_codec) are answered before a handler runs; their codes are
+        // tested there and end to end (tests/it/t25_hostile.rs).
     }
 
     #[test]

@@ -10,8 +10,10 @@ mod audit;
 pub mod consistency;
 pub mod error;
 mod keys_service;
+mod message_limit;
 mod purge;
 mod token_service;
+pub mod validate;
 mod watch_service;
 
 use std::collections::HashMap;
@@ -24,6 +26,7 @@ pub use admin_service::cluster_status;
 pub use audit::{AuditEvent, AuditLog, AuditSink};
 pub use consistency::{NotReady, READ_CONFIRM_BUDGET};
 pub use error::{ApiError, LEADER_METADATA};
+pub use message_limit::MessageLimitLayer;
 pub use watch_service::{resumable, WatchSettings, RESUME_METADATA};
 
 use crate::clock::Clock;
@@ -39,7 +42,8 @@ pub type Raft = openraft::Raft<TypeConfig>;
 
 /// Largest request message the public services accept. Big enough that an
 /// oversized token reaches the token rules (and gets their precise answer),
-/// small enough to bound memory per call.
+/// small enough to bound memory per call. Larger: `RESOURCE_EXHAUSTED`
+/// ([`MessageLimitLayer`]). The limits on each field are in [`validate`].
 pub const MAX_REQUEST_BYTES: usize = 2 * 1024 * 1024;
 
 /// Token lifetimes and limits.
@@ -523,6 +527,7 @@ pub async fn serve(
         let _ = stop_rx.wait_for(|s| *s).await;
     };
     let result = tonic::transport::Server::builder()
+        .layer(MessageLimitLayer::new(MAX_REQUEST_BYTES))
         .concurrency_limit_per_connection(1024)
         .timeout(Duration::from_secs(30))
         .tcp_nodelay(true)

@@ -1,10 +1,17 @@
 //! `TokenService`: issue, exchange (RFC 8693), introspect (RFC 7662) and
 //! revoke.
 //!
-//! Order of checks in an exchange: request shape, then the presented tokens
-//! (signature, time, revocation), then the pure exchange rules, then policy
-//! per audience and scope. The pure rules come before policy so that a
-//! refused exchange gets the most precise reason.
+//! Every handler first checks the request's shape and sizes
+//! ([`super::validate`]: counts and bytes, linear work), and only then does
+//! anything expensive. Order of checks in an exchange: request shape, then
+//! the presented tokens (signature, time, revocation), then the pure
+//! exchange rules, then policy per audience and scope. The pure rules come
+//! before policy so that a refused exchange gets the most precise reason.
+//!
+//! Least privilege: a non-admin revokes what it owns (a chain revocation
+//! asks policy about each ancestor separately), and introspection tells a
+//! caller a token's claims only if policy's `disclose` allows it (by
+//! default: the token's audiences and the admin).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -12,28 +19,42 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::purge::PurgeTimes;
+use super::validate::{self, TOKEN_TYPE_ACCESS};
 use super::{ApiError, AuditEvent, Shared};
 use crate::pb;
-use crate::policy::{Action, ExchangeFacts, GrantFacts, RevokeContext, RevokeKind};
+use crate::policy::{
+    Action, DiscloseContext, ExchangeFacts, GrantFacts, RevokeContext, RevokeKind,
+};
 use crate::raft::{Op, RevokedJti};
 use crate::tls::PeerIdentity;
-use crate::token::{self, Claims, ExchangeInput, Limits};
-
-/// RFC 8693 grant type.
-pub const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-/// RFC 8693 token type of an OAuth access token.
-pub const TOKEN_TYPE_ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
-/// RFC 8693 token type of a JWT.
-pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
-
-const MAX_AUDIENCES: usize = 16;
-const MAX_SCOPES: usize = 64;
-const MAX_NAME: usize = 512;
+use crate::token::{self, Claims, ExchangeInput, Limits, MayAct};
 
 /// Granted scopes and the policy ids that determined them.
 type Grant = (Vec<String>, Vec<String>);
-/// The audience policy allowed nothing for, and the policy ids consulted.
-type Refusal = (String, Vec<String>);
+
+/// Why policy granted nothing.
+struct Refusal {
+    /// The audience for which no scope was allowed.
+    audience: String,
+    /// Every policy id consulted, for the audit log.
+    ids: Vec<String>,
+    /// The forbids that denied that audience (empty for a default deny),
+    /// named in the caller's message: e.g. `limit-lifetime`.
+    forbids: Vec<String>,
+}
+
+impl Refusal {
+    fn message(&self, action: Action) -> String {
+        let mut m = format!(
+            "policy ({action}): no requested scope is allowed for audience {}",
+            self.audience
+        );
+        if !self.forbids.is_empty() {
+            m.push_str(&format!("; forbidden by {}", self.forbids.join(", ")));
+        }
+        m
+    }
+}
 
 /// The `TokenService` implementation.
 pub struct TokenApi {
@@ -91,16 +112,29 @@ impl TokenApi {
     ) -> Result<Grant, Refusal> {
         let policy = match self.policy() {
             Ok(p) => p,
-            Err(_) => return Err((audiences.first().cloned().unwrap_or_default(), vec![])),
+            Err(_) => {
+                return Err(Refusal {
+                    audience: audiences.first().cloned().unwrap_or_default(),
+                    ids: vec![],
+                    forbids: vec![],
+                })
+            }
         };
         let mut granted = scopes.to_vec();
         let mut ids = BTreeSet::new();
         for aud in audiences {
             let (allowed, pids) = policy.allowed_scopes(caller, action, aud, &granted, facts);
-            ids.extend(pids);
             if allowed.is_empty() {
-                return Err((aud.clone(), ids.into_iter().collect()));
+                // Every answer for this audience was a deny: the ids that
+                // determined them are the satisfied forbids.
+                ids.extend(pids.iter().cloned());
+                return Err(Refusal {
+                    audience: aud.clone(),
+                    ids: ids.into_iter().collect(),
+                    forbids: pids,
+                });
             }
+            ids.extend(pids);
             granted = allowed;
         }
         Ok((granted, ids.into_iter().collect()))
@@ -120,43 +154,14 @@ fn caller<T>(req: &Request<T>) -> Result<PeerIdentity, Status> {
     crate::tls::caller_identity(req)
 }
 
-fn check_names(what: &str, values: &[String], max: usize) -> Result<(), ApiError> {
-    if values.len() > max {
-        return Err(ApiError::InvalidArgument(format!(
-            "too many {what} (at most {max})"
-        )));
-    }
-    if values.iter().any(|v| v.is_empty() || v.len() > MAX_NAME) {
-        return Err(ApiError::InvalidArgument(format!(
-            "each {what} must be 1 to {MAX_NAME} bytes"
-        )));
-    }
-    Ok(())
+/// Whether the caller holds `c`: the token is bound to its certificate.
+fn is_holder(c: &Claims, caller: &PeerIdentity) -> bool {
+    !caller.thumbprint.is_empty() && c.thumbprint() == Some(caller.thumbprint.as_str())
 }
 
-/// Scopes from the request: each entry may hold several, space-separated.
-fn split_scopes(raw: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for s in raw
-        .iter()
-        .flat_map(|s| s.split(' '))
-        .filter(|s| !s.is_empty())
-    {
-        if !out.iter().any(|o| o == s) {
-            out.push(s.to_string());
-        }
-    }
-    out
-}
-
-fn dedup(values: impl IntoIterator<Item = String>) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for v in values {
-        if !out.contains(&v) {
-            out.push(v);
-        }
-    }
-    out
+/// Whether the caller owns `c`: its subject, client or holder.
+fn owns(c: &Claims, caller: &PeerIdentity) -> bool {
+    c.sub == caller.id || c.client_id == caller.id || is_holder(c, caller)
 }
 
 fn token_response(token: String, c: &Claims) -> pb::TokenResponse {
@@ -187,47 +192,36 @@ impl pb::token_service_server::TokenService for TokenApi {
     ) -> Result<Response<pb::TokenResponse>, Status> {
         let caller = caller(&req)?;
         tracing::Span::current().record("caller", caller.id.as_str());
-        let r = req.into_inner();
-        let scopes = split_scopes(&r.scope);
-        let audiences = dedup(r.audience);
-        check_names("audience", &audiences, MAX_AUDIENCES)?;
-        check_names("scope", &scopes, MAX_SCOPES)?;
-        if audiences.is_empty() {
-            return Err(ApiError::from(token::TokenError::NoAudience).into());
-        }
-        if scopes.is_empty() {
-            return Err(ApiError::from(token::TokenError::NoScopeRequested).into());
-        }
-        // Policy and keys as of every acknowledged write.
+        let s = &self.shared.settings;
+        let validate::IssueParams {
+            audiences,
+            scopes,
+            lifetime,
+            may_act,
+        } = validate::issue(req.into_inner(), s.max_lifetime)?;
+        // Policy and keys as of every acknowledged write; the token's
+        // `tsr_rev` is read after this.
         self.shared.read_barrier().await?;
         let now = self.shared.clock.now();
-        let s = &self.shared.settings;
-        let lifetime = match r.lifetime_seconds {
-            0 => s.default_lifetime,
-            l => l.min(s.max_lifetime),
-        };
+        // Policy sees what was asked for; the default only when nothing was.
+        let lifetime = lifetime.unwrap_or(s.default_lifetime);
         let mut ev = AuditEvent::new(now, "issue", "deny", &caller.id);
         ev.audience = audiences.clone();
-        let (granted, ids) = match self.grant(
-            &caller.id,
-            Action::Issue,
-            &audiences,
-            &scopes,
-            &GrantFacts::Issue { lifetime },
-        ) {
-            Ok(g) => g,
-            Err((aud, ids)) => {
-                ev.policy_ids = ids;
-                ev.reason = Some(format!(
-                    "policy allows no requested scope for audience {aud}"
-                ));
-                self.audit(ev).await;
-                return Err(ApiError::PermissionDenied(format!(
-                    "policy (issue): no requested scope is allowed for audience {aud}"
-                ))
-                .into());
-            }
+        let facts = GrantFacts::Issue {
+            lifetime,
+            may_act: may_act.clone(),
         };
+        let (granted, ids) =
+            match self.grant(&caller.id, Action::Issue, &audiences, &scopes, &facts) {
+                Ok(g) => g,
+                Err(refusal) => {
+                    let message = refusal.message(Action::Issue);
+                    ev.policy_ids = refusal.ids;
+                    ev.reason = Some(message.clone());
+                    self.audit(ev).await;
+                    return Err(ApiError::PermissionDenied(message).into());
+                }
+            };
         ev.policy_ids = ids;
         let jti = token::new_jti().map_err(ApiError::from)?;
         let mut claims = token::issue_claims(
@@ -244,6 +238,9 @@ impl pb::token_service_server::TokenService for TokenApi {
         // The revision this node has applied: a subject or client cut-off
         // applied above it revokes the token (token::cutoff_revokes).
         claims.rev = Some(self.shared.state.revision());
+        if !may_act.is_empty() {
+            claims.may_act = Some(MayAct { sub: may_act });
+        }
         let token = self.sign(&claims)?;
         tracing::Span::current().record("jti", claims.jti.as_str());
         ev.decision = "allow";
@@ -260,32 +257,8 @@ impl pb::token_service_server::TokenService for TokenApi {
     ) -> Result<Response<pb::TokenResponse>, Status> {
         let caller = caller(&req)?;
         tracing::Span::current().record("caller", caller.id.as_str());
-        let r = req.into_inner();
-        if !(r.grant_type.is_empty() || r.grant_type == GRANT_TOKEN_EXCHANGE) {
-            return Err(Status::invalid_argument("unsupported grant_type"));
-        }
-        let token_type_ok = |t: &str| t.is_empty() || t == TOKEN_TYPE_ACCESS || t == TOKEN_TYPE_JWT;
-        if !token_type_ok(&r.subject_token_type) {
-            return Err(Status::invalid_argument("unsupported subject_token_type"));
-        }
-        if !token_type_ok(&r.requested_token_type) {
-            return Err(Status::invalid_argument("unsupported requested_token_type"));
-        }
-        if !token_type_ok(&r.actor_token_type) {
-            return Err(Status::invalid_argument("unsupported actor_token_type"));
-        }
-        if r.actor_token.is_empty() && !r.actor_token_type.is_empty() {
-            return Err(Status::invalid_argument(
-                "actor_token_type without actor_token",
-            ));
-        }
-        if r.subject_token.is_empty() {
-            return Err(Status::invalid_argument("subject_token is required"));
-        }
-        let scopes = split_scopes(&r.scope);
-        let audiences = dedup(r.audience.into_iter().chain(r.resource));
-        check_names("audience", &audiences, MAX_AUDIENCES)?;
-        check_names("scope", &scopes, MAX_SCOPES)?;
+        let r = validate::exchange(req.into_inner(), self.shared.settings.max_lifetime)?;
+        let (scopes, audiences) = (&r.scopes, &r.audiences);
         // Revocations, keys and policy as of every acknowledged write: a
         // token revoked a moment ago on another node is refused here.
         self.shared.read_barrier().await?;
@@ -308,17 +281,16 @@ impl pb::token_service_server::TokenService for TokenApi {
         };
         tracing::Span::current().record("subject_jti", subject.jti.as_str());
         ev.subject_jti = Some(subject.jti.clone());
-        let actor = if r.actor_token.is_empty() {
-            None
-        } else {
-            match self.check_token(&r.actor_token, now) {
+        let actor = match &r.actor_token {
+            None => None,
+            Some(t) => match self.check_token(t, now) {
                 Ok(c) => Some(c),
                 Err(e) => {
                     ev.reason = Some(format!("actor token: {e}"));
                     self.audit(ev).await;
                     return Err(prefix("actor token", e).into());
                 }
-            }
+            },
         };
         let jti = token::new_jti().map_err(ApiError::from)?;
         let input = ExchangeInput {
@@ -326,15 +298,15 @@ impl pb::token_service_server::TokenService for TokenApi {
             caller_cert_thumbprint: &caller.thumbprint,
             subject: &subject,
             actor: actor.as_deref(),
-            requested_scopes: &scopes,
-            audiences: &audiences,
-            requested_lifetime: (r.lifetime_seconds > 0).then_some(r.lifetime_seconds),
+            requested_scopes: scopes,
+            audiences,
+            requested_lifetime: r.lifetime,
             impersonate: r.impersonate,
             now,
         };
         // Policy narrowing comes after the rules; the rules see every
         // requested scope so that widening is refused, not dropped.
-        let mut claims = match token::exchange(&input, &scopes, &self.limits(), jti) {
+        let mut claims = match token::exchange(&input, scopes, &self.limits(), jti) {
             Ok(c) => c,
             Err(e) => {
                 ev.reason = Some(e.to_string());
@@ -348,7 +320,8 @@ impl pb::token_service_server::TokenService for TokenApi {
             Action::Exchange
         };
         let facts = GrantFacts::Exchange(ExchangeFacts {
-            lifetime: claims.exp.saturating_sub(claims.iat),
+            // What was asked for; what the token gets when nothing was.
+            lifetime: r.lifetime.unwrap_or(claims.exp.saturating_sub(claims.iat)),
             depth: u32::try_from(claims.chain.len()).unwrap_or(u32::MAX),
             subject: subject.sub.clone(),
             subject_client: subject.client_id.clone(),
@@ -360,18 +333,14 @@ impl pb::token_service_server::TokenService for TokenApi {
             has_actor_token: actor.is_some(),
         });
         let requested: Vec<String> = claims.scopes().into_iter().map(str::to_string).collect();
-        let (granted, ids) = match self.grant(&caller.id, action, &audiences, &requested, &facts) {
+        let (granted, ids) = match self.grant(&caller.id, action, audiences, &requested, &facts) {
             Ok(g) => g,
-            Err((aud, ids)) => {
-                ev.policy_ids = ids;
-                ev.reason = Some(format!(
-                    "policy allows no requested scope for audience {aud}"
-                ));
+            Err(refusal) => {
+                let message = refusal.message(action);
+                ev.policy_ids = refusal.ids;
+                ev.reason = Some(message.clone());
                 self.audit(ev).await;
-                return Err(ApiError::PermissionDenied(format!(
-                    "policy ({action}): no requested scope is allowed for audience {aud}"
-                ))
-                .into());
+                return Err(ApiError::PermissionDenied(message).into());
             }
         };
         claims.scope = granted.join(" ");
@@ -394,22 +363,7 @@ impl pb::token_service_server::TokenService for TokenApi {
         let caller = caller(&req)?;
         tracing::Span::current().record("caller", caller.id.as_str());
         let r = req.into_inner();
-        if r.token.is_empty() {
-            return Err(Status::invalid_argument("token is required"));
-        }
-        let now = self.shared.clock.now();
-        let mut ev = AuditEvent::new(now, "introspect", "deny", &caller.id);
-        let decision = self
-            .policy()?
-            .authorize(&crate::policy::Request::introspect(caller.id.clone()));
-        ev.policy_ids = decision.policy_ids;
-        if !decision.allowed {
-            ev.reason = Some("policy".into());
-            self.audit(ev).await;
-            return Err(
-                ApiError::PermissionDenied("policy (introspect): not allowed".into()).into(),
-            );
-        }
+        validate::introspect(&r)?;
         let local = r.consistency == pb::Consistency::Local as i32;
         if !local && r.consistency != pb::Consistency::Linearizable as i32 {
             return Err(Status::invalid_argument("unknown consistency"));
@@ -418,7 +372,20 @@ impl pb::token_service_server::TokenService for TokenApi {
             // Possibly stale, by choice; the response says how stale.
             self.shared.ensure_started()?;
         } else {
+            // Revocations and policy as of every acknowledged write.
             self.shared.read_barrier().await?;
+        }
+        let now = self.shared.clock.now();
+        let mut ev = AuditEvent::new(now, "introspect", "deny", &caller.id);
+        let policy = self.policy()?;
+        let decision = policy.authorize(&crate::policy::Request::introspect(caller.id.clone()));
+        ev.policy_ids = decision.policy_ids;
+        if !decision.allowed {
+            ev.reason = Some("policy".into());
+            self.audit(ev).await;
+            return Err(
+                ApiError::PermissionDenied("policy (introspect): not allowed".into()).into(),
+            );
         }
         if r.min_revision > 0 {
             self.wait_applied(r.min_revision).await?;
@@ -432,46 +399,47 @@ impl pb::token_service_server::TokenService for TokenApi {
         } else {
             0
         };
+        let inactive = pb::IntrospectResponse {
+            active: false,
+            revision,
+            linearizable: !local,
+            max_staleness_ms,
+            ..Default::default()
+        };
+        ev.decision = "allow";
         let resp = match self.check_token(&r.token, now) {
             Ok(c) => {
                 ev.subject_jti = Some(c.jti.clone());
                 tracing::Span::current().record("jti", c.jti.as_str());
-                pb::IntrospectResponse {
-                    active: true,
-                    scope: c.scope.clone(),
-                    client_id: c.client_id.clone(),
-                    sub: c.sub.clone(),
-                    aud: c.aud.as_slice().to_vec(),
-                    iss: c.iss.clone(),
-                    exp: c.exp,
-                    iat: c.iat,
-                    nbf: c.nbf,
-                    jti: c.jti.clone(),
-                    token_type: "Bearer".into(),
-                    act: c.act.as_ref().map(actor_pb),
-                    cnf_x5t_s256: c
-                        .cnf
-                        .as_ref()
-                        .map(|c| c.x5t_s256.clone())
-                        .unwrap_or_default(),
-                    revision,
-                    chain: c.chain.clone(),
-                    linearizable: !local,
-                    max_staleness_ms,
+                // RFC 7662 §4: a caller policy does not let see the claims
+                // is told no more than "inactive".
+                let disclose = policy.authorize(&crate::policy::Request::disclose(
+                    caller.id.clone(),
+                    DiscloseContext {
+                        audience: c.aud.as_slice().to_vec(),
+                        subject: c.sub.clone(),
+                        client: c.client_id.clone(),
+                        holder: is_holder(&c, &caller),
+                    },
+                ));
+                ev.policy_ids.extend(disclose.policy_ids);
+                if disclose.allowed {
+                    pb::IntrospectResponse {
+                        linearizable: !local,
+                        max_staleness_ms,
+                        ..claims_response(&c, revision)
+                    }
+                } else {
+                    ev.decision = "deny";
+                    ev.reason = Some("policy (disclose): claims not disclosed".into());
+                    inactive
                 }
             }
             Err(e) => {
                 ev.reason = Some(format!("inactive: {e}"));
-                pb::IntrospectResponse {
-                    active: false,
-                    revision,
-                    linearizable: !local,
-                    max_staleness_ms,
-                    ..Default::default()
-                }
+                inactive
             }
         };
-        ev.decision = "allow";
         self.audit(ev).await;
         Ok(Response::new(resp))
     }
@@ -484,129 +452,127 @@ impl pb::token_service_server::TokenService for TokenApi {
         use pb::revoke_request::Target;
         let caller = caller(&req)?;
         tracing::Span::current().record("caller", caller.id.as_str());
-        let target = req
-            .into_inner()
-            .target
-            .ok_or_else(|| Status::invalid_argument("a revocation target is required"))?;
+        let target = validate::revoke(req.into_inner())?;
         let now = self.shared.clock.now();
         let s = &self.shared.settings;
         // When each entry may be purged (the derivation is in `purge`).
         let purge = PurgeTimes::new(s, now);
         let horizon = purge.horizon;
-        let owns = |c: &Claims| c.sub == caller.id || c.client_id == caller.id;
         let mut ev = AuditEvent::new(now, "revoke", "deny", &caller.id);
-        let (ctx, op) = match target {
-            Target::Token(t) | Target::ChainOfToken(t) if t.is_empty() => {
-                return Err(Status::invalid_argument("token is empty"));
-            }
+        // Authorize against the policy as of every acknowledged write.
+        self.shared.read_barrier().await?;
+        let policy = self.policy()?;
+        let mut ids = BTreeSet::new();
+        // Asks policy; a refusal of the main target is PERMISSION_DENIED.
+        let mut ask = |ctx: RevokeContext| {
+            let d = policy.authorize(&crate::policy::Request::revoke(caller.id.clone(), ctx));
+            ids.extend(d.policy_ids);
+            d.allowed
+        };
+        let unchanged = || {
+            // RFC 7009: an invalid token is not an error; nothing to do.
+            Ok(Response::new(pb::RevokeResponse {
+                revision: self.shared.state.revision(),
+                changed: false,
+                jtis: Vec::new(),
+            }))
+        };
+        let (kind, allowed, op) = match target {
             Target::Token(t) => {
                 let Some(c) = self.revocable(&t, now) else {
-                    // RFC 7009: an invalid token is not an error; nothing to do.
-                    return Ok(Response::new(pb::RevokeResponse {
-                        revision: self.shared.state.revision(),
-                        changed: false,
-                    }));
+                    return unchanged();
                 };
                 ev.subject_jti = Some(c.jti.clone());
-                let ctx = RevokeContext {
+                let allowed = ask(RevokeContext {
                     kind: RevokeKind::Token,
                     target: c.jti.clone(),
-                    own: owns(&c),
-                };
-                let until = purge.for_token(c.exp);
-                (
-                    ctx,
-                    Op::RevokeJtis {
-                        jtis: vec![RevokedJti { jti: c.jti, until }],
-                    },
-                )
+                    own: owns(&c, &caller),
+                });
+                let jtis = vec![RevokedJti {
+                    jti: c.jti,
+                    until: purge.for_token(c.exp),
+                }];
+                (RevokeKind::Token, allowed, Op::RevokeJtis { jtis })
             }
             Target::ChainOfToken(t) => {
                 let Some(c) = self.revocable(&t, now) else {
-                    return Ok(Response::new(pb::RevokeResponse {
-                        revision: self.shared.state.revision(),
-                        changed: false,
-                    }));
+                    return unchanged();
                 };
                 ev.subject_jti = Some(c.jti.clone());
-                let ctx = RevokeContext {
+                let allowed = ask(RevokeContext {
                     kind: RevokeKind::Chain,
                     target: c.jti.clone(),
-                    own: owns(&c),
-                };
-                let mut jtis: Vec<RevokedJti> = c
-                    .chain
-                    .iter()
-                    .map(|j| RevokedJti {
-                        jti: j.clone(),
-                        until: horizon,
-                    })
-                    .collect();
+                    own: owns(&c, &caller),
+                });
+                // Each ancestor is its own question: a caller revokes the
+                // ancestors it may (all of them for an admin or the chain's
+                // subject under the example policy), never the others. The
+                // token's own descendants die with it either way (they
+                // carry its jti in their chain).
+                let mut jtis: Vec<RevokedJti> = Vec::with_capacity(c.chain.len() + 1);
+                if allowed {
+                    for j in &c.chain {
+                        let ancestor = RevokeContext {
+                            kind: RevokeKind::Ancestor,
+                            target: j.clone(),
+                            own: c.sub == caller.id,
+                        };
+                        if ask(ancestor) {
+                            jtis.push(RevokedJti {
+                                jti: j.clone(),
+                                until: horizon,
+                            });
+                        }
+                    }
+                }
                 jtis.push(RevokedJti {
                     jti: c.jti.clone(),
                     until: purge.for_token(c.exp),
                 });
-                (ctx, Op::RevokeJtis { jtis })
+                (RevokeKind::Chain, allowed, Op::RevokeJtis { jtis })
             }
             Target::Jti(j) => {
-                check_names("jti", std::slice::from_ref(&j), 1)?;
                 ev.subject_jti = Some(j.clone());
-                let ctx = RevokeContext {
+                let allowed = ask(RevokeContext {
                     kind: RevokeKind::Jti,
                     target: j.clone(),
                     own: false,
-                };
-                (
-                    ctx,
-                    Op::RevokeJtis {
-                        jtis: vec![RevokedJti {
-                            jti: j,
-                            until: horizon,
-                        }],
-                    },
-                )
+                });
+                let jtis = vec![RevokedJti {
+                    jti: j,
+                    until: horizon,
+                }];
+                (RevokeKind::Jti, allowed, Op::RevokeJtis { jtis })
             }
             Target::Subject(subject) => {
-                check_names("subject", std::slice::from_ref(&subject), 1)?;
-                let ctx = RevokeContext {
+                let allowed = ask(RevokeContext {
                     kind: RevokeKind::Subject,
                     target: subject.clone(),
                     own: subject == caller.id,
+                });
+                let op = Op::RevokeSubject {
+                    subject,
+                    cutoff: now,
+                    until: horizon,
                 };
-                (
-                    ctx,
-                    Op::RevokeSubject {
-                        subject,
-                        cutoff: now,
-                        until: horizon,
-                    },
-                )
+                (RevokeKind::Subject, allowed, op)
             }
             Target::Client(client) => {
-                check_names("client", std::slice::from_ref(&client), 1)?;
-                let ctx = RevokeContext {
+                let allowed = ask(RevokeContext {
                     kind: RevokeKind::Client,
                     target: client.clone(),
                     own: client == caller.id,
+                });
+                let op = Op::RevokeClient {
+                    client,
+                    cutoff: now,
+                    until: horizon,
                 };
-                (
-                    ctx,
-                    Op::RevokeClient {
-                        client,
-                        cutoff: now,
-                        until: horizon,
-                    },
-                )
+                (RevokeKind::Client, allowed, op)
             }
         };
-        let kind = ctx.kind;
-        // Authorize against the policy as of every acknowledged write.
-        self.shared.read_barrier().await?;
-        let decision = self
-            .policy()?
-            .authorize(&crate::policy::Request::revoke(caller.id.clone(), ctx));
-        ev.policy_ids = decision.policy_ids;
-        if !decision.allowed {
+        ev.policy_ids = ids.into_iter().collect();
+        if !allowed {
             ev.reason = Some(format!("policy denies revoke by {}", kind.as_str()));
             self.audit(ev).await;
             return Err(ApiError::PermissionDenied(format!(
@@ -615,6 +581,10 @@ impl pb::token_service_server::TokenService for TokenApi {
             ))
             .into());
         }
+        let revoked: Vec<String> = match &op {
+            Op::RevokeJtis { jtis } => jtis.iter().map(|j| j.jti.clone()).collect(),
+            _ => Vec::new(),
+        };
         let resp = match self.shared.write(op).await {
             Ok(r) => r,
             Err(e) => {
@@ -631,7 +601,35 @@ impl pb::token_service_server::TokenService for TokenApi {
         Ok(Response::new(pb::RevokeResponse {
             revision: resp.revision,
             changed: resp.changed > 0,
+            jtis: revoked,
         }))
+    }
+}
+
+/// The full RFC 7662 answer for a valid token the caller may see.
+fn claims_response(c: &Claims, revision: u64) -> pb::IntrospectResponse {
+    pb::IntrospectResponse {
+        active: true,
+        scope: c.scope.clone(),
+        client_id: c.client_id.clone(),
+        sub: c.sub.clone(),
+        aud: c.aud.as_slice().to_vec(),
+        iss: c.iss.clone(),
+        exp: c.exp,
+        iat: c.iat,
+        nbf: c.nbf,
+        jti: c.jti.clone(),
+        token_type: "Bearer".into(),
+        act: c.act.as_ref().map(actor_pb),
+        cnf_x5t_s256: c
+            .cnf
+            .as_ref()
+            .map(|c| c.x5t_s256.clone())
+            .unwrap_or_default(),
+        revision,
+        chain: c.chain.clone(),
+        linearizable: true,
+        max_staleness_ms: 0,
     }
 }
 

@@ -328,6 +328,7 @@ impl TokenSource {
             audience: vec![audience.to_string()],
             scope: scope_list(scopes),
             lifetime_seconds: self.lifetime_seconds,
+            ..Default::default()
         };
         self.get(key, None, || {
             let request = request.clone();

@@ -157,9 +157,13 @@ enum TokenCmd {
         /// Scopes (repeatable, or space-separated).
         #[arg(long = "scope", short = 's', required = true)]
         scope: Vec<String>,
-        /// Lifetime in seconds (0: the default).
+        /// Lifetime in seconds (0: the default; above the maximum: refused).
         #[arg(long, default_value_t = 0)]
         lifetime: u64,
+        /// An identity that may later exchange the token (repeatable;
+        /// RFC 8693 `may_act`). None: no restriction.
+        #[arg(long = "may-act")]
+        may_act: Vec<String>,
         /// Print the whole response as JSON instead of the token.
         #[arg(long)]
         json: bool,
@@ -330,6 +334,7 @@ async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
             audience,
             scope,
             lifetime,
+            may_act,
             json,
         } => {
             let mut c = TokenServiceClient::new(conn.channel().await?);
@@ -338,6 +343,7 @@ async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
                     audience,
                     scope: split_scopes(&scope),
                     lifetime_seconds: lifetime,
+                    may_act,
                 })
                 .await
                 .map_err(status_err)?

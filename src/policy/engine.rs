@@ -55,7 +55,7 @@ struct Model {
     service: EntityTypeName,
     audience: EntityTypeName,
     cluster: EntityUid,
-    actions: [EntityUid; 6],
+    actions: [EntityUid; 7],
 }
 
 static MODEL: LazyLock<Result<Model, String>> = LazyLock::new(Model::load);
@@ -569,7 +569,10 @@ mod tests {
     }
 
     fn issue(lifetime: u64) -> GrantFacts {
-        GrantFacts::Issue { lifetime }
+        GrantFacts::Issue {
+            lifetime,
+            may_act: Vec::new(),
+        }
     }
 
     fn revoke(principal: &str, kind: RevokeKind, own: bool) -> Request {
@@ -605,6 +608,7 @@ mod tests {
             engine.policy_ids(),
             ids(&[
                 "admin",
+                "disclose-audience",
                 "exchange-orders-payments",
                 "exchange-payments-ledger",
                 "introspect-trust-domain",
@@ -800,6 +804,7 @@ mod tests {
             RevokeKind::Subject,
             RevokeKind::Client,
             RevokeKind::Chain,
+            RevokeKind::Ancestor,
         ] {
             let decision = e.authorize(&revoke(ORDERS, kind, true));
             assert!(decision.allowed, "{kind:?}");
@@ -845,6 +850,52 @@ mod tests {
         ] {
             assert!(!allowed(&e, &Request::admin(who, "put_policy")), "{who}");
         }
+    }
+
+    #[test]
+    fn claims_are_disclosed_to_the_audience_and_the_admin_only() {
+        let e = example();
+        let token = |holder: bool| crate::policy::DiscloseContext {
+            audience: vec![ORDERS.into(), PAYMENTS.into()],
+            subject: FRONTEND.into(),
+            client: FRONTEND.into(),
+            holder,
+        };
+        for who in [ORDERS, PAYMENTS] {
+            let d = e.authorize(&Request::disclose(who, token(false)));
+            assert!(d.allowed, "{who}");
+            assert_eq!(d.policy_ids, ids(&["disclose-audience"]));
+        }
+        let d = e.authorize(&Request::disclose(ADMIN, token(false)));
+        assert_eq!(d.policy_ids, ids(&["admin"]));
+        // The subject, client and holder are not an audience: not disclosed.
+        for who in [FRONTEND, LEDGER, STRANGER] {
+            assert!(!allowed(&e, &Request::disclose(who, token(true))), "{who}");
+        }
+    }
+
+    #[test]
+    fn issue_policies_see_may_act_and_the_requested_lifetime() {
+        let text = format!(
+            "{EXAMPLE}\n@id(\"name-orders\")\nforbid (principal, action == Tessera::Action::\"issue\", resource)\nunless {{ context.may_act.contains(\"{ORDERS}\") }};"
+        );
+        let e = PolicyEngine::new(&text, 2).unwrap();
+        let issue = |lifetime: u64, may_act: &[&str]| {
+            let mut r = Request::issue(FRONTEND, ORDERS, "orders:write", lifetime);
+            if let Context::Grant { facts, .. } = &mut r.context {
+                *facts = GrantFacts::Issue {
+                    lifetime,
+                    may_act: scopes(may_act),
+                };
+            }
+            r
+        };
+        assert!(allowed(&e, &issue(300, &[ORDERS])));
+        let d = e.authorize(&issue(300, &[]));
+        assert!(!d.allowed);
+        assert_eq!(d.policy_ids, ids(&["name-orders"]));
+        let d = e.authorize(&issue(3601, &[ORDERS]));
+        assert_eq!(d.policy_ids, ids(&["limit-lifetime"]));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Policy as code: the Cedar schema and the engine that decides who may
-//! issue, exchange, impersonate, revoke, introspect and administer.
+//! issue, exchange, impersonate, revoke, introspect (and learn which claims)
+//! and administer.
 //!
 //! This module owns the schema (`schema.cedarschema`, namespace `Tessera`),
 //! the validation of policy documents against it, and the decisions. It does
@@ -25,8 +26,8 @@ mod request;
 
 pub use engine::{Decision, PolicyEngine, MAX_ERROR_MESSAGE_BYTES, MAX_POLICY_BYTES};
 pub use request::{
-    Action, Context, ExchangeFacts, GrantFacts, Request, Resource, RevokeContext, RevokeKind,
-    CLUSTER_ID,
+    Action, Context, DiscloseContext, ExchangeFacts, GrantFacts, Request, Resource, RevokeContext,
+    RevokeKind, CLUSTER_ID,
 };
 
 /// The Cedar schema (Cedar schema syntax) that policies are validated

@@ -17,21 +17,25 @@ pub enum Action {
     Impersonate,
     /// Revoke tokens.
     Revoke,
-    /// Introspect a token.
+    /// Use introspection (and the revocation stream) at all.
     Introspect,
     /// Call the AdminService.
     Admin,
+    /// Learn a valid token's claims through introspection (else the caller
+    /// is told `active=false`, RFC 7662 §4).
+    Disclose,
 }
 
 impl Action {
     /// Every action, in schema order.
-    pub const ALL: [Action; 6] = [
+    pub const ALL: [Action; 7] = [
         Action::Issue,
         Action::Exchange,
         Action::Impersonate,
         Action::Revoke,
         Action::Introspect,
         Action::Admin,
+        Action::Disclose,
     ];
 
     /// The action's id in the schema (`issue`, `exchange`, ...).
@@ -43,6 +47,7 @@ impl Action {
             Action::Revoke => "revoke",
             Action::Introspect => "introspect",
             Action::Admin => "admin",
+            Action::Disclose => "disclose",
         }
     }
 
@@ -60,6 +65,7 @@ impl Action {
             Action::Revoke => 3,
             Action::Introspect => 4,
             Action::Admin => 5,
+            Action::Disclose => 6,
         }
     }
 }
@@ -106,8 +112,11 @@ pub struct ExchangeFacts {
 pub enum GrantFacts {
     /// For [`Action::Issue`].
     Issue {
-        /// Requested lifetime of the token, in seconds.
+        /// Requested lifetime of the token, in seconds (the default lifetime
+        /// when the request named none).
         lifetime: u64,
+        /// The identities the request names in `may_act` (empty: none).
+        may_act: Vec<String>,
     },
     /// For [`Action::Exchange`] and [`Action::Impersonate`].
     Exchange(ExchangeFacts),
@@ -124,8 +133,13 @@ pub enum RevokeKind {
     Subject,
     /// Every token issued to a client.
     Client,
-    /// A token and every token exchanged from it (the target is its `jti`).
+    /// The presented token of a chain revocation (the target is its
+    /// `jti`); its ancestors are asked about one by one as [`RevokeKind::Ancestor`].
     Chain,
+    /// One ancestor of the token presented for a chain revocation (the
+    /// target is the ancestor's `jti`; `own` says whether the caller is the
+    /// chain's subject, which every token of a chain shares).
+    Ancestor,
 }
 
 impl RevokeKind {
@@ -137,6 +151,7 @@ impl RevokeKind {
             RevokeKind::Subject => "subject",
             RevokeKind::Client => "client",
             RevokeKind::Chain => "chain",
+            RevokeKind::Ancestor => "ancestor",
         }
     }
 }
@@ -146,10 +161,30 @@ impl RevokeKind {
 pub struct RevokeContext {
     /// How the target is named.
     pub kind: RevokeKind,
-    /// The `jti` (for jti, token and chain), the subject or the client identity.
+    /// The `jti` (for jti, token, chain and ancestor), the subject or the
+    /// client identity.
     pub target: String,
-    /// Whether the caller is the target's subject or client.
+    /// Whether the caller owns the target: for a token (kinds token and
+    /// chain), it is the token's subject, client or holder (its certificate
+    /// is the one the token is bound to); for an ancestor, it is the chain's
+    /// subject; for subject and client, it is that identity; never for a
+    /// bare jti (nothing is known about it).
     pub own: bool,
+}
+
+/// The context of [`Action::Disclose`]: the verified token whose claims
+/// the caller would learn.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DiscloseContext {
+    /// The token's audiences.
+    pub audience: Vec<String>,
+    /// The token's `sub`.
+    pub subject: String,
+    /// The token's `client_id`.
+    pub client: String,
+    /// Whether the caller holds the token (its certificate is the one the
+    /// token is bound to).
+    pub holder: bool,
 }
 
 /// The typed context of a request; which variant goes with which action is
@@ -167,6 +202,8 @@ pub enum Context {
     Revoke(RevokeContext),
     /// Introspect (empty context).
     Introspect,
+    /// Disclose a token's claims.
+    Disclose(DiscloseContext),
     /// Admin.
     Admin {
         /// The AdminService operation, e.g. `put_policy`.
@@ -201,7 +238,10 @@ impl Request {
             Action::Issue,
             audience.into(),
             scope.into(),
-            GrantFacts::Issue { lifetime },
+            GrantFacts::Issue {
+                lifetime,
+                may_act: Vec::new(),
+            },
         )
     }
 
@@ -254,6 +294,16 @@ impl Request {
             action: Action::Introspect,
             resource: Resource::Cluster,
             context: Context::Introspect,
+        }
+    }
+
+    /// May `principal` learn the claims of this (valid) token?
+    pub fn disclose(principal: impl Into<String>, context: DiscloseContext) -> Self {
+        Self {
+            principal: principal.into(),
+            action: Action::Disclose,
+            resource: Resource::Cluster,
+            context: Context::Disclose(context),
         }
     }
 
@@ -315,7 +365,13 @@ impl GrantFacts {
     /// The context record without `scope`.
     pub(super) fn pairs(&self) -> Pairs {
         match self {
-            GrantFacts::Issue { lifetime } => vec![("lifetime".into(), long(*lifetime))],
+            GrantFacts::Issue { lifetime, may_act } => vec![
+                ("lifetime".into(), long(*lifetime)),
+                (
+                    "may_act".into(),
+                    RestrictedExpression::new_set(may_act.iter().map(|a| string(a))),
+                ),
+            ],
             GrantFacts::Exchange(f) => vec![
                 ("lifetime".into(), long(f.lifetime)),
                 ("depth".into(), long(u64::from(f.depth))),
@@ -359,6 +415,7 @@ impl Context {
             (Context::Grant { facts, .. }, a) => facts.fits(a),
             (Context::Revoke(_), Action::Revoke)
             | (Context::Introspect, Action::Introspect)
+            | (Context::Disclose(_), Action::Disclose)
             | (Context::Admin { .. }, Action::Admin) => true,
             _ => false,
         };
@@ -376,6 +433,15 @@ impl Context {
                 ("own".into(), RestrictedExpression::new_bool(r.own)),
             ],
             Context::Introspect => Vec::new(),
+            Context::Disclose(d) => vec![
+                (
+                    "audience".into(),
+                    RestrictedExpression::new_set(d.audience.iter().map(|a| string(a))),
+                ),
+                ("subject".into(), string(&d.subject)),
+                ("client".into(), string(&d.client)),
+                ("holder".into(), RestrictedExpression::new_bool(d.holder)),
+            ],
             Context::Admin { operation } => vec![("operation".into(), string(operation))],
         })
     }
@@ -392,6 +458,7 @@ impl Context {
             } => "exchange",
             Context::Revoke(_) => "revoke",
             Context::Introspect => "introspect",
+            Context::Disclose(_) => "disclose",
             Context::Admin { .. } => "admin",
         }
     }
@@ -442,6 +509,15 @@ mod tests {
             ),
             Request::introspect("p"),
             Request::admin("p", "status"),
+            Request::disclose(
+                "p",
+                DiscloseContext {
+                    audience: vec!["a".into()],
+                    subject: "s".into(),
+                    client: "c".into(),
+                    holder: false,
+                },
+            ),
         ];
         for (req, action) in reqs.iter().zip(Action::ALL) {
             assert_eq!(req.action, action);
@@ -457,7 +533,10 @@ mod tests {
     fn mismatched_contexts_are_refused() {
         let issue = Context::Grant {
             scope: "s".into(),
-            facts: GrantFacts::Issue { lifetime: 1 },
+            facts: GrantFacts::Issue {
+                lifetime: 1,
+                may_act: Vec::new(),
+            },
         };
         for action in [
             Action::Exchange,

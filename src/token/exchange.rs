@@ -44,9 +44,13 @@
 //!    audiences are allowed is policy's decision, made before this call.
 //! 7. **Depth.** The new chain is `subject.chain + [subject.jti]`; its length
 //!    must be ≤ `max_depth`, else [`TokenError::DepthExceeded`].
-//! 8. **Lifetime.** `min(requested or default, max_lifetime, subject.exp -
-//!    now)`; zero (a request of 0, a limit of 0) or an overflowing expiry is
-//!    [`TokenError::BadLifetime`]. `iat = nbf = now`.
+//! 8. **Lifetime.** `min(requested or default, subject.exp - now)`; a
+//!    request above `max_lifetime` is refused, not shortened (the service
+//!    refuses it earlier with a clearer message; policy sees the request as
+//!    it was made); zero (a request of 0, a limit of 0) or an overflowing
+//!    expiry is [`TokenError::BadLifetime`]. Shortening to the subject's
+//!    remaining lifetime is deliberate: a caller cannot know it exactly, and
+//!    `expires_in` tells it what it got. `iat = nbf = now`.
 //! 9. **Actor claim.** Delegation (the default) makes the caller the
 //!    current actor and nests the subject's `act` under it (RFC 8693 §4.1).
 //!    When the caller already is the acting party — the outermost `act` of
@@ -292,13 +296,17 @@ fn audience(audiences: &[String]) -> Result<Audience, TokenError> {
     Audience::new(list).ok_or(TokenError::NoAudience)
 }
 
-/// `now + min(requested or default, max, remaining)`, refusing zero.
+/// `now + min(requested or default, remaining)` (the default bounded by
+/// `max`), refusing zero and a request above `max`.
 fn expiry(
     requested: Option<u64>,
     limits: &Limits,
     now: u64,
     remaining: u64,
 ) -> Result<u64, TokenError> {
+    if requested.is_some_and(|r| r > limits.max_lifetime) {
+        return Err(TokenError::BadLifetime);
+    }
     let lifetime = requested
         .unwrap_or(limits.default_lifetime)
         .min(limits.max_lifetime)
@@ -410,7 +418,7 @@ mod tests {
     }
 
     #[test]
-    fn issue_refusals_and_clamps() {
+    fn issue_refusals_and_lifetimes() {
         let l = limits();
         let aud = strings(&[B]);
         let scopes = strings(&["read"]);
@@ -443,7 +451,11 @@ mod tests {
         );
         assert_eq!(issue("t", &aud, &scopes, None).unwrap().exp, NOW + 300);
         assert_eq!(
-            issue("t", &aud, &scopes, Some(99_999)).unwrap().exp,
+            issue("t", &aud, &scopes, Some(99_999)).unwrap_err(),
+            TokenError::BadLifetime
+        );
+        assert_eq!(
+            issue("t", &aud, &scopes, Some(3600)).unwrap().exp,
             NOW + 3600
         );
         let t = issue("t", &strings(&[B, C, B]), &strings(&["x", "y", "x"]), None).unwrap();
@@ -728,7 +740,7 @@ mod tests {
     }
 
     #[test]
-    fn lifetime_is_clamped() {
+    fn lifetime_is_bounded_by_the_subject_and_refused_above_the_maximum() {
         let t0 = issued(); // exp = NOW + 1800, exchanges at NOW + 10
         let mut r = req(B, C);
         assert_eq!(run(&r, &t0, None, "j").unwrap().exp, NOW + 10 + 300);
@@ -740,11 +752,16 @@ mod tests {
         r.now = t0.exp - 1;
         r.lifetime = None;
         assert_eq!(run(&r, &t0, None, "j").unwrap().exp, t0.exp);
-        // Beyond the maximum: clamped to it.
+        // Beyond the maximum: refused, never silently shortened.
         let mut long = t0.clone();
         long.exp = NOW + 100_000;
         r.now = NOW;
         r.lifetime = Some(50_000);
+        assert_eq!(
+            run(&r, &long, None, "j").unwrap_err(),
+            TokenError::BadLifetime
+        );
+        r.lifetime = Some(3600);
         assert_eq!(run(&r, &long, None, "j").unwrap().exp, NOW + 3600);
         r.lifetime = Some(0);
         assert_eq!(

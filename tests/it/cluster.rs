@@ -328,7 +328,7 @@ pub fn issue_req(aud: &str, scopes: &[&str]) -> pb::IssueTokenRequest {
     pb::IssueTokenRequest {
         audience: vec![id(aud)],
         scope: scopes.iter().map(|s| s.to_string()).collect(),
-        lifetime_seconds: 0,
+        ..Default::default()
     }
 }
 

@@ -109,7 +109,7 @@ async fn exchange_rules_refuse_with_the_right_code() {
     let ring = c.key_ring();
     let frontend_tp = {
         let r = c
-            .tokens("ledger")
+            .tokens("admin")
             .await
             .introspect(introspect_req(&t1.access_token))
             .await
@@ -175,7 +175,7 @@ async fn forged_and_malformed_tokens_are_unauthenticated_and_inactive() {
     let ring = c.key_ring();
     let signer = ring.signer().unwrap();
     let tp = c
-        .tokens("ledger")
+        .tokens("admin")
         .await
         .introspect(introspect_req(&t1.access_token))
         .await
@@ -271,7 +271,7 @@ async fn forged_and_malformed_tokens_are_unauthenticated_and_inactive() {
     forged.push(("1 MB", "a".repeat(1024 * 1024)));
     forged.push(("a million dots", ".".repeat(1_000_000)));
 
-    let mut ledger = c.tokens("ledger").await;
+    let mut ledger = c.tokens("admin").await;
     for (what, tok) in &forged {
         let mut req = exchange_req(tok, "payments", &["payments:charge"]);
         req.subject_token = tok.clone();
@@ -313,7 +313,7 @@ async fn expiry_follows_the_clock() {
         .unwrap()
         .into_inner();
     assert_eq!(t1.expires_in, 60);
-    let mut ledger = c.tokens("ledger").await;
+    let mut ledger = c.tokens("admin").await;
     assert!(
         ledger
             .introspect(introspect_req(&t1.access_token))
@@ -351,7 +351,7 @@ async fn malformed_requests_are_invalid_argument() {
         .issue_token(pb::IssueTokenRequest {
             audience: vec![],
             scope: vec!["orders:write".into()],
-            lifetime_seconds: 0,
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -25,7 +25,7 @@ async fn state_survives_a_restart() {
     assert!(state.revision() >= rev.revision);
     assert_eq!(state.policy().unwrap(), policy_before);
     assert_eq!(c.key_ring().signer().unwrap().kid(), kid_before);
-    let mut ledger = c.tokens("ledger").await;
+    let mut ledger = c.tokens("admin").await;
     let r1 = ledger
         .introspect(introspect_req(&t1.access_token))
         .await

@@ -113,7 +113,7 @@ async fn acknowledged_revocations_survive_kill_9() {
     drop(p); // SIGKILL, no goodbye
 
     let p = spawn(dir.path(), &certs);
-    let mut ledger = connect(p.addr.clone(), "ledger").await;
+    let mut ledger = connect(p.addr.clone(), "orders").await;
     for (i, t) in tokens.iter().enumerate() {
         let r = ledger
             .introspect(pb::IntrospectRequest {

@@ -238,7 +238,7 @@ async fn dev_cluster_serves_on_every_node_and_stops_on_sigint() {
     assert!(r.revision > 0);
 
     // Read-your-writes on node 3.
-    let mut ledger = tokens(&dir, &nodes[2], "ledger").await;
+    let mut ledger = tokens(&dir, &nodes[2], "orders").await;
     for (t, active) in [(&revoked, false), (&kept, true)] {
         let i = ledger
             .introspect(pb::IntrospectRequest {

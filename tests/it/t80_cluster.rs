@@ -63,7 +63,7 @@ async fn writes_from_any_node_and_read_your_writes() {
         .unwrap()
         .into_inner();
     let r = c
-        .tokens_on(reader, "ledger")
+        .tokens_on(reader, "admin")
         .await
         .introspect(pb::IntrospectRequest {
             token: t.access_token.clone(),
@@ -387,7 +387,7 @@ async fn stopping_and_restarting_all_nodes_keeps_the_state() {
     // Tokens signed before the restart still verify everywhere.
     for i in [1, 2, 3] {
         let r = c
-            .tokens_on(i, "ledger")
+            .tokens_on(i, "admin")
             .await
             .introspect(introspect_req(&t1.access_token))
             .await

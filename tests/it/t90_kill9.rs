@@ -213,7 +213,7 @@ async fn kill_9_the_leader_in_the_middle_of_a_burst() {
 
     for (i, p) in &procs {
         let mut c = TokenServiceClient::new(
-            tessera::client::connect(&p.api, &files(&dir, "ledger"))
+            tessera::client::connect(&p.api, &files(&dir, "orders"))
                 .await
                 .unwrap(),
         );
@@ -265,7 +265,7 @@ async fn kill_9_the_leader_in_the_middle_of_a_burst() {
         .last_log_index;
     for p in procs.values() {
         let mut c = TokenServiceClient::new(
-            tessera::client::connect(&p.api, &files(&dir, "ledger"))
+            tessera::client::connect(&p.api, &files(&dir, "orders"))
                 .await
                 .unwrap(),
         );

@@ -9,6 +9,8 @@ mod admin_service;
 mod audit;
 pub mod error;
 mod keys_service;
+pub mod limits;
+mod reflection;
 mod token_service;
 mod watch_service;
 
@@ -21,6 +23,7 @@ use tokio::net::TcpListener;
 pub use admin_service::cluster_status;
 pub use audit::{AuditEvent, AuditLog, AuditSink};
 pub use error::{ApiError, LEADER_METADATA};
+pub use limits::{Http2Limits, Rate, RateLimits, RpcClass, ServerLimits, RETRY_AFTER_METADATA};
 pub use watch_service::{resumable, WatchSettings, RESUME_METADATA};
 
 use crate::clock::Clock;
@@ -426,6 +429,7 @@ pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     watch: WatchSettings,
+    limits: ServerLimits,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
     use pb::admin_service_server::AdminServiceServer;
@@ -436,16 +440,6 @@ pub async fn serve(
     let (reporter, health) = tonic_health::server::health_reporter();
     let health_task = tokio::spawn(health_loop(shared.clone(), reporter));
 
-    let reflection = match tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-    {
-        Ok(r) => Some(r),
-        Err(e) => {
-            tracing::error!(error = %e, "reflection service unavailable");
-            None
-        }
-    };
     let tokens = TokenServiceServer::new(token_service::TokenApi::new(shared.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     let keys = KeyServiceServer::new(keys_service::KeyApi::new(shared.clone()));
@@ -456,7 +450,9 @@ pub async fn serve(
         watch,
         stop.clone(),
     ));
-    let (incoming, accept_loop) = crate::tls::tls_incoming_joined(listener, tls);
+    let (incoming, accept_loop) =
+        crate::tls::tls_incoming_joined_with(listener, tls, limits.accept.clone());
+    let rate = limits::RateLimitLayer::new(Arc::new(limits::RateLimiter::new(limits.rate)));
     let mut stop_rx = stop;
     let shutdown = async move {
         let _ = stop_rx.wait_for(|s| *s).await;
@@ -465,8 +461,14 @@ pub async fn serve(
         .concurrency_limit_per_connection(1024)
         .timeout(Duration::from_secs(30))
         .tcp_nodelay(true)
+        .max_concurrent_streams(limits.http2.max_concurrent_streams)
+        .http2_max_header_list_size(limits.http2.max_header_list_size)
+        .http2_keepalive_interval(Some(limits.http2.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.http2.keepalive_timeout))
+        .layer(rate)
         .add_service(health)
-        .add_optional_service(reflection)
+        .add_optional_service(reflection::v1())
+        .add_optional_service(reflection::v1alpha())
         .add_service(tokens)
         .add_service(keys)
         .add_service(admin)

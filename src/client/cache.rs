@@ -56,8 +56,8 @@ pub struct CacheConfig {
     pub endpoints: Vec<String>,
     /// The resource server's own TLS identity and the cluster CA.
     pub tls: TlsFiles,
-    /// Server name to check in the nodes' certificates (`localhost` if
-    /// `None`, which the development certificates carry).
+    /// Server name to check in the nodes' certificates; `None`: each
+    /// endpoint's host (a DNS name or an IP address).
     pub server_name: Option<String>,
     /// Wall clock for forgetting expired entries.
     pub clock: Arc<dyn Clock>,
@@ -540,6 +540,12 @@ impl RevocationCache {
         let mut jtis: Vec<&str> = claims.chain.iter().map(String::as_str).collect();
         jtis.push(&claims.jti);
         self.is_revoked(&jtis, &claims.sub, &claims.client_id, claims.iat)
+    }
+
+    /// Whether the cache has applied a complete snapshot at least once:
+    /// before that it cannot say that any token is not revoked.
+    pub fn is_synced(&self) -> bool {
+        self.shared().read().synced
     }
 
     /// The revision the cache has applied.

@@ -319,6 +319,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
             listeners.api,
             server_tls,
             config.watch.clone(),
+            config.limits.clone(),
             stop_rx.clone(),
         )
         .instrument(tracing::info_span!("api-server", node = config.node_id)),

@@ -6,6 +6,7 @@ mod t10_tokens;
 mod t20_refusals;
 mod t30_restart;
 mod t40_transport;
+mod t45_limits;
 mod t50_crash;
 mod t60_cli;
 mod t70_dev;

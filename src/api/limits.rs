@@ -223,9 +223,9 @@ impl RateLimits {
     /// where `CLASS` is a class name or `all` (e.g. `issue=500/1000`,
     /// `admin=off`, `all=off`). `/BURST` may be left out: twice the rate.
     pub fn apply(&mut self, spec: &str) -> Result<(), String> {
-        let (class, value) = spec
-            .split_once('=')
-            .ok_or_else(|| format!("rate limit {spec:?}: expected CLASS=RATE/BURST or CLASS=off"))?;
+        let (class, value) = spec.split_once('=').ok_or_else(|| {
+            format!("rate limit {spec:?}: expected CLASS=RATE/BURST or CLASS=off")
+        })?;
         let rate = if value == "off" {
             None
         } else {
@@ -521,10 +521,8 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = futures_util::future::Either<
-        std::future::Ready<Result<S::Response, S::Error>>,
-        S::Future,
-    >;
+    type Future =
+        futures_util::future::Either<std::future::Ready<Result<S::Response, S::Error>>, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -687,7 +685,10 @@ mod tests {
     #[test]
     fn classes_of_paths() {
         let c = |p| RpcClass::of_path(p);
-        assert_eq!(c("/tessera.v1.TokenService/IssueToken"), Some(RpcClass::Issue));
+        assert_eq!(
+            c("/tessera.v1.TokenService/IssueToken"),
+            Some(RpcClass::Issue)
+        );
         assert_eq!(
             c("/tessera.v1.TokenService/ExchangeToken"),
             Some(RpcClass::Issue)
@@ -728,7 +729,14 @@ mod tests {
         assert_eq!(l.admin, None);
         l.apply("all=off").unwrap();
         assert_eq!(l, RateLimits::unlimited());
-        for bad in ["issue", "bogus=1/2", "issue=0/1", "issue=1/0", "issue=x", "issue=1/2/3"] {
+        for bad in [
+            "issue",
+            "bogus=1/2",
+            "issue=0/1",
+            "issue=1/0",
+            "issue=x",
+            "issue=1/2/3",
+        ] {
             assert!(l.apply(bad).is_err(), "{bad}");
         }
         assert!(RateLimits::default().validate().is_ok());

@@ -25,8 +25,7 @@ pub(super) fn v1() -> Option<v1::ServerReflectionServer<impl v1::ServerReflectio
 }
 
 /// The `grpc.reflection.v1alpha` service.
-pub(super) fn v1alpha(
-) -> Option<v1alpha::ServerReflectionServer<impl v1alpha::ServerReflection>> {
+pub(super) fn v1alpha() -> Option<v1alpha::ServerReflectionServer<impl v1alpha::ServerReflection>> {
     builder()
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
         .build_v1alpha()

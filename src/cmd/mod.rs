@@ -50,7 +50,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Run a node.
-    Serve(serve::ServeArgs),
+    // Boxed: by far the largest variant.
+    Serve(Box<serve::ServeArgs>),
     /// Start a three-node development cluster on this machine (separate
     /// processes on 127.0.0.1), initialise it, and stop it on Ctrl-C.
     Dev(dev::DevArgs),
@@ -270,7 +271,7 @@ pub(crate) fn status_err(s: tonic::Status) -> anyhow::Error {
 /// Runs the chosen subcommand.
 pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
     match cli.cmd {
-        Cmd::Serve(args) => serve::serve(args).await,
+        Cmd::Serve(args) => serve::serve(*args).await,
         Cmd::Dev(args) => dev::run(args).await,
         Cmd::Cluster { cmd } => cluster::run(cmd).await.map_err(CliError::Failed),
         Cmd::Certs {

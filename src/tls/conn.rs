@@ -152,4 +152,3 @@ impl Connected for TlsConn {
         self.stream.connect_info()
     }
 }
-

@@ -483,7 +483,10 @@ mod tests {
         // A normal client gets through meanwhile.
         let _normal = connect(addr, client).await.unwrap();
         let server_side = incoming.next().await.unwrap().unwrap();
-        assert_eq!(server_side.get_ref().get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        assert_eq!(
+            server_side.get_ref().get_ref().1.alpn_protocol(),
+            Some(&b"h2"[..])
+        );
         closed_within(&mut silent, 5 * bound).await;
     }
 
@@ -502,7 +505,9 @@ mod tests {
         let mut s = connect_silent(addr, client_config(&pki.client("c")).unwrap())
             .await
             .unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         s.flush().await.unwrap();
         closed_within(&mut s, Duration::from_secs(30)).await;
     }
@@ -575,7 +580,10 @@ mod tests {
         assert_eq!(who.id, "spiffe://tessera.test/svc/orders");
         let leaf = crate::tls::pem::load_certs(&pki.path().join("orders.pem")).unwrap();
         assert_eq!(who.thumbprint, crate::tls::identity::thumbprint(&leaf[0]));
-        assert_eq!(server_side.get_ref().get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        assert_eq!(
+            server_side.get_ref().get_ref().1.alpn_protocol(),
+            Some(&b"h2"[..])
+        );
 
         client.write_all(b"x").await.unwrap();
 

@@ -39,8 +39,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use config::{client_config, server_config, tonic_client_tls, ServerTls};
-pub use identity::{caller_identity, identity_from_cert, thumbprint, PeerIdentity};
 pub use conn::TlsConn;
+pub use identity::{caller_identity, identity_from_cert, thumbprint, PeerIdentity};
 pub use incoming::{
     tls_incoming, tls_incoming_joined, tls_incoming_joined_with, tls_incoming_with, AcceptOptions,
     TlsIncoming,

@@ -106,8 +106,8 @@ macro_rules! list_services {
     ($version:ident, $channel:expr) => {{
         use tonic_reflection::pb::$version::{
             server_reflection_client::ServerReflectionClient,
-            server_reflection_request::MessageRequest,
-            server_reflection_response::MessageResponse, ServerReflectionRequest,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+            ServerReflectionRequest,
         };
         let req = ServerReflectionRequest {
             host: String::new(),
@@ -187,7 +187,11 @@ async fn client_silent_after_tls_kept_its_connection() {
         }
     })
     .await;
-    assert!(closed.is_ok(), "connection still open after {:?}", 5 * bound);
+    assert!(
+        closed.is_ok(),
+        "connection still open after {:?}",
+        5 * bound
+    );
     // And the normal client still works.
     frontend
         .issue_token(issue_req("orders", &["orders:write"]))

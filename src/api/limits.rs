@@ -251,7 +251,10 @@ impl RateLimits {
                 self.set(c, rate);
             }
         } else {
-            self.set(class.parse()?, rate);
+            let class = class
+                .parse()
+                .map_err(|e| format!("rate limit {spec:?}: {e}"))?;
+            self.set(class, rate);
         }
         Ok(())
     }

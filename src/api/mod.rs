@@ -430,6 +430,7 @@ pub async fn serve(
     tls: Arc<rustls::ServerConfig>,
     watch: WatchSettings,
     limits: ServerLimits,
+    rate: Arc<limits::RateLimiter>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
     use pb::admin_service_server::AdminServiceServer;
@@ -452,7 +453,7 @@ pub async fn serve(
     ));
     let (incoming, accept_loop) =
         crate::tls::tls_incoming_joined_with(listener, tls, limits.accept.clone());
-    let rate = limits::RateLimitLayer::new(Arc::new(limits::RateLimiter::new(limits.rate)));
+    let rate = limits::RateLimitLayer::new(rate);
     let mut stop_rx = stop;
     let shutdown = async move {
         let _ = stop_rx.wait_for(|s| *s).await;

@@ -82,6 +82,7 @@ pub struct Node {
     audit_thread: Option<std::thread::JoinHandle<()>>,
     shared: Option<Arc<Shared>>,
     store_closed: watch::Receiver<()>,
+    rate_limiter: Arc<api::limits::RateLimiter>,
 }
 
 impl Node {
@@ -103,6 +104,11 @@ impl Node {
     /// Where the public API listens.
     pub fn api_addr(&self) -> std::net::SocketAddr {
         self.api_addr
+    }
+
+    /// The public API's per-caller rate limiter (its refusal counters).
+    pub fn rate_limiter(&self) -> &api::limits::RateLimiter {
+        &self.rate_limiter
     }
 
     /// Where the Raft listener listens.
@@ -313,6 +319,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
         .key_ring()
         .map_err(|e| NodeError::Raft(format!("key ring: {e}")))?;
 
+    let rate_limiter = Arc::new(api::limits::RateLimiter::new(config.limits.rate.clone()));
     tasks.push(tokio::spawn(
         api::serve(
             shared.clone(),
@@ -320,6 +327,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
             server_tls,
             config.watch.clone(),
             config.limits.clone(),
+            rate_limiter.clone(),
             stop_rx.clone(),
         )
         .instrument(tracing::info_span!("api-server", node = config.node_id)),
@@ -357,6 +365,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
         audit_thread,
         shared: Some(shared),
         store_closed,
+        rate_limiter,
     })
 }
 

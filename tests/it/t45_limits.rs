@@ -46,6 +46,10 @@ async fn one_caller_could_issue_without_any_rate_limit() {
         .parse()
         .unwrap();
     assert!(retry_ms > 0 && retry_ms <= 1000, "{retry_ms}");
+    // Counted, for the metrics.
+    let limiter = c.node(1).rate_limiter();
+    assert!(limiter.refusals(tessera::api::RpcClass::Issue) >= 1);
+    assert_eq!(limiter.refusals(tessera::api::RpcClass::Introspect), 0);
 
     // Other classes of the same caller, and other callers, are not touched:
     // their calls reach the handlers (here: policy says no to `orders`).

@@ -423,7 +423,9 @@ fn poisoned<T>(_: T) -> ApiError {
     ApiError::Internal("lock poisoned".into())
 }
 
-/// Serves the public API on `listener` until `shutdown` completes.
+/// Serves the public API on `listener` until `shutdown` completes, with the
+/// connection caps and HTTP/2 settings of `limits` and the per-caller rate
+/// limits of `rate` (see [`limits`]).
 pub async fn serve(
     shared: Arc<Shared>,
     listener: TcpListener,

@@ -10,6 +10,7 @@ mod audit;
 pub mod error;
 mod keys_service;
 pub mod limits;
+mod rate_layer;
 mod reflection;
 mod token_service;
 mod watch_service;

@@ -55,9 +55,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "https://tessera.dev",
         format!("{TD}/svc/orders"),
     );
-    // Refuse tokens rather than trust a cache cut off from the cluster.
-    config.max_staleness = Some(Duration::from_secs(30));
-    let verifier = Verifier::new(config, Some(cache.clone()))?;
+    // Fails closed: every token is refused until the cache has its first
+    // snapshot, or once it has heard nothing from the cluster for
+    // `max_staleness` (30 s by default; tightened here).
+    config.max_staleness = Duration::from_secs(20);
+    let verifier = Verifier::new(config, cache.clone())?;
     let keys = verifier.refresh_keys().await?;
     eprintln!("{keys} verification keys loaded");
 

@@ -41,6 +41,15 @@ pub enum ApiError {
     /// A limit was hit.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A per-caller rate limit refused the call; retrying after
+    /// `retry_after` can succeed.
+    #[error("rate limit for {class} calls exceeded; retry in {} ms", retry_after_ms(*retry_after))]
+    RateLimited {
+        /// The RPC class whose limit was hit (`issue`, `revoke`, ...).
+        class: &'static str,
+        /// Until the caller's bucket has a token again.
+        retry_after: std::time::Duration,
+    },
     /// A bounded wait ran out.
     #[error("{0}")]
     DeadlineExceeded(String),
@@ -135,6 +144,12 @@ impl From<ClientWriteRaftError> for ApiError {
     }
 }
 
+/// A retry hint in whole milliseconds, rounded up (a hint of 0 would invite
+/// a retry that is refused again).
+fn retry_after_ms(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
+}
+
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Self {
         match e {
@@ -155,6 +170,14 @@ impl From<ApiError> for Status {
                 None => Status::unavailable(reason),
             },
             ApiError::ResourceExhausted(m) => Status::resource_exhausted(m),
+            e @ ApiError::RateLimited { retry_after, .. } => {
+                let mut s = Status::resource_exhausted(e.to_string());
+                s.metadata_mut().insert(
+                    crate::api::limits::RETRY_AFTER_METADATA,
+                    retry_after_ms(retry_after).into(),
+                );
+                s
+            }
             ApiError::DeadlineExceeded(m) => Status::deadline_exceeded(m),
             ApiError::Internal(m) => Status::internal(m),
         }
@@ -193,6 +216,13 @@ mod tests {
         );
         assert_eq!(code(ApiError::Internal("x".into())), Code::Internal);
         assert_eq!(
+            code(ApiError::RateLimited {
+                class: "issue",
+                retry_after: std::time::Duration::from_millis(5)
+            }),
+            Code::ResourceExhausted
+        );
+        assert_eq!(
             code(ApiError::Unavailable {
                 reason: "x".into(),
                 leader: None
@@ -210,6 +240,25 @@ mod tests {
         assert_eq!(s.code(), Code::Unavailable);
         assert!(s.message().contains("node 2 at 10.0.0.2:7443"));
         assert_eq!(s.metadata().get(LEADER_METADATA).unwrap(), "10.0.0.2:7443");
+    }
+
+    #[test]
+    fn rate_limited_carries_a_retry_hint() {
+        let s = Status::from(ApiError::RateLimited {
+            class: "revoke",
+            retry_after: std::time::Duration::from_micros(2_001),
+        });
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert_eq!(
+            s.metadata()
+                .get(crate::api::limits::RETRY_AFTER_METADATA)
+                .unwrap(),
+            "3"
+        );
+        assert_eq!(
+            s.message(),
+            "rate limit for revoke calls exceeded; retry in 3 ms"
+        );
     }
 
     #[test]

@@ -12,6 +12,9 @@ pub mod error;
 mod keys_service;
 mod message_limit;
 mod purge;
+pub mod limits;
+mod rate_layer;
+mod reflection;
 mod token_service;
 pub mod validate;
 mod watch_service;
@@ -27,6 +30,7 @@ pub use audit::{AuditEvent, AuditLog, AuditSink};
 pub use consistency::{NotReady, READ_CONFIRM_BUDGET};
 pub use error::{ApiError, LEADER_METADATA};
 pub use message_limit::MessageLimitLayer;
+pub use limits::{Http2Limits, Rate, RateLimits, RpcClass, ServerLimits, RETRY_AFTER_METADATA};
 pub use watch_service::{resumable, WatchSettings, RESUME_METADATA};
 
 use crate::clock::Clock;
@@ -477,12 +481,16 @@ fn poisoned<T>(_: T) -> ApiError {
     ApiError::Internal("lock poisoned".into())
 }
 
-/// Serves the public API on `listener` until `shutdown` completes.
+/// Serves the public API on `listener` until `shutdown` completes, with the
+/// connection caps and HTTP/2 settings of `limits` and the per-caller rate
+/// limits of `rate` (see [`limits`]).
 pub async fn serve(
     shared: Arc<Shared>,
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     watch: WatchSettings,
+    limits: ServerLimits,
+    rate: Arc<limits::RateLimiter>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
     use pb::admin_service_server::AdminServiceServer;
@@ -501,16 +509,6 @@ pub async fn serve(
     let health_task = tokio::spawn(health_loop(shared.clone(), reporter));
     let lease_task = tokio::spawn(lease_keeper(shared.clone()));
 
-    let reflection = match tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-    {
-        Ok(r) => Some(r),
-        Err(e) => {
-            tracing::error!(error = %e, "reflection service unavailable");
-            None
-        }
-    };
     let tokens = TokenServiceServer::new(token_service::TokenApi::new(shared.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     let keys = KeyServiceServer::new(keys_service::KeyApi::new(shared.clone()));
@@ -521,7 +519,9 @@ pub async fn serve(
         watch,
         stop.clone(),
     ));
-    let (incoming, accept_loop) = crate::tls::tls_incoming_joined(listener, tls);
+    let (incoming, accept_loop) =
+        crate::tls::tls_incoming_joined_with(listener, tls, limits.accept.clone());
+    let rate = limits::RateLimitLayer::new(rate);
     let mut stop_rx = stop;
     let shutdown = async move {
         let _ = stop_rx.wait_for(|s| *s).await;
@@ -531,8 +531,14 @@ pub async fn serve(
         .concurrency_limit_per_connection(1024)
         .timeout(Duration::from_secs(30))
         .tcp_nodelay(true)
+        .max_concurrent_streams(limits.http2.max_concurrent_streams)
+        .http2_max_header_list_size(limits.http2.max_header_list_size)
+        .http2_keepalive_interval(Some(limits.http2.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.http2.keepalive_timeout))
+        .layer(rate)
         .add_service(health)
-        .add_optional_service(reflection)
+        .add_optional_service(reflection::v1())
+        .add_optional_service(reflection::v1alpha())
         .add_service(tokens)
         .add_service(keys)
         .add_service(admin)

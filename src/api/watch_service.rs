@@ -35,6 +35,9 @@ const QUEUE: usize = 64;
 pub struct WatchSettings {
     /// Most concurrent subscribers on this node.
     pub max_subscribers: usize,
+    /// Most concurrent subscribers of one caller identity on this node,
+    /// so that one caller cannot take every slot.
+    pub max_per_identity: usize,
     /// Interval between heartbeats.
     pub heartbeat: Duration,
     /// Events a subscriber may fall behind the live feed before it is cut
@@ -46,6 +49,7 @@ impl Default for WatchSettings {
     fn default() -> Self {
         Self {
             max_subscribers: 10_000,
+            max_per_identity: 1_000,
             heartbeat: Duration::from_secs(1),
             live_buffer: crate::store::LIVE_BUFFER,
         }
@@ -56,6 +60,7 @@ impl Default for WatchSettings {
 pub struct WatchApi {
     shared: Arc<Shared>,
     permits: Arc<Semaphore>,
+    slots: Arc<super::limits::WatchSlots>,
     settings: WatchSettings,
     stop: watch::Receiver<bool>,
 }
@@ -69,6 +74,7 @@ impl WatchApi {
         Self {
             shared,
             permits: Arc::new(Semaphore::new(settings.max_subscribers)),
+            slots: super::limits::WatchSlots::new(settings.max_per_identity),
             settings,
             stop,
         }
@@ -158,6 +164,7 @@ impl pb::revocation_service_server::RevocationService for WatchApi {
         }
         // Never an empty or frozen snapshot presented as current.
         self.shared.ensure_ready()?;
+        let slot = self.slots.acquire(&caller.id)?;
         let permit = self.permits.clone().try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(
                 "this node serves at most {} watchers; try another node",
@@ -171,7 +178,7 @@ impl pb::revocation_service_server::RevocationService for WatchApi {
             tx,
             heartbeat: self.settings.heartbeat,
             stop: self.stop.clone(),
-            _permit: permit,
+            _permit: (permit, slot),
         };
         tokio::spawn(
             pump.run(from)
@@ -193,7 +200,9 @@ struct Pump {
     tx: mpsc::Sender<Result<pb::WatchEvent, Status>>,
     heartbeat: Duration,
     stop: watch::Receiver<bool>,
-    _permit: OwnedSemaphorePermit,
+    /// The node-wide and the per-identity subscriber slots, given back
+    /// when the subscriber ends.
+    _permit: (OwnedSemaphorePermit, super::limits::WatchSlot),
 }
 
 impl Pump {

@@ -56,8 +56,8 @@ pub struct CacheConfig {
     pub endpoints: Vec<String>,
     /// The resource server's own TLS identity and the cluster CA.
     pub tls: TlsFiles,
-    /// Server name to check in the nodes' certificates (`localhost` if
-    /// `None`, which the development certificates carry).
+    /// Server name to check in the nodes' certificates; `None`: each
+    /// endpoint's host (a DNS name or an IP address).
     pub server_name: Option<String>,
     /// Wall clock for forgetting expired entries.
     pub clock: Arc<dyn Clock>,
@@ -582,6 +582,12 @@ impl RevocationCache {
             claims.iat,
             claims.rev,
         )
+    }
+
+    /// Whether the cache has applied a complete snapshot at least once:
+    /// before that it cannot say that any token is not revoked.
+    pub fn is_synced(&self) -> bool {
+        self.shared().read().synced
     }
 
     /// The revision the cache has applied.

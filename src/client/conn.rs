@@ -40,18 +40,22 @@ fn bare(addr: &str) -> &str {
 
 /// Builds an endpoint for `addr` (`host:port` or `https://host:port`) that
 /// presents the certificate in `files` and trusts only `files.ca`. The
-/// server name checked is `localhost` when `server_name` is `None`, which
-/// the development certificates carry.
+/// server name checked in the node's certificate is `server_name`, or, when
+/// `None`, the host of `addr` (a DNS name or an IP address, which the
+/// certificate must carry as a SAN): never a fixed default.
 pub fn endpoint(
     addr: &str,
     files: &TlsFiles,
     server_name: Option<&str>,
 ) -> Result<Endpoint, ClientError> {
     let uri = uri(addr);
-    let tls = ClientTlsConfig::new()
+    let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read(&files.ca)?))
-        .identity(Identity::from_pem(read(&files.cert)?, read(&files.key)?))
-        .domain_name(server_name.unwrap_or("localhost"));
+        .identity(Identity::from_pem(read(&files.cert)?, read(&files.key)?));
+    // Without a name, tonic checks the URI's host.
+    if let Some(name) = server_name {
+        tls = tls.domain_name(name);
+    }
     let connect_err = |source| ClientError::Connect {
         endpoint: uri.clone(),
         source,

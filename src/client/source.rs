@@ -112,8 +112,8 @@ pub struct TokenSourceConfig {
     /// The caller's identity (its client certificate) and the cluster CA.
     /// Tokens are issued to, and bound to, this certificate.
     pub tls: TlsFiles,
-    /// Server name to check in the nodes' certificates (`localhost` if
-    /// `None`).
+    /// Server name to check in the nodes' certificates; `None`: each
+    /// endpoint's host (a DNS name or an IP address).
     pub server_name: Option<String>,
     /// When to renew.
     pub renewal: Renewal,

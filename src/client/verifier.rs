@@ -1,17 +1,25 @@
 //! [`Verifier`]: local verification of Tessera access tokens for a resource
 //! server, with no network call per request.
 //!
-//! A token is accepted when, in this order:
+//! It fails closed. A token is accepted only when, in this order:
 //!
-//! 1. it passes [`crate::token::verify`] (RFC 8725: allow-listed algorithm,
+//! 1. the [`RevocationCache`] has synced (received a complete snapshot) at
+//!    least once;
+//! 2. it passes [`crate::token::verify`] (RFC 8725: allow-listed algorithm,
 //!    key from the cluster's JWKS by `kid` only, `typ`, exact issuer and
 //!    audience, times with a bounded leeway, bounded size and chain);
-//! 2. it is bound to the certificate that presented it, when the resource
-//!    server passes that certificate (`cnf.x5t#S256`, RFC 8705);
-//! 3. neither it nor any ancestor of its delegation chain is revoked, and
+//! 3. it is bound to the certificate that presented it (`cnf.x5t#S256`,
+//!    RFC 8705): the resource server must pass that certificate;
+//! 4. neither it nor any ancestor of its delegation chain is revoked, and
 //!    its subject's and client's cut-offs are before its `iat` — the
-//!    server's rules, applied to a [`RevocationCache`];
-//! 4. the cache is fresh enough, when a maximum staleness is configured.
+//!    server's rules, applied to the cache;
+//! 5. the cache has heard from the cluster within
+//!    [`VerifierConfig::max_staleness`] (30 s by default).
+//!
+//! Each of these can be turned off only by a method whose name starts with
+//! `danger_`: [`Verifier::danger_without_revocations`],
+//! [`VerifierConfig::danger_accept_unbounded_staleness`],
+//! [`VerifierConfig::danger_skip_certificate_binding`].
 //!
 //! The JWKS is fetched from `KeyService.GetJwks` (failing over across the
 //! nodes) on first use and cached. A token signed with an unknown `kid`
@@ -44,8 +52,8 @@ pub struct VerifierConfig {
     pub endpoints: Vec<String>,
     /// The resource server's TLS identity and the cluster CA.
     pub tls: TlsFiles,
-    /// Server name to check in the nodes' certificates (`localhost` if
-    /// `None`).
+    /// Server name to check in the nodes' certificates; `None`: each
+    /// endpoint's host (a DNS name or an IP address).
     pub server_name: Option<String>,
     /// The exact `iss` of the cluster's tokens.
     pub issuer: String,
@@ -56,8 +64,13 @@ pub struct VerifierConfig {
     /// Least time between two JWKS refreshes triggered by unknown `kid`s.
     pub jwks_refresh_min_interval: Duration,
     /// Refuse tokens ([`VerifyError::Stale`]) when the revocation cache has
-    /// heard nothing fresh for longer than this. `None`: never.
-    pub max_staleness: Option<Duration>,
+    /// heard nothing fresh for longer than this. To accept any staleness,
+    /// call [`danger_accept_unbounded_staleness`](Self::danger_accept_unbounded_staleness).
+    pub max_staleness: Duration,
+    /// Set only by `danger_accept_unbounded_staleness`.
+    unbounded_staleness: bool,
+    /// Set only by `danger_skip_certificate_binding`.
+    skip_binding: bool,
     /// Longest token accepted, bytes.
     pub max_token_len: usize,
     /// Longest delegation chain accepted.
@@ -77,14 +90,16 @@ impl std::fmt::Debug for VerifierConfig {
             .field("leeway", &self.leeway)
             .field("jwks_refresh_min_interval", &self.jwks_refresh_min_interval)
             .field("max_staleness", &self.max_staleness)
+            .field("unbounded_staleness", &self.unbounded_staleness)
+            .field("skip_binding", &self.skip_binding)
             .finish_non_exhaustive()
     }
 }
 
 impl VerifierConfig {
     /// Settings with the defaults: 30 s leeway, JWKS refreshed at most every
-    /// 5 s, no staleness bound, the token layer's size and chain bounds,
-    /// 10 s calls, system clock.
+    /// 5 s, revocation data at most 30 s stale, certificate binding checked,
+    /// the token layer's size and chain bounds, 10 s calls, system clock.
     pub fn new(
         endpoints: Vec<String>,
         tls: TlsFiles,
@@ -99,14 +114,35 @@ impl VerifierConfig {
             audience: audience.into(),
             leeway: Duration::from_secs(DEFAULT_LEEWAY),
             jwks_refresh_min_interval: Duration::from_secs(5),
-            max_staleness: None,
+            max_staleness: DEFAULT_MAX_STALENESS,
+            unbounded_staleness: false,
+            skip_binding: false,
             max_token_len: DEFAULT_MAX_LEN,
             max_chain: DEFAULT_MAX_CHAIN,
             request_timeout: Duration::from_secs(10),
             clock: Arc::new(SystemClock),
         }
     }
+
+    /// Accepts tokens however long the revocation cache has been cut off
+    /// from the cluster (still only once it has synced). A resource server
+    /// doing this accepts a revoked token for as long as its stream is
+    /// down.
+    pub fn danger_accept_unbounded_staleness(&mut self) -> &mut Self {
+        self.unbounded_staleness = true;
+        self
+    }
+
+    /// Does not check that a token is bound to the certificate presenting
+    /// it: a stolen token then works from any certificate.
+    pub fn danger_skip_certificate_binding(&mut self) -> &mut Self {
+        self.skip_binding = true;
+        self
+    }
 }
+
+/// Default of [`VerifierConfig::max_staleness`]: thirty heartbeats.
+pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(30);
 
 /// A token that passed every check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,8 +150,8 @@ impl VerifierConfig {
 pub struct VerifiedToken {
     /// Its claims.
     pub claims: Claims,
-    /// The revocation cache's revision it was checked against (0 without a
-    /// cache).
+    /// The revocation cache's revision it was checked against (0 when
+    /// revocations are not checked).
     pub revision: u64,
 }
 
@@ -139,6 +175,13 @@ pub enum VerifyError {
     /// any.
     #[error("token is not certificate-bound")]
     Unbound,
+    /// The revocation cache has not received its first complete snapshot:
+    /// no token can be known not to be revoked yet.
+    #[error("revocation data not synced yet")]
+    NotSynced,
+    /// No certificate was given to check the token's binding against.
+    #[error("no presenting certificate to check the token's binding against")]
+    NoCertificate,
     /// The revocation cache has heard nothing fresh for longer than the
     /// configured maximum: revocations may be missing.
     #[error("revocation data is stale ({staleness:?} since the last fresh message)")]
@@ -167,8 +210,9 @@ pub enum VerifyError {
 /// let cache = RevocationCache::start(CacheConfig::new(nodes.clone(), tls.clone()))?;
 /// let verifier = Verifier::new(
 ///     VerifierConfig::new(nodes, tls, "https://tessera.dev", "spiffe://tessera.dev/svc/ledger"),
-///     Some(cache),
+///     cache,
 /// )?;
+/// // Every token is refused until the cache has synced.
 /// match verifier.verify(token, Some(peer_cert_der)).await {
 ///     Ok(t) => println!("caller {} acting for {}", t.claims.client_id, t.claims.sub),
 ///     Err(VerifyError::Revoked) => println!("revoked"),
@@ -184,7 +228,9 @@ pub struct Verifier {
     max_token_len: usize,
     max_chain: usize,
     min_refresh: Duration,
+    /// `None`: any staleness (the explicit opt-out).
     max_staleness: Option<Duration>,
+    skip_binding: bool,
     clock: Arc<dyn Clock>,
     keys: RwLock<Option<Arc<KeySet>>>,
     /// When the last fetch started. An async mutex: it also makes callers
@@ -207,13 +253,20 @@ impl std::fmt::Debug for Verifier {
 
 impl Verifier {
     /// A verifier for `config.audience`, checking revocations against
-    /// `cache` (none: revocations are not checked, only signatures, claims
-    /// and binding). Fetches nothing yet: the JWKS is fetched on first use
-    /// or by [`refresh_keys`](Self::refresh_keys).
-    pub fn new(
-        config: VerifierConfig,
-        cache: Option<RevocationCache>,
-    ) -> Result<Self, ClientError> {
+    /// `cache`; it refuses every token until the cache has synced. Fetches
+    /// nothing yet: the JWKS is fetched on first use or by
+    /// [`refresh_keys`](Self::refresh_keys).
+    pub fn new(config: VerifierConfig, cache: RevocationCache) -> Result<Self, ClientError> {
+        Self::build(config, Some(cache))
+    }
+
+    /// A verifier that checks signatures, claims and binding but no
+    /// revocation at all: a revoked token is accepted until it expires.
+    pub fn danger_without_revocations(config: VerifierConfig) -> Result<Self, ClientError> {
+        Self::build(config, None)
+    }
+
+    fn build(config: VerifierConfig, cache: Option<RevocationCache>) -> Result<Self, ClientError> {
         if config.issuer.is_empty() {
             return Err(ClientError::InvalidConfig("issuer must not be empty"));
         }
@@ -234,7 +287,8 @@ impl Verifier {
             max_token_len: config.max_token_len,
             max_chain: config.max_chain,
             min_refresh: config.jwks_refresh_min_interval,
-            max_staleness: config.max_staleness,
+            max_staleness: (!config.unbounded_staleness).then_some(config.max_staleness),
+            skip_binding: config.skip_binding,
             clock: config.clock,
             keys: RwLock::new(None),
             refreshed: tokio::sync::Mutex::new(None),
@@ -242,19 +296,27 @@ impl Verifier {
         })
     }
 
-    /// The revocation cache, if the verifier has one.
+    /// The revocation cache (`None` only for
+    /// [`danger_without_revocations`](Self::danger_without_revocations)).
     pub fn cache(&self) -> Option<&RevocationCache> {
         self.cache.as_ref()
     }
 
     /// Verifies `token`, presented over TLS by the client certificate
-    /// `presenter_cert_der` (DER) when the resource server passes it.
-    /// Without a certificate the binding is not checked.
+    /// `presenter_cert_der` (DER). Without a certificate the token is
+    /// refused ([`VerifyError::NoCertificate`]) unless the configuration
+    /// skips the binding check.
     pub async fn verify(
         &self,
         token: &str,
         presenter_cert_der: Option<&[u8]>,
     ) -> Result<VerifiedToken, VerifyError> {
+        // Fail closed before any work: nothing is known about revocations.
+        if let Some(cache) = &self.cache {
+            if !cache.is_synced() {
+                return Err(VerifyError::NotSynced);
+            }
+        }
         let params = self.params();
         let keys = self.keys().await?;
         let claims = match verify(token, &keys, &params) {
@@ -275,7 +337,8 @@ impl Verifier {
             }
             other => other.map_err(VerifyError::Invalid)?,
         };
-        if let Some(der) = presenter_cert_der {
+        if !self.skip_binding {
+            let der = presenter_cert_der.ok_or(VerifyError::NoCertificate)?;
             match claims.thumbprint() {
                 None => return Err(VerifyError::Unbound),
                 Some(t) if t != thumbprint(der) => return Err(VerifyError::BindingMismatch),
@@ -378,6 +441,8 @@ mod tests {
     const ISS: &str = "https://tessera.test";
     const AUD: &str = "spiffe://tessera.test/svc/ledger";
     const NOW: u64 = 1_800_000_000;
+    /// What presents the fixture's tokens (their `cnf` names it).
+    const CERT: Option<&[u8]> = Some(b"payments-cert");
 
     struct Fixture {
         _pki: TestPki,
@@ -408,7 +473,14 @@ mod tests {
             c
         }
 
+        /// A verifier with the fixture's key; without a cache given, one
+        /// that has synced (an empty snapshot).
         fn verifier(&self, cache: Option<RevocationCache>) -> Verifier {
+            let cache = cache.unwrap_or_else(|| {
+                let c = RevocationCache::detached(self.clock.clone());
+                c.apply_for_tests(snapshot(1, vec![]));
+                c
+            });
             let v = Verifier::new(self.config(), cache).unwrap();
             v.set_keys(KeySet::new([self.key.verifying_key()]));
             v
@@ -462,11 +534,29 @@ mod tests {
         let f = fixture();
         let v = f.verifier(None);
         let token = f.key.sign(&claims()).unwrap();
-        let ok = v.verify(&token, Some(b"payments-cert")).await.unwrap();
+        let ok = v.verify(&token, CERT).await.unwrap();
         assert_eq!(ok.claims, claims());
-        assert_eq!(ok.revision, 0);
-        // Without the presenting certificate the binding is not checked.
-        assert!(v.verify(&token, None).await.is_ok());
+        assert_eq!(ok.revision, 1);
+    }
+
+    #[tokio::test]
+    async fn token_without_presenting_certificate_was_accepted_unbound() {
+        let f = fixture();
+        let v = f.verifier(None);
+        let token = f.key.sign(&claims()).unwrap();
+        assert!(matches!(
+            v.verify(&token, None).await,
+            Err(VerifyError::NoCertificate)
+        ));
+        // Only the explicit opt-out skips the binding.
+        let mut cfg = f.config();
+        cfg.danger_skip_certificate_binding();
+        let cache = RevocationCache::detached(f.clock.clone());
+        cache.apply_for_tests(snapshot(1, vec![]));
+        let lax = Verifier::new(cfg, cache).unwrap();
+        lax.set_keys(KeySet::new([f.key.verifying_key()]));
+        assert!(lax.verify(&token, None).await.is_ok());
+        assert!(lax.verify(&token, Some(b"another-cert")).await.is_ok());
     }
 
     #[tokio::test]
@@ -482,10 +572,13 @@ mod tests {
         c.cnf = None;
         let unbound = f.key.sign(&c).unwrap();
         assert!(matches!(
-            v.verify(&unbound, Some(b"payments-cert")).await,
+            v.verify(&unbound, CERT).await,
             Err(VerifyError::Unbound)
         ));
-        assert!(v.verify(&unbound, None).await.is_ok());
+        assert!(matches!(
+            v.verify(&unbound, None).await,
+            Err(VerifyError::NoCertificate)
+        ));
     }
 
     #[tokio::test]
@@ -496,7 +589,7 @@ mod tests {
             let token = f.key.sign(&c).unwrap();
             let v = &v;
             async move {
-                match v.verify(&token, None).await {
+                match v.verify(&token, CERT).await {
                     Err(VerifyError::Invalid(e)) => assert_eq!(e, want),
                     other => panic!("expected {want:?}, got {other:?}"),
                 }
@@ -514,16 +607,16 @@ mod tests {
         let mut c = claims();
         c.exp = NOW - 29;
         let token = f.key.sign(&c).unwrap();
-        assert!(v.verify(&token, None).await.is_ok(), "within the leeway");
+        assert!(v.verify(&token, CERT).await.is_ok(), "within the leeway");
         assert!(matches!(
-            v.verify("not.a-token", None).await,
+            v.verify("not.a-token", CERT).await,
             Err(VerifyError::Invalid(TokenError::Malformed(_)))
         ));
         // Moving the clock moves `now`.
         let token = f.key.sign(&claims()).unwrap();
         f.clock.advance(400);
         assert!(matches!(
-            v.verify(&token, None).await,
+            v.verify(&token, CERT).await,
             Err(VerifyError::Invalid(TokenError::Expired))
         ));
     }
@@ -535,7 +628,12 @@ mod tests {
         let v = f.verifier(Some(cache.clone()));
         let token = f.key.sign(&claims()).unwrap();
         let cert: &[u8] = b"payments-cert";
-        assert_eq!(v.verify(&token, Some(cert)).await.unwrap().revision, 0);
+        assert!(matches!(
+            v.verify(&token, Some(cert)).await,
+            Err(VerifyError::NotSynced)
+        ));
+        cache.apply_for_tests(snapshot(6, vec![]));
+        assert_eq!(v.verify(&token, Some(cert)).await.unwrap().revision, 6);
 
         // An ancestor.
         cache.apply_for_tests(snapshot(7, vec![revocation(Target::Jti("j1".into()), 0)]));
@@ -571,33 +669,53 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn staleness_is_enforced_when_configured() {
+    async fn never_synced_cache_said_not_revoked() {
         let f = fixture();
         let cache = RevocationCache::detached(f.clock.clone());
+        // Even with every other check relaxed.
         let mut cfg = f.config();
-        cfg.max_staleness = Some(Duration::from_secs(30));
-        let v = Verifier::new(cfg, Some(cache.clone())).unwrap();
+        cfg.danger_accept_unbounded_staleness()
+            .danger_skip_certificate_binding();
+        let v = Verifier::new(cfg, cache.clone()).unwrap();
         v.set_keys(KeySet::new([f.key.verifying_key()]));
         let token = f.key.sign(&claims()).unwrap();
-        // Never synced: infinitely stale.
-        match v.verify(&token, None).await {
-            Err(VerifyError::Stale { staleness }) => assert_eq!(staleness, Duration::MAX),
-            other => panic!("{other:?}"),
-        }
+        assert!(matches!(
+            v.verify(&token, CERT).await,
+            Err(VerifyError::NotSynced)
+        ));
         cache.apply_for_tests(snapshot(3, vec![]));
-        assert!(v.verify(&token, None).await.is_ok());
+        assert!(v.verify(&token, CERT).await.is_ok());
+        // Unbounded staleness was asked for explicitly.
+        cache.make_stale_for_tests(Duration::from_secs(3600));
+        assert!(v.verify(&token, CERT).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn staleness_was_unbounded_by_default() {
+        let f = fixture();
+        let cache = RevocationCache::detached(f.clock.clone());
+        // The default configuration, no staleness setting.
+        let v = Verifier::new(f.config(), cache.clone()).unwrap();
+        v.set_keys(KeySet::new([f.key.verifying_key()]));
+        let token = f.key.sign(&claims()).unwrap();
+        assert!(matches!(
+            v.verify(&token, CERT).await,
+            Err(VerifyError::NotSynced)
+        ));
+        cache.apply_for_tests(snapshot(3, vec![]));
+        assert!(v.verify(&token, CERT).await.is_ok());
         // Revoked wins over stale: it is certain.
         cache.apply_for_tests(snapshot(4, vec![revocation(Target::Jti("j3".into()), 0)]));
         cache.make_stale_for_tests(Duration::from_secs(31));
         assert!(matches!(
-            v.verify(&token, None).await,
+            v.verify(&token, CERT).await,
             Err(VerifyError::Revoked)
         ));
         cache.apply_for_tests(snapshot(5, vec![]));
-        assert!(v.verify(&token, None).await.is_ok());
+        assert!(v.verify(&token, CERT).await.is_ok());
         cache.make_stale_for_tests(Duration::from_secs(31));
         assert!(matches!(
-            v.verify(&token, None).await,
+            v.verify(&token, CERT).await,
             Err(VerifyError::Stale { .. })
         ));
     }
@@ -611,30 +729,32 @@ mod tests {
         let token = new_key.sign(&claims()).unwrap();
         // The refresh is attempted and fails (nothing listens).
         assert!(matches!(
-            v.verify(&token, None).await,
+            v.verify(&token, CERT).await,
             Err(VerifyError::Keys(ClientError::Status { .. }))
         ));
         // Within the interval: no new attempt, the kid is just unknown.
-        match v.verify(&token, None).await {
+        match v.verify(&token, CERT).await {
             Err(VerifyError::Invalid(TokenError::UnknownKey(kid))) => assert_eq!(kid, "k2"),
             other => panic!("{other:?}"),
         }
         // Known keys keep working meanwhile.
         let good = f.key.sign(&claims()).unwrap();
-        assert!(v.verify(&good, None).await.is_ok());
+        assert!(v.verify(&good, CERT).await.is_ok());
     }
 
     #[tokio::test]
     async fn no_keys_and_unreachable_cluster() {
         let f = fixture();
-        let v = Verifier::new(f.config(), None).unwrap();
+        let cache = RevocationCache::detached(f.clock.clone());
+        cache.apply_for_tests(snapshot(1, vec![]));
+        let v = Verifier::new(f.config(), cache).unwrap();
         let token = f.key.sign(&claims()).unwrap();
         assert!(matches!(
-            v.verify(&token, None).await,
+            v.verify(&token, CERT).await,
             Err(VerifyError::Keys(ClientError::Status { .. }))
         ));
         assert!(matches!(
-            v.verify(&token, None).await,
+            v.verify(&token, CERT).await,
             Err(VerifyError::Keys(ClientError::NoKeys))
         ));
     }
@@ -645,13 +765,13 @@ mod tests {
         let mut c = f.config();
         c.audience.clear();
         assert!(matches!(
-            Verifier::new(c, None),
+            Verifier::danger_without_revocations(c),
             Err(ClientError::InvalidConfig(_))
         ));
         let mut c = f.config();
         c.endpoints.clear();
         assert!(matches!(
-            Verifier::new(c, None),
+            Verifier::danger_without_revocations(c),
             Err(ClientError::NoEndpoints)
         ));
     }
@@ -667,6 +787,8 @@ mod tests {
                 staleness: Duration::from_secs(3),
             },
             VerifyError::Keys(ClientError::NoKeys),
+            VerifyError::NotSynced,
+            VerifyError::NoCertificate,
         ];
         let texts: Vec<String> = errors.iter().map(ToString::to_string).collect();
         assert_eq!(
@@ -678,6 +800,8 @@ mod tests {
                 "token is not certificate-bound",
                 "revocation data is stale (3s since the last fresh message)",
                 "verification keys unavailable: no verification keys loaded yet",
+                "revocation data not synced yet",
+                "no presenting certificate to check the token's binding against",
             ]
         );
     }

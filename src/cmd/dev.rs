@@ -391,7 +391,11 @@ impl Supervisor {
             .arg("--policy")
             .arg(self.dir.join("policy.cedar"))
             .arg("--audit-log")
-            .arg(self.dir.join(format!("audit-node{i}.jsonl")));
+            .arg(self.dir.join(format!("audit-node{i}.jsonl")))
+            // A development cluster is where the benchmarks run, all from
+            // one identity: per-caller rate limits would measure themselves.
+            .arg("--rate-limit")
+            .arg("all=off");
         // The operator's TESSERA_* settings (an endpoint, a config file, an
         // advertised address) are meant for their own commands, not for the
         // nodes, and would override what is chosen here. The log filter is

@@ -47,12 +47,10 @@ pub struct Cli {
     pub log: String,
 }
 
-// Parsed once at start-up and matched at once: the size of the largest
-// variant (the node's flags) costs nothing worth boxing for.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Run a node.
+    // Boxed: by far the largest variant.
     Serve(Box<serve::ServeArgs>),
     /// Start a three-node development cluster on this machine (separate
     /// processes on 127.0.0.1), initialise it, and stop it on Ctrl-C.

@@ -95,6 +95,33 @@ pub struct ServeArgs {
     /// Log entries kept behind a snapshot (default 1000).
     #[arg(long, env = "TESSERA_KEEP_LOGS")]
     keep_logs: Option<u64>,
+    /// Per-caller rate limit, `CLASS=PER_SECOND/BURST` or `CLASS=off`;
+    /// CLASS is issue, introspect, revoke, watch, admin or all. Repeatable;
+    /// later settings win. See docs/OPERATIONS.md for the defaults.
+    #[arg(long, env = "TESSERA_RATE_LIMIT", value_delimiter = ',')]
+    rate_limit: Vec<String>,
+    /// Most caller identities the rate limiter tracks at once.
+    #[arg(long, env = "TESSERA_RATE_LIMIT_IDENTITIES")]
+    rate_limit_identities: Option<usize>,
+    /// Most concurrent revocation watchers of one caller identity.
+    #[arg(long, env = "TESSERA_WATCH_PER_IDENTITY")]
+    watch_per_identity: Option<usize>,
+    /// Most open API connections in total.
+    #[arg(long, env = "TESSERA_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Most open API connections from one IP address.
+    #[arg(long, env = "TESSERA_MAX_CONNECTIONS_PER_PEER")]
+    max_connections_per_peer: Option<usize>,
+    /// Seconds a client has, after its TLS handshake, to send the HTTP/2
+    /// preface.
+    #[arg(long, env = "TESSERA_PREFACE_TIMEOUT")]
+    preface_timeout: Option<u64>,
+    /// Most concurrent calls (HTTP/2 streams) on one connection.
+    #[arg(long, env = "TESSERA_MAX_CONCURRENT_STREAMS")]
+    max_concurrent_streams: Option<u32>,
+    /// Largest request header block, bytes.
+    #[arg(long, env = "TESSERA_MAX_HEADER_LIST_SIZE")]
+    max_header_list_size: Option<u32>,
 }
 
 /// The TOML file: the same settings as the flags.
@@ -121,6 +148,15 @@ struct FileConfig {
     audit_log: Option<PathBuf>,
     snapshot_every: Option<u64>,
     keep_logs: Option<u64>,
+    /// Applied before the flags' settings.
+    rate_limit: Option<Vec<String>>,
+    rate_limit_identities: Option<usize>,
+    watch_per_identity: Option<usize>,
+    max_connections: Option<usize>,
+    max_connections_per_peer: Option<usize>,
+    preface_timeout: Option<u64>,
+    max_concurrent_streams: Option<u32>,
+    max_header_list_size: Option<u32>,
 }
 
 fn usage(msg: impl Into<String>) -> CliError {
@@ -234,6 +270,31 @@ fn build(a: ServeArgs) -> Result<(Config, String, String), CliError> {
     }
     if let Some(n) = pick!(keep_logs) {
         config.raft.keep_logs = n;
+    }
+    let limits = &mut config.limits;
+    for spec in file.rate_limit.iter().flatten().chain(&a.rate_limit) {
+        limits.rate.apply(spec).map_err(usage)?;
+    }
+    if let Some(n) = pick!(rate_limit_identities) {
+        limits.rate.max_identities = n;
+    }
+    if let Some(n) = pick!(max_connections) {
+        limits.accept.max_connections = n;
+    }
+    if let Some(n) = pick!(max_connections_per_peer) {
+        limits.accept.max_connections_per_peer = n;
+    }
+    if let Some(s) = pick!(preface_timeout) {
+        limits.accept.preface_timeout = Duration::from_secs(s);
+    }
+    if let Some(n) = pick!(max_concurrent_streams) {
+        limits.http2.max_concurrent_streams = n;
+    }
+    if let Some(n) = pick!(max_header_list_size) {
+        limits.http2.max_header_list_size = n;
+    }
+    if let Some(n) = pick!(watch_per_identity) {
+        config.watch.max_per_identity = n;
     }
     config.validate().map_err(usage)?;
     Ok((config, listen, raft_listen))

@@ -98,6 +98,9 @@ pub struct Config {
     pub watch: crate::api::WatchSettings,
     /// Recent revocation events kept for watchers that resume.
     pub watch_window: usize,
+    /// Per-caller rate limits, connection caps and HTTP/2 settings of the
+    /// public listener.
+    pub limits: crate::api::ServerLimits,
 }
 
 impl std::fmt::Debug for Config {
@@ -140,6 +143,7 @@ impl Config {
             faults: None,
             watch: crate::api::WatchSettings::default(),
             watch_window: crate::store::DEFAULT_WINDOW,
+            limits: crate::api::ServerLimits::default(),
         }
     }
 
@@ -182,11 +186,13 @@ impl Config {
         }
         if self.watch_window == 0
             || self.watch.max_subscribers == 0
+            || self.watch.max_per_identity == 0
             || self.watch.live_buffer == 0
             || self.watch.heartbeat.is_zero()
         {
             return Err("watch window, subscriber limit and heartbeat must be positive".into());
         }
+        self.limits.validate()?;
         if self.purge_interval.is_zero() {
             return Err("purge interval must be positive".into());
         }

@@ -88,6 +88,7 @@ pub struct Node {
     /// Set (once) when the node stopped itself on a fatal error.
     fatal: watch::Receiver<Option<String>>,
     campaign_stats: Arc<crate::raft::CampaignStats>,
+    rate_limiter: Arc<api::limits::RateLimiter>,
 }
 
 impl Node {
@@ -109,6 +110,11 @@ impl Node {
     /// Where the public API listens.
     pub fn api_addr(&self) -> std::net::SocketAddr {
         self.api_addr
+    }
+
+    /// The public API's per-caller rate limiter (its refusal counters).
+    pub fn rate_limiter(&self) -> &api::limits::RateLimiter {
+        &self.rate_limiter
     }
 
     /// Where the Raft listener listens.
@@ -376,12 +382,15 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
         .key_ring()
         .map_err(|e| NodeError::Raft(format!("key ring: {e}")))?;
 
+    let rate_limiter = Arc::new(api::limits::RateLimiter::new(config.limits.rate.clone()));
     tasks.push(tokio::spawn(
         api::serve(
             shared.clone(),
             listeners.api,
             server_tls,
             config.watch.clone(),
+            config.limits.clone(),
+            rate_limiter.clone(),
             stop_rx.clone(),
         )
         .instrument(tracing::info_span!("api-server", node = config.node_id)),
@@ -432,6 +441,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
         store_closed,
         fatal,
         campaign_stats,
+        rate_limiter,
     })
 }
 

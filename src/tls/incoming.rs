@@ -1,5 +1,13 @@
 //! The TLS accept loop: TCP connections in, established mutual-TLS streams
 //! out, for `tonic::transport::Server::serve_with_incoming_shutdown`.
+//!
+//! Connection hygiene happens here, before the HTTP/2 server sees a
+//! connection: a cap on connections in total and per peer IP address
+//! (excess connections are closed at once), a bound on the TLS handshake,
+//! and a bound on the time from the end of the handshake to the HTTP/2
+//! client preface (RFC 9113 §3.4), so a client that completes TLS and then
+//! says nothing, or says something else, loses its connection within
+//! seconds instead of holding it.
 
 use std::future::Future;
 use std::io;
@@ -9,13 +17,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::Stream;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncReadExt as _;
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
-use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument as _;
 
+use super::conn::{PeerTable, TlsConn, PREFACE};
 use super::ServerTls;
 
 /// Limits of the accept loop.
@@ -24,21 +33,50 @@ pub struct AcceptOptions {
     /// A handshake not finished in this time is dropped, so a client that
     /// connects and goes silent cannot hold a slot.
     pub handshake_timeout: Duration,
-    /// Connections in a handshake or waiting for room in the queue. When
-    /// reached, the loop stops calling `accept`, and new connections wait in
-    /// the kernel's backlog.
+    /// A connection whose client has not sent the HTTP/2 preface this long
+    /// after its handshake is closed.
+    pub preface_timeout: Duration,
+    /// Connections in a handshake, waiting for their preface, or waiting
+    /// for room in the queue. When reached, the loop stops calling
+    /// `accept`, and new connections wait in the kernel's backlog.
     pub max_handshakes: usize,
     /// Established connections waiting for the server to pick them up.
     pub queue: usize,
+    /// Open connections in total, from accept to close. A connection
+    /// beyond it is closed at once.
+    pub max_connections: usize,
+    /// Open connections from one IP address. A connection beyond it is
+    /// closed at once.
+    pub max_connections_per_peer: usize,
 }
 
 impl Default for AcceptOptions {
     fn default() -> Self {
         Self {
             handshake_timeout: Duration::from_secs(10),
+            preface_timeout: Duration::from_secs(5),
             max_handshakes: 1024,
             queue: 64,
+            max_connections: 4096,
+            max_connections_per_peer: 512,
         }
+    }
+}
+
+impl AcceptOptions {
+    /// Checks the values no type can.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.handshake_timeout.is_zero() || self.preface_timeout.is_zero() {
+            return Err("handshake and preface timeouts must be positive".into());
+        }
+        if self.max_handshakes == 0
+            || self.queue == 0
+            || self.max_connections == 0
+            || self.max_connections_per_peer == 0
+        {
+            return Err("connection limits must be positive".into());
+        }
+        Ok(())
     }
 }
 
@@ -47,11 +85,11 @@ impl Default for AcceptOptions {
 /// it stops the accept loop and closes the listener.
 #[derive(Debug)]
 pub struct TlsIncoming {
-    rx: mpsc::Receiver<TlsStream<TcpStream>>,
+    rx: mpsc::Receiver<TlsConn>,
 }
 
 impl Stream for TlsIncoming {
-    type Item = Result<TlsStream<TcpStream>, io::Error>;
+    type Item = Result<TlsConn, io::Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.rx.poll_recv(cx).map(|s| s.map(Ok))
@@ -87,6 +125,15 @@ pub fn tls_incoming_joined(
         AcceptOptions::default(),
         std::future::pending(),
     )
+}
+
+/// [`tls_incoming_joined`] with explicit limits.
+pub fn tls_incoming_joined_with(
+    listener: TcpListener,
+    tls: impl Into<ServerTls>,
+    opts: AcceptOptions,
+) -> (TlsIncoming, tokio::task::JoinHandle<()>) {
+    spawn_accept(listener, tls, opts, std::future::pending())
 }
 
 /// [`tls_incoming`] with explicit limits and a shutdown signal.
@@ -131,12 +178,14 @@ async fn accept_loop<F>(
     listener: TcpListener,
     tls: ServerTls,
     opts: AcceptOptions,
-    tx: mpsc::Sender<TlsStream<TcpStream>>,
+    tx: mpsc::Sender<TlsConn>,
     shutdown: F,
 ) where
     F: Future<Output = ()> + Send + 'static,
 {
     let permits = Arc::new(Semaphore::new(opts.max_handshakes.max(1)));
+    let connections = Arc::new(Semaphore::new(opts.max_connections.max(1)));
+    let peers = Arc::new(PeerTable::default());
     // Dropping the set at the end of this function aborts any handshake
     // still running, so no task outlives the listener.
     let mut handshakes = JoinSet::new();
@@ -168,16 +217,47 @@ async fn accept_loop<F>(
                 if let Err(error) = tcp.set_nodelay(true) {
                     tracing::debug!(%peer, %error, "set_nodelay failed");
                 }
+                // Over a limit: closed at once, before any TLS work.
+                let Ok(total) = connections.clone().try_acquire_owned() else {
+                    tracing::debug!(%peer, "connection refused: too many connections");
+                    continue;
+                };
+                let Some(slot) = peers.admit(peer.ip(), opts.max_connections_per_peer, total)
+                else {
+                    tracing::debug!(%peer, "connection refused: too many from this address");
+                    continue;
+                };
                 let acceptor = TlsAcceptor::from(tls.config());
                 let tx = tx.clone();
                 let timeout = opts.handshake_timeout;
+                let preface_timeout = opts.preface_timeout;
                 handshakes.spawn(
                     async move {
                         let result = tokio::time::timeout(timeout, acceptor.accept(tcp)).await;
                         match result {
-                            Ok(Ok(stream)) => {
-                                // Fails only if the server stopped listening.
-                                let _ = tx.send(stream).await;
+                            Ok(Ok(mut stream)) => {
+                                let mut first = [0u8; PREFACE.len()];
+                                let read = tokio::time::timeout(
+                                    preface_timeout,
+                                    stream.read_exact(&mut first),
+                                )
+                                .await;
+                                match read {
+                                    Ok(Ok(_)) if &first == PREFACE => {
+                                        let conn = TlsConn::new(stream, slot);
+                                        // Fails only if the server stopped listening.
+                                        let _ = tx.send(conn).await;
+                                    }
+                                    Ok(Ok(_)) => {
+                                        tracing::debug!(%peer, "not an HTTP/2 client preface");
+                                    }
+                                    Ok(Err(error)) => {
+                                        tracing::debug!(%peer, %error, "closed before the HTTP/2 preface");
+                                    }
+                                    Err(_) => {
+                                        tracing::debug!(%peer, "no HTTP/2 preface in time");
+                                    }
+                                }
                             }
                             Ok(Err(error)) => {
                                 tracing::debug!(%peer, %error, "TLS handshake failed");
@@ -206,7 +286,8 @@ mod tests {
     use crate::tls::{caller_identity, client_config, server_config, TlsFiles};
     use futures_util::StreamExt as _;
     use rustls::pki_types::ServerName;
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::io::AsyncWriteExt as _;
+    use tokio::net::TcpStream;
     use tokio_rustls::TlsConnector;
     use tonic::transport::server::Connected as _;
 
@@ -341,13 +422,121 @@ mod tests {
         );
     }
 
-    async fn connect(
+    /// Completes TLS and says nothing.
+    async fn connect_silent(
         addr: std::net::SocketAddr,
         client: Arc<rustls::ClientConfig>,
     ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
         let tcp = TcpStream::connect(addr).await?;
         let name = ServerName::try_from("localhost").unwrap();
         TlsConnector::from(client).connect(name, tcp).await
+    }
+
+    /// Completes TLS and sends the HTTP/2 preface, as a gRPC client does.
+    async fn connect(
+        addr: std::net::SocketAddr,
+        client: Arc<rustls::ClientConfig>,
+    ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let mut s = connect_silent(addr, client).await?;
+        s.write_all(PREFACE).await?;
+        s.flush().await?;
+        Ok(s)
+    }
+
+    /// Reads until the server closes; the bound is generous (5x the server's).
+    async fn closed_within(s: &mut tokio_rustls::client::TlsStream<TcpStream>, bound: Duration) {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(bound, async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "connection still open after {bound:?}");
+    }
+
+    fn opts(preface_timeout: Duration, per_peer: usize) -> AcceptOptions {
+        AcceptOptions {
+            preface_timeout,
+            max_connections_per_peer: per_peer,
+            ..AcceptOptions::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn client_silent_after_handshake_is_disconnected() {
+        let pki = TestPki::new();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let bound = Duration::from_secs(1);
+        let mut incoming = tls_incoming_with(
+            listener,
+            ServerTls::load(pki.server("s")).unwrap(),
+            opts(bound, 100),
+            std::future::pending(),
+        );
+        let client = client_config(&pki.client("c")).unwrap();
+        let mut silent = connect_silent(addr, client.clone()).await.unwrap();
+        // A normal client gets through meanwhile.
+        let _normal = connect(addr, client).await.unwrap();
+        let server_side = incoming.next().await.unwrap().unwrap();
+        assert_eq!(
+            server_side.get_ref().get_ref().1.alpn_protocol(),
+            Some(&b"h2"[..])
+        );
+        closed_within(&mut silent, 5 * bound).await;
+    }
+
+    #[tokio::test]
+    async fn client_sending_something_else_than_the_preface_is_disconnected() {
+        let pki = TestPki::new();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _incoming = tls_incoming_with(
+            listener,
+            ServerTls::load(pki.server("s")).unwrap(),
+            // Long: the close must come from the wrong bytes, not the time.
+            opts(Duration::from_secs(600), 100),
+            std::future::pending(),
+        );
+        let mut s = connect_silent(addr, client_config(&pki.client("c")).unwrap())
+            .await
+            .unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        s.flush().await.unwrap();
+        closed_within(&mut s, Duration::from_secs(30)).await;
+    }
+
+    #[tokio::test]
+    async fn connections_per_peer_are_capped() {
+        let pki = TestPki::new();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = tls_incoming_with(
+            listener,
+            ServerTls::load(pki.server("s")).unwrap(),
+            opts(Duration::from_secs(600), 2),
+            std::future::pending(),
+        );
+        let client = client_config(&pki.client("c")).unwrap();
+        let _c1 = connect(addr, client.clone()).await.unwrap();
+        let s1 = incoming.next().await.unwrap().unwrap();
+        let _c2 = connect(addr, client.clone()).await.unwrap();
+        let _s2 = incoming.next().await.unwrap().unwrap();
+        // The third from the same address is closed before TLS.
+        let third = connect(addr, client.clone()).await;
+        if let Ok(mut s) = third {
+            closed_within(&mut s, Duration::from_secs(30)).await;
+        }
+        // Closing one frees its place.
+        drop(s1);
+        let _c4 = connect(addr, client).await.unwrap();
+        let _s4 = incoming.next().await.unwrap().unwrap();
     }
 
     #[tokio::test]
@@ -391,7 +580,10 @@ mod tests {
         assert_eq!(who.id, "spiffe://tessera.test/svc/orders");
         let leaf = crate::tls::pem::load_certs(&pki.path().join("orders.pem")).unwrap();
         assert_eq!(who.thumbprint, crate::tls::identity::thumbprint(&leaf[0]));
-        assert_eq!(server_side.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        assert_eq!(
+            server_side.get_ref().get_ref().1.alpn_protocol(),
+            Some(&b"h2"[..])
+        );
 
         client.write_all(b"x").await.unwrap();
 
@@ -439,6 +631,7 @@ mod tests {
             handshake_timeout: Duration::from_millis(50),
             max_handshakes: 1,
             queue: 1,
+            ..AcceptOptions::default()
         };
         let mut incoming = tls_incoming_with(
             listener,

@@ -19,13 +19,15 @@
 //!   [`tls_incoming`] takes the current configuration for each new
 //!   connection, so a reload applies to the next handshake while
 //!   established connections keep the session they negotiated.
-//! - [`tls_incoming`] yields `tokio_rustls::server::TlsStream<TcpStream>`,
-//!   for which tonic implements `Connected` with the peer certificates: that
-//!   is what makes `Request::peer_certs()` (and so [`caller_identity`]) work
-//!   with `Server::serve_with_incoming_shutdown`.
+//! - [`tls_incoming`] yields [`TlsConn`]: a TLS stream whose client has sent
+//!   the HTTP/2 preface in time, within the per-peer and total connection
+//!   caps. Its `Connected` info is the TLS stream's, with the peer
+//!   certificates: that is what makes `Request::peer_certs()` (and so
+//!   [`caller_identity`]) work with `Server::serve_with_incoming_shutdown`.
 //! - Errors name files, never key material.
 
 mod config;
+mod conn;
 mod identity;
 mod incoming;
 mod pem;
@@ -37,9 +39,11 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use config::{client_config, server_config, tonic_client_tls, ServerTls};
+pub use conn::TlsConn;
 pub use identity::{caller_identity, identity_from_cert, thumbprint, PeerIdentity};
 pub use incoming::{
-    tls_incoming, tls_incoming_joined, tls_incoming_with, AcceptOptions, TlsIncoming,
+    tls_incoming, tls_incoming_joined, tls_incoming_joined_with, tls_incoming_with, AcceptOptions,
+    TlsIncoming,
 };
 
 /// The ALPN protocol every Tessera port speaks (gRPC over HTTP/2).
@@ -188,11 +192,13 @@ pub(crate) mod testpki {
             files
         }
 
-        /// A server leaf for `localhost` with a node SPIFFE ID.
+        /// A server leaf for `localhost` and `127.0.0.1` with a node
+        /// SPIFFE ID.
         pub fn server(&self, name: &str) -> TlsFiles {
             let mut spec = LeafSpec::new(name);
             spec.uris.push(format!("spiffe://tessera.test/node/{name}"));
             spec.dns_names.push("localhost".into());
+            spec.ip_addresses.push(std::net::Ipv4Addr::LOCALHOST.into());
             self.leaf(name, &spec)
         }
 

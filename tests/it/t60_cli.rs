@@ -122,4 +122,39 @@ fn invalid_configuration_exits_64() {
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("exceeds the maximum"), "{err}");
+    // Bad limits: a malformed rate limit, a zero connection cap.
+    for bad in [
+        ["--rate-limit", "issue=fast"],
+        ["--rate-limit", "nosuchclass=1/2"],
+        ["--max-connections-per-peer", "0"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--raft-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                d,
+            ])
+            .args(bad)
+            .args([
+                "--ca",
+                f.ca.to_str().unwrap(),
+                "--cert",
+                f.cert.to_str().unwrap(),
+                "--key",
+                f.key.to_str().unwrap(),
+            ])
+            .env("TESSERA_KEK", crate::cluster::KEK)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{bad:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("rate limit") || err.contains("connection limits"),
+            "{bad:?}: {err}"
+        );
+    }
 }

@@ -41,7 +41,7 @@ fn cache_as(c: &TestCluster, name: &str) -> RevocationCache {
 fn verifier_for(c: &TestCluster, name: &str, cache: &RevocationCache) -> Verifier {
     let mut cfg = VerifierConfig::new(endpoints(c), c.files(name), ISSUER, id(name));
     cfg.clock = c.clock.clone();
-    Verifier::new(cfg, Some(cache.clone())).unwrap()
+    Verifier::new(cfg, cache.clone()).unwrap()
 }
 
 /// `(jti, iat, exp)` of a token, read without verification.
@@ -128,6 +128,43 @@ async fn verifier_rejects_revoked_ancestors_and_foreign_certificates() {
     assert!(root.revision >= rev);
     assert!(cache.status().connected_to.is_some());
     cache.shutdown().await;
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verifier_accepted_tokens_before_its_revocation_cache_synced() {
+    let c = TestCluster::start(1).await;
+    // The cache's only endpoint refuses connections: it never syncs.
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_addr = dead.local_addr().unwrap().to_string();
+    drop(dead);
+    let mut cfg = CacheConfig::new(vec![dead_addr], c.files("ledger"));
+    cfg.clock = c.clock.clone();
+    let cache = RevocationCache::start(cfg).unwrap();
+    // The verifier's keys come from the live node.
+    let ledger = verifier_for(&c, "ledger", &cache);
+    assert!(ledger.refresh_keys().await.unwrap() >= 1);
+    let (_, _, t3) = chain_of_three(&c).await;
+    let payments_cert = cert_der(&c, "payments");
+    assert!(matches!(
+        ledger.verify(&t3.access_token, Some(&payments_cert)).await,
+        Err(VerifyError::NotSynced)
+    ));
+    // A cache that syncs lets the same token through.
+    let live = cache_as(&c, "ledger");
+    let ledger = verifier_for(&c, "ledger", &live);
+    live.wait_ready(WAIT).await.unwrap();
+    ledger
+        .verify(&t3.access_token, Some(&payments_cert))
+        .await
+        .unwrap();
+    // And without the presenting certificate, refused.
+    assert!(matches!(
+        ledger.verify(&t3.access_token, None).await,
+        Err(VerifyError::NoCertificate)
+    ));
+    cache.shutdown().await;
+    live.shutdown().await;
     c.stop().await;
 }
 

@@ -1,0 +1,77 @@
+//! The tower layer in front of the gRPC routes that charges each call to
+//! its caller's bucket in a [`RateLimiter`] and answers a refusal itself,
+//! before the request body is read.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use super::limits::{RateLimiter, RpcClass};
+
+/// The tower layer that applies a [`RateLimiter`] to gRPC routes, keyed by
+/// the caller identity of the connection's client certificate.
+#[derive(Debug, Clone)]
+pub struct RateLimitLayer {
+    limiter: Arc<RateLimiter>,
+}
+
+impl RateLimitLayer {
+    /// A layer charging calls to `limiter`.
+    pub fn new(limiter: Arc<RateLimiter>) -> Self {
+        Self { limiter }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for RateLimitLayer {
+    type Service = RateLimited<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimited {
+            inner,
+            limiter: self.limiter.clone(),
+        }
+    }
+}
+
+/// A service behind a [`RateLimitLayer`].
+#[derive(Debug, Clone)]
+pub struct RateLimited<S> {
+    inner: S,
+    limiter: Arc<RateLimiter>,
+}
+
+/// The caller identity of the connection a request came on, if its client
+/// certificate has one (otherwise the handler refuses the call anyway).
+fn caller_of<B>(req: &http::Request<B>) -> Option<String> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let info = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>()?;
+    let certs = info.peer_certs()?;
+    let leaf = certs.first()?;
+    crate::tls::identity_from_cert(leaf).ok().map(|p| p.id)
+}
+
+impl<S, B> tower_service::Service<http::Request<B>> for RateLimited<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        futures_util::future::Either<std::future::Ready<Result<S::Response, S::Error>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        use futures_util::future::Either;
+        if let Some(class) = RpcClass::of_path(req.uri().path()) {
+            if let Some(caller) = caller_of(&req) {
+                if let Err(e) = self.limiter.check(&caller, class) {
+                    let status = tonic::Status::from(e);
+                    return Either::Left(std::future::ready(Ok(status.into_http())));
+                }
+            }
+        }
+        Either::Right(self.inner.call(req))
+    }
+}

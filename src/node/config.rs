@@ -94,6 +94,9 @@ pub struct Config {
     pub raft: RaftSettings,
     /// Fault injection on the Raft network (tests and chaos drills).
     pub faults: Option<Arc<crate::raft::network::Faults>>,
+    /// Fault injection in the store: failed writes, as on a full disk
+    /// (tests and chaos drills; off by default).
+    pub store_faults: crate::store::StoreFaults,
     /// Revocation stream limits (subscribers, heartbeat interval).
     pub watch: crate::api::WatchSettings,
     /// Recent revocation events kept for watchers that resume.
@@ -141,6 +144,7 @@ impl Config {
             clock: Arc::new(SystemClock),
             raft: RaftSettings::default(),
             faults: None,
+            store_faults: crate::store::StoreFaults::default(),
             watch: crate::api::WatchSettings::default(),
             watch_window: crate::store::DEFAULT_WINDOW,
             limits: crate::api::ServerLimits::default(),

@@ -257,11 +257,11 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
         window: config.watch_window,
         live_buffer: config.watch.live_buffer,
     };
-    let (log_store, state_machine, state) = tokio::task::spawn_blocking(move || {
-        store::open_with(&dir, feed, store::StoreFaults::default())
-    })
-    .await
-    .map_err(|e| NodeError::Raft(format!("store open task: {e}")))??;
+    let store_faults = config.store_faults.clone();
+    let (log_store, state_machine, state) =
+        tokio::task::spawn_blocking(move || store::open_with(&dir, feed, store_faults))
+            .await
+            .map_err(|e| NodeError::Raft(format!("store open task: {e}")))??;
     let store_closed = log_store.closed_signal();
     let info = NodeInfo {
         raft_addr: non_empty_or(&config.raft_advertise_addr, raft_addr),

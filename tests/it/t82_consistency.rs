@@ -340,3 +340,75 @@ async fn an_isolated_follower_rejoins_without_deposing_the_leader() {
     eprintln!("longest gap between acknowledged writes while the follower rejoined: {longest:?}");
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_disk_fills_stops_serving_and_recovers_after_a_restart() {
+    let faults = tessera::store::StoreFaults::new();
+    let injected = faults.clone();
+    let mut c = TestCluster::start_with(3, move |cfg| {
+        if cfg.node_id == 3 {
+            cfg.store_faults = injected.clone();
+        }
+    })
+    .await;
+    c.agreed_leader(&[1, 2, 3]).await;
+    let t = c
+        .tokens_on(1, "frontend")
+        .await
+        .issue_token(issue_req("orders", &["orders:write"]))
+        .await
+        .unwrap()
+        .into_inner();
+    let before = c
+        .tokens_on(3, "orders")
+        .await
+        .introspect(introspect_req(&t.access_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        before.active,
+        "node 3 knows the token before the disk fills"
+    );
+    let api3 = c.node(3).api_addr().to_string();
+
+    // Node 3's disk is full: its next write fails (leader or follower).
+    faults.fail_writes(true);
+    let rev = revoke_acknowledged(&c, &[1, 2], &t.access_token).await;
+    let message = tokio::time::timeout(WAIT, c.node(3).failed())
+        .await
+        .expect("node 3 stops itself on the failed write");
+    assert!(
+        message.contains("No space left on device (injected)"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&c.data_dir(3).display().to_string()),
+        "{message}"
+    );
+    // It no longer answers: not from its frozen state, not at all.
+    if let Ok(ch) = tessera::client::connect(&api3, &c.files("orders")).await {
+        let r = tessera::pb::token_service_client::TokenServiceClient::new(ch)
+            .introspect(introspect_req(&t.access_token))
+            .await;
+        assert!(r.is_err() || !r.unwrap().into_inner().active);
+    }
+    // The others carry on.
+    let b = revoke_burst(&c, "disk-full", 20, 2, &[1, 2]).await;
+    assert!(b.failed.is_empty(), "{:?}", b.failed);
+
+    // Space freed, the supervisor restarts it: it recovers from its disk
+    // and catches up with everything acknowledged meanwhile.
+    faults.fail_writes(false);
+    let failed = c.nodes.remove(&3).unwrap();
+    let _ = failed.shutdown().await;
+    c.start_node(3).await;
+    c.wait_converged(&[1, 2, 3]).await;
+    assert_eq!(never_active(&c, 3, &t.access_token).await, None);
+    assert!(c.node(3).state().revision() >= rev);
+    let revoked = c.revoked(3);
+    for (jti, _) in &b.acked {
+        assert!(revoked.contains(jti), "node 3 lacks {jti}");
+    }
+    c.stop().await;
+}

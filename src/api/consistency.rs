@@ -149,20 +149,18 @@ impl Shared {
         };
         // Definitive states answer at once; an election in progress is
         // worth waiting for.
-        match self.readiness() {
-            Err(
-                e @ (NotReady::Stopped
-                | NotReady::NotMember
-                | NotReady::IncarnationRefused
-                | NotReady::NoState
-                | NotReady::LostQuorum),
-            ) => {
-                return Err(ApiError::Unavailable {
-                    reason: format!("cannot confirm a linearizable read: {e}"),
-                    leader: self.leader_hint(),
-                })
-            }
-            _ => {}
+        if let Err(
+            e @ (NotReady::Stopped
+            | NotReady::NotMember
+            | NotReady::IncarnationRefused
+            | NotReady::NoState
+            | NotReady::LostQuorum),
+        ) = self.readiness()
+        {
+            return Err(ApiError::Unavailable {
+                reason: format!("cannot confirm a linearizable read: {e}"),
+                leader: self.leader_hint(),
+            });
         }
         let deadline = Instant::now() + READ_CONFIRM_BUDGET.min(self.read_wait_max);
         let unavailable = |why: String| ApiError::Unavailable {

@@ -338,7 +338,15 @@ mod tests {
             .snapshot
             .into_inner();
         assert_eq!(a_bytes, b_bytes);
+        // The database closes once its last handle (also the log flusher's)
+        // is gone: wait for that, not for the drop.
+        let mut closed = _lb.closed_signal();
         drop((_lb, sm_b, view_b));
+        tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            while closed.changed().await.is_ok() {}
+        })
+        .await
+        .expect("store b closes");
         let (_lb, mut sm_b, view_b) = open(dir_b.path()).unwrap();
         assert_workload_state(&view_b);
         let b_bytes = sm_b
@@ -405,7 +413,13 @@ mod tests {
             sm_a.applied_state().await.unwrap()
         );
         // ...and the trees were rewritten, so a second open needs no restore.
+        let mut closed = _lb.closed_signal();
         drop((_lb, sm_b, view_b));
+        tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            while closed.changed().await.is_ok() {}
+        })
+        .await
+        .expect("store b closes");
         let db = db::Db::open(dir_b.path()).unwrap();
         assert_eq!(state::State::load(&db).unwrap().revision(), 10);
     }

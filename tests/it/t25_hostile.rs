@@ -268,6 +268,7 @@ async fn any_service_could_read_any_token() {
     let inactive = |r: &pb::IntrospectResponse| pb::IntrospectResponse {
         active: false,
         revision: r.revision,
+        linearizable: true,
         ..Default::default()
     };
     // ledger is not an audience of frontend's token: it learns nothing.

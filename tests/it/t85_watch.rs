@@ -294,8 +294,14 @@ async fn a_thousand_subscribers_over_three_nodes_get_every_event_in_order() {
             seen
         }));
     }
-    for _ in 0..1000 {
-        ready_rx.recv().await.unwrap();
+    // A reader that failed drops its sender: the count never completes and
+    // the bound names the failure instead of hanging.
+    drop(ready_tx);
+    for k in 0..1000 {
+        tokio::time::timeout(4 * WAIT, ready_rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {k} of 1000 subscribers got their snapshot"))
+            .unwrap_or_else(|| panic!("a subscriber failed after {k} were ready"));
     }
     let b = revoke_burst(&c, "fan", N, 16, &[1, 2, 3]).await;
     assert!(b.failed.is_empty());

@@ -17,11 +17,12 @@ use crate::raft::ReadIndexError;
 /// (it may be shorter: the node's `read_wait_max`).
 pub const READ_CONFIRM_BUDGET: Duration = Duration::from_secs(3);
 
-/// Longest a follower may go without hearing its leader and still serve.
-/// Longer than [`LEADER_LEASE`] on purpose: the leader heartbeats every
-/// 100 ms, and a busy machine must not flap a follower's streams; a
-/// follower cut off for this long has already started pre-votes.
-pub const FOLLOWER_SILENCE: Duration = Duration::from_secs(3);
+/// Longest a follower may go without hearing its leader and still serve:
+/// as long as a leader may go without its quorum ([`super::LEADER_LEASE`]).
+/// The leader heartbeats every 100 ms; a busy machine must not flap a
+/// follower's streams, and a follower cut off for this long has already
+/// started pre-votes.
+pub const FOLLOWER_SILENCE: Duration = super::LEADER_LEASE;
 
 /// Why a node may not serve: every state in which its answers, streams or
 /// key set could be stale or empty without it knowing.

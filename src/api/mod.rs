@@ -113,8 +113,11 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A leader that has not heard from a quorum for this long stops taking
 /// writes and reports `NOT_SERVING`: it is probably cut off and will lose
-/// its leadership as soon as it hears from the others.
-pub const LEADER_LEASE: Duration = Duration::from_millis(1500);
+/// its leadership as soon as it hears from the others. Not a read lease
+/// (reads always confirm with a quorum): only how soon a cut-off leader
+/// admits it. Six election timeouts, so that a busy machine (a thousand
+/// streams on two cores) does not flap a healthy leader.
+pub const LEADER_LEASE: Duration = Duration::from_secs(3);
 
 /// What every handler shares: Raft, the applied state, and the derived
 /// key ring and policy engine, each cached by the state version it was

@@ -270,6 +270,7 @@ impl Pump {
         let mut tick = tokio::time::interval(self.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stop = self.stop.clone();
+        let mut ready_before = true;
         loop {
             tokio::select! {
                 item = live.recv() => match item {
@@ -308,7 +309,11 @@ impl Pump {
                     }
                 },
                 _ = tick.tick() => {
-                    if let Err(e) = self.shared.readiness() {
+                    // Two ticks in a row, so that one blip (a busy moment,
+                    // an election) does not end every stream.
+                    let ready = self.shared.readiness();
+                    let was_ready = std::mem::replace(&mut ready_before, ready.is_ok());
+                    if let (Err(e), false) = (ready, was_ready) {
                         // This node can no longer vouch for what it streams:
                         // the subscriber resumes on another node.
                         tracing::info!(last, reason = %e, "node not ready; ending watcher");

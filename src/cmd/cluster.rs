@@ -162,6 +162,9 @@ fn print_status(s: &pb::ClusterStatusResponse) {
         "node {} is {}; leader {leader}; term {}; log {} commit {} applied {}",
         s.node_id, s.state, s.term, s.last_log_index, s.commit_index, s.applied_index
     );
+    if !s.leader_known {
+        println!("NOT SERVING: {}", s.not_serving_reason);
+    }
     println!(
         "{:>4}  {:<8} {:<22} {:<22} {:>8} {:>8}",
         "id", "role", "api", "raft", "matched", "lag"
@@ -190,6 +193,7 @@ fn status_json(s: &pb::ClusterStatusResponse) -> serde_json::Value {
         "node_id": s.node_id, "leader_id": s.leader_id, "leader_api_addr": s.leader_api_addr,
         "term": s.term, "commit_index": s.commit_index, "applied_index": s.applied_index,
         "last_log_index": s.last_log_index, "state": s.state, "lag_known": s.lag_known,
+        "leader_known": s.leader_known, "not_serving_reason": s.not_serving_reason,
         "nodes": s.nodes.iter().map(|n| serde_json::json!({
             "node_id": n.node_id, "role": n.role, "api_addr": n.api_addr, "raft_addr": n.raft_addr,
             "matched_index": n.matched_index, "lag": n.lag, "is_leader": n.is_leader,

@@ -17,13 +17,6 @@ use crate::raft::ReadIndexError;
 /// (it may be shorter: the node's `read_wait_max`).
 pub const READ_CONFIRM_BUDGET: Duration = Duration::from_secs(3);
 
-/// Longest a follower may go without hearing its leader and still serve:
-/// as long as a leader may go without its quorum ([`super::LEADER_LEASE`]).
-/// The leader heartbeats every 100 ms; a busy machine must not flap a
-/// follower's streams, and a follower cut off for this long has already
-/// started pre-votes.
-pub const FOLLOWER_SILENCE: Duration = super::LEADER_LEASE;
-
 /// Why a node may not serve: every state in which its answers, streams or
 /// key set could be stale or empty without it knowing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -83,7 +76,7 @@ impl Shared {
             }
         } else if let Some(contact) = &self.contact {
             let quiet = contact.quiet_for();
-            if quiet > FOLLOWER_SILENCE {
+            if quiet > self.contact_timeout {
                 return Err(NotReady::LeaderSilent(quiet));
             }
         }

@@ -118,6 +118,8 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// admits it. Six election timeouts, so that a busy machine (a thousand
 /// streams on two cores) does not flap a healthy leader.
 pub const LEADER_LEASE: Duration = Duration::from_secs(3);
+// The node's own bound is `Shared::contact_timeout` (config `raft.contact_timeout`,
+// this by default).
 
 /// What every handler shares: Raft, the applied state, and the derived
 /// key ring and policy engine, each cached by the state version it was
@@ -150,6 +152,10 @@ pub struct Shared {
     contact: Option<Arc<crate::raft::LeaderContact>>,
     /// This node's data incarnation (0: unknown).
     incarnation: u64,
+    /// How long a leader may go without its quorum, and a follower without
+    /// its leader, before the node stops serving ([`LEADER_LEASE`] unless
+    /// configured).
+    contact_timeout: Duration,
 }
 
 /// What this node knows about its own leadership's contact with a quorum.
@@ -252,7 +258,15 @@ impl Shared {
             reads: None,
             contact: None,
             incarnation: 0,
+            contact_timeout: LEADER_LEASE,
         }
+    }
+
+    /// Sets how long a leader may go without its quorum, and a follower
+    /// without its leader, before the node stops serving.
+    pub fn with_contact_timeout(mut self, timeout: Duration) -> Self {
+        self.contact_timeout = timeout;
+        self
     }
 
     /// Makes reads linearizable through `reads`, judges a follower's leader
@@ -443,10 +457,10 @@ impl Shared {
                 Some(c) => c.max(lease.last_contact()),
                 None => lease.last_contact(),
             };
-            return contact.elapsed() <= LEADER_LEASE;
+            return contact.elapsed() <= self.contact_timeout;
         }
         lease.observe(m);
-        lease.last_contact().elapsed() <= LEADER_LEASE
+        lease.last_contact().elapsed() <= self.contact_timeout
     }
 
     /// Health: `SERVING` only while [`Shared::readiness`] holds.
@@ -574,7 +588,7 @@ async fn health_loop(shared: Arc<Shared>, reporter: tonic_health::server::Health
     use tonic_health::ServingStatus;
     let mut metrics = shared.raft.metrics();
     let mut last = None;
-    let mut tick = tokio::time::interval(LEADER_LEASE / 3);
+    let mut tick = tokio::time::interval(shared.contact_timeout / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut fresh = true;
     loop {
@@ -609,7 +623,7 @@ async fn lease_keeper(shared: Arc<Shared>) {
     let Some(reads) = shared.reads.clone() else {
         return;
     };
-    let period = LEADER_LEASE / 3;
+    let period = shared.contact_timeout / 3;
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -461,7 +461,7 @@ impl Drop for Owner {
 /// cache.wait_for_revision(revision, Duration::from_secs(5)).await?;
 /// // Per request, with the verified token's chain + jti, sub, client_id, iat:
 /// if cache.is_revoked(&["root-jti", "the-jti"], "spiffe://tessera.dev/svc/frontend",
-///     "spiffe://tessera.dev/svc/orders", 1_795_000_000) {
+///     "spiffe://tessera.dev/svc/orders", 1_795_000_000, None) {
 ///     // refuse
 /// }
 /// # Ok(()) }

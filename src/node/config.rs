@@ -47,6 +47,11 @@ pub struct RaftSettings {
     pub snapshot_every: u64,
     /// Log entries kept behind a snapshot (for followers slightly behind).
     pub keep_logs: u64,
+    /// How long a leader may go without a quorum's acknowledgement, and a
+    /// follower without hearing its leader, before the node reports
+    /// `NOT_SERVING` and refuses streams and JWKS (ms). Not a read lease:
+    /// reads always confirm with a quorum.
+    pub contact_timeout_ms: u64,
 }
 
 impl Default for RaftSettings {
@@ -56,6 +61,7 @@ impl Default for RaftSettings {
             election_timeout_ms: 500,
             snapshot_every: 10_000,
             keep_logs: 1_000,
+            contact_timeout_ms: 3_000,
         }
     }
 }
@@ -184,6 +190,9 @@ impl Config {
         let r = &self.raft;
         if r.heartbeat_ms == 0 || r.election_timeout_ms < 3 * r.heartbeat_ms {
             return Err("the election timeout must be at least three heartbeats".into());
+        }
+        if r.contact_timeout_ms < 2 * r.election_timeout_ms {
+            return Err("the contact timeout must be at least two election timeouts".into());
         }
         if r.snapshot_every == 0 {
             return Err("snapshot interval must be positive".into());

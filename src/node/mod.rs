@@ -375,7 +375,8 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
         )
         .with_initial_policy(config.initial_policy.as_deref())
         .map_err(|e| NodeError::Config(format!("initial policy: {e}")))?
-        .with_consensus(reads, contact, incarnation),
+        .with_consensus(reads, contact, incarnation)
+        .with_contact_timeout(Duration::from_millis(config.raft.contact_timeout_ms)),
     );
     // Fail at start, not at the first request, if the KEK is wrong.
     shared

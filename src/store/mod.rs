@@ -262,12 +262,19 @@ mod tests {
     #[tokio::test]
     async fn reopen_keeps_applied_state_log_and_vote() {
         let dir = tempfile::tempdir().unwrap();
-        {
+        let mut closed = {
             let (mut log, mut sm, _view) = open(dir.path()).unwrap();
             log.blocking_append(workload()).await.unwrap();
             log.save_vote(&Vote::new(4, 2)).await.unwrap();
             sm.apply(workload()).await.unwrap();
-        }
+            log.closed_signal()
+        };
+        // Closed once the log flusher has let go too, not at the drop.
+        tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            while closed.changed().await.is_ok() {}
+        })
+        .await
+        .expect("store closes");
         let (mut log, mut sm, view) = open(dir.path()).unwrap();
         assert_workload_state(&view);
         assert_eq!(*view.watch_revision().borrow(), 10);

@@ -308,7 +308,7 @@ async fn a_thousand_subscribers_over_three_nodes_get_every_event_in_order() {
             .unwrap_or_else(|| panic!("a subscriber failed after {k} were ready"));
     }
     let b = revoke_burst(&c, "fan", N, 16, &[1, 2, 3]).await;
-    assert!(b.failed.is_empty());
+    assert!(b.failed.is_empty(), "{:?}", b.failed);
     for r in readers {
         let seen = r.await.unwrap();
         assert_eq!(seen.jtis(), b.acked_set());

@@ -11,7 +11,7 @@
 //!    timeout asks every other voter [`PreVoteRequest`]: *would you vote for
 //!    me?* — without changing anyone's term;
 //! 2. a voter grants it only if it has not heard from a leader for the
-//!    minimum election timeout itself (a leader, only if it has lost its
+//!    maximum election timeout itself (openraft's vote lease) (a leader, only if it has lost its
 //!    quorum) and the candidate's log is not behind its own;
 //! 3. with grants from a quorum (in every configuration of a joint
 //!    membership) the node starts a real election (`trigger().elect()`),
@@ -77,10 +77,11 @@ impl LeaderContact {
 /// The election timeouts (openraft's `election_timeout_min/max`).
 #[derive(Debug, Clone, Copy)]
 pub struct ElectionTimes {
-    /// Shortest wait for a leader before campaigning; also how recently a
-    /// voter must have heard a leader to refuse a pre-vote.
+    /// Shortest election timeout.
     pub min: Duration,
-    /// Longest wait (the wait is drawn between the two).
+    /// Longest election timeout; also openraft's vote lease: a voter that
+    /// heard a leader this recently refuses a pre-vote. A node campaigns
+    /// after `max` plus a wait drawn between `min` and `max`.
     pub max: Duration,
     /// How often the campaigner looks.
     pub tick: Duration,
@@ -128,7 +129,7 @@ pub fn decide(
         if fresh || m.membership_config.membership().voter_ids().count() <= 1 {
             return refuse(format!("node {} leads with a live quorum", m.id));
         }
-    } else if m.current_leader.is_some() && contact.quiet_for() < times.min {
+    } else if m.current_leader.is_some() && contact.quiet_for() < times.max {
         return refuse(format!(
             "node {} heard its leader {:?} ago",
             m.id,
@@ -216,7 +217,7 @@ impl Campaigner {
         tokio::spawn(
             async move {
                 let mut since = self.contact.last();
-                let mut deadline = since + self.draw();
+                let mut deadline = since + self.wait();
                 loop {
                     tokio::select! {
                         _ = stop.wait_for(|s| *s) => return,
@@ -225,7 +226,7 @@ impl Campaigner {
                     let last = self.contact.last();
                     if last > since {
                         since = last;
-                        deadline = since + self.draw();
+                        deadline = since + self.wait();
                     }
                     if Instant::now() < deadline {
                         continue;
@@ -235,11 +236,20 @@ impl Campaigner {
                         Attempt::Done => {}
                     }
                     since = Instant::now();
-                    deadline = since + self.draw();
+                    deadline = since + self.wait();
                 }
             }
             .instrument(tracing::info_span!("campaigner", node = id)),
         )
+    }
+
+    /// How long after the leader was last heard (or the last attempt) a
+    /// node campaigns: openraft's own rule when elections are on — the
+    /// leader's lease (`election_timeout_max`, during which voters refuse
+    /// anyway) plus an election timeout drawn between min and max — so
+    /// that a busy machine's late heartbeats do not start elections.
+    fn wait(&self) -> Duration {
+        self.times.max + self.draw()
     }
 
     /// A wait drawn uniformly between the two election timeouts.

@@ -436,9 +436,20 @@ pub async fn revoke_burst(
                     return out;
                 }
                 let jti = format!("{prefix}-{k}");
-                match client.revoke(revoke_jti(&jti)).await {
-                    Ok(r) => out.acked.push((jti, r.into_inner().revision)),
-                    Err(s) => out.failed.push((jti, s.code())),
+                // UNAVAILABLE (outcome unknown: a leader change, a timeout on
+                // a loaded machine) is retried a few times, as a client
+                // would: revocations are idempotent.
+                let mut attempts = 0;
+                loop {
+                    match client.revoke(revoke_jti(&jti)).await {
+                        Ok(r) => out.acked.push((jti, r.into_inner().revision)),
+                        Err(s) if s.code() == tonic::Code::Unavailable && attempts < 20 => {
+                            attempts += 1;
+                            continue;
+                        }
+                        Err(s) => out.failed.push((jti, s.code())),
+                    }
+                    break;
                 }
             }
         }));

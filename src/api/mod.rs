@@ -183,14 +183,8 @@ impl Default for Lease {
 
 impl Lease {
     fn observe(&mut self, m: &openraft::RaftMetrics<NodeId, NodeInfo>) {
+        self.observe_term(m);
         let now = std::time::Instant::now();
-        if m.current_term != self.term {
-            *self = Self {
-                term: m.current_term,
-                since: now,
-                ack: None,
-            };
-        }
         if let Some(t) = m
             .millis_since_quorum_ack
             .and_then(|ms| now.checked_sub(Duration::from_millis(ms)))

@@ -259,22 +259,27 @@ mod tests {
         assert_eq!(sm.apply(Vec::new()).await.unwrap(), Vec::new());
     }
 
+    /// Waits (bounded) until a store's database has closed: once its last
+    /// handle, the log flusher's included, is gone, not at the drop.
+    async fn wait_closed(mut closed: tokio::sync::watch::Receiver<()>) {
+        tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            while closed.changed().await.is_ok() {}
+        })
+        .await
+        .expect("the store closes");
+    }
+
     #[tokio::test]
     async fn reopen_keeps_applied_state_log_and_vote() {
         let dir = tempfile::tempdir().unwrap();
-        let mut closed = {
+        let closed = {
             let (mut log, mut sm, _view) = open(dir.path()).unwrap();
             log.blocking_append(workload()).await.unwrap();
             log.save_vote(&Vote::new(4, 2)).await.unwrap();
             sm.apply(workload()).await.unwrap();
             log.closed_signal()
         };
-        // Closed once the log flusher has let go too, not at the drop.
-        tokio::time::timeout(std::time::Duration::from_secs(30), async {
-            while closed.changed().await.is_ok() {}
-        })
-        .await
-        .expect("store closes");
+        wait_closed(closed).await;
         let (mut log, mut sm, view) = open(dir.path()).unwrap();
         assert_workload_state(&view);
         assert_eq!(*view.watch_revision().borrow(), 10);
@@ -345,15 +350,9 @@ mod tests {
             .snapshot
             .into_inner();
         assert_eq!(a_bytes, b_bytes);
-        // The database closes once its last handle (also the log flusher's)
-        // is gone: wait for that, not for the drop.
-        let mut closed = _lb.closed_signal();
+        let closed = _lb.closed_signal();
         drop((_lb, sm_b, view_b));
-        tokio::time::timeout(std::time::Duration::from_secs(30), async {
-            while closed.changed().await.is_ok() {}
-        })
-        .await
-        .expect("store b closes");
+        wait_closed(closed).await;
         let (_lb, mut sm_b, view_b) = open(dir_b.path()).unwrap();
         assert_workload_state(&view_b);
         let b_bytes = sm_b
@@ -420,13 +419,9 @@ mod tests {
             sm_a.applied_state().await.unwrap()
         );
         // ...and the trees were rewritten, so a second open needs no restore.
-        let mut closed = _lb.closed_signal();
+        let closed = _lb.closed_signal();
         drop((_lb, sm_b, view_b));
-        tokio::time::timeout(std::time::Duration::from_secs(30), async {
-            while closed.changed().await.is_ok() {}
-        })
-        .await
-        .expect("store b closes");
+        wait_closed(closed).await;
         let db = db::Db::open(dir_b.path()).unwrap();
         assert_eq!(state::State::load(&db).unwrap().revision(), 10);
     }

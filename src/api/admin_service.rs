@@ -17,16 +17,31 @@ use crate::raft::{NodeId, NodeInfo, Op};
 /// How long InitCluster waits for the new cluster to elect a leader.
 const ELECTION_WAIT: Duration = Duration::from_secs(15);
 /// Default wait for a learner to catch up.
+/// How long `InitCluster` keeps trying to reach a member that is not up.
+const HELLO_RETRY: Duration = Duration::from_secs(15);
 const CATCH_UP_WAIT: Duration = Duration::from_secs(60);
 
 /// The `AdminService` implementation.
 pub struct AdminApi {
     shared: Arc<Shared>,
+    /// One backup at a time per node: each holds a copy of the state in a
+    /// temporary file.
+    backups: Arc<tokio::sync::Semaphore>,
 }
+
+/// Bytes of body per `BackupChunk`.
+const BACKUP_CHUNK: usize = 64 * 1024;
+
+/// A stream of backup chunks.
+pub type BackupStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::BackupChunk, Status>> + Send>>;
 
 impl AdminApi {
     pub(super) fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+        Self {
+            shared,
+            backups: Arc::new(tokio::sync::Semaphore::new(1)),
+        }
     }
 
     /// Authorises `operation` for the caller; audits the decision.
@@ -205,7 +220,21 @@ impl pb::admin_service_server::AdminService for AdminApi {
         }
         let mut members: BTreeMap<NodeId, NodeInfo> = BTreeMap::new();
         for addr in &addrs {
-            let (id, info) = self.shared.peers.hello(addr).await?;
+            // A member that is still starting (or a loaded machine) can miss
+            // one connect bound: retry for a while before giving up.
+            let deadline = tokio::time::Instant::now() + HELLO_RETRY;
+            let (id, info) = loop {
+                match self.shared.peers.hello(addr).await {
+                    Ok(r) => break r,
+                    Err(e @ ApiError::Unavailable { .. })
+                        if tokio::time::Instant::now() < deadline =>
+                    {
+                        tracing::info!(addr = %addr, error = %e, "member not reachable yet; retrying");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
             if members.insert(id, info).is_some() {
                 return Err(Status::invalid_argument(format!(
                     "node id {id} appears twice"
@@ -378,6 +407,88 @@ impl pb::admin_service_server::AdminService for AdminApi {
         self.admit(&req, "get_policy").await?;
         let (version, text) = self.shared.state.policy().unwrap_or_default();
         Ok(Response::new(pb::GetPolicyResponse { text, version }))
+    }
+
+    type BackupStream = BackupStream;
+
+    async fn backup(
+        &self,
+        req: Request<pb::BackupRequest>,
+    ) -> Result<Response<BackupStream>, Status> {
+        let caller = self.admit(&req, "backup").await?;
+        let permit = self.backups.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(
+                "a backup is already running on this node; retry when it ends",
+            )
+        })?;
+        // Everything acknowledged before this call is in the backup.
+        self.shared.read_barrier().await?;
+        let state = self.shared.state.clone();
+        let node_id = self.shared.raft.metrics().borrow().id;
+        let now = self.shared.clock.now();
+        let (header, file) = tokio::task::spawn_blocking(move || {
+            let mut file = tempfile::tempfile()
+                .map_err(|e| ApiError::Internal(format!("backup: temporary file: {e}")))?;
+            let header = state
+                .write_backup(&mut file, node_id, now)
+                .map_err(|e| ApiError::Internal(format!("backup: {e}")))?;
+            Ok::<_, ApiError>((header, file))
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("backup task: {e}")))??;
+        tracing::info!(
+            caller = %caller,
+            revision = header.revision,
+            bytes = header.length,
+            "backup started"
+        );
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let first = pb::BackupChunk {
+            part: Some(pb::backup_chunk::Part::Header(pb::BackupHeader {
+                cluster_id: header.cluster_id,
+                revision: header.revision,
+                node_id: header.node_id,
+                created_at: header.created_at,
+                length: header.length,
+                sha256: header.sha256,
+                revocations: header.revocations,
+                keys: header.keys,
+            })),
+        };
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            use std::io::{Read, Seek};
+            let mut file = file;
+            if tx.blocking_send(Ok(first)).is_err() {
+                return;
+            }
+            if let Err(e) = file.rewind() {
+                let _ = tx.blocking_send(Err(Status::internal(format!("backup: {e}"))));
+                return;
+            }
+            loop {
+                let mut buf = vec![0u8; BACKUP_CHUNK];
+                let n = match file.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(Status::internal(format!("backup: {e}"))));
+                        return;
+                    }
+                };
+                buf.truncate(n);
+                let chunk = pb::BackupChunk {
+                    part: Some(pb::backup_chunk::Part::Data(buf)),
+                };
+                // The caller went away: stop.
+                if tx.blocking_send(Ok(chunk)).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn validate_policy(

@@ -44,6 +44,11 @@ impl AdminConn {
         }
     }
 
+    /// A client of the node at `--endpoint`.
+    pub(crate) async fn admin(&self) -> anyhow::Result<AdminServiceClient<Channel>> {
+        self.client(&self.endpoint).await
+    }
+
     async fn client(&self, endpoint: &str) -> anyhow::Result<AdminServiceClient<Channel>> {
         Ok(AdminServiceClient::new(
             tessera::client::connect(endpoint, &self.files()).await?,
@@ -94,6 +99,16 @@ pub enum ClusterCmd {
         conn: AdminConn,
         /// Node id.
         node_id: u64,
+    },
+    /// Write a backup of the replicated state (revocations, keys, policy)
+    /// from the node at --endpoint to FILE, with its revision, the cluster
+    /// id and a checksum (checked before the file is renamed into place).
+    Backup {
+        #[command(flatten)]
+        conn: AdminConn,
+        /// The backup file to write.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Policy: put a new version, get the current one, or validate a file.
     Policy {
@@ -259,6 +274,7 @@ pub async fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
             .await?;
             print_status(&s);
         }
+        ClusterCmd::Backup { conn, out } => super::backup::backup_to(&conn, &out).await?,
         ClusterCmd::Policy { conn, cmd } => match cmd {
             PolicyCmd::Put { file } => {
                 let text = std::fs::read_to_string(&file)?;

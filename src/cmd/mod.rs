@@ -2,6 +2,7 @@
 //! `TESSERA_*` environment variables and a TOML file), which is turned into
 //! the library's validated `Config` here so the library never sees `clap`.
 
+mod backup;
 mod bench;
 mod bench_revoke;
 mod bench_watch;
@@ -55,7 +56,14 @@ enum Cmd {
     /// Start a three-node development cluster on this machine (separate
     /// processes on 127.0.0.1), initialise it, and stop it on Ctrl-C.
     Dev(dev::DevArgs),
-    /// Cluster administration: init, status, add, promote, remove, policy.
+    /// Backup files: verify one offline.
+    Backup {
+        #[command(subcommand)]
+        cmd: backup::BackupCmd,
+    },
+    /// Create a new one-node cluster from a backup file.
+    Restore(backup::RestoreArgs),
+    /// Cluster administration: init, status, add, promote, remove, policy, backup.
     Cluster {
         #[command(subcommand)]
         cmd: cluster::ClusterCmd,
@@ -282,6 +290,8 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
         Cmd::Serve(args) => serve::serve(*args).await,
         Cmd::Dev(args) => dev::run(args).await,
         Cmd::Cluster { cmd } => cluster::run(cmd).await.map_err(CliError::Failed),
+        Cmd::Backup { cmd } => backup::run(cmd).await.map_err(CliError::Failed),
+        Cmd::Restore(args) => backup::restore(args).await.map_err(CliError::Failed),
         Cmd::Certs {
             cmd:
                 CertsCmd::Init {

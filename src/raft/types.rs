@@ -4,8 +4,6 @@
 //! This file is data only (no I/O) so that `store` can implement openraft's
 //! storage traits for it without depending on the network or the services.
 
-use std::io::Cursor;
-
 use serde::{Deserialize, Serialize};
 
 /// A node's id in the Raft group.
@@ -19,7 +17,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = NodeInfo,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

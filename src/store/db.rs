@@ -29,7 +29,7 @@ pub(crate) const T_SM_KEYS: &str = "sm_keys";
 pub(crate) const T_SM_POLICY: &str = "sm_policy";
 /// Last applied log id, last membership, key ring version.
 pub(crate) const T_SM_META: &str = "sm_meta";
-/// The current snapshot: meta and data.
+/// The current snapshot: its meta and the name of its file.
 pub(crate) const T_SNAPSHOT: &str = "snapshot";
 /// Key of the node's data incarnation in [`T_LOG_META`].
 pub(crate) const K_INCARNATION: &str = "incarnation";
@@ -54,6 +54,8 @@ pub(crate) struct Db {
     /// runs concurrently with apply and install, and must never replace a
     /// newer stored snapshot with an older one.
     pub(crate) snapshot_lock: Mutex<()>,
+    /// Where snapshot files live.
+    pub(crate) snaps: super::snapfile::SnapDir,
     /// The random, non-zero number drawn when this database was created.
     pub(crate) incarnation: u64,
     /// Completed fsyncs, so tests can show an acknowledgement follows one.
@@ -102,6 +104,7 @@ impl Db {
             sm_meta: tree(T_SM_META)?,
             snapshot: tree(T_SNAPSHOT)?,
             snapshot_lock: Mutex::new(()),
+            snaps: super::snapfile::SnapDir::open(dir)?,
             incarnation: 0,
             fsyncs: AtomicU64::new(0),
             faults,

@@ -265,7 +265,7 @@ fn truncate_from(db: &Db, index: u64) -> Result<(), StoreError> {
 /// Removes entries up to and including `upto`, recording it as the last
 /// purged log id in the same transaction so the log never shows a hole.
 /// Blocking.
-fn purge_upto(db: &Db, upto: LogId) -> Result<(), StoreError> {
+pub(crate) fn purge_upto(db: &Db, upto: LogId) -> Result<(), StoreError> {
     db.check_write()?;
     let prev: Option<LogId> = db::get(&db.log_meta, db::T_LOG_META, K_LAST_PURGED)?;
     if prev.is_some_and(|p| p >= upto) {

@@ -26,12 +26,14 @@
 //!
 //! All sled and file work runs on tokio's blocking pool.
 
+pub mod backup;
 mod chunk;
 mod db;
 mod faults;
 mod feed;
 mod log;
 mod sm;
+mod snapfile;
 mod state;
 mod view;
 
@@ -60,6 +62,9 @@ pub enum StoreError {
         /// sled's reason.
         source: sled::Error,
     },
+    /// A backup file is damaged, or does not fit where it is restored.
+    #[error("backup: {0}")]
+    Backup(String),
     /// A file-system operation failed.
     #[error("i/o error on {path}: {source}")]
     Io {
@@ -115,7 +120,7 @@ pub fn open_with(
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
-    use std::io::Cursor;
+    use std::io::SeekFrom;
 
     use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
     use openraft::testing::{blank_ent, log_id, membership_ent, StoreBuilder, Suite};
@@ -135,6 +140,24 @@ mod tests {
             let (log, sm, _view) = open(dir.path()).unwrap();
             Ok((dir, log, sm))
         }
+    }
+
+    /// The whole content of a snapshot's file.
+    async fn bytes_of(snap: &mut crate::raft::Snapshot) -> Vec<u8> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        snap.snapshot.seek(SeekFrom::Start(0)).await.unwrap();
+        let mut out = Vec::new();
+        snap.snapshot.read_to_end(&mut out).await.unwrap();
+        out
+    }
+
+    /// A file `sm` began receiving, holding `bytes`, as openraft hands it
+    /// to `install_snapshot`.
+    async fn received(sm: &mut StateMachine, bytes: &[u8]) -> Box<tokio::fs::File> {
+        use tokio::io::AsyncWriteExt;
+        let mut f = sm.begin_receiving_snapshot().await.unwrap();
+        f.write_all(bytes).await.unwrap();
+        f
     }
 
     #[test]
@@ -324,8 +347,9 @@ mod tests {
 
         let fsyncs = sm_b.fsync_count();
         let mut rx = view_b.watch_revision();
-        let mut buf = sm_b.begin_receiving_snapshot().await.unwrap();
-        *buf = Cursor::new(snap.snapshot.get_ref().clone());
+        let mut snap = snap;
+        let a_bytes = bytes_of(&mut snap).await;
+        let buf = received(&mut sm_b, &a_bytes).await;
         sm_b.install_snapshot(&snap.meta, buf).await.unwrap();
         assert!(sm_b.fsync_count() > fsyncs);
         assert_eq!(*rx.borrow_and_update(), 10);
@@ -335,34 +359,36 @@ mod tests {
             sm_b.applied_state().await.unwrap(),
             sm_a.applied_state().await.unwrap()
         );
-        let cur = sm_b.get_current_snapshot().await.unwrap().unwrap();
+        let mut cur = sm_b.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(cur.meta, snap.meta);
+        assert_eq!(bytes_of(&mut cur).await, a_bytes);
 
         // Equal state in memory and on disk: b's rebuilt snapshot holds the
         // same bytes as a's, also after b reopens.
-        let a_bytes = snap.snapshot.into_inner();
-        let b_bytes = sm_b
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap()
-            .snapshot
-            .into_inner();
+        let b_bytes = bytes_of(
+            &mut sm_b
+                .get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_eq!(a_bytes, b_bytes);
         let closed = _lb.closed_signal();
         drop((_lb, sm_b, view_b));
         wait_closed(closed).await;
         let (_lb, mut sm_b, view_b) = open(dir_b.path()).unwrap();
         assert_workload_state(&view_b);
-        let b_bytes = sm_b
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap()
-            .snapshot
-            .into_inner();
+        let b_bytes = bytes_of(
+            &mut sm_b
+                .get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_eq!(a_bytes, b_bytes);
     }
 
@@ -381,10 +407,17 @@ mod tests {
             .unwrap();
         let mut meta = snap.meta.clone();
         meta.last_log_id = Some(log_id(1, 1, 11));
-        let data = Box::new(Cursor::new(snap.snapshot.get_ref().clone()));
+        let mut snap = snap;
+        let bytes = bytes_of(&mut snap).await;
+        let data = received(&mut sm_b, &bytes).await;
         assert!(sm_b.install_snapshot(&meta, data).await.is_err());
-        let garbage = Box::new(Cursor::new(b"not json".to_vec()));
+        let garbage = received(&mut sm_b, b"not json").await;
         assert!(sm_b.install_snapshot(&snap.meta, garbage).await.is_err());
+        // Neither left a file behind.
+        let files = std::fs::read_dir(dir_b.path().join(snapfile::DIR))
+            .unwrap()
+            .count();
+        assert_eq!(files, 0);
         assert_eq!(view_b.revision(), 0);
         assert!(sm_b.get_current_snapshot().await.unwrap().is_none());
     }
@@ -403,12 +436,16 @@ mod tests {
             .build_snapshot()
             .await
             .unwrap();
+        let mut snap = snap;
+        let bytes = bytes_of(&mut snap).await;
         {
-            // Store only the snapshot on b, as the crash would leave it.
+            // Store only the snapshot on b, as the crash would leave it (the
+            // way snapshots were stored before they were files: open also
+            // moves it into a file).
             let db = db::Db::open(dir_b.path()).unwrap();
             let mut b = sled::Batch::default();
             b.insert("meta", serde_json::to_vec(&snap.meta).unwrap());
-            b.insert("data", snap.snapshot.get_ref().clone());
+            b.insert("data", bytes);
             db.snapshot.apply_batch(b).unwrap();
             db.durable_flush().unwrap();
         }
@@ -531,23 +568,20 @@ mod tests {
                 text: policy.clone(),
             },
         ));
-        let snap = {
+        let (snap_meta, snap_bytes) = {
             let (mut log, mut sm, view) = open(dir.path()).unwrap();
             log.blocking_append(entries.clone()).await.unwrap();
             sm.apply(entries.clone()).await.unwrap();
             assert_eq!(view.revocation_count(), 63_000);
-            let snap = sm
+            let mut snap = sm
                 .get_snapshot_builder()
                 .await
                 .build_snapshot()
                 .await
                 .unwrap();
-            assert!(
-                snap.snapshot.get_ref().len() > 2 << 20,
-                "{}",
-                snap.snapshot.get_ref().len()
-            );
-            snap
+            let bytes = bytes_of(&mut snap).await;
+            assert!(bytes.len() > 2 << 20, "{}", bytes.len());
+            (snap.meta, bytes)
         };
         assert_eq!(blob_files(dir.path()), Vec::<PathBuf>::new());
         {
@@ -564,14 +598,14 @@ mod tests {
         let (mut log, mut sm, view) = open(dir.path()).unwrap();
         assert_eq!(log.try_get_log_entries(..).await.unwrap(), entries);
         assert_eq!(view.policy(), Some((33, policy)));
-        let cur = sm.get_current_snapshot().await.unwrap().unwrap();
-        assert_eq!(cur.meta, snap.meta);
-        assert_eq!(cur.snapshot.get_ref(), snap.snapshot.get_ref());
+        let mut cur = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(cur.meta, snap_meta);
+        assert_eq!(bytes_of(&mut cur).await, snap_bytes);
         // Round trip: installed on a fresh store, the same state.
         let fresh = tempfile::tempdir().unwrap();
         let (_l2, mut sm2, view2) = open(fresh.path()).unwrap();
-        let buf = Box::new(Cursor::new(snap.snapshot.get_ref().clone()));
-        sm2.install_snapshot(&snap.meta, buf).await.unwrap();
+        let buf = received(&mut sm2, &snap_bytes).await;
+        sm2.install_snapshot(&snap_meta, buf).await.unwrap();
         assert_eq!(view2.revoked_jtis(), view.revoked_jtis());
         assert_eq!(view2.policy(), view.policy());
         assert_eq!(
@@ -616,19 +650,21 @@ mod tests {
                 sm.apply(chunk.to_vec()).await.unwrap();
             }
             let t = Instant::now();
-            let snap = sm
+            let mut snap = sm
                 .get_snapshot_builder()
                 .await
                 .build_snapshot()
                 .await
                 .unwrap();
             let build = t.elapsed();
-            let bytes = snap.snapshot.get_ref().len();
+            let data = bytes_of(&mut snap).await;
+            let bytes = data.len();
 
             let fresh = tempfile::tempdir().unwrap();
             let (_l2, mut sm2, v2) = open(fresh.path()).unwrap();
+            // The transfer (writing the received file) is not timed.
+            let buf = received(&mut sm2, &data).await;
             let t = Instant::now();
-            let buf = Box::new(Cursor::new(snap.snapshot.get_ref().clone()));
             sm2.install_snapshot(&snap.meta, buf).await.unwrap();
             let install = t.elapsed();
             assert_eq!(v2.revocation_count(), n);
@@ -637,7 +673,6 @@ mod tests {
             // and fdatasynced.
             let plain = tempfile::tempdir().unwrap();
             let db = db::Db::open(plain.path()).unwrap();
-            let data = snap.snapshot.get_ref().clone();
             let t = Instant::now();
             let mut b = sled::Batch::default();
             for (i, piece) in data.chunks(chunk::CHUNK).enumerate() {

@@ -4,21 +4,26 @@
 //! [`StateView`](super::StateView)) and mirrored in sled: each applied batch
 //! is one sled transaction over the state-machine trees, `last_applied`
 //! included, so after a crash sled holds the state as of some batch and the
-//! log re-applies the rest. Snapshots are the serialized state, stored
-//! durably in their own tree.
+//! log re-applies the rest. Snapshots are the serialized state, streamed
+//! to and from files (see [`snapfile`](super::snapfile)) that the snapshot
+//! tree points to.
 
-use std::io::Cursor;
+use std::fs::File;
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{AnyError, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageIOError};
 use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use super::chunk;
 use super::db::{self, blocking, Db};
 use super::feed::Feed;
+use super::snapfile::{self, SnapDir};
 use super::state::{State, Touched};
 use super::{StateView, StoreError};
 use crate::raft::{
@@ -26,7 +31,13 @@ use crate::raft::{
 };
 
 const K_SNAP_META: &str = "meta";
+/// The snapshot's file name in the snapshot directory.
+const K_SNAP_FILE: &str = "file";
+/// Where snapshots used to be stored, in chunks; migrated at open.
 const K_SNAP_DATA: &str = "data";
+
+/// Buffer size of snapshot file reads and writes.
+const IO_BUF: usize = 256 * 1024;
 
 /// Version of the snapshot encoding; a node refuses a snapshot it cannot read.
 const SNAPSHOT_FORMAT: u32 = 1;
@@ -54,6 +65,8 @@ pub struct StateMachine {
     /// Announces the applied revision once a batch is persisted.
     revision: watch::Sender<u64>,
     snapshot_seq: Arc<AtomicU64>,
+    /// The file a snapshot is being received into, if any.
+    receiving: Option<PathBuf>,
 }
 
 /// Builds snapshots of the state machine, concurrently with apply.
@@ -83,7 +96,10 @@ impl StateMachine {
     ) -> Result<(Self, StateView), StoreError> {
         let mut state = State::load(&db)?;
         let mut seq = 0;
-        if let Some((meta, data)) = read_snapshot(&db)? {
+        let stored = read_pointer(&db)?;
+        db.snaps
+            .remove_all_but(stored.as_ref().map(|(_, name)| name.as_str()));
+        if let Some((meta, name)) = stored {
             seq = meta
                 .snapshot_id
                 .rsplit('-')
@@ -96,7 +112,9 @@ impl StateMachine {
                     applied = state.revision(),
                     "stored state is behind the stored snapshot; restoring from the snapshot"
                 );
-                let restored = decode_snapshot(&meta, &data)?;
+                let path = db.snaps.path(&name);
+                let file = File::open(&path).map_err(|source| StoreError::Io { path, source })?;
+                let restored = decode_snapshot(&meta, &file)?;
                 replace(&db, &state, &restored, None)?;
                 state = restored;
             }
@@ -116,6 +134,7 @@ impl StateMachine {
             feed: feed.clone(),
             revision: tx,
             snapshot_seq: Arc::new(AtomicU64::new(seq)),
+            receiving: None,
         };
         Ok((sm, StateView::new(state, rx, feed)))
     }
@@ -142,68 +161,203 @@ fn replace(
     db.durable_flush()
 }
 
-fn read_snapshot(db: &Db) -> Result<Option<(Meta, Vec<u8>)>, StoreError> {
+/// The stored snapshot's meta and file name, if any. Blocking.
+fn read_pointer(db: &Db) -> Result<Option<(Meta, String)>, StoreError> {
     let meta: Option<Meta> = db::get(&db.snapshot, db::T_SNAPSHOT, K_SNAP_META)?;
-    let data = chunk::get(&db.snapshot, db::T_SNAPSHOT, K_SNAP_DATA.as_bytes())?;
-    match (meta, data) {
-        (Some(meta), Some(data)) => Ok(Some((meta, data))),
+    let file: Option<String> = db::get(&db.snapshot, db::T_SNAPSHOT, K_SNAP_FILE)?;
+    match (meta, file) {
+        (Some(meta), Some(file)) => Ok(Some((meta, file))),
         (None, None) => Ok(None),
-        _ => Err(StoreError::Corrupt {
-            tree: db::T_SNAPSHOT,
-            reason: "snapshot meta without data or data without meta".into(),
-        }),
+        (Some(meta), None) => {
+            // Before snapshots were files they were chunks in this tree.
+            match chunk::get(&db.snapshot, db::T_SNAPSHOT, K_SNAP_DATA.as_bytes())? {
+                Some(data) => {
+                    let name = migrate(db, &meta, &data)?;
+                    Ok(Some((meta, name)))
+                }
+                None => Err(corrupt("snapshot meta without data")),
+            }
+        }
+        (None, Some(_)) => Err(corrupt("snapshot file without meta")),
     }
 }
 
-/// The writes that replace the stored snapshot with `meta` and `data`:
-/// the data in chunks below sled's blob threshold (see [`chunk`]), the
-/// previous snapshot's surplus chunks removed, all in one batch. Blocking;
-/// call it under `snapshot_lock`.
-fn snapshot_batch(db: &Db, meta: &Meta, data: &[u8]) -> Result<sled::Batch, StoreError> {
+fn corrupt(reason: &str) -> StoreError {
+    StoreError::Corrupt {
+        tree: db::T_SNAPSHOT,
+        reason: reason.into(),
+    }
+}
+
+/// Moves a snapshot stored the old way (chunks in the snapshot tree) into
+/// a file. Blocking; at open only.
+fn migrate(db: &Db, meta: &Meta, data: &[u8]) -> Result<String, StoreError> {
+    let (tmp, mut file) = db.snaps.temp("migrate")?;
+    std::io::Write::write_all(&mut file, data).map_err(|source| StoreError::Io {
+        path: tmp.clone(),
+        source,
+    })?;
+    let name = SnapDir::final_name(&meta.snapshot_id);
+    db.snaps.commit(&tmp, &file, &name)?;
+    db.snapshot.apply_batch(pointer_batch(db, meta, &name)?)?;
+    db.durable_flush()?;
+    tracing::info!(snapshot = %meta.snapshot_id, "snapshot moved to its own file");
+    Ok(name)
+}
+
+/// The writes that make `meta` and the file `name` the stored snapshot,
+/// removing any snapshot stored the old way. Blocking; call it under
+/// `snapshot_lock`, once the file is durable.
+fn pointer_batch(db: &Db, meta: &Meta, name: &str) -> Result<sled::Batch, StoreError> {
     let key = K_SNAP_DATA.as_bytes();
-    let stale = chunk::stored_chunks(&db.snapshot, key)?;
+    let legacy = chunk::stored_chunks(&db.snapshot, key)?;
     let mut b = sled::Batch::default();
     b.insert(K_SNAP_META, db::encode(meta)?);
-    chunk::put(&mut b, key, data, stale);
+    b.insert(K_SNAP_FILE, db::encode(name)?);
+    chunk::remove(&mut b, key, legacy);
     Ok(b)
 }
 
-/// Stores a built snapshot durably unless the stored one is newer (an
-/// install may have stored one while this was being built). Returns whether
-/// it was stored. Blocking.
-fn store_if_not_older(db: &Db, meta: &Meta, data: &[u8]) -> Result<bool, StoreError> {
+/// Streams the state to a new file and stores it as the snapshot `meta`
+/// unless the stored one is newer (an install may have stored one while
+/// this was being built). Returns the file, open for reading either way.
+/// Blocking.
+fn build_file(db: &Db, state: &RwLock<State>, seq: u64) -> Result<(Meta, File), StoreError> {
+    db.check_write()?;
+    let (tmp, file) = db.snaps.temp("build")?;
+    let io = |source| StoreError::Io {
+        path: tmp.clone(),
+        source,
+    };
+    // Apply mutates memory under the write lock, so the read lock gives a
+    // state as of a whole batch.
+    let meta = {
+        let st = read(state);
+        let mut w = BufWriter::with_capacity(IO_BUF, &file);
+        write_body(&mut w, &st)?;
+        w.flush().map_err(io)?;
+        drop(w);
+        // Readers start at the beginning.
+        (&file).seek(SeekFrom::Start(0)).map_err(io)?;
+        let snapshot_id = match st.last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, seq),
+            None => format!("0-0-{seq}"),
+        };
+        Meta {
+            last_log_id: st.last_applied,
+            last_membership: st.last_membership.clone(),
+            snapshot_id,
+        }
+    };
     let _g = db
         .snapshot_lock
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
-    let current: Option<Meta> = db::get(&db.snapshot, db::T_SNAPSHOT, K_SNAP_META)?;
-    if current.is_some_and(|c| c.last_log_id > meta.last_log_id) {
-        return Ok(false);
+    let current = read_pointer(db)?;
+    if current
+        .as_ref()
+        .is_some_and(|(c, _)| c.last_log_id > meta.last_log_id)
+    {
+        // Still readable through `file` once unlinked.
+        std::fs::remove_file(&tmp).map_err(io)?;
+        return Ok((meta, file));
     }
-    db.snapshot.apply_batch(snapshot_batch(db, meta, data)?)?;
+    let name = SnapDir::final_name(&meta.snapshot_id);
+    db.snaps.commit(&tmp, &file, &name)?;
+    db.snapshot.apply_batch(pointer_batch(db, &meta, &name)?)?;
     db.durable_flush()?;
-    Ok(true)
+    if let Some((_, old)) = current {
+        db.snaps.remove(&old, &name);
+    }
+    Ok((meta, file))
 }
 
-/// Decodes snapshot data and checks it is the state `meta` describes.
-fn decode_snapshot(meta: &Meta, data: &[u8]) -> Result<State, StoreError> {
-    let body: SnapshotBody =
-        serde_json::from_slice(data).map_err(|e| StoreError::Snapshot(e.to_string()))?;
+/// Opens the stored snapshot for reading. Blocking.
+fn open_current(db: &Db) -> Result<Option<(Meta, File)>, StoreError> {
+    // Under the lock: an install may otherwise remove the file between
+    // reading its name and opening it.
+    let _g = db
+        .snapshot_lock
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let Some((meta, name)) = read_pointer(db)? else {
+        return Ok(None);
+    };
+    let path = db.snaps.path(&name);
+    let file = File::open(&path).map_err(|source| StoreError::Io { path, source })?;
+    Ok(Some((meta, file)))
+}
+
+/// Writes `state` in the snapshot encoding (also the body of a backup).
+pub(crate) fn write_body(w: &mut impl Write, state: &State) -> Result<(), StoreError> {
+    serde_json::to_writer(
+        w,
+        &SnapshotBodyRef {
+            format: SNAPSHOT_FORMAT,
+            state,
+        },
+    )
+    .map_err(StoreError::Encode)
+}
+
+/// Reads a state in the snapshot encoding, streamed.
+pub(crate) fn read_body(r: &mut impl std::io::Read) -> Result<State, StoreError> {
+    let body: SnapshotBody = serde_json::from_reader(std::io::BufReader::with_capacity(IO_BUF, r))
+        .map_err(|e| StoreError::Snapshot(e.to_string()))?;
     if body.format != SNAPSHOT_FORMAT {
         return Err(StoreError::Snapshot(format!(
             "unknown snapshot format {}",
             body.format
         )));
     }
-    if body.state.last_applied != meta.last_log_id
-        || body.state.last_membership != meta.last_membership
-    {
+    Ok(body.state)
+}
+
+/// Decodes snapshot data, streamed from `file`, and checks it is the state
+/// `meta` describes.
+fn decode_snapshot(meta: &Meta, file: &File) -> Result<State, StoreError> {
+    let mut r = file;
+    r.seek(SeekFrom::Start(0))
+        .map_err(|e| StoreError::Snapshot(e.to_string()))?;
+    let state = read_body(&mut r)?;
+    if state.last_applied != meta.last_log_id || state.last_membership != meta.last_membership {
         return Err(StoreError::Snapshot(format!(
             "snapshot {} does not hold the state its meta describes",
             meta.snapshot_id
         )));
     }
-    Ok(body.state)
+    Ok(state)
+}
+
+/// Writes `state` into the empty store `db` as if a snapshot of it had been
+/// installed: the state-machine trees, a snapshot of it, and the log purged
+/// up to its last applied entry (so Raft starts right after it). Blocking.
+pub(crate) fn restore_into(db: &Db, state: &State) -> Result<(), StoreError> {
+    let Some(last) = state.last_applied else {
+        return Err(StoreError::Snapshot("no applied state to restore".into()));
+    };
+    let meta = Meta {
+        last_log_id: state.last_applied,
+        last_membership: state.last_membership.clone(),
+        snapshot_id: format!("{}-{}-1", last.leader_id.term, last.index),
+    };
+    let (tmp, file) = db.snaps.temp("restore")?;
+    let mut w = BufWriter::with_capacity(IO_BUF, &file);
+    write_body(&mut w, state)?;
+    w.flush().map_err(|source| StoreError::Io {
+        path: tmp.clone(),
+        source,
+    })?;
+    drop(w);
+    let name = SnapDir::final_name(&meta.snapshot_id);
+    db.snaps.commit(&tmp, &file, &name)?;
+    let pointer = pointer_batch(db, &meta, &name)?;
+    replace(db, &State::default(), state, Some(&pointer))?;
+    super::log::purge_upto(db, last)
+}
+
+fn to_async(file: File) -> Box<tokio::fs::File> {
+    Box::new(tokio::fs::File::from_std(file))
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -260,34 +414,84 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let db = self.db.clone();
+        let (path, file) = blocking(move || {
+            db.check_write()?;
+            db.snaps.temp("recv")
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(None, AnyError::new(&e)))?;
+        // openraft receives one snapshot at a time: one that was being
+        // received before this is abandoned.
+        if let Some(old) = self.receiving.replace(path) {
+            let _ = std::fs::remove_file(old);
+        }
+        Ok(to_async(file))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &Meta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
         tracing::info!(snapshot = %meta.snapshot_id, "installing snapshot");
-        let data = snapshot.into_inner();
-        let new_state = decode_snapshot(meta, &data).map_err(|e| {
-            StorageIOError::read_snapshot(Some(meta.signature()), AnyError::new(&e))
-        })?;
+        let sig = meta.signature();
+        let err =
+            |e: StoreError| StorageIOError::write_snapshot(Some(sig.clone()), AnyError::new(&e));
+        let mut snapshot = *snapshot;
+        snapshot
+            .flush()
+            .await
+            .map_err(|e| err(StoreError::Snapshot(e.to_string())))?;
+        let file = snapshot.into_std().await;
+        let receiving = self.receiving.take();
         let db = self.db.clone();
         let state = self.state.clone();
         let feed = self.feed.clone();
         let meta = meta.clone();
-        let sig = meta.signature();
         let revision = blocking(move || {
+            db.check_write()?;
+            // The file openraft hands back is normally the one this node
+            // began receiving; anything else is copied into a file of ours.
+            let (tmp, file) = match receiving {
+                Some(path) if snapfile::same_file(&file, &path) => (path, file),
+                other => {
+                    if let Some(p) = other {
+                        let _ = std::fs::remove_file(p);
+                    }
+                    let (tmp, mut copy) = db.snaps.temp("recv")?;
+                    let io = |source| StoreError::Io {
+                        path: tmp.clone(),
+                        source,
+                    };
+                    let mut src = &file;
+                    src.seek(SeekFrom::Start(0)).map_err(io)?;
+                    std::io::copy(&mut src, &mut copy).map_err(io)?;
+                    (tmp, copy)
+                }
+            };
+            let new_state = match decode_snapshot(&meta, &file) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e);
+                }
+            };
             let _g = db
                 .snapshot_lock
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            let snap = snapshot_batch(&db, &meta, &data)?;
+            let old = read_pointer(&db)?;
+            let name = SnapDir::final_name(&meta.snapshot_id);
+            db.snaps.commit(&tmp, &file, &name)?;
+            let pointer = pointer_batch(&db, &meta, &name)?;
             // apply and install both take `&mut self`: nothing changes the
             // state between reading `old` here and swapping it below.
-            replace(&db, &read(&state), &new_state, Some(&snap))?;
+            replace(&db, &read(&state), &new_state, Some(&pointer))?;
+            if let Some((_, old)) = old {
+                db.snaps.remove(&old, &name);
+            }
             let revision = new_state.revision();
             let mut st = write(&state);
             *st = new_state;
@@ -295,19 +499,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Ok(revision)
         })
         .await
-        .map_err(|e| StorageIOError::write_snapshot(Some(sig), AnyError::new(&e)))?;
+        .map_err(err)?;
         self.revision.send_replace(revision);
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let db = self.db.clone();
-        let stored = blocking(move || read_snapshot(&db))
+        let stored = blocking(move || open_current(&db))
             .await
             .map_err(|e| StorageIOError::read_snapshot(None, AnyError::new(&e)))?;
-        Ok(stored.map(|(meta, data)| Snapshot {
+        Ok(stored.map(|(meta, file)| Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: to_async(file),
         }))
     }
 }
@@ -317,35 +521,14 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let db = self.db.clone();
         let state = self.state.clone();
         let seq = self.snapshot_seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let (meta, data) = blocking(move || {
-            // Apply mutates memory under the write lock, so the read lock
-            // gives a state as of a whole batch.
-            let (meta, data) = {
-                let st = read(&state);
-                let data = db::encode(&SnapshotBodyRef {
-                    format: SNAPSHOT_FORMAT,
-                    state: &st,
-                })?;
-                let snapshot_id = match st.last_applied {
-                    Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, seq),
-                    None => format!("0-0-{seq}"),
-                };
-                let meta = Meta {
-                    last_log_id: st.last_applied,
-                    last_membership: st.last_membership.clone(),
-                    snapshot_id,
-                };
-                (meta, data)
-            };
-            store_if_not_older(&db, &meta, &data)?;
-            Ok((meta, data))
-        })
-        .await
-        .map_err(|e| StorageIOError::write_snapshot(None, AnyError::new(&e)))?;
-        tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "snapshot built");
+        let (meta, file) = blocking(move || build_file(&db, &state, seq))
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, AnyError::new(&e)))?;
+        let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+        tracing::info!(snapshot = %meta.snapshot_id, bytes, "snapshot built");
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: to_async(file),
         })
     }
 }
@@ -364,20 +547,67 @@ mod tests {
         }
     }
 
+    /// Stores `data` as the snapshot `meta`, as a build or install would.
+    fn store(db: &Db, meta: &Meta, data: &[u8]) {
+        let (tmp, mut file) = db.snaps.temp("test").unwrap();
+        file.write_all(data).unwrap();
+        let name = SnapDir::final_name(&meta.snapshot_id);
+        db.snaps.commit(&tmp, &file, &name).unwrap();
+        db.snapshot
+            .apply_batch(pointer_batch(db, meta, &name).unwrap())
+            .unwrap();
+        db.durable_flush().unwrap();
+    }
+
+    fn state_at(index: u64) -> RwLock<State> {
+        RwLock::new(State {
+            last_applied: Some(log_id(1, 1, index)),
+            ..Default::default()
+        })
+    }
+
     #[test]
     fn a_built_snapshot_never_replaces_a_newer_stored_one() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path()).unwrap();
-        assert!(store_if_not_older(&db, &meta(11, "1-11-1"), b"new").unwrap());
-        assert!(!store_if_not_older(&db, &meta(10, "1-10-2"), b"old").unwrap());
-        let (m, data) = read_snapshot(&db).unwrap().unwrap();
+        store(&db, &meta(11, "1-11-1"), b"new");
+        let (m, file) = build_file(&db, &state_at(10), 2).unwrap();
+        assert_eq!(m.snapshot_id, "1-10-2");
+        // The caller can still read what it built...
+        let mut built = String::new();
+        std::io::Read::read_to_string(&mut &file, &mut built).unwrap();
+        assert!(built.contains("\"format\":1"), "{built}");
+        // ...but the stored snapshot is still the newer one, alone.
+        let (cur, f) = open_current(&db).unwrap().unwrap();
+        assert_eq!(cur.snapshot_id, "1-11-1");
+        assert_eq!(std::fs::read(db.snaps.path("1-11-1.snap")).unwrap(), b"new");
+        assert!(snapfile::same_file(&f, &db.snaps.path("1-11-1.snap")));
+        // Same point, later build: replaces, and the old file goes.
+        let (m, _) = build_file(&db, &state_at(11), 3).unwrap();
+        assert_eq!(open_current(&db).unwrap().unwrap().0, m);
+        assert!(!db.snaps.path("1-11-1.snap").exists());
+    }
+
+    #[test]
+    fn a_snapshot_stored_in_chunks_moves_to_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let m = meta(5, "1-5-1");
+        let data = vec![b'x'; 3 * chunk::CHUNK + 5];
+        let mut b = sled::Batch::default();
+        b.insert(K_SNAP_META, db::encode(&m).unwrap());
+        chunk::put(&mut b, K_SNAP_DATA.as_bytes(), &data, 0);
+        db.snapshot.apply_batch(b).unwrap();
+        let (cur, mut f) = open_current(&db).unwrap().unwrap();
+        assert_eq!(cur, m);
+        let mut back = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut back).unwrap();
+        assert_eq!(back, data);
         assert_eq!(
-            (m.snapshot_id.as_str(), data.as_slice()),
-            ("1-11-1", &b"new"[..])
+            chunk::stored_chunks(&db.snapshot, K_SNAP_DATA.as_bytes()).unwrap(),
+            0
         );
-        // Same point, later build: replaces.
-        assert!(store_if_not_older(&db, &meta(11, "1-11-3"), b"again").unwrap());
-        assert_eq!(read_snapshot(&db).unwrap().unwrap().0.snapshot_id, "1-11-3");
+        assert!(db.snapshot.get(K_SNAP_DATA).unwrap().is_none());
     }
 
     #[test]
@@ -387,7 +617,7 @@ mod tests {
             let db = Db::open(dir.path()).unwrap();
             let mut m = meta(0, "0-0-41");
             m.last_log_id = None;
-            store_if_not_older(&db, &m, br#"{"format":1,"state":{}}"#).unwrap();
+            store(&db, &m, br#"{"format":1,"state":{}}"#);
         }
         let (sm, _) =
             StateMachine::load(Arc::new(Db::open(dir.path()).unwrap()), Default::default())

@@ -55,6 +55,10 @@ pub(crate) struct State {
     /// Log index of the last change to `keys`; 0 if never changed.
     pub(crate) keys_version: u64,
     pub(crate) policy: Option<Policy>,
+    /// Names this cluster in backups: derived from the first signing key
+    /// ever added (a random `kid`), so every node derives the same id.
+    #[serde(default)]
+    pub(crate) cluster_id: String,
 }
 
 /// The keys of each tree that applying entries changed.
@@ -100,6 +104,13 @@ impl Touched {
 const K_LAST_APPLIED: &str = "last_applied";
 const K_LAST_MEMBERSHIP: &str = "last_membership";
 const K_KEYS_VERSION: &str = "keys_version";
+const K_CLUSTER_ID: &str = "cluster_id";
+
+/// The cluster id derived from the first key's `kid`: 16 hex digits.
+pub(crate) fn cluster_id_from(kid: &str) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, kid.as_bytes());
+    d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
 const K_POLICY: &str = "current";
 
 impl State {
@@ -235,6 +246,9 @@ impl State {
                 self.keys.insert(key.kid.clone(), key.clone());
                 touched.keys.insert(key.kid.clone());
                 self.keys_version = index;
+                if self.cluster_id.is_empty() {
+                    self.cluster_id = cluster_id_from(&key.kid);
+                }
                 1
             }
             Op::SetKeyState { kid, state } => match self.keys.get_mut(kid) {
@@ -339,6 +353,7 @@ impl State {
                 b.insert(K_LAST_APPLIED, db::encode(&self.last_applied)?);
                 b.insert(K_LAST_MEMBERSHIP, db::encode(&self.last_membership)?);
                 b.insert(K_KEYS_VERSION, db::encode(&self.keys_version)?);
+                b.insert(K_CLUSTER_ID, db::encode(&self.cluster_id)?);
                 b
             },
         })
@@ -346,7 +361,7 @@ impl State {
 
     /// Loads the state persisted in the state-machine trees. Blocking.
     pub(crate) fn load(db: &Db) -> Result<State, StoreError> {
-        Ok(State {
+        let mut st = State {
             last_applied: db::get(&db.sm_meta, db::T_SM_META, K_LAST_APPLIED)?.flatten(),
             last_membership: db::get(&db.sm_meta, db::T_SM_META, K_LAST_MEMBERSHIP)?
                 .unwrap_or_default(),
@@ -358,7 +373,20 @@ impl State {
             policy: chunk::get(&db.sm_policy, db::T_SM_POLICY, K_POLICY.as_bytes())?
                 .map(|bytes| db::decode(db::T_SM_POLICY, &bytes))
                 .transpose()?,
-        })
+            cluster_id: db::get(&db.sm_meta, db::T_SM_META, K_CLUSTER_ID)?.unwrap_or_default(),
+        };
+        if st.cluster_id.is_empty() {
+            // State written before cluster ids: the oldest key stands in for
+            // the first one (every node holds the same keys).
+            if let Some(first) = st
+                .keys
+                .values()
+                .min_by_key(|k| (k.created_at, k.kid.clone()))
+            {
+                st.cluster_id = cluster_id_from(&first.kid);
+            }
+        }
+        Ok(st)
     }
 }
 

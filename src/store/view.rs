@@ -39,6 +39,11 @@ impl StateView {
         }
     }
 
+    /// The state itself, for the store's own readers (backups).
+    pub(crate) fn state(&self) -> &RwLock<State> {
+        &self.state
+    }
+
     /// Starts a revocation watcher after `from_revision`: a replay when the
     /// cursor is inside the retained window, else a snapshot of every active
     /// revocation; then the live feed, continuing exactly where the start

@@ -131,7 +131,10 @@ impl TestCluster {
     }
 
     pub fn data_dir(&self, i: u64) -> PathBuf {
-        self.configs[&i].data_dir.clone()
+        self.configs
+            .get(&i)
+            .map(|c| c.data_dir.clone())
+            .unwrap_or_else(|| self.dir.path().join(format!("node{i}")))
     }
 
     async fn boot(&mut self, i: u64) {
@@ -149,6 +152,16 @@ impl TestCluster {
         config.advertise_addr = api.local_addr().unwrap().to_string();
         let node = node::start(config, Listeners { api, raft }).await.unwrap();
         self.nodes.insert(i, node);
+    }
+
+    /// Picks the Raft address node `i` will listen on before it starts
+    /// (a restore writes it into the membership): a port the system hands
+    /// out for 127.0.0.1:0, released for the node to bind.
+    pub async fn reserve_raft_addr(&mut self, i: u64) -> String {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        self.raft_addrs.insert(i, addr.clone());
+        addr
     }
 
     pub fn node(&self, i: u64) -> &Node {
@@ -272,12 +285,19 @@ impl TestCluster {
     /// in its log.
     pub async fn wait_converged(&self, ids: &[u64]) {
         let leader = self.agreed_leader(ids).await;
-        // Let the leader commit what it has (a fresh read index).
-        self.node(leader)
-            .raft()
-            .ensure_linearizable()
-            .await
-            .unwrap();
+        // Let the leader commit what it has (a fresh read index). One round
+        // can miss its quorum on a loaded machine (openraft waits one
+        // heartbeat for the acknowledgements); retry within the bound.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match self.node(leader).raft().ensure_linearizable().await {
+                Ok(_) => break,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "read index round failed; retrying");
+                }
+                Err(e) => panic!("leader {leader} could not confirm a read index: {e}"),
+            }
+        }
         let target = self
             .node(leader)
             .raft()

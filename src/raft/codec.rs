@@ -104,6 +104,7 @@ mod tests {
                     kek_id: "kek".into(),
                     state: KeyState::Pending,
                     created_at: 3,
+                    times: Default::default(),
                 },
             },
             Op::SetKeyState {

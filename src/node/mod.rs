@@ -264,6 +264,9 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
         tokio::task::spawn_blocking(move || store::open_with(&dir, feed, store_faults))
             .await
             .map_err(|e| NodeError::Raft(format!("store open task: {e}")))??;
+    // Fail at start, before Raft runs, if a KEK is missing: the error
+    // names the KEK id this node needs (never a KEK).
+    keks.check(&state.keys())?;
     let store_closed = log_store.closed_signal();
     let info = NodeInfo {
         raft_addr: non_empty_or(&config.raft_advertise_addr, raft_addr),
@@ -381,9 +384,6 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
         .with_contact_timeout(Duration::from_millis(config.raft.contact_timeout_ms))
         .with_key_settings(config.keys.clone()),
     );
-    // Fail at start, not at the first request, if a KEK is missing: the
-    // error names the KEK id this node needs.
-    keks.check(&state.keys())?;
     shared
         .key_ring()
         .map_err(|e| NodeError::Raft(format!("key ring: {e}")))?;

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use super::{ApiError, Shared};
-use crate::keys::lifecycle::{self, Timing};
 use crate::keys;
+use crate::keys::lifecycle::{self, Timing};
 use crate::raft::{KeyRecord, KeyState, Op};
 use crate::token::Alg;
 

@@ -44,7 +44,10 @@ impl AdminConn {
         }
     }
 
-    pub(super) async fn client(&self, endpoint: &str) -> anyhow::Result<AdminServiceClient<Channel>> {
+    pub(super) async fn client(
+        &self,
+        endpoint: &str,
+    ) -> anyhow::Result<AdminServiceClient<Channel>> {
         Ok(AdminServiceClient::new(
             tessera::client::connect(endpoint, &self.files()).await?,
         ))

@@ -113,16 +113,16 @@ mod tests {
                 ..Default::default()
             },
         );
-        assert!(plan(&[active.clone()], 500, &TIMING).is_empty());
+        assert!(plan(std::slice::from_ref(&active), 500, &TIMING).is_empty());
         // 10 + 1000 - 100 = 910: the new key must be published from then.
-        assert!(!plan(&[active.clone()], 909, &TIMING).rotate);
-        assert!(plan(&[active.clone()], 910, &TIMING).rotate);
+        assert!(!plan(std::slice::from_ref(&active), 909, &TIMING).rotate);
+        assert!(plan(std::slice::from_ref(&active), 910, &TIMING).rotate);
         // Off: never.
         let off = Timing {
             rotation_period: None,
             ..TIMING
         };
-        assert!(plan(&[active.clone()], 1_000_000, &off).is_empty());
+        assert!(plan(std::slice::from_ref(&active), 1_000_000, &off).is_empty());
         // With a key already pending: no second rotation, only activation.
         let pending = rec(
             "b",

@@ -455,7 +455,10 @@ mod tests {
         .unwrap();
         let jwt = signer.sign(&claims).unwrap();
         let params = token::VerifyParams::new("https://i", 150).with_audience("a");
-        assert_eq!(token::verify(&jwt, ring.verifiers(), &params).unwrap().jti, "j");
+        assert_eq!(
+            token::verify(&jwt, ring.verifiers(), &params).unwrap().jti,
+            "j"
+        );
         // The JWKS carries the key as an EC P-256 key with its alg pinned.
         let jwks: serde_json::Value =
             serde_json::from_str(&ring.verifiers().to_jwks_json()).unwrap();
@@ -485,7 +488,13 @@ mod tests {
         let (a2, b2) = (apply(a), apply(b));
         let only_new = KekRing::from(new());
         only_new.check(&[a2.clone(), b2.clone()]).unwrap();
-        assert!(only_new.reseal(&[a2.clone()]).unwrap().is_none(), "nothing to do");
+        assert!(
+            only_new
+                .reseal(std::slice::from_ref(&a2))
+                .unwrap()
+                .is_none(),
+            "nothing to do"
+        );
         let only_old = KekRing::from(old);
         match only_old.check(&[a2]) {
             Err(KeyError::Unseal { kek_id, .. }) => assert_eq!(kek_id, new().id()),

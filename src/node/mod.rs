@@ -416,12 +416,8 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
         .instrument(tracing::info_span!("leader-duties", node = config.node_id)),
     ));
     tasks.push(tokio::spawn(
-        key_duties::run(
-            shared.clone(),
-            config.keys.check_interval,
-            stop_rx.clone(),
-        )
-        .instrument(tracing::info_span!("key-duties", node = config.node_id)),
+        key_duties::run(shared.clone(), config.keys.check_interval, stop_rx.clone())
+            .instrument(tracing::info_span!("key-duties", node = config.node_id)),
     ));
     let (fatal_tx, fatal) = watch::channel(None);
     tasks.push(tokio::spawn(

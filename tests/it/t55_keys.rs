@@ -56,8 +56,15 @@ async fn jwks_on(c: &TestCluster, i: u64) -> KeySet {
     let mut k = tessera::pb::key_service_client::KeyServiceClient::new(
         c.channel_as(i, &c.files("ledger")).await,
     );
-    let r = k.get_jwks(pb::GetJwksRequest {}).await.unwrap().into_inner();
-    assert_eq!(r.max_age_seconds, AHEAD as u64, "max-age is the publish-ahead window");
+    let r = k
+        .get_jwks(pb::GetJwksRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.max_age_seconds, AHEAD as u64,
+        "max-age is the publish-ahead window"
+    );
     KeySet::from_jwks_json(&r.jwks_json).unwrap()
 }
 
@@ -155,7 +162,11 @@ async fn same_ring(c: &TestCluster) -> Vec<KeyRecord> {
     c.wait_converged(&[1, 2, 3]).await;
     let ring = c.node(1).state().keys();
     for i in [2, 3] {
-        assert_eq!(c.node(i).state().keys(), ring, "node {i}'s key ring differs");
+        assert_eq!(
+            c.node(i).state().keys(),
+            ring,
+            "node {i}'s key ring differs"
+        );
     }
     ring
 }
@@ -260,11 +271,24 @@ async fn rotation_under_load_keeps_every_token_verifiable_until_it_expires() {
     let ring = same_ring(&c).await;
     assert_eq!(state_of(&ring, &k1), Some(KeyState::Pending));
     for i in [1, 2, 3] {
-        assert!(jwks_on(&c, i).await.get(&k1).is_some(), "pending key published");
+        assert!(
+            jwks_on(&c, i).await.get(&k1).is_some(),
+            "pending key published"
+        );
     }
     load.more(10).await;
-    let before: BTreeSet<String> = load.tokens.lock().unwrap().iter().map(|t| kid_iat_exp(t).0).collect();
-    assert_eq!(before, BTreeSet::from([k0.clone()]), "the pending key signs nothing");
+    let before: BTreeSet<String> = load
+        .tokens
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|t| kid_iat_exp(t).0)
+        .collect();
+    assert_eq!(
+        before,
+        BTreeSet::from([k0.clone()]),
+        "the pending key signs nothing"
+    );
 
     // Publish-ahead passes: the leader activates k1 and retires k0.
     c.clock.advance(AHEAD);
@@ -277,7 +301,10 @@ async fn rotation_under_load_keeps_every_token_verifiable_until_it_expires() {
     // Rotation 2, with ES256.
     let r2 = rotate_via(&c, 2, "ES256", false).await.unwrap();
     let k2 = r2.key.unwrap().kid;
-    wait_all(&c, "k2 pending", |k| state_of(k, &k2) == Some(KeyState::Pending)).await;
+    wait_all(&c, "k2 pending", |k| {
+        state_of(k, &k2) == Some(KeyState::Pending)
+    })
+    .await;
     load.more(10).await;
     c.clock.advance(AHEAD);
     wait_all(&c, "k2 active", |k| {
@@ -286,8 +313,12 @@ async fn rotation_under_load_keeps_every_token_verifiable_until_it_expires() {
     .await;
     load.more(10).await;
     let ring = same_ring(&c).await;
-    assert_eq!(active(&ring), [k2.clone()], "one active key");
-    assert_eq!(ring.len(), 3, "k0 is still published: its tokens may be live");
+    assert_eq!(active(&ring), vec![k2.clone()], "one active key");
+    assert_eq!(
+        ring.len(),
+        3,
+        "k0 is still published: its tokens may be live"
+    );
 
     // ListKeys shows the lifecycle times.
     let listed = c
@@ -297,16 +328,25 @@ async fn rotation_under_load_keeps_every_token_verifiable_until_it_expires() {
         .await
         .unwrap()
         .into_inner();
-    let info: BTreeMap<String, pb::KeyInfo> =
-        listed.keys.into_iter().map(|k| (k.kid.clone(), k)).collect();
+    let info: BTreeMap<String, pb::KeyInfo> = listed
+        .keys
+        .into_iter()
+        .map(|k| (k.kid.clone(), k))
+        .collect();
     assert_eq!(info[&k0].state, "retired");
     assert_eq!(info[&k2].algorithm, "ES256");
     assert_eq!(info[&k1].activated_at, info[&k0].retired_at);
-    assert_eq!(info[&k1].activate_after, info[&k1].created_at + AHEAD as u64);
+    assert_eq!(
+        info[&k1].activate_after,
+        info[&k1].created_at + AHEAD as u64
+    );
     assert_eq!(listed.retire_grace_seconds, 3600 + 30 + 30);
     let k0_removal = info[&k0].remove_after;
     let k1_removal = info[&k1].remove_after;
-    assert_eq!(k0_removal, info[&k0].retired_at + listed.retire_grace_seconds);
+    assert_eq!(
+        k0_removal,
+        info[&k0].retired_at + listed.retire_grace_seconds
+    );
 
     // Up to its removal time, k0 stays; then the leader removes it.
     c.clock.advance(k0_removal as i64 - c.now() as i64 - 1);
@@ -342,7 +382,10 @@ async fn rotation_under_load_keeps_every_token_verifiable_until_it_expires() {
     for i in [1, 2, 3] {
         verifies(last, &jwks_on(&c, i).await).unwrap();
     }
-    eprintln!("rotation under load: {} tokens, by key {by_kid:?}", tokens.len());
+    eprintln!(
+        "rotation under load: {} tokens, by key {by_kid:?}",
+        tokens.len()
+    );
     c.stop().await;
 }
 
@@ -355,7 +398,9 @@ async fn concurrent_rotations_on_every_node_add_exactly_one_key() {
         for k in 0..9u64 {
             let c = c.clone();
             let alg = if round == 0 { "EdDSA" } else { "ES256" };
-            tasks.push(tokio::spawn(async move { rotate_via(&c, k % 3 + 1, alg, false).await }));
+            tasks.push(tokio::spawn(async move {
+                rotate_via(&c, k % 3 + 1, alg, false).await
+            }));
         }
         let mut kids = BTreeSet::new();
         let mut created = 0;
@@ -365,16 +410,21 @@ async fn concurrent_rotations_on_every_node_add_exactly_one_key() {
             kids.insert(r.key.unwrap().kid);
         }
         assert_eq!(created, 1, "round {round}: one call created the key");
-        assert_eq!(kids.len(), 1, "round {round}: every call names the same key");
+        assert_eq!(
+            kids.len(),
+            1,
+            "round {round}: every call names the same key"
+        );
         let ring = same_ring(&c).await;
-        assert_eq!(ring.len(), before.len() + 1, "round {round}: exactly one new key");
+        assert_eq!(
+            ring.len(),
+            before.len() + 1,
+            "round {round}: exactly one new key"
+        );
         let kid = kids.into_iter().next().unwrap();
         assert_eq!(state_of(&ring, &kid), Some(KeyState::Pending));
         c.clock.advance(AHEAD);
-        wait_all(&c, "the new key active", |k| {
-            active(k) == [kid.clone()]
-        })
-        .await;
+        wait_all(&c, "the new key active", |k| active(k) == [kid.clone()]).await;
     }
     // The ES256 key signs, and its tokens verify with the JWKS.
     let token = issue_on(&c, 2).await;
@@ -440,12 +490,16 @@ async fn a_rotation_on_an_isolated_minority_fails_and_the_majority_commits_one_k
         .await
         .unwrap();
     let ring = same_ring(&c).await;
-    assert_eq!(ring.len(), before.len() + 1, "only the majority's key: {ring:?}");
+    assert_eq!(
+        ring.len(),
+        before.len() + 1,
+        "only the majority's key: {ring:?}"
+    );
     assert_eq!(state_of(&ring, &kid), Some(KeyState::Pending));
     c.clock.advance(AHEAD);
     wait_all(&c, "one active key", |k| active(k) == [kid.clone()]).await;
     let ring = same_ring(&c).await;
-    assert_eq!(active(&ring), [kid.clone()]);
+    assert_eq!(active(&ring), vec![kid.clone()]);
     assert_eq!(kid_iat_exp(&issue_on(&c, old).await).0, kid);
     c.stop().await;
 }
@@ -454,7 +508,10 @@ async fn a_rotation_on_an_isolated_minority_fails_and_the_majority_commits_one_k
 async fn kek_rotation_then_restart_with_only_the_new_kek() {
     let mut c = TestCluster::start_with(3, fast_keys).await;
     let old_id = tessera::keys::Kek::from_text(KEK).unwrap().id().to_string();
-    let new_id = tessera::keys::Kek::from_text(NEW_KEK).unwrap().id().to_string();
+    let new_id = tessera::keys::Kek::from_text(NEW_KEK)
+        .unwrap()
+        .id()
+        .to_string();
     // Two keys: the active one and a pending ES256 one.
     rotate_via(&c, 1, "ES256", false).await.unwrap();
     let t_old = issue_on(&c, 1).await;
@@ -506,7 +563,8 @@ async fn kek_rotation_then_restart_with_only_the_new_kek() {
     let t_new = issue_on(&c, 2).await;
     c.clock.advance(AHEAD);
     wait_all(&c, "the ES256 key active", |k| {
-        k.iter().any(|r| r.alg == "ES256" && r.state == KeyState::Active)
+        k.iter()
+            .any(|r| r.alg == "ES256" && r.state == KeyState::Active)
     })
     .await;
     let t_es = issue_on(&c, 3).await;
@@ -536,5 +594,82 @@ async fn kek_rotation_then_restart_with_only_the_new_kek() {
     // With the right KEK it starts again on the same data.
     c.start_node(3).await;
     c.wait_ready(&[3]).await;
+    c.stop().await;
+}
+
+/// Runs the `tessera` binary as the admin against node 1.
+async fn cli(c: &TestCluster, args: &[&str]) -> std::process::Output {
+    let files = c.files("admin");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"));
+    cmd.args(args)
+        .arg("--endpoint")
+        .arg(c.node(1).api_addr().to_string())
+        .arg("--ca")
+        .arg(&files.ca)
+        .arg("--cert")
+        .arg(&files.cert)
+        .arg("--key")
+        .arg(&files.key)
+        .env_remove("TESSERA_KEK");
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_rotates_lists_and_warns_about_now() {
+    let c = TestCluster::start(1).await;
+    let out = cli(&c, &["keys", "rotate", "--algorithm", "ES256", "--now"]).await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("signs now"), "{stdout}");
+    assert!(
+        stdout.contains("refuse its tokens until they refresh"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("warning: --now"), "{stderr}");
+
+    let out = cli(&c, &["keys", "list", "--json"]).await;
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let keys = v["keys"].as_array().unwrap();
+    let states: Vec<(&str, &str)> = keys
+        .iter()
+        .map(|k| {
+            (
+                k["algorithm"].as_str().unwrap(),
+                k["state"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(states, [("EdDSA", "retired"), ("ES256", "active")]);
+    assert_eq!(v["publish_ahead_seconds"], AHEAD);
+    let out = cli(&c, &["keys", "list"]).await;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("retired"));
+
+    // `kek id` names a KEK file by its id; `kek rotate` with the KEK the
+    // cluster already uses has nothing to do.
+    let f = c.dir.path().join("kek.txt");
+    std::fs::write(&f, KEK).unwrap();
+    let id = tessera::keys::Kek::from_text(KEK).unwrap().id().to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["kek", "id", "--kek-file", f.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), id);
+    let out = cli(
+        &c,
+        &["kek", "rotate", "--new-kek-file", f.to_str().unwrap()],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already sealed"));
     c.stop().await;
 }

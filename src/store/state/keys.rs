@@ -29,7 +29,10 @@ pub(super) fn apply(
         } => {
             let stale = state.keys_version != *expected_version;
             let pending = state.keys.values().any(|k| k.state == KeyState::Pending);
-            if stale || pending || key.state != KeyState::Pending || state.keys.contains_key(&key.kid)
+            if stale
+                || pending
+                || key.state != KeyState::Pending
+                || state.keys.contains_key(&key.kid)
             {
                 return 0;
             }
@@ -166,7 +169,10 @@ mod tests {
         assert_eq!(run(&mut s, 6, 100, active), 0);
         assert_eq!(
             states(&s),
-            [("a".into(), KeyState::Active), ("b".into(), KeyState::Pending)]
+            [
+                ("a".into(), KeyState::Active),
+                ("b".into(), KeyState::Pending)
+            ]
         );
         assert_eq!(s.keys_version, 3);
     }
@@ -193,7 +199,10 @@ mod tests {
         assert_eq!(s.keys_version, 6);
         assert_eq!(
             states(&s),
-            [("a".into(), KeyState::Retired), ("b".into(), KeyState::Active)]
+            [
+                ("a".into(), KeyState::Retired),
+                ("b".into(), KeyState::Active)
+            ]
         );
         assert_eq!(s.keys["a"].times.retired_at, Some(700));
         assert_eq!(s.keys["a"].times.remove_after, Some(4700));
@@ -273,5 +282,15 @@ mod tests {
         assert_eq!(s.keys["a"].sealed_private_key, vec![9; 60]);
         assert_eq!(s.keys["a"].state, KeyState::Active);
         assert_eq!(s.keys_version, 6);
+    }
+
+    #[test]
+    fn records_written_before_lifecycle_times_still_read() {
+        let mut r = key("old", KeyState::Active, 0);
+        let mut v = serde_json::to_value(&r).unwrap();
+        v.as_object_mut().unwrap().remove("times");
+        let back: KeyRecord = serde_json::from_value(v).unwrap();
+        r.times = KeyTimes::default();
+        assert_eq!(back, r);
     }
 }

@@ -205,8 +205,9 @@ impl std::fmt::Debug for ResealedKey {
 }
 
 /// Lifecycle of a signing key. Pending keys are published but never sign;
-/// active keys sign; retired keys are published until `not_after` so that the
-/// tokens they signed still verify.
+/// active keys sign; retired keys are published until their
+/// `remove_after` so that the tokens they signed still verify; then the key
+/// is removed from the ring ([`Op::RemoveKey`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KeyState {
     /// Published in JWKS, not yet signing.

@@ -1,4 +1,5 @@
-//! `AdminService`: cluster status and membership, and policy versions.
+//! `AdminService`: cluster status and membership, policy versions, and
+//! signing-key and KEK rotation.
 //! Every call is an `admin` decision of the policy, with the method name as
 //! `context.operation`.
 
@@ -13,6 +14,7 @@ use super::{ApiError, AuditEvent, Shared};
 use crate::pb;
 use crate::policy::PolicyEngine;
 use crate::raft::{NodeId, NodeInfo, Op};
+use crate::token::Alg;
 
 /// How long InitCluster waits for the new cluster to elect a leader.
 const ELECTION_WAIT: Duration = Duration::from_secs(15);
@@ -508,5 +510,109 @@ impl pb::admin_service_server::AdminService for AdminApi {
                 },
             },
         ))
+    }
+
+    async fn rotate_signing_key(
+        &self,
+        req: Request<pb::RotateSigningKeyRequest>,
+    ) -> Result<Response<pb::RotateSigningKeyResponse>, Status> {
+        self.admit(&req, "rotate_signing_key").await?;
+        let r = req.into_inner();
+        let alg = match r.algorithm.as_str() {
+            "" | "EdDSA" => Alg::EdDSA,
+            "ES256" => Alg::ES256,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "algorithm must be EdDSA or ES256, not {:?}",
+                    other.chars().take(32).collect::<String>()
+                )))
+            }
+        };
+        let rot = self.shared.rotate_signing_key(alg, r.now).await?;
+        let publish = self.shared.key_settings().publish_ahead.as_secs();
+        let message = match (rot.created, rot.activated) {
+            (_, true) => format!(
+                "key {} signs now, without the {publish} s publish-ahead window: verifiers holding a cached JWKS refuse its tokens until they refresh (on the unknown kid, or when their cache expires)",
+                rot.key.kid
+            ),
+            (true, false) => format!(
+                "key {} is published and signs from {} (after the {publish} s publish-ahead window)",
+                rot.key.kid, rot.key.times.activate_after
+            ),
+            (false, false) => format!(
+                "a rotation is already in progress: key {} ({}) signs from {}",
+                rot.key.kid, rot.key.alg, rot.key.times.activate_after
+            ),
+        };
+        let mut key = rot.key;
+        if rot.activated {
+            key.state = crate::raft::KeyState::Active;
+        }
+        Ok(Response::new(pb::RotateSigningKeyResponse {
+            key: Some(key_info(&key)),
+            created: rot.created,
+            activated: rot.activated,
+            message,
+            revision: rot.revision,
+        }))
+    }
+
+    async fn list_keys(
+        &self,
+        req: Request<pb::ListKeysRequest>,
+    ) -> Result<Response<pb::ListKeysResponse>, Status> {
+        self.admit(&req, "list_keys").await?;
+        let (keys, revision) = self.shared.list_keys().await?;
+        let s = self.shared.key_settings();
+        Ok(Response::new(pb::ListKeysResponse {
+            keys: keys.iter().map(key_info).collect(),
+            revision,
+            publish_ahead_seconds: s.publish_ahead.as_secs(),
+            rotation_period_seconds: s.rotation_period.map_or(0, |p| p.as_secs()),
+            retire_grace_seconds: self.shared.retire_grace(),
+            kek_ids: self.shared.kek_ids(),
+        }))
+    }
+
+    async fn rotate_kek(
+        &self,
+        req: Request<pb::RotateKekRequest>,
+    ) -> Result<Response<pb::RotateKekResponse>, Status> {
+        self.admit(&req, "rotate_kek").await?;
+        let expected = req.into_inner().expected_kek_id;
+        let current = self.shared.kek_ids().into_iter().next().unwrap_or_default();
+        if !expected.is_empty() && expected != current {
+            return Err(Status::failed_precondition(format!(
+                "this node's current KEK has id {current}, not {:?}: configure the new KEK as kek_file (and the old one as previous_kek_file) on every node, restart them one by one, then retry",
+                expected.chars().take(64).collect::<String>()
+            )));
+        }
+        let (resealed, revision) = self.shared.reseal_keys().await?;
+        Ok(Response::new(pb::RotateKekResponse {
+            resealed,
+            kek_id: current,
+            revision,
+        }))
+    }
+}
+
+/// A key record as the admin API shows it (never the sealed key).
+fn key_info(k: &crate::raft::KeyRecord) -> pb::KeyInfo {
+    use crate::raft::KeyState;
+    pb::KeyInfo {
+        kid: k.kid.clone(),
+        algorithm: k.alg.clone(),
+        state: match k.state {
+            KeyState::Pending => "pending",
+            KeyState::Active => "active",
+            KeyState::Retired => "retired",
+        }
+        .into(),
+        created_at: k.created_at,
+        activate_after: k.times.activate_after,
+        activated_at: k.times.activated_at.unwrap_or(0),
+        retired_at: k.times.retired_at.unwrap_or(0),
+        remove_after: k.times.remove_after.unwrap_or(0),
+        kek_id: k.kek_id.clone(),
     }
 }

@@ -106,6 +106,12 @@ impl From<KeyError> for ApiError {
                 reason: "no active signing key".into(),
                 leader: None,
             },
+            // A node without the KEK a key needs cannot sign or re-seal;
+            // another node (with the right configuration) can.
+            e @ KeyError::Unseal { .. } => Self::Unavailable {
+                reason: e.to_string(),
+                leader: None,
+            },
             other => Self::Internal(other.to_string()),
         }
     }

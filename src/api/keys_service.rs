@@ -27,12 +27,11 @@ impl pb::key_service_server::KeyService for KeyApi {
     ) -> Result<Response<pb::GetJwksResponse>, Status> {
         // A node that cannot vouch for its state would publish a stale or
         // empty key set; verifiers must ask another node.
-        self.shared.ensure_ready()?;
-        let revision = self.shared.state.revision();
-        let ring = self.shared.key_ring()?;
+        let jwks = self.shared.jwks()?;
         Ok(Response::new(pb::GetJwksResponse {
-            jwks_json: ring.verifiers().to_jwks_json(),
-            revision,
+            jwks_json: jwks.json,
+            revision: jwks.revision,
+            max_age_seconds: jwks.max_age.as_secs(),
         }))
     }
 }

@@ -9,6 +9,7 @@ mod admin_service;
 mod audit;
 pub mod consistency;
 pub mod error;
+mod keys_admin;
 mod keys_service;
 pub mod limits;
 mod message_limit;
@@ -29,12 +30,13 @@ pub use admin_service::cluster_status;
 pub use audit::{AuditEvent, AuditLog, AuditSink};
 pub use consistency::{NotReady, READ_CONFIRM_BUDGET};
 pub use error::{ApiError, LEADER_METADATA};
+pub use keys_admin::{Jwks, KeySettings, Rotation};
 pub use limits::{Http2Limits, Rate, RateLimits, RpcClass, ServerLimits, RETRY_AFTER_METADATA};
 pub use message_limit::MessageLimitLayer;
 pub use watch_service::{resumable, WatchSettings, RESUME_METADATA};
 
 use crate::clock::Clock;
-use crate::keys::{Kek, KeyRing};
+use crate::keys::{KekRing, KeyRing};
 use crate::pb;
 use crate::policy::PolicyEngine;
 use crate::raft::{Command, CommandResponse, NodeId, NodeInfo, Op, TypeConfig};
@@ -129,8 +131,10 @@ pub struct Shared {
     proposer: crate::raft::Proposer,
     peers: Arc<dyn Peers>,
     state: StateView,
-    kek: Arc<Kek>,
+    keks: Arc<KekRing>,
     settings: TokenSettings,
+    /// Signing-key rotation.
+    keys: KeySettings,
     read_wait_max: Duration,
     clock: Arc<dyn Clock>,
     audit: AuditLog,
@@ -228,7 +232,7 @@ impl Shared {
         proposer: crate::raft::Proposer,
         peers: Arc<dyn Peers>,
         state: StateView,
-        kek: Arc<Kek>,
+        keks: Arc<KekRing>,
         settings: TokenSettings,
         read_wait_max: Duration,
         clock: Arc<dyn Clock>,
@@ -239,8 +243,9 @@ impl Shared {
             proposer,
             peers,
             state,
-            kek,
+            keks,
             settings,
+            keys: KeySettings::default(),
             read_wait_max,
             clock,
             audit,
@@ -298,7 +303,7 @@ impl Shared {
         let ring = Arc::new(KeyRing::from_records(
             version,
             &self.state.keys(),
-            &self.kek,
+            &self.keks,
         )?);
         *self.ring.write().map_err(poisoned)? = Some(ring.clone());
         Ok(ring)

@@ -16,7 +16,7 @@ use super::status_err;
 pub struct AdminConn {
     /// Node address (host:port).
     #[arg(long, env = "TESSERA_ENDPOINT", default_value = "127.0.0.1:7443")]
-    endpoint: String,
+    pub(super) endpoint: String,
     /// CA certificate (PEM).
     #[arg(long, env = "TESSERA_CA", default_value = ".tessera-dev/certs/ca.pem")]
     ca: PathBuf,
@@ -49,7 +49,10 @@ impl AdminConn {
         self.client(&self.endpoint).await
     }
 
-    async fn client(&self, endpoint: &str) -> anyhow::Result<AdminServiceClient<Channel>> {
+    pub(super) async fn client(
+        &self,
+        endpoint: &str,
+    ) -> anyhow::Result<AdminServiceClient<Channel>> {
         Ok(AdminServiceClient::new(
             tessera::client::connect(endpoint, &self.files()).await?,
         ))
@@ -138,7 +141,7 @@ pub enum PolicyCmd {
 
 /// Calls `f` on the node at the endpoint; if that node answers
 /// `UNAVAILABLE` with a leader address, calls it once more on the leader.
-async fn on_leader<T, F, Fut>(conn: &AdminConn, f: F) -> anyhow::Result<T>
+pub(super) async fn on_leader<T, F, Fut>(conn: &AdminConn, f: F) -> anyhow::Result<T>
 where
     F: Fn(AdminServiceClient<Channel>) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,

@@ -8,6 +8,7 @@ mod bench_revoke;
 mod bench_watch;
 mod cluster;
 mod dev;
+mod keys;
 mod serve;
 mod watch;
 
@@ -82,6 +83,17 @@ enum Cmd {
     Revoke(RevokeArgs),
     /// Print the JSON Web Key Set.
     Jwks(ConnArgs),
+    /// Signing keys: list them, rotate (admin).
+    Keys {
+        #[command(subcommand)]
+        cmd: keys::KeysCmd,
+    },
+    /// Key-encryption key: print a KEK file's id, re-seal the signing keys
+    /// under the new KEK (admin).
+    Kek {
+        #[command(subcommand)]
+        cmd: keys::KekCmd,
+    },
     /// Print the revocation stream as JSON lines.
     Watch(watch::WatchArgs),
     /// Propagation latency of the revocation stream to many subscribers.
@@ -317,6 +329,8 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
         }
         Cmd::Token { cmd } => token(cmd).await.map_err(CliError::Failed),
         Cmd::Revoke(args) => revoke(args).await.map_err(CliError::Failed),
+        Cmd::Keys { cmd } => keys::run_keys(cmd).await.map_err(CliError::Failed),
+        Cmd::Kek { cmd } => keys::run_kek(cmd).await,
         Cmd::Jwks(conn) => {
             let mut c = pb::key_service_client::KeyServiceClient::new(conn.channel().await?);
             let r = c

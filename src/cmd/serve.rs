@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::Deserialize;
 use tessera::api::AuditSink;
-use tessera::node::{self, Config, KekSource, Listeners, TokenSettings};
+use tessera::node::{self, Config, KekSource, KeySettings, Listeners, TokenSettings};
 use tessera::tls::TlsFiles;
 
 use super::CliError;
@@ -66,6 +66,18 @@ pub struct ServeArgs {
     /// `TESSERA_KEK` may hold the key itself instead.
     #[arg(long, env = "TESSERA_KEK_FILE")]
     kek_file: Option<PathBuf>,
+    /// The previous key-encryption key, during a KEK rotation: it opens the
+    /// signing keys not yet re-sealed (`tessera kek rotate`).
+    #[arg(long, env = "TESSERA_PREVIOUS_KEK_FILE")]
+    previous_kek_file: Option<PathBuf>,
+    /// Rotate the signing key after it has signed this many seconds (0, the
+    /// default: only on demand, `tessera keys rotate`).
+    #[arg(long, env = "TESSERA_KEY_ROTATION_PERIOD")]
+    key_rotation_period: Option<u64>,
+    /// Seconds a new signing key is published in the JWKS before it signs
+    /// (default 600); also the JWKS `max-age`.
+    #[arg(long, env = "TESSERA_KEY_PUBLISH_AHEAD")]
+    key_publish_ahead: Option<u64>,
     /// Cedar policy installed when the cluster is initialised.
     #[arg(long, env = "TESSERA_POLICY")]
     policy: Option<PathBuf>,
@@ -139,6 +151,9 @@ struct FileConfig {
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     kek_file: Option<PathBuf>,
+    previous_kek_file: Option<PathBuf>,
+    key_rotation_period: Option<u64>,
+    key_publish_ahead: Option<u64>,
     policy: Option<PathBuf>,
     issuer: Option<String>,
     default_lifetime: Option<u64>,
@@ -235,6 +250,14 @@ fn build(a: ServeArgs) -> Result<(Config, String, String), CliError> {
             "a key-encryption key is required: --kek-file or TESSERA_KEK (or --dev)",
         ));
     };
+    let previous_kek = pick!(previous_kek_file).map(KekSource::File);
+    let mut keys = KeySettings::default();
+    if let Some(s) = pick!(key_rotation_period) {
+        keys.rotation_period = (s > 0).then(|| Duration::from_secs(s));
+    }
+    if let Some(s) = pick!(key_publish_ahead) {
+        keys.publish_ahead = Duration::from_secs(s);
+    }
     let initial_policy = match pick!(policy) {
         Some(p) => Some(read_policy(&p)?),
         None if dev => Some(EXAMPLE_POLICY.to_string()),
@@ -260,6 +283,8 @@ fn build(a: ServeArgs) -> Result<(Config, String, String), CliError> {
     };
     let mut config = Config::new(node_id, data_dir, advertise, tls, kek);
     config.raft_advertise_addr = raft_advertise.unwrap_or_default();
+    config.previous_kek = previous_kek;
+    config.keys = keys;
     config.bootstrap = bootstrap;
     config.initial_policy = initial_policy;
     config.token = token;

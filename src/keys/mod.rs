@@ -7,13 +7,19 @@
 //! the same KEK from a file or an environment variable; a development node
 //! generates one. The KEK's id (a hash prefix) travels with each record, so a
 //! node with the wrong KEK fails clearly instead of signing garbage.
+//!
+//! During a KEK rotation a node holds two KEKs ([`KekRing`]): the current
+//! one seals, either opens. [`lifecycle`] decides which key-lifecycle
+//! command the leader proposes next.
+
+pub mod lifecycle;
 
 use std::path::Path;
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use base64::Engine as _;
 
-use crate::raft::{KeyRecord, KeyState};
+use crate::raft::{KeyRecord, KeyState, KeyTimes, ResealedKey};
 use crate::token::{self, KeySet, SigningKey, VerifyingKey};
 
 /// Errors of the key layer.
@@ -23,15 +29,17 @@ pub enum KeyError {
     /// The KEK could not be read or has the wrong shape.
     #[error("key-encryption key: {0}")]
     Kek(String),
-    /// A sealed key could not be opened with this node's KEK.
+    /// A sealed key could not be opened with this node's KEK(s).
     #[error(
-        "key {kid} cannot be unsealed with this node's key-encryption key (sealed under {kek_id})"
+        "signing key {kid} is sealed under the key-encryption key with id {kek_id}, which this node cannot use (it holds {held}): configure that KEK as kek_file or previous_kek_file (`tessera kek id --kek-file F` prints a file's id)"
     )]
     Unseal {
         /// The key id.
         kid: String,
-        /// The KEK id the record names.
+        /// The KEK id the record names: the KEK this node needs.
         kek_id: String,
+        /// The ids of the KEKs this node holds.
+        held: String,
     },
     /// The key ring has no active signing key.
     #[error("no active signing key")]
@@ -169,24 +177,133 @@ pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
-/// Generates a new Ed25519 signing key record, sealed under `kek`, in `state`.
+/// The KEKs a node holds: the current one, which seals, and during a KEK
+/// rotation the previous one, which still opens keys not yet re-sealed.
+pub struct KekRing {
+    current: Kek,
+    previous: Option<Kek>,
+}
+
+impl From<Kek> for KekRing {
+    fn from(current: Kek) -> Self {
+        Self {
+            current,
+            previous: None,
+        }
+    }
+}
+
+impl KekRing {
+    /// The current KEK and, optionally, the previous one (ignored if it is
+    /// the same key).
+    pub fn new(current: Kek, previous: Option<Kek>) -> Self {
+        let previous = previous.filter(|p| p.id() != current.id());
+        Self { current, previous }
+    }
+
+    /// The KEK that seals new and re-sealed keys.
+    pub fn current(&self) -> &Kek {
+        &self.current
+    }
+
+    /// The ids of the KEKs held, current first (safe to log).
+    pub fn ids(&self) -> Vec<&str> {
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .map(Kek::id)
+            .collect()
+    }
+
+    /// The PKCS#8 private key of `record`, opened with the KEK its record
+    /// names. The error names the KEK id this node would need.
+    pub fn open(&self, record: &KeyRecord) -> Result<Vec<u8>, KeyError> {
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .filter(|k| k.id() == record.kek_id)
+            .find_map(|k| k.open(&record.kid, &record.sealed_private_key))
+            .ok_or_else(|| KeyError::Unseal {
+                kid: record.kid.clone(),
+                kek_id: record.kek_id.clone(),
+                held: self.ids().join(", "),
+            })
+    }
+
+    /// Checks that every record opens: a node fails at start, naming the
+    /// KEK it needs, rather than at its first signature after a rotation.
+    pub fn check(&self, records: &[KeyRecord]) -> Result<(), KeyError> {
+        for r in records {
+            self.open(r)?;
+        }
+        Ok(())
+    }
+
+    /// Every record's private key sealed under the current KEK (for one
+    /// [`crate::raft::Op::ResealKeys`]); `None` if all already are.
+    pub fn reseal(&self, records: &[KeyRecord]) -> Result<Option<Vec<ResealedKey>>, KeyError> {
+        if records.iter().all(|r| r.kek_id == self.current.id()) {
+            return Ok(None);
+        }
+        records
+            .iter()
+            .map(|r| {
+                let pkcs8 = self.open(r)?;
+                Ok(ResealedKey {
+                    kid: r.kid.clone(),
+                    sealed_private_key: self.current.seal(&r.kid, &pkcs8)?,
+                    kek_id: self.current.id().to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, KeyError>>()
+            .map(Some)
+    }
+}
+
+/// Generates a new Ed25519 signing key record, sealed under `kek`, in
+/// `state` (the bootstrap key: active from its creation).
 pub fn new_ed25519_record(kek: &Kek, state: KeyState, now: u64) -> Result<KeyRecord, KeyError> {
-    let (pkcs8, public_key) = token::generate_ed25519()?;
+    let mut r = new_record(kek, token::Alg::EdDSA, now, now)?;
+    r.state = state;
+    if state == KeyState::Active {
+        r.times.activated_at = Some(now);
+    }
+    Ok(r)
+}
+
+/// Generates a new pending signing key for `alg`, sealed under `kek`,
+/// created at `now` and allowed to sign from `activate_after`.
+pub fn new_record(
+    kek: &Kek,
+    alg: token::Alg,
+    now: u64,
+    activate_after: u64,
+) -> Result<KeyRecord, KeyError> {
+    let (pkcs8, public_key) = match alg {
+        token::Alg::EdDSA => token::generate_ed25519()?,
+        token::Alg::ES256 => token::generate_es256()?,
+    };
     let mut id = [0u8; 9];
     aws_lc_rs::rand::fill(&mut id).map_err(|_| KeyError::Crypto("rng".into()))?;
+    let prefix = match alg {
+        token::Alg::EdDSA => "ed",
+        token::Alg::ES256 => "es",
+    };
     let kid = format!(
-        "ed-{}",
+        "{prefix}-{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id)
     );
     let sealed_private_key = kek.seal(&kid, &pkcs8)?;
     Ok(KeyRecord {
         kid,
-        alg: "EdDSA".into(),
+        alg: alg.name().into(),
         public_key,
         sealed_private_key,
         kek_id: kek.id().to_string(),
-        state,
+        state: KeyState::Pending,
         created_at: now,
+        times: KeyTimes {
+            activate_after,
+            ..Default::default()
+        },
     })
 }
 
@@ -201,7 +318,11 @@ pub struct KeyRing {
 impl KeyRing {
     /// Derives the ring from the replicated records. The newest active key
     /// signs; pending, active and retired keys verify.
-    pub fn from_records(version: u64, records: &[KeyRecord], kek: &Kek) -> Result<Self, KeyError> {
+    pub fn from_records(
+        version: u64,
+        records: &[KeyRecord],
+        keks: &KekRing,
+    ) -> Result<Self, KeyError> {
         let mut verifiers = Vec::with_capacity(records.len());
         let mut newest_active: Option<&KeyRecord> = None;
         for r in records {
@@ -216,12 +337,7 @@ impl KeyRing {
         let signer = match newest_active {
             None => None,
             Some(r) => {
-                let pkcs8 =
-                    kek.open(&r.kid, &r.sealed_private_key)
-                        .ok_or_else(|| KeyError::Unseal {
-                            kid: r.kid.clone(),
-                            kek_id: r.kek_id.clone(),
-                        })?;
+                let pkcs8 = keks.open(r)?;
                 let alg = token::Alg::from_name(&r.alg)?;
                 Some(SigningKey::from_pkcs8(r.kid.clone(), alg, &pkcs8)?)
             }
@@ -257,6 +373,10 @@ mod tests {
         Kek::from_bytes(&[7u8; 32]).unwrap()
     }
 
+    fn keks() -> KekRing {
+        kek().into()
+    }
+
     #[test]
     fn seal_round_trip_and_aad_binding() {
         let k = kek();
@@ -289,7 +409,7 @@ mod tests {
         let a = new_ed25519_record(&k, KeyState::Active, 10).unwrap();
         let b = new_ed25519_record(&k, KeyState::Active, 20).unwrap();
         let p = new_ed25519_record(&k, KeyState::Pending, 30).unwrap();
-        let ring = KeyRing::from_records(3, &[a.clone(), b.clone(), p.clone()], &k).unwrap();
+        let ring = KeyRing::from_records(3, &[a.clone(), b.clone(), p.clone()], &k.into()).unwrap();
         assert_eq!(ring.signer().unwrap().kid(), b.kid);
         assert_eq!(ring.verifiers().len(), 3);
         assert_eq!(ring.version(), 3);
@@ -299,16 +419,88 @@ mod tests {
     fn wrong_kek_is_a_clear_error() {
         let a = new_ed25519_record(&kek(), KeyState::Active, 10).unwrap();
         let other = Kek::from_bytes(&[9u8; 32]).unwrap();
-        assert!(matches!(
-            KeyRing::from_records(1, &[a], &other),
-            Err(KeyError::Unseal { .. })
-        ));
+        let other_id = other.id().to_string();
+        let err = KeyRing::from_records(1, &[a], &other.into())
+            .err()
+            .expect("wrong KEK");
+        assert!(matches!(&err, KeyError::Unseal { kek_id, held, .. }
+            if *kek_id == kek().id() && *held == other_id));
+        // The message names the KEK id needed, never the KEK.
+        assert!(err.to_string().contains(kek().id()));
     }
 
     #[test]
     fn no_active_key() {
         let p = new_ed25519_record(&kek(), KeyState::Pending, 1).unwrap();
-        let ring = KeyRing::from_records(1, &[p], &kek()).unwrap();
+        let ring = KeyRing::from_records(1, &[p], &keks()).unwrap();
         assert!(matches!(ring.signer(), Err(KeyError::NoActiveKey)));
+    }
+
+    #[test]
+    fn es256_keys_sign_and_verify_with_their_own_alg() {
+        let k = kek();
+        let r = new_record(&k, token::Alg::ES256, 5, 5).unwrap();
+        assert!(r.kid.starts_with("es-"));
+        assert_eq!(r.alg, "ES256");
+        assert_eq!(r.public_key.len(), 65);
+        let mut active = r.clone();
+        active.state = KeyState::Active;
+        let ring = KeyRing::from_records(1, &[active], &keks()).unwrap();
+        let signer = ring.signer().unwrap();
+        assert_eq!(signer.alg(), token::Alg::ES256);
+        let claims: token::Claims = serde_json::from_value(serde_json::json!({
+            "iss": "https://i", "sub": "s", "aud": "a", "exp": 200, "iat": 100,
+            "nbf": 100, "jti": "j", "scope": "x", "client_id": "c",
+        }))
+        .unwrap();
+        let jwt = signer.sign(&claims).unwrap();
+        let params = token::VerifyParams::new("https://i", 150).with_audience("a");
+        assert_eq!(
+            token::verify(&jwt, ring.verifiers(), &params).unwrap().jti,
+            "j"
+        );
+        // The JWKS carries the key as an EC P-256 key with its alg pinned.
+        let jwks: serde_json::Value =
+            serde_json::from_str(&ring.verifiers().to_jwks_json()).unwrap();
+        assert_eq!(jwks["keys"][0]["kty"], "EC");
+        assert_eq!(jwks["keys"][0]["alg"], "ES256");
+    }
+
+    #[test]
+    fn kek_ring_opens_with_either_kek_and_reseals_under_the_current() {
+        let old = Kek::from_bytes(&[1u8; 32]).unwrap();
+        let new = || Kek::from_bytes(&[2u8; 32]).unwrap();
+        let a = new_record(&old, token::Alg::EdDSA, 1, 1).unwrap();
+        let b = new_record(&new(), token::Alg::ES256, 1, 1).unwrap();
+        let both = KekRing::new(new(), Some(Kek::from_bytes(&[1u8; 32]).unwrap()));
+        both.check(&[a.clone(), b.clone()]).unwrap();
+        let resealed = both.reseal(&[a.clone(), b.clone()]).unwrap().unwrap();
+        assert_eq!(resealed.len(), 2);
+        assert!(resealed.iter().all(|r| r.kek_id == new().id()));
+        // Once applied, the new KEK alone opens everything; the old alone
+        // names the KEK it needs.
+        let apply = |mut r: KeyRecord| {
+            let s = resealed.iter().find(|s| s.kid == r.kid).unwrap();
+            r.sealed_private_key = s.sealed_private_key.clone();
+            r.kek_id = s.kek_id.clone();
+            r
+        };
+        let (a2, b2) = (apply(a), apply(b));
+        let only_new = KekRing::from(new());
+        only_new.check(&[a2.clone(), b2.clone()]).unwrap();
+        assert!(
+            only_new
+                .reseal(std::slice::from_ref(&a2))
+                .unwrap()
+                .is_none(),
+            "nothing to do"
+        );
+        let only_old = KekRing::from(old);
+        match only_old.check(&[a2]) {
+            Err(KeyError::Unseal { kek_id, .. }) => assert_eq!(kek_id, new().id()),
+            other => panic!("expected Unseal, got {:?}", other.err()),
+        }
+        // The same KEK twice is one KEK.
+        assert_eq!(KekRing::new(new(), Some(new())).ids().len(), 1);
     }
 }

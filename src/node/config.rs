@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api::AuditSink;
-pub use crate::api::TokenSettings;
+pub use crate::api::{KeySettings, TokenSettings};
 use crate::clock::{Clock, SystemClock};
 use crate::tls::TlsFiles;
 
@@ -82,8 +82,14 @@ pub struct Config {
     pub bootstrap: bool,
     /// Certificate, key and CA for mutual TLS.
     pub tls: TlsFiles,
-    /// The key-encryption key.
+    /// The key-encryption key: seals new keys, and the keys re-sealed by
+    /// a KEK rotation.
     pub kek: KekSource,
+    /// The previous key-encryption key, during a KEK rotation: it still
+    /// opens keys sealed before the rotation.
+    pub previous_kek: Option<KekSource>,
+    /// Signing-key rotation.
+    pub keys: KeySettings,
     /// The Cedar policy text installed when the cluster is initialised.
     pub initial_policy: Option<String>,
     /// Token settings.
@@ -120,6 +126,8 @@ impl std::fmt::Debug for Config {
             .field("advertise_addr", &self.advertise_addr)
             .field("tls", &self.tls)
             .field("kek", &self.kek)
+            .field("previous_kek", &self.previous_kek)
+            .field("keys", &self.keys)
             .field("token", &self.token)
             .finish_non_exhaustive()
     }
@@ -142,6 +150,8 @@ impl Config {
             bootstrap: false,
             tls,
             kek,
+            previous_kek: None,
+            keys: KeySettings::default(),
             initial_policy: None,
             token: TokenSettings::default(),
             read_wait_max: Duration::from_secs(5),
@@ -206,6 +216,22 @@ impl Config {
             return Err("watch window, subscriber limit and heartbeat must be positive".into());
         }
         self.limits.validate()?;
+        let k = &self.keys;
+        if k.publish_ahead > Duration::from_secs(7 * 86_400) {
+            return Err("key publish-ahead must be at most 7 days".into());
+        }
+        if k.check_interval.is_zero() {
+            return Err("key check interval must be positive".into());
+        }
+        if let Some(p) = k.rotation_period {
+            if p < Duration::from_secs(60) || p < 2 * k.publish_ahead {
+                return Err(format!(
+                    "key rotation period ({}s) must be at least 60 s and at least twice the publish-ahead window ({}s)",
+                    p.as_secs(),
+                    k.publish_ahead.as_secs()
+                ));
+            }
+        }
         if self.purge_interval.is_zero() {
             return Err("purge interval must be positive".into());
         }

@@ -7,6 +7,7 @@
 //! can wait on events instead of sleeping.
 
 mod config;
+mod key_duties;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -18,10 +19,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
-pub use config::{Config, KekSource, RaftSettings, TokenSettings};
+pub use config::{Config, KekSource, KeySettings, RaftSettings, TokenSettings};
 
 use crate::api::{self, AuditLog, Shared};
-use crate::keys::{self, Kek};
+use crate::keys::{self, Kek, KekRing};
 use crate::raft::network::Network as RaftNetwork;
 use crate::raft::{Command, KeyState, NodeId, NodeInfo, Op, TypeConfig};
 use crate::store::{self, StateView};
@@ -243,11 +244,12 @@ fn raft_config(r: &RaftSettings) -> Result<Arc<openraft::Config>, NodeError> {
 /// (`AdminService.InitCluster`) or added as a learner.
 pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeError> {
     config.validate().map_err(NodeError::Config)?;
-    let kek = Arc::new(match &config.kek {
-        KekSource::File(p) => Kek::from_file(p)?,
-        KekSource::Text(t) => Kek::from_text(t)?,
-        KekSource::Generate(p) => Kek::load_or_generate(p)?,
-    });
+    let keks = Arc::new(KekRing::new(
+        load_kek(&config.kek)?,
+        config.previous_kek.as_ref().map(load_kek).transpose()?,
+    ));
+    // Only ids, never a KEK, reach the log.
+    tracing::info!(kek_ids = ?keks.ids(), "key-encryption keys loaded");
     let server_tls = crate::tls::server_config(&config.tls)?;
     let api_addr = listeners.api.local_addr()?;
     let raft_addr = listeners.raft.local_addr()?;
@@ -262,6 +264,9 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
         tokio::task::spawn_blocking(move || store::open_with(&dir, feed, store_faults))
             .await
             .map_err(|e| NodeError::Raft(format!("store open task: {e}")))??;
+    // Fail at start, before Raft runs, if a KEK is missing: the error
+    // names the KEK id this node needs (never a KEK).
+    keks.check(&state.keys())?;
     let store_closed = log_store.closed_signal();
     let info = NodeInfo {
         raft_addr: non_empty_or(&config.raft_advertise_addr, raft_addr),
@@ -355,7 +360,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
             .current_leader(config.node_id, "this node leads its one-node cluster")
             .await
             .map_err(|e| NodeError::Raft(format!("waiting for leadership: {e}")))?;
-        bootstrap(&config, &raft, &state, &kek).await?;
+        bootstrap(&config, &raft, &state, keks.current()).await?;
     }
 
     let (audit, audit_thread) = AuditLog::start(config.audit.clone())?;
@@ -367,7 +372,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
             proposer,
             peers,
             state.clone(),
-            kek.clone(),
+            keks.clone(),
             config.token.clone(),
             config.read_wait_max,
             config.clock.clone(),
@@ -376,9 +381,9 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
         .with_initial_policy(config.initial_policy.as_deref())
         .map_err(|e| NodeError::Config(format!("initial policy: {e}")))?
         .with_consensus(reads, contact, incarnation)
-        .with_contact_timeout(Duration::from_millis(config.raft.contact_timeout_ms)),
+        .with_contact_timeout(Duration::from_millis(config.raft.contact_timeout_ms))
+        .with_key_settings(config.keys.clone()),
     );
-    // Fail at start, not at the first request, if the KEK is wrong.
     shared
         .key_ring()
         .map_err(|e| NodeError::Raft(format!("key ring: {e}")))?;
@@ -405,10 +410,14 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
             raft.clone(),
             state.clone(),
             config.clone(),
-            kek.clone(),
+            keks.clone(),
             stop_rx.clone(),
         )
         .instrument(tracing::info_span!("leader-duties", node = config.node_id)),
+    ));
+    tasks.push(tokio::spawn(
+        key_duties::run(shared.clone(), config.keys.check_interval, stop_rx.clone())
+            .instrument(tracing::info_span!("key-duties", node = config.node_id)),
     ));
     let (fatal_tx, fatal) = watch::channel(None);
     tasks.push(tokio::spawn(
@@ -480,6 +489,14 @@ async fn fail_stop(
     let _ = stop.send(true);
 }
 
+fn load_kek(source: &KekSource) -> Result<Kek, keys::KeyError> {
+    match source {
+        KekSource::File(p) => Kek::from_file(p),
+        KekSource::Text(t) => Kek::from_text(t),
+        KekSource::Generate(p) => Kek::load_or_generate(p),
+    }
+}
+
 fn non_empty_or(configured: &str, bound: std::net::SocketAddr) -> String {
     if configured.is_empty() || configured.ends_with(":0") {
         bound.to_string()
@@ -546,7 +563,7 @@ async fn leader_duties(
     raft: Raft,
     state: StateView,
     config: Config,
-    kek: Arc<Kek>,
+    keks: Arc<KekRing>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut metrics = raft.metrics();
@@ -558,7 +575,7 @@ async fn leader_duties(
         };
         if leading && done_term != Some(term) {
             match raft.ensure_linearizable().await {
-                Ok(_) => match bootstrap(&config, &raft, &state, &kek).await {
+                Ok(_) => match bootstrap(&config, &raft, &state, keks.current()).await {
                     Ok(()) => done_term = Some(term),
                     Err(e) => tracing::warn!(error = %e, "bootstrap as leader failed; will retry"),
                 },

@@ -104,6 +104,7 @@ mod tests {
                     kek_id: "kek".into(),
                     state: KeyState::Pending,
                     created_at: 3,
+                    times: Default::default(),
                 },
             },
             Op::SetKeyState {
@@ -111,6 +112,38 @@ mod tests {
                 state: KeyState::Retired,
             },
             Op::Purge,
+            Op::AddPendingKey {
+                key: KeyRecord {
+                    kid: "k2".into(),
+                    alg: "ES256".into(),
+                    public_key: vec![4; 65],
+                    sealed_private_key: vec![8; 90],
+                    kek_id: "kek".into(),
+                    state: KeyState::Pending,
+                    created_at: 3,
+                    times: crate::raft::KeyTimes {
+                        activate_after: 603,
+                        activated_at: None,
+                        retired_at: Some(9),
+                        remove_after: Some(10),
+                    },
+                },
+                expected_version: 7,
+            },
+            Op::ActivateKey {
+                kid: "k2".into(),
+                retire_grace: 3660,
+                early: true,
+            },
+            Op::RemoveKey { kid: "k1".into() },
+            Op::ResealKeys {
+                keys: vec![crate::raft::ResealedKey {
+                    kid: "k2".into(),
+                    sealed_private_key: vec![1; 90],
+                    kek_id: "kek2".into(),
+                }],
+                expected_version: 9,
+            },
         ]
     }
 

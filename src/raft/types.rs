@@ -114,12 +114,54 @@ pub enum Op {
         /// The key record (private part sealed with the cluster KEK).
         key: KeyRecord,
     },
-    /// Change a key's lifecycle state.
+    /// Change a key's lifecycle state. Kept for logs written before the
+    /// guarded key commands below existed; nothing proposes it any more.
     SetKeyState {
         /// Key id.
         kid: String,
         /// New state.
         state: KeyState,
+    },
+    /// Start a rotation: add `key` as pending. Applied only if the key ring
+    /// is still at `expected_version` (its `keys_version` when the leader
+    /// decided) and holds no pending key: of concurrent or repeated
+    /// rotations exactly one adds a key, the others change nothing.
+    AddPendingKey {
+        /// The new key, state `Pending`, sealed under the leader's KEK.
+        key: KeyRecord,
+        /// The key-ring version the rotation was decided on.
+        expected_version: u64,
+    },
+    /// Make a pending key the one active key: applied only if `kid` is
+    /// pending and its `activate_after` has passed at the command's time
+    /// (or `early` is set).
+    /// Every other active key is retired in the same step, and may be
+    /// removed `retire_grace` seconds later.
+    ActivateKey {
+        /// The pending key.
+        kid: String,
+        /// Seconds a retired key stays published: the longest token
+        /// lifetime plus leeway plus clock skew, as the leader computed it.
+        retire_grace: u64,
+        /// Emergency rotation: activate before `activate_after`.
+        #[serde(default)]
+        early: bool,
+    },
+    /// Drop a retired key from the ring (and the JWKS): applied only if it
+    /// is retired and its `remove_after` has passed at the command's time.
+    RemoveKey {
+        /// The retired key.
+        kid: String,
+    },
+    /// KEK rotation: replace every key's sealed private key in one step.
+    /// Applied only if the ring is still at `expected_version` and `keys`
+    /// names exactly the keys it holds, so no key stays behind under the
+    /// old KEK.
+    ResealKeys {
+        /// Each key re-sealed.
+        keys: Vec<ResealedKey>,
+        /// The key-ring version the re-sealing was computed from.
+        expected_version: u64,
     },
     /// Drop revocation entries whose `until` is before `at`.
     Purge,
@@ -140,9 +182,30 @@ pub struct RevokedJti {
     pub until: u64,
 }
 
+/// One key's private part sealed under a new KEK ([`Op::ResealKeys`]).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResealedKey {
+    /// Key id.
+    pub kid: String,
+    /// Nonce followed by the AES-256-GCM ciphertext under the new KEK.
+    pub sealed_private_key: Vec<u8>,
+    /// Id of the new KEK.
+    pub kek_id: String,
+}
+
+impl std::fmt::Debug for ResealedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResealedKey")
+            .field("kid", &self.kid)
+            .field("kek_id", &self.kek_id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Lifecycle of a signing key. Pending keys are published but never sign;
-/// active keys sign; retired keys are published until `not_after` so that the
-/// tokens they signed still verify.
+/// active keys sign; retired keys are published until their
+/// `remove_after` so that the tokens they signed still verify; then the key
+/// is removed from the ring ([`Op::RemoveKey`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KeyState {
     /// Published in JWKS, not yet signing.
@@ -171,6 +234,28 @@ pub struct KeyRecord {
     pub state: KeyState,
     /// Unix seconds when the key was created.
     pub created_at: u64,
+    /// Lifecycle times (absent in records written before they existed).
+    #[serde(default)]
+    pub times: KeyTimes,
+}
+
+/// When a key may, and did, change state. Unix seconds, leader-stamped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyTimes {
+    /// Earliest time the key may become active: its creation plus the
+    /// publish-ahead window (its creation for an emergency rotation).
+    #[serde(default)]
+    pub activate_after: u64,
+    /// When it became active.
+    #[serde(default)]
+    pub activated_at: Option<u64>,
+    /// When it was retired.
+    #[serde(default)]
+    pub retired_at: Option<u64>,
+    /// Earliest time a retired key may be removed: every token it signed
+    /// has expired, plus leeway and clock skew.
+    #[serde(default)]
+    pub remove_after: Option<u64>,
 }
 
 impl std::fmt::Debug for KeyRecord {
@@ -182,6 +267,7 @@ impl std::fmt::Debug for KeyRecord {
             .field("state", &self.state)
             .field("kek_id", &self.kek_id)
             .field("created_at", &self.created_at)
+            .field("times", &self.times)
             .finish_non_exhaustive()
     }
 }

@@ -190,6 +190,7 @@ mod tests {
             kek_id: "kek".into(),
             state: KeyState::Pending,
             created_at: 1,
+            times: Default::default(),
         }
     }
 

@@ -10,6 +10,8 @@ use std::convert::Infallible;
 use openraft::EntryPayload;
 use serde::{Deserialize, Serialize};
 
+mod keys;
+
 use super::chunk;
 use super::db::{self, Db};
 use super::feed::Revocation;
@@ -263,6 +265,10 @@ impl State {
                 // raced command cannot wedge the log.
                 _ => 0,
             },
+            Op::AddPendingKey { .. }
+            | Op::ActivateKey { .. }
+            | Op::RemoveKey { .. }
+            | Op::ResealKeys { .. } => keys::apply(self, index, at, op, &mut touched.keys),
             // The proposer never nests batches; one would change nothing.
             Op::Batch { .. } => 0,
             Op::Purge => {
@@ -565,6 +571,7 @@ mod tests {
             kek_id: "kek1".into(),
             state,
             created_at: 10,
+            times: Default::default(),
         }
     }
 

@@ -126,6 +126,11 @@ impl TestCluster {
         self.boot(i).await;
     }
 
+    /// Node `i`'s configuration, to change before it is (re)started.
+    pub fn config_mut(&mut self, i: u64) -> &mut Config {
+        self.configs.get_mut(&i).unwrap()
+    }
+
     pub fn audit_path(&self, i: u64) -> PathBuf {
         self.dir.path().join(format!("audit-node{i}.jsonl"))
     }
@@ -223,7 +228,7 @@ impl TestCluster {
         KeyRing::from_records(
             state.keys_version(),
             &state.keys(),
-            &Kek::from_text(KEK).unwrap(),
+            &Kek::from_text(KEK).unwrap().into(),
         )
         .unwrap()
     }

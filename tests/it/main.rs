@@ -9,6 +9,7 @@ mod t30_restart;
 mod t40_transport;
 mod t45_limits;
 mod t50_crash;
+mod t55_keys;
 mod t60_cli;
 mod t70_dev;
 mod t80_cluster;

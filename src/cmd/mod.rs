@@ -7,6 +7,7 @@ mod bench_revoke;
 mod bench_watch;
 mod cluster;
 mod dev;
+mod health;
 mod serve;
 mod watch;
 
@@ -45,6 +46,35 @@ pub struct Cli {
         global = true
     )]
     pub log: String,
+    /// Log format: `text` (human-readable; colours only when stderr is a
+    /// terminal) or `json` (one object per line, span fields included).
+    #[arg(
+        long,
+        env = "TESSERA_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text,
+        global = true
+    )]
+    pub log_format: LogFormat,
+}
+
+/// The format of the service log on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    /// The flag value, for child processes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -74,6 +104,10 @@ enum Cmd {
     Revoke(RevokeArgs),
     /// Print the JSON Web Key Set.
     Jwks(ConnArgs),
+    /// Probe a node's gRPC health (whole node, and each `--service`) with a
+    /// client certificate; exit 0 when SERVING, 1 otherwise (for
+    /// Kubernetes exec probes and systemd).
+    Health(health::HealthArgs),
     /// Print the revocation stream as JSON lines.
     Watch(watch::WatchArgs),
     /// Propagation latency of the revocation stream to many subscribers.
@@ -280,7 +314,7 @@ pub(crate) fn status_err(s: tonic::Status) -> anyhow::Error {
 pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
     match cli.cmd {
         Cmd::Serve(args) => serve::serve(*args).await,
-        Cmd::Dev(args) => dev::run(args).await,
+        Cmd::Dev(args) => dev::run(args, cli.log_format).await,
         Cmd::Cluster { cmd } => cluster::run(cmd).await.map_err(CliError::Failed),
         Cmd::Certs {
             cmd:
@@ -317,6 +351,7 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
             println!("{}", r.jwks_json);
             Ok(())
         }
+        Cmd::Health(args) => health::run(args).await,
         Cmd::Bench(args) => bench::run(args).await,
         Cmd::Watch(args) => watch::run(args).await.map_err(CliError::Failed),
         Cmd::BenchWatch(args) => bench_watch::run(args).await,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::api::AuditSink;
+use crate::api::{AuditRotation, AuditSink};
 pub use crate::api::TokenSettings;
 use crate::clock::{Clock, SystemClock};
 use crate::tls::TlsFiles;
@@ -94,6 +94,8 @@ pub struct Config {
     pub purge_interval: Duration,
     /// Where audit records go.
     pub audit: AuditSink,
+    /// Size-based rotation of a file audit sink.
+    pub audit_rotation: AuditRotation,
     /// The clock (tests inject a manual one).
     pub clock: Arc<dyn Clock>,
     /// Raft timing and compaction.
@@ -147,6 +149,7 @@ impl Config {
             read_wait_max: Duration::from_secs(5),
             purge_interval: Duration::from_secs(60),
             audit: AuditSink::Stderr,
+            audit_rotation: AuditRotation::default(),
             clock: Arc::new(SystemClock),
             raft: RaftSettings::default(),
             faults: None,
@@ -206,6 +209,7 @@ impl Config {
             return Err("watch window, subscriber limit and heartbeat must be positive".into());
         }
         self.limits.validate()?;
+        self.audit_rotation.validate()?;
         if self.purge_interval.is_zero() {
             return Err("purge interval must be positive".into());
         }

@@ -73,7 +73,8 @@ fn init_tracing(filter: &str, format: cmd::LogFormat) {
             .with_span_list(true)
             .init(),
         cmd::LogFormat::Text => {
-            let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            let ansi = std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
             builder.with_ansi(ansi).init()
         }
     }

@@ -54,7 +54,7 @@ pub async fn run(args: HealthArgs) -> Result<(), CliError> {
             .conn
             .channel()
             .await
-            .map_err(|e| format!("cannot connect to {endpoint}: {e:#}"))?;
+            .map_err(|e| format!("cannot connect to {endpoint}: {e}"))?;
         let mut client = HealthClient::new(channel);
         let services = std::iter::once(String::new()).chain(args.services.iter().cloned());
         for service in services {

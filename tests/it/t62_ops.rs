@@ -39,12 +39,15 @@ async fn probe(
         .env_remove("TESSERA_LOG_FORMAT")
         .envs(env.iter().copied())
         .stdin(Stdio::null())
+        .stdout(Stdio::piped())
         .kill_on_drop(true);
     match stderr {
         Some(p) => cmd.stderr(std::fs::File::create(p).unwrap()),
         None => cmd.stderr(Stdio::piped()),
     };
-    tokio::time::timeout(WAIT, cmd.output())
+    // Not `output()`: it would replace the file with a pipe.
+    let child = cmd.spawn().unwrap();
+    tokio::time::timeout(WAIT, child.wait_with_output())
         .await
         .expect("probe did not finish")
         .unwrap()

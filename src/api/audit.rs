@@ -174,7 +174,12 @@ impl RotatingFile {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
+        let existed = path.exists();
         let file = open_append(path)?;
+        if !existed {
+            // The new name must survive a crash as well as its contents.
+            sync_dir(path)?;
+        }
         let size = file.metadata()?.len();
         Ok(Self {
             path: path.to_path_buf(),
@@ -384,9 +389,9 @@ impl AuditLog {
         let Some(tx) = &self.tx else { return };
         match tx.try_send(event) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.counters.drop_one("the audit writer is a full queue behind")
-            }
+            Err(mpsc::error::TrySendError::Full(_)) => self
+                .counters
+                .drop_one("the audit writer is a full queue behind"),
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 self.counters.drop_one("the audit writer has stopped")
             }

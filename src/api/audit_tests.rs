@@ -52,14 +52,28 @@ fn size_rotation_keeps_max_files_and_the_newest_records() {
     names.sort();
     assert_eq!(
         names,
-        ["audit.jsonl", "audit.jsonl.1", "audit.jsonl.2", "audit.jsonl.3"]
+        [
+            "audit.jsonl",
+            "audit.jsonl.1",
+            "audit.jsonl.2",
+            "audit.jsonl.3"
+        ]
     );
     // Oldest first: .3, .2, .1, live. Every file within the bound, and the
     // records are consecutive and end with the last one written.
     let mut seen = Vec::new();
-    for name in ["audit.jsonl.3", "audit.jsonl.2", "audit.jsonl.1", "audit.jsonl"] {
+    for name in [
+        "audit.jsonl.3",
+        "audit.jsonl.2",
+        "audit.jsonl.1",
+        "audit.jsonl",
+    ] {
         let text = std::fs::read_to_string(dir.path().join(name)).unwrap();
-        assert!(text.len() as u64 <= rotation.max_bytes, "{name}: {}", text.len());
+        assert!(
+            text.len() as u64 <= rotation.max_bytes,
+            "{name}: {}",
+            text.len()
+        );
         assert!(text.ends_with('\n'), "{name} ends mid-record");
         for line in text.lines() {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
@@ -156,16 +170,20 @@ fn a_stalled_writer_drops_and_counts_records_and_never_blocks_a_request() {
     join(task);
 
     let lines = lines.lock().unwrap();
-    let parsed: Vec<serde_json::Value> =
-        lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let parsed: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let written: Vec<&str> = parsed
         .iter()
         .filter(|v| v["op"] == "revoke")
         .map(|v| v["caller"].as_str().unwrap())
         .collect();
     assert_eq!(written, ["svc-0", "svc-1", "svc-2", "svc-3", "svc-4"]);
-    let drops: Vec<&serde_json::Value> =
-        parsed.iter().filter(|v| v["op"] == "audit_dropped").collect();
+    let drops: Vec<&serde_json::Value> = parsed
+        .iter()
+        .filter(|v| v["op"] == "audit_dropped")
+        .collect();
     assert_eq!(drops.len(), 1, "{lines:?}");
     assert_eq!(drops[0]["dropped"], 3);
     assert_eq!(drops[0]["dropped_total"], 3);

@@ -76,10 +76,7 @@ pub async fn run(args: HealthArgs) -> Result<(), CliError> {
                 .status;
             let status = ServingStatus::try_from(status).unwrap_or(ServingStatus::Unknown);
             if status != ServingStatus::Serving {
-                return Err(format!(
-                    "{name} at {endpoint} is {}",
-                    status.as_str_name()
-                ));
+                return Err(format!("{name} at {endpoint} is {}", status.as_str_name()));
             }
         }
         Ok::<_, String>(())

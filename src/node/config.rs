@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::api::{AuditRotation, AuditSink};
 pub use crate::api::TokenSettings;
+use crate::api::{AuditRotation, AuditSink};
 use crate::clock::{Clock, SystemClock};
 use crate::tls::TlsFiles;
 

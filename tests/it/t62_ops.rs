@@ -7,7 +7,6 @@ use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
 
-
 use crate::cluster::*;
 
 /// Runs `tessera health` against node `i` as `ledger`, stderr to `stderr`
@@ -85,7 +84,14 @@ async fn health_probe_exits_0_when_serving_and_1_without_quorum() {
     let leader = c.agreed_leader(&[1, 2, 3]).await;
     wait_health(&c, leader, ServingStatus::Serving as i32).await;
 
-    let out = probe(&c, leader, &["--service", "tessera.v1.TokenService"], &[], None).await;
+    let out = probe(
+        &c,
+        leader,
+        &["--service", "tessera.v1.TokenService"],
+        &[],
+        None,
+    )
+    .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout} {:?}", out.stderr);
     assert!(stdout.starts_with("SERVING "), "{stdout}");
@@ -118,8 +124,14 @@ async fn log_output_to_a_file_has_no_escape_codes() {
     let out = probe(&c, 1, &[], &debug, Some(&text)).await;
     assert_eq!(out.status.code(), Some(0));
     let log = std::fs::read_to_string(&text).unwrap();
-    assert!(log.contains("DEBUG") && log.contains("checking health"), "{log}");
-    assert!(!log.contains('\u{1b}'), "escape codes in a log file: {log:?}");
+    assert!(
+        log.contains("DEBUG") && log.contains("checking health"),
+        "{log}"
+    );
+    assert!(
+        !log.contains('\u{1b}'),
+        "escape codes in a log file: {log:?}"
+    );
 
     let json = dir.path().join("json.log");
     let out = probe(&c, 1, &["--log-format", "json"], &debug, Some(&json)).await;
@@ -190,7 +202,8 @@ async fn revoke_on(c: &TestCluster, i: u64, jti: &str, traceparent: Option<&str>
     for _ in 0..20 {
         let mut req = tonic::Request::new(revoke_jti(jti));
         if let Some(tp) = traceparent {
-            req.metadata_mut().insert("traceparent", tp.parse().unwrap());
+            req.metadata_mut()
+                .insert("traceparent", tp.parse().unwrap());
         }
         match client.revoke(req).await {
             Ok(r) => return r.into_inner().revision,
@@ -221,7 +234,10 @@ async fn a_forwarded_revoke_carries_the_callers_trace_to_the_leader() {
                 && v["fields"]["revision"] == revision
         })
     };
-    assert!(on(follower, "write forwarded to the leader and committed"), "{seen:#?}");
+    assert!(
+        on(follower, "write forwarded to the leader and committed"),
+        "{seen:#?}"
+    );
     assert!(on(leader, "forwarded write committed"), "{seen:#?}");
 
     // No traceparent: the follower starts a trace, and the leader logs the

@@ -30,8 +30,9 @@ pub const QUEUE: usize = 4096;
 /// Least time between two "records dropped" warnings in the service log.
 pub const DROP_WARN_EVERY: Duration = Duration::from_secs(10);
 
-/// Records written per batch (one flush and one fdatasync per batch).
-const BATCH: usize = 256;
+/// Most records written per batch (one flush and one fdatasync per batch):
+/// whatever is queued, so a slow fsync is paid once for all of it.
+const BATCH: usize = QUEUE;
 
 /// One audit record.
 #[derive(Debug, Clone, Serialize)]
@@ -335,20 +336,27 @@ impl AuditLog {
                             Err(_) => break,
                         }
                     }
+                    let mut written = 0;
                     let res = (|| {
-                        for ev in batch.drain(..) {
+                        for ev in &batch {
                             line.clear();
-                            serde_json::to_writer(&mut line, &ev)?;
+                            serde_json::to_writer(&mut line, ev)?;
                             line.push(b'\n');
                             out.write_line(&line)?;
+                            written += 1;
                         }
                         report_drops(&mut *out, &shared, &mut reported, &mut line)?;
                         out.sync()
                     })();
                     if let Err(e) = res {
-                        batch.clear();
-                        tracing::error!(error = %e, "audit log write failed");
+                        // Records the output never took are lost: counted
+                        // like drops, so the gap is reported once the
+                        // output works again.
+                        let lost = (batch.len() - written) as u64;
+                        shared.dropped.fetch_add(lost, Ordering::Relaxed);
+                        tracing::error!(error = %e, lost, "audit log write failed");
                     }
+                    batch.clear();
                 }
                 let res = report_drops(&mut *out, &shared, &mut reported, &mut line)
                     .and_then(|()| out.sync());

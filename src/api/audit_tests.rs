@@ -189,3 +189,27 @@ fn a_stalled_writer_drops_and_counts_records_and_never_blocks_a_request() {
     assert_eq!(drops[0]["dropped_total"], 3);
     assert_eq!(parsed.len(), 6);
 }
+
+/// An output whose every write fails, as on a full disk.
+struct Failing;
+
+impl AuditOutput for Failing {
+    fn write_line(&mut self, _: &[u8]) -> std::io::Result<()> {
+        Err(std::io::Error::other("no space left on device"))
+    }
+    fn sync(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn records_a_failing_output_never_took_are_counted_as_dropped() {
+    let (log, task) = AuditLog::start_with(Box::new(Failing), 16).unwrap();
+    let counters = log.counters.clone();
+    for i in 0..3 {
+        log.try_record(event(i));
+    }
+    drop(log);
+    join(task);
+    assert_eq!(counters.dropped.load(Ordering::Relaxed), 3);
+}

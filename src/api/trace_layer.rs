@@ -69,15 +69,22 @@ where
             .and_then(TraceContext::parse)
             .map(|c| c.child())
             .unwrap_or_else(TraceContext::generate);
-        let caller = super::rate_layer::caller_of(&req);
         let span = tracing::info_span!(
             "request",
             method = req.uri().path(),
-            caller = caller.as_deref().unwrap_or("-"),
-            trace_id = %ctx.trace_id(),
+            caller = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
             node = self.layer.node,
-            revision = self.layer.state.revision(),
+            revision = tracing::field::Empty,
         );
+        // Parsing the certificate and formatting ids costs a little on
+        // every call: only when the span is logged at all.
+        if !span.is_disabled() {
+            let caller = super::rate_layer::caller_of(&req);
+            span.record("caller", caller.as_deref().unwrap_or("-"));
+            span.record("trace_id", ctx.trace_id().as_str());
+            span.record("revision", self.layer.state.revision());
+        }
         crate::trace::scope(ctx, self.inner.call(req)).instrument(span)
     }
 }

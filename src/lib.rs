@@ -16,6 +16,8 @@
 //!   and the node-to-node transport (members-only gRPC over mTLS).
 //! - [`store`]: sled-backed Raft log and state machine.
 //! - [`api`]: the public gRPC services and the error-to-status table.
+//! - [`trace`]: W3C trace context carried from the API to forwarded
+//!   writes (used by `api` and `raft`).
 //! - [`node`]: configuration and wiring: `run(config, listeners, shutdown)`.
 //! - [`client`]: what callers and resource servers embed.
 //! - [`pb`] and [`pb_codec`]: the generated `tessera.v1` code and its codec.
@@ -34,6 +36,7 @@ pub mod raft;
 pub mod store;
 pub mod tls;
 pub mod token;
+pub mod trace;
 
 /// Generated protobuf and gRPC code for the public API (`tessera.v1`).
 pub mod pb {

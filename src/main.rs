@@ -24,7 +24,7 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    init_tracing(&cli.log);
+    init_tracing(&cli.log, cli.log_format);
     // Exactly one crypto provider is linked; install it explicitly so no
     // library has to guess.
     if rustls::crypto::aws_lc_rs::default_provider()
@@ -57,11 +57,25 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(filter: &str) {
+/// Logs go to stderr. Colour codes only when stderr is a terminal (and
+/// `NO_COLOR` is unset): a log file or the journal must hold plain text.
+fn init_tracing(filter: &str, format: cmd::LogFormat) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        cmd::LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+        cmd::LogFormat::Text => {
+            let ansi = std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            builder.with_ansi(ansi).init()
+        }
+    }
 }

@@ -2,18 +2,37 @@
 //! every state change. It carries identities, `jti`s, policy ids and
 //! outcomes — never a token, a key or a key-encryption key.
 //!
-//! Records go through a bounded channel to one writer task, so a request
-//! never waits on disk I/O unless the writer has fallen a full buffer behind;
-//! then it waits (back-pressure) rather than dropping audit records.
+//! Records go through a bounded queue to one writer thread, and a request
+//! never waits for it: when the queue is full (the disk is slower than the
+//! requests) the record is dropped and *counted*, never lost silently. The
+//! count is exposed ([`AuditLog::dropped`]), warned about at most every
+//! [`DROP_WARN_EVERY`], and written into the log itself as an
+//! `audit_dropped` record as soon as the writer catches up.
+//!
+//! A file sink rotates by size ([`AuditRotation`]): `audit.jsonl` becomes
+//! `audit.jsonl.1`, the previous `.1` becomes `.2`, and so on up to
+//! `max_files`; the oldest is deleted. Each batch is flushed and
+//! `fdatasync`ed, and the directory is synced after each rotation, so what
+//! the writer reports written survives a crash.
 
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use tokio::sync::mpsc;
 
 /// Capacity of the queue between request handlers and the writer.
-const QUEUE: usize = 4096;
+pub const QUEUE: usize = 4096;
+
+/// Least time between two "records dropped" warnings in the service log.
+pub const DROP_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Most records written per batch (one flush and one fdatasync per batch):
+/// whatever is queued, so a slow fsync is paid once for all of it.
+const BATCH: usize = QUEUE;
 
 /// One audit record.
 #[derive(Debug, Clone, Serialize)]
@@ -71,81 +90,361 @@ impl AuditEvent {
 /// Where audit lines go.
 #[derive(Debug, Clone)]
 pub enum AuditSink {
-    /// Append to a file.
+    /// Append to a file, rotated by size (see [`AuditRotation`]).
     File(PathBuf),
-    /// Write to standard error.
+    /// Write to standard error (under systemd: the journal).
     Stderr,
     /// Discard (benchmarks).
     Discard,
+}
+
+/// Size-based rotation of a file sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditRotation {
+    /// Rotate when the live file would grow past this many bytes
+    /// (0: never rotate).
+    pub max_bytes: u64,
+    /// Rotated files kept besides the live one (`.1` .. `.N`); the oldest
+    /// is deleted. At least 1 when rotating.
+    pub max_files: u32,
+}
+
+/// Upper bound on [`AuditRotation::max_files`]: each rotation renames every
+/// kept file, so the work per rotation stays small.
+pub const MAX_AUDIT_FILES: u32 = 1000;
+
+impl Default for AuditRotation {
+    /// 100 MiB per file, 10 rotated files: about 1.1 GB at most.
+    fn default() -> Self {
+        Self {
+            max_bytes: 100 * 1024 * 1024,
+            max_files: 10,
+        }
+    }
+}
+
+impl AuditRotation {
+    /// Checks the bounds; the message names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_bytes > 0 && (self.max_files == 0 || self.max_files > MAX_AUDIT_FILES) {
+            return Err(format!(
+                "audit_max_files must be between 1 and {MAX_AUDIT_FILES} when audit_max_bytes is set"
+            ));
+        }
+        if self.max_bytes > 0 && self.max_bytes < 4096 {
+            return Err("audit_max_bytes must be 0 (no rotation) or at least 4096".into());
+        }
+        Ok(())
+    }
+}
+
+/// Where the writer thread puts lines: the seam that tests replace with a
+/// slow or stalled output.
+pub trait AuditOutput: Send + 'static {
+    /// Writes one record (a JSON line including its `\n`).
+    fn write_line(&mut self, line: &[u8]) -> std::io::Result<()>;
+    /// Makes everything written so far durable (or at least visible).
+    fn sync(&mut self) -> std::io::Result<()>;
+}
+
+/// Standard error, one `write_all` per line so lines never interleave with
+/// the service log mid-line.
+struct StderrOutput;
+
+impl AuditOutput for StderrOutput {
+    fn write_line(&mut self, line: &[u8]) -> std::io::Result<()> {
+        std::io::stderr().lock().write_all(line)
+    }
+    fn sync(&mut self) -> std::io::Result<()> {
+        std::io::stderr().lock().flush()
+    }
+}
+
+/// An append-only file rotated by size.
+pub struct RotatingFile {
+    path: PathBuf,
+    rotation: AuditRotation,
+    file: std::io::BufWriter<std::fs::File>,
+    /// Bytes in the live file (including buffered ones).
+    size: u64,
+}
+
+impl RotatingFile {
+    /// Opens (or creates) `path` for appending; creates its directory.
+    pub fn open(path: &Path, rotation: AuditRotation) -> std::io::Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let existed = path.exists();
+        let file = open_append(path)?;
+        if !existed {
+            // The new name must survive a crash as well as its contents.
+            sync_dir(path)?;
+        }
+        let size = file.metadata()?.len();
+        Ok(Self {
+            path: path.to_path_buf(),
+            rotation,
+            file: std::io::BufWriter::new(file),
+            size,
+        })
+    }
+
+    /// `path.N`.
+    fn numbered(&self, n: u32) -> PathBuf {
+        let mut name = self.path.as_os_str().to_owned();
+        name.push(format!(".{n}"));
+        PathBuf::from(name)
+    }
+
+    /// Closes the live file durably, shifts `.N-1 -> .N`, ..., live -> `.1`
+    /// (the old `.N` is replaced, so at most `max_files` are kept), and
+    /// starts an empty live file.
+    fn rotate(&mut self) -> std::io::Result<()> {
+        self.file.flush()?;
+        self.file.get_ref().sync_data()?;
+        let n = self.rotation.max_files;
+        for i in (1..n).rev() {
+            let from = self.numbered(i);
+            if from.exists() {
+                std::fs::rename(&from, self.numbered(i + 1))?;
+            }
+        }
+        std::fs::rename(&self.path, self.numbered(1))?;
+        let file = open_append(&self.path)?;
+        sync_dir(&self.path)?;
+        self.file = std::io::BufWriter::new(file);
+        self.size = 0;
+        Ok(())
+    }
+}
+
+fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
+/// Makes renames and creations in `path`'s directory durable.
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)?.sync_all()
+}
+
+impl AuditOutput for RotatingFile {
+    fn write_line(&mut self, line: &[u8]) -> std::io::Result<()> {
+        let len = line.len() as u64;
+        if self.rotation.max_bytes > 0 && self.size > 0 && self.size + len > self.rotation.max_bytes
+        {
+            self.rotate()?;
+        }
+        self.file.write_all(line)?;
+        self.size += len;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.file.flush()?;
+        self.file.get_ref().sync_data()
+    }
+}
+
+/// What the handles share with the writer.
+struct Counters {
+    /// Records dropped since start (queue full or writer gone).
+    dropped: AtomicU64,
+    /// Milliseconds after `epoch` of the last drop warning, +1 (0: never).
+    last_warn: AtomicU64,
+    epoch: Instant,
+}
+
+impl Counters {
+    /// Counts one drop and warns if the last warning is old enough.
+    fn drop_one(&self, why: &str) {
+        let total = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = self.epoch.elapsed().as_millis() as u64 + 1;
+        let last = self.last_warn.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= DROP_WARN_EVERY.as_millis() as u64;
+        // Only the caller that wins the exchange warns: one line per period.
+        if due
+            && self
+                .last_warn
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                dropped_total = total,
+                "audit records dropped: {why}; the count is written to the audit log when it catches up"
+            );
+        }
+    }
 }
 
 /// A handle to the audit writer. Cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
     tx: Option<mpsc::Sender<AuditEvent>>,
+    counters: Arc<Counters>,
 }
 
 impl AuditLog {
-    /// Starts the writer thread. It ends once every handle is dropped and the
-    /// queue is drained; the returned join handle lets the owner wait for it.
-    pub fn start(sink: AuditSink) -> std::io::Result<(Self, Option<std::thread::JoinHandle<()>>)> {
-        let mut out: Box<dyn std::io::Write + Send> = match sink {
-            AuditSink::Discard => return Ok((Self { tx: None }, None)),
-            AuditSink::Stderr => Box::new(std::io::stderr()),
-            AuditSink::File(path) => {
-                if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir)?;
-                }
-                Box::new(std::io::BufWriter::new(
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(path)?,
-                ))
-            }
+    /// Starts the writer thread for `sink` (files rotated per `rotation`).
+    /// It ends once every handle is dropped and the queue is drained; the
+    /// returned join handle lets the owner wait for it.
+    pub fn start(
+        sink: AuditSink,
+        rotation: AuditRotation,
+    ) -> std::io::Result<(Self, Option<std::thread::JoinHandle<()>>)> {
+        let out: Box<dyn AuditOutput> = match sink {
+            AuditSink::Discard => return Ok((Self::discard(), None)),
+            AuditSink::Stderr => Box::new(StderrOutput),
+            AuditSink::File(path) => Box::new(RotatingFile::open(&path, rotation)?),
         };
-        let (tx, mut rx) = mpsc::channel::<AuditEvent>(QUEUE);
+        let (log, task) = Self::start_with(out, QUEUE)?;
+        Ok((log, Some(task)))
+    }
+
+    /// Starts a writer thread on any output with a queue of `queue` records.
+    pub fn start_with(
+        mut out: Box<dyn AuditOutput>,
+        queue: usize,
+    ) -> std::io::Result<(Self, std::thread::JoinHandle<()>)> {
+        let (tx, mut rx) = mpsc::channel::<AuditEvent>(queue.max(1));
+        let counters = Arc::new(Counters {
+            dropped: AtomicU64::new(0),
+            last_warn: AtomicU64::new(0),
+            epoch: Instant::now(),
+        });
+        let shared = counters.clone();
         // A plain thread: the writes are blocking and this works the same
         // under any tokio runtime flavour.
         let task = std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || {
-                let mut batch = Vec::with_capacity(256);
+                let mut reported = 0u64;
+                let mut batch = Vec::with_capacity(BATCH);
+                let mut line = Vec::with_capacity(512);
                 while let Some(ev) = rx.blocking_recv() {
                     batch.push(ev);
-                    while batch.len() < 256 {
+                    while batch.len() < BATCH {
                         match rx.try_recv() {
                             Ok(ev) => batch.push(ev),
                             Err(_) => break,
                         }
                     }
+                    let mut written = 0;
                     let res = (|| {
-                        for ev in batch.drain(..) {
-                            serde_json::to_writer(&mut out, &ev)?;
-                            out.write_all(b"\n")?;
+                        for ev in &batch {
+                            line.clear();
+                            serde_json::to_writer(&mut line, ev)?;
+                            line.push(b'\n');
+                            out.write_line(&line)?;
+                            written += 1;
                         }
-                        out.flush()
+                        report_drops(&mut *out, &shared, &mut reported, &mut line)?;
+                        out.sync()
                     })();
                     if let Err(e) = res {
-                        batch.clear();
-                        tracing::error!(error = %e, "audit log write failed");
+                        // Records the output never took are lost: counted
+                        // like drops, so the gap is reported once the
+                        // output works again.
+                        let lost = (batch.len() - written) as u64;
+                        shared.dropped.fetch_add(lost, Ordering::Relaxed);
+                        tracing::error!(error = %e, lost, "audit log write failed");
                     }
+                    batch.clear();
+                }
+                let res = report_drops(&mut *out, &shared, &mut reported, &mut line)
+                    .and_then(|()| out.sync());
+                if let Err(e) = res {
+                    tracing::error!(error = %e, "audit log write failed");
                 }
             })?;
-        Ok((Self { tx: Some(tx) }, Some(task)))
+        Ok((
+            Self {
+                tx: Some(tx),
+                counters,
+            },
+            task,
+        ))
     }
 
     /// A handle that writes nowhere.
     pub fn discard() -> Self {
-        Self { tx: None }
+        Self {
+            tx: None,
+            counters: Arc::new(Counters {
+                dropped: AtomicU64::new(0),
+                last_warn: AtomicU64::new(0),
+                epoch: Instant::now(),
+            }),
+        }
     }
 
-    /// Records an event (waits only if the writer is a full queue behind).
+    /// Records an event. Never waits: when the writer is a full queue
+    /// behind, the event is dropped and counted (see the module docs).
+    /// `async` so that a future sink may wait without changing callers.
     pub async fn record(&self, event: AuditEvent) {
-        if let Some(tx) = &self.tx {
-            if tx.send(event).await.is_err() {
-                tracing::error!("audit writer has stopped; record lost");
+        self.try_record(event);
+    }
+
+    /// [`AuditLog::record`] for code that is not async.
+    pub fn try_record(&self, event: AuditEvent) {
+        let Some(tx) = &self.tx else { return };
+        match tx.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => self
+                .counters
+                .drop_one("the audit writer is a full queue behind"),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.counters.drop_one("the audit writer has stopped")
             }
         }
     }
+
+    /// Records dropped since this log was started (monotonic; for metrics).
+    pub fn dropped(&self) -> u64 {
+        self.counters.dropped.load(Ordering::Relaxed)
+    }
 }
+
+/// Writes an `audit_dropped` record for the drops not yet reported.
+fn report_drops(
+    out: &mut dyn AuditOutput,
+    counters: &Counters,
+    reported: &mut u64,
+    line: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    let total = counters.dropped.load(Ordering::Relaxed);
+    if total <= *reported {
+        return Ok(());
+    }
+    let ts = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    line.clear();
+    serde_json::to_writer(
+        &mut *line,
+        &serde_json::json!({
+            "ts": ts,
+            "op": "audit_dropped",
+            "decision": "error",
+            "caller": "",
+            "dropped": total - *reported,
+            "dropped_total": total,
+        }),
+    )?;
+    line.push(b'\n');
+    out.write_line(line)?;
+    *reported = total;
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "audit_tests.rs"]
+mod tests;

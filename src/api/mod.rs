@@ -17,6 +17,7 @@ mod purge;
 mod rate_layer;
 mod reflection;
 mod token_service;
+mod trace_layer;
 pub mod validate;
 mod watch_service;
 
@@ -27,7 +28,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 pub use admin_service::cluster_status;
-pub use audit::{AuditEvent, AuditLog, AuditSink};
+pub use audit::{
+    AuditEvent, AuditLog, AuditOutput, AuditRotation, AuditSink, RotatingFile, MAX_AUDIT_FILES,
+};
 pub use consistency::{NotReady, READ_CONFIRM_BUDGET};
 pub use error::{ApiError, LEADER_METADATA};
 pub use keys_admin::{Jwks, KeySettings, Rotation};
@@ -390,11 +393,34 @@ impl Shared {
         let attempt = async {
             self.check_lease()?;
             match self.proposer.propose(cmd.clone()).await {
-                Ok(r) => Ok(r),
+                Ok(r) => {
+                    if let Some(t) = crate::trace::current() {
+                        tracing::debug!(
+                            target: crate::trace::LOG_TARGET,
+                            trace_id = %t.trace_id(),
+                            revision = r.revision,
+                            "write committed on this leader"
+                        );
+                    }
+                    Ok(r)
+                }
                 Err(openraft::error::RaftError::APIError(
                     openraft::error::ClientWriteError::ForwardToLeader(f),
                 )) => match (f.leader_id, f.leader_node) {
-                    (Some(id), Some(node)) => self.peers.forward(id, &node, cmd).await,
+                    (Some(id), Some(node)) => {
+                        let r = self.peers.forward(id, &node, cmd).await;
+                        if let (Ok(r), Some(t)) = (&r, crate::trace::current()) {
+                            tracing::debug!(
+                                target: crate::trace::LOG_TARGET,
+                                trace_id = %t.trace_id(),
+                                node = self.raft.metrics().borrow().id,
+                                leader = id,
+                                revision = r.revision,
+                                "write forwarded to the leader and committed"
+                            );
+                        }
+                        r
+                    }
                     _ => Err(ApiError::Unavailable {
                         reason: "no leader is known (no quorum?)".into(),
                         leader: None,
@@ -460,6 +486,12 @@ impl Shared {
         }
         lease.observe(m);
         lease.last_contact().elapsed() <= self.contact_timeout
+    }
+
+    /// Audit records dropped because the audit writer fell behind
+    /// (monotonic; see [`AuditLog::dropped`]).
+    pub fn audit_dropped(&self) -> u64 {
+        self.audit.dropped()
     }
 
     /// Health: `SERVING` only while [`Shared::readiness`] holds.
@@ -538,6 +570,8 @@ pub async fn serve(
     let (incoming, accept_loop) =
         crate::tls::tls_incoming_joined_with(listener, tls, limits.accept.clone());
     let rate = limits::RateLimitLayer::new(rate);
+    let node_id = shared.raft.metrics().borrow().id;
+    let trace = trace_layer::TraceLayer::new(node_id, shared.state.clone());
     let mut stop_rx = stop;
     let shutdown = async move {
         let _ = stop_rx.wait_for(|s| *s).await;
@@ -551,6 +585,7 @@ pub async fn serve(
         .http2_max_header_list_size(limits.http2.max_header_list_size)
         .http2_keepalive_interval(Some(limits.http2.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.http2.keepalive_timeout))
+        .layer(trace)
         .layer(rate)
         .add_service(health)
         .add_optional_service(reflection::v1())

@@ -41,7 +41,7 @@ pub struct RateLimited<S> {
 
 /// The caller identity of the connection a request came on, if its client
 /// certificate has one (otherwise the handler refuses the call anyway).
-fn caller_of<B>(req: &http::Request<B>) -> Option<String> {
+pub(super) fn caller_of<B>(req: &http::Request<B>) -> Option<String> {
     use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
     let info = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>()?;
     let certs = info.peer_certs()?;

@@ -444,7 +444,7 @@ impl pb::token_service_server::TokenService for TokenApi {
         Ok(Response::new(resp))
     }
 
-    #[tracing::instrument(name = "revoke", skip_all, fields(caller, revision))]
+    #[tracing::instrument(name = "revoke", skip_all, fields(caller, jti, revision))]
     async fn revoke(
         &self,
         req: Request<pb::RevokeRequest>,
@@ -572,6 +572,9 @@ impl pb::token_service_server::TokenService for TokenApi {
                 (RevokeKind::Client, allowed, op)
             }
         };
+        if let Some(j) = &ev.subject_jti {
+            tracing::Span::current().record("jti", j.as_str());
+        }
         ev.policy_ids = ids.into_iter().collect();
         if !allowed {
             ev.reason = Some(format!("policy denies revoke by {}", kind.as_str()));

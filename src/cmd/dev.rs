@@ -308,13 +308,15 @@ struct Supervisor {
     exe: PathBuf,
     dir: PathBuf,
     layout: Layout,
+    /// The nodes log in the format `tessera dev` was given.
+    log_format: super::LogFormat,
     nodes: Vec<NodeProc>,
     tx: mpsc::Sender<Event>,
     rx: mpsc::Receiver<Event>,
 }
 
 impl Supervisor {
-    fn new(exe: PathBuf, dir: PathBuf, layout: Layout) -> Self {
+    fn new(exe: PathBuf, dir: PathBuf, layout: Layout, log_format: super::LogFormat) -> Self {
         let (tx, rx) = mpsc::channel(EVENT_CAPACITY);
         let nodes = (1..=layout.nodes)
             .map(|id| NodeProc {
@@ -329,6 +331,7 @@ impl Supervisor {
             exe,
             dir,
             layout,
+            log_format,
             nodes,
             tx,
             rx,
@@ -395,7 +398,9 @@ impl Supervisor {
             // A development cluster is where the benchmarks run, all from
             // one identity: per-caller rate limits would measure themselves.
             .arg("--rate-limit")
-            .arg("all=off");
+            .arg("all=off")
+            .arg("--log-format")
+            .arg(self.log_format.as_str());
         // The operator's TESSERA_* settings (an endpoint, a config file, an
         // advertised address) are meant for their own commands, not for the
         // nodes, and would override what is chosen here. The log filter is
@@ -1000,7 +1005,7 @@ fn print_ready(sup: &Supervisor, s: &pb::ClusterStatusResponse, initialised: boo
 }
 
 /// Runs `tessera dev`.
-pub async fn run(args: DevArgs) -> Result<(), CliError> {
+pub async fn run(args: DevArgs, log_format: super::LogFormat) -> Result<(), CliError> {
     let layout = Layout {
         nodes: args.nodes,
         base_port: args.base_port,
@@ -1018,7 +1023,7 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
     let mut sig = Signals::register().map_err(CliError::Failed)?;
     prepare(&args.dir, &layout)?;
 
-    let mut sup = Supervisor::new(exe, args.dir.clone(), layout);
+    let mut sup = Supervisor::new(exe, args.dir.clone(), layout, log_format);
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let started = async {
         for i in 1..=layout.nodes {

@@ -9,6 +9,7 @@ mod bench_watch;
 mod cluster;
 mod dev;
 mod keys;
+mod health;
 mod serve;
 mod watch;
 
@@ -47,6 +48,35 @@ pub struct Cli {
         global = true
     )]
     pub log: String,
+    /// Log format: `text` (human-readable; colours only when stderr is a
+    /// terminal) or `json` (one object per line, span fields included).
+    #[arg(
+        long,
+        env = "TESSERA_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text,
+        global = true
+    )]
+    pub log_format: LogFormat,
+}
+
+/// The format of the service log on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    /// The flag value, for child processes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -94,6 +124,10 @@ enum Cmd {
         #[command(subcommand)]
         cmd: keys::KekCmd,
     },
+    /// Probe a node's gRPC health (whole node, and each `--service`) with a
+    /// client certificate; exit 0 when SERVING, 1 otherwise (for
+    /// Kubernetes exec probes and systemd).
+    Health(health::HealthArgs),
     /// Print the revocation stream as JSON lines.
     Watch(watch::WatchArgs),
     /// Propagation latency of the revocation stream to many subscribers.
@@ -300,7 +334,7 @@ pub(crate) fn status_err(s: tonic::Status) -> anyhow::Error {
 pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
     match cli.cmd {
         Cmd::Serve(args) => serve::serve(*args).await,
-        Cmd::Dev(args) => dev::run(args).await,
+        Cmd::Dev(args) => dev::run(args, cli.log_format).await,
         Cmd::Cluster { cmd } => cluster::run(cmd).await.map_err(CliError::Failed),
         Cmd::Backup { cmd } => backup::run(cmd).await.map_err(CliError::Failed),
         Cmd::Restore(args) => backup::restore(args).await.map_err(CliError::Failed),
@@ -341,6 +375,7 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
             println!("{}", r.jwks_json);
             Ok(())
         }
+        Cmd::Health(args) => health::run(args).await,
         Cmd::Bench(args) => bench::run(args).await,
         Cmd::Watch(args) => watch::run(args).await.map_err(CliError::Failed),
         Cmd::BenchWatch(args) => bench_watch::run(args).await,

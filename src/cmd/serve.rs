@@ -101,6 +101,13 @@ pub struct ServeArgs {
     /// Audit log file ("-" for stderr).
     #[arg(long, env = "TESSERA_AUDIT_LOG")]
     audit_log: Option<PathBuf>,
+    /// Rotate the audit log file when it would grow past this many bytes
+    /// (default 104857600; 0: never).
+    #[arg(long, env = "TESSERA_AUDIT_MAX_BYTES")]
+    audit_max_bytes: Option<u64>,
+    /// Rotated audit log files kept (`.1` .. `.N`, default 10).
+    #[arg(long, env = "TESSERA_AUDIT_MAX_FILES")]
+    audit_max_files: Option<u32>,
     /// Build a Raft snapshot after this many log entries (default 10000).
     #[arg(long, env = "TESSERA_SNAPSHOT_EVERY")]
     snapshot_every: Option<u64>,
@@ -161,6 +168,8 @@ struct FileConfig {
     max_depth: Option<usize>,
     max_clock_skew: Option<u64>,
     audit_log: Option<PathBuf>,
+    audit_max_bytes: Option<u64>,
+    audit_max_files: Option<u32>,
     snapshot_every: Option<u64>,
     keep_logs: Option<u64>,
     /// Applied before the flags' settings.
@@ -289,6 +298,12 @@ fn build(a: ServeArgs) -> Result<(Config, String, String), CliError> {
     config.initial_policy = initial_policy;
     config.token = token;
     config.audit = audit;
+    if let Some(n) = pick!(audit_max_bytes) {
+        config.audit_rotation.max_bytes = n;
+    }
+    if let Some(n) = pick!(audit_max_files) {
+        config.audit_rotation.max_files = n;
+    }
     config.read_wait_max = Duration::from_secs(5);
     if let Some(n) = pick!(snapshot_every) {
         config.raft.snapshot_every = n;

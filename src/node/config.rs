@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::api::AuditSink;
 pub use crate::api::{KeySettings, TokenSettings};
+use crate::api::{AuditRotation, AuditSink};
 use crate::clock::{Clock, SystemClock};
 use crate::tls::TlsFiles;
 
@@ -100,6 +100,8 @@ pub struct Config {
     pub purge_interval: Duration,
     /// Where audit records go.
     pub audit: AuditSink,
+    /// Size-based rotation of a file audit sink.
+    pub audit_rotation: AuditRotation,
     /// The clock (tests inject a manual one).
     pub clock: Arc<dyn Clock>,
     /// Raft timing and compaction.
@@ -157,6 +159,7 @@ impl Config {
             read_wait_max: Duration::from_secs(5),
             purge_interval: Duration::from_secs(60),
             audit: AuditSink::Stderr,
+            audit_rotation: AuditRotation::default(),
             clock: Arc::new(SystemClock),
             raft: RaftSettings::default(),
             faults: None,
@@ -232,6 +235,7 @@ impl Config {
                 ));
             }
         }
+        self.audit_rotation.validate()?;
         if self.purge_interval.is_zero() {
             return Err("purge interval must be positive".into());
         }

@@ -363,7 +363,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
         bootstrap(&config, &raft, &state, keks.current()).await?;
     }
 
-    let (audit, audit_thread) = AuditLog::start(config.audit.clone())?;
+    let (audit, audit_thread) = AuditLog::start(config.audit.clone(), config.audit_rotation)?;
     let peers = Arc::new(NetPeers { network });
     let incarnation = info.incarnation;
     let shared = Arc::new(

@@ -377,6 +377,10 @@ impl Network {
             INCARNATION_HEADER,
             tonic::metadata::MetadataValue::from(self.inner.self_incarnation),
         );
+        // A forwarded write continues the caller's trace on the leader.
+        if let (Method::Forward, Some(t)) = (method, crate::trace::current()) {
+            t.inject(request.metadata_mut());
+        }
         let call = async {
             match method {
                 Method::AppendEntries => client.append_entries(request).await,

@@ -278,8 +278,21 @@ impl raft_service_server::RaftService for RaftService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
+        use tracing::Instrument as _;
+        // The follower's trace continues here (a new hop of it); the span
+        // puts its id on every line logged while the write is handled.
+        let trace = crate::trace::TraceContext::from_metadata(request.metadata())
+            .map(|t| t.child())
+            .unwrap_or_else(crate::trace::TraceContext::generate);
+        let span = tracing::info_span!(
+            "forwarded",
+            trace_id = %trace.trace_id(),
+            node = self.id,
+            from = tracing::field::Empty,
+        );
         let result = async {
             let caller = self.authorize(&request, true)?;
+            tracing::Span::current().record("from", caller);
             let mut cmd: Command = decode(&request)?;
             if let Some(clock) = &self.clock {
                 cmd.at = clock.now();
@@ -292,9 +305,19 @@ impl raft_service_server::RaftService for RaftService {
                 Some(p) => p.propose(cmd).await,
                 None => self.raft.client_write(cmd).await.map(|r| r.data),
             };
+            if let Ok(r) = &reply {
+                tracing::debug!(
+                    target: crate::trace::LOG_TARGET,
+                    trace_id = %trace.trace_id(),
+                    node = self.id,
+                    from = caller,
+                    revision = r.revision,
+                    "forwarded write committed"
+                );
+            }
             encode(&reply)
-        }
-        .await;
+        };
+        let result = crate::trace::scope(trace, result.instrument(span)).await;
         self.stamped(result)
     }
 

@@ -11,6 +11,7 @@ mod t45_limits;
 mod t50_crash;
 mod t55_keys;
 mod t60_cli;
+mod t62_ops;
 mod t70_dev;
 mod t80_cluster;
 mod t82_consistency;

@@ -22,6 +22,7 @@ fn help_on_every_subcommand() {
         vec!["token", "introspect", "--help"],
         vec!["revoke", "--help"],
         vec!["jwks", "--help"],
+        vec!["health", "--help"],
         vec!["bench", "--help"],
     ] {
         let out = tessera(&args);

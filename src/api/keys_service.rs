@@ -25,14 +25,23 @@ impl pb::key_service_server::KeyService for KeyApi {
         &self,
         _req: Request<pb::GetJwksRequest>,
     ) -> Result<Response<pb::GetJwksResponse>, Status> {
-        // A node that cannot vouch for its state would publish a stale or
-        // empty key set; verifiers must ask another node.
-        self.shared.ensure_ready()?;
-        let revision = self.shared.state.revision();
-        let ring = self.shared.key_ring()?;
+        let (jwks_json, revision) = self.shared.jwks()?;
         Ok(Response::new(pb::GetJwksResponse {
-            jwks_json: ring.verifiers().to_jwks_json(),
+            jwks_json,
             revision,
         }))
+    }
+}
+
+impl Shared {
+    /// The JWKS document and the revision it reflects: what `GetJwks` and
+    /// the HTTPS `/.well-known/jwks.json` both serve.
+    pub fn jwks(&self) -> Result<(String, u64), super::ApiError> {
+        // A node that cannot vouch for its state would publish a stale or
+        // empty key set; verifiers must ask another node.
+        self.ensure_ready()?;
+        let revision = self.state.revision();
+        let ring = self.key_ring()?;
+        Ok((ring.verifiers().to_jwks_json(), revision))
     }
 }

@@ -48,6 +48,11 @@ pub struct AcceptOptions {
     /// Open connections from one IP address. A connection beyond it is
     /// closed at once.
     pub max_connections_per_peer: usize,
+    /// What the client must send within `preface_timeout`: the HTTP/2
+    /// preface (gRPC listeners), or, when false, any first bytes (the HTTPS
+    /// listener, which also speaks HTTP/1.1). Either way a client silent
+    /// after its handshake is cut off.
+    pub require_h2_preface: bool,
 }
 
 impl Default for AcceptOptions {
@@ -59,6 +64,7 @@ impl Default for AcceptOptions {
             queue: 64,
             max_connections: 4096,
             max_connections_per_peer: 512,
+            require_h2_preface: true,
         }
     }
 }
@@ -231,22 +237,33 @@ async fn accept_loop<F>(
                 let tx = tx.clone();
                 let timeout = opts.handshake_timeout;
                 let preface_timeout = opts.preface_timeout;
+                let require_h2 = opts.require_h2_preface;
                 handshakes.spawn(
                     async move {
                         let result = tokio::time::timeout(timeout, acceptor.accept(tcp)).await;
                         match result {
                             Ok(Ok(mut stream)) => {
                                 let mut first = [0u8; PREFACE.len()];
-                                let read = tokio::time::timeout(
-                                    preface_timeout,
-                                    stream.read_exact(&mut first),
-                                )
+                                let read = tokio::time::timeout(preface_timeout, async {
+                                    if require_h2 {
+                                        stream.read_exact(&mut first).await
+                                    } else {
+                                        stream.read(&mut first).await
+                                    }
+                                })
                                 .await;
                                 match read {
-                                    Ok(Ok(_)) if &first == PREFACE => {
-                                        let conn = TlsConn::new(stream, slot);
+                                    Ok(Ok(n)) if require_h2 && &first == PREFACE => {
+                                        let conn = TlsConn::new(stream, slot, &first[..n]);
                                         // Fails only if the server stopped listening.
                                         let _ = tx.send(conn).await;
+                                    }
+                                    Ok(Ok(n)) if !require_h2 && n > 0 => {
+                                        let conn = TlsConn::new(stream, slot, &first[..n]);
+                                        let _ = tx.send(conn).await;
+                                    }
+                                    Ok(Ok(0)) => {
+                                        tracing::debug!(%peer, "closed before the first request");
                                     }
                                     Ok(Ok(_)) => {
                                         tracing::debug!(%peer, "not an HTTP/2 client preface");

@@ -482,8 +482,7 @@ impl Supervisor {
                     }
                     // A full disk must not stop the node: keep draining.
                     let _ = log.write_all(&line);
-                    if let Some((_, api, raft, http)) =
-                        parse_ready(&String::from_utf8_lossy(&line))
+                    if let Some((_, api, raft, http)) = parse_ready(&String::from_utf8_lossy(&line))
                     {
                         let _ = tx.blocking_send(Event::Ready {
                             node: i,
@@ -532,7 +531,9 @@ impl Supervisor {
             return None;
         }
         match &ev {
-            Event::Ready { api, raft, http, .. } => {
+            Event::Ready {
+                api, raft, http, ..
+            } => {
                 n.api = Some(api.clone());
                 n.raft = Some(raft.clone());
                 n.http = http.clone();

@@ -336,11 +336,10 @@ impl Network {
     /// for another name would make every peer refuse this node.
     pub fn check_tls(&self, m: &crate::tls::LoadedTls) -> Result<(), RaftNetError> {
         let path = &m.files().cert;
-        let identity =
-            identity_from_cert(&m.chain()[0]).map_err(|e| RaftNetError::Identity {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
+        let identity = identity_from_cert(&m.chain()[0]).map_err(|e| RaftNetError::Identity {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
         if identity.node_id(&self.inner.trust_domain) != Some(self.inner.self_id) {
             return Err(RaftNetError::Identity {
                 path: path.clone(),

@@ -22,7 +22,8 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
 /// [`server_config`] from files already read.
 pub fn mtls_server_config(m: &LoadedTls) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(m.roots(), provider.clone()).build()?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(m.roots(), provider.clone()).build()?;
     build_server(m, provider, verifier, vec![ALPN_H2.to_vec()])
 }
 

@@ -17,11 +17,8 @@ pub async fn get(State(state): State<HttpState>) -> Response {
     match state.shared.jwks() {
         Ok((json, revision)) => {
             let max_age = state.settings.jwks_max_age.as_secs();
-            let mut resp = json_response(
-                StatusCode::OK,
-                json,
-                &format!("public, max-age={max_age}"),
-            );
+            let mut resp =
+                json_response(StatusCode::OK, json, &format!("public, max-age={max_age}"));
             resp.headers_mut()
                 .insert("x-tessera-revision", http::HeaderValue::from(revision));
             resp

@@ -178,11 +178,15 @@ pub fn api_error_response(e: &ApiError) -> Response {
         ApiError::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
         ApiError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "invalid_client"),
         ApiError::PermissionDenied(_) => (StatusCode::FORBIDDEN, "access_denied"),
-        ApiError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
+        ApiError::Unavailable { .. } => {
+            (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable")
+        }
         ApiError::ResourceExhausted(_) | ApiError::RateLimited { .. } => {
             (StatusCode::TOO_MANY_REQUESTS, "slow_down")
         }
-        ApiError::DeadlineExceeded(_) => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
+        ApiError::DeadlineExceeded(_) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable")
+        }
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
     };
     let mut resp = error_response(status, code, &e.to_string());
@@ -252,8 +256,14 @@ pub async fn serve(
             .map(|a| a.to_string())
             .unwrap_or_default();
         conns.spawn(
-            serve_conn(conn, app.clone(), builder.clone(), settings.clone(), stop.clone())
-                .instrument(tracing::debug_span!("https_conn", %peer)),
+            serve_conn(
+                conn,
+                app.clone(),
+                builder.clone(),
+                settings.clone(),
+                stop.clone(),
+            )
+            .instrument(tracing::debug_span!("https_conn", %peer)),
         );
     }
     drop(incoming);
@@ -306,8 +316,7 @@ async fn serve_conn(
                     "request body too large",
                 ));
             }
-            let mut req =
-                req.map(|body| Body::new(http_body_util::Limited::new(body, max_body)));
+            let mut req = req.map(|body| Body::new(http_body_util::Limited::new(body, max_body)));
             req.extensions_mut().insert(identity);
             match tokio::time::timeout(timeout, app.call(req)).await {
                 Ok(Ok(resp)) => Ok(resp),

@@ -269,10 +269,10 @@ async fn accept_loop<F>(
                                         tracing::debug!(%peer, "not an HTTP/2 client preface");
                                     }
                                     Ok(Err(error)) => {
-                                        tracing::debug!(%peer, %error, "closed before the HTTP/2 preface");
+                                        tracing::debug!(%peer, %error, "closed before the HTTP/2 preface (or first bytes)");
                                     }
                                     Err(_) => {
-                                        tracing::debug!(%peer, "no HTTP/2 preface in time");
+                                        tracing::debug!(%peer, "no HTTP/2 preface (or first bytes) in time");
                                     }
                                 }
                             }
@@ -527,6 +527,35 @@ mod tests {
             .unwrap();
         s.flush().await.unwrap();
         closed_within(&mut s, Duration::from_secs(30)).await;
+    }
+
+    #[tokio::test]
+    async fn without_the_preface_requirement_first_bytes_are_replayed() {
+        let pki = TestPki::new();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let bound = Duration::from_secs(1);
+        let mut incoming = tls_incoming_with(
+            listener,
+            ServerTls::load(pki.server("s")).unwrap(),
+            AcceptOptions {
+                require_h2_preface: false,
+                ..opts(bound, 100)
+            },
+            std::future::pending(),
+        );
+        let client = client_config(&pki.client("c")).unwrap();
+        // Silent after the handshake: still cut off.
+        let mut silent = connect_silent(addr, client.clone()).await.unwrap();
+        // HTTP/1.1: let through, its bytes intact.
+        let mut http1 = connect_silent(addr, client).await.unwrap();
+        http1.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        http1.flush().await.unwrap();
+        let mut server_side = incoming.next().await.unwrap().unwrap();
+        let mut got = [0u8; 16];
+        server_side.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"GET / HTTP/1.1\r\n");
+        closed_within(&mut silent, 5 * bound).await;
     }
 
     #[tokio::test]

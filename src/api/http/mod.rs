@@ -348,3 +348,74 @@ async fn serve_conn(
         tracing::debug!(%error, "HTTPS connection ended with an error");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_url_prefers_the_advertised_address() {
+        let bound: std::net::SocketAddr = "127.0.0.1:8443".parse().unwrap();
+        assert_eq!(base_url("", bound), "https://127.0.0.1:8443");
+        assert_eq!(base_url("0.0.0.0:0", bound), "https://127.0.0.1:8443");
+        assert_eq!(
+            base_url("tessera.example:443", bound),
+            "https://tessera.example:443"
+        );
+    }
+
+    #[test]
+    fn api_errors_map_to_stable_statuses() {
+        let cases = [
+            (
+                ApiError::InvalidArgument("x".into()),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                ApiError::Unauthenticated("x".into()),
+                StatusCode::UNAUTHORIZED,
+            ),
+            (
+                ApiError::PermissionDenied("x".into()),
+                StatusCode::FORBIDDEN,
+            ),
+            (
+                ApiError::Unavailable {
+                    reason: "x".into(),
+                    leader: None,
+                },
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                ApiError::ResourceExhausted("x".into()),
+                StatusCode::TOO_MANY_REQUESTS,
+            ),
+            (
+                ApiError::Internal("x".into()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+        ];
+        for (e, want) in cases {
+            let resp = api_error_response(&e);
+            assert_eq!(resp.status(), want, "{e:?}");
+            assert_eq!(resp.headers()[header::CACHE_CONTROL], "no-store");
+            assert_eq!(
+                resp.headers().contains_key(header::RETRY_AFTER),
+                want == StatusCode::SERVICE_UNAVAILABLE
+            );
+        }
+    }
+
+    #[test]
+    fn default_settings_are_valid() {
+        let s = HttpSettings::default();
+        s.validate().unwrap();
+        assert!(!s.accept.require_h2_preface);
+        assert_eq!(s.jwks_max_age, DEFAULT_JWKS_MAX_AGE);
+        let bad = HttpSettings {
+            max_body_bytes: 0,
+            ..HttpSettings::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}

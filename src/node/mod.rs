@@ -140,7 +140,7 @@ impl Node {
     /// previous material stays in use. What `SIGHUP` does.
     pub async fn reload_tls(&self) -> Result<ReloadOutcome, NodeError> {
         let tls = self.tls.clone();
-        tokio::task::spawn_blocking(move || tls.reload())
+        tokio::task::spawn_blocking(move || tls.reload(true))
             .await
             .map_err(|e| NodeError::Raft(format!("TLS reload task: {e}")))?
     }

@@ -135,8 +135,10 @@ impl TlsReloader {
     }
 
     /// Reloads if the files' contents differ from what is in use. Blocking
-    /// (reads files): call from `spawn_blocking`.
-    pub fn reload(&self) -> Result<ReloadOutcome, NodeError> {
+    /// (reads files): call from `spawn_blocking`. A refusal is logged each
+    /// time when `requested` (SIGHUP, an explicit call), else once per
+    /// content of the files (the periodic check).
+    pub fn reload(&self, requested: bool) -> Result<ReloadOutcome, NodeError> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let digest = files_digest(&self.files).ok();
         if digest == Some(state.digest) {
@@ -159,7 +161,7 @@ impl TlsReloader {
             }
             Err(e) => {
                 // Once per content (an unreadable file: every time).
-                if digest.is_none() || state.refused != digest {
+                if requested || digest.is_none() || state.refused != digest {
                     tracing::error!(
                         error = %e,
                         in_use = %state.info.subject,
@@ -237,7 +239,7 @@ impl TlsReloader {
             if poll {
                 let me = self.clone();
                 // Errors are logged by `reload`.
-                let _ = tokio::task::spawn_blocking(move || me.reload()).await;
+                let _ = tokio::task::spawn_blocking(move || me.reload(false)).await;
             }
             self.check_expiry();
         }

@@ -301,3 +301,56 @@ async fn expiring_certificate_turns_health_not_serving_until_renewed() {
     wait_health(&c, 1, ServingStatus::Serving).await;
     c.stop().await;
 }
+
+/// A service certificate like the development one (`admin`: `TD/admin`,
+/// others `TD/svc/{name}`), from the CA now in the cluster's CA files.
+fn service_cert(c: &TestCluster, name: &str) -> (String, String) {
+    let ca = std::fs::read_to_string(&c.pki.ca_cert).unwrap();
+    let ca_key = std::fs::read_to_string(&c.pki.ca_key).unwrap();
+    let mut spec = LeafSpec::new(name);
+    spec.uris.push(id(name));
+    issue_leaf(&ca, &ca_key, &spec).unwrap()
+}
+
+/// A new CA replaces the old one outright: only material reloaded on both
+/// ends of a Raft connection can connect, so Raft working afterwards means
+/// the Raft client side reloaded its certificate and trust anchors too.
+#[tokio::test]
+async fn raft_client_reconnects_with_a_renewed_ca_and_certificates() {
+    let c = TestCluster::start_with(3, manual_reload).await;
+    let mut before = c.tokens_on(1, "frontend").await;
+    before
+        .issue_token(issue_req("orders", &["orders:read"]))
+        .await
+        .unwrap();
+
+    let (ca, ca_key) = tessera::certs::self_signed_ca("Tessera renewed CA").unwrap();
+    std::fs::write(&c.pki.ca_key, ca_key).unwrap();
+    std::fs::write(&c.pki.ca_cert, ca).unwrap();
+    for name in ["admin", "frontend"] {
+        let files = c.files(name);
+        let (cert, key) = service_cert(&c, name);
+        std::fs::write(&files.key, key).unwrap();
+        std::fs::write(&files.cert, cert).unwrap();
+    }
+    for i in 1..=3 {
+        write_node_files(
+            &c,
+            i,
+            &node_cert(&c, i, &format!("node{i} new CA"), in_days(90)),
+        );
+        assert!(matches!(
+            c.node(i).reload_tls().await.unwrap(),
+            ReloadOutcome::Reloaded(_)
+        ));
+    }
+    for i in 1..=3 {
+        raft_round_trip(&c, i, &format!("new-ca-{i}")).await;
+    }
+    // Sessions negotiated under the old CA stay up.
+    before
+        .issue_token(issue_req("orders", &["orders:read"]))
+        .await
+        .unwrap();
+    c.stop().await;
+}

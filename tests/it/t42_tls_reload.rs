@@ -26,8 +26,18 @@ fn leaf_der(path: &std::path::Path) -> Vec<u8> {
 /// A node certificate for node `i` like the development one, named `cn`,
 /// valid until `not_after`: `(cert_pem, key_pem)`.
 fn node_cert(c: &TestCluster, i: u64, cn: &str, not_after: SystemTime) -> (String, String) {
-    let ca = std::fs::read_to_string(&c.pki.ca_cert).unwrap();
-    let ca_key = std::fs::read_to_string(&c.pki.ca_key).unwrap();
+    node_cert_from(&c.pki, i, cn, not_after)
+}
+
+/// [`node_cert`] from the CA of `pki`.
+fn node_cert_from(
+    pki: &tessera::certs::DevPki,
+    i: u64,
+    cn: &str,
+    not_after: SystemTime,
+) -> (String, String) {
+    let ca = std::fs::read_to_string(&pki.ca_cert).unwrap();
+    let ca_key = std::fs::read_to_string(&pki.ca_key).unwrap();
     let now = SystemTime::now();
     let mut spec = LeafSpec::new(cn).valid_between(now - Duration::from_secs(300), not_after);
     spec.uris.push(format!("{TD}/node/{i}"));
@@ -41,10 +51,9 @@ fn in_days(days: u64) -> SystemTime {
 }
 
 /// Replaces node `i`'s certificate and key files (what a renewal tool does).
-fn write_node_files(c: &TestCluster, i: u64, (cert, key): &(String, String)) -> TlsFiles {
+fn write_node_files(c: &TestCluster, i: u64, pair: &(String, String)) -> TlsFiles {
     let files = c.files(&format!("node{i}"));
-    std::fs::write(&files.key, key).unwrap();
-    std::fs::write(&files.cert, cert).unwrap();
+    write_node_files_at(&files, pair);
     files
 }
 
@@ -353,4 +362,96 @@ async fn raft_client_reconnects_with_a_renewed_ca_and_certificates() {
         .await
         .unwrap();
     c.stop().await;
+}
+
+/// The real binary: `tessera serve` reloads its certificate on SIGHUP (no
+/// periodic check), on the API and the HTTPS listener, and names the HTTPS
+/// address on its ready line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate_of_a_running_server() {
+    use std::io::{BufRead as _, BufReader};
+    use std::process::{Command, Stdio};
+
+    init_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let pki = tessera::certs::init_dev_pki(&certs, &Default::default()).unwrap();
+    let node1 = pki.tls_files("node1").unwrap();
+    let frontend = pki.tls_files("frontend").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["serve", "--node-id", "1", "--bootstrap"])
+        .args(["--listen", "127.0.0.1:0", "--raft-listen", "127.0.0.1:0"])
+        .args(["--http-listen", "127.0.0.1:0", "--tls-reload-interval", "0"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--ca")
+        .arg(&node1.ca)
+        .arg("--cert")
+        .arg(&node1.cert)
+        .arg("--key")
+        .arg(&node1.key)
+        .arg("--audit-log")
+        .arg(dir.path().join("audit.jsonl"))
+        .env("TESSERA_KEK", KEK)
+        .env("TESSERA_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stderr = child.stderr.take().unwrap();
+    let pid = child.id();
+    let _guard = Kill(child);
+    let mut lines = BufReader::new(stderr).lines();
+    // tessera node 1 listening on API raft RAFT http HTTP
+    let (api, http): (std::net::SocketAddr, std::net::SocketAddr) = loop {
+        let line = lines
+            .next()
+            .expect("server exited before listening")
+            .unwrap();
+        if let Some(rest) = line.split(" listening on ").nth(1) {
+            let w: Vec<&str> = rest.split_whitespace().collect();
+            assert_eq!((w[1], w[3]), ("raft", "http"), "{line}");
+            break (w[0].parse().unwrap(), w[4].parse().unwrap());
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+
+    let old = served_leaf(api, &frontend).await;
+    assert_eq!(served_leaf(http, &frontend).await, old);
+    write_node_files_at(
+        &node1,
+        &node_cert_from(&pki, 1, "node1 after SIGHUP", in_days(30)),
+    );
+    let new = leaf_der(&node1.cert);
+    let status = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The signal is handled asynchronously: new connections until one is
+    // served the new certificate (bounded).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while served_leaf(api, &frontend).await != new {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "SIGHUP did not reload"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(served_leaf(http, &frontend).await, new);
+    let jwks = get(http, &frontend.ca, "/.well-known/jwks.json").await;
+    assert_eq!(jwks.status, http::StatusCode::OK);
+}
+
+fn write_node_files_at(files: &TlsFiles, (cert, key): &(String, String)) {
+    std::fs::write(&files.key, key).unwrap();
+    std::fs::write(&files.cert, cert).unwrap();
 }

@@ -15,10 +15,12 @@
 //! - [`raft`]: openraft's type configuration and the replicated commands,
 //!   and the node-to-node transport (members-only gRPC over mTLS).
 //! - [`store`]: sled-backed Raft log and state machine.
-//! - [`api`]: the public gRPC services and the error-to-status table.
+//! - [`api`]: the public gRPC services and the error-to-status table;
+//!   [`api::http`] the optional HTTPS listener (JWKS, RFC 8414 metadata).
 //! - [`trace`]: W3C trace context carried from the API to forwarded
 //!   writes (used by `api` and `raft`).
-//! - [`node`]: configuration and wiring: `run(config, listeners, shutdown)`.
+//! - [`node`]: configuration and wiring: `run(config, listeners, shutdown)`,
+//!   and certificate reload for every listener and the Raft client.
 //! - [`client`]: what callers and resource servers embed.
 //! - [`pb`] and [`pb_codec`]: the generated `tessera.v1` code and its codec.
 #![forbid(unsafe_code)]

@@ -77,7 +77,14 @@ impl AdminApi {
     fn status(&self) -> pb::ClusterStatusResponse {
         let mut s = cluster_status(&self.shared.raft);
         match self.shared.readiness() {
-            Ok(()) => s.leader_known = true,
+            Ok(()) => {
+                s.leader_known = true;
+                // Serving consensus-wise, but health may still say no (an
+                // expiring certificate): say why.
+                if let Err(e) = self.shared.health() {
+                    s.not_serving_reason = e.to_string();
+                }
+            }
             Err(e) => {
                 // A leader that lost its quorum, or a follower whose leader
                 // went silent, does not know a leader it can vouch for.

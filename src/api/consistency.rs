@@ -47,6 +47,12 @@ pub enum NotReady {
     /// The applied state is far behind the log.
     #[error("applied state is {0} entries behind the log")]
     Behind(u64),
+    /// This node's own TLS certificate expires within the configured
+    /// margin (zero: it has expired): peers will soon refuse it. Reported
+    /// by health ([`Shared::health`]) only, so that load balancers move
+    /// traffic away while the node still answers.
+    #[error("this node's TLS certificate expires in {0:?}: renew it (docs/OPERATIONS.md, certificate renewal)")]
+    CertificateExpiring(Duration),
 }
 
 impl Shared {
@@ -86,6 +92,26 @@ impl Shared {
             .saturating_sub(m.last_applied.map_or(0, |l| l.index));
         if behind > MAX_APPLY_LAG {
             return Err(NotReady::Behind(behind));
+        }
+        Ok(())
+    }
+
+    /// What health reports: [`Shared::readiness`], and then whether this
+    /// node's certificate is about to expire.
+    ///
+    /// The certificate is judged here and not in `readiness`: a node whose
+    /// certificate expires soon still holds state it can vouch for, and
+    /// refusing JWKS or streams on every node of a cluster whose
+    /// certificates were issued together would cause the outage the margin
+    /// is there to prevent. Health drains the node instead.
+    pub fn health(&self) -> Result<(), NotReady> {
+        self.readiness()?;
+        if let Some((expiry, margin)) = &self.cert_expiry {
+            if let Some(left) = expiry.remaining() {
+                if left <= *margin {
+                    return Err(NotReady::CertificateExpiring(left));
+                }
+            }
         }
         Ok(())
     }
@@ -208,5 +234,8 @@ mod tests {
         assert!(NotReady::LeaderSilent(Duration::from_secs(2))
             .to_string()
             .contains("2s"));
+        assert!(NotReady::CertificateExpiring(Duration::from_secs(60))
+            .to_string()
+            .contains("renew"));
     }
 }

@@ -10,6 +10,7 @@ mod audit;
 pub mod consistency;
 pub mod error;
 mod keys_admin;
+pub mod http;
 mod keys_service;
 pub mod limits;
 mod message_limit;
@@ -163,6 +164,9 @@ pub struct Shared {
     /// its leader, before the node stops serving ([`LEADER_LEASE`] unless
     /// configured).
     contact_timeout: Duration,
+    /// This node's certificate expiry, and how long before it health turns
+    /// `NOT_SERVING` (see [`Shared::health`]).
+    cert_expiry: Option<(Arc<crate::tls::CertExpiry>, Duration)>,
 }
 
 /// What this node knows about its own leadership's contact with a quorum.
@@ -261,7 +265,25 @@ impl Shared {
             contact: None,
             incarnation: 0,
             contact_timeout: LEADER_LEASE,
+            cert_expiry: None,
         }
+    }
+
+    /// Makes health report `NOT_SERVING` once this node's certificate
+    /// (whose expiry `expiry` tracks across reloads) expires within
+    /// `margin`.
+    pub fn with_cert_expiry(
+        mut self,
+        expiry: Arc<crate::tls::CertExpiry>,
+        margin: Duration,
+    ) -> Self {
+        self.cert_expiry = Some((expiry, margin));
+        self
+    }
+
+    /// The token settings (issuer, lifetimes).
+    pub fn settings(&self) -> &TokenSettings {
+        &self.settings
     }
 
     /// Sets how long a leader may go without its quorum, and a follower
@@ -494,9 +516,9 @@ impl Shared {
         self.audit.dropped()
     }
 
-    /// Health: `SERVING` only while [`Shared::readiness`] holds.
+    /// Health: `SERVING` only while [`Shared::health`] holds.
     pub fn serving(&self) -> bool {
-        self.readiness().is_ok()
+        self.health().is_ok()
     }
 
     /// Refuses to act as leader without a recent quorum acknowledgement.
@@ -535,7 +557,7 @@ fn poisoned<T>(_: T) -> ApiError {
 pub async fn serve(
     shared: Arc<Shared>,
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: impl Into<crate::tls::ServerTls>,
     watch: WatchSettings,
     limits: ServerLimits,
     rate: Arc<limits::RateLimiter>,

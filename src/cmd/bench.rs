@@ -404,6 +404,7 @@ async fn start_local(
         tessera::node::Listeners {
             api: listener,
             raft,
+            http: None,
         },
     )
     .await?;

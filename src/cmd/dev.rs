@@ -73,6 +73,11 @@ pub struct DevArgs {
     /// picked by the kernel.
     #[arg(long, default_value_t = 7543)]
     raft_base_port: u16,
+    /// HTTPS (JWKS, OAuth metadata) port of node 1; node i listens on
+    /// http-base + i - 1. 0: ports picked by the kernel (also when
+    /// --base-port is 0). Not recorded: it may change between restarts.
+    #[arg(long, default_value_t = 7643)]
+    http_base_port: u16,
     /// Longest wait, seconds, for the nodes to start and the cluster to
     /// have a leader.
     #[arg(long, default_value_t = 30)]
@@ -177,16 +182,37 @@ fn check_restart(want: &Layout, recorded: Option<&Layout>, has_data: bool) -> Re
 }
 
 /// Parses the ready line of `tessera serve`:
-/// `tessera node {id} listening on {api_addr} raft {raft_addr}`.
-fn parse_ready(line: &str) -> Option<(u64, String, String)> {
+/// `tessera node {id} listening on {api_addr} raft {raft_addr}`, with
+/// ` http {http_addr}` when the HTTPS listener is on.
+fn parse_ready(line: &str) -> Option<(u64, String, String, Option<String>)> {
     let rest = line.trim_end().strip_prefix(READY_PREFIX)?;
     let (id, rest) = rest.split_once(" listening on ")?;
-    let (api, raft) = rest.split_once(" raft ")?;
+    let (api, rest) = rest.split_once(" raft ")?;
+    let (raft, http) = match rest.split_once(" http ") {
+        Some((raft, http)) => (raft, Some(http)),
+        None => (rest, None),
+    };
     let id = id.parse().ok()?;
-    if api.is_empty() || raft.is_empty() || api.contains(' ') || raft.contains(' ') {
+    let bad = |s: &str| s.is_empty() || s.contains(' ');
+    if bad(api) || bad(raft) || http.is_some_and(bad) {
         return None;
     }
-    Some((id, api.to_string(), raft.to_string()))
+    Some((
+        id,
+        api.to_string(),
+        raft.to_string(),
+        http.map(str::to_string),
+    ))
+}
+
+/// The HTTPS listen address of node `i` (1-based).
+fn http_listen(layout: &Layout, http_base_port: u16, i: u32) -> String {
+    let port = if layout.base_port == 0 || http_base_port == 0 {
+        0
+    } else {
+        (u32::from(http_base_port) + i - 1).min(u32::from(u16::MAX))
+    };
+    format!("127.0.0.1:{port}")
 }
 
 /// The last `n` lines of a file, reading at most its last 64 KiB (node logs
@@ -250,6 +276,7 @@ enum Event {
         generation: u32,
         api: String,
         raft: String,
+        http: Option<String>,
     },
     Exited {
         node: u32,
@@ -269,6 +296,7 @@ struct NodeProc {
     pid: Option<u32>,
     api: Option<String>,
     raft: Option<String>,
+    http: Option<String>,
 }
 
 /// The signals the supervisor handles, registered before any child starts
@@ -310,13 +338,20 @@ struct Supervisor {
     layout: Layout,
     /// The nodes log in the format `tessera dev` was given.
     log_format: super::LogFormat,
+    http_base_port: u16,
     nodes: Vec<NodeProc>,
     tx: mpsc::Sender<Event>,
     rx: mpsc::Receiver<Event>,
 }
 
 impl Supervisor {
-    fn new(exe: PathBuf, dir: PathBuf, layout: Layout, log_format: super::LogFormat) -> Self {
+    fn new(
+        exe: PathBuf,
+        dir: PathBuf,
+        layout: Layout,
+        log_format: super::LogFormat,
+        http_base_port: u16,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(EVENT_CAPACITY);
         let nodes = (1..=layout.nodes)
             .map(|id| NodeProc {
@@ -325,6 +360,7 @@ impl Supervisor {
                 pid: None,
                 api: None,
                 raft: None,
+                http: None,
             })
             .collect();
         Self {
@@ -332,6 +368,7 @@ impl Supervisor {
             dir,
             layout,
             log_format,
+            http_base_port,
             nodes,
             tx,
             rx,
@@ -381,6 +418,8 @@ impl Supervisor {
             .arg(self.layout.api_listen(i))
             .arg("--raft-listen")
             .arg(self.layout.raft_listen(i))
+            .arg("--http-listen")
+            .arg(http_listen(&self.layout, self.http_base_port, i))
             .arg("--data-dir")
             .arg(self.node_dir(i))
             .arg("--ca")
@@ -438,6 +477,7 @@ impl Supervisor {
         node.pid = Some(pid);
         node.api = None;
         node.raft = None;
+        node.http = None;
         let generation = node.generation;
         let tx = self.tx.clone();
         let spawned = std::thread::Builder::new()
@@ -453,12 +493,14 @@ impl Supervisor {
                     }
                     // A full disk must not stop the node: keep draining.
                     let _ = log.write_all(&line);
-                    if let Some((_, api, raft)) = parse_ready(&String::from_utf8_lossy(&line)) {
+                    if let Some((_, api, raft, http)) = parse_ready(&String::from_utf8_lossy(&line))
+                    {
                         let _ = tx.blocking_send(Event::Ready {
                             node: i,
                             generation,
                             api,
                             raft,
+                            http,
                         });
                     }
                 }
@@ -500,9 +542,12 @@ impl Supervisor {
             return None;
         }
         match &ev {
-            Event::Ready { api, raft, .. } => {
+            Event::Ready {
+                api, raft, http, ..
+            } => {
                 n.api = Some(api.clone());
                 n.raft = Some(raft.clone());
+                n.http = http.clone();
             }
             Event::Exited { .. } => {
                 n.pid = None;
@@ -717,9 +762,10 @@ impl Supervisor {
                                 std::process::id()
                             );
                         }
-                        Some(Event::Ready { node, api, raft, .. }) => {
+                        Some(Event::Ready { node, api, raft, http, .. }) => {
                             let pid = self.nodes[node as usize - 1].pid.unwrap_or(0);
-                            eprintln!("node {node} is back: pid {pid} api {api} raft {raft}");
+                            let http = http.map(|h| format!(" http {h}")).unwrap_or_default();
+                            eprintln!("node {node} is back: pid {pid} api {api} raft {raft}{http}");
                         }
                         None => {}
                     }
@@ -914,11 +960,12 @@ fn print_ready(sup: &Supervisor, s: &pb::ClusterStatusResponse, initialised: boo
     ));
     for n in &sup.nodes {
         out.push_str(&format!(
-            "node {} pid {} api {} raft {} data {} log {}\n",
+            "node {} pid {} api {} raft {} http {} data {} log {}\n",
             n.id,
             n.pid.unwrap_or(0),
             n.api.as_deref().unwrap_or("?"),
             n.raft.as_deref().unwrap_or("?"),
+            n.http.as_deref().unwrap_or("?"),
             sup.node_dir(n.id).display(),
             sup.log_path(n.id).display(),
         ));
@@ -1023,7 +1070,13 @@ pub async fn run(args: DevArgs, log_format: super::LogFormat) -> Result<(), CliE
     let mut sig = Signals::register().map_err(CliError::Failed)?;
     prepare(&args.dir, &layout)?;
 
-    let mut sup = Supervisor::new(exe, args.dir.clone(), layout, log_format);
+    let mut sup = Supervisor::new(
+        exe,
+        args.dir.clone(),
+        layout,
+        log_format,
+        args.http_base_port,
+    );
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let started = async {
         for i in 1..=layout.nodes {
@@ -1130,11 +1183,15 @@ mod tests {
     fn ready_line_is_parsed_exactly() {
         assert_eq!(
             parse_ready("tessera node 2 listening on 127.0.0.1:7444 raft 127.0.0.1:7544\n"),
-            Some((2, "127.0.0.1:7444".into(), "127.0.0.1:7544".into()))
+            Some((2, "127.0.0.1:7444".into(), "127.0.0.1:7544".into(), None))
         );
         assert_eq!(
             parse_ready("tessera node 10 listening on [::1]:1 raft [::1]:2"),
-            Some((10, "[::1]:1".into(), "[::1]:2".into()))
+            Some((10, "[::1]:1".into(), "[::1]:2".into(), None))
+        );
+        assert_eq!(
+            parse_ready("tessera node 3 listening on a:1 raft a:2 http a:3\n"),
+            Some((3, "a:1".into(), "a:2".into(), Some("a:3".into())))
         );
         for bad in [
             "",
@@ -1144,6 +1201,8 @@ mod tests {
             "tessera node 1 listening on a raft ",
             "2025-01-01T00:00:00Z INFO tessera node 1 listening on a raft b",
             "tessera node 1 listening on a b raft c",
+            "tessera node 1 listening on a raft b http ",
+            "tessera node 1 listening on a raft b http c d",
         ] {
             assert_eq!(parse_ready(bad), None, "{bad:?}");
         }

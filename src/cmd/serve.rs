@@ -141,6 +141,26 @@ pub struct ServeArgs {
     /// Largest request header block, bytes.
     #[arg(long, env = "TESSERA_MAX_HEADER_LIST_SIZE")]
     max_header_list_size: Option<u32>,
+    /// Address to listen on for HTTPS (JWKS and OAuth metadata; client
+    /// certificates optional). Off unless set (`--dev`: 127.0.0.1:7643).
+    #[arg(long, env = "TESSERA_HTTP_LISTEN")]
+    http_listen: Option<String>,
+    /// host:port clients reach the HTTPS listener at, used in the metadata's
+    /// URLs (defaults to the bound address).
+    #[arg(long, env = "TESSERA_HTTP_ADVERTISE")]
+    http_advertise: Option<String>,
+    /// Seconds between checks of the certificate, key and CA files for a
+    /// renewal (default 30; 0: only on SIGHUP).
+    #[arg(long, env = "TESSERA_TLS_RELOAD_INTERVAL")]
+    tls_reload_interval: Option<u64>,
+    /// Health reports NOT_SERVING once this node's certificate expires
+    /// within this many seconds (default 3600).
+    #[arg(long, env = "TESSERA_CERT_EXPIRY_MARGIN")]
+    cert_expiry_margin: Option<u64>,
+    /// A warning is logged once this node's certificate expires within this
+    /// many seconds (default 604800, 7 days).
+    #[arg(long, env = "TESSERA_CERT_EXPIRY_WARNING")]
+    cert_expiry_warning: Option<u64>,
 }
 
 /// The TOML file: the same settings as the flags.
@@ -181,6 +201,11 @@ struct FileConfig {
     preface_timeout: Option<u64>,
     max_concurrent_streams: Option<u32>,
     max_header_list_size: Option<u32>,
+    http_listen: Option<String>,
+    http_advertise: Option<String>,
+    tls_reload_interval: Option<u64>,
+    cert_expiry_margin: Option<u64>,
+    cert_expiry_warning: Option<u64>,
 }
 
 fn usage(msg: impl Into<String>) -> CliError {
@@ -191,8 +216,15 @@ fn read_policy(path: &Path) -> Result<String, CliError> {
     std::fs::read_to_string(path).map_err(|e| usage(format!("policy file {}: {e}", path.display())))
 }
 
-/// Builds the node configuration and the listen address.
-fn build(a: ServeArgs) -> Result<(Config, String, String), CliError> {
+/// The addresses to bind: API, Raft and (optional) HTTPS.
+struct ListenAddrs {
+    api: String,
+    raft: String,
+    http: Option<String>,
+}
+
+/// Builds the node configuration and the listen addresses.
+fn build(a: ServeArgs) -> Result<(Config, ListenAddrs), CliError> {
     let file: FileConfig = match &a.config {
         Some(p) => {
             let text = std::fs::read_to_string(p)
@@ -223,6 +255,7 @@ fn build(a: ServeArgs) -> Result<(Config, String, String), CliError> {
         .or_else(|| dev.then(|| "127.0.0.1:7543".to_string()))
         .ok_or_else(|| usage("--raft-listen is required (or --dev)"))?;
     let raft_advertise = pick!(raft_advertise);
+    let http_listen = pick!(http_listen).or_else(|| dev.then(|| "127.0.0.1:7643".to_string()));
     let bootstrap = a.bootstrap || dev || file.bootstrap.unwrap_or(false);
     let data_dir = pick!(data_dir)
         .or_else(|| dev.then(|| dev_dir.join(format!("node{node_id}"))))
@@ -336,13 +369,32 @@ fn build(a: ServeArgs) -> Result<(Config, String, String), CliError> {
     if let Some(n) = pick!(watch_per_identity) {
         config.watch.max_per_identity = n;
     }
+    if let Some(a) = pick!(http_advertise) {
+        config.http.advertise_addr = a;
+    }
+    if let Some(s) = pick!(tls_reload_interval) {
+        config.tls_reload.check_interval = Duration::from_secs(s);
+    }
+    if let Some(s) = pick!(cert_expiry_margin) {
+        config.tls_reload.expiry_margin = Duration::from_secs(s);
+    }
+    if let Some(s) = pick!(cert_expiry_warning) {
+        config.tls_reload.expiry_warning = Duration::from_secs(s);
+    }
     config.validate().map_err(usage)?;
-    Ok((config, listen, raft_listen))
+    Ok((
+        config,
+        ListenAddrs {
+            api: listen,
+            raft: raft_listen,
+            http: http_listen,
+        },
+    ))
 }
 
 /// Runs `tessera serve`.
 pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
-    let (mut config, listen, raft_listen) = build(args)?;
+    let (mut config, addrs) = build(args)?;
     let bind = |addr: String| async move {
         let l = tokio::net::TcpListener::bind(&addr)
             .await
@@ -352,8 +404,15 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
             .map_err(|e| usage(format!("cannot listen on {addr}: {e}")))?;
         Ok::<_, CliError>((l, bound))
     };
-    let (api, api_bound) = bind(listen).await?;
-    let (raft, raft_bound) = bind(raft_listen).await?;
+    let (api, api_bound) = bind(addrs.api).await?;
+    let (raft, raft_bound) = bind(addrs.raft).await?;
+    let (http, http_bound) = match addrs.http {
+        Some(a) => {
+            let (l, bound) = bind(a).await?;
+            (Some(l), Some(bound))
+        }
+        None => (None, None),
+    };
     // Advertise what was bound when nothing else was asked for (port 0).
     if config.advertise_addr.ends_with(":0") {
         config.advertise_addr = api_bound.to_string();
@@ -363,13 +422,37 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
     }
     // The bound addresses, not the requested ones: with port 0 this is how
     // a supervisor (or a test) learns the ports.
+    let http_part = http_bound.map(|h| format!(" http {h}")).unwrap_or_default();
     eprintln!(
-        "tessera node {} listening on {api_bound} raft {raft_bound}",
+        "tessera node {} listening on {api_bound} raft {raft_bound}{http_part}",
         config.node_id
     );
-    node::run(config, Listeners { api, raft }, shutdown_signal())
-        .await
-        .map_err(|e| CliError::Failed(e.into()))
+    node::run_with_reload(
+        config,
+        Listeners { api, raft, http },
+        shutdown_signal(),
+        hangups(),
+    )
+    .await
+    .map_err(|e| CliError::Failed(e.into()))
+}
+
+/// One item per SIGHUP: reload the TLS files. Without a handler (it could
+/// not be installed) the stream never yields.
+fn hangups() -> impl futures_util::Stream<Item = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let hup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot install the SIGHUP handler; TLS reload on SIGHUP is off");
+            None
+        }
+    };
+    futures_util::stream::unfold(hup, |hup| async move {
+        let mut hup = hup?;
+        hup.recv().await?;
+        Some(((), Some(hup)))
+    })
 }
 
 async fn shutdown_signal() {

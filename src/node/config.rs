@@ -118,6 +118,11 @@ pub struct Config {
     /// Per-caller rate limits, connection caps and HTTP/2 settings of the
     /// public listener.
     pub limits: crate::api::ServerLimits,
+    /// The HTTPS listener (JWKS, metadata); served only when
+    /// [`super::Listeners::http`] is given.
+    pub http: crate::api::http::HttpSettings,
+    /// Certificate reload and expiry checks.
+    pub tls_reload: super::TlsReloadSettings,
 }
 
 impl std::fmt::Debug for Config {
@@ -167,6 +172,8 @@ impl Config {
             watch: crate::api::WatchSettings::default(),
             watch_window: crate::store::DEFAULT_WINDOW,
             limits: crate::api::ServerLimits::default(),
+            http: crate::api::http::HttpSettings::default(),
+            tls_reload: super::TlsReloadSettings::default(),
         }
     }
 
@@ -236,6 +243,8 @@ impl Config {
             }
         }
         self.audit_rotation.validate()?;
+        self.http.validate()?;
+        self.tls_reload.validate()?;
         if self.purge_interval.is_zero() {
             return Err("purge interval must be positive".into());
         }

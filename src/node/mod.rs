@@ -8,6 +8,7 @@
 
 mod config;
 mod key_duties;
+mod tls_reload;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -20,6 +21,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
 pub use config::{Config, KekSource, KeySettings, RaftSettings, TokenSettings};
+pub use tls_reload::{ReloadOutcome, TlsReloadSettings, TlsReloader};
 
 use crate::api::{self, AuditLog, Shared};
 use crate::keys::{self, Kek, KekRing};
@@ -72,6 +74,9 @@ pub struct Listeners {
     pub api: TcpListener,
     /// Node-to-node Raft traffic (gRPC over mTLS, members only).
     pub raft: TcpListener,
+    /// The HTTPS listener (JWKS, RFC 8414 metadata; client certificates
+    /// optional), if it is to be served.
+    pub http: Option<TcpListener>,
 }
 
 /// A running node.
@@ -90,6 +95,8 @@ pub struct Node {
     fatal: watch::Receiver<Option<String>>,
     campaign_stats: Arc<crate::raft::CampaignStats>,
     rate_limiter: Arc<api::limits::RateLimiter>,
+    http_addr: Option<std::net::SocketAddr>,
+    tls: Arc<TlsReloader>,
 }
 
 impl Node {
@@ -121,6 +128,27 @@ impl Node {
     /// Where the Raft listener listens.
     pub fn raft_addr(&self) -> std::net::SocketAddr {
         self.raft_addr
+    }
+
+    /// Where the HTTPS listener listens, if it is served.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http_addr
+    }
+
+    /// Re-reads the certificate, key and CA files and, if they changed and
+    /// pass every check, uses them for every new handshake of every
+    /// listener and of the Raft client (see [`TlsReloader`]). On error the
+    /// previous material stays in use. What `SIGHUP` does.
+    pub async fn reload_tls(&self) -> Result<ReloadOutcome, NodeError> {
+        let tls = self.tls.clone();
+        tokio::task::spawn_blocking(move || tls.reload(true))
+            .await
+            .map_err(|e| NodeError::Raft(format!("TLS reload task: {e}")))?
+    }
+
+    /// The certificate this node presents now.
+    pub fn certificate(&self) -> crate::tls::CertInfo {
+        self.tls.current()
     }
 
     /// Completes with the error message once the node has stopped itself
@@ -189,10 +217,36 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), NodeError> {
+    run_with_reload(config, listeners, shutdown, futures_util::stream::pending()).await
+}
+
+/// [`run`], reloading the TLS files ([`Node::reload_tls`]) on every item of
+/// `reload` (`SIGHUP` in `tessera serve`).
+pub async fn run_with_reload(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+    reload: impl futures_util::Stream<Item = ()>,
+) -> Result<(), NodeError> {
+    use futures_util::StreamExt as _;
     let node = start(config, listeners).await?;
-    let fatal = tokio::select! {
-        _ = shutdown => None,
-        f = node.failed() => Some(f),
+    tokio::pin!(shutdown);
+    let mut reload = std::pin::pin!(reload);
+    let fatal = loop {
+        tokio::select! {
+            _ = &mut shutdown => break None,
+            f = node.failed() => break Some(f),
+            Some(()) = reload.next() => {
+                tracing::info!("reload requested: re-reading the TLS files");
+                match node.reload_tls().await {
+                    Ok(ReloadOutcome::Unchanged) => {
+                        tracing::info!("TLS files unchanged")
+                    }
+                    // Both logged by the reloader.
+                    Ok(ReloadOutcome::Reloaded(_)) | Err(_) => {}
+                }
+            }
+        }
     };
     match fatal {
         None => {
@@ -250,7 +304,16 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
     ));
     // Only ids, never a KEK, reach the log.
     tracing::info!(kek_ids = ?keks.ids(), "key-encryption keys loaded");
-    let server_tls = crate::tls::server_config(&config.tls)?;
+    // One reading of the TLS files for every listener (see tls_reload).
+    let loaded = crate::tls::LoadedTls::load(&config.tls)?;
+    let server_tls = crate::tls::ServerTls::from_loaded(&loaded, crate::tls::ServerKind::Mtls)?;
+    let https_tls = match &listeners.http {
+        Some(_) => Some(crate::tls::ServerTls::from_loaded(
+            &loaded,
+            crate::tls::ServerKind::Https,
+        )?),
+        None => None,
+    };
     let api_addr = listeners.api.local_addr()?;
     let raft_addr = listeners.raft.local_addr()?;
 
@@ -281,6 +344,16 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
     )
     .map_err(|e| NodeError::Raft(format!("raft transport: {e}")))?;
     let trust_domain = network.trust_domain().to_string();
+    let cert_expiry = Arc::new(crate::tls::CertExpiry::default());
+    let tls_reloader = Arc::new(TlsReloader::new(
+        &loaded,
+        server_tls.clone(),
+        https_tls.clone(),
+        network.clone(),
+        cert_expiry.clone(),
+        config.tls_reload.clone(),
+    ));
+    drop(loaded);
     let raft = Raft::new(
         config.node_id,
         raft_config(&config.raft)?,
@@ -382,7 +455,8 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
         .map_err(|e| NodeError::Config(format!("initial policy: {e}")))?
         .with_consensus(reads, contact, incarnation)
         .with_contact_timeout(Duration::from_millis(config.raft.contact_timeout_ms))
-        .with_key_settings(config.keys.clone()),
+        .with_key_settings(config.keys.clone())
+        .with_cert_expiry(cert_expiry, config.tls_reload.expiry_margin),
     );
     shared
         .key_ring()
@@ -400,6 +474,26 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
             stop_rx.clone(),
         )
         .instrument(tracing::info_span!("api-server", node = config.node_id)),
+    ));
+    let mut http_addr = None;
+    if let (Some(listener), Some(tls)) = (listeners.http, https_tls) {
+        let bound = listener.local_addr()?;
+        http_addr = Some(bound);
+        let state = api::http::HttpState {
+            shared: shared.clone(),
+            settings: Arc::new(config.http.clone()),
+            base_url: api::http::base_url(&config.http.advertise_addr, bound).into(),
+        };
+        tasks.push(tokio::spawn(
+            api::http::serve(state, listener, tls, stop_rx.clone())
+                .instrument(tracing::info_span!("https-server", node = config.node_id)),
+        ));
+    }
+    tasks.push(tokio::spawn(
+        tls_reloader
+            .clone()
+            .run(stop_rx.clone())
+            .instrument(tracing::info_span!("tls-reload", node = config.node_id)),
     ));
     tasks.push(tokio::spawn(
         purge_loop(raft.clone(), state.clone(), config.clone(), stop_rx.clone())
@@ -434,6 +528,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
         node = config.node_id,
         api = %api_addr,
         raft = %raft_addr,
+        http = ?http_addr,
         incarnation = %format!("{:016x}", info.incarnation),
         revision = state.revision(),
         "node serving"
@@ -452,6 +547,8 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
         fatal,
         campaign_stats,
         rate_limiter,
+        http_addr,
+        tls: tls_reloader,
     })
 }
 

@@ -244,7 +244,9 @@ struct Inner {
     self_id: NodeId,
     self_incarnation: u64,
     trust_domain: String,
-    tls: TlsMaterial,
+    /// Replaced by [`Network::install_tls`] when certificates are renewed.
+    // A std lock: held to clone or replace an `Arc`, never across an await.
+    tls: std::sync::RwLock<Arc<TlsMaterial>>,
     faults: Option<Arc<Faults>>,
     // A std lock: held to look up or insert a channel, never across an
     // await. Bounded by the number of distinct (node, address) pairs the
@@ -295,7 +297,7 @@ impl Network {
                 self_id,
                 self_incarnation,
                 trust_domain,
-                tls: TlsMaterial::load(&tls)?,
+                tls: std::sync::RwLock::new(Arc::new(TlsMaterial::load(&tls)?)),
                 faults,
                 channels: Mutex::new(HashMap::new()),
             }),
@@ -321,6 +323,53 @@ impl Network {
         &self.inner.trust_domain
     }
 
+    fn tls(&self) -> Arc<TlsMaterial> {
+        self.inner
+            .tls
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Checks that renewed TLS material is still this node's identity (the
+    /// SPIFFE id `spiffe://{trust-domain}/node/{self_id}`): a certificate
+    /// for another name would make every peer refuse this node.
+    pub fn check_tls(&self, m: &crate::tls::LoadedTls) -> Result<(), RaftNetError> {
+        let path = &m.files().cert;
+        let identity = identity_from_cert(&m.chain()[0]).map_err(|e| RaftNetError::Identity {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        if identity.node_id(&self.inner.trust_domain) != Some(self.inner.self_id) {
+            return Err(RaftNetError::Identity {
+                path: path.clone(),
+                reason: format!(
+                    "the new certificate names {:?}, not spiffe://{}/node/{}",
+                    identity.id, self.inner.trust_domain, self.inner.self_id
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Uses renewed TLS material (checked with [`Network::check_tls`]) for
+    /// every connection made from now on. Cached connections are dropped
+    /// from the cache: calls in flight finish on them, and the next call to
+    /// each peer connects, and handshakes, afresh.
+    pub fn install_tls(&self, m: &crate::tls::LoadedTls) {
+        let material = Arc::new(TlsMaterial::from_loaded(m));
+        *self
+            .inner
+            .tls
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = material;
+        self.inner
+            .channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clear();
+    }
+
     /// The cached client for `(target, addr)`, created (without connecting)
     /// on first use.
     fn client(&self, target: NodeId, addr: &str) -> Result<RaftServiceClient<Channel>, String> {
@@ -333,12 +382,13 @@ impl Network {
         if let Some(client) = channels.get(&key) {
             return Ok(client.clone());
         }
+        let tls = self.tls();
         let verifier = NodeCertVerifier::new(
-            self.inner.tls.roots.clone(),
+            tls.roots.clone(),
             self.inner.trust_domain.clone(),
             Some(target),
         );
-        let channel = endpoint(addr, &self.inner.tls, verifier)
+        let channel = endpoint(addr, &tls, verifier)
             .map_err(|e| e.to_string())?
             .connect_lazy();
         let client = raft_client(channel);
@@ -489,7 +539,7 @@ impl Network {
     pub async fn hello(&self, addr: &str) -> Result<(NodeId, NodeInfo), RaftNetError> {
         hello_with(
             addr,
-            &self.inner.tls,
+            &self.tls(),
             &self.inner.trust_domain,
             Some(self.inner.self_incarnation),
         )
@@ -788,6 +838,14 @@ async fn hello_with(
 }
 
 impl TlsMaterial {
+    fn from_loaded(m: &crate::tls::LoadedTls) -> Self {
+        Self {
+            identity: Identity::from_pem(m.cert_pem(), m.key_pem()),
+            roots: m.roots(),
+            ca_path: m.files().ca.clone(),
+        }
+    }
+
     fn load(files: &TlsFiles) -> Result<Self, RaftNetError> {
         // Parses and checks everything (by file name) before tonic sees it.
         crate::tls::client_config(files)?;

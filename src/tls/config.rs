@@ -8,46 +8,78 @@ use std::sync::{Arc, RwLock};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, ServerConfig};
 
-use super::pem::{load_certs, load_key, load_roots};
-use super::{provider, TlsError, TlsFiles, ALPN_H2};
+use super::material::LoadedTls;
+use super::{provider, TlsError, TlsFiles, ALPN_H2, ALPN_HTTP1};
 
 /// A server configuration that requires a client certificate issued by
 /// `files.ca` (no certificate, another CA or an expired certificate fail the
-/// handshake) and presents `files.cert`/`files.key`. ALPN: `h2`.
+/// handshake) and presents `files.cert`/`files.key`, which must chain to
+/// `files.ca`. ALPN: `h2`.
 pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    mtls_server_config(&LoadedTls::load(files)?)
+}
+
+/// [`server_config`] from files already read.
+pub fn mtls_server_config(m: &LoadedTls) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
-    let roots = Arc::new(load_roots(&files.ca)?);
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone()).build()?;
-    let chain = load_certs(&files.cert)?;
-    let key = load_key(&files.key)?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(m.roots(), provider.clone()).build()?;
+    build_server(m, provider, verifier, vec![ALPN_H2.to_vec()])
+}
+
+/// The HTTPS listener's configuration: the same server identity, but a
+/// client certificate is optional. One that is presented must be issued by
+/// the CA (else the handshake fails), so a handler that sees a peer
+/// certificate may trust it. ALPN: `h2`, then `http/1.1`.
+pub fn https_server_config(m: &LoadedTls) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(m.roots(), provider.clone())
+        .allow_unauthenticated()
+        .build()?;
+    build_server(
+        m,
+        provider,
+        verifier,
+        vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()],
+    )
+}
+
+fn build_server(
+    m: &LoadedTls,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    alpn: Vec<Vec<u8>>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(TlsError::Config)?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
+        .with_single_cert(m.chain(), m.key())
         .map_err(|source| TlsError::InvalidIdentity {
-            cert: files.cert.clone(),
-            key: files.key.clone(),
+            cert: m.files().cert.clone(),
+            key: m.files().key.clone(),
             source,
         })?;
-    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.alpn_protocols = alpn;
     Ok(Arc::new(config))
 }
 
 /// A client configuration that trusts `files.ca` for the server and
 /// authenticates with `files.cert`/`files.key`. ALPN: `h2`.
 pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
-    let roots = load_roots(&files.ca)?;
-    let chain = load_certs(&files.cert)?;
-    let key = load_key(&files.key)?;
+    client_config_from(&LoadedTls::read(files)?)
+}
+
+/// [`client_config`] from files already read.
+pub fn client_config_from(m: &LoadedTls) -> Result<Arc<ClientConfig>, TlsError> {
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(TlsError::Config)?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
+        .with_root_certificates(m.roots())
+        .with_client_auth_cert(m.chain(), m.key())
         .map_err(|source| TlsError::InvalidIdentity {
-            cert: files.cert.clone(),
-            key: files.key.clone(),
+            cert: m.files().cert.clone(),
+            key: m.files().key.clone(),
             source,
         })?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
@@ -94,8 +126,18 @@ pub struct ServerTls {
     inner: Arc<Inner>,
 }
 
+/// Which configuration a [`ServerTls`] builds from the files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerKind {
+    /// Client certificate required ([`mtls_server_config`]): API and Raft.
+    Mtls,
+    /// Client certificate optional ([`https_server_config`]): HTTPS.
+    Https,
+}
+
 struct Inner {
     files: Option<TlsFiles>,
+    kind: ServerKind,
     // A std lock: it is held only to clone or replace an `Arc`, never across
     // an await, and readers vastly outnumber writers.
     current: RwLock<Arc<ServerConfig>>,
@@ -104,10 +146,16 @@ struct Inner {
 impl ServerTls {
     /// Loads the configuration from `files` (see [`server_config`]).
     pub fn load(files: TlsFiles) -> Result<Self, TlsError> {
-        let config = server_config(&files)?;
+        Self::from_loaded(&LoadedTls::load(&files)?, ServerKind::Mtls)
+    }
+
+    /// A reloadable configuration of `kind` built from files already read.
+    pub fn from_loaded(m: &LoadedTls, kind: ServerKind) -> Result<Self, TlsError> {
+        let config = build(m, kind)?;
         Ok(Self {
             inner: Arc::new(Inner {
-                files: Some(files),
+                files: Some(m.files().clone()),
+                kind,
                 current: RwLock::new(config),
             }),
         })
@@ -119,6 +167,7 @@ impl ServerTls {
         Self {
             inner: Arc::new(Inner {
                 files: None,
+                kind: ServerKind::Mtls,
                 current: RwLock::new(config),
             }),
         }
@@ -144,13 +193,35 @@ impl ServerTls {
     /// this handle. On error the previous configuration stays in force.
     pub fn reload(&self) -> Result<(), TlsError> {
         let files = self.inner.files.as_ref().ok_or(TlsError::NotReloadable)?;
-        let config = server_config(files)?;
+        let config = self.build(&LoadedTls::load(files)?)?;
+        self.install(config);
+        Ok(())
+    }
+
+    /// Builds this listener's configuration from `m` without installing it:
+    /// the first half of a reload that must succeed for every listener
+    /// before any of them changes.
+    pub fn build(&self, m: &LoadedTls) -> Result<Arc<ServerConfig>, TlsError> {
+        if self.inner.files.is_none() {
+            return Err(TlsError::NotReloadable);
+        }
+        build(m, self.inner.kind)
+    }
+
+    /// Makes `config` current for the next handshake.
+    pub fn install(&self, config: Arc<ServerConfig>) {
         *self
             .inner
             .current
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = config;
-        Ok(())
+    }
+}
+
+fn build(m: &LoadedTls, kind: ServerKind) -> Result<Arc<ServerConfig>, TlsError> {
+    match kind {
+        ServerKind::Mtls => mtls_server_config(m),
+        ServerKind::Https => https_server_config(m),
     }
 }
 

@@ -71,21 +71,30 @@ impl Drop for ConnSlot {
     }
 }
 
-/// An established connection: mutual TLS done and the HTTP/2 preface
-/// received (and replayed to the server on the first reads). Holds its
-/// place in the connection limits until dropped.
+/// An established connection: TLS done and the client's first bytes (the
+/// HTTP/2 preface on gRPC listeners) received, and replayed to the server
+/// on the first reads. Holds its place in the connection limits until
+/// dropped.
 #[derive(Debug)]
 pub struct TlsConn {
     stream: TlsStream<TcpStream>,
-    /// Bytes of the preface already handed to the reader.
+    /// The bytes read ahead (at most a preface's length).
+    head: [u8; PREFACE.len()],
+    head_len: usize,
+    /// Bytes of `head` already handed to the reader.
     replayed: usize,
     _slot: ConnSlot,
 }
 
 impl TlsConn {
-    pub(super) fn new(stream: TlsStream<TcpStream>, slot: ConnSlot) -> Self {
+    pub(super) fn new(stream: TlsStream<TcpStream>, slot: ConnSlot, first: &[u8]) -> Self {
+        let mut head = [0u8; PREFACE.len()];
+        let head_len = first.len().min(head.len());
+        head[..head_len].copy_from_slice(&first[..head_len]);
         Self {
             stream,
+            head,
+            head_len,
             replayed: 0,
             _slot: slot,
         }
@@ -104,9 +113,9 @@ impl AsyncRead for TlsConn {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.replayed < PREFACE.len() {
-            let n = (PREFACE.len() - this.replayed).min(buf.remaining());
-            buf.put_slice(&PREFACE[this.replayed..this.replayed + n]);
+        if this.replayed < this.head_len {
+            let n = (this.head_len - this.replayed).min(buf.remaining());
+            buf.put_slice(&this.head[this.replayed..this.replayed + n]);
             this.replayed += n;
             return Poll::Ready(Ok(()));
         }

@@ -48,6 +48,11 @@ pub struct AcceptOptions {
     /// Open connections from one IP address. A connection beyond it is
     /// closed at once.
     pub max_connections_per_peer: usize,
+    /// What the client must send within `preface_timeout`: the HTTP/2
+    /// preface (gRPC listeners), or, when false, any first bytes (the HTTPS
+    /// listener, which also speaks HTTP/1.1). Either way a client silent
+    /// after its handshake is cut off.
+    pub require_h2_preface: bool,
 }
 
 impl Default for AcceptOptions {
@@ -59,6 +64,7 @@ impl Default for AcceptOptions {
             queue: 64,
             max_connections: 4096,
             max_connections_per_peer: 512,
+            require_h2_preface: true,
         }
     }
 }
@@ -231,31 +237,42 @@ async fn accept_loop<F>(
                 let tx = tx.clone();
                 let timeout = opts.handshake_timeout;
                 let preface_timeout = opts.preface_timeout;
+                let require_h2 = opts.require_h2_preface;
                 handshakes.spawn(
                     async move {
                         let result = tokio::time::timeout(timeout, acceptor.accept(tcp)).await;
                         match result {
                             Ok(Ok(mut stream)) => {
                                 let mut first = [0u8; PREFACE.len()];
-                                let read = tokio::time::timeout(
-                                    preface_timeout,
-                                    stream.read_exact(&mut first),
-                                )
+                                let read = tokio::time::timeout(preface_timeout, async {
+                                    if require_h2 {
+                                        stream.read_exact(&mut first).await
+                                    } else {
+                                        stream.read(&mut first).await
+                                    }
+                                })
                                 .await;
                                 match read {
-                                    Ok(Ok(_)) if &first == PREFACE => {
-                                        let conn = TlsConn::new(stream, slot);
+                                    Ok(Ok(n)) if require_h2 && &first == PREFACE => {
+                                        let conn = TlsConn::new(stream, slot, &first[..n]);
                                         // Fails only if the server stopped listening.
                                         let _ = tx.send(conn).await;
+                                    }
+                                    Ok(Ok(n)) if !require_h2 && n > 0 => {
+                                        let conn = TlsConn::new(stream, slot, &first[..n]);
+                                        let _ = tx.send(conn).await;
+                                    }
+                                    Ok(Ok(0)) => {
+                                        tracing::debug!(%peer, "closed before the first request");
                                     }
                                     Ok(Ok(_)) => {
                                         tracing::debug!(%peer, "not an HTTP/2 client preface");
                                     }
                                     Ok(Err(error)) => {
-                                        tracing::debug!(%peer, %error, "closed before the HTTP/2 preface");
+                                        tracing::debug!(%peer, %error, "closed before the HTTP/2 preface (or first bytes)");
                                     }
                                     Err(_) => {
-                                        tracing::debug!(%peer, "no HTTP/2 preface in time");
+                                        tracing::debug!(%peer, "no HTTP/2 preface (or first bytes) in time");
                                     }
                                 }
                             }
@@ -510,6 +527,35 @@ mod tests {
             .unwrap();
         s.flush().await.unwrap();
         closed_within(&mut s, Duration::from_secs(30)).await;
+    }
+
+    #[tokio::test]
+    async fn without_the_preface_requirement_first_bytes_are_replayed() {
+        let pki = TestPki::new();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let bound = Duration::from_secs(1);
+        let mut incoming = tls_incoming_with(
+            listener,
+            ServerTls::load(pki.server("s")).unwrap(),
+            AcceptOptions {
+                require_h2_preface: false,
+                ..opts(bound, 100)
+            },
+            std::future::pending(),
+        );
+        let client = client_config(&pki.client("c")).unwrap();
+        // Silent after the handshake: still cut off.
+        let mut silent = connect_silent(addr, client.clone()).await.unwrap();
+        // HTTP/1.1: let through, its bytes intact.
+        let mut http1 = connect_silent(addr, client).await.unwrap();
+        http1.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        http1.flush().await.unwrap();
+        let mut server_side = incoming.next().await.unwrap().unwrap();
+        let mut got = [0u8; 16];
+        server_side.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"GET / HTTP/1.1\r\n");
+        closed_within(&mut silent, 5 * bound).await;
     }
 
     #[tokio::test]

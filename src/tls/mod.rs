@@ -16,6 +16,10 @@
 //! - Reload without restart: [`ServerTls`] holds the current
 //!   `ServerConfig` behind a lock and [`ServerTls::reload`] swaps in a new
 //!   one built from the same files (CA, certificate and key together).
+//!   [`LoadedTls`] is one reading of the files, parsed and checked (key
+//!   matches certificate, certificate chains to the CA): the node builds
+//!   every listener's and the Raft client's configuration from one reading
+//!   and installs them only if all were built (`node::tls_reload`).
 //!   [`tls_incoming`] takes the current configuration for each new
 //!   connection, so a reload applies to the next handshake while
 //!   established connections keep the session they negotiated.
@@ -30,6 +34,7 @@ mod config;
 mod conn;
 mod identity;
 mod incoming;
+mod material;
 mod pem;
 
 use std::io;
@@ -38,16 +43,22 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-pub use config::{client_config, server_config, tonic_client_tls, ServerTls};
+pub use config::{
+    client_config, client_config_from, https_server_config, mtls_server_config, server_config,
+    tonic_client_tls, ServerKind, ServerTls,
+};
 pub use conn::TlsConn;
 pub use identity::{caller_identity, identity_from_cert, thumbprint, PeerIdentity};
 pub use incoming::{
     tls_incoming, tls_incoming_joined, tls_incoming_joined_with, tls_incoming_with, AcceptOptions,
     TlsIncoming,
 };
+pub use material::{cert_info, files_digest, CertExpiry, CertInfo, LoadedTls};
 
 /// The ALPN protocol every Tessera port speaks (gRPC over HTTP/2).
 pub const ALPN_H2: &[u8] = b"h2";
+/// The ALPN protocol of HTTP/1.1, offered by the HTTPS listener only.
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 
 /// The PEM files of one TLS identity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,6 +141,18 @@ pub enum TlsError {
     /// A peer certificate has neither a SPIFFE URI SAN nor a DNS SAN.
     #[error("certificate carries no SPIFFE URI or DNS name")]
     NoIdentity,
+    /// A certificate does not chain to the CA file, or is not valid now
+    /// (expired, not yet valid).
+    #[error("{} does not chain to a CA in {} or is not valid now: {source}", .cert.display(), .ca.display())]
+    Untrusted {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The CA file.
+        ca: PathBuf,
+        /// Why the chain was refused.
+        #[source]
+        source: rustls::Error,
+    },
     /// [`ServerTls::reload`] on a configuration that was not loaded from
     /// files.
     #[error("this TLS configuration was not loaded from files and cannot be reloaded")]

@@ -33,10 +33,27 @@ fn pem_error(path: &Path, err: pem::Error) -> TlsError {
     }
 }
 
+/// Reads a file; errors name it.
+#[cfg(test)]
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
 /// All certificates in a PEM file, in order; at least one.
+#[cfg(test)]
 pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| pem_error(path, e))?
+    parse_certs(path, &read(path)?)
+}
+
+/// All certificates in PEM text read from `path`, in order; at least one.
+pub(crate) fn parse_certs(
+    path: &Path,
+    pem: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| pem_error(path, e))?;
     if certs.is_empty() {
@@ -47,9 +64,9 @@ pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Tl
     Ok(certs)
 }
 
-/// The first private key in a PEM file.
-pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
+/// The first private key in PEM text read from `path`.
+pub(crate) fn parse_key(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {
         pem::Error::NoItemsFound => TlsError::NoPrivateKey {
             path: path.to_owned(),
         },
@@ -57,16 +74,28 @@ pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> 
     })
 }
 
-/// A root store holding every certificate of a CA file.
-pub(crate) fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+/// A root store holding every certificate of PEM text read from `path`.
+pub(crate) fn parse_roots(path: &Path, pem: &[u8]) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
-    for cert in load_certs(path)? {
+    for cert in parse_certs(path, pem)? {
         roots.add(cert).map_err(|source| TlsError::InvalidCa {
             path: path.to_owned(),
             source,
         })?;
     }
     Ok(roots)
+}
+
+/// The first private key in a PEM file.
+#[cfg(test)]
+pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    parse_key(path, &read(path)?)
+}
+
+/// A root store holding every certificate of a CA file.
+#[cfg(test)]
+pub(crate) fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    parse_roots(path, &read(path)?)
 }
 
 #[cfg(test)]

@@ -155,7 +155,10 @@ impl TestCluster {
             .insert(i, raft.local_addr().unwrap().to_string());
         let mut config = self.configs[&i].clone();
         config.advertise_addr = api.local_addr().unwrap().to_string();
-        let node = node::start(config, Listeners { api, raft }).await.unwrap();
+        let http = Some(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        let node = node::start(config, Listeners { api, raft, http })
+            .await
+            .unwrap();
         self.nodes.insert(i, node);
     }
 

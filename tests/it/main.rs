@@ -7,6 +7,8 @@ mod t20_refusals;
 mod t25_hostile;
 mod t30_restart;
 mod t40_transport;
+mod t42_tls_reload;
+mod t44_https;
 mod t45_limits;
 mod t50_crash;
 mod t55_keys;

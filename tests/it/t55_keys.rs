@@ -583,6 +583,7 @@ async fn kek_rotation_then_restart_with_only_the_new_kek() {
     let listeners = Listeners {
         api: TcpListener::bind("127.0.0.1:0").await.unwrap(),
         raft: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        http: None,
     };
     let err = match node::start(cfg, listeners).await {
         Ok(_) => panic!("a node without the current KEK started"),

@@ -16,7 +16,7 @@ use tessera::pb;
 use tessera::pb::revocation_service_client::RevocationServiceClient;
 
 /// Waits (bounded) until node `i`'s health reports `want`.
-async fn wait_health(c: &TestCluster, i: u64, want: ServingStatus) {
+pub(crate) async fn wait_health(c: &TestCluster, i: u64, want: ServingStatus) {
     let mut h = HealthClient::new(c.channel_as(i, &c.files("ledger")).await);
     let mut watch = h
         .watch(HealthCheckRequest {

@@ -36,8 +36,6 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
 pub use config::{client_config, server_config, tonic_client_tls, ServerTls};
 pub use conn::TlsConn;
 pub use identity::{caller_identity, identity_from_cert, thumbprint, PeerIdentity};
@@ -49,16 +47,9 @@ pub use incoming::{
 /// The ALPN protocol every Tessera port speaks (gRPC over HTTP/2).
 pub const ALPN_H2: &[u8] = b"h2";
 
-/// The PEM files of one TLS identity.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TlsFiles {
-    /// CA certificate(s) trusted to issue peer certificates.
-    pub ca: PathBuf,
-    /// This party's certificate chain, leaf first.
-    pub cert: PathBuf,
-    /// This party's private key (PKCS#8, SEC1 or PKCS#1).
-    pub key: PathBuf,
-}
+/// The PEM files of one TLS identity: the client library's type, so that
+/// configurations pass straight to it.
+pub use tessera_client::TlsFiles;
 
 /// Errors of the TLS layer.
 #[derive(Debug, thiserror::Error)]

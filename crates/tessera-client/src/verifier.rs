@@ -5,7 +5,7 @@
 //!
 //! 1. the [`RevocationCache`] has synced (received a complete snapshot) at
 //!    least once;
-//! 2. it passes [`crate::token::verify`] (RFC 8725: allow-listed algorithm,
+//! 2. it passes [`tessera_token::verify`] (RFC 8725: allow-listed algorithm,
 //!    key from the cluster's JWKS by `kid` only, `typ`, exact issuer and
 //!    audience, times with a bounded leeway, bounded size and chain);
 //! 3. it is bound to the certificate that presented it (`cnf.x5t#S256`,
@@ -35,10 +35,11 @@ use tokio::time::Instant;
 use super::cache::RevocationCache;
 use super::conn::Pool;
 use super::error::ClientError;
-use crate::clock::{Clock, SystemClock};
-use crate::pb;
-use crate::tls::{thumbprint, TlsFiles};
-use crate::token::{
+use crate::TlsFiles;
+use tessera_proto as pb;
+use tessera_token::clock::{Clock, SystemClock};
+use tessera_token::x5t_s256 as thumbprint;
+use tessera_token::{
     verify, Claims, KeySet, TokenError, VerifyParams, DEFAULT_LEEWAY, DEFAULT_MAX_CHAIN,
     DEFAULT_MAX_LEN,
 };
@@ -198,8 +199,8 @@ pub enum VerifyError {
 ///
 /// ```no_run
 /// # async fn demo(token: &str, peer_cert_der: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
-/// use tessera::client::{CacheConfig, RevocationCache, Verifier, VerifierConfig, VerifyError};
-/// use tessera::tls::TlsFiles;
+/// use tessera_client::{CacheConfig, RevocationCache, Verifier, VerifierConfig, VerifyError};
+/// use tessera_client::TlsFiles;
 ///
 /// let tls = TlsFiles {
 ///     ca: "certs/ca.pem".into(),
@@ -294,6 +295,11 @@ impl Verifier {
             refreshed: tokio::sync::Mutex::new(None),
             cache,
         })
+    }
+
+    /// The audience tokens must name (this resource server).
+    pub fn audience(&self) -> &str {
+        &self.audience
     }
 
     /// The revocation cache (`None` only for
@@ -432,11 +438,11 @@ impl Verifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::ManualClock;
-    use crate::pb::revocation::Target;
-    use crate::pb::watch_event::Kind;
-    use crate::tls::testpki::TestPki;
-    use crate::token::{generate_ed25519, Alg, Audience, Confirmation, SigningKey};
+    use crate::testpki::TestPki;
+    use tessera_proto::revocation::Target;
+    use tessera_proto::watch_event::Kind;
+    use tessera_token::clock::ManualClock;
+    use tessera_token::{generate_ed25519, Alg, Audience, Confirmation, SigningKey};
 
     const ISS: &str = "https://tessera.test";
     const AUD: &str = "spiffe://tessera.test/svc/ledger";

@@ -10,6 +10,10 @@
 //!   checks, certificate binding, revocations from the cache).
 //! - [`TokenSource`] ([`source`]): the caller's own and exchanged tokens,
 //!   cached per audience and scopes, renewed before expiry with jitter.
+//! - [`layer`]: tower middleware. [`AuthLayer`] authenticates every request
+//!   of a tonic or axum resource server with the [`Verifier`] (claims into
+//!   the request's extensions); [`TokenLayer`] attaches the right token per
+//!   audience to a caller's outgoing requests.
 //! - [`ClientError`]: the one error type of the layer, keeping gRPC codes.
 //! - [`connect`] and [`endpoint`]: mutual-TLS channels to one node, shared
 //!   with the CLI, the benchmarks and the tests.
@@ -25,12 +29,14 @@ use serde::{Deserialize, Serialize};
 pub mod cache;
 mod conn;
 mod error;
+pub mod layer;
 pub mod source;
 pub mod verifier;
 
 pub use cache::{CacheConfig, CacheStatus, RevocationCache};
 pub use conn::{connect, endpoint, DEFAULT_CONNECT_TIMEOUT};
 pub use error::ClientError;
+pub use layer::{AuthLayer, PeerCertificate, Requirement, Routes, SubjectToken, TokenLayer};
 pub use source::{Renewal, TokenSource, TokenSourceConfig};
 pub use verifier::{VerifiedToken, Verifier, VerifierConfig, VerifyError};
 

@@ -436,7 +436,7 @@ impl Verifier {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::testpki::TestPki;
     use tessera_proto::revocation::Target;
@@ -445,19 +445,19 @@ mod tests {
     use tessera_token::{generate_ed25519, Alg, Audience, Confirmation, SigningKey};
 
     const ISS: &str = "https://tessera.test";
-    const AUD: &str = "spiffe://tessera.test/svc/ledger";
+    pub(crate) const AUD: &str = "spiffe://tessera.test/svc/ledger";
     const NOW: u64 = 1_800_000_000;
     /// What presents the fixture's tokens (their `cnf` names it).
-    const CERT: Option<&[u8]> = Some(b"payments-cert");
+    pub(crate) const CERT: Option<&[u8]> = Some(b"payments-cert");
 
-    struct Fixture {
+    pub(crate) struct Fixture {
         _pki: TestPki,
-        key: SigningKey,
-        clock: Arc<ManualClock>,
+        pub(crate) key: SigningKey,
+        pub(crate) clock: Arc<ManualClock>,
         tls: TlsFiles,
     }
 
-    fn fixture() -> Fixture {
+    pub(crate) fn fixture() -> Fixture {
         let pki = TestPki::new();
         let tls = pki.client("ledger");
         let (pkcs8, _) = generate_ed25519().unwrap();
@@ -481,7 +481,7 @@ mod tests {
 
         /// A verifier with the fixture's key; without a cache given, one
         /// that has synced (an empty snapshot).
-        fn verifier(&self, cache: Option<RevocationCache>) -> Verifier {
+        pub(crate) fn verifier(&self, cache: Option<RevocationCache>) -> Verifier {
             let cache = cache.unwrap_or_else(|| {
                 let c = RevocationCache::detached(self.clock.clone());
                 c.apply_for_tests(snapshot(1, vec![]));
@@ -493,7 +493,7 @@ mod tests {
         }
     }
 
-    fn claims() -> Claims {
+    pub(crate) fn claims() -> Claims {
         Claims {
             iss: ISS.into(),
             sub: "spiffe://tessera.test/svc/frontend".into(),
@@ -512,7 +512,7 @@ mod tests {
         }
     }
 
-    fn revocation(target: Target, cutoff: u64) -> pb::Revocation {
+    pub(crate) fn revocation(target: Target, cutoff: u64) -> pb::Revocation {
         pb::Revocation {
             target: Some(target),
             cutoff,
@@ -521,7 +521,7 @@ mod tests {
         }
     }
 
-    fn snapshot(revision: u64, rs: Vec<pb::Revocation>) -> Vec<pb::WatchEvent> {
+    pub(crate) fn snapshot(revision: u64, rs: Vec<pb::Revocation>) -> Vec<pb::WatchEvent> {
         let count = rs.len() as u64;
         vec![
             pb::WatchEvent {

@@ -621,4 +621,40 @@ mod tests {
             challenge(&r)
         );
     }
+
+    /// The same layer on an axum `Router`: the handler extracts the
+    /// claims with `Extension`.
+    #[tokio::test]
+    async fn axum_router_takes_the_layer() {
+        use crate::verifier::tests::{claims, fixture, CERT};
+        use axum::body::Body;
+        use tower::ServiceExt as _;
+
+        async fn handler(axum::Extension(t): axum::Extension<VerifiedToken>) -> String {
+            t.claims.client_id
+        }
+        let f = fixture();
+        let routes = Routes::new().exact("/ledger", ["ledger:write"]);
+        let app = axum::Router::new()
+            .route("/ledger", axum::routing::get(handler))
+            .layer(AuthLayer::new(Arc::new(f.verifier(None)), routes));
+        let token = f.key.sign(&claims()).unwrap();
+        let request = |token: Option<&str>| {
+            let mut r = Request::builder().uri("/ledger");
+            if let Some(t) = token {
+                r = r.header(AUTHORIZATION, format!("Bearer {t}"));
+            }
+            let mut r = r.body(Body::empty()).unwrap();
+            r.extensions_mut()
+                .insert(PeerCertificate(CERT.unwrap().to_vec()));
+            r
+        };
+        let ok = app.clone().oneshot(request(Some(&token))).await.unwrap();
+        assert_eq!(ok.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(ok.into_body(), 1 << 16).await.unwrap();
+        assert_eq!(&body[..], b"spiffe://tessera.test/svc/payments");
+        let refused = app.oneshot(request(None)).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+        assert!(refused.headers().contains_key(WWW_AUTHENTICATE));
+    }
 }

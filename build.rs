@@ -6,21 +6,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // prost-build reads PROTOC from the environment.
     #[allow(clippy::disallowed_methods)]
     std::env::set_var("PROTOC", protoc);
-    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
-    // Our codec: an undecodable message is INVALID_ARGUMENT, not INTERNAL.
-    tonic_prost_build::configure()
-        .codec_path("crate::pb_codec::StrictCodec")
-        .file_descriptor_set_path(out.join("tessera_descriptor.bin"))
-        .compile_protos(
-            &[
-                "proto/tessera/v1/tessera.proto",
-                "proto/tessera/v1/admin.proto",
-                "proto/tessera/v1/watch.proto",
-            ],
-            &["proto"],
-        )?;
+    // The public API (`tessera.v1`) is compiled by the `tessera-proto`
+    // crate; the server compiles only its internal Raft package.
     tonic_prost_build::configure()
         .compile_protos(&["proto/tessera/raft/v1/raft.proto"], &["proto"])?;
-    println!("cargo:rerun-if-changed=proto");
+    println!("cargo:rerun-if-changed=proto/tessera/raft");
     Ok(())
 }

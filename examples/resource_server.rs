@@ -1,27 +1,28 @@
-//! A resource server with [`Verifier`] and [`RevocationCache`]: the `orders`
-//! service of the development cluster verifies the tokens it reads on stdin
-//! (one per line), locally, as if `frontend` had presented them over mutual
-//! TLS.
+//! A resource server with the client crate's [`AuthLayer`]: the `orders`
+//! service of the development cluster serves a small gRPC API over mutual
+//! TLS; every request is verified locally (JWKS, certificate binding, the
+//! live revocation cache) before its handler runs, and the handler reads
+//! the verified claims from the request.
 //!
 //! ```text
 //! tessera dev                                  # in another terminal
-//! cargo run --example caller | cargo run --example resource_server
+//! cargo run --example resource_server          # serves 127.0.0.1:7500
+//! cargo run --example caller                   # calls it as frontend
 //! ```
 //!
-//! Revoke a token (`tessera revoke --jti ...`) and verify it again: the
-//! cache has the revocation within milliseconds. Settings from the
-//! environment: `TESSERA_DEV_DIR` (default `.tessera-dev`),
-//! `TESSERA_ENDPOINTS` (default the dev cluster's three API ports) and
-//! `TESSERA_PRESENTER` (whose certificate presents the tokens, default
-//! `frontend`).
+//! Revoke the caller's token (`tessera revoke --jti ...`, the jti is in
+//! the caller's output) and call again with the same token: refused within
+//! milliseconds. Settings from the environment: `TESSERA_DEV_DIR` (default
+//! `.tessera-dev`), `TESSERA_ENDPOINTS` (default the dev cluster's three API
+//! ports) and `ORDERS_LISTEN` (default `127.0.0.1:7500`).
+
+mod common;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::CertificateDer;
-use tessera::client::{CacheConfig, RevocationCache, Verifier, VerifierConfig, VerifyError};
-use tessera::tls::TlsFiles;
+use tessera_client::{AuthLayer, CacheConfig, RevocationCache, TlsFiles, Verifier, VerifierConfig};
 
 const TD: &str = "spiffe://tessera.dev";
 
@@ -44,62 +45,32 @@ fn endpoints() -> Vec<String> {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 
     let me = files("orders");
     let cache = RevocationCache::start(CacheConfig::new(endpoints(), me.clone()))?;
     let mut config = VerifierConfig::new(
         endpoints(),
-        me,
+        me.clone(),
         "https://tessera.dev",
         format!("{TD}/svc/orders"),
     );
-    // Fails closed: every token is refused until the cache has its first
-    // snapshot, or once it has heard nothing from the cluster for
-    // `max_staleness` (30 s by default; tightened here).
+    // Fails closed: requests are refused (UNAVAILABLE) until the cache has
+    // its first snapshot, or once it has heard nothing for this long.
     config.max_staleness = Duration::from_secs(20);
-    let verifier = Verifier::new(config, cache.clone())?;
-    let keys = verifier.refresh_keys().await?;
-    eprintln!("{keys} verification keys loaded");
-
-    // In a real server this is the client certificate of the TLS
-    // connection the request came on.
-    let presenter = std::env::var("TESSERA_PRESENTER").unwrap_or("frontend".into());
-    let presenter_der = CertificateDer::from_pem_file(files(&presenter).cert)?;
-
-    // Serve from a complete copy: wait (bounded) for the first snapshot.
+    let verifier = Arc::new(Verifier::new(config, cache.clone())?);
+    verifier.refresh_keys().await?;
     cache.wait_ready(Duration::from_secs(10)).await?;
 
-    // Tokens from stdin, read on a thread of their own (stdin blocks).
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(16);
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lines() {
-            let Ok(line) = line else { break };
-            if tx.blocking_send(line).is_err() {
-                break;
-            }
-        }
-    });
-    while let Some(line) = rx.recv().await {
-        let token = line.trim();
-        if token.is_empty() {
-            continue;
-        }
-        match verifier.verify(token, Some(presenter_der.as_ref())).await {
-            Ok(t) => eprintln!(
-                "accepted jti {} sub {} scopes [{}] (revocations at revision {})",
-                t.claims.jti, t.claims.sub, t.claims.scope, t.revision
-            ),
-            Err(VerifyError::Revoked) => eprintln!("refused: revoked"),
-            Err(e) => eprintln!("refused: {e}"),
-        }
-    }
-    let status = cache.status();
-    eprintln!(
-        "cache: revision {}, {} entries, connected to {:?}",
-        status.revision, status.entries, status.connected_to
-    );
+    let listen = std::env::var("ORDERS_LISTEN").unwrap_or("127.0.0.1:7500".into());
+    let listener = tokio::net::TcpListener::bind(&listen).await?;
+    eprintln!("orders serving on {listen}; Ctrl-C stops");
+    let auth = AuthLayer::new(verifier, common::routes("orders:write"));
+    common::serve(listener, &me, auth, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
     cache.shutdown().await;
     Ok(())
 }

@@ -21,31 +21,35 @@
 //!   writes (used by `api` and `raft`).
 //! - [`node`]: configuration and wiring: `run(config, listeners, shutdown)`,
 //!   and certificate reload for every listener and the Raft client.
-//! - [`client`]: what callers and resource servers embed.
-//! - [`pb`] and [`pb_codec`]: the generated `tessera.v1` code and its codec.
+//! - [`client`]: what callers and resource servers embed (the
+//!   `tessera-client` crate, re-exported).
+//! - [`pb`] and [`pb_codec`]: the generated `tessera.v1` code and its codec
+//!   (the `tessera-proto` crate, re-exported).
+//!
+//! [`token`] and [`clock`] are compiled in the `tessera-token` crate (from
+//! `src/token` and `src/clock.rs`, where they stay for now) and re-exported,
+//! so that the client library shares them without depending on the server.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod api;
 pub mod certs;
-pub mod client;
-pub mod clock;
 pub mod keys;
 pub mod node;
-pub mod pb_codec;
 pub mod policy;
 pub mod raft;
 pub mod store;
 pub mod tls;
-pub mod token;
 pub mod trace;
 
-/// Generated protobuf and gRPC code for the public API (`tessera.v1`).
-pub mod pb {
-    #![allow(missing_docs, clippy::all, clippy::pedantic)]
-    tonic::include_proto!("tessera.v1");
-
-    /// Encoded file descriptor set for gRPC server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        tonic::include_file_descriptor_set!("tessera_descriptor");
-}
+/// What callers and resource servers embed: the `tessera-client` crate.
+pub use tessera_client as client;
+/// Generated protobuf and gRPC code for the public API (`tessera.v1`): the
+/// `tessera-proto` crate.
+pub use tessera_proto as pb;
+/// The codec of the generated `tessera.v1` services and clients.
+pub use tessera_proto::codec as pb_codec;
+/// Wall-clock time as an injectable dependency (from `tessera-token`).
+pub use tessera_token::clock;
+/// The token layer: the `tessera-token` crate.
+pub use tessera_token::token;

@@ -15,7 +15,7 @@ use crate::raft::NodeId;
 use crate::token::TokenError;
 
 /// Metadata key carrying the leader's address on `UNAVAILABLE`.
-pub const LEADER_METADATA: &str = "x-tessera-leader";
+pub use tessera_proto::LEADER_METADATA;
 
 /// Errors of the API layer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -54,11 +54,9 @@ pub const MAX_MEMBERS: usize = 9;
 pub const MAX_ADDR_BYTES: usize = 261;
 
 /// RFC 8693 grant type.
-pub const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-/// RFC 8693 token type of an OAuth access token.
-pub const TOKEN_TYPE_ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
-/// RFC 8693 token type of a JWT.
-pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+pub use tessera_proto::GRANT_TYPE_TOKEN_EXCHANGE as GRANT_TOKEN_EXCHANGE;
+/// RFC 8693 token types: an OAuth access token, a JWT.
+pub use tessera_proto::{TOKEN_TYPE_ACCESS, TOKEN_TYPE_JWT};
 
 fn invalid(msg: impl Into<String>) -> ApiError {
     ApiError::InvalidArgument(msg.into())

@@ -23,7 +23,7 @@ use crate::pb::{self, watch_event::Kind};
 use crate::store::{FeedItem, Revocation, RevocationEvent, WatchStart};
 
 /// Metadata key naming the revision a cut-off subscriber resumes from.
-pub const RESUME_METADATA: &str = "x-tessera-resume-from";
+pub use tessera_proto::RESUME_METADATA;
 
 /// Revocations per snapshot message.
 const SNAPSHOT_CHUNK: usize = 1000;

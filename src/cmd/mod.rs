@@ -8,8 +8,8 @@ mod bench_revoke;
 mod bench_watch;
 mod cluster;
 mod dev;
-mod keys;
 mod health;
+mod keys;
 mod serve;
 mod watch;
 

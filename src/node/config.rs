@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use crate::api::{KeySettings, TokenSettings};
 use crate::api::{AuditRotation, AuditSink};
+pub use crate::api::{KeySettings, TokenSettings};
 use crate::clock::{Clock, SystemClock};
 use crate::tls::TlsFiles;
 

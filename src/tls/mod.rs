@@ -41,8 +41,6 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
 pub use config::{
     client_config, client_config_from, https_server_config, mtls_server_config, server_config,
     tonic_client_tls, ServerKind, ServerTls,
@@ -60,16 +58,9 @@ pub const ALPN_H2: &[u8] = b"h2";
 /// The ALPN protocol of HTTP/1.1, offered by the HTTPS listener only.
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 
-/// The PEM files of one TLS identity.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TlsFiles {
-    /// CA certificate(s) trusted to issue peer certificates.
-    pub ca: PathBuf,
-    /// This party's certificate chain, leaf first.
-    pub cert: PathBuf,
-    /// This party's private key (PKCS#8, SEC1 or PKCS#1).
-    pub key: PathBuf,
-}
+/// The PEM files of one TLS identity: the client library's type, so that
+/// configurations pass straight to it.
+pub use tessera_client::TlsFiles;
 
 /// Errors of the TLS layer.
 #[derive(Debug, thiserror::Error)]

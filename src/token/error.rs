@@ -7,8 +7,10 @@
 //! "refresh the JWKS").
 
 /// Why a token could not be signed, verified or exchanged.
+///
+/// Exhaustive on purpose (the enum lives in the `tessera-token` crate): the
+/// server's status table must name every variant.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum TokenError {
     // --- keys and signing ---
     /// The algorithm name is not one Tessera signs or verifies with.

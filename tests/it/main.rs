@@ -22,4 +22,5 @@ mod t88_cutoffs;
 mod t90_kill9;
 mod t92_pause;
 mod t95_client;
+mod t96_middleware;
 mod t97_backup;

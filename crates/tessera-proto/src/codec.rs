@@ -67,7 +67,7 @@ fn decode_message<U: Message + Default>(buf: impl prost::bytes::Buf) -> Result<U
 mod tests {
     use super::*;
 
-    fn decode(bytes: &[u8]) -> Result<Option<crate::pb::IssueTokenRequest>, Status> {
+    fn decode(bytes: &[u8]) -> Result<Option<crate::IssueTokenRequest>, Status> {
         decode_message(bytes).map(Some)
     }
 
@@ -90,7 +90,7 @@ mod tests {
 
     #[test]
     fn valid_messages_decode() {
-        let m = crate::pb::IssueTokenRequest {
+        let m = crate::IssueTokenRequest {
             audience: vec!["a".into()],
             ..Default::default()
         };

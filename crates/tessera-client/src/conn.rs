@@ -11,7 +11,7 @@ use std::time::Duration;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use super::error::{is_failover, ClientError};
-use crate::tls::TlsFiles;
+use crate::TlsFiles;
 
 /// How long a TCP + TLS connection may take before the node counts as down.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -83,7 +83,7 @@ pub async fn connect(addr: &str, files: &TlsFiles) -> Result<Channel, ClientErro
 fn leader_hint(status: &tonic::Status) -> Option<String> {
     status
         .metadata()
-        .get(crate::api::error::LEADER_METADATA)
+        .get(tessera_proto::LEADER_METADATA)
         .and_then(|v| v.to_str().ok())
         .filter(|s| !s.is_empty())
         .map(str::to_string)
@@ -238,7 +238,7 @@ mod tests {
         let mut s = tonic::Status::unavailable("not the leader");
         assert_eq!(leader_hint(&s), None);
         s.metadata_mut().insert(
-            crate::api::error::LEADER_METADATA,
+            tessera_proto::LEADER_METADATA,
             "127.0.0.1:7444".parse().unwrap(),
         );
         assert_eq!(leader_hint(&s).as_deref(), Some("127.0.0.1:7444"));

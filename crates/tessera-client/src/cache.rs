@@ -36,12 +36,12 @@ use tracing::Instrument as _;
 
 use super::conn::{endpoint, DEFAULT_CONNECT_TIMEOUT};
 use super::error::ClientError;
-use crate::clock::{Clock, SystemClock};
-use crate::pb;
-use crate::pb::revocation::Target;
-use crate::pb::watch_event::Kind;
-use crate::tls::TlsFiles;
-use crate::token::{cutoff_revokes, Claims};
+use crate::TlsFiles;
+use tessera_proto as pb;
+use tessera_proto::revocation::Target;
+use tessera_proto::watch_event::Kind;
+use tessera_token::clock::{Clock, SystemClock};
+use tessera_token::{cutoff_revokes, Claims};
 
 /// How often expired entries are forgotten while a stream is open.
 const PURGE_EVERY: Duration = Duration::from_secs(1);
@@ -444,10 +444,10 @@ impl Drop for Owner {
 /// ends when the last clone is dropped or on [`RevocationCache::shutdown`].
 ///
 /// ```no_run
-/// # async fn demo() -> Result<(), tessera::client::ClientError> {
+/// # async fn demo() -> Result<(), tessera_client::ClientError> {
 /// use std::time::Duration;
-/// use tessera::client::{CacheConfig, RevocationCache};
-/// use tessera::tls::TlsFiles;
+/// use tessera_client::{CacheConfig, RevocationCache};
+/// use tessera_client::TlsFiles;
 ///
 /// let tls = TlsFiles {
 ///     ca: "certs/ca.pem".into(),
@@ -555,7 +555,7 @@ impl RevocationCache {
     /// server's rules: any jti revoked, or the subject's or client's cut-off
     /// applied at a revision above `rev` (for a token without `rev`, or a
     /// cut-off from a server that did not send its revision: a cut-off time
-    /// at or after `iat`). See [`crate::token::cutoff_revokes`].
+    /// at or after `iat`). See [`tessera_token::cutoff_revokes`].
     pub fn is_revoked(
         &self,
         jtis: &[&str],
@@ -853,7 +853,7 @@ fn end_of(status: &tonic::Status) -> End {
         message: status.message().to_string(),
         resume_from: status
             .metadata()
-            .get(crate::api::RESUME_METADATA)
+            .get(tessera_proto::RESUME_METADATA)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
     }
@@ -1189,7 +1189,7 @@ mod tests {
 
     #[tokio::test]
     async fn waits_are_event_driven_and_bounded() {
-        let cache = RevocationCache::detached(Arc::new(crate::clock::ManualClock::new(0)));
+        let cache = RevocationCache::detached(Arc::new(tessera_token::clock::ManualClock::new(0)));
         assert_eq!(cache.staleness(), Duration::MAX);
         let short = Duration::from_millis(20);
         assert!(matches!(
@@ -1229,7 +1229,7 @@ mod tests {
 
     #[tokio::test]
     async fn purge_uses_the_injected_clock() {
-        let clock = Arc::new(crate::clock::ManualClock::new(100));
+        let clock = Arc::new(tessera_token::clock::ManualClock::new(100));
         let cache = RevocationCache::detached(clock.clone());
         cache.apply_for_tests(vec![
             chunk(3, vec![jti("a", 150), jti("b", 300)]),

@@ -27,14 +27,13 @@ use serde::Deserialize;
 
 use super::conn::Pool;
 use super::error::ClientError;
-use crate::clock::{Clock, SystemClock};
-use crate::pb;
-use crate::tls::TlsFiles;
+use crate::TlsFiles;
+use tessera_proto as pb;
+use tessera_token::clock::{Clock, SystemClock};
 
-/// RFC 8693 grant type of a token exchange.
-const EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-/// RFC 8693 token type of an access token.
-const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+use tessera_proto::{
+    GRANT_TYPE_TOKEN_EXCHANGE as EXCHANGE_GRANT, TOKEN_TYPE_ACCESS as ACCESS_TOKEN_TYPE,
+};
 
 /// When a cached token is renewed.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -257,9 +256,9 @@ fn scope_list(scopes: &[&str]) -> Vec<String> {
 /// documentation](self).
 ///
 /// ```no_run
-/// # async fn demo() -> Result<(), tessera::client::ClientError> {
-/// use tessera::client::{TokenSource, TokenSourceConfig};
-/// use tessera::tls::TlsFiles;
+/// # async fn demo() -> Result<(), tessera_client::ClientError> {
+/// use tessera_client::{TokenSource, TokenSourceConfig};
+/// use tessera_client::TlsFiles;
 ///
 /// let me = TlsFiles {
 ///     ca: "certs/ca.pem".into(),
@@ -524,8 +523,8 @@ impl TokenSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::ManualClock;
-    use crate::tls::testpki::TestPki;
+    use crate::testpki::TestPki;
+    use tessera_token::clock::ManualClock;
 
     const T0: u64 = 1_800_000_000;
 

@@ -5,7 +5,7 @@
 //!
 //! 1. the [`RevocationCache`] has synced (received a complete snapshot) at
 //!    least once;
-//! 2. it passes [`crate::token::verify`] (RFC 8725: allow-listed algorithm,
+//! 2. it passes [`tessera_token::verify`] (RFC 8725: allow-listed algorithm,
 //!    key from the cluster's JWKS by `kid` only, `typ`, exact issuer and
 //!    audience, times with a bounded leeway, bounded size and chain);
 //! 3. it is bound to the certificate that presented it (`cnf.x5t#S256`,
@@ -35,10 +35,11 @@ use tokio::time::Instant;
 use super::cache::RevocationCache;
 use super::conn::Pool;
 use super::error::ClientError;
-use crate::clock::{Clock, SystemClock};
-use crate::pb;
-use crate::tls::{thumbprint, TlsFiles};
-use crate::token::{
+use crate::TlsFiles;
+use tessera_proto as pb;
+use tessera_token::clock::{Clock, SystemClock};
+use tessera_token::x5t_s256 as thumbprint;
+use tessera_token::{
     verify, Claims, KeySet, TokenError, VerifyParams, DEFAULT_LEEWAY, DEFAULT_MAX_CHAIN,
     DEFAULT_MAX_LEN,
 };
@@ -198,8 +199,8 @@ pub enum VerifyError {
 ///
 /// ```no_run
 /// # async fn demo(token: &str, peer_cert_der: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
-/// use tessera::client::{CacheConfig, RevocationCache, Verifier, VerifierConfig, VerifyError};
-/// use tessera::tls::TlsFiles;
+/// use tessera_client::{CacheConfig, RevocationCache, Verifier, VerifierConfig, VerifyError};
+/// use tessera_client::TlsFiles;
 ///
 /// let tls = TlsFiles {
 ///     ca: "certs/ca.pem".into(),
@@ -294,6 +295,11 @@ impl Verifier {
             refreshed: tokio::sync::Mutex::new(None),
             cache,
         })
+    }
+
+    /// The audience tokens must name (this resource server).
+    pub fn audience(&self) -> &str {
+        &self.audience
     }
 
     /// The revocation cache (`None` only for
@@ -430,28 +436,28 @@ impl Verifier {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::clock::ManualClock;
-    use crate::pb::revocation::Target;
-    use crate::pb::watch_event::Kind;
-    use crate::tls::testpki::TestPki;
-    use crate::token::{generate_ed25519, Alg, Audience, Confirmation, SigningKey};
+    use crate::testpki::TestPki;
+    use tessera_proto::revocation::Target;
+    use tessera_proto::watch_event::Kind;
+    use tessera_token::clock::ManualClock;
+    use tessera_token::{generate_ed25519, Alg, Audience, Confirmation, SigningKey};
 
     const ISS: &str = "https://tessera.test";
-    const AUD: &str = "spiffe://tessera.test/svc/ledger";
+    pub(crate) const AUD: &str = "spiffe://tessera.test/svc/ledger";
     const NOW: u64 = 1_800_000_000;
     /// What presents the fixture's tokens (their `cnf` names it).
-    const CERT: Option<&[u8]> = Some(b"payments-cert");
+    pub(crate) const CERT: Option<&[u8]> = Some(b"payments-cert");
 
-    struct Fixture {
+    pub(crate) struct Fixture {
         _pki: TestPki,
-        key: SigningKey,
-        clock: Arc<ManualClock>,
+        pub(crate) key: SigningKey,
+        pub(crate) clock: Arc<ManualClock>,
         tls: TlsFiles,
     }
 
-    fn fixture() -> Fixture {
+    pub(crate) fn fixture() -> Fixture {
         let pki = TestPki::new();
         let tls = pki.client("ledger");
         let (pkcs8, _) = generate_ed25519().unwrap();
@@ -475,7 +481,7 @@ mod tests {
 
         /// A verifier with the fixture's key; without a cache given, one
         /// that has synced (an empty snapshot).
-        fn verifier(&self, cache: Option<RevocationCache>) -> Verifier {
+        pub(crate) fn verifier(&self, cache: Option<RevocationCache>) -> Verifier {
             let cache = cache.unwrap_or_else(|| {
                 let c = RevocationCache::detached(self.clock.clone());
                 c.apply_for_tests(snapshot(1, vec![]));
@@ -487,7 +493,7 @@ mod tests {
         }
     }
 
-    fn claims() -> Claims {
+    pub(crate) fn claims() -> Claims {
         Claims {
             iss: ISS.into(),
             sub: "spiffe://tessera.test/svc/frontend".into(),
@@ -506,7 +512,7 @@ mod tests {
         }
     }
 
-    fn revocation(target: Target, cutoff: u64) -> pb::Revocation {
+    pub(crate) fn revocation(target: Target, cutoff: u64) -> pb::Revocation {
         pb::Revocation {
             target: Some(target),
             cutoff,
@@ -515,7 +521,7 @@ mod tests {
         }
     }
 
-    fn snapshot(revision: u64, rs: Vec<pb::Revocation>) -> Vec<pb::WatchEvent> {
+    pub(crate) fn snapshot(revision: u64, rs: Vec<pb::Revocation>) -> Vec<pb::WatchEvent> {
         let count = rs.len() as u64;
         vec![
             pb::WatchEvent {

@@ -16,6 +16,8 @@
 //!   and the node-to-node transport (members-only gRPC over mTLS).
 //! - [`store`]: sled-backed Raft log and state machine.
 //! - [`api`]: the public gRPC services and the error-to-status table.
+//! - [`metrics`]: the Prometheus registry and the per-caller anomaly
+//!   signal; a leaf that every layer may record into.
 //! - [`node`]: configuration and wiring: `run(config, listeners, shutdown)`.
 //! - [`client`]: what callers and resource servers embed.
 //! - [`pb`] and [`pb_codec`]: the generated `tessera.v1` code and its codec.
@@ -27,6 +29,7 @@ pub mod certs;
 pub mod client;
 pub mod clock;
 pub mod keys;
+pub mod metrics;
 pub mod node;
 pub mod pb_codec;
 pub mod policy;

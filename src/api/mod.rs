@@ -15,6 +15,8 @@ mod message_limit;
 mod purge;
 mod rate_layer;
 mod reflection;
+pub mod rpc_metrics;
+mod signals;
 mod token_service;
 pub mod validate;
 mod watch_service;
@@ -156,6 +158,8 @@ pub struct Shared {
     /// its leader, before the node stops serving ([`LEADER_LEASE`] unless
     /// configured).
     contact_timeout: Duration,
+    /// Where handlers record metrics (the node's registry).
+    metrics: crate::metrics::Metrics,
 }
 
 /// What this node knows about its own leadership's contact with a quorum.
@@ -253,7 +257,20 @@ impl Shared {
             contact: None,
             incarnation: 0,
             contact_timeout: LEADER_LEASE,
+            metrics: crate::metrics::Metrics::default(),
         }
+    }
+
+    /// Records metrics into `metrics` (the node's registry) instead of a
+    /// private one.
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The metrics handlers record into.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     /// Sets how long a leader may go without its quorum, and a follower
@@ -532,12 +549,24 @@ pub async fn serve(
     ));
     let (incoming, accept_loop) =
         crate::tls::tls_incoming_joined_with(listener, tls, limits.accept.clone());
-    let rate = limits::RateLimitLayer::new(rate);
+    let refusals = shared.clone();
+    let rate = limits::RateLimitLayer::new(rate).with_refusal_hook(Arc::new(move |caller, class| {
+        refusals.metrics.rate_limited(class.name());
+        if let Some(a) = refusals.refused_early(caller) {
+            // Rare (once per window per caller): the audit write must not
+            // hold up the refusal.
+            let (shared, caller) = (refusals.clone(), caller.to_owned());
+            tokio::spawn(async move { shared.record_anomaly(&caller, a).await });
+        }
+    }));
+    let rpc_metrics = rpc_metrics::RpcMetricsLayer::new(shared.metrics.clone());
     let mut stop_rx = stop;
     let shutdown = async move {
         let _ = stop_rx.wait_for(|s| *s).await;
     };
     let result = tonic::transport::Server::builder()
+        // Outermost: counts the refusals of the layers below as well.
+        .layer(rpc_metrics)
         .layer(MessageLimitLayer::new(MAX_REQUEST_BYTES))
         .concurrency_limit_per_connection(1024)
         .timeout(Duration::from_secs(30))

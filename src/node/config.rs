@@ -110,6 +110,8 @@ pub struct Config {
     /// Per-caller rate limits, connection caps and HTTP/2 settings of the
     /// public listener.
     pub limits: crate::api::ServerLimits,
+    /// Metrics label bounds and the anomaly signal.
+    pub metrics: crate::metrics::MetricsSettings,
 }
 
 impl std::fmt::Debug for Config {
@@ -154,6 +156,7 @@ impl Config {
             watch: crate::api::WatchSettings::default(),
             watch_window: crate::store::DEFAULT_WINDOW,
             limits: crate::api::ServerLimits::default(),
+            metrics: crate::metrics::MetricsSettings::default(),
         }
     }
 
@@ -206,6 +209,7 @@ impl Config {
             return Err("watch window, subscriber limit and heartbeat must be positive".into());
         }
         self.limits.validate()?;
+        self.metrics.validate()?;
         if self.purge_interval.is_zero() {
             return Err("purge interval must be positive".into());
         }

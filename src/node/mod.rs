@@ -7,6 +7,7 @@
 //! can wait on events instead of sleeping.
 
 mod config;
+mod metrics;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -89,6 +90,7 @@ pub struct Node {
     fatal: watch::Receiver<Option<String>>,
     campaign_stats: Arc<crate::raft::CampaignStats>,
     rate_limiter: Arc<api::limits::RateLimiter>,
+    metrics: crate::metrics::Metrics,
 }
 
 impl Node {
@@ -115,6 +117,12 @@ impl Node {
     /// The public API's per-caller rate limiter (its refusal counters).
     pub fn rate_limiter(&self) -> &api::limits::RateLimiter {
         &self.rate_limiter
+    }
+
+    /// This node's metrics: [`Metrics::encode`](crate::metrics::Metrics::encode)
+    /// is the text `GET /metrics` serves.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     /// Where the Raft listener listens.
@@ -286,7 +294,12 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
     .await
     .map_err(|e| NodeError::Raft(e.to_string()))?;
 
-    let proposer = crate::raft::Proposer::for_raft(raft.clone());
+    let metrics = crate::metrics::Metrics::new(config.metrics.clone());
+    let batches = metrics.clone();
+    let proposer = crate::raft::Proposer::for_raft_observed(
+        raft.clone(),
+        Some(Arc::new(move |n| batches.proposer_batch(n))),
+    );
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     // The Raft listener first: peers may be waiting for this node.
@@ -376,7 +389,8 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
         .with_initial_policy(config.initial_policy.as_deref())
         .map_err(|e| NodeError::Config(format!("initial policy: {e}")))?
         .with_consensus(reads, contact, incarnation)
-        .with_contact_timeout(Duration::from_millis(config.raft.contact_timeout_ms)),
+        .with_contact_timeout(Duration::from_millis(config.raft.contact_timeout_ms))
+        .with_metrics(metrics.clone()),
     );
     // Fail at start, not at the first request, if the KEK is wrong.
     shared
@@ -384,6 +398,17 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
         .map_err(|e| NodeError::Raft(format!("key ring: {e}")))?;
 
     let rate_limiter = Arc::new(api::limits::RateLimiter::new(config.limits.rate.clone()));
+    metrics::register(
+        &metrics,
+        &state,
+        config.clock.clone(),
+        config.tls.cert.clone(),
+        rate_limiter.clone(),
+    );
+    tasks.push(tokio::spawn(
+        metrics::follow_raft(raft.clone(), metrics.clone(), stop_rx.clone())
+            .instrument(tracing::info_span!("metrics", node = config.node_id)),
+    ));
     tasks.push(tokio::spawn(
         api::serve(
             shared.clone(),
@@ -443,6 +468,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
         fatal,
         campaign_stats,
         rate_limiter,
+        metrics,
     })
 }
 

@@ -54,6 +54,44 @@ pub struct StateMachine {
     /// Announces the applied revision once a batch is persisted.
     revision: watch::Sender<u64>,
     snapshot_seq: Arc<AtomicU64>,
+    /// Revocation entries applied and purged (metrics).
+    counters: Arc<ApplyCounters>,
+}
+
+/// Counts of what this node's state machine applied, since it started.
+#[derive(Debug, Default)]
+pub struct ApplyCounters {
+    revoked: AtomicU64,
+    purged: AtomicU64,
+}
+
+impl ApplyCounters {
+    /// Revocation entries added or raised by applied commands.
+    pub fn revoked(&self) -> u64 {
+        self.revoked.load(Ordering::Relaxed)
+    }
+
+    /// Revocation entries removed by applied purge commands.
+    pub fn purged(&self) -> u64 {
+        self.purged.load(Ordering::Relaxed)
+    }
+
+    fn count(&self, entries: &[Entry], responses: &[CommandResponse]) {
+        use crate::raft::Op;
+        for (e, r) in entries.iter().zip(responses) {
+            if let openraft::EntryPayload::Normal(cmd) = &e.payload {
+                let counter = match cmd.op {
+                    Op::RevokeJtis { .. }
+                    | Op::RevokeSubject { .. }
+                    | Op::RevokeClient { .. }
+                    | Op::Batch { .. } => &self.revoked,
+                    Op::Purge => &self.purged,
+                    _ => continue,
+                };
+                counter.fetch_add(r.changed, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 /// Builds snapshots of the state machine, concurrently with apply.
@@ -110,14 +148,16 @@ impl StateMachine {
         let (tx, rx) = watch::channel(state.revision());
         let feed = Arc::new(Feed::new(state.revision(), feed));
         let state = Arc::new(RwLock::new(state));
+        let counters = Arc::new(ApplyCounters::default());
         let sm = StateMachine {
             db,
             state: state.clone(),
             feed: feed.clone(),
             revision: tx,
             snapshot_seq: Arc::new(AtomicU64::new(seq)),
+            counters: counters.clone(),
         };
-        Ok((sm, StateView::new(state, rx, feed)))
+        Ok((sm, StateView::new(state, rx, feed, counters)))
     }
 
     /// How many fsyncs of the database have completed since it was opened.
@@ -226,6 +266,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let db = self.db.clone();
         let state = self.state.clone();
         let feed = self.feed.clone();
+        let counters = self.counters.clone();
         // The write lock is taken on a blocking thread too: a snapshot being
         // serialized under the read lock must not stall the async runtime.
         let (responses, revision) = blocking(move || {
@@ -244,6 +285,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 (responses, st.batches(&touched), st.revision())
             };
             batches?.commit(&db, None)?;
+            counters.count(&entries, &responses);
             Ok((responses, revision))
         })
         .await

@@ -262,7 +262,10 @@ impl Detector {
         let baseline = c.baseline(&track, s.alpha).unwrap_or(0.0);
         let threshold = s.multiple * baseline;
         let count = track.count;
-        if count < min || (count as f64) <= threshold {
+        // A baseline that is a whole number in exact arithmetic may come
+        // out a hair below it in floating point: "above" means clearly
+        // above.
+        if count < min || (count as f64) <= threshold + 1e-6 {
             return Observed::Quiet;
         }
         if c

@@ -3,9 +3,9 @@
 //!
 //! A leaf module: it knows no other part of Tessera. The API layer records
 //! requests, decisions, refusals and watch events; the Raft proposer records
-//! batch sizes; the node owns the [`Metrics`] handle, feeds it the Raft
-//! state, and registers the values that are read at scrape time
-//! ([`Metrics::gauge_fn`], [`Metrics::counter_fn`]). [`Metrics::encode`] is
+//! batch sizes; the node owns the [`Metrics`] handle, feeds it Raft's log
+//! events, and registers the values that are read at scrape time (Raft's
+//! state, revocations, keys: [`Metrics::gauge_fn`], [`Metrics::counter_fn`]). [`Metrics::encode`] is
 //! the text exposition (Prometheus text format 0.0.4) that `GET /metrics`
 //! serves; the encoding is `prometheus-client`'s.
 //!
@@ -104,11 +104,6 @@ struct AnomalyLabels {
     caller: Arc<str>,
 }
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct FollowerLabels {
-    follower: String,
-}
-
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -116,47 +111,14 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 15))
 }
 
-/// A snapshot of what Raft says about this node, fed by the node.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RaftSample {
-    /// Current term.
-    pub term: u64,
-    /// The leader this node knows, if any.
-    pub leader: Option<u64>,
-    /// Whether this node is the leader.
-    pub is_leader: bool,
-    /// Last index in this node's log.
-    pub last_log_index: u64,
-    /// Commit index: exact on the leader (what a quorum holds), the applied
-    /// index elsewhere (a lower bound).
-    pub commit_index: u64,
-    /// Last applied index.
-    pub applied_index: u64,
-    /// Last index covered by this node's snapshot.
-    pub snapshot_index: Option<u64>,
-    /// Last index purged from this node's log.
-    pub purged_index: Option<u64>,
-    /// On the leader: each other member's lag behind the leader's log, in
-    /// entries. Empty elsewhere.
-    pub lag: Vec<(u64, u64)>,
-}
-
+/// Counts of Raft log events, fed by the node as openraft reports them.
 #[derive(Debug, Default)]
-struct RaftGauges {
-    term: Gauge,
-    leader_id: Gauge,
-    is_leader: Gauge,
-    last_log_index: Gauge,
-    commit_index: Gauge,
-    applied_index: Gauge,
-    snapshot_index: Gauge,
-    purged_index: Gauge,
+struct RaftLog {
     snapshots: Counter,
     log_purges: Counter,
-    lag: Family<FollowerLabels, Gauge>,
-    /// Set after the first sample: the snapshot a node starts with is not
-    /// an advance.
-    primed: std::sync::atomic::AtomicBool,
+    /// The last snapshot and purged indexes seen; `None` before the first
+    /// report (the state a node starts with is not an advance).
+    last: Mutex<Option<(Option<u64>, Option<u64>)>>,
 }
 
 /// A value read at scrape time.
@@ -222,7 +184,7 @@ struct Inner {
     anomalies: Family<AnomalyLabels, Counter>,
     anomaly_untracked: Counter,
     key_rotation_due: Gauge,
-    raft: RaftGauges,
+    raft_log: RaftLog,
     sampled: Arc<SampledSet>,
     max_caller_labels: usize,
     // std mutexes: held for a set lookup or one detector step, never
@@ -321,67 +283,16 @@ impl Metrics {
             "When the active signing key is due to be rotated (unix seconds; 0: no schedule)",
             key_rotation_due.clone(),
         );
-        let raft = RaftGauges::default();
-        let g = |r: &mut Registry, name: &str, help: &str, m: &Gauge| {
-            r.register(name, help, m.clone())
-        };
-        g(&mut r, "raft_term", "Current Raft term", &raft.term);
-        g(
-            &mut r,
-            "raft_leader_id",
-            "Id of the leader this node knows (0: none)",
-            &raft.leader_id,
-        );
-        g(
-            &mut r,
-            "raft_is_leader",
-            "1 if this node is the leader",
-            &raft.is_leader,
-        );
-        g(
-            &mut r,
-            "raft_last_log_index",
-            "Last index in this node's log",
-            &raft.last_log_index,
-        );
-        g(
-            &mut r,
-            "raft_commit_index",
-            "Commit index (exact on the leader; the applied index elsewhere)",
-            &raft.commit_index,
-        );
-        g(
-            &mut r,
-            "raft_applied_index",
-            "Last log index applied to the state machine",
-            &raft.applied_index,
-        );
-        g(
-            &mut r,
-            "raft_snapshot_index",
-            "Last log index in this node's snapshot",
-            &raft.snapshot_index,
-        );
-        g(
-            &mut r,
-            "raft_purged_index",
-            "Last log index purged from this node's log",
-            &raft.purged_index,
-        );
+        let raft_log = RaftLog::default();
         r.register(
             "raft_snapshots",
-            "Times this node's snapshot advanced (built or installed)",
-            raft.snapshots.clone(),
+            "Times this node's snapshot advanced (built or installed) since it started",
+            raft_log.snapshots.clone(),
         );
         r.register(
             "raft_log_purges",
-            "Times this node purged its log up to a snapshot",
-            raft.log_purges.clone(),
-        );
-        r.register(
-            "raft_replication_lag_entries",
-            "On the leader: entries each other member is behind the leader's log",
-            raft.lag.clone(),
+            "Times this node purged its log up to a snapshot since it started",
+            raft_log.log_purges.clone(),
         );
         let sampled = Arc::new(SampledSet::default());
         r.register_collector(Box::new(sampled.clone()));
@@ -414,7 +325,7 @@ impl Metrics {
                 anomalies,
                 anomaly_untracked,
                 key_rotation_due,
-                raft,
+                raft_log,
                 sampled,
                 max_caller_labels: settings.max_caller_labels,
                 callers: Mutex::new(HashSet::new()),
@@ -613,43 +524,20 @@ impl Metrics {
             .set(i64::try_from(at).unwrap_or(i64::MAX));
     }
 
-    /// Records what Raft says now. Snapshot and log-purge counts go up when
-    /// their index advances between two samples (the state a node starts
-    /// with is not counted).
-    pub fn observe_raft(&self, s: &RaftSample) {
-        let g = &self.inner.raft;
-        let set = |g: &Gauge, v: u64| {
-            g.set(i64::try_from(v).unwrap_or(i64::MAX));
-        };
-        set(&g.term, s.term);
-        set(&g.leader_id, s.leader.unwrap_or(0));
-        set(&g.is_leader, u64::from(s.is_leader));
-        set(&g.last_log_index, s.last_log_index);
-        set(&g.commit_index, s.commit_index);
-        set(&g.applied_index, s.applied_index);
-        let primed = g.primed.swap(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(i) = s.snapshot_index {
-            if primed && g.snapshot_index.get() < i64::try_from(i).unwrap_or(i64::MAX) {
-                g.snapshots.inc();
+    /// Records the indexes of this node's snapshot and of its log purge,
+    /// as openraft reports them: each advance is counted.
+    pub fn observe_raft_log(&self, snapshot: Option<u64>, purged: Option<u64>) {
+        let r = &self.inner.raft_log;
+        let mut last = r.last.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((s0, p0)) = *last {
+            if snapshot > s0 {
+                r.snapshots.inc();
             }
-            set(&g.snapshot_index, i);
-        }
-        if let Some(i) = s.purged_index {
-            if primed && g.purged_index.get() < i64::try_from(i).unwrap_or(i64::MAX) {
-                g.log_purges.inc();
+            if purged > p0 {
+                r.log_purges.inc();
             }
-            set(&g.purged_index, i);
         }
-        // Followers come and go; only the leader knows their lag.
-        g.lag.clear();
-        for (id, lag) in &s.lag {
-            set(
-                &g.lag.get_or_create(&FollowerLabels {
-                    follower: id.to_string(),
-                }),
-                *lag,
-            );
-        }
+        *last = Some((snapshot, purged));
     }
 }
 
@@ -714,39 +602,17 @@ mod tests {
     }
 
     #[test]
-    fn raft_samples_count_snapshot_and_purge_advances() {
+    fn raft_log_advances_are_counted() {
         let m = Metrics::default();
-        let mut s = RaftSample {
-            term: 3,
-            leader: Some(1),
-            is_leader: true,
-            last_log_index: 10,
-            commit_index: 9,
-            applied_index: 9,
-            snapshot_index: Some(5),
-            purged_index: None,
-            lag: vec![(2, 1), (3, 4)],
-        };
-        m.observe_raft(&s);
-        m.observe_raft(&s);
-        s.snapshot_index = Some(8);
-        s.purged_index = Some(4);
-        s.lag = vec![(2, 0)];
-        m.observe_raft(&s);
+        m.observe_raft_log(Some(5), None);
+        m.observe_raft_log(Some(5), None);
+        m.observe_raft_log(Some(8), Some(4));
+        m.observe_raft_log(Some(8), Some(4));
         let text = m.encode();
         let v = |p: &str| value(&text, p);
         // The snapshot the node started with is not an advance.
         assert_eq!(v("tessera_raft_snapshots_total"), Some(1.0));
         assert_eq!(v("tessera_raft_log_purges_total"), Some(1.0));
-        assert_eq!(v("tessera_raft_term"), Some(3.0));
-        assert_eq!(
-            v(r#"tessera_raft_replication_lag_entries{follower="2"}"#),
-            Some(0.0)
-        );
-        assert_eq!(
-            v(r#"tessera_raft_replication_lag_entries{follower="3"}"#),
-            None
-        );
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! What the node feeds the metrics registry: Raft's state as it changes
-//! (a task on openraft's metrics watch), and values read at scrape time
-//! (revocations, watch subscribers, the signing key's age, the node
-//! certificate's expiry, rate-limit table size).
+//! What the node feeds the metrics registry: values read at scrape time
+//! (Raft's state from openraft's metrics watch, revocations, watch
+//! subscribers, the signing key's age, the node certificate's expiry, the
+//! rate-limit table's size), and a task that counts snapshot and log-purge
+//! advances as openraft reports them (a scrape would miss those between
+//! two scrapes).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,13 +13,30 @@ use tokio::sync::watch;
 use super::Raft;
 use crate::api::limits::RateLimiter;
 use crate::clock::Clock;
-use crate::metrics::{Metrics, RaftSample};
+use crate::metrics::Metrics;
 use crate::raft::{KeyState, NodeId, NodeInfo};
 use crate::store::StateView;
 
-/// A [`RaftSample`] of openraft's metrics. Cheap: no allocation beyond the
+/// What Raft says about this node now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct RaftSample {
+    term: u64,
+    leader: Option<u64>,
+    is_leader: bool,
+    last_log_index: u64,
+    /// Exact on the leader (what a quorum holds); the applied index
+    /// elsewhere (a lower bound).
+    commit_index: u64,
+    applied_index: u64,
+    snapshot_index: Option<u64>,
+    purged_index: Option<u64>,
+    /// On the leader: each other member's lag behind its log, in entries.
+    lag: Vec<(u64, u64)>,
+}
+
+/// A sample of openraft's metrics. Cheap: no allocation beyond the
 /// followers' lag.
-pub(super) fn sample(m: &openraft::RaftMetrics<NodeId, NodeInfo>) -> RaftSample {
+fn sample(m: &openraft::RaftMetrics<NodeId, NodeInfo>) -> RaftSample {
     let last = m.last_log_index.unwrap_or(0);
     let applied = m.last_applied.map_or(0, |l| l.index);
     let is_leader = m.current_leader == Some(m.id);
@@ -69,12 +88,16 @@ pub(super) fn sample(m: &openraft::RaftMetrics<NodeId, NodeInfo>) -> RaftSample 
     }
 }
 
-/// Feeds every change of Raft's metrics to the registry until `stop`.
+/// Counts the snapshot and log-purge advances openraft reports, until
+/// `stop`.
 pub(super) async fn follow_raft(raft: Raft, metrics: Metrics, mut stop: watch::Receiver<bool>) {
     let mut rx = raft.metrics();
     loop {
-        let s = sample(&rx.borrow_and_update());
-        metrics.observe_raft(&s);
+        let (snapshot, purged) = {
+            let m = rx.borrow_and_update();
+            (m.snapshot.map(|l| l.index), m.purged.map(|l| l.index))
+        };
+        metrics.observe_raft_log(snapshot, purged);
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             changed = rx.changed() => if changed.is_err() { return },
@@ -90,14 +113,78 @@ pub(super) fn cert_not_after(path: &std::path::Path) -> Option<i64> {
     Some(cert.validity().not_after.timestamp())
 }
 
+/// Registers Raft's state, read at scrape time.
+fn register_raft(metrics: &Metrics, raft: &Raft) {
+    type Field = fn(&RaftSample) -> Option<u64>;
+    let gauges: [(&'static str, &'static str, Field); 8] = [
+        ("raft_term", "Current Raft term", |s| Some(s.term)),
+        (
+            "raft_leader_id",
+            "Id of the leader this node knows (0: none)",
+            |s| Some(s.leader.unwrap_or(0)),
+        ),
+        ("raft_is_leader", "1 if this node is the leader", |s| {
+            Some(u64::from(s.is_leader))
+        }),
+        (
+            "raft_last_log_index",
+            "Last index in this node's log",
+            |s| Some(s.last_log_index),
+        ),
+        (
+            "raft_commit_index",
+            "Commit index: exact on the leader, the applied index elsewhere",
+            |s| Some(s.commit_index),
+        ),
+        (
+            "raft_applied_index",
+            "Last log index applied to the state machine",
+            |s| Some(s.applied_index),
+        ),
+        (
+            "raft_snapshot_index",
+            "Last log index in this node's snapshot",
+            |s| s.snapshot_index,
+        ),
+        (
+            "raft_purged_index",
+            "Last log index purged from this node's log",
+            |s| s.purged_index,
+        ),
+    ];
+    for (name, help, field) in gauges {
+        let raft = raft.clone();
+        metrics.gauge_fn(name, help, move || {
+            let s = sample(&raft.metrics().borrow());
+            field(&s)
+                .map(|v| vec![(vec![], v as f64)])
+                .unwrap_or_default()
+        });
+    }
+    let raft = raft.clone();
+    metrics.gauge_fn(
+        "raft_replication_lag_entries",
+        "On the leader: entries each other member is behind the leader's log",
+        move || {
+            sample(&raft.metrics().borrow())
+                .lag
+                .into_iter()
+                .map(|(id, lag)| (vec![("follower", id.to_string())], lag as f64))
+                .collect()
+        },
+    );
+}
+
 /// Registers the values read at scrape time.
 pub(super) fn register(
     metrics: &Metrics,
+    raft: &Raft,
     state: &StateView,
     clock: Arc<dyn Clock>,
     cert: PathBuf,
     rate_limiter: Arc<RateLimiter>,
 ) {
+    register_raft(metrics, raft);
     let one = |v: f64| vec![(vec![], v)];
     let st = state.clone();
     metrics.gauge_fn(

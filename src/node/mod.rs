@@ -400,6 +400,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
     let rate_limiter = Arc::new(api::limits::RateLimiter::new(config.limits.rate.clone()));
     metrics::register(
         &metrics,
+        &raft,
         &state,
         config.clock.clone(),
         config.tls.cert.clone(),

@@ -18,3 +18,4 @@ mod t88_cutoffs;
 mod t90_kill9;
 mod t92_pause;
 mod t95_client;
+mod t97_metrics;

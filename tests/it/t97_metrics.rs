@@ -242,6 +242,28 @@ async fn scrape_shows_exact_counts_of_the_calls_each_node_served() {
             ]
         )));
     }
+    // Every metric the dashboard and the alert rules use is served.
+    let text = scrape(&c, leader).await;
+    let served: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    for file in [
+        include_str!("../../deploy/grafana/tessera.json"),
+        include_str!("../../deploy/prometheus/alerts.yaml"),
+    ] {
+        for name in file
+            .split(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_'))
+            .filter(|t| t.starts_with("tessera_"))
+        {
+            let family = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            assert!(served.contains(family), "{name} is not served");
+        }
+    }
     // The leader knows each follower's lag.
     let lag: Vec<&String> = after[&leader]
         .keys()

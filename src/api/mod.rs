@@ -549,16 +549,20 @@ pub async fn serve(
     ));
     let (incoming, accept_loop) =
         crate::tls::tls_incoming_joined_with(listener, tls, limits.accept.clone());
+    shared
+        .metrics
+        .declare_rate_limit_classes(limits::RpcClass::ALL.map(limits::RpcClass::name));
     let refusals = shared.clone();
-    let rate = limits::RateLimitLayer::new(rate).with_refusal_hook(Arc::new(move |caller, class| {
-        refusals.metrics.rate_limited(class.name());
-        if let Some(a) = refusals.refused_early(caller) {
-            // Rare (once per window per caller): the audit write must not
-            // hold up the refusal.
-            let (shared, caller) = (refusals.clone(), caller.to_owned());
-            tokio::spawn(async move { shared.record_anomaly(&caller, a).await });
-        }
-    }));
+    let rate =
+        limits::RateLimitLayer::new(rate).with_refusal_hook(Arc::new(move |caller, class| {
+            refusals.metrics.rate_limited(class.name());
+            if let Some(a) = refusals.refused_early(caller) {
+                // Rare (once per window per caller): the audit write must not
+                // hold up the refusal.
+                let (shared, caller) = (refusals.clone(), caller.to_owned());
+                tokio::spawn(async move { shared.record_anomaly(&caller, a).await });
+            }
+        }));
     let rpc_metrics = rpc_metrics::RpcMetricsLayer::new(shared.metrics.clone());
     let mut stop_rx = stop;
     let shutdown = async move {

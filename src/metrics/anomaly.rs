@@ -268,8 +268,7 @@ impl Detector {
         if count < min || (count as f64) <= threshold + 1e-6 {
             return Observed::Quiet;
         }
-        if c
-            .last_alert
+        if c.last_alert
             .is_some_and(|t| now.saturating_sub(t) < s.window_secs)
         {
             return Observed::Quiet;

@@ -254,6 +254,11 @@ impl Metrics {
             watch_events.clone(),
         );
         let watch_cut = Family::<ReasonLabels, Counter>::default();
+        // Known label values start at 0, so that `increase()` sees the
+        // first event.
+        for reason in ["slow", "reset", "not_ready"] {
+            watch_cut.get_or_create(&ReasonLabels { reason });
+        }
         r.register(
             "watch_subscribers_cut",
             "Watch streams this node ended with a resumable status, by reason (slow, reset, not_ready)",
@@ -354,10 +359,8 @@ impl Metrics {
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
         // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::prometheus_text::encode(
-            &mut out,
-            &self.inner.registry,
-        );
+        let _ =
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.inner.registry);
         out
     }
 
@@ -457,6 +460,16 @@ impl Metrics {
                     caller,
                 })
                 .inc();
+        }
+    }
+
+    /// Shows a zero count for each rate-limit class before its first
+    /// refusal (so that `increase()` sees the first one).
+    pub fn declare_rate_limit_classes(&self, classes: impl IntoIterator<Item = &'static str>) {
+        for class in classes {
+            self.inner
+                .rate_refusals
+                .get_or_create(&ClassLabels { class });
         }
     }
 
@@ -575,7 +588,9 @@ mod tests {
         let text = m.encode();
         let v = |p: &str| value(&text, p);
         assert_eq!(
-            v(r#"tessera_rpc_requests_total{method="tessera.v1.TokenService/IssueToken",code="OK"}"#),
+            v(
+                r#"tessera_rpc_requests_total{method="tessera.v1.TokenService/IssueToken",code="OK"}"#
+            ),
             Some(2.0),
             "{text}"
         );

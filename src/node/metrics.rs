@@ -236,7 +236,11 @@ pub(super) fn register(
     metrics.gauge_fn(
         "certificate_expiry_timestamp_seconds",
         "notAfter of this node's certificate as on disk (unix seconds)",
-        move || cert_not_after(&cert).map(|t| one(t as f64)).unwrap_or_default(),
+        move || {
+            cert_not_after(&cert)
+                .map(|t| one(t as f64))
+                .unwrap_or_default()
+        },
     );
     metrics.gauge_fn(
         "rate_limit_tracked_callers",

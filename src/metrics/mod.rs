@@ -257,7 +257,7 @@ impl Metrics {
         // Known label values start at 0, so that `increase()` sees the
         // first event.
         for reason in ["slow", "reset", "not_ready"] {
-            watch_cut.get_or_create(&ReasonLabels { reason });
+            let _zero = watch_cut.get_or_create(&ReasonLabels { reason });
         }
         r.register(
             "watch_subscribers_cut",
@@ -467,7 +467,8 @@ impl Metrics {
     /// refusal (so that `increase()` sees the first one).
     pub fn declare_rate_limit_classes(&self, classes: impl IntoIterator<Item = &'static str>) {
         for class in classes {
-            self.inner
+            let _zero = self
+                .inner
                 .rate_refusals
                 .get_or_create(&ClassLabels { class });
         }

@@ -19,6 +19,8 @@
 //!   [`api::http`] the optional HTTPS listener (JWKS, RFC 8414 metadata).
 //! - [`trace`]: W3C trace context carried from the API to forwarded
 //!   writes (used by `api` and `raft`).
+//! - [`metrics`]: the Prometheus registry and the per-caller anomaly
+//!   signal; a leaf that every layer may record into.
 //! - [`node`]: configuration and wiring: `run(config, listeners, shutdown)`,
 //!   and certificate reload for every listener and the Raft client.
 //! - [`client`]: what callers and resource servers embed (the
@@ -35,6 +37,7 @@
 pub mod api;
 pub mod certs;
 pub mod keys;
+pub mod metrics;
 pub mod node;
 pub mod policy;
 pub mod raft;

@@ -63,7 +63,7 @@ impl AdminApi {
         );
         ev.policy_ids = d.policy_ids;
         ev.reason = Some(operation.to_string());
-        self.shared.audit.record(ev).await;
+        self.shared.record(ev).await;
         if !d.allowed {
             return Err(ApiError::PermissionDenied(format!(
                 "policy (admin): {operation} not allowed"

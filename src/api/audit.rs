@@ -39,9 +39,11 @@ const BATCH: usize = QUEUE;
 pub struct AuditEvent {
     /// Unix seconds.
     pub ts: u64,
-    /// The operation: `issue`, `exchange`, `introspect`, `revoke`, ...
+    /// The operation: `issue`, `exchange`, `introspect`, `revoke`, ...,
+    /// or `anomaly` (decision `alert`: a caller's volume far above its
+    /// baseline, see [`crate::metrics::anomaly`]).
     pub op: &'static str,
-    /// `allow`, `deny` or `error`.
+    /// `allow`, `deny` or `error` (`alert` for an anomaly).
     pub decision: &'static str,
     /// The mTLS identity of the caller.
     pub caller: String,
@@ -66,6 +68,9 @@ pub struct AuditEvent {
     /// Why it was refused, in words that contain no secret.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// For `op: "anomaly"`: the signal and the numbers that raised it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anomaly: Option<crate::metrics::Anomaly>,
 }
 
 impl AuditEvent {
@@ -83,6 +88,7 @@ impl AuditEvent {
             scope: Vec::new(),
             revision: None,
             reason: None,
+            anomaly: None,
         }
     }
 }

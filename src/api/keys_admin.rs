@@ -198,6 +198,9 @@ impl Shared {
     /// have all expired, and starts a scheduled rotation. Does nothing on
     /// a follower. Returns how many commands changed the ring.
     pub async fn run_key_duties(&self) -> Result<u64, ApiError> {
+        // Every node shows when the next rotation is due (0: not scheduled).
+        let due = lifecycle::rotation_due(&self.state.keys(), &self.timing());
+        self.metrics().set_key_rotation_due(due.unwrap_or(0));
         {
             let m = self.raft.metrics();
             let m = m.borrow();

@@ -17,6 +17,8 @@ mod message_limit;
 mod purge;
 mod rate_layer;
 mod reflection;
+pub mod rpc_metrics;
+mod signals;
 mod token_service;
 mod trace_layer;
 pub mod validate;
@@ -167,6 +169,8 @@ pub struct Shared {
     /// This node's certificate expiry, and how long before it health turns
     /// `NOT_SERVING` (see [`Shared::health`]).
     cert_expiry: Option<(Arc<crate::tls::CertExpiry>, Duration)>,
+    /// Where handlers record metrics (the node's registry).
+    metrics: crate::metrics::Metrics,
 }
 
 /// What this node knows about its own leadership's contact with a quorum.
@@ -266,6 +270,7 @@ impl Shared {
             incarnation: 0,
             contact_timeout: LEADER_LEASE,
             cert_expiry: None,
+            metrics: crate::metrics::Metrics::default(),
         }
     }
 
@@ -284,6 +289,18 @@ impl Shared {
     /// The token settings (issuer, lifetimes).
     pub fn settings(&self) -> &TokenSettings {
         &self.settings
+    }
+
+    /// Records metrics into `metrics` (the node's registry) instead of a
+    /// private one.
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The metrics handlers record into.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     /// Sets how long a leader may go without its quorum, and a follower
@@ -591,7 +608,21 @@ pub async fn serve(
     ));
     let (incoming, accept_loop) =
         crate::tls::tls_incoming_joined_with(listener, tls, limits.accept.clone());
-    let rate = limits::RateLimitLayer::new(rate);
+    shared
+        .metrics
+        .declare_rate_limit_classes(limits::RpcClass::ALL.map(limits::RpcClass::name));
+    let refusals = shared.clone();
+    let rate =
+        limits::RateLimitLayer::new(rate).with_refusal_hook(Arc::new(move |caller, class| {
+            refusals.metrics.rate_limited(class.name());
+            if let Some(a) = refusals.refused_early(caller) {
+                // Rare (once per window per caller): the audit write must not
+                // hold up the refusal.
+                let (shared, caller) = (refusals.clone(), caller.to_owned());
+                tokio::spawn(async move { shared.record_anomaly(&caller, a).await });
+            }
+        }));
+    let rpc_metrics = rpc_metrics::RpcMetricsLayer::new(shared.metrics.clone());
     let node_id = shared.raft.metrics().borrow().id;
     let trace = trace_layer::TraceLayer::new(node_id, shared.state.clone());
     let mut stop_rx = stop;
@@ -599,6 +630,8 @@ pub async fn serve(
         let _ = stop_rx.wait_for(|s| *s).await;
     };
     let result = tonic::transport::Server::builder()
+        // Outermost: counts the refusals of the layers below as well.
+        .layer(rpc_metrics)
         .layer(MessageLimitLayer::new(MAX_REQUEST_BYTES))
         .concurrency_limit_per_connection(1024)
         .timeout(Duration::from_secs(30))

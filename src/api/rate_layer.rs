@@ -7,17 +7,39 @@ use std::task::{Context, Poll};
 
 use super::limits::{RateLimiter, RpcClass};
 
+/// Called with the caller and class of every refusal (metrics, anomaly
+/// signal).
+pub type RefusalHook = Arc<dyn Fn(&str, RpcClass) + Send + Sync>;
+
 /// The tower layer that applies a [`RateLimiter`] to gRPC routes, keyed by
 /// the caller identity of the connection's client certificate.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RateLimitLayer {
     limiter: Arc<RateLimiter>,
+    on_refusal: Option<RefusalHook>,
+}
+
+impl std::fmt::Debug for RateLimitLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimitLayer")
+            .field("limiter", &self.limiter)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RateLimitLayer {
     /// A layer charging calls to `limiter`.
     pub fn new(limiter: Arc<RateLimiter>) -> Self {
-        Self { limiter }
+        Self {
+            limiter,
+            on_refusal: None,
+        }
+    }
+
+    /// Calls `hook` with the caller and class of every refusal.
+    pub fn with_refusal_hook(mut self, hook: RefusalHook) -> Self {
+        self.on_refusal = Some(hook);
+        self
     }
 }
 
@@ -28,15 +50,25 @@ impl<S> tower_layer::Layer<S> for RateLimitLayer {
         RateLimited {
             inner,
             limiter: self.limiter.clone(),
+            on_refusal: self.on_refusal.clone(),
         }
     }
 }
 
 /// A service behind a [`RateLimitLayer`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RateLimited<S> {
     inner: S,
     limiter: Arc<RateLimiter>,
+    on_refusal: Option<RefusalHook>,
+}
+
+impl<S> std::fmt::Debug for RateLimited<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimited")
+            .field("limiter", &self.limiter)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The caller identity of the connection a request came on, if its client
@@ -67,6 +99,9 @@ where
         if let Some(class) = RpcClass::of_path(req.uri().path()) {
             if let Some(caller) = caller_of(&req) {
                 if let Err(e) = self.limiter.check(&caller, class) {
+                    if let Some(hook) = &self.on_refusal {
+                        hook(&caller, class);
+                    }
                     let status = tonic::Status::from(e);
                     return Either::Left(std::future::ready(Ok(status.into_http())));
                 }

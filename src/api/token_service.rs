@@ -141,7 +141,7 @@ impl TokenApi {
     }
 
     async fn audit(&self, ev: AuditEvent) {
-        self.shared.audit.record(ev).await;
+        self.shared.record(ev).await;
     }
 
     fn sign(&self, claims: &Claims) -> Result<String, ApiError> {

@@ -155,7 +155,7 @@ impl pb::revocation_service_server::RevocationService for WatchApi {
             &caller.id,
         );
         ev.policy_ids = decision.policy_ids;
-        self.shared.audit.record(ev).await;
+        self.shared.record(ev).await;
         if !decision.allowed {
             return Err(ApiError::PermissionDenied(
                 "policy (introspect): not allowed to watch".into(),
@@ -238,6 +238,7 @@ impl Pump {
                     if !self.send(Ok(event_msg(&e))).await {
                         return;
                     }
+                    self.shared.metrics.watch_events_sent(1);
                     last = e.revision;
                 }
             }
@@ -283,10 +284,12 @@ impl Pump {
                         if !self.send(Ok(event_msg(&e))).await {
                             return;
                         }
+                        self.shared.metrics.watch_events_sent(1);
                         last = e.revision;
                     }
                     Ok(FeedItem::Reset { revision }) => {
                         tracing::info!(last, revision, "state replaced by a snapshot; watcher must resume");
+                        self.shared.metrics.watch_cut("reset");
                         let _ = self.send(Err(resumable(
                             tonic::Code::Aborted,
                             "this node's state was replaced by a snapshot",
@@ -296,6 +299,7 @@ impl Pump {
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::info!(last, behind = n, "watcher too slow; cut off");
+                        self.shared.metrics.watch_cut("slow");
                         let _ = self.send(Err(resumable(
                             tonic::Code::Aborted,
                             "subscriber too slow to keep up",
@@ -317,6 +321,7 @@ impl Pump {
                         // This node can no longer vouch for what it streams:
                         // the subscriber resumes on another node.
                         tracing::info!(last, reason = %e, "node not ready; ending watcher");
+                        self.shared.metrics.watch_cut("not_ready");
                         let _ = self.send(Err(resumable(
                             tonic::Code::Unavailable,
                             &format!("this node cannot vouch for its state ({e})"),

@@ -125,6 +125,18 @@ pub struct ServeArgs {
     /// Most concurrent revocation watchers of one caller identity.
     #[arg(long, env = "TESSERA_WATCH_PER_IDENTITY")]
     watch_per_identity: Option<usize>,
+    /// Anomaly signal: how many times its baseline a caller's issue,
+    /// exchange or refusal count per minute must exceed.
+    #[arg(long, env = "TESSERA_ANOMALY_MULTIPLE")]
+    anomaly_multiple: Option<f64>,
+    /// Anomaly signal: least issues or exchanges in a minute that can
+    /// raise one (idle callers never do).
+    #[arg(long, env = "TESSERA_ANOMALY_MIN_RATE")]
+    anomaly_min_rate: Option<u64>,
+    /// Caller identities with their own label in per-caller metrics (the
+    /// rest are `other`).
+    #[arg(long, env = "TESSERA_METRICS_CALLER_LABELS")]
+    metrics_caller_labels: Option<usize>,
     /// Most open API connections in total.
     #[arg(long, env = "TESSERA_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
@@ -196,6 +208,9 @@ struct FileConfig {
     rate_limit: Option<Vec<String>>,
     rate_limit_identities: Option<usize>,
     watch_per_identity: Option<usize>,
+    anomaly_multiple: Option<f64>,
+    anomaly_min_rate: Option<u64>,
+    metrics_caller_labels: Option<usize>,
     max_connections: Option<usize>,
     max_connections_per_peer: Option<usize>,
     preface_timeout: Option<u64>,
@@ -380,6 +395,15 @@ fn build(a: ServeArgs) -> Result<(Config, ListenAddrs), CliError> {
     }
     if let Some(s) = pick!(cert_expiry_warning) {
         config.tls_reload.expiry_warning = Duration::from_secs(s);
+    }
+    if let Some(m) = pick!(anomaly_multiple) {
+        config.metrics.anomaly.multiple = m;
+    }
+    if let Some(n) = pick!(anomaly_min_rate) {
+        config.metrics.anomaly.min_rate = n;
+    }
+    if let Some(n) = pick!(metrics_caller_labels) {
+        config.metrics.max_caller_labels = n;
     }
     config.validate().map_err(usage)?;
     Ok((

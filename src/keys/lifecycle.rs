@@ -46,6 +46,18 @@ impl Plan {
     }
 }
 
+/// When the active key is due to be replaced (its activation plus the
+/// rotation period; the new key is published `publish_ahead` before), if
+/// scheduled rotation is on.
+pub fn rotation_due(records: &[KeyRecord], timing: &Timing) -> Option<u64> {
+    let since = records
+        .iter()
+        .filter(|r| r.state == KeyState::Active)
+        .map(|r| r.times.activated_at.unwrap_or(r.created_at))
+        .max()?;
+    Some(since.saturating_add(timing.rotation_period?))
+}
+
 /// What is due at `now` for `records` under `timing`.
 pub fn plan(records: &[KeyRecord], now: u64, timing: &Timing) -> Plan {
     let pending = records

@@ -123,6 +123,8 @@ pub struct Config {
     pub http: crate::api::http::HttpSettings,
     /// Certificate reload and expiry checks.
     pub tls_reload: super::TlsReloadSettings,
+    /// Metrics label bounds and the anomaly signal.
+    pub metrics: crate::metrics::MetricsSettings,
 }
 
 impl std::fmt::Debug for Config {
@@ -174,6 +176,7 @@ impl Config {
             limits: crate::api::ServerLimits::default(),
             http: crate::api::http::HttpSettings::default(),
             tls_reload: super::TlsReloadSettings::default(),
+            metrics: crate::metrics::MetricsSettings::default(),
         }
     }
 
@@ -245,6 +248,7 @@ impl Config {
         self.audit_rotation.validate()?;
         self.http.validate()?;
         self.tls_reload.validate()?;
+        self.metrics.validate()?;
         if self.purge_interval.is_zero() {
             return Err("purge interval must be positive".into());
         }

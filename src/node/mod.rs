@@ -8,6 +8,7 @@
 
 mod config;
 mod key_duties;
+mod metrics;
 mod tls_reload;
 
 use std::collections::BTreeMap;
@@ -97,6 +98,7 @@ pub struct Node {
     rate_limiter: Arc<api::limits::RateLimiter>,
     http_addr: Option<std::net::SocketAddr>,
     tls: Arc<TlsReloader>,
+    metrics: crate::metrics::Metrics,
 }
 
 impl Node {
@@ -123,6 +125,12 @@ impl Node {
     /// The public API's per-caller rate limiter (its refusal counters).
     pub fn rate_limiter(&self) -> &api::limits::RateLimiter {
         &self.rate_limiter
+    }
+
+    /// This node's metrics: [`Metrics::encode`](crate::metrics::Metrics::encode)
+    /// is the text `GET /metrics` serves.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     /// Where the Raft listener listens.
@@ -364,7 +372,12 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
     .await
     .map_err(|e| NodeError::Raft(e.to_string()))?;
 
-    let proposer = crate::raft::Proposer::for_raft(raft.clone());
+    let metrics = crate::metrics::Metrics::new(config.metrics.clone());
+    let batches = metrics.clone();
+    let proposer = crate::raft::Proposer::for_raft_observed(
+        raft.clone(),
+        Some(Arc::new(move |n| batches.proposer_batch(n))),
+    );
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     // The Raft listener first: peers may be waiting for this node.
@@ -456,13 +469,26 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
         .with_consensus(reads, contact, incarnation)
         .with_contact_timeout(Duration::from_millis(config.raft.contact_timeout_ms))
         .with_key_settings(config.keys.clone())
-        .with_cert_expiry(cert_expiry, config.tls_reload.expiry_margin),
+        .with_cert_expiry(cert_expiry, config.tls_reload.expiry_margin)
+        .with_metrics(metrics.clone()),
     );
     shared
         .key_ring()
         .map_err(|e| NodeError::Raft(format!("key ring: {e}")))?;
 
     let rate_limiter = Arc::new(api::limits::RateLimiter::new(config.limits.rate.clone()));
+    metrics::register(
+        &metrics,
+        &raft,
+        &state,
+        config.clock.clone(),
+        config.tls.cert.clone(),
+        rate_limiter.clone(),
+    );
+    tasks.push(tokio::spawn(
+        metrics::follow_raft(raft.clone(), metrics.clone(), stop_rx.clone())
+            .instrument(tracing::info_span!("metrics", node = config.node_id)),
+    ));
     tasks.push(tokio::spawn(
         api::serve(
             shared.clone(),
@@ -549,6 +575,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
         rate_limiter,
         http_addr,
         tls: tls_reloader,
+        metrics,
     })
 }
 

@@ -39,6 +39,9 @@ struct Pending<E> {
     reply: oneshot::Sender<Result<CommandResponse, E>>,
 }
 
+/// Told the number of writes in each command that committed (metrics).
+pub type BatchObserver = Arc<dyn Fn(usize) + Send + Sync>;
+
 /// Batches commands for a write path. Cheap to clone.
 pub struct Batcher<E> {
     tx: mpsc::Sender<Pending<E>>,
@@ -80,11 +83,27 @@ impl<E: Clone + Send + 'static> Batcher<E> {
         F: Fn(Command) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<CommandResponse, E>> + Send + 'static,
     {
+        Self::start_observed(in_flight, stopped, None, send)
+    }
+
+    /// Like [`start`](Self::start); `observe` is told the number of writes
+    /// in each command that committed.
+    pub fn start_observed<F, Fut>(
+        in_flight: usize,
+        stopped: fn() -> E,
+        observe: Option<BatchObserver>,
+        send: F,
+    ) -> Self
+    where
+        F: Fn(Command) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<CommandResponse, E>> + Send + 'static,
+    {
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(run(
             rx,
             Arc::new(Semaphore::new(in_flight.max(1))),
             Arc::new(send),
+            observe,
         ));
         Self { tx, stopped }
     }
@@ -100,8 +119,12 @@ impl<E: Clone + Send + 'static> Batcher<E> {
     }
 }
 
-async fn run<E, F, Fut>(mut rx: mpsc::Receiver<Pending<E>>, slots: Arc<Semaphore>, send: Arc<F>)
-where
+async fn run<E, F, Fut>(
+    mut rx: mpsc::Receiver<Pending<E>>,
+    slots: Arc<Semaphore>,
+    send: Arc<F>,
+    observe: Option<BatchObserver>,
+) where
     E: Clone + Send + 'static,
     F: Fn(Command) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<CommandResponse, E>> + Send + 'static,
@@ -124,20 +147,24 @@ where
                 continue;
             }
             if !group.is_empty() {
-                dispatch(&slots, &send, std::mem::take(&mut group)).await;
+                dispatch(&slots, &send, &observe, std::mem::take(&mut group)).await;
             }
-            dispatch(&slots, &send, vec![p]).await;
+            dispatch(&slots, &send, &observe, vec![p]).await;
         }
         if !group.is_empty() {
-            dispatch(&slots, &send, group).await;
+            dispatch(&slots, &send, &observe, group).await;
         }
     }
 }
 
 /// Sends one command in its own task (holding a slot until it is answered)
 /// and splits the answer among the callers.
-async fn dispatch<E, F, Fut>(slots: &Arc<Semaphore>, send: &Arc<F>, mut group: Vec<Pending<E>>)
-where
+async fn dispatch<E, F, Fut>(
+    slots: &Arc<Semaphore>,
+    send: &Arc<F>,
+    observe: &Option<BatchObserver>,
+    mut group: Vec<Pending<E>>,
+) where
     E: Clone + Send + 'static,
     F: Fn(Command) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<CommandResponse, E>> + Send + 'static,
@@ -179,10 +206,19 @@ where
         }
     };
     let single = replies.len() == 1;
+    let writes = match &cmd.op {
+        Op::Batch { ops } => ops.len(),
+        _ => 1,
+    };
+    let observe = observe.clone();
     let fut = send(cmd);
     tokio::spawn(async move {
         let _slot = slot;
-        match fut.await {
+        let result = fut.await;
+        if let (Ok(_), Some(observe)) = (&result, &observe) {
+            observe(writes);
+        }
+        match result {
             Ok(resp) if single => {
                 if let Some((r, _)) = replies.into_iter().next() {
                     let _ = r.send(Ok(resp));
@@ -232,7 +268,16 @@ impl Batcher<WriteError> {
     /// The proposer of `raft`: batches of revocations become one log entry,
     /// with [`IN_FLIGHT`] entries between proposal and application.
     pub fn for_raft(raft: openraft::Raft<TypeConfig>) -> Self {
-        Batcher::start(IN_FLIGHT, stopped, move |cmd| {
+        Self::for_raft_observed(raft, None)
+    }
+
+    /// Like [`for_raft`](Self::for_raft); `observe` is told the number of
+    /// writes in each command that committed.
+    pub fn for_raft_observed(
+        raft: openraft::Raft<TypeConfig>,
+        observe: Option<BatchObserver>,
+    ) -> Self {
+        Batcher::start_observed(IN_FLIGHT, stopped, observe, move |cmd| {
             let raft = raft.clone();
             async move { raft.client_write(cmd).await.map(|r| r.data) }
         })

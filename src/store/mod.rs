@@ -46,7 +46,7 @@ pub use self::feed::{
     LIVE_BUFFER,
 };
 pub use self::log::{LogReader, LogStore};
-pub use self::sm::{SnapshotBuilder, StateMachine};
+pub use self::sm::{ApplyCounters, SnapshotBuilder, StateMachine};
 pub use self::view::StateView;
 
 /// Errors opening or operating the store. Inside openraft's traits they are

@@ -67,6 +67,44 @@ pub struct StateMachine {
     snapshot_seq: Arc<AtomicU64>,
     /// The file a snapshot is being received into, if any.
     receiving: Option<PathBuf>,
+    /// Revocation entries applied and purged (metrics).
+    counters: Arc<ApplyCounters>,
+}
+
+/// Counts of what this node's state machine applied, since it started.
+#[derive(Debug, Default)]
+pub struct ApplyCounters {
+    revoked: AtomicU64,
+    purged: AtomicU64,
+}
+
+impl ApplyCounters {
+    /// Revocation entries added or raised by applied commands.
+    pub fn revoked(&self) -> u64 {
+        self.revoked.load(Ordering::Relaxed)
+    }
+
+    /// Revocation entries removed by applied purge commands.
+    pub fn purged(&self) -> u64 {
+        self.purged.load(Ordering::Relaxed)
+    }
+
+    fn count(&self, entries: &[Entry], responses: &[CommandResponse]) {
+        use crate::raft::Op;
+        for (e, r) in entries.iter().zip(responses) {
+            if let openraft::EntryPayload::Normal(cmd) = &e.payload {
+                let counter = match cmd.op {
+                    Op::RevokeJtis { .. }
+                    | Op::RevokeSubject { .. }
+                    | Op::RevokeClient { .. }
+                    | Op::Batch { .. } => &self.revoked,
+                    Op::Purge => &self.purged,
+                    _ => continue,
+                };
+                counter.fetch_add(r.changed, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 /// Builds snapshots of the state machine, concurrently with apply.
@@ -128,6 +166,7 @@ impl StateMachine {
         let (tx, rx) = watch::channel(state.revision());
         let feed = Arc::new(Feed::new(state.revision(), feed));
         let state = Arc::new(RwLock::new(state));
+        let counters = Arc::new(ApplyCounters::default());
         let sm = StateMachine {
             db,
             state: state.clone(),
@@ -135,8 +174,9 @@ impl StateMachine {
             revision: tx,
             snapshot_seq: Arc::new(AtomicU64::new(seq)),
             receiving: None,
+            counters: counters.clone(),
         };
-        Ok((sm, StateView::new(state, rx, feed)))
+        Ok((sm, StateView::new(state, rx, feed, counters)))
     }
 
     /// How many fsyncs of the database have completed since it was opened.
@@ -380,6 +420,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let db = self.db.clone();
         let state = self.state.clone();
         let feed = self.feed.clone();
+        let counters = self.counters.clone();
         // The write lock is taken on a blocking thread too: a snapshot being
         // serialized under the read lock must not stall the async runtime.
         let (responses, revision) = blocking(move || {
@@ -398,6 +439,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 (responses, st.batches(&touched), st.revision())
             };
             batches?.commit(&db, None)?;
+            counters.count(&entries, &responses);
             Ok((responses, revision))
         })
         .await

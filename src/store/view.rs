@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 
 use super::feed::{Feed, Watch};
-use super::sm::read;
+use super::sm::{read, ApplyCounters};
 use super::state::State;
 use crate::raft::KeyRecord;
 
@@ -16,6 +16,7 @@ pub struct StateView {
     state: Arc<RwLock<State>>,
     revision: watch::Receiver<u64>,
     feed: Arc<Feed>,
+    counters: Arc<ApplyCounters>,
 }
 
 impl std::fmt::Debug for StateView {
@@ -31,17 +32,25 @@ impl StateView {
         state: Arc<RwLock<State>>,
         revision: watch::Receiver<u64>,
         feed: Arc<Feed>,
+        counters: Arc<ApplyCounters>,
     ) -> Self {
         StateView {
             state,
             revision,
             feed,
+            counters,
         }
     }
 
     /// The state itself, for the store's own readers (backups).
     pub(crate) fn state(&self) -> &RwLock<State> {
         &self.state
+    }
+
+    /// What this node's state machine has applied since it started
+    /// (revocations added and purged), for metrics.
+    pub fn apply_counters(&self) -> &ApplyCounters {
+        &self.counters
     }
 
     /// Starts a revocation watcher after `from_revision`: a replay when the

@@ -23,4 +23,5 @@ mod t90_kill9;
 mod t92_pause;
 mod t95_client;
 mod t96_middleware;
+mod t97_metrics;
 mod t98_backup;

@@ -91,7 +91,20 @@ pub async fn https(
     path: &str,
     body: Bytes,
 ) -> Reply {
-    let stream = tls_connect(addr, client_tls(ca, None, b"http/1.1")).await;
+    https_as(addr, ca, None, method, path, body).await
+}
+
+/// One request over a new HTTP/1.1 connection, presenting `client` if
+/// given.
+pub async fn https_as(
+    addr: SocketAddr,
+    ca: &std::path::Path,
+    client: Option<&TlsFiles>,
+    method: Method,
+    path: &str,
+    body: Bytes,
+) -> Reply {
+    let stream = tls_connect(addr, client_tls(ca, client, b"http/1.1")).await;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .unwrap();

@@ -24,6 +24,7 @@
 
 mod jwks;
 mod metadata;
+mod metrics;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -132,6 +133,7 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .route(jwks::PATH, get(jwks::get))
         .route(metadata::PATH, get(metadata::get))
+        .route(metrics::PATH, get(metrics::get))
         .fallback(not_found)
         .with_state(state)
 }

@@ -35,6 +35,14 @@ use crate::raft::{Command, Entry, KeyRecord, LogId, NodeId, NodeInfo, Op};
 /// First word and version of a backup file's header line.
 pub const MAGIC: &str = "TESSERA-BACKUP 1";
 
+/// How far a restored cluster's revisions start above the backup's. The
+/// old cluster may have gone on after the backup; a subscriber that
+/// resumes with a cursor from it must not skip the restored cluster's
+/// events as already seen. Above every cursor the old cluster could have
+/// reached, such a cursor falls outside the retained window and the
+/// subscriber gets a full snapshot.
+pub const RESTORE_REVISION_GAP: u64 = 1 << 32;
+
 /// Longest header line accepted when reading a file.
 const MAX_HEADER: u64 = 4096;
 
@@ -263,8 +271,8 @@ pub fn restore(
     state.keys.clear();
     state.cluster_id.clear();
     // The new key and the new membership are applied like log entries
-    // after the backup's last one, so the restored state reads as if the
-    // log had continued there.
+    // after the backup's last one (and RESTORE_REVISION_GAP above it), so
+    // the restored state reads as if the log had continued there.
     let mut touched = Touched::default();
     let at = |index| LogId {
         leader_id: last.leader_id,
@@ -272,7 +280,7 @@ pub fn restore(
     };
     state.apply(
         &Entry {
-            log_id: at(last.index + 1),
+            log_id: at(last.index + RESTORE_REVISION_GAP + 1),
             payload: openraft::EntryPayload::Normal(Command {
                 at: now,
                 op: Op::AddKey { key: new_key },
@@ -286,7 +294,7 @@ pub fn restore(
     );
     state.apply(
         &Entry {
-            log_id: at(last.index + 2),
+            log_id: at(last.index + RESTORE_REVISION_GAP + 2),
             payload: openraft::EntryPayload::Membership(membership),
         },
         &mut touched,

@@ -152,6 +152,8 @@ async fn a_restore_keeps_every_revocation_and_revives_no_token() {
     .unwrap();
     assert_eq!(restored.header, header);
     assert_ne!(restored.cluster_id, header.cluster_id);
+    // Above any cursor the old cluster can have handed out.
+    assert!(restored.revision > late.revision + (1 << 31), "{}", restored.revision);
     assert!(!restored.dropped_keys.is_empty());
     // Not twice into the same directory.
     let again = backup::restore(
@@ -179,6 +181,43 @@ async fn a_restore_keeps_every_revocation_and_revives_no_token() {
         }
     }
     assert!(!revoked.contains(&doomed.jti));
+
+    // A subscriber resuming with a cursor from the old cluster is not
+    // skipped past the restored cluster's events: it gets a full snapshot.
+    let mut rc = pb::revocation_service_client::RevocationServiceClient::new(
+        c.channel_as(4, &c.files("admin")).await,
+    );
+    let mut events = rc
+        .watch_revocations(pb::WatchRequest {
+            from_revision: late.revision,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = std::collections::BTreeSet::new();
+    loop {
+        let ev = tokio::time::timeout(WAIT, events.message())
+            .await
+            .expect("watch event in time")
+            .unwrap()
+            .expect("stream open");
+        match ev.kind {
+            Some(pb::watch_event::Kind::Snapshot(rs)) => {
+                for r in rs.revocations {
+                    if let Some(pb::revocation::Target::Jti(j)) = r.target {
+                        seen.insert(j);
+                    }
+                }
+            }
+            Some(pb::watch_event::Kind::SnapshotEnd(_)) => break,
+            other => panic!("a resumed cursor from the old cluster got {other:?} before a snapshot"),
+        }
+    }
+    for (jti, rev) in &before.acked {
+        if *rev <= header.revision {
+            assert!(seen.contains(jti), "{jti} missing from the resumed stream");
+        }
+    }
 
     // No token from before the restore is active: not the live one, and not
     // the one revoked after the backup.

@@ -7,9 +7,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     #[allow(clippy::disallowed_methods)]
     std::env::set_var("PROTOC", protoc);
     // The public API (`tessera.v1`) is compiled by the `tessera-proto`
-    // crate; the server compiles only its internal Raft package.
-    tonic_prost_build::configure()
-        .compile_protos(&["proto/tessera/raft/v1/raft.proto"], &["proto"])?;
+    // crate; the server compiles only its internal Raft package and the
+    // do-nothing service `tessera bench --baseline` compares against.
+    tonic_prost_build::configure().compile_protos(
+        &[
+            "proto/tessera/raft/v1/raft.proto",
+            "proto/tessera/bench/v1/bench.proto",
+        ],
+        &["proto"],
+    )?;
     println!("cargo:rerun-if-changed=proto/tessera/raft");
+    println!("cargo:rerun-if-changed=proto/tessera/bench");
     Ok(())
 }

@@ -15,6 +15,7 @@ mod keys_service;
 pub mod limits;
 mod message_limit;
 mod purge;
+pub mod refusal;
 mod rate_layer;
 mod reflection;
 pub mod rpc_metrics;

@@ -9,6 +9,7 @@ mod t30_restart;
 mod t40_transport;
 mod t42_tls_reload;
 mod t44_https;
+mod t46_oauth_http;
 mod t45_limits;
 mod t50_crash;
 mod t55_keys;

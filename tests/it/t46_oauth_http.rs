@@ -377,3 +377,55 @@ async fn oauth_http_shares_the_grpc_rate_limit() {
     assert_ne!(err, Err(Code::ResourceExhausted));
     c.stop().await;
 }
+
+/// Interoperability (issue 12, item 4): `tests/interop/oauth_interop.py`
+/// drives the endpoints with Authlib's `OAuth2Session` and verifies the
+/// tokens with joserfc against the JWKS fetched over HTTPS. Needs
+/// `python3` with `authlib` and `cryptography` (`.ci/run` installs them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth_http_interop_with_authlib() {
+    let c = TestCluster::start(1).await;
+    let addr = c.node(1).http_addr().expect("HTTPS listener");
+    let client = |name: &str| {
+        let f = c.files(name);
+        serde_json::json!({ "id": id(name), "cert": f.cert, "key": f.key })
+    };
+    let config = serde_json::json!({
+        "base": format!("https://{addr}"),
+        "ca": c.files("frontend").ca,
+        "now": c.now(),
+        "clients": {
+            "frontend": client("frontend"),
+            "orders": client("orders"),
+            "payments": client("payments"),
+        },
+    });
+    let path = c.dir.path().join("interop.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/oauth_interop.py");
+    let run = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg(&path)
+        .kill_on_drop(true)
+        .output();
+    // Python start-up and a dozen HTTPS round trips: seconds; the bound
+    // is generous for a busy machine.
+    let out = tokio::time::timeout(WAIT * 4, run)
+        .await
+        .expect("interop script finished in time")
+        .expect("python3 is installed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(
+        out.status.code(),
+        Some(3),
+        "the interop test needs Python packages: python3 -m pip install --user authlib cryptography\n{stderr}"
+    );
+    assert!(
+        out.status.success(),
+        "interop script failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(stdout.contains("interop ok"), "{stdout}");
+    c.stop().await;
+}

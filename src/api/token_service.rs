@@ -639,7 +639,9 @@ impl pb::token_service_server::TokenService for TokenApi {
         req: Request<pb::ExchangeTokenRequest>,
     ) -> Result<Response<pb::TokenResponse>, Status> {
         let caller = caller(&req)?;
-        Ok(Response::new(self.exchange(&caller, req.into_inner()).await?))
+        Ok(Response::new(
+            self.exchange(&caller, req.into_inner()).await?,
+        ))
     }
 
     async fn introspect(

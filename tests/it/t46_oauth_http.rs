@@ -138,7 +138,12 @@ async fn oauth_http_issue_exchange_introspect_revoke_round() {
         ],
     )
     .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
     assert_eq!(r.headers[header::CACHE_CONTROL], "no-store");
     assert_eq!(r.headers[header::CONTENT_TYPE], "application/json");
     let t1 = r.json();
@@ -153,7 +158,12 @@ async fn oauth_http_issue_exchange_introspect_revoke_round() {
     f.retain(|(k, _)| *k != "audience");
     f.push(("resource", &payments));
     let r = post(&c, Some("orders"), "/oauth2/token", &f).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
     let t2 = r.json();
     assert_eq!(t2["issued_token_type"], AT);
     assert_eq!(t2["token_type"], "Bearer");
@@ -161,7 +171,13 @@ async fn oauth_http_issue_exchange_introspect_revoke_round() {
     let t2 = t2["access_token"].as_str().unwrap().to_string();
 
     // Introspection by the audience: the claims, the actor, the binding.
-    let r = post(&c, Some("payments"), "/oauth2/introspect", &[("token", &t2)]).await;
+    let r = post(
+        &c,
+        Some("payments"),
+        "/oauth2/introspect",
+        &[("token", &t2)],
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.headers[header::CACHE_CONTROL], "no-store");
     let claims = r.json();
@@ -171,7 +187,9 @@ async fn oauth_http_issue_exchange_introspect_revoke_round() {
     assert_eq!(claims["aud"], serde_json::json!([payments]));
     assert_eq!(claims["scope"], "payments:charge");
     assert_eq!(claims["act"]["sub"], orders);
-    assert!(claims["cnf"]["x5t#S256"].as_str().is_some_and(|s| !s.is_empty()));
+    assert!(claims["cnf"]["x5t#S256"]
+        .as_str()
+        .is_some_and(|s| !s.is_empty()));
     // Not an audience: told no more than "inactive" (RFC 7662 §4).
     let r = post(&c, Some("ledger"), "/oauth2/introspect", &[("token", &t2)]).await;
     assert_eq!(r.json(), serde_json::json!({ "active": false }));
@@ -187,11 +205,23 @@ async fn oauth_http_issue_exchange_introspect_revoke_round() {
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.body.is_empty());
     // Unknown or invalid tokens are not an error either (RFC 7009 §2.2).
-    let r = post(&c, Some("orders"), "/oauth2/revoke", &[("token", "not.a.token")]).await;
+    let r = post(
+        &c,
+        Some("orders"),
+        "/oauth2/revoke",
+        &[("token", "not.a.token")],
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK);
 
     // Now inactive, over HTTP and over gRPC (one state, one code path).
-    let r = post(&c, Some("payments"), "/oauth2/introspect", &[("token", &t2)]).await;
+    let r = post(
+        &c,
+        Some("payments"),
+        "/oauth2/introspect",
+        &[("token", &t2)],
+    )
+    .await;
     assert_eq!(r.json(), serde_json::json!({ "active": false }));
     let grpc = c
         .tokens("admin")
@@ -260,7 +290,11 @@ async fn oauth_http_every_error_code() {
         &c,
         Some("frontend"),
         "/oauth2/token",
-        &[("grant_type", "client_credentials"), ("scope", "a"), ("scope", "b")],
+        &[
+            ("grant_type", "client_credentials"),
+            ("scope", "a"),
+            ("scope", "b"),
+        ],
     )
     .await;
     assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request");
@@ -275,7 +309,13 @@ async fn oauth_http_every_error_code() {
     assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request");
     let r = post::<&str, &str>(&c, Some("orders"), "/oauth2/introspect", &[]).await;
     assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request");
-    let r = post(&c, Some("orders"), "/oauth2/revoke", &[("token_type_hint", "x")]).await;
+    let r = post(
+        &c,
+        Some("orders"),
+        "/oauth2/revoke",
+        &[("token_type_hint", "x")],
+    )
+    .await;
     assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request");
     let payments = id("payments");
     let mut untyped = exchange_form(&t1, &payments, "payments:charge");
@@ -289,7 +329,11 @@ async fn oauth_http_every_error_code() {
         &c,
         Some("frontend"),
         "/oauth2/token",
-        &[("grant_type", "password"), ("username", "u"), ("password", "p")],
+        &[
+            ("grant_type", "password"),
+            ("username", "u"),
+            ("password", "p"),
+        ],
     )
     .await;
     assert_error(&r, StatusCode::BAD_REQUEST, "unsupported_grant_type");
@@ -299,7 +343,11 @@ async fn oauth_http_every_error_code() {
         &c,
         Some("orders"),
         "/oauth2/token",
-        &exchange_form("eyJhbGciOiJub25lIn0.e30.", &id("payments"), "payments:charge"),
+        &exchange_form(
+            "eyJhbGciOiJub25lIn0.e30.",
+            &id("payments"),
+            "payments:charge",
+        ),
     )
     .await;
     assert_error(&r, StatusCode::BAD_REQUEST, "invalid_grant");
@@ -365,9 +413,18 @@ async fn oauth_http_shares_the_grpc_rate_limit() {
     }
     let r = refused.expect("the token endpoint was never rate limited");
     assert_error(&r, StatusCode::TOO_MANY_REQUESTS, "slow_down");
-    let secs: u64 = r.headers[header::RETRY_AFTER].to_str().unwrap().parse().unwrap();
+    let secs: u64 = r.headers[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(secs, 1, "a refill of one per second");
-    assert!(c.node(1).rate_limiter().refusals(tessera::api::RpcClass::Issue) >= 1);
+    assert!(
+        c.node(1)
+            .rate_limiter()
+            .refusals(tessera::api::RpcClass::Issue)
+            >= 1
+    );
     // Another class of the same caller is not touched.
     let err = frontend
         .introspect(introspect_req("x.y.z"))
@@ -402,7 +459,10 @@ async fn oauth_http_interop_with_authlib() {
     });
     let path = c.dir.path().join("interop.json");
     std::fs::write(&path, config.to_string()).unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/oauth_interop.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/interop/oauth_interop.py"
+    );
     let run = tokio::process::Command::new("python3")
         .arg(script)
         .arg(&path)

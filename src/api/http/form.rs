@@ -89,8 +89,10 @@ mod tests {
 
     #[test]
     fn parses_repeats_and_decodes() {
-        let f = Form::parse(b"grant_type=client_credentials&scope=a+b%3Ac&audience=x&audience=y&empty=&k")
-            .unwrap();
+        let f = Form::parse(
+            b"grant_type=client_credentials&scope=a+b%3Ac&audience=x&audience=y&empty=&k",
+        )
+        .unwrap();
         assert_eq!(f.required("grant_type").unwrap(), "client_credentials");
         assert_eq!(f.one("scope").unwrap(), Some("a b:c"));
         assert_eq!(f.all("audience"), vec!["x", "y"]);

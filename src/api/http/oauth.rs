@@ -79,9 +79,11 @@ fn refusal_response(r: &Refused) -> Response {
     let mut resp = error_response(status, code, &r.error.to_string());
     let retry = match &r.error {
         // Whole seconds, rounded up: an early retry is refused again.
-        ApiError::RateLimited { retry_after, .. } => {
-            Some(u64::try_from(retry_after.as_millis().div_ceil(1000)).unwrap_or(u64::MAX).max(1))
-        }
+        ApiError::RateLimited { retry_after, .. } => Some(
+            u64::try_from(retry_after.as_millis().div_ceil(1000))
+                .unwrap_or(u64::MAX)
+                .max(1),
+        ),
         _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(1),
         _ => None,
     };
@@ -104,6 +106,14 @@ fn bad_request(message: impl Into<String>) -> Response {
     refusal_response(&ApiError::InvalidArgument(message.into()).into())
 }
 
+/// An answer made before the shared handler is called (boxed: a response
+/// is large and this is the rare path).
+type Early = Box<Response>;
+
+fn bad(message: impl Into<String>) -> Early {
+    Box::new(bad_request(message))
+}
+
 /// What every endpoint does first: the caller's certificate identity, the
 /// `client_id` check, the rate limit, then the form.
 fn admit(
@@ -112,15 +122,21 @@ fn admit(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     class: RpcClass,
-) -> Result<(PeerIdentity, Form), Response> {
-    let unauthenticated = |m: &str| refusal_response(&ApiError::Unauthenticated(m.into()).into());
+) -> Result<(PeerIdentity, Form), Early> {
+    let unauthenticated = |m: &str| {
+        Box::new(refusal_response(
+            &ApiError::Unauthenticated(m.into()).into(),
+        ))
+    };
     let caller = who.ok_or_else(|| {
-        unauthenticated("client authentication (tls_client_auth) needs a client certificate of the cluster CA")
+        unauthenticated(
+            "client authentication (tls_client_auth) needs a client certificate of the cluster CA",
+        )
     })?;
     // Charged before the body is read, like the gRPC layer does.
     if let Err(e) = state.rate.check(&caller.id, class) {
         state.shared.metrics().rate_limited(class.name());
-        return Err(refusal_response(&e.into()));
+        return Err(Box::new(refusal_response(&e.into())));
     }
     let form_type = headers
         .get(header::CONTENT_TYPE)
@@ -131,15 +147,17 @@ fn admit(
                 .eq_ignore_ascii_case("application/x-www-form-urlencoded")
         });
     if !form_type {
-        return Err(bad_request(
-            "the body must be application/x-www-form-urlencoded",
-        ));
+        return Err(bad("the body must be application/x-www-form-urlencoded"));
     }
     let body = body.map_err(|e| {
-        error_response(e.status(), "invalid_request", &e.body_text())
+        Box::new(error_response(
+            e.status(),
+            "invalid_request",
+            &e.body_text(),
+        ))
     })?;
-    let form = Form::parse(&body).map_err(bad_request)?;
-    match form.one("client_id").map_err(bad_request)? {
+    let form = Form::parse(&body).map_err(bad)?;
+    match form.one("client_id").map_err(bad)? {
         Some(id) if id != caller.id => Err(unauthenticated(
             "client_id does not match the client certificate's identity",
         )),
@@ -156,11 +174,11 @@ pub async fn token(
 ) -> Response {
     let (caller, form) = match admit(&state, who, &headers, body, RpcClass::Issue) {
         Ok(a) => a,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let api = TokenApi::new(state.shared.clone());
     let result = match token_request(&form) {
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
         Ok(TokenRequest::Issue(r)) => api.issue(&caller, r).await.map(|t| (t, false)),
         Ok(TokenRequest::Exchange(r)) => api.exchange(&caller, r).await.map(|t| (t, true)),
     };
@@ -194,12 +212,12 @@ enum TokenRequest {
 /// The gRPC request a token-endpoint form stands for. The fields' limits
 /// are the gRPC handlers' (`validate`); only the form's own shape is
 /// judged here.
-fn token_request(form: &Form) -> Result<TokenRequest, Response> {
-    let one = |name| form.one(name).map_err(bad_request);
+fn token_request(form: &Form) -> Result<TokenRequest, Early> {
+    let one = |name| form.one(name).map_err(bad);
     let string = |name| one(name).map(|v| v.unwrap_or_default().to_string());
     let scope = one("scope")?.map(str::to_string).into_iter().collect();
     // RFC 8707 `resource` names an audience, as in ExchangeToken.
-    match form.required("grant_type").map_err(bad_request)? {
+    match form.required("grant_type").map_err(bad)? {
         GRANT_CLIENT_CREDENTIALS => {
             let mut audience = form.all("audience");
             audience.extend(form.all("resource"));
@@ -229,7 +247,7 @@ fn token_request(form: &Form) -> Result<TokenRequest, Response> {
             );
             resp.headers_mut()
                 .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-            Err(resp)
+            Err(Box::new(resp))
         }
     }
 }
@@ -245,7 +263,7 @@ pub async fn introspect(
 ) -> Response {
     let (caller, form) = match admit(&state, who, &headers, body, RpcClass::Introspect) {
         Ok(a) => a,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let token = match form.required("token") {
         Ok(t) => t.to_string(),
@@ -260,7 +278,11 @@ pub async fn introspect(
         .introspect(&caller, req)
         .await
     {
-        Ok(r) => json_response(StatusCode::OK, introspection_json(&r).to_string(), "no-store"),
+        Ok(r) => json_response(
+            StatusCode::OK,
+            introspection_json(&r).to_string(),
+            "no-store",
+        ),
         Err(e) => refusal_response(&e.into()),
     }
 }
@@ -314,7 +336,7 @@ pub async fn revoke(
 ) -> Response {
     let (caller, form) = match admit(&state, who, &headers, body, RpcClass::Revoke) {
         Ok(a) => a,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let token = match form.required("token") {
         Ok(t) => t.to_string(),
@@ -323,7 +345,10 @@ pub async fn revoke(
     let req = pb::RevokeRequest {
         target: Some(pb::revoke_request::Target::Token(token)),
     };
-    match TokenApi::new(state.shared.clone()).revoke(&caller, req).await {
+    match TokenApi::new(state.shared.clone())
+        .revoke(&caller, req)
+        .await
+    {
         Ok(_) => {
             let mut resp = StatusCode::OK.into_response();
             resp.headers_mut()
@@ -353,8 +378,18 @@ mod tests {
             (denied(), Cause::Grant, S::BAD_REQUEST, "invalid_grant"),
             (denied(), Cause::Scope, S::BAD_REQUEST, "invalid_scope"),
             (denied(), Cause::Target, S::BAD_REQUEST, "invalid_target"),
-            (denied(), Cause::Client, S::BAD_REQUEST, "unauthorized_client"),
-            (denied(), Cause::Request, S::BAD_REQUEST, "unauthorized_client"),
+            (
+                denied(),
+                Cause::Client,
+                S::BAD_REQUEST,
+                "unauthorized_client",
+            ),
+            (
+                denied(),
+                Cause::Request,
+                S::BAD_REQUEST,
+                "unauthorized_client",
+            ),
             (
                 ApiError::Unavailable {
                     reason: "x".into(),

@@ -12,6 +12,12 @@
 //! asks policy about each ancestor separately), and introspection tells a
 //! caller a token's claims only if policy's `disclose` allows it (by
 //! default: the token's audiences and the admin).
+//!
+//! The handlers are `TokenApi` methods taking the caller's identity and the
+//! request message; the gRPC service (at the end) and the OAuth HTTP
+//! endpoints ([`super::http::oauth`]) are thin faces over them. Issue and
+//! exchange refusals carry a [`Cause`] (what part of the request they
+//! concern) for the HTTP face's error codes.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

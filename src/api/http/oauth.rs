@@ -6,10 +6,10 @@
 //! authenticates the caller by its client certificate (RFC 8705
 //! `tls_client_auth`), charges the caller's bucket of the same rate limiter
 //! as the gRPC routes, turns the form into the gRPC request message and
-//! calls the same handler ([`TokenApi`]), so validation, policy,
+//! calls the same handler (`TokenApi`), so validation, policy,
 //! linearizable reads, auditing and the disclosure and revocation rules
 //! exist once. What is HTTP-only lives here: form parsing
-//! ([`super::form`]), the JSON shapes, and the one table from refusals to
+//! (`form`), the JSON shapes, and the one table from refusals to
 //! RFC 6749 §5.2 error codes ([`oauth_error`]).
 
 use axum::body::Bytes;

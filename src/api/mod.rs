@@ -17,6 +17,7 @@ mod message_limit;
 mod purge;
 mod rate_layer;
 mod reflection;
+pub mod refusal;
 pub mod rpc_metrics;
 mod signals;
 mod token_service;

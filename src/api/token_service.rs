@@ -12,6 +12,12 @@
 //! asks policy about each ancestor separately), and introspection tells a
 //! caller a token's claims only if policy's `disclose` allows it (by
 //! default: the token's audiences and the admin).
+//!
+//! The handlers are `TokenApi` methods taking the caller's identity and the
+//! request message; the gRPC service (at the end) and the OAuth HTTP
+//! endpoints ([`super::http::oauth`]) are thin faces over them. Issue and
+//! exchange refusals carry a [`Cause`] (what part of the request they
+//! concern) for the HTTP face's error codes.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -19,6 +25,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::purge::PurgeTimes;
+use super::refusal::{Cause, Refused};
 use super::validate::{self, TOKEN_TYPE_ACCESS};
 use super::{ApiError, AuditEvent, Shared};
 use crate::pb;
@@ -62,7 +69,9 @@ pub struct TokenApi {
 }
 
 impl TokenApi {
-    pub(super) fn new(shared: Arc<Shared>) -> Self {
+    /// The service over `shared`; cheap (an `Arc` clone), so the HTTP
+    /// endpoints make one per request.
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
         Self { shared }
     }
 
@@ -183,14 +192,17 @@ fn actor_pb(a: &token::Actor) -> pb::Actor {
     }
 }
 
-#[tonic::async_trait]
-impl pb::token_service_server::TokenService for TokenApi {
+/// The handlers, one per RPC, taking the caller's identity and the request
+/// message: the gRPC service below and the OAuth HTTP endpoints
+/// ([`super::http`]) both call these, so the rules exist once.
+impl TokenApi {
+    /// `IssueToken` (the bootstrap grant; OAuth `client_credentials`).
     #[tracing::instrument(name = "issue", skip_all, fields(caller, jti))]
-    async fn issue_token(
+    pub(crate) async fn issue(
         &self,
-        req: Request<pb::IssueTokenRequest>,
-    ) -> Result<Response<pb::TokenResponse>, Status> {
-        let caller = caller(&req)?;
+        caller: &PeerIdentity,
+        req: pb::IssueTokenRequest,
+    ) -> Result<pb::TokenResponse, Refused> {
         tracing::Span::current().record("caller", caller.id.as_str());
         let s = &self.shared.settings;
         let validate::IssueParams {
@@ -198,7 +210,7 @@ impl pb::token_service_server::TokenService for TokenApi {
             scopes,
             lifetime,
             may_act,
-        } = validate::issue(req.into_inner(), s.max_lifetime)?;
+        } = validate::issue(req, s.max_lifetime)?;
         // Policy and keys as of every acknowledged write; the token's
         // `tsr_rev` is read after this.
         self.shared.read_barrier().await?;
@@ -219,7 +231,10 @@ impl pb::token_service_server::TokenService for TokenApi {
                     ev.policy_ids = refusal.ids;
                     ev.reason = Some(message.clone());
                     self.audit(ev).await;
-                    return Err(ApiError::PermissionDenied(message).into());
+                    return Err(Refused::new(
+                        Cause::Target,
+                        ApiError::PermissionDenied(message),
+                    ));
                 }
             };
         ev.policy_ids = ids;
@@ -234,7 +249,7 @@ impl pb::token_service_server::TokenService for TokenApi {
             now,
             jti,
         )
-        .map_err(ApiError::from)?;
+        .map_err(Refused::token)?;
         // The revision this node has applied: a subject or client cut-off
         // applied above it revokes the token (token::cutoff_revokes).
         claims.rev = Some(self.shared.state.revision());
@@ -247,17 +262,18 @@ impl pb::token_service_server::TokenService for TokenApi {
         ev.issued_jti = Some(claims.jti.clone());
         ev.scope = granted;
         self.audit(ev).await;
-        Ok(Response::new(token_response(token, &claims)))
+        Ok(token_response(token, &claims))
     }
 
+    /// `ExchangeToken` (RFC 8693).
     #[tracing::instrument(name = "exchange", skip_all, fields(caller, subject_jti, jti))]
-    async fn exchange_token(
+    pub(crate) async fn exchange(
         &self,
-        req: Request<pb::ExchangeTokenRequest>,
-    ) -> Result<Response<pb::TokenResponse>, Status> {
-        let caller = caller(&req)?;
+        caller: &PeerIdentity,
+        req: pb::ExchangeTokenRequest,
+    ) -> Result<pb::TokenResponse, Refused> {
         tracing::Span::current().record("caller", caller.id.as_str());
-        let r = validate::exchange(req.into_inner(), self.shared.settings.max_lifetime)?;
+        let r = validate::exchange(req, self.shared.settings.max_lifetime)?;
         let (scopes, audiences) = (&r.scopes, &r.audiences);
         // Revocations, keys and policy as of every acknowledged write: a
         // token revoked a moment ago on another node is refused here.
@@ -276,7 +292,7 @@ impl pb::token_service_server::TokenService for TokenApi {
             Err(e) => {
                 ev.reason = Some(format!("subject token: {e}"));
                 self.audit(ev).await;
-                return Err(prefix("subject token", e).into());
+                return Err(Refused::new(Cause::Grant, prefix("subject token", e)));
             }
         };
         tracing::Span::current().record("subject_jti", subject.jti.as_str());
@@ -288,7 +304,7 @@ impl pb::token_service_server::TokenService for TokenApi {
                 Err(e) => {
                     ev.reason = Some(format!("actor token: {e}"));
                     self.audit(ev).await;
-                    return Err(prefix("actor token", e).into());
+                    return Err(Refused::new(Cause::Grant, prefix("actor token", e)));
                 }
             },
         };
@@ -311,7 +327,7 @@ impl pb::token_service_server::TokenService for TokenApi {
             Err(e) => {
                 ev.reason = Some(e.to_string());
                 self.audit(ev).await;
-                return Err(ApiError::from(e).into());
+                return Err(Refused::token(e));
             }
         };
         let action = if r.impersonate {
@@ -340,7 +356,10 @@ impl pb::token_service_server::TokenService for TokenApi {
                 ev.policy_ids = refusal.ids;
                 ev.reason = Some(message.clone());
                 self.audit(ev).await;
-                return Err(ApiError::PermissionDenied(message).into());
+                return Err(Refused::new(
+                    Cause::Target,
+                    ApiError::PermissionDenied(message),
+                ));
             }
         };
         claims.scope = granted.join(" ");
@@ -352,21 +371,21 @@ impl pb::token_service_server::TokenService for TokenApi {
         ev.issued_jti = Some(claims.jti.clone());
         ev.scope = granted;
         self.audit(ev).await;
-        Ok(Response::new(token_response(token, &claims)))
+        Ok(token_response(token, &claims))
     }
 
+    /// `Introspect` (RFC 7662).
     #[tracing::instrument(name = "introspect", skip_all, fields(caller, jti))]
-    async fn introspect(
+    pub(crate) async fn introspect(
         &self,
-        req: Request<pb::IntrospectRequest>,
-    ) -> Result<Response<pb::IntrospectResponse>, Status> {
-        let caller = caller(&req)?;
+        caller: &PeerIdentity,
+        r: pb::IntrospectRequest,
+    ) -> Result<pb::IntrospectResponse, ApiError> {
         tracing::Span::current().record("caller", caller.id.as_str());
-        let r = req.into_inner();
         validate::introspect(&r)?;
         let local = r.consistency == pb::Consistency::Local as i32;
         if !local && r.consistency != pb::Consistency::Linearizable as i32 {
-            return Err(Status::invalid_argument("unknown consistency"));
+            return Err(ApiError::InvalidArgument("unknown consistency".into()));
         }
         if local {
             // Possibly stale, by choice; the response says how stale.
@@ -383,9 +402,9 @@ impl pb::token_service_server::TokenService for TokenApi {
         if !decision.allowed {
             ev.reason = Some("policy".into());
             self.audit(ev).await;
-            return Err(
-                ApiError::PermissionDenied("policy (introspect): not allowed".into()).into(),
-            );
+            return Err(ApiError::PermissionDenied(
+                "policy (introspect): not allowed".into(),
+            ));
         }
         if r.min_revision > 0 {
             self.wait_applied(r.min_revision).await?;
@@ -419,7 +438,7 @@ impl pb::token_service_server::TokenService for TokenApi {
                         audience: c.aud.as_slice().to_vec(),
                         subject: c.sub.clone(),
                         client: c.client_id.clone(),
-                        holder: is_holder(&c, &caller),
+                        holder: is_holder(&c, caller),
                     },
                 ));
                 ev.policy_ids.extend(disclose.policy_ids);
@@ -441,18 +460,19 @@ impl pb::token_service_server::TokenService for TokenApi {
             }
         };
         self.audit(ev).await;
-        Ok(Response::new(resp))
+        Ok(resp)
     }
 
+    /// `Revoke` (RFC 7009 for a token target).
     #[tracing::instrument(name = "revoke", skip_all, fields(caller, jti, revision))]
-    async fn revoke(
+    pub(crate) async fn revoke(
         &self,
-        req: Request<pb::RevokeRequest>,
-    ) -> Result<Response<pb::RevokeResponse>, Status> {
+        caller: &PeerIdentity,
+        req: pb::RevokeRequest,
+    ) -> Result<pb::RevokeResponse, ApiError> {
         use pb::revoke_request::Target;
-        let caller = caller(&req)?;
         tracing::Span::current().record("caller", caller.id.as_str());
-        let target = validate::revoke(req.into_inner())?;
+        let target = validate::revoke(req)?;
         let now = self.shared.clock.now();
         let s = &self.shared.settings;
         // When each entry may be purged (the derivation is in `purge`).
@@ -472,11 +492,11 @@ impl pb::token_service_server::TokenService for TokenApi {
         };
         let unchanged = || {
             // RFC 7009: an invalid token is not an error; nothing to do.
-            Ok(Response::new(pb::RevokeResponse {
+            Ok(pb::RevokeResponse {
                 revision: self.shared.state.revision(),
                 changed: false,
                 jtis: Vec::new(),
-            }))
+            })
         };
         let (kind, allowed, op) = match target {
             Target::Token(t) => {
@@ -487,7 +507,7 @@ impl pb::token_service_server::TokenService for TokenApi {
                 let allowed = ask(RevokeContext {
                     kind: RevokeKind::Token,
                     target: c.jti.clone(),
-                    own: owns(&c, &caller),
+                    own: owns(&c, caller),
                 });
                 let jtis = vec![RevokedJti {
                     jti: c.jti,
@@ -503,7 +523,7 @@ impl pb::token_service_server::TokenService for TokenApi {
                 let allowed = ask(RevokeContext {
                     kind: RevokeKind::Chain,
                     target: c.jti.clone(),
-                    own: owns(&c, &caller),
+                    own: owns(&c, caller),
                 });
                 // Each ancestor is its own question: a caller revokes the
                 // ancestors it may (all of them for an admin or the chain's
@@ -582,8 +602,7 @@ impl pb::token_service_server::TokenService for TokenApi {
             return Err(ApiError::PermissionDenied(format!(
                 "policy (revoke): not allowed to revoke by {}",
                 kind.as_str()
-            ))
-            .into());
+            )));
         }
         let revoked: Vec<String> = match &op {
             Op::RevokeJtis { jtis } => jtis.iter().map(|j| j.jti.clone()).collect(),
@@ -595,18 +614,60 @@ impl pb::token_service_server::TokenService for TokenApi {
                 ev.decision = "error";
                 ev.reason = Some(e.to_string());
                 self.audit(ev).await;
-                return Err(e.into());
+                return Err(e);
             }
         };
         tracing::Span::current().record("revision", resp.revision);
         ev.decision = "allow";
         ev.revision = Some(resp.revision);
         self.audit(ev).await;
-        Ok(Response::new(pb::RevokeResponse {
+        Ok(pb::RevokeResponse {
             revision: resp.revision,
             changed: resp.changed > 0,
             jtis: revoked,
-        }))
+        })
+    }
+}
+
+/// The gRPC face: the caller is the connection's client certificate.
+#[tonic::async_trait]
+impl pb::token_service_server::TokenService for TokenApi {
+    async fn issue_token(
+        &self,
+        req: Request<pb::IssueTokenRequest>,
+    ) -> Result<Response<pb::TokenResponse>, Status> {
+        let caller = caller(&req)?;
+        Ok(Response::new(self.issue(&caller, req.into_inner()).await?))
+    }
+
+    async fn exchange_token(
+        &self,
+        req: Request<pb::ExchangeTokenRequest>,
+    ) -> Result<Response<pb::TokenResponse>, Status> {
+        let caller = caller(&req)?;
+        Ok(Response::new(
+            self.exchange(&caller, req.into_inner()).await?,
+        ))
+    }
+
+    async fn introspect(
+        &self,
+        req: Request<pb::IntrospectRequest>,
+    ) -> Result<Response<pb::IntrospectResponse>, Status> {
+        let caller = caller(&req)?;
+        Ok(Response::new(
+            TokenApi::introspect(self, &caller, req.into_inner()).await?,
+        ))
+    }
+
+    async fn revoke(
+        &self,
+        req: Request<pb::RevokeRequest>,
+    ) -> Result<Response<pb::RevokeResponse>, Status> {
+        let caller = caller(&req)?;
+        Ok(Response::new(
+            TokenApi::revoke(self, &caller, req.into_inner()).await?,
+        ))
     }
 }
 

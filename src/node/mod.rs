@@ -509,6 +509,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
             shared: shared.clone(),
             settings: Arc::new(config.http.clone()),
             base_url: api::http::base_url(&config.http.advertise_addr, bound).into(),
+            rate: rate_limiter.clone(),
         };
         tasks.push(tokio::spawn(
             api::http::serve(state, listener, tls, stop_rx.clone())

@@ -10,6 +10,7 @@ mod t40_transport;
 mod t42_tls_reload;
 mod t44_https;
 mod t45_limits;
+mod t46_oauth_http;
 mod t50_crash;
 mod t55_keys;
 mod t60_cli;

@@ -21,7 +21,7 @@ use crate::cluster::*;
 
 /// A TLS client trusting `ca`, presenting `client` if given, offering
 /// `alpn`.
-fn client_tls(
+pub fn client_tls(
     ca: &std::path::Path,
     client: Option<&TlsFiles>,
     alpn: &[u8],

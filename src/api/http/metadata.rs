@@ -3,7 +3,7 @@
 //! endpoints.
 //!
 //! The OAuth endpoints (`/oauth2/token`, `/oauth2/introspect`,
-//! `/oauth2/revoke`) are the HTTP faces of the gRPC services, all with
+//! `/oauth2/revoke`, in [`super::oauth`]) are the HTTP faces of the gRPC services, all with
 //! mutual-TLS client authentication (RFC 8705 `tls_client_auth`) and
 //! certificate-bound tokens. There is no authorization endpoint (no
 //! browser flows), hence no response types.
@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::response::Response;
 use http::StatusCode;
 
-use super::{json_response, HttpState};
+use super::{json_response, oauth, HttpState};
 use crate::api::validate::{TOKEN_TYPE_ACCESS, TOKEN_TYPE_JWT};
 
 /// Where the metadata is served (RFC 8414 §3).
@@ -31,9 +31,9 @@ pub fn document(state: &HttpState) -> serde_json::Value {
     serde_json::json!({
         "issuer": state.shared.settings().issuer,
         "jwks_uri": format!("{base}{}", super::jwks::PATH),
-        "token_endpoint": format!("{base}/oauth2/token"),
-        "introspection_endpoint": format!("{base}/oauth2/introspect"),
-        "revocation_endpoint": format!("{base}/oauth2/revoke"),
+        "token_endpoint": format!("{base}{}", oauth::TOKEN_PATH),
+        "introspection_endpoint": format!("{base}{}", oauth::INTROSPECT_PATH),
+        "revocation_endpoint": format!("{base}{}", oauth::REVOKE_PATH),
         "grant_types_supported": GRANT_TYPES,
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": mtls,

@@ -7,6 +7,8 @@
 //!   `Cache-Control: max-age` = the key publish-ahead window (`key_publish_ahead`).
 //! - `GET /.well-known/oauth-authorization-server` ([`metadata`]): RFC 8414
 //!   metadata naming this node's HTTPS address.
+//! - `POST /oauth2/token`, `/oauth2/introspect`, `/oauth2/revoke`
+//!   ([`oauth`]): the OAuth faces of `TokenService`, calling its handlers.
 //!
 //! Routes are added in [`router`], one line each. Every handler can read
 //! the verified client certificate's identity, if the client presented
@@ -22,9 +24,11 @@
 //! connection age after which a connection is drained. Unknown paths are
 //! 404, known paths with another method 405.
 
+mod form;
 mod jwks;
 mod metadata;
 mod metrics;
+pub mod oauth;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -32,7 +36,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use http::{header, HeaderValue, Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -124,6 +128,9 @@ pub struct HttpState {
     pub settings: Arc<HttpSettings>,
     /// `https://{advertised address}`: the base of every URL published.
     pub base_url: Arc<str>,
+    /// The per-caller rate limiter of the gRPC listener: the OAuth
+    /// endpoints charge the same buckets as the RPCs they stand for.
+    pub rate: Arc<super::limits::RateLimiter>,
 }
 
 /// The listener's routes. A new endpoint is one `.route(..)` line here;
@@ -134,6 +141,9 @@ pub fn router(state: HttpState) -> Router {
         .route(jwks::PATH, get(jwks::get))
         .route(metadata::PATH, get(metadata::get))
         .route(metrics::PATH, get(metrics::get))
+        .route(oauth::TOKEN_PATH, post(oauth::token))
+        .route(oauth::INTROSPECT_PATH, post(oauth::introspect))
+        .route(oauth::REVOKE_PATH, post(oauth::revoke))
         .fallback(not_found)
         .with_state(state)
 }

@@ -153,7 +153,11 @@ async fn a_restore_keeps_every_revocation_and_revives_no_token() {
     assert_eq!(restored.header, header);
     assert_ne!(restored.cluster_id, header.cluster_id);
     // Above any cursor the old cluster can have handed out.
-    assert!(restored.revision > late.revision + (1 << 31), "{}", restored.revision);
+    assert!(
+        restored.revision > late.revision + (1 << 31),
+        "{}",
+        restored.revision
+    );
     assert!(!restored.dropped_keys.is_empty());
     // Not twice into the same directory.
     let again = backup::restore(
@@ -210,7 +214,9 @@ async fn a_restore_keeps_every_revocation_and_revives_no_token() {
                 }
             }
             Some(pb::watch_event::Kind::SnapshotEnd(_)) => break,
-            other => panic!("a resumed cursor from the old cluster got {other:?} before a snapshot"),
+            other => {
+                panic!("a resumed cursor from the old cluster got {other:?} before a snapshot")
+            }
         }
     }
     for (jti, rev) in &before.acked {

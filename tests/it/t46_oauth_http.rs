@@ -463,6 +463,7 @@ async fn oauth_http_interop_with_authlib() {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/interop/oauth_interop.py"
     );
+    ensure_interop_packages().await;
     let run = tokio::process::Command::new("python3")
         .arg(script)
         .arg(&path)
@@ -488,4 +489,40 @@ async fn oauth_http_interop_with_authlib() {
     );
     assert!(stdout.contains("interop ok"), "{stdout}");
     c.stop().await;
+}
+
+/// Installs the interop script's Python packages when they are missing, as
+/// `.ci/run` does, so that `cargo test` alone works on a fresh machine
+/// (with the network access cargo itself needs). Bounded in time.
+async fn ensure_interop_packages() {
+    let probe = tokio::process::Command::new("python3")
+        .args(["-c", "import authlib, cryptography, joserfc, requests"])
+        .output()
+        .await
+        .expect("python3 is installed");
+    if probe.status.success() {
+        return;
+    }
+    let install = tokio::process::Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--user",
+            "authlib",
+            "cryptography",
+            "requests",
+        ])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(600), install)
+        .await
+        .expect("pip install finished in time")
+        .expect("pip runs");
+    assert!(
+        out.status.success(),
+        "cannot install the interop test's Python packages (python3 -m pip install --user authlib cryptography requests):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -182,6 +182,13 @@ impl Shared {
                 leader: self.leader_hint(),
             });
         }
+        // Inside the leader's lease its applied state already holds every
+        // acknowledged write (`crate::raft::read_index`): no round.
+        if let Some(lease) = self.read_lease {
+            if reads.lease_holds(&self.raft, lease) {
+                return Ok(self.state.revision());
+            }
+        }
         let deadline = Instant::now() + READ_CONFIRM_BUDGET.min(self.read_wait_max);
         let unavailable = |why: String| ApiError::Unavailable {
             reason: format!("cannot confirm a linearizable read: {why}"),

@@ -159,6 +159,9 @@ pub struct Shared {
     /// The batched read index behind linearizable reads (`None`: reads are
     /// answered locally; only unit tests without a cluster).
     reads: Option<crate::raft::ReadIndex>,
+    /// How long after a confirmed read-index round the leader answers
+    /// linearizable reads from its own state (`None`: always a round).
+    read_lease: Option<Duration>,
     /// When this node last heard from its leader.
     contact: Option<Arc<crate::raft::LeaderContact>>,
     /// This node's data incarnation (0: unknown).
@@ -267,6 +270,7 @@ impl Shared {
             verified: Mutex::new(VerifiedTokens::default()),
             lease: Mutex::new(Lease::default()),
             reads: None,
+            read_lease: None,
             contact: None,
             incarnation: 0,
             contact_timeout: LEADER_LEASE,
@@ -323,6 +327,14 @@ impl Shared {
         self.reads = Some(reads);
         self.contact = Some(contact);
         self.incarnation = incarnation;
+        self
+    }
+
+    /// Lets the leader answer linearizable reads without a round for
+    /// `lease` after a confirmed one (see `crate::raft::read_index`); it
+    /// must be shorter than the shortest election timeout.
+    pub fn with_read_lease(mut self, lease: Duration) -> Self {
+        self.read_lease = Some(lease);
         self
     }
 

@@ -129,9 +129,13 @@ pub fn decide(
         if fresh || m.membership_config.membership().voter_ids().count() <= 1 {
             return refuse(format!("node {} leads with a live quorum", m.id));
         }
-    } else if m.current_leader.is_some() && contact.quiet_for() < times.max {
+    } else if contact.quiet_for() < times.max {
+        // Also right after a start (which counts as contact): a voter that
+        // restarted must not help elect a new leader while the one it may
+        // have acknowledged just before still holds its read lease
+        // (`super::read_index`).
         return refuse(format!(
-            "node {} heard its leader {:?} ago",
+            "node {} heard from a leader (or started) {:?} ago",
             m.id,
             contact.quiet_for()
         ));

@@ -15,11 +15,21 @@
 //! answer valid for that read. Under load one round (one quorum heartbeat,
 //! or one RPC from a follower to the leader) serves dozens of reads.
 //!
-//! We do not answer from a leader lease: openraft 0.9 refuses votes while a
-//! follower's lease is fresh, but a follower that restarts forgets its lease
-//! and may vote at once, so a lease read could miss a write acknowledged by
-//! a new leader. The read index is always safe, and batching makes it cheap
-//! (measured in `docs/BENCHMARKS.md`).
+//! **Leader lease.** A round that a quorum confirmed proves that no other
+//! leader can be elected for a while: the voters that acknowledged it heard
+//! from this leader after the round started, and a voter refuses pre-votes
+//! (`super::election::decide`) for `election_timeout_max` after it last heard
+//! from a leader — or after it started, so a voter that restarts does not
+//! forget. Elections start only after a pre-vote won (openraft's own
+//! elections are off). So for [`ReadIndex::lease_holds`]'s `lease` (shorter
+//! than the shortest election timeout, for clock-rate drift and scheduling)
+//! after a confirmed round *started*, in the same term, the leader's own
+//! applied state includes every write acknowledged anywhere: those it
+//! acknowledged were applied before their answer, and those of earlier
+//! leaders were committed before the first entry of its term, which it must
+//! have applied. Reads inside the lease need no round; a paused or cut-off
+//! leader's lease runs out on the monotonic clock, whatever its metrics
+//! still say.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -74,8 +84,9 @@ type Waiter = oneshot::Sender<Result<u64, ReadIndexError>>;
 pub struct ReadIndex {
     tx: mpsc::Sender<Waiter>,
     /// When the last round this node ran *as leader* started, if it was
-    /// confirmed by a quorum: proof of contact at that instant.
-    confirmed: Arc<Mutex<Option<Instant>>>,
+    /// confirmed by a quorum, and in which term: proof of contact at that
+    /// instant.
+    confirmed: Arc<Mutex<Option<(u64, Instant)>>>,
 }
 
 impl ReadIndex {
@@ -88,7 +99,7 @@ impl ReadIndex {
     ) -> (Self, JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<Waiter>(QUEUE);
         let id = network.self_id();
-        let confirmed: Arc<Mutex<Option<Instant>>> = Arc::default();
+        let confirmed: Arc<Mutex<Option<(u64, Instant)>>> = Arc::default();
         let record = confirmed.clone();
         let task = tokio::spawn(
             async move {
@@ -106,13 +117,19 @@ impl ReadIndex {
                     if batch.is_empty() {
                         continue;
                     }
+                    // Taken before the round: the lease never starts later
+                    // than the heartbeats that confirm it.
                     let started = Instant::now();
+                    let term = raft.metrics().borrow().current_term;
                     let result = tokio::time::timeout(ROUND_TIMEOUT, round(&raft, &network))
                         .await
                         .unwrap_or(Err(ReadIndexError::Timeout));
                     if let Ok((_, true)) = &result {
                         if let Ok(mut c) = record.lock() {
-                            *c = Some(c.map_or(started, |c| c.max(started)));
+                            *c = Some(match *c {
+                                Some((t, at)) if t == term => (term, at.max(started)),
+                                _ => (term, started),
+                            });
                         }
                     }
                     let result = result.map(|(index, _)| index);
@@ -129,7 +146,26 @@ impl ReadIndex {
 
     /// When the last quorum-confirmed round as leader started.
     pub fn confirmed_at(&self) -> Option<Instant> {
-        self.confirmed.lock().ok().and_then(|c| *c)
+        self.confirmed.lock().ok().and_then(|c| c.map(|(_, at)| at))
+    }
+
+    /// True while this node may answer a linearizable read from its own
+    /// applied state without a round (see the module docs): it leads, has
+    /// applied an entry of its own term, and a round it ran in this term
+    /// started less than `lease` ago and was confirmed by a quorum.
+    pub fn lease_holds(&self, raft: &openraft::Raft<TypeConfig>, lease: Duration) -> bool {
+        let Some((term, at)) = self.confirmed.lock().ok().and_then(|c| *c) else {
+            return false;
+        };
+        if at.elapsed() >= lease {
+            return false;
+        }
+        let m = raft.metrics();
+        let m = m.borrow();
+        m.running_state.is_ok()
+            && m.current_leader == Some(m.id)
+            && m.current_term == term
+            && m.last_applied.is_some_and(|l| l.leader_id.term == term)
     }
 
     /// The read index of a round that starts after this call: once this

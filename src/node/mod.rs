@@ -390,11 +390,15 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
     let (reads, reads_task) =
         crate::raft::ReadIndex::spawn(raft.clone(), network.clone(), stop_rx.clone());
     tasks.push(reads_task);
+    // A quarter below the shortest election timeout; voters refuse
+    // pre-votes for twice that after hearing from the leader.
+    let read_lease = times.min * 3 / 4;
     let raft_service = crate::raft::service::wrap(
         crate::raft::RaftService::new(raft.clone(), config.node_id, info.clone(), &trust_domain)
             .with_clock(config.clock.clone())
             .with_proposer(proposer.clone())
             .with_reads(reads.clone())
+            .with_read_lease(read_lease, state.watch_revision())
             .with_election(contact.clone(), times),
     );
     let campaigner =
@@ -467,9 +471,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
         .with_initial_policy(config.initial_policy.as_deref())
         .map_err(|e| NodeError::Config(format!("initial policy: {e}")))?
         .with_consensus(reads, contact, incarnation)
-        // A quarter below the shortest election timeout; voters refuse
-        // pre-votes for twice that after hearing from the leader.
-        .with_read_lease(times.min * 3 / 4)
+        .with_read_lease(read_lease)
         .with_contact_timeout(Duration::from_millis(config.raft.contact_timeout_ms))
         .with_key_settings(config.keys.clone())
         .with_cert_expiry(cert_expiry, config.tls_reload.expiry_margin)

@@ -62,6 +62,8 @@ pub struct RaftService {
     proposer: Option<super::Proposer>,
     /// Answers followers' read-index requests (batched with local reads).
     reads: Option<super::ReadIndex>,
+    /// The read lease and the applied index it answers with.
+    read_lease: Option<(std::time::Duration, tokio::sync::watch::Receiver<u64>)>,
     /// Records when the leader was last heard and answers pre-votes.
     election: Option<(Arc<super::LeaderContact>, super::ElectionTimes)>,
 }
@@ -88,6 +90,7 @@ impl RaftService {
             clock: None,
             proposer: None,
             reads: None,
+            read_lease: None,
             election: None,
         }
     }
@@ -95,6 +98,19 @@ impl RaftService {
     /// Followers' read-index requests are served by `reads`.
     pub fn with_reads(mut self, reads: super::ReadIndex) -> Self {
         self.reads = Some(reads);
+        self
+    }
+
+    /// As leader, answers a follower's `ReadIndex` from `applied` (the
+    /// state machine's applied index, announced before each apply returns,
+    /// so before any write it applied is acknowledged) while its read lease
+    /// holds (see [`super::read_index`]), instead of running a round.
+    pub fn with_read_lease(
+        mut self,
+        lease: std::time::Duration,
+        applied: tokio::sync::watch::Receiver<u64>,
+    ) -> Self {
+        self.read_lease = Some((lease, applied));
         self
     }
 
@@ -342,8 +358,13 @@ impl raft_service_server::RaftService for RaftService {
                         (m.id, leader)
                     };
                     match leader {
-                        // Batched with this leader's own reads.
-                        Some((l, _)) if l == me => reads.get().await,
+                        Some((l, _)) if l == me => match &self.read_lease {
+                            Some((lease, applied)) if reads.lease_holds(&self.raft, *lease) => {
+                                Ok(*applied.borrow())
+                            }
+                            // Batched with this leader's own reads.
+                            _ => reads.get().await,
+                        },
                         other => Err(super::ReadIndexError::NotLeader { leader: other }),
                     }
                 }

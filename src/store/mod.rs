@@ -293,6 +293,36 @@ mod tests {
         .expect("the store closes");
     }
 
+    /// Runs `f` (an open of a store whose previous handles were just
+    /// dropped) until sled gets its file lock, bounded: see [`reopen`].
+    async fn when_unlocked<T>(mut f: impl FnMut() -> Result<T, StoreError>) -> T {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match f() {
+                Ok(t) => return t,
+                Err(StoreError::Open { source, .. })
+                    if source.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("open: {e}"),
+            }
+        }
+    }
+
+    /// Opens the store in `dir` again once the previous one closed. sled's
+    /// own flusher thread may hold the file lock a moment after the last
+    /// handle is gone (it looks at its shutdown flag between flushes) and
+    /// says nothing when it lets go: retry a refused lock, bounded.
+    async fn reopen(
+        closed: tokio::sync::watch::Receiver<()>,
+        dir: &Path,
+    ) -> (LogStore, StateMachine, StateView) {
+        wait_closed(closed).await;
+        when_unlocked(|| open(dir)).await
+    }
+
     #[tokio::test]
     async fn reopen_keeps_applied_state_log_and_vote() {
         let dir = tempfile::tempdir().unwrap();
@@ -303,8 +333,7 @@ mod tests {
             sm.apply(workload()).await.unwrap();
             log.closed_signal()
         };
-        wait_closed(closed).await;
-        let (mut log, mut sm, view) = open(dir.path()).unwrap();
+        let (mut log, mut sm, view) = reopen(closed, dir.path()).await;
         assert_workload_state(&view);
         assert_eq!(*view.watch_revision().borrow(), 10);
         assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(4, 2)));
@@ -378,8 +407,7 @@ mod tests {
         assert_eq!(a_bytes, b_bytes);
         let closed = _lb.closed_signal();
         drop((_lb, sm_b, view_b));
-        wait_closed(closed).await;
-        let (_lb, mut sm_b, view_b) = open(dir_b.path()).unwrap();
+        let (_lb, mut sm_b, view_b) = reopen(closed, dir_b.path()).await;
         assert_workload_state(&view_b);
         let b_bytes = bytes_of(
             &mut sm_b
@@ -460,7 +488,7 @@ mod tests {
         let closed = _lb.closed_signal();
         drop((_lb, sm_b, view_b));
         wait_closed(closed).await;
-        let db = db::Db::open(dir_b.path()).unwrap();
+        let db = when_unlocked(|| db::Db::open(dir_b.path())).await;
         assert_eq!(state::State::load(&db).unwrap().revision(), 10);
     }
 
@@ -586,7 +614,7 @@ mod tests {
         };
         assert_eq!(blob_files(dir.path()), Vec::<PathBuf>::new());
         {
-            let db = db::Db::open(dir.path()).unwrap();
+            let db = when_unlocked(|| db::Db::open(dir.path())).await;
             for name in db.db_tree_names() {
                 let tree = db.tree(&name);
                 for kv in tree.iter() {
@@ -596,7 +624,7 @@ mod tests {
             }
         }
         // Everything reads back whole.
-        let (mut log, mut sm, view) = open(dir.path()).unwrap();
+        let (mut log, mut sm, view) = when_unlocked(|| open(dir.path())).await;
         assert_eq!(log.try_get_log_entries(..).await.unwrap(), entries);
         assert_eq!(view.policy(), Some((33, policy)));
         let mut cur = sm.get_current_snapshot().await.unwrap().unwrap();

@@ -104,17 +104,28 @@ pub async fn https_as(
     path: &str,
     body: Bytes,
 ) -> Reply {
-    let stream = tls_connect(addr, client_tls(ca, client, b"http/1.1")).await;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    let conn = tokio::spawn(conn);
     let req = Request::builder()
         .method(method)
         .uri(path)
         .header(header::HOST, addr.to_string())
         .body(Full::new(body))
         .unwrap();
+    send_http1(addr, ca, client, req).await
+}
+
+/// Sends `req` over a new HTTP/1.1 connection, presenting `client` if
+/// given, and reads the whole reply.
+pub async fn send_http1(
+    addr: SocketAddr,
+    ca: &std::path::Path,
+    client: Option<&TlsFiles>,
+    req: Request<Full<Bytes>>,
+) -> Reply {
+    let stream = tls_connect(addr, client_tls(ca, client, b"http/1.1")).await;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
     let reply = tokio::time::timeout(WAIT, sender.send_request(req))
         .await
         .expect("HTTP reply in time")

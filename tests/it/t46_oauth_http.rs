@@ -7,13 +7,12 @@
 use std::net::SocketAddr;
 
 use http::{header, Method, Request, StatusCode};
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use tonic::Code;
 
 use crate::cluster::*;
-use crate::t44_https::{client_tls, tls_connect, Reply};
+use crate::t44_https::{send_http1, Reply};
 
 /// `application/x-www-form-urlencoded` encoding of `pairs`.
 fn form<K: AsRef<str>, V: AsRef<str>>(pairs: &[(K, V)]) -> String {
@@ -49,11 +48,6 @@ async fn post_raw(
     let addr: SocketAddr = c.node(1).http_addr().expect("HTTPS listener");
     let files = who.map(|w| c.files(w));
     let ca = c.files("frontend").ca;
-    let stream = tls_connect(addr, client_tls(&ca, files.as_ref(), b"http/1.1")).await;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    let conn = tokio::spawn(conn);
     let req = Request::builder()
         .method(Method::POST)
         .uri(path)
@@ -61,19 +55,7 @@ async fn post_raw(
         .header(header::CONTENT_TYPE, content_type)
         .body(Full::new(Bytes::from(body)))
         .unwrap();
-    let reply = tokio::time::timeout(WAIT, sender.send_request(req))
-        .await
-        .expect("HTTP reply in time")
-        .unwrap();
-    let status = reply.status();
-    let headers = reply.headers().clone();
-    let body = reply.into_body().collect().await.unwrap().to_bytes();
-    conn.abort();
-    Reply {
-        status,
-        headers,
-        body,
-    }
+    send_http1(addr, &ca, files.as_ref(), req).await
 }
 
 /// A form POST as `who`.

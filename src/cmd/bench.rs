@@ -64,8 +64,12 @@ impl BenchOp {
 pub struct BenchArgs {
     /// Target node (host:port). Without it, the benchmark starts a one-node
     /// cluster in this process on 127.0.0.1 with fresh development state.
-    #[arg(long)]
-    endpoint: Option<String>,
+    /// Several (repeated, or comma-separated) spread the load: each gets
+    /// `--connections` connections per identity and the requests in flight
+    /// go round-robin over all of them (read replicas, `docs/SCALING.md`).
+    /// The first endpoint issues the introspected token.
+    #[arg(long, alias = "endpoints", value_delimiter = ',')]
+    endpoint: Vec<String>,
     /// Development certificate directory (with an --endpoint).
     #[arg(long, default_value = ".tessera-dev/certs")]
     certs: PathBuf,
@@ -141,14 +145,14 @@ async fn run_to(args: BenchArgs, out: &mut (dyn Write + Send)) -> Result<(), Cli
     };
 
     let mut _local = None;
-    let (endpoint, certs) = match &args.endpoint {
-        Some(e) => (e.clone(), args.certs.clone()),
-        None => {
+    let (endpoints, certs) = match args.endpoint.is_empty() {
+        false => (args.endpoint.clone(), args.certs.clone()),
+        true => {
             let (node, dir) = start_local(args.verified_cache).await?;
             let addr = node.api_addr().to_string();
             let certs = dir.path().join("certs");
             _local = Some((node, dir));
-            (addr, certs)
+            (vec![addr], certs)
         }
     };
     let files = |name: &str| TlsFiles {
@@ -156,13 +160,17 @@ async fn run_to(args: BenchArgs, out: &mut (dyn Write + Send)) -> Result<(), Cli
         cert: certs.join(format!("{name}.pem")),
         key: certs.join(format!("{name}.key")),
     };
-    let channels = |endpoint: String, name: &'static str| {
+    let channels = |endpoints: Vec<String>, name: &'static str| {
         let files = files(name);
         let n = args.connections;
         async move {
-            let mut v = Vec::with_capacity(n);
+            // Interleaved (a1 b1 a2 b2 …), so that workers taken in turn
+            // alternate between the endpoints.
+            let mut v = Vec::with_capacity(n * endpoints.len());
             for _ in 0..n {
-                v.push(tessera::client::connect(&endpoint, &files).await?);
+                for endpoint in &endpoints {
+                    v.push(tessera::client::connect(endpoint, &files).await?);
+                }
             }
             anyhow::Ok(v)
         }
@@ -172,8 +180,11 @@ async fn run_to(args: BenchArgs, out: &mut (dyn Write + Send)) -> Result<(), Cli
             .map(TokenServiceClient::new)
             .collect::<Vec<_>>()
     };
-    let frontend = tokens(channels(endpoint.clone(), "frontend").await?);
-    let orders = tokens(channels(endpoint.clone(), "orders").await?);
+    if endpoints.len() > 1 {
+        out!(out, "endpoints: {}", endpoints.join(", "));
+    }
+    let frontend = tokens(channels(endpoints.clone(), "frontend").await?);
+    let orders = tokens(channels(endpoints.clone(), "orders").await?);
     let t1 = frontend[0]
         .clone()
         .issue_token(issue_req())
@@ -194,7 +205,7 @@ async fn run_to(args: BenchArgs, out: &mut (dyn Write + Send)) -> Result<(), Cli
     let baseline = match args.baseline {
         true => {
             let server = baseline::BaselineServer::start(files("node1")).await?;
-            let clients = channels(server.addr().to_string(), "orders")
+            let clients = channels(vec![server.addr().to_string()], "orders")
                 .await?
                 .into_iter()
                 .map(baseline::BaselineServiceClient::new)
@@ -209,7 +220,7 @@ async fn run_to(args: BenchArgs, out: &mut (dyn Write + Send)) -> Result<(), Cli
     out!(
         out,
         "\nverified-token cache: {}",
-        if args.endpoint.is_some() {
+        if !args.endpoint.is_empty() {
             "as configured on the target".to_string()
         } else {
             args.verified_cache.to_string()
@@ -684,7 +695,7 @@ mod tests {
 
     fn args(ops: Vec<BenchOp>) -> BenchArgs {
         BenchArgs {
-            endpoint: None,
+            endpoint: Vec::new(),
             certs: PathBuf::new(),
             concurrency: 4,
             connections: 1,

@@ -31,6 +31,9 @@ use tonic::transport::Channel;
 
 use super::CliError;
 
+#[path = "dev_learners.rs"]
+mod learners;
+
 /// The example policy, written to `DIR/policy.cedar` on first start.
 const EXAMPLE_POLICY: &str = include_str!("../../deploy/policy/example.cedar");
 /// The line `tessera serve` prints on stderr once both listeners are bound.
@@ -61,9 +64,14 @@ pub struct DevArgs {
     /// pid files (created if missing).
     #[arg(long, env = "TESSERA_DEV_DIR", default_value = ".tessera-dev")]
     dir: PathBuf,
-    /// Number of nodes.
+    /// Number of voting nodes.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=9))]
     nodes: u32,
+    /// Extra nodes added as non-voting learners (read replicas) after the
+    /// voters: nodes `--nodes + 1` onwards. They serve reads and streams
+    /// and never count towards the write quorum. At most 9 nodes in all.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=8))]
+    learners: u32,
     /// API port of node 1; node i listens on base + i - 1. 0: every node
     /// listens on a port the kernel picks, for both listeners (the
     /// addresses are printed; such a cluster cannot be restarted).
@@ -88,16 +96,28 @@ pub struct DevArgs {
 /// Raft membership stores addresses, so a restart must reuse them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct Layout {
+    /// Every node, voters and learners.
     nodes: u32,
     base_port: u16,
     raft_base_port: u16,
+    /// How many of the last nodes are learners (absent in the records of
+    /// clusters made before learners existed: none).
+    #[serde(default)]
+    learners: u32,
 }
 
 impl Layout {
     /// Refuses port ranges that overflow or overlap.
     fn validate(&self) -> Result<(), String> {
-        if self.nodes == 0 {
+        if self.nodes == 0 || self.learners >= self.nodes {
             return Err("--nodes must be at least 1".into());
+        }
+        if self.nodes > 9 {
+            return Err(format!(
+                "at most 9 nodes in all: {} voters and {} learners",
+                self.voters(),
+                self.learners
+            ));
         }
         let range = |base: u16, what: &str| -> Result<Option<(u32, u32)>, String> {
             if base == 0 {
@@ -127,6 +147,11 @@ impl Layout {
             }
         }
         Ok(())
+    }
+
+    /// How many nodes vote (nodes 1 to this).
+    fn voters(&self) -> u32 {
+        self.nodes - self.learners
     }
 
     /// Whether some listener uses a port picked by the kernel.
@@ -673,8 +698,12 @@ impl Supervisor {
             match status(&mut client).await {
                 Ok(s) if !asked_init && s.leader_id == 0 && s.nodes.is_empty() => {
                     asked_init = true;
-                    let raft_addrs: Vec<String> =
-                        self.nodes.iter().filter_map(|n| n.raft.clone()).collect();
+                    let raft_addrs: Vec<String> = self
+                        .nodes
+                        .iter()
+                        .take(self.layout.voters() as usize)
+                        .filter_map(|n| n.raft.clone())
+                        .collect();
                     eprintln!("initialising the cluster with {} members", raft_addrs.len());
                     let req = pb::InitClusterRequest { raft_addrs };
                     // InitCluster returns once a leader has written the
@@ -699,7 +728,7 @@ impl Supervisor {
                     }
                     continue;
                 }
-                Ok(s) if cluster_done(&s, self.layout.nodes, initialised) => {
+                Ok(s) if cluster_done(&s, self.layout.voters(), initialised) => {
                     return Ok((s, initialised));
                 }
                 Ok(s) => {
@@ -974,10 +1003,19 @@ fn print_ready(sup: &Supervisor, s: &pb::ClusterStatusResponse, initialised: boo
         "leader: node {} ({}), term {}\n",
         s.leader_id, s.leader_api_addr, s.term
     ));
+    let voters = sup.layout.voters();
+    if sup.layout.learners > 0 {
+        out.push_str(&format!(
+            "learners (read replicas, not in the write quorum): nodes {}..={}\n",
+            voters + 1,
+            sup.layout.nodes
+        ));
+    }
     let non_voters: Vec<u32> = sup
         .nodes
         .iter()
         .map(|n| n.id)
+        .filter(|&id| id <= voters)
         .filter(|&id| {
             !s.nodes
                 .iter()
@@ -1054,9 +1092,10 @@ fn print_ready(sup: &Supervisor, s: &pb::ClusterStatusResponse, initialised: boo
 /// Runs `tessera dev`.
 pub async fn run(args: DevArgs, log_format: super::LogFormat) -> Result<(), CliError> {
     let layout = Layout {
-        nodes: args.nodes,
+        nodes: args.nodes + args.learners,
         base_port: args.base_port,
         raft_base_port: args.raft_base_port,
+        learners: args.learners,
     };
     layout.validate().map_err(CliError::Usage)?;
     if args.timeout == 0 {
@@ -1083,7 +1122,9 @@ pub async fn run(args: DevArgs, log_format: super::LogFormat) -> Result<(), CliE
             sup.spawn(i)?;
         }
         sup.wait_ready(&mut sig, deadline).await?;
-        sup.ensure_cluster(&mut sig, deadline).await
+        let (s, initialised) = sup.ensure_cluster(&mut sig, deadline).await?;
+        let s = sup.ensure_learners(s, &mut sig, deadline).await?;
+        Ok::<_, Stop>((s, initialised))
     }
     .await;
     let result = match started {
@@ -1120,6 +1161,7 @@ mod tests {
             nodes,
             base_port,
             raft_base_port,
+            learners: 0,
         }
     }
 

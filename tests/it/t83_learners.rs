@@ -1,0 +1,362 @@
+//! Read replicas: learners added with `AddLearner` and never promoted.
+//! They answer linearizable `Introspect` and `ExchangeToken` (a read index
+//! from the leader, then their own applied state), serve the revocation
+//! stream, and report honest health; the write quorum stays the voters
+//! (`docs/SCALING.md`).
+
+use std::collections::BTreeSet;
+
+use tessera::pb;
+use tessera::pb::revocation_service_client::RevocationServiceClient;
+use tessera::pb::watch_event::Kind;
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+use crate::cluster::*;
+use crate::t82_consistency::wait_health;
+
+/// Node `i`'s health right now.
+async fn health(c: &TestCluster, i: u64) -> i32 {
+    HealthClient::new(c.channel_as(i, &c.files("ledger")).await)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}
+
+/// Adds node `i` (already started) as a learner through the leader, and
+/// does not promote it.
+async fn add_learner(c: &TestCluster, leader: u64, i: u64) -> pb::ClusterStatusResponse {
+    c.admin(leader)
+        .await
+        .add_learner(pb::AddLearnerRequest {
+            raft_addr: c.raft_addr(i),
+            timeout_seconds: WAIT.as_secs(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// The voter ids in node `i`'s membership.
+fn voters(c: &TestCluster, i: u64) -> BTreeSet<u64> {
+    c.node(i)
+        .raft()
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .collect()
+}
+
+/// A token for `orders`, issued on node `on`, with its jti.
+async fn issue(c: &TestCluster, on: u64) -> (String, String) {
+    let t = c
+        .tokens_on(on, "frontend")
+        .await
+        .issue_token(issue_req("orders", &["orders:write", "payments:charge"]))
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token;
+    let r = c
+        .tokens_on(on, "orders")
+        .await
+        .introspect(introspect_req(&t))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.active && r.linearizable);
+    (t, r.jti)
+}
+
+/// The jtis of the `Revoked` events read from `stream` until every one of
+/// `want` has arrived (bounded).
+async fn read_revoked(stream: &mut tonic::Streaming<pb::WatchEvent>, want: &BTreeSet<String>) {
+    let mut seen = BTreeSet::new();
+    let read = async {
+        while !want.is_subset(&seen) {
+            let e = stream
+                .message()
+                .await
+                .expect("stream failed")
+                .expect("stream ended");
+            if let Some(Kind::Revoked(rs)) = e.kind {
+                for r in rs.revocations {
+                    if let Some(pb::revocation::Target::Jti(j)) = r.target {
+                        seen.insert(j);
+                    }
+                }
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, read)
+        .await
+        .unwrap_or_else(|_| panic!("the learner's stream never delivered {want:?}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_serves_linearizable_reads_exchanges_and_streams_without_promotion() {
+    let mut c = TestCluster::start(3).await;
+    let leader = c.agreed_leader(&[1, 2, 3]).await;
+    let follower = [1, 2, 3].into_iter().find(|i| *i != leader).unwrap();
+
+    // Started but not added: it holds nothing it can vouch for.
+    c.add_node(4, false).await;
+    assert_eq!(health(&c, 4).await, ServingStatus::NotServing as i32);
+    let s = c
+        .admin(4)
+        .await
+        .cluster_status(pb::ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!s.leader_known, "{s:?}");
+    let (t0, _) = issue(&c, leader).await;
+    let e = c
+        .tokens_on(4, "orders")
+        .await
+        .introspect(introspect_req(&t0))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    let e = RevocationServiceClient::new(c.channel_as(4, &c.files("ledger")).await)
+        .watch_revocations(pb::WatchRequest { from_revision: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+
+    // Added, never promoted: a learner, and the quorum is still 1, 2, 3.
+    let s = add_learner(&c, leader, 4).await;
+    let n4 = s.nodes.iter().find(|n| n.node_id == 4).expect("node 4 listed");
+    assert_eq!(n4.role, "learner");
+    assert_eq!(voters(&c, leader), BTreeSet::from([1, 2, 3]));
+    wait_health(&c, 4, ServingStatus::Serving).await;
+    let s = c
+        .admin(4)
+        .await
+        .cluster_status(pb::ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(s.leader_known, "{s:?}");
+    assert_eq!(s.state, "learner");
+    assert_eq!(s.leader_id, leader);
+    let me = s.nodes.iter().find(|n| n.node_id == 4).unwrap();
+    assert_eq!(me.role, "learner");
+
+    // A subscriber on the learner, from its current revision.
+    let from = c.node(4).state().revision();
+    let mut stream = RevocationServiceClient::new(c.channel_as(4, &c.files("ledger")).await)
+        .watch_revocations(pb::WatchRequest {
+            from_revision: from,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Revoked on the leader (or through a follower): the learner says
+    // inactive as soon as the revoke is acknowledged, and refuses to
+    // exchange the token.
+    let mut introspect = c.tokens_on(4, "orders").await;
+    let mut exchange = c.tokens_on(4, "orders").await;
+    let mut revoked = BTreeSet::new();
+    for k in 0..12 {
+        let via = if k % 2 == 0 { leader } else { follower };
+        let (t, jti) = issue(&c, via).await;
+        let ok = exchange
+            .exchange_token(exchange_req(&t, "payments", &["payments:charge"]))
+            .await;
+        assert!(ok.is_ok(), "attempt {k}: a live token was refused: {ok:?}");
+        let rev = c
+            .tokens_on(via, "frontend")
+            .await
+            .revoke(pb::RevokeRequest {
+                target: Some(pb::revoke_request::Target::Token(t.clone())),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .revision;
+        let r = introspect
+            .introspect(introspect_req(&t))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            !r.active,
+            "attempt {k}: the learner said active=true for a token revoked at {rev} (its revision {})",
+            r.revision
+        );
+        assert!(r.linearizable);
+        assert!(r.revision >= rev, "attempt {k}: {} < {rev}", r.revision);
+        let e = exchange
+            .exchange_token(exchange_req(&t, "payments", &["payments:charge"]))
+            .await
+            .expect_err(&format!("attempt {k}: the learner exchanged a revoked token"));
+        assert_eq!(e.code(), Code::Unauthenticated, "attempt {k}: {e:?}");
+        revoked.insert(jti);
+    }
+    read_revoked(&mut stream, &revoked).await;
+
+    // Writes through the learner reach the leader.
+    let (t, _) = issue(&c, 4).await;
+    c.tokens_on(4, "frontend")
+        .await
+        .revoke(pb::RevokeRequest {
+            target: Some(pb::revoke_request::Target::Token(t.clone())),
+        })
+        .await
+        .unwrap();
+    let r = c
+        .tokens_on(leader, "orders")
+        .await
+        .introspect(introspect_req(&t))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.active);
+    assert_eq!(voters(&c, 4), BTreeSet::from([1, 2, 3]));
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_the_voters_gets_no_quorum_from_its_learners() {
+    let mut c = TestCluster::start(3).await;
+    let old = c.agreed_leader(&[1, 2, 3]).await;
+    let majority: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != old).collect();
+    for i in [4, 5] {
+        c.add_node(i, false).await;
+        add_learner(&c, old, i).await;
+        wait_health(&c, i, ServingStatus::Serving).await;
+    }
+    let (t, _) = issue(&c, old).await;
+
+    // The leader still reaches both learners, but no other voter: two
+    // learners are not a quorum, so it neither commits nor confirms reads.
+    c.faults.isolate_from(old, majority.clone());
+    wait_health(&c, old, ServingStatus::NotServing).await;
+    let e = c
+        .tokens_on(old, "frontend")
+        .await
+        .revoke(pb::RevokeRequest {
+            target: Some(pb::revoke_request::Target::Token(t.clone())),
+        })
+        .await;
+    // Refused, or at most an unknown outcome: never acknowledged by a
+    // quorum of learners.
+    let e = e.expect_err("a leader cut off from every other voter acknowledged a write");
+    assert!(
+        matches!(e.code(), Code::Unavailable | Code::DeadlineExceeded),
+        "{e:?}"
+    );
+
+    // The majority elects a leader and revokes; the learners follow it
+    // and never answer active=true from the old leader's word.
+    let new = c.agreed_leader(&majority).await;
+    assert_ne!(new, old);
+    let rev = c
+        .tokens_on(new, "frontend")
+        .await
+        .revoke(pb::RevokeRequest {
+            target: Some(pb::revoke_request::Target::Token(t.clone())),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .revision;
+    for i in [4, 5] {
+        match c
+            .tokens_on(i, "orders")
+            .await
+            .introspect(introspect_req(&t))
+            .await
+        {
+            Ok(r) => {
+                let r = r.into_inner();
+                assert!(!r.active, "learner {i} said active=true after revision {rev}");
+                assert!(r.linearizable && r.revision >= rev);
+            }
+            Err(s) => assert_eq!(s.code(), Code::Unavailable, "{s:?}"),
+        }
+    }
+    for i in [4, 5] {
+        c.node(i)
+            .raft()
+            .wait(Some(WAIT))
+            .current_leader(new, "the learner follows the new leader")
+            .await
+            .unwrap();
+        wait_health(&c, i, ServingStatus::Serving).await;
+        let r = c
+            .tokens_on(i, "orders")
+            .await
+            .introspect(introspect_req(&t))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!r.active && r.linearizable && r.revision >= rev);
+    }
+    assert_eq!(voters(&c, new), BTreeSet::from([1, 2, 3]));
+    c.faults.heal();
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_cut_off_from_the_leader_stops_serving_and_the_voters_write_on() {
+    let mut c = TestCluster::start(3).await;
+    let leader = c.agreed_leader(&[1, 2, 3]).await;
+    c.add_node(4, false).await;
+    add_learner(&c, leader, 4).await;
+    wait_health(&c, 4, ServingStatus::Serving).await;
+    let (t, _) = issue(&c, leader).await;
+
+    c.faults.isolate(4);
+    wait_health(&c, 4, ServingStatus::NotServing).await;
+    // The voters do not wait for it.
+    let rev = c
+        .tokens_on(leader, "frontend")
+        .await
+        .revoke(pb::RevokeRequest {
+            target: Some(pb::revoke_request::Target::Token(t.clone())),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .revision;
+    // It cannot get a read index, so it refuses rather than answer from
+    // state without the revocation.
+    let e = c
+        .tokens_on(4, "orders")
+        .await
+        .introspect(introspect_req(&t))
+        .await
+        .expect_err("a cut-off learner answered a linearizable read");
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    let s = c
+        .admin(4)
+        .await
+        .cluster_status(pb::ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!s.leader_known, "{s:?}");
+
+    c.faults.heal();
+    wait_health(&c, 4, ServingStatus::Serving).await;
+    let r = c
+        .tokens_on(4, "orders")
+        .await
+        .introspect(introspect_req(&t))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.active && r.linearizable && r.revision >= rev);
+    c.stop().await;
+}

@@ -11,7 +11,9 @@
 # the voters, prints the cluster's voters and learners, stops the cluster
 # and removes the cgroups. A summary table comes last. Needs root (cgroups).
 #
-# Settings (environment): CPU_PER_NODE (0.2), BENCH_SECONDS (10),
+# Settings (environment): CPU_PER_NODE (0.2), CFS_PERIOD_US (20000: a short
+# period spreads a node's quota evenly instead of running it for the first
+# 20 ms of every 100 ms), BENCH_SECONDS (10),
 # PER_NODE_INFLIGHT (16), LEARNER_COUNTS ("0 1 2 4"), WRITES (1: also
 # `bench-revoke` at 16 clients for 3 s), TESSERA_BIN (target/release/tessera),
 # CG_SHARES (16384: the bench's cgroup weight against the processes in the
@@ -35,7 +37,7 @@ bin=${TESSERA_BIN:-$PWD/target/release/tessera}
 
 cgroot=/sys/fs/cgroup/cpu
 [ -w "$cgroot" ] || { echo "needs root and the cgroup v1 cpu controller at $cgroot" >&2; exit 1; }
-period=100000
+period=${CFS_PERIOD_US:-20000}
 quota=$(awk -v c="$cpu" -v p="$period" 'BEGIN { printf "%d", c * p }')
 cg=$cgroot/tessera-bench-replicas-$$
 work=$(mktemp -d)
@@ -90,9 +92,9 @@ ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
 client=$(cgroup_for client)
 summary=$work/summary
-echo "| learners | nodes | voters | in flight | requests | errors | Introspect /s | p50 ms | p99 ms | x (0 learners) | load avg before → after |" >"$summary"
-echo "|---|---|---|---|---|---|---|---|---|---|---|" >>"$summary"
-base_tput=""
+echo "| learners | nodes | voters | reads sent to | in flight | requests | errors | Introspect /s | p50 ms | p99 ms | x (0 learners) | load avg before → after |" >"$summary"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|" >>"$summary"
+declare -A base_tput
 
 echo "# bench-replicas: $(nproc) CPUs; CPU_PER_NODE=$cpu (quota $quota/$period us); ${seconds}s per run; $per_node in flight per node; $(date -u +%FT%TZ)"
 echo "# $("$bin" --version 2>/dev/null || echo tessera)"
@@ -128,43 +130,51 @@ for n in $counts; do
   voters=$(echo "$status" | grep -c '"role": "voter"' || true)
   learners=$(echo "$status" | grep -c '"role": "learner"' || true)
   leader_api=$(echo "$status" | awk -F'"' '/"leader_api_addr"/ { print $4 }')
-  inflight=$((per_node * nodes))
-  load_before=$(cut -d' ' -f1-3 /proc/loadavg)
   echo
-  echo "## $n learner(s): $nodes nodes ($voters voters, $learners learners), leader at $leader_api; load $load_before"
-  out=$dir/bench.out
-  cpu_before=$(for p in $node_pids; do ticks "$p"; done)
-  sh -c 'echo $$ >"$1/cgroup.procs"; shift; exec "$@"' _ "$client" \
-    timeout $((seconds + 600)) "$bin" bench --endpoint "$apis" --certs "$dir/.tessera-dev/certs" \
-    --ops introspect --seconds "$seconds" --concurrency "$inflight" --crypto-iterations 1 \
-    | tee "$out"
-  load_after=$(cut -d' ' -f1-3 /proc/loadavg)
-  cpu_after=$(for p in $node_pids; do ticks "$p"; done)
-  # CPU seconds each node used during the run (utime + stime), against the
-  # quota's ceiling of CPU_PER_NODE x BENCH_SECONDS.
-  echo "node CPU seconds during the run (ceiling $(awk -v c="$cpu" -v s="$seconds" 'BEGIN { print c * s }')): $(paste -d' ' <(echo "$cpu_before") <(echo "$cpu_after") \
-    | awk -v hz="$(getconf CLK_TCK)" '{ printf "node%d %.2f  ", NR, ($2 - $1) / hz }')"
+  echo "## $n learner(s): $nodes nodes ($voters voters, $learners learners), leader at $leader_api"
+  # Two spreads: every node, and every node but the leader (the leader
+  # keeps its CPU for writes and read-index confirmations).
+  others=$(echo "$apis" | tr ',' '\n' | grep -vx "$leader_api" | paste -sd, -)
+  for spread in all non-leader; do
+    if [ "$spread" = all ]; then eps=$apis; else eps=$others; fi
+    count=$(echo "$eps" | tr ',' '\n' | wc -l)
+    inflight=$((per_node * count))
+    load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+    echo "### Introspect over $spread ($count nodes, $inflight in flight); load $load_before"
+    out=$dir/bench-$spread.out
+    cpu_before=$(for p in $node_pids; do ticks "$p"; done)
+    sh -c 'echo $$ >"$1/cgroup.procs"; shift; exec "$@"' _ "$client" \
+      timeout $((seconds + 600)) "$bin" bench --endpoint "$eps" --certs "$dir/.tessera-dev/certs" \
+      --ops introspect --seconds "$seconds" --concurrency "$inflight" --crypto-iterations 1 \
+      | sed -n '/^verified-token cache/,$p' | tee "$out"
+    load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+    cpu_after=$(for p in $node_pids; do ticks "$p"; done)
+    # CPU seconds each node used during the run (utime + stime), against
+    # the quota's ceiling of CPU_PER_NODE x BENCH_SECONDS (node 1.. in order).
+    echo "node CPU seconds during the run (ceiling $(awk -v c="$cpu" -v s="$seconds" 'BEGIN { print c * s }')): $(paste -d' ' <(echo "$cpu_before") <(echo "$cpu_after") \
+      | awk -v hz="$(getconf CLK_TCK)" '{ printf "node%d %.2f  ", NR, ($2 - $1) / hz }')"
+    row=$(grep '^| Introspect ' "$out" | head -n 1)
+    # | Introspect | in flight | requests | errors | throughput | p50 | p99 | max |
+    tput=$(echo "$row" | awk -F'|' '{ gsub(/ /, "", $6); print $6 }')
+    [ -n "${base_tput[$spread]:-}" ] || base_tput[$spread]=$tput
+    ratio=$(awk -v a="$tput" -v b="${base_tput[$spread]}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')
+    echo "$row" | awk -F'|' -v l="$n" -v nn="$nodes" -v v="$voters" -v sp="$spread ($count)" -v x="$ratio" -v lb="$load_before" -v la="$load_after" \
+      '{ for (k = 3; k <= 8; k++) gsub(/^ +| +$/, "", $k);
+         printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s → %s |\n", l, nn, v, sp, $3, $4, $5, $6, $7, $8, x, lb, la }' >>"$summary"
+  done
   if [ "$writes" = 1 ]; then
     echo "### revocations through the leader (the write quorum: $voters voters)"
     sh -c 'echo $$ >"$1/cgroup.procs"; shift; exec "$@"' _ "$client" \
       timeout 300 "$bin" bench-revoke --endpoints "$leader_api" --certs "$dir/.tessera-dev/certs" \
-      --clients 16 --seconds 3 --no-warmup || echo "(bench-revoke failed)"
+      --clients 16 --seconds 3 --no-warmup | grep '^| 16 ' || echo "(bench-revoke failed)"
   fi
   for i in $(seq 1 "$nodes"); do
     echo "node$i throttled: $(awk '$1 == "nr_throttled" { print $2 }' "$cg/node$i/cpu.stat") periods"
   done | paste -sd' ' -
-  row=$(grep '^| Introspect ' "$out" | head -n 1)
-  # | Introspect | in flight | requests | errors | throughput | p50 | p99 | max |
-  tput=$(echo "$row" | awk -F'|' '{ gsub(/ /, "", $6); print $6 }')
-  [ -n "$base_tput" ] || base_tput=$tput
-  ratio=$(awk -v a="$tput" -v b="$base_tput" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')
-  echo "$row" | awk -F'|' -v l="$n" -v nn="$nodes" -v v="$voters" -v x="$ratio" -v lb="$load_before" -v la="$load_after" \
-    '{ gsub(/^ +| +$/, "", $3); gsub(/^ +| +$/, "", $4); gsub(/^ +| +$/, "", $5); gsub(/^ +| +$/, "", $6); gsub(/^ +| +$/, "", $7); gsub(/^ +| +$/, "", $8);
-       printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s → %s |\n", l, nn, v, $3, $4, $5, $6, $7, $8, x, lb, la }' >>"$summary"
   stop_cluster
   for i in $(seq 1 "$nodes"); do rmdir "$cg/node$i" 2>/dev/null || true; done
 done
 
 echo
-echo "## Summary (linearizable Introspect, one token, spread over every node; CPU_PER_NODE=$cpu)"
+echo "## Summary (linearizable Introspect, one token; CPU_PER_NODE=$cpu, period $period us; x: against 0 learners with the same spread)"
 cat "$summary"

@@ -1190,6 +1190,31 @@ mod tests {
     }
 
     #[test]
+    fn learners_come_after_the_voters_and_count_towards_nine_nodes() {
+        let l = Layout {
+            learners: 4,
+            ..layout(7, 7443, 7543)
+        };
+        assert_eq!(l.validate(), Ok(()));
+        assert_eq!(l.voters(), 3);
+        assert_eq!(l.api_listen(7), "127.0.0.1:7449");
+        let too_many = Layout {
+            learners: 7,
+            ..layout(10, 7443, 7543)
+        };
+        assert!(too_many.validate().unwrap_err().contains("at most 9"));
+        let no_voter = Layout {
+            learners: 2,
+            ..layout(2, 7443, 7543)
+        };
+        assert!(no_voter.validate().is_err());
+        // A record written before learners existed reads as none.
+        let old: Layout =
+            serde_json::from_str(r#"{"nodes":3,"base_port":7443,"raft_base_port":7543}"#).unwrap();
+        assert_eq!(old, layout(3, 7443, 7543));
+    }
+
+    #[test]
     fn port_ranges_must_fit_and_not_overlap() {
         assert!(layout(3, 65534, 7543).validate().is_err());
         assert_eq!(layout(2, 65534, 7543).validate(), Ok(()));

@@ -134,7 +134,11 @@ async fn a_learner_serves_linearizable_reads_exchanges_and_streams_without_promo
 
     // Added, never promoted: a learner, and the quorum is still 1, 2, 3.
     let s = add_learner(&c, leader, 4).await;
-    let n4 = s.nodes.iter().find(|n| n.node_id == 4).expect("node 4 listed");
+    let n4 = s
+        .nodes
+        .iter()
+        .find(|n| n.node_id == 4)
+        .expect("node 4 listed");
     assert_eq!(n4.role, "learner");
     assert_eq!(voters(&c, leader), BTreeSet::from([1, 2, 3]));
     wait_health(&c, 4, ServingStatus::Serving).await;
@@ -199,7 +203,9 @@ async fn a_learner_serves_linearizable_reads_exchanges_and_streams_without_promo
         let e = exchange
             .exchange_token(exchange_req(&t, "payments", &["payments:charge"]))
             .await
-            .expect_err(&format!("attempt {k}: the learner exchanged a revoked token"));
+            .expect_err(&format!(
+                "attempt {k}: the learner exchanged a revoked token"
+            ));
         assert_eq!(e.code(), Code::Unauthenticated, "attempt {k}: {e:?}");
         revoked.insert(jti);
     }
@@ -280,7 +286,10 @@ async fn a_leader_cut_off_from_the_voters_gets_no_quorum_from_its_learners() {
         {
             Ok(r) => {
                 let r = r.into_inner();
-                assert!(!r.active, "learner {i} said active=true after revision {rev}");
+                assert!(
+                    !r.active,
+                    "learner {i} said active=true after revision {rev}"
+                );
                 assert!(r.linearizable && r.revision >= rev);
             }
             Err(s) => assert_eq!(s.code(), Code::Unavailable, "{s:?}"),

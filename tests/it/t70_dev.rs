@@ -53,12 +53,18 @@ fn alive(pid: u32) -> bool {
 
 impl Dev {
     fn start(dir: &Path) -> Self {
+        Self::start_with(dir, &[])
+    }
+
+    /// [`Dev::start`] with more options for `tessera dev`.
+    fn start_with(dir: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
             .arg("dev")
             .arg("--dir")
             .arg(dir)
             .args(["--base-port", "0", "--raft-base-port", "0", "--timeout"])
             .arg(START_TIMEOUT.as_secs().to_string())
+            .args(extra)
             .env("TESSERA_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -266,6 +272,75 @@ async fn dev_cluster_serves_on_every_node_and_stops_on_sigint() {
         assert!(!dir.join(format!("node{}.pid", n.id)).exists());
     }
     assert!(!dir.join("dev.pid").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_learners_join_without_promotion_and_serve_linearizable_reads() {
+    init_crypto();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dev");
+    let mut dev = Dev::start_with(&dir, &["--nodes", "3", "--learners", "1"]);
+    let nodes = dev.wait_ready();
+    assert_eq!(
+        nodes.iter().map(|n| n.id).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4],
+        "stderr:\n{}",
+        dev.stderr()
+    );
+    let learner = &nodes[3];
+    let mut admin = tessera::pb::admin_service_client::AdminServiceClient::new(
+        tessera::client::connect(&learner.api, &files(&dir, "admin"))
+            .await
+            .unwrap(),
+    );
+    let s = admin
+        .cluster_status(pb::ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let roles: Vec<(u64, String)> = s
+        .nodes
+        .iter()
+        .map(|n| (n.node_id, n.role.clone()))
+        .collect();
+    assert_eq!(
+        roles,
+        vec![
+            (1, "voter".to_string()),
+            (2, "voter".to_string()),
+            (3, "voter".to_string()),
+            (4, "learner".to_string())
+        ]
+    );
+    assert_eq!(s.state, "learner");
+
+    // Revoked through node 1, inactive on the learner right after the ack.
+    let mut frontend = tokens(&dir, &nodes[0], "frontend").await;
+    let t = frontend
+        .issue_token(issue_req("orders", &["orders:write"]))
+        .await
+        .unwrap()
+        .into_inner();
+    let r = tokens(&dir, &nodes[0], "admin")
+        .await
+        .revoke(revoke_jti(&t.jti))
+        .await
+        .unwrap()
+        .into_inner();
+    let i = tokens(&dir, learner, "orders")
+        .await
+        .introspect(introspect_req(&t.access_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!i.active && i.linearizable && i.revision >= r.revision);
+    drop((frontend, admin));
+
+    let status = dev.interrupt();
+    assert!(status.success(), "exit {status}; stderr:\n{}", dev.stderr());
+    for n in &nodes {
+        assert!(!alive(n.pid), "node {} outlived tessera dev", n.id);
+    }
 }
 
 /// The example configurations under deploy/config parse (an unknown key

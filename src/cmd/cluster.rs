@@ -79,7 +79,9 @@ pub enum ClusterCmd {
         #[arg(long = "member", required = true)]
         members: Vec<String>,
     },
-    /// Add a node as a learner and wait until it has caught up.
+    /// Add a node as a learner and wait until it has caught up. It stays a
+    /// non-voting read replica (reads, streams; never in the write quorum)
+    /// until `promote` (docs/SCALING.md).
     Add {
         #[command(flatten)]
         conn: AdminConn,

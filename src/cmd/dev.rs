@@ -197,10 +197,13 @@ fn check_restart(want: &Layout, recorded: Option<&Layout>, has_data: bool) -> Re
                 .into())
         }
         Some(r) if r != want => Err(format!(
-            "holds a cluster created with --nodes {} --base-port {} --raft-base-port {}; \
+            "holds a cluster created with --nodes {} --learners {} --base-port {} --raft-base-port {}; \
              Raft membership records those addresses, so restart it with the same \
              options (or use another --dir)",
-            r.nodes, r.base_port, r.raft_base_port
+            r.voters(),
+            r.learners,
+            r.base_port,
+            r.raft_base_port
         )),
         Some(_) => Ok(()),
     }
@@ -1208,6 +1211,9 @@ mod tests {
             ..layout(2, 7443, 7543)
         };
         assert!(no_voter.validate().is_err());
+        // A restart names the options the cluster was created with.
+        let e = check_restart(&layout(3, 7443, 7543), Some(&l), true).unwrap_err();
+        assert!(e.contains("--nodes 3 --learners 4"), "{e}");
         // A record written before learners existed reads as none.
         let old: Layout =
             serde_json::from_str(r#"{"nodes":3,"base_port":7443,"raft_base_port":7543}"#).unwrap();

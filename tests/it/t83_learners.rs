@@ -267,16 +267,24 @@ async fn a_leader_cut_off_from_the_voters_gets_no_quorum_from_its_learners() {
     // and never answer active=true from the old leader's word.
     let new = c.agreed_leader(&majority).await;
     assert_ne!(new, old);
-    let rev = c
-        .tokens_on(new, "frontend")
-        .await
-        .revoke(pb::RevokeRequest {
-            target: Some(pb::revoke_request::Target::Token(t.clone())),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .revision;
+    // A new leader may still be settling: retry UNAVAILABLE, bounded.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let rev = loop {
+        let r = c
+            .tokens_on(new, "frontend")
+            .await
+            .revoke(pb::RevokeRequest {
+                target: Some(pb::revoke_request::Target::Token(t.clone())),
+            })
+            .await;
+        match r {
+            Ok(r) => break r.into_inner().revision,
+            Err(s) if s.code() == Code::Unavailable && tokio::time::Instant::now() < deadline => {
+                c.agreed_leader(&majority).await;
+            }
+            Err(s) => panic!("the majority did not acknowledge the revocation: {s:?}"),
+        }
+    };
     for i in [4, 5] {
         match c
             .tokens_on(i, "orders")
@@ -295,6 +303,7 @@ async fn a_leader_cut_off_from_the_voters_gets_no_quorum_from_its_learners() {
             Err(s) => assert_eq!(s.code(), Code::Unavailable, "{s:?}"),
         }
     }
+    let new = c.agreed_leader(&majority).await;
     for i in [4, 5] {
         c.node(i)
             .raft()

@@ -149,7 +149,9 @@ impl ReadIndex {
                     rounds.spawn(
                         async move {
                             counts.rounds.fetch_add(1, Ordering::Relaxed);
-                            counts.reads.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                            counts
+                                .reads
+                                .fetch_add(batch.len() as u64, Ordering::Relaxed);
                             // Taken before the round: the lease never
                             // starts later than the heartbeats that confirm
                             // it.

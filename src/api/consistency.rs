@@ -59,7 +59,10 @@ impl Shared {
     /// Whether this node may serve, and if not, why. Health (`SERVING`),
     /// `ClusterStatus.leader_known` and stream heartbeats all report this.
     pub fn readiness(&self) -> Result<(), NotReady> {
-        let m = self.raft.metrics().borrow().clone();
+        // Borrowed, not cloned: this runs on every request, and a clone of
+        // openraft's metrics copies the membership and replication maps.
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
         if m.running_state.is_err() {
             return Err(NotReady::Stopped);
         }
@@ -146,7 +149,8 @@ impl Shared {
     /// is, how long ago it last had a quorum's leader's word (`None`: no
     /// such contact at all).
     pub fn staleness(&self) -> Option<Duration> {
-        let m = self.raft.metrics().borrow().clone();
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
         if m.running_state.is_err() || m.last_applied.is_none() {
             return None;
         }

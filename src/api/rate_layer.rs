@@ -73,12 +73,9 @@ impl<S> std::fmt::Debug for RateLimited<S> {
 
 /// The caller identity of the connection a request came on, if its client
 /// certificate has one (otherwise the handler refuses the call anyway).
-pub(super) fn caller_of<B>(req: &http::Request<B>) -> Option<String> {
-    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-    let info = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>()?;
-    let certs = info.peer_certs()?;
-    let leaf = certs.first()?;
-    crate::tls::identity_from_cert(leaf).ok().map(|p| p.id)
+/// Parsed once per request (see [`crate::tls::request_caller`]).
+pub(super) fn caller_of<B>(req: &mut http::Request<B>) -> Option<String> {
+    crate::tls::request_caller(req).map(|p| p.id)
 }
 
 impl<S, B> tower_service::Service<http::Request<B>> for RateLimited<S>
@@ -94,10 +91,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         use futures_util::future::Either;
         if let Some(class) = RpcClass::of_path(req.uri().path()) {
-            if let Some(caller) = caller_of(&req) {
+            if let Some(caller) = caller_of(&mut req) {
                 if let Err(e) = self.limiter.check(&caller, class) {
                     if let Some(hook) = &self.on_refusal {
                         hook(&caller, class);

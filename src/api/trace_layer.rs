@@ -59,7 +59,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         // A caller's context continues (as a new hop); a missing or
         // malformed one starts a trace here.
         let ctx = req
@@ -80,7 +80,7 @@ where
         // Parsing the certificate and formatting ids costs a little on
         // every call: only when the span is logged at all.
         if !span.is_disabled() {
-            let caller = super::rate_layer::caller_of(&req);
+            let caller = super::rate_layer::caller_of(&mut req);
             span.record("caller", caller.as_deref().unwrap_or("-"));
             span.record("trace_id", ctx.trace_id().as_str());
             span.record("revision", self.layer.state.revision());

@@ -176,6 +176,23 @@ fn register_raft(metrics: &Metrics, raft: &Raft) {
 }
 
 /// Registers the values read at scrape time.
+/// The read-index batcher's counts: rounds run and the reads they served
+/// (their ratio is the batch size; reads inside the leader's lease run no
+/// round and are counted in neither).
+pub(super) fn register_reads(metrics: &Metrics, reads: crate::raft::ReadIndex) {
+    let r = reads.clone();
+    metrics.counter_fn(
+        "read_index_rounds",
+        "Read-index rounds this node ran (leader: quorum confirmations; follower: calls to the leader)",
+        move || vec![(vec![], r.rounds().0 as f64)],
+    );
+    metrics.counter_fn(
+        "read_index_reads",
+        "Linearizable reads served by read-index rounds (not by the leader's lease)",
+        move || vec![(vec![], reads.rounds().1 as f64)],
+    );
+}
+
 pub(super) fn register(
     metrics: &Metrics,
     raft: &Raft,

@@ -456,6 +456,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
     let (audit, audit_thread) = AuditLog::start(config.audit.clone(), config.audit_rotation)?;
     let peers = Arc::new(NetPeers { network });
     let incarnation = info.incarnation;
+    let read_rounds = reads.clone();
     let shared = Arc::new(
         Shared::new(
             raft.clone(),
@@ -490,6 +491,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
         config.tls.cert.clone(),
         rate_limiter.clone(),
     );
+    metrics::register_reads(&metrics, read_rounds);
     tasks.push(tokio::spawn(
         metrics::follow_raft(raft.clone(), metrics.clone(), stop_rx.clone())
             .instrument(tracing::info_span!("metrics", node = config.node_id)),

@@ -9,11 +9,14 @@
 //! leader for the read index and waits for its own state machine.
 //!
 //! Confirming leadership costs one round of heartbeats to every voter, so
-//! rounds are **batched**: every read that arrives while a round is in
-//! flight waits for the *next* round, which then serves all of them. A round
-//! always starts after each read it serves arrived, which is what makes the
-//! answer valid for that read. Under load one round (one quorum heartbeat,
-//! or one RPC from a follower to the leader) serves dozens of reads.
+//! rounds are **batched** and **pipelined**: a round starts as soon as a
+//! read waits and fewer than `PIPELINE` (4) rounds are in flight, and serves
+//! every read waiting at that moment; reads that arrive while all slots
+//! are taken wait for the next free one. A round always starts after each
+//! read it serves arrived, which is what makes the answer valid for that
+//! read. Under load one round (one quorum heartbeat, or one RPC from a
+//! follower to the leader) serves dozens of reads, and a read waits about
+//! one round trip rather than the rest of the round in flight plus its own.
 //!
 //! **Leader lease.** A round that a quorum confirmed proves that no other
 //! leader can be elected for a while: the voters that acknowledged it heard
@@ -31,13 +34,14 @@
 //! leader's lease runs out on the monotonic clock, whatever its metrics
 //! still say.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::error::{CheckIsLeaderError, RaftError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tracing::Instrument as _;
 
 use super::network::Network;
@@ -45,6 +49,12 @@ use super::{NodeId, NodeInfo, TypeConfig};
 
 /// Reads waiting for a round, at most. A full queue refuses at once.
 const QUEUE: usize = 16 * 1024;
+/// Rounds in flight at once, at most. One at a time, a read arriving
+/// during a round waits for it to end and then for the next one (1.5 round
+/// trips on average); with several, the next round starts at once, and a
+/// read waits little more than one round trip. The bound keeps a leader
+/// that cannot confirm from piling up rounds.
+const PIPELINE: usize = 4;
 /// Longest one round may take: a leader confirming itself with a quorum, or
 /// a follower's request to the leader.
 pub const ROUND_TIMEOUT: Duration = Duration::from_secs(2);
@@ -87,6 +97,14 @@ pub struct ReadIndex {
     /// confirmed by a quorum, and in which term: proof of contact at that
     /// instant.
     confirmed: Arc<Mutex<Option<(u64, Instant)>>>,
+    stats: Arc<RoundStats>,
+}
+
+/// Counts for [`ReadIndex::rounds`].
+#[derive(Debug, Default)]
+struct RoundStats {
+    rounds: AtomicU64,
+    reads: AtomicU64,
 }
 
 impl ReadIndex {
@@ -100,13 +118,22 @@ impl ReadIndex {
         let (tx, mut rx) = mpsc::channel::<Waiter>(QUEUE);
         let id = network.self_id();
         let confirmed: Arc<Mutex<Option<(u64, Instant)>>> = Arc::default();
-        let record = confirmed.clone();
+        let stats: Arc<RoundStats> = Arc::default();
+        let (record, counts) = (confirmed.clone(), stats.clone());
         let task = tokio::spawn(
             async move {
+                let mut rounds = JoinSet::new();
                 loop {
+                    // A new round starts as soon as a read waits and fewer
+                    // than PIPELINE rounds are in flight; it serves every
+                    // read waiting at that moment.
                     let first = tokio::select! {
-                        _ = stop.wait_for(|s| *s) => return,
-                        w = rx.recv() => match w { Some(w) => w, None => return },
+                        _ = stop.wait_for(|s| *s) => break,
+                        Some(_) = rounds.join_next(), if !rounds.is_empty() => continue,
+                        w = rx.recv(), if rounds.len() < PIPELINE => match w {
+                            Some(w) => w,
+                            None => break,
+                        },
                     };
                     let mut batch = vec![first];
                     while let Ok(w) = rx.try_recv() {
@@ -117,31 +144,64 @@ impl ReadIndex {
                     if batch.is_empty() {
                         continue;
                     }
-                    // Taken before the round: the lease never starts later
-                    // than the heartbeats that confirm it.
-                    let started = Instant::now();
-                    let term = raft.metrics().borrow().current_term;
-                    let result = tokio::time::timeout(ROUND_TIMEOUT, round(&raft, &network))
-                        .await
-                        .unwrap_or(Err(ReadIndexError::Timeout));
-                    if let Ok((_, true)) = &result {
-                        if let Ok(mut c) = record.lock() {
-                            *c = Some(match *c {
-                                Some((t, at)) if t == term => (term, at.max(started)),
-                                _ => (term, started),
-                            });
+                    let (raft, network) = (raft.clone(), network.clone());
+                    let (record, counts) = (record.clone(), counts.clone());
+                    rounds.spawn(
+                        async move {
+                            counts.rounds.fetch_add(1, Ordering::Relaxed);
+                            counts
+                                .reads
+                                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                            // Taken before the round: the lease never
+                            // starts later than the heartbeats that confirm
+                            // it.
+                            let started = Instant::now();
+                            let term = raft.metrics().borrow().current_term;
+                            let result =
+                                tokio::time::timeout(ROUND_TIMEOUT, round(&raft, &network))
+                                    .await
+                                    .unwrap_or(Err(ReadIndexError::Timeout));
+                            if let Ok((_, true)) = &result {
+                                if let Ok(mut c) = record.lock() {
+                                    *c = Some(match *c {
+                                        Some((t, at)) if t == term => (term, at.max(started)),
+                                        _ => (term, started),
+                                    });
+                                }
+                            }
+                            let result = result.map(|(index, _)| index);
+                            tracing::trace!(reads = batch.len(), ?result, "read index round");
+                            for w in batch {
+                                let _ = w.send(result.clone());
+                            }
                         }
-                    }
-                    let result = result.map(|(index, _)| index);
-                    tracing::trace!(reads = batch.len(), ?result, "read index round");
-                    for w in batch {
-                        let _ = w.send(result.clone());
-                    }
+                        .in_current_span(),
+                    );
                 }
+                // Rounds in flight end with the batcher; their readers
+                // see `Stopped`.
+                rounds.shutdown().await;
             }
             .instrument(tracing::info_span!("read-index", node = id)),
         );
-        (Self { tx, confirmed }, task)
+        (
+            Self {
+                tx,
+                confirmed,
+                stats,
+            },
+            task,
+        )
+    }
+
+    /// Rounds this node has run (as leader: quorum confirmations; as a
+    /// follower: calls to the leader), and the reads they served. Reads
+    /// inside the leader's lease run none.
+    pub fn rounds(&self) -> (u64, u64) {
+        (
+            self.stats.rounds.load(Ordering::Relaxed),
+            self.stats.reads.load(Ordering::Relaxed),
+        )
     }
 
     /// When the last quorum-confirmed round as leader started.

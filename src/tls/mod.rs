@@ -46,7 +46,7 @@ pub use config::{
     tonic_client_tls, ServerKind, ServerTls,
 };
 pub use conn::TlsConn;
-pub use identity::{caller_identity, identity_from_cert, thumbprint, PeerIdentity};
+pub use identity::{caller_identity, identity_from_cert, request_caller, thumbprint, PeerIdentity};
 pub use incoming::{
     tls_incoming, tls_incoming_joined, tls_incoming_joined_with, tls_incoming_with, AcceptOptions,
     TlsIncoming,

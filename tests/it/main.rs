@@ -19,6 +19,7 @@ mod t70_dev;
 mod t80_cluster;
 mod t82_consistency;
 mod t83_learners;
+mod t83_read_rounds;
 mod t85_watch;
 mod t88_cutoffs;
 mod t90_kill9;

@@ -67,6 +67,11 @@ pub struct BenchRevokeArgs {
     /// `AdminService.ClusterStatus`) instead of round-robin.
     #[arg(long)]
     leader_only: bool,
+    /// Also run every client count with every request sent to the leader,
+    /// as a third system next to round-robin (and etcd): what the forward
+    /// hop from followers costs, in the same run.
+    #[arg(long, conflicts_with = "leader_only")]
+    leader_too: bool,
     /// HTTP/2 connections per endpoint, shared by all workers. The same
     /// number of etcd clients is made, each balancing over every member.
     #[arg(long, default_value_t = 1)]
@@ -93,7 +98,10 @@ pub async fn run(args: BenchRevokeArgs) -> Result<(), CliError> {
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
     let mut systems = Vec::new();
     if !plan.endpoints.is_empty() {
-        systems.push(tessera_system(&plan).await?);
+        systems.push(tessera_system(&plan, plan.leader_only).await?);
+        if plan.leader_too {
+            systems.push(tessera_system(&plan, true).await?);
+        }
     }
     if !plan.etcd.is_empty() {
         systems.push(etcd_system(&plan).await?);
@@ -176,6 +184,7 @@ struct Plan {
     duration: Duration,
     max_requests: u64,
     leader_only: bool,
+    leader_too: bool,
     connections: usize,
     warmup: bool,
 }
@@ -196,6 +205,9 @@ impl Plan {
         if a.leader_only && endpoints.is_empty() {
             return Err("--leader-only needs --endpoints".into());
         }
+        if a.leader_too && (endpoints.is_empty() || a.leader_only) {
+            return Err("--leader-too needs --endpoints and no --leader-only".into());
+        }
         if !etcd.is_empty() && !cfg!(feature = "etcd-bench") {
             return Err("--etcd needs a build with `--features etcd-bench`".into());
         }
@@ -215,6 +227,7 @@ impl Plan {
             duration: Duration::from_secs(a.seconds),
             max_requests: a.max_requests,
             leader_only: a.leader_only,
+            leader_too: a.leader_too,
             connections: a.connections,
             warmup: !a.no_warmup,
         })
@@ -250,13 +263,13 @@ fn print_header(plan: &Plan, loadavg: Option<&str>, interleaved: bool) {
 
 const TABLE_HEAD: &str = "| clients | requests | errors | throughput (/s) | p50 (ms) | p99 (ms) | max (ms) | CPU busy (%) | load generator CPU (%) |\n|---|---|---|---|---|---|---|---|---|";
 
-async fn tessera_system(plan: &Plan) -> Result<System, CliError> {
+async fn tessera_system(plan: &Plan, leader_only: bool) -> Result<System, CliError> {
     let files = TlsFiles {
         ca: plan.certs.join("ca.pem"),
         cert: plan.certs.join("admin.pem"),
         key: plan.certs.join("admin.key"),
     };
-    let targets = if plan.leader_only {
+    let targets = if leader_only {
         vec![leader_endpoint(&plan.endpoints, &files).await?]
     } else {
         plan.endpoints.clone()
@@ -276,7 +289,7 @@ async fn tessera_system(plan: &Plan) -> Result<System, CliError> {
     let title = format!(
         "Tessera: {} node endpoint(s), {}, {} connection(s) per endpoint",
         targets.len(),
-        if plan.leader_only {
+        if leader_only {
             "leader only"
         } else {
             "round-robin"
@@ -294,7 +307,11 @@ async fn tessera_system(plan: &Plan) -> Result<System, CliError> {
         }
     });
     Ok(System {
-        name: "tessera",
+        name: if leader_only {
+            "tessera (leader)"
+        } else {
+            "tessera"
+        },
         title,
         op,
     })
@@ -605,6 +622,7 @@ mod tests {
             seconds: 3,
             max_requests: 100,
             leader_only: false,
+            leader_too: false,
             connections: 1,
             etcd: vec![],
             no_warmup: false,
@@ -655,6 +673,17 @@ mod tests {
         a.etcd = vec!["http://127.0.0.1:1".into()];
         a.leader_only = true;
         assert!(Plan::from_args(a).unwrap_err().contains("--leader-only"));
+    }
+
+    #[test]
+    fn leader_too_needs_endpoints_and_round_robin() {
+        let mut a = args();
+        a.leader_too = true;
+        assert!(Plan::from_args(a).unwrap().leader_too);
+        let mut a = args();
+        a.leader_too = true;
+        a.leader_only = true;
+        assert!(Plan::from_args(a).unwrap_err().contains("--leader-too"));
     }
 
     #[test]

@@ -164,6 +164,10 @@ pub struct PolicyEngine {
     /// until the engine is replaced; Cedar evaluation costs 15 to 25 µs,
     /// a lookup well under one. Bounded: cleared when full.
     cache: Mutex<HashMap<Request, Decision>>,
+    /// Whether a policy could tell revocation targets apart
+    /// ([`super::target`]); when none can, revocation decisions are cached
+    /// without their target, so that revocations of unique jtis share one.
+    reads_revoke_target: bool,
 }
 
 /// Most decisions a [`PolicyEngine`] remembers.
@@ -186,6 +190,7 @@ impl PolicyEngine {
     pub fn new(text: &str, version: u64) -> Result<Self, PolicyError> {
         let model = Model::get()?;
         let (policies, ids) = load(model, text)?;
+        let reads_revoke_target = super::target::reads_revoke_target(&policies);
         Ok(Self {
             version,
             text: text.to_owned(),
@@ -194,6 +199,7 @@ impl PolicyEngine {
             model,
             authorizer: Authorizer::new(),
             cache: Mutex::new(HashMap::new()),
+            reads_revoke_target,
         })
     }
 
@@ -226,7 +232,9 @@ impl PolicyEngine {
 
     /// [`PolicyEngine::try_authorize`] through the decision cache.
     fn cached(&self, req: &Request) -> Result<Decision, PolicyError> {
-        if let Some(d) = self.cache.lock().ok().and_then(|c| c.get(req).cloned()) {
+        let key = self.cache_key(req);
+        let key = key.as_ref().unwrap_or(req);
+        if let Some(d) = self.cache.lock().ok().and_then(|c| c.get(key).cloned()) {
             return Ok(d);
         }
         let decision = self.try_authorize(req)?;
@@ -234,9 +242,35 @@ impl PolicyEngine {
             if cache.len() >= DECISION_CACHE {
                 cache.clear();
             }
-            cache.insert(req.clone(), decision.clone());
+            cache.insert(key.clone(), decision.clone());
         }
         Ok(decision)
+    }
+
+    /// The key `req` is cached under when it is not `req` itself: a
+    /// revocation without its target, when no policy reads the target.
+    fn cache_key(&self, req: &Request) -> Option<Request> {
+        match &req.context {
+            Context::Revoke(c) if !self.reads_revoke_target && !c.target.is_empty() => {
+                Some(Request {
+                    principal: req.principal.clone(),
+                    action: req.action,
+                    resource: req.resource.clone(),
+                    context: Context::Revoke(super::RevokeContext {
+                        kind: c.kind,
+                        target: String::new(),
+                        own: c.own,
+                    }),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// How many decisions are cached (tests).
+    #[cfg(test)]
+    pub(super) fn cached_decisions(&self) -> usize {
+        self.cache.lock().map_or(0, |c| c.len())
     }
 
     /// Like [`PolicyEngine::authorize`], but a request that cannot be built

@@ -23,6 +23,7 @@
 
 mod engine;
 mod request;
+mod target;
 
 pub use engine::{Decision, PolicyEngine, MAX_ERROR_MESSAGE_BYTES, MAX_POLICY_BYTES};
 pub use request::{

@@ -28,11 +28,17 @@ pub enum CodecError {
 /// Encodes `value` as MessagePack (structs as maps, `Vec<u8>` as binary).
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
     let mut buf = Vec::new();
-    let mut ser = rmp_serde::Serializer::new(&mut buf)
+    encode_to(&mut buf, value)?;
+    Ok(buf)
+}
+
+/// [`encode`], appending to `buf` (the log store puts a format tag first).
+pub fn encode_to<T: Serialize + ?Sized>(buf: &mut Vec<u8>, value: &T) -> Result<(), CodecError> {
+    let mut ser = rmp_serde::Serializer::new(buf)
         .with_struct_map()
         .with_bytes(rmp_serde::config::BytesMode::ForceIterables);
     value.serialize(&mut ser)?;
-    Ok(buf)
+    Ok(())
 }
 
 /// Decodes a MessagePack value produced by [`encode`].

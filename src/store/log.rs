@@ -4,7 +4,16 @@
 //! committed log id and the last purged log id in a small meta tree. Every
 //! write that Raft relies on having survived a crash (append, vote,
 //! truncate, purge) ends with [`Db::durable_flush`] before it is
-//! acknowledged.
+//! acknowledged. Entries are stored in the format of [`super::entry_format`].
+//!
+//! Small appends and small reads run on the calling (runtime) thread, an
+//! exception to "sled calls go to `spawn_blocking`": a sled insert or read
+//! of a few recent entries touches only its page cache (sled writes its log
+//! buffers from its own threads), and the write path used to pay a thread
+//! hand-off for each of them, two or three per revocation batch on the
+//! leader (docs/BENCHMARKS.md). What can wait for the disk (the flush +
+//! fsync, truncation, purge) and large reads and writes stay off the
+//! runtime.
 
 use std::fmt::Debug;
 use std::io;
@@ -14,9 +23,9 @@ use std::sync::Arc;
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{AnyError, LogState, OptionalSend, RaftLogReader, StorageIOError, Vote};
 
-use super::chunk;
 use super::db::{self, blocking, Db};
 use super::StoreError;
+use super::{chunk, entry_format};
 use crate::raft::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
 const K_VOTE: &str = "vote";
@@ -26,6 +35,16 @@ const K_LAST_PURGED: &str = "last_purged";
 /// Most entries one `limited_get_log_entries` call returns, so that one
 /// replication message stays bounded however far a follower lags.
 const MAX_ENTRIES_PER_READ: usize = 512;
+
+/// Appends of at most this many entries are encoded on the calling thread,
+/// and written there too if they come to at most [`INLINE_WRITE_BYTES`].
+const INLINE_WRITE_ENTRIES: usize = 64;
+/// Largest encoded append written on the calling thread.
+const INLINE_WRITE_BYTES: usize = 256 * 1024;
+/// Reads of a bounded range of at most this many entries run on the
+/// calling thread: replication and apply read the entries just appended,
+/// which sled holds in memory.
+const INLINE_READ_ENTRIES: u64 = 64;
 
 /// The Raft log store of one node. openraft serialises calls to it (every
 /// method takes `&mut self` and completes its write before returning).
@@ -138,10 +157,24 @@ impl LogStore {
     where
         F: FnOnce(io::Result<()>) + Send + 'static,
     {
-        let db = self.db.clone();
-        blocking(move || write_entries(&db, &entries))
-            .await
-            .map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
+        let written = if entries.len() <= INLINE_WRITE_ENTRIES {
+            match encode_entries(&entries) {
+                Ok(enc)
+                    if enc.iter().map(|(_, v)| v.len()).sum::<usize>() <= INLINE_WRITE_BYTES =>
+                {
+                    write_encoded(&self.db, &enc)
+                }
+                Ok(enc) => {
+                    let db = self.db.clone();
+                    blocking(move || write_encoded(&db, &enc)).await
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            let db = self.db.clone();
+            blocking(move || write_encoded(&db, &encode_entries(&entries)?)).await
+        };
+        written.map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
         // Written and readable; durability is reported through `done` by
         // the flusher, after the fsync that covers these entries.
         let ack: Ack = Box::new(done);
@@ -156,15 +189,25 @@ impl LogStore {
     }
 }
 
-fn write_entries(db: &Db, entries: &[Entry]) -> Result<(), StoreError> {
+/// An entry's key and stored bytes.
+type Encoded = ([u8; 8], Vec<u8>);
+
+/// Each entry's key and stored bytes.
+fn encode_entries(entries: &[Entry]) -> Result<Vec<Encoded>, StoreError> {
+    entries
+        .iter()
+        .map(|e| Ok((db::index_key(e.log_id.index), entry_format::encode(e)?)))
+        .collect()
+}
+
+fn write_encoded(db: &Db, entries: &[Encoded]) -> Result<(), StoreError> {
     db.check_write()?;
     let mut batch = sled::Batch::default();
-    for e in entries {
-        let key = db::index_key(e.log_id.index);
+    for (key, value) in entries {
         // A large entry (a big batch of revocations, a policy) is stored in
         // chunks: sled would put it in an unsynced blob file.
-        let stale = chunk::stored_chunks(&db.log, &key)?;
-        chunk::put(&mut batch, &key, &db::encode(e)?, stale);
+        let stale = chunk::stored_chunks(&db.log, key)?;
+        chunk::put(&mut batch, key, value, stale);
     }
     db.log.apply_batch(batch)?;
     Ok(())
@@ -178,7 +221,7 @@ fn is_entry_key(key: &[u8]) -> bool {
 /// Decodes the entry stored under `key` (reassembling its chunks).
 fn decode_entry(db: &Db, key: &[u8], stored: sled::IVec) -> Result<Entry, StoreError> {
     let bytes = chunk::assemble(&db.log, db::T_LOG, key, stored)?;
-    db::decode::<Entry>(db::T_LOG, &bytes)
+    entry_format::decode(&bytes)
 }
 
 /// `[lo, hi)` of a range of indexes, `None` for `hi` meaning unbounded;
@@ -227,10 +270,13 @@ async fn get_entries<RB: RangeBounds<u64>>(
     let Some((lo, hi)) = index_bounds(&range) else {
         return Ok(Vec::new());
     };
-    let db = db.clone();
-    blocking(move || read_entries(&db, lo, hi, limit))
-        .await
-        .map_err(|e| StorageIOError::read_logs(AnyError::new(&e)).into())
+    let read = if hi.is_some_and(|hi| hi - lo <= INLINE_READ_ENTRIES) {
+        read_entries(db, lo, hi, limit)
+    } else {
+        let db = db.clone();
+        blocking(move || read_entries(&db, lo, hi, limit)).await
+    };
+    read.map_err(|e| StorageIOError::read_logs(AnyError::new(&e)).into())
 }
 
 fn log_state(db: &Db) -> Result<LogState<TypeConfig>, StoreError> {
@@ -366,15 +412,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     // Not fsynced: a committed id lost in a crash is only learnt again from
     // the leader; what is persisted (by a later fsync) lets a restarted node
     // re-apply its committed entries without waiting for one.
+    // One small insert, so on the calling thread (see the module docs).
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        let db = self.db.clone();
-        blocking(move || {
+        let db = &self.db;
+        let saved: Result<(), StoreError> = (|| {
             db.check_write()?;
             db.log_meta.insert(K_COMMITTED, db::encode(&committed)?)?;
             Ok(())
-        })
-        .await
-        .map_err(|e| StorageIOError::write(AnyError::new(&e)).into())
+        })();
+        saved.map_err(|e| StorageIOError::write(AnyError::new(&e)).into())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -532,6 +578,53 @@ mod tests {
         let third = open(dir.path()).incarnation();
         assert_ne!(third, 0);
         assert_ne!(third, first);
+    }
+
+    // A node upgraded in place finds its log in JSON (the format before
+    // `entry_format`): it must read those entries, including a chunked one,
+    // next to the ones it appends afterwards.
+    #[tokio::test]
+    async fn log_written_as_json_before_the_upgrade_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = Entry {
+            log_id: log_id(1, 1, 2),
+            payload: openraft::EntryPayload::Normal(crate::raft::Command {
+                at: 5,
+                op: crate::raft::Op::RevokeJtis {
+                    jtis: (0..400)
+                        .map(|i| crate::raft::RevokedJti {
+                            jti: format!("old-jti-{i:014}"),
+                            until: 9,
+                        })
+                        .collect(),
+                },
+            }),
+        };
+        {
+            let db = Db::open(dir.path()).unwrap();
+            let mut batch = sled::Batch::default();
+            for e in [blank_ent(1, 1, 1), big.clone()] {
+                let json = serde_json::to_vec(&e).unwrap();
+                chunk::put(&mut batch, &db::index_key(e.log_id.index), &json, 0);
+            }
+            db.log.apply_batch(batch).unwrap();
+            assert!(chunk::stored_chunks(&db.log, &db::index_key(2)).unwrap() > 0);
+            db.durable_flush().unwrap();
+        }
+        let mut store = open(dir.path());
+        let st = store.get_log_state().await.unwrap();
+        assert_eq!(st.last_log_id, Some(log_id(1, 1, 2)));
+        store
+            .append_then(vec![blank_ent(1, 1, 3)], |r| r.unwrap())
+            .await
+            .unwrap();
+        let got = store.try_get_log_entries(1..=3).await.unwrap();
+        let idx: Vec<u64> = got.iter().map(|e| e.log_id.index).collect();
+        assert_eq!(idx, [1, 2, 3]);
+        assert_eq!(
+            serde_json::to_value(&got[1]).unwrap(),
+            serde_json::to_value(&big).unwrap()
+        );
     }
 
     #[tokio::test]

@@ -29,6 +29,7 @@
 pub mod backup;
 mod chunk;
 mod db;
+mod entry_format;
 mod faults;
 mod feed;
 mod log;
@@ -93,6 +94,9 @@ pub enum StoreError {
     /// A blocking task panicked or was cancelled.
     #[error("storage task failed: {0}")]
     Task(String),
+    /// A log entry could not be encoded (a bug: entries are plain data).
+    #[error("cannot encode a log entry: {0}")]
+    EncodeEntry(#[source] crate::raft::CodecError),
 }
 
 /// Opens (or creates) the node's database in the directory `path` and loads

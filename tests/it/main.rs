@@ -19,6 +19,7 @@ mod t70_dev;
 mod t80_cluster;
 mod t82_consistency;
 mod t85_watch;
+mod t86_coalesce;
 mod t88_cutoffs;
 mod t90_kill9;
 mod t92_pause;

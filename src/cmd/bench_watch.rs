@@ -44,6 +44,12 @@ pub struct BenchWatchArgs {
     /// Revocations per second (paced; 0 = as fast as one client can).
     #[arg(long, default_value_t = 200)]
     rate: u64,
+    /// Revocations in flight at most: paced ones are sent without waiting
+    /// for the previous answer, so the rate does not depend on a commit's
+    /// latency (concurrent revocations may share a log entry, so an event
+    /// may carry several). 1: one after the other.
+    #[arg(long, default_value_t = 64)]
+    in_flight: usize,
     /// Upper bound on each run, seconds.
     #[arg(long, default_value_t = 120)]
     timeout: u64,
@@ -117,7 +123,11 @@ fn total_rss(pids: &[u32]) -> Option<u64> {
 
 /// Runs the benchmark.
 pub async fn run(args: BenchWatchArgs) -> Result<(), CliError> {
-    if args.endpoints.is_empty() || args.subscribers == 0 || args.connections == 0 {
+    if args.endpoints.is_empty()
+        || args.subscribers == 0
+        || args.connections == 0
+        || args.in_flight == 0
+    {
         return Err(CliError::Usage(
             "endpoints, subscribers and connections must be given".into(),
         ));
@@ -159,7 +169,7 @@ async fn inner(args: BenchWatchArgs) -> anyhow::Result<()> {
         rows.push(one_run(&args, &chans, coalesce).await?);
     }
     println!(
-        "| coalesce | subscribers | nodes | revocations | rate (/s) | deliveries | events/message | p50 (ms) | p99 (ms) | max (ms) | before ack | fan-out (events/s) | nodes' CPU (s) | bench CPU (s) | load avg |"
+        "| coalesce | subscribers | nodes | revocations | rate (/s) | deliveries | revocations/message | p50 (ms) | p99 (ms) | max (ms) | before ack | fan-out (events/s) | nodes' CPU (s) | bench CPU (s) | load avg |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
@@ -296,28 +306,44 @@ async fn one_run(
     let cpu_before = (nodes_cpu(&args.pids), cpu_secs("self"));
 
     // Revocations, paced, on node 1 (followers forward anyway).
-    let mut admin = TokenServiceClient::new(
+    let admin = TokenServiceClient::new(
         tessera::client::connect(&args.endpoints[0], &files(&args.certs, "admin")).await?,
     );
-    let mut acked: Vec<Duration> = Vec::with_capacity(n);
     let pace = (args.rate > 0).then(|| Duration::from_secs_f64(1.0 / args.rate as f64));
     let mut tick = pace.map(tokio::time::interval);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(args.in_flight));
+    let mut revokes = tokio::task::JoinSet::new();
     let send_start = Instant::now();
     for i in 0..n {
         if let Some(t) = tick.as_mut() {
             t.tick().await;
         }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "time limit reached while revoking"
-        );
-        admin
-            .revoke(pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Jti(format!("{prefix}{i}"))),
-            })
+        let slot = tokio::time::timeout_at(deadline.into(), slots.clone().acquire_owned())
             .await
-            .map_err(|s| anyhow::anyhow!("revoke: {s}"))?;
-        acked.push(start.elapsed());
+            .context("time limit reached while revoking")??;
+        let mut admin = admin.clone();
+        let jti = format!("{prefix}{i}");
+        revokes.spawn(async move {
+            let r = tokio::time::timeout_at(
+                deadline.into(),
+                admin.revoke(pb::RevokeRequest {
+                    target: Some(pb::revoke_request::Target::Jti(jti)),
+                }),
+            )
+            .await;
+            drop(slot);
+            let at = start.elapsed();
+            match r {
+                Ok(Ok(_)) => Ok((i, at)),
+                Ok(Err(s)) => Err(anyhow::anyhow!("revoke: {s}")),
+                Err(_) => Err(anyhow::anyhow!("time limit reached while revoking")),
+            }
+        });
+    }
+    let mut acked: Vec<Duration> = vec![Duration::ZERO; n];
+    while let Some(r) = revokes.join_next().await {
+        let (i, at) = r??;
+        acked[i] = at;
     }
     let send_secs = send_start.elapsed().as_secs_f64();
 
@@ -342,7 +368,8 @@ async fn one_run(
         lat_us[i] as f64 / 1000.0
     };
     let early = lat_us.iter().filter(|l| **l < 0).count();
-    let fanout_secs = (last_arrival.as_secs_f64() - acked[0].as_secs_f64()).max(1e-6);
+    let first_ack = acked.iter().min().copied().unwrap_or_default();
+    let fanout_secs = (last_arrival.as_secs_f64() - first_ack.as_secs_f64()).max(1e-6);
     let diff = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
     Ok(Row {
         coalesce,

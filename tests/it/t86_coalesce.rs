@@ -31,12 +31,17 @@ fn jtis(rs: &[pb::Revocation]) -> Vec<String> {
         .collect()
 }
 
+/// One event: its revision and its jtis.
+type Event = (u64, Vec<String>);
+/// One message: whether it is a batch, and its events.
+type Message = (bool, Vec<Event>);
+
 /// The revocation messages of `s` until `n` events arrived, heartbeats
 /// left out: for each message, its kind (`true`: a batch) and its events
 /// as (revision, jtis).
-async fn messages(s: &mut Stream, n: usize) -> Vec<(bool, Vec<(u64, Vec<String>)>)> {
+async fn messages(s: &mut Stream, n: usize) -> Vec<Message> {
     let read = async {
-        let mut out: Vec<(bool, Vec<(u64, Vec<String>)>)> = Vec::new();
+        let mut out: Vec<Message> = Vec::new();
         while out.iter().map(|(_, evs)| evs.len()).sum::<usize>() < n {
             let e = s.message().await.unwrap().expect("stream ended");
             match e.kind {
@@ -65,7 +70,7 @@ async fn messages(s: &mut Stream, n: usize) -> Vec<(bool, Vec<(u64, Vec<String>)
 }
 
 /// Every event of `msgs`, in arrival order.
-fn flat(msgs: &[(bool, Vec<(u64, Vec<String>)>)]) -> Vec<(u64, Vec<String>)> {
+fn flat(msgs: &[Message]) -> Vec<Event> {
     msgs.iter()
         .flat_map(|(_, evs)| evs.iter().cloned())
         .collect()

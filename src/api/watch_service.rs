@@ -8,6 +8,16 @@
 //! outgoing queue is small. One that cannot keep up is ended with `ABORTED`
 //! and the revision to resume from (message and `x-tessera-resume-from`
 //! metadata); the feed never waits for it, so the others are not slowed.
+//!
+//! Coalescing: a subscriber that sets `WatchRequest.coalesce` gets, each
+//! time its pump wakes, every event the live feed holds for it (up to
+//! [`BATCH_EVENTS`] / [`BATCH_REVOCATIONS`]) in one `revoked_batch`
+//! message, and its replay in such batches. A subscriber that keeps up
+//! still gets one event per message; one that is behind (a replay, the
+//! events of one Raft batch, a node busy fanning out) pays the per-message
+//! cost — a wake-up, an HTTP/2 DATA frame, a TLS record — once per batch.
+//! Subscribers that do not opt in get one `revoked` message per event, as
+//! clients built before the field existed expect.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -29,6 +39,16 @@ pub use tessera_proto::RESUME_METADATA;
 const SNAPSHOT_CHUNK: usize = 1000;
 /// Messages queued for one subscriber before the pump waits for it.
 const QUEUE: usize = 64;
+/// Messages queued for a coalescing subscriber: few, so that while it is
+/// busy the events wait in the live feed (shared by every subscriber) and
+/// are taken in one batch when it has room, rather than piling up here.
+const COALESCED_QUEUE: usize = 2;
+/// Most events in one `revoked_batch` message.
+pub const BATCH_EVENTS: usize = 256;
+/// Most revocations in one `revoked_batch` message (a larger single event
+/// still goes alone), like a snapshot chunk: a message stays far below
+/// any client's decoding limit.
+pub const BATCH_REVOCATIONS: usize = SNAPSHOT_CHUNK;
 
 /// Limits of the watch service.
 #[derive(Debug, Clone)]
@@ -131,6 +151,80 @@ fn event_msg(e: &RevocationEvent) -> pb::WatchEvent {
     }
 }
 
+fn batch_msg(events: &[Arc<RevocationEvent>]) -> pb::WatchEvent {
+    pb::WatchEvent {
+        revision: events.last().map_or(0, |e| e.revision),
+        kind: Some(Kind::RevokedBatch(pb::RevokedBatch {
+            events: events
+                .iter()
+                .map(|e| pb::RevokedEvent {
+                    revision: e.revision,
+                    revocations: e.revocations.iter().map(to_pb).collect(),
+                })
+                .collect(),
+        })),
+    }
+}
+
+/// What a pump queues for its subscriber. Batches stay shared events until
+/// the stream is polled, so a queued batch costs pointers, not copies.
+enum Out {
+    Msg(Result<pb::WatchEvent, Status>),
+    Batch(Vec<Arc<RevocationEvent>>),
+}
+
+impl Out {
+    fn into_wire(self) -> Result<pb::WatchEvent, Status> {
+        match self {
+            Out::Msg(m) => m,
+            Out::Batch(events) => Ok(batch_msg(&events)),
+        }
+    }
+}
+
+/// Events gathered for one `revoked_batch` message, within its bounds.
+#[derive(Default)]
+struct Batch {
+    events: Vec<Arc<RevocationEvent>>,
+    revocations: usize,
+}
+
+impl Batch {
+    /// Adds `e` if it fits (the first event always does); gives it back
+    /// otherwise.
+    fn offer(&mut self, e: Arc<RevocationEvent>) -> Result<(), Arc<RevocationEvent>> {
+        let n = e.revocations.len();
+        if !self.events.is_empty()
+            && (self.events.len() >= BATCH_EVENTS || self.revocations + n > BATCH_REVOCATIONS)
+        {
+            return Err(e);
+        }
+        self.revocations += n;
+        self.events.push(e);
+        Ok(())
+    }
+
+    fn is_full(&self) -> bool {
+        self.events.len() >= BATCH_EVENTS || self.revocations >= BATCH_REVOCATIONS
+    }
+}
+
+/// Splits `events` into batches within the message bounds, in order.
+fn batches(events: Vec<Arc<RevocationEvent>>) -> Vec<Vec<Arc<RevocationEvent>>> {
+    let mut out = Vec::new();
+    let mut cur = Batch::default();
+    for e in events {
+        if let Err(e) = cur.offer(e) {
+            out.push(std::mem::take(&mut cur).events);
+            let _ = cur.offer(e);
+        }
+    }
+    if !cur.events.is_empty() {
+        out.push(cur.events);
+    }
+    out
+}
+
 type WatchStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -171,20 +265,23 @@ impl pb::revocation_service_server::RevocationService for WatchApi {
                 self.settings.max_subscribers
             ))
         })?;
-        let from = req.into_inner().from_revision;
-        let (tx, rx) = mpsc::channel(QUEUE);
+        let req = req.into_inner();
+        let (from, coalesce) = (req.from_revision, req.coalesce);
+        let (tx, rx) = mpsc::channel(if coalesce { COALESCED_QUEUE } else { QUEUE });
         let pump = Pump {
             shared: self.shared.clone(),
             tx,
+            coalesce,
             heartbeat: self.settings.heartbeat,
             stop: self.stop.clone(),
             _permit: (permit, slot),
         };
         tokio::spawn(
             pump.run(from)
-                .instrument(tracing::debug_span!("watcher", caller = %caller.id, from)),
+                .instrument(tracing::debug_span!("watcher", caller = %caller.id, from, coalesce)),
         );
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let stream = tokio_stream::StreamExt::map(ReceiverStream::new(rx), Out::into_wire);
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 
@@ -197,7 +294,9 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// the node's state is replaced, or the node stops.
 struct Pump {
     shared: Arc<Shared>,
-    tx: mpsc::Sender<Result<pb::WatchEvent, Status>>,
+    tx: mpsc::Sender<Out>,
+    /// The subscriber accepts `revoked_batch` messages.
+    coalesce: bool,
     heartbeat: Duration,
     stop: watch::Receiver<bool>,
     /// The node-wide and the per-identity subscriber slots, given back
@@ -209,10 +308,36 @@ impl Pump {
     /// Queues a message; false if the subscriber is gone or the node is
     /// stopping (a subscriber that does not read never holds up shutdown).
     async fn send(&mut self, m: Result<pb::WatchEvent, Status>) -> bool {
+        self.queue(Out::Msg(m)).await
+    }
+
+    async fn queue(&mut self, out: Out) -> bool {
         tokio::select! {
-            sent = self.tx.send(m) => sent.is_ok(),
+            sent = self.tx.send(out) => sent.is_ok(),
             _ = stopped(&mut self.stop) => false,
         }
+    }
+
+    /// Sends consecutive events: one batch message to a coalescing
+    /// subscriber (the caller keeps them within the bounds), one message
+    /// each to the others. Returns the last revision sent, or None if the
+    /// subscriber is gone.
+    async fn send_events(&mut self, events: Vec<Arc<RevocationEvent>>) -> Option<u64> {
+        let last = events.last()?.revision;
+        let n = events.len() as u64;
+        if self.coalesce {
+            if !self.queue(Out::Batch(events)).await {
+                return None;
+            }
+        } else {
+            for e in events {
+                if !self.send(Ok(event_msg(&e))).await {
+                    return None;
+                }
+            }
+        }
+        self.shared.metrics.watch_events_sent(n);
+        Some(last)
     }
 
     fn heartbeat_msg(&self) -> pb::WatchEvent {
@@ -234,12 +359,16 @@ impl Pump {
         let mut last = from;
         match watch.start {
             WatchStart::Replay(events) => {
-                for e in events {
-                    if !self.send(Ok(event_msg(&e))).await {
-                        return;
+                let groups = if self.coalesce {
+                    batches(events)
+                } else {
+                    events.into_iter().map(|e| vec![e]).collect()
+                };
+                for g in groups {
+                    match self.send_events(g).await {
+                        Some(r) => last = r,
+                        None => return,
                     }
-                    self.shared.metrics.watch_events_sent(1);
-                    last = e.revision;
                 }
             }
             WatchStart::Snapshot {
@@ -272,47 +401,75 @@ impl Pump {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stop = self.stop.clone();
         let mut ready_before = true;
+        // A feed item taken while gathering a batch that did not go in it.
+        let mut held: Option<Result<FeedItem, broadcast::error::RecvError>> = None;
         loop {
-            tokio::select! {
-                item = live.recv() => match item {
+            let wake = match held.take() {
+                Some(item) => Wake::Item(item),
+                None => tokio::select! {
+                    item = live.recv() => Wake::Item(item),
+                    _ = tick.tick() => Wake::Tick,
+                    _ = stopped(&mut stop) => Wake::Stop,
+                },
+            };
+            match wake {
+                Wake::Item(item) => match item {
                     Ok(FeedItem::Event(e)) => {
                         // At or below the cursor: already delivered (a
                         // cursor ahead of this node, or the start overlap).
                         if e.revision <= last {
                             continue;
                         }
-                        if !self.send(Ok(event_msg(&e))).await {
-                            return;
+                        let events = if self.coalesce {
+                            gather(&mut live, e, &mut held)
+                        } else {
+                            vec![e]
+                        };
+                        match self.send_events(events).await {
+                            Some(r) => last = r,
+                            None => return,
                         }
-                        self.shared.metrics.watch_events_sent(1);
-                        last = e.revision;
                     }
                     Ok(FeedItem::Reset { revision }) => {
-                        tracing::info!(last, revision, "state replaced by a snapshot; watcher must resume");
-                        self.shared.metrics.watch_cut("reset");
-                        let _ = self.send(Err(resumable(
-                            tonic::Code::Aborted,
-                            "this node's state was replaced by a snapshot",
+                        tracing::info!(
                             last,
-                        ))).await;
+                            revision,
+                            "state replaced by a snapshot; watcher must resume"
+                        );
+                        self.shared.metrics.watch_cut("reset");
+                        let _ = self
+                            .send(Err(resumable(
+                                tonic::Code::Aborted,
+                                "this node's state was replaced by a snapshot",
+                                last,
+                            )))
+                            .await;
                         return;
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::info!(last, behind = n, "watcher too slow; cut off");
                         self.shared.metrics.watch_cut("slow");
-                        let _ = self.send(Err(resumable(
-                            tonic::Code::Aborted,
-                            "subscriber too slow to keep up",
-                            last,
-                        ))).await;
+                        let _ = self
+                            .send(Err(resumable(
+                                tonic::Code::Aborted,
+                                "subscriber too slow to keep up",
+                                last,
+                            )))
+                            .await;
                         return;
                     }
                     Err(broadcast::error::RecvError::Closed) => {
-                        let _ = self.send(Err(resumable(tonic::Code::Unavailable, "node stopping", last))).await;
+                        let _ = self
+                            .send(Err(resumable(
+                                tonic::Code::Unavailable,
+                                "node stopping",
+                                last,
+                            )))
+                            .await;
                         return;
                     }
                 },
-                _ = tick.tick() => {
+                Wake::Tick => {
                     // Two ticks in a row, so that one blip (a busy moment,
                     // an election) does not end every stream.
                     let ready = self.shared.readiness();
@@ -322,11 +479,13 @@ impl Pump {
                         // the subscriber resumes on another node.
                         tracing::info!(last, reason = %e, "node not ready; ending watcher");
                         self.shared.metrics.watch_cut("not_ready");
-                        let _ = self.send(Err(resumable(
-                            tonic::Code::Unavailable,
-                            &format!("this node cannot vouch for its state ({e})"),
-                            last,
-                        ))).await;
+                        let _ = self
+                            .send(Err(resumable(
+                                tonic::Code::Unavailable,
+                                &format!("this node cannot vouch for its state ({e})"),
+                                last,
+                            )))
+                            .await;
                         return;
                     }
                     let hb = self.heartbeat_msg();
@@ -334,11 +493,162 @@ impl Pump {
                         return;
                     }
                 }
-                _ = stopped(&mut stop) => {
-                    let _ = self.tx.try_send(Err(resumable(tonic::Code::Unavailable, "node stopping", last)));
+                Wake::Stop => {
+                    let _ = self.tx.try_send(Out::Msg(Err(resumable(
+                        tonic::Code::Unavailable,
+                        "node stopping",
+                        last,
+                    ))));
                     return;
                 }
             }
         }
+    }
+}
+
+/// Why a pump woke up.
+enum Wake {
+    Item(Result<FeedItem, broadcast::error::RecvError>),
+    Tick,
+    Stop,
+}
+
+/// `first` and every later event the live feed already holds, within the
+/// batch bounds. Whatever else is taken (an event that does not fit, a
+/// reset, a lag, the end) goes to `held`, handled after the batch is sent.
+fn gather(
+    live: &mut broadcast::Receiver<FeedItem>,
+    first: Arc<RevocationEvent>,
+    held: &mut Option<Result<FeedItem, broadcast::error::RecvError>>,
+) -> Vec<Arc<RevocationEvent>> {
+    use broadcast::error::{RecvError, TryRecvError};
+    let mut batch = Batch::default();
+    let _ = batch.offer(first);
+    while !batch.is_full() {
+        match live.try_recv() {
+            Ok(FeedItem::Event(e)) => {
+                if let Err(e) = batch.offer(e) {
+                    *held = Some(Ok(FeedItem::Event(e)));
+                    break;
+                }
+            }
+            Ok(other) => {
+                *held = Some(Ok(other));
+                break;
+            }
+            Err(TryRecvError::Empty) => break,
+            Err(TryRecvError::Lagged(n)) => {
+                *held = Some(Err(RecvError::Lagged(n)));
+                break;
+            }
+            Err(TryRecvError::Closed) => {
+                *held = Some(Err(RecvError::Closed));
+                break;
+            }
+        }
+    }
+    batch.events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(revision: u64, n: usize) -> Arc<RevocationEvent> {
+        Arc::new(RevocationEvent {
+            revision,
+            revocations: (0..n)
+                .map(|i| Revocation::Jti {
+                    jti: format!("j{revision}-{i}"),
+                    until: 100,
+                })
+                .collect(),
+        })
+    }
+
+    fn revisions(events: &[Arc<RevocationEvent>]) -> Vec<u64> {
+        events.iter().map(|e| e.revision).collect()
+    }
+
+    #[test]
+    fn replay_batches_keep_order_and_bounds() {
+        let events: Vec<_> = (1..=BATCH_EVENTS as u64 * 2 + 3)
+            .map(|r| ev(r, 1))
+            .collect();
+        let groups = batches(events);
+        assert_eq!(
+            groups.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![BATCH_EVENTS, BATCH_EVENTS, 3]
+        );
+        let flat: Vec<u64> = groups.iter().flat_map(|g| revisions(g)).collect();
+        assert_eq!(flat, (1..=BATCH_EVENTS as u64 * 2 + 3).collect::<Vec<_>>());
+        // Revocations bound the batch too; an event larger than the bound
+        // goes alone.
+        let groups = batches(vec![
+            ev(1, 600),
+            ev(2, 600),
+            ev(3, BATCH_REVOCATIONS + 5),
+            ev(4, 1),
+        ]);
+        assert_eq!(
+            groups.iter().map(|g| revisions(g)).collect::<Vec<_>>(),
+            vec![vec![1], vec![2], vec![3], vec![4]]
+        );
+        assert!(batches(Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn batch_message_carries_each_revision_and_the_last_as_its_own() {
+        let m = batch_msg(&[ev(7, 1), ev(9, 2)]);
+        assert_eq!(m.revision, 9);
+        let Some(Kind::RevokedBatch(b)) = m.kind else {
+            panic!("{m:?}")
+        };
+        assert_eq!(
+            b.events
+                .iter()
+                .map(|e| (e.revision, e.revocations.len()))
+                .collect::<Vec<_>>(),
+            vec![(7, 1), (9, 2)]
+        );
+    }
+
+    #[test]
+    fn gather_takes_what_is_queued_and_holds_what_follows() {
+        let (tx, mut rx) = broadcast::channel(16);
+        for r in 2..=4 {
+            tx.send(FeedItem::Event(ev(r, 1))).unwrap();
+        }
+        tx.send(FeedItem::Reset { revision: 9 }).unwrap();
+        tx.send(FeedItem::Event(ev(10, 1))).unwrap();
+        let mut held = None;
+        let got = gather(&mut rx, ev(1, 1), &mut held);
+        assert_eq!(revisions(&got), vec![1, 2, 3, 4]);
+        assert!(matches!(held, Some(Ok(FeedItem::Reset { revision: 9 }))));
+
+        // Nothing queued: the first event alone, nothing held.
+        let (_tx, mut rx) = broadcast::channel::<FeedItem>(4);
+        let mut held = None;
+        assert_eq!(revisions(&gather(&mut rx, ev(1, 1), &mut held)), vec![1]);
+        assert!(held.is_none());
+
+        // An event that does not fit waits for the next batch.
+        let (tx, mut rx) = broadcast::channel(4);
+        tx.send(FeedItem::Event(ev(2, BATCH_REVOCATIONS))).unwrap();
+        let mut held = None;
+        assert_eq!(revisions(&gather(&mut rx, ev(1, 1), &mut held)), vec![1]);
+        assert!(matches!(&held, Some(Ok(FeedItem::Event(e))) if e.revision == 2));
+
+        // A lag is reported after the batch of what was still there.
+        let (tx, mut rx) = broadcast::channel(2);
+        for r in 2..=5 {
+            tx.send(FeedItem::Event(ev(r, 1))).unwrap();
+        }
+        let mut held = None;
+        assert_eq!(revisions(&gather(&mut rx, ev(1, 1), &mut held)), vec![1]);
+        assert!(matches!(
+            held,
+            Some(Err(broadcast::error::RecvError::Lagged(2)))
+        ));
     }
 }

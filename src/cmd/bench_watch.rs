@@ -3,12 +3,17 @@
 //! subscribers spread over the cluster's nodes — the sustained fan-out rate,
 //! and the nodes' memory per subscriber. Bounded in subscribers, revocations
 //! and time; every loop stops by itself.
+//!
+//! `--coalesce both` runs the same load twice in one invocation, first with
+//! subscribers that do not opt in to coalescing (one event per message, as
+//! clients built before it), then with subscribers that do, and prints one
+//! row each: the same-run comparison.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use tessera::pb::token_service_client::TokenServiceClient;
 use tessera::pb::{self, revocation_service_client::RevocationServiceClient, watch_event::Kind};
 use tessera::tls::TlsFiles;
@@ -39,9 +44,30 @@ pub struct BenchWatchArgs {
     /// Revocations per second (paced; 0 = as fast as one client can).
     #[arg(long, default_value_t = 200)]
     rate: u64,
-    /// Upper bound on the whole run, seconds.
+    /// Revocations in flight at most: paced ones are sent without waiting
+    /// for the previous answer, so the rate does not depend on a commit's
+    /// latency (concurrent revocations may share a log entry, so an event
+    /// may carry several). 1: one after the other.
+    #[arg(long, default_value_t = 64)]
+    in_flight: usize,
+    /// Upper bound on each run, seconds.
     #[arg(long, default_value_t = 120)]
     timeout: u64,
+    /// Whether subscribers opt in to coalesced events (`both`: one run
+    /// without, then one with, on the same nodes).
+    #[arg(long, value_enum, default_value_t = Coalesce::Both)]
+    coalesce: Coalesce,
+}
+
+/// Which subscribers a run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Coalesce {
+    /// Opted-in subscribers.
+    On,
+    /// Old-style subscribers: one event per message.
+    Off,
+    /// Off, then on.
+    Both,
 }
 
 fn files(dir: &std::path::Path, name: &str) -> TlsFiles {
@@ -63,6 +89,31 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// CPU seconds (user + system) a process has used; `/proc` counts in
+/// USER_HZ, which is 100 on Linux.
+fn cpu_secs(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+fn nodes_cpu(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|p| cpu_secs(&p.to_string())).sum()
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "?".into())
+}
+
 fn total_rss(pids: &[u32]) -> Option<u64> {
     if pids.is_empty() {
         return None;
@@ -72,7 +123,11 @@ fn total_rss(pids: &[u32]) -> Option<u64> {
 
 /// Runs the benchmark.
 pub async fn run(args: BenchWatchArgs) -> Result<(), CliError> {
-    if args.endpoints.is_empty() || args.subscribers == 0 || args.connections == 0 {
+    if args.endpoints.is_empty()
+        || args.subscribers == 0
+        || args.connections == 0
+        || args.in_flight == 0
+    {
         return Err(CliError::Usage(
             "endpoints, subscribers and connections must be given".into(),
         ));
@@ -80,15 +135,110 @@ pub async fn run(args: BenchWatchArgs) -> Result<(), CliError> {
     inner(args).await.map_err(CliError::Failed)
 }
 
+/// What one run measured.
+struct Row {
+    coalesce: bool,
+    rate: f64,
+    deliveries: u64,
+    messages: u64,
+    p50: f64,
+    p99: f64,
+    max: f64,
+    early: f64,
+    fanout: f64,
+    nodes_cpu: Option<f64>,
+    bench_cpu: Option<f64>,
+    load: String,
+    rss: Option<(u64, u64)>,
+}
+
 async fn inner(args: BenchWatchArgs) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(args.timeout);
-    let rss_before = total_rss(&args.pids);
     let mut chans = Vec::new();
     for e in &args.endpoints {
         for _ in 0..args.connections {
             chans.push(tessera::client::connect(e, &files(&args.certs, "ledger")).await?);
         }
     }
+    let modes: &[bool] = match args.coalesce {
+        Coalesce::On => &[true],
+        Coalesce::Off => &[false],
+        Coalesce::Both => &[false, true],
+    };
+    let mut rows = Vec::new();
+    for &coalesce in modes {
+        rows.push(one_run(&args, &chans, coalesce).await?);
+    }
+    println!(
+        "| coalesce | subscribers | nodes | revocations | rate (/s) | deliveries | revocations/message | p50 (ms) | p99 (ms) | max (ms) | before ack | fan-out (events/s) | nodes' CPU (s) | bench CPU (s) | load avg |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+    for r in &rows {
+        println!(
+            "| {} | {} | {} | {} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} % | {:.0} | {} | {} | {} |",
+            if r.coalesce { "on" } else { "off" },
+            args.subscribers,
+            args.endpoints.len(),
+            args.revocations,
+            r.rate,
+            r.deliveries,
+            r.deliveries as f64 / r.messages.max(1) as f64,
+            r.p50,
+            r.p99,
+            r.max,
+            r.early,
+            r.fanout,
+            opt(r.nodes_cpu),
+            opt(r.bench_cpu),
+            r.load,
+        );
+    }
+    if let Some((a, b)) = rows.first().and_then(|r| r.rss) {
+        println!(
+            "\nnode memory (RSS, all nodes): {} KiB before, {} KiB with {} subscribers: {:.1} KiB per subscriber",
+            a,
+            b,
+            args.subscribers,
+            (b.saturating_sub(a)) as f64 / args.subscribers as f64
+        );
+    }
+    Ok(())
+}
+
+/// Notes the arrival of this run's revocations among `rs`; returns how
+/// many were new.
+fn record(
+    got: &mut [Option<Duration>],
+    prefix: &str,
+    rs: Vec<pb::Revocation>,
+    at: Duration,
+) -> usize {
+    let mut new = 0;
+    for r in rs {
+        if let Some(pb::revocation::Target::Jti(j)) = r.target {
+            if let Some(i) = j.strip_prefix(prefix).and_then(|i| i.parse::<usize>().ok()) {
+                if let Some(slot @ None) = got.get_mut(i) {
+                    *slot = Some(at);
+                    new += 1;
+                }
+            }
+        }
+    }
+    new
+}
+
+/// What one subscriber received: when each revocation arrived (by index),
+/// and how many revocation messages carried them.
+type Got = (Vec<Option<Duration>>, u64);
+
+async fn one_run(
+    args: &BenchWatchArgs,
+    chans: &[tonic::transport::Channel],
+    coalesce: bool,
+) -> anyhow::Result<Row> {
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    let load = loadavg();
+    let rss_before = total_rss(&args.pids);
     let n = args.revocations;
     // Fresh jtis for every run: a revoked jti revoked again is no event.
     let prefix = {
@@ -107,11 +257,15 @@ async fn inner(args: BenchWatchArgs) -> anyhow::Result<()> {
         subs.push(tokio::spawn(async move {
             let mut c = RevocationServiceClient::new(ch);
             let mut s = c
-                .watch_revocations(pb::WatchRequest { from_revision: 0 })
+                .watch_revocations(pb::WatchRequest {
+                    from_revision: 0,
+                    coalesce,
+                })
                 .await?
                 .into_inner();
             let mut got: Vec<Option<Duration>> = vec![None; n];
             let mut count = 0;
+            let mut messages = 0u64;
             let mut announced = false;
             while count < n {
                 let Some(e) = tokio::time::timeout_at(deadline.into(), s.message())
@@ -126,25 +280,20 @@ async fn inner(args: BenchWatchArgs) -> anyhow::Result<()> {
                         let _ = ready.send(()).await;
                     }
                     Some(Kind::Revoked(rs)) => {
+                        messages += 1;
+                        count += record(&mut got, &prefix, rs.revocations, start.elapsed());
+                    }
+                    Some(Kind::RevokedBatch(b)) => {
+                        messages += 1;
                         let at = start.elapsed();
-                        for r in rs.revocations {
-                            if let Some(pb::revocation::Target::Jti(j)) = r.target {
-                                if let Some(i) = j
-                                    .strip_prefix(prefix.as_str())
-                                    .and_then(|i| i.parse::<usize>().ok())
-                                {
-                                    if i < n && got[i].is_none() {
-                                        got[i] = Some(at);
-                                        count += 1;
-                                    }
-                                }
-                            }
+                        for ev in b.events {
+                            count += record(&mut got, &prefix, ev.revocations, at);
                         }
                     }
                     _ => {}
                 }
             }
-            anyhow::Ok(got)
+            anyhow::Ok((got, messages))
         }));
     }
     drop(ready_tx);
@@ -154,38 +303,57 @@ async fn inner(args: BenchWatchArgs) -> anyhow::Result<()> {
             .context("subscribers did not all start in time")?;
     }
     let rss_subscribed = total_rss(&args.pids);
+    let cpu_before = (nodes_cpu(&args.pids), cpu_secs("self"));
 
     // Revocations, paced, on node 1 (followers forward anyway).
-    let mut admin = TokenServiceClient::new(
+    let admin = TokenServiceClient::new(
         tessera::client::connect(&args.endpoints[0], &files(&args.certs, "admin")).await?,
     );
-    let mut acked: Vec<Duration> = Vec::with_capacity(n);
     let pace = (args.rate > 0).then(|| Duration::from_secs_f64(1.0 / args.rate as f64));
     let mut tick = pace.map(tokio::time::interval);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(args.in_flight));
+    let mut revokes = tokio::task::JoinSet::new();
     let send_start = Instant::now();
     for i in 0..n {
         if let Some(t) = tick.as_mut() {
             t.tick().await;
         }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "time limit reached while revoking"
-        );
-        admin
-            .revoke(pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Jti(format!("{prefix}{i}"))),
-            })
+        let slot = tokio::time::timeout_at(deadline.into(), slots.clone().acquire_owned())
             .await
-            .map_err(|s| anyhow::anyhow!("revoke: {s}"))?;
-        acked.push(start.elapsed());
+            .context("time limit reached while revoking")??;
+        let mut admin = admin.clone();
+        let jti = format!("{prefix}{i}");
+        revokes.spawn(async move {
+            let r = tokio::time::timeout_at(
+                deadline.into(),
+                admin.revoke(pb::RevokeRequest {
+                    target: Some(pb::revoke_request::Target::Jti(jti)),
+                }),
+            )
+            .await;
+            drop(slot);
+            let at = start.elapsed();
+            match r {
+                Ok(Ok(_)) => Ok((i, at)),
+                Ok(Err(s)) => Err(anyhow::anyhow!("revoke: {s}")),
+                Err(_) => Err(anyhow::anyhow!("time limit reached while revoking")),
+            }
+        });
+    }
+    let mut acked: Vec<Duration> = vec![Duration::ZERO; n];
+    while let Some(r) = revokes.join_next().await {
+        let (i, at) = r??;
+        acked[i] = at;
     }
     let send_secs = send_start.elapsed().as_secs_f64();
 
     let mut lat_us: Vec<i64> = Vec::with_capacity(n * args.subscribers);
     let mut delivered = 0u64;
+    let mut messages = 0u64;
     let mut last_arrival = Duration::ZERO;
     for s in subs {
-        let got = s.await??;
+        let (got, m): Got = s.await??;
+        messages += m;
         for (i, at) in got.into_iter().enumerate() {
             let at = at.context("missing event")?;
             delivered += 1;
@@ -193,38 +361,29 @@ async fn inner(args: BenchWatchArgs) -> anyhow::Result<()> {
             lat_us.push(at.as_micros() as i64 - acked[i].as_micros() as i64);
         }
     }
+    let cpu_after = (nodes_cpu(&args.pids), cpu_secs("self"));
     lat_us.sort_unstable();
     let pct = |p: f64| -> f64 {
         let i = ((lat_us.len() as f64 * p).ceil() as usize).clamp(1, lat_us.len()) - 1;
         lat_us[i] as f64 / 1000.0
     };
     let early = lat_us.iter().filter(|l| **l < 0).count();
-    let fanout_secs = (last_arrival.as_secs_f64() - acked[0].as_secs_f64()).max(1e-6);
-    println!(
-        "| subscribers | nodes | revocations | rate (/s) | deliveries | p50 (ms) | p99 (ms) | max (ms) | before ack | fan-out (events/s) |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
-    println!(
-        "| {} | {} | {} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {:.1} % | {:.0} |",
-        args.subscribers,
-        args.endpoints.len(),
-        n,
-        n as f64 / send_secs,
-        delivered,
-        pct(0.50),
-        pct(0.99),
-        pct(1.0),
-        100.0 * early as f64 / lat_us.len() as f64,
-        delivered as f64 / fanout_secs,
-    );
-    if let (Some(a), Some(b)) = (rss_before, rss_subscribed) {
-        println!(
-            "\nnode memory (RSS, all nodes): {} KiB before, {} KiB with {} subscribers: {:.1} KiB per subscriber",
-            a,
-            b,
-            args.subscribers,
-            (b.saturating_sub(a)) as f64 / args.subscribers as f64
-        );
-    }
-    Ok(())
+    let first_ack = acked.iter().min().copied().unwrap_or_default();
+    let fanout_secs = (last_arrival.as_secs_f64() - first_ack.as_secs_f64()).max(1e-6);
+    let diff = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
+    Ok(Row {
+        coalesce,
+        rate: n as f64 / send_secs,
+        deliveries: delivered,
+        messages,
+        p50: pct(0.50),
+        p99: pct(0.99),
+        max: pct(1.0),
+        early: 100.0 * early as f64 / lat_us.len() as f64,
+        fanout: delivered as f64 / fanout_secs,
+        nodes_cpu: diff(cpu_before.0, cpu_after.0),
+        bench_cpu: diff(cpu_before.1, cpu_after.1),
+        load,
+        rss: rss_before.zip(rss_subscribed),
+    })
 }

@@ -1,4 +1,6 @@
-//! `tessera watch`: prints the revocation stream as JSON lines.
+//! `tessera watch`: prints the revocation stream as JSON lines, one per
+//! event: with `--coalesce` the node may send several events per message,
+//! and each is still printed on its own line, as without it.
 
 use clap::Args;
 use tessera::pb::{self, revocation_service_client::RevocationServiceClient, watch_event::Kind};
@@ -20,6 +22,11 @@ pub struct WatchArgs {
     /// Leave out heartbeats.
     #[arg(long)]
     no_heartbeats: bool,
+    /// Ask the node to coalesce events (several per message when this
+    /// subscriber is behind); the output is the same, one line per event.
+    /// `--max-messages` then counts lines.
+    #[arg(long)]
+    coalesce: bool,
 }
 
 fn revocation_json(r: &pb::Revocation) -> serde_json::Value {
@@ -36,14 +43,38 @@ fn revocation_json(r: &pb::Revocation) -> serde_json::Value {
     }
 }
 
-/// The JSON line for one stream message.
+fn revoked_json(revision: u64, rs: &[pb::Revocation]) -> serde_json::Value {
+    let list: Vec<serde_json::Value> = rs.iter().map(revocation_json).collect();
+    serde_json::json!({ "type": "revoked", "revision": revision, "revocations": list })
+}
+
+/// The JSON lines for one stream message: one per event, so a coalesced
+/// batch prints exactly what one message per event would.
+pub fn event_lines(e: &pb::WatchEvent) -> Vec<serde_json::Value> {
+    match &e.kind {
+        Some(Kind::RevokedBatch(b)) => b
+            .events
+            .iter()
+            .map(|ev| revoked_json(ev.revision, &ev.revocations))
+            .collect(),
+        _ => vec![event_json(e)],
+    }
+}
+
+/// The JSON line for one stream message (a batch as one object).
 pub fn event_json(e: &pb::WatchEvent) -> serde_json::Value {
     let list = |rs: &pb::Revocations| -> Vec<serde_json::Value> {
         rs.revocations.iter().map(revocation_json).collect()
     };
     match &e.kind {
-        Some(Kind::Revoked(rs)) => {
-            serde_json::json!({ "type": "revoked", "revision": e.revision, "revocations": list(rs) })
+        Some(Kind::Revoked(rs)) => revoked_json(e.revision, &rs.revocations),
+        Some(Kind::RevokedBatch(b)) => {
+            let events: Vec<serde_json::Value> = b
+                .events
+                .iter()
+                .map(|ev| revoked_json(ev.revision, &ev.revocations))
+                .collect();
+            serde_json::json!({ "type": "revoked_batch", "revision": e.revision, "events": events })
         }
         Some(Kind::Snapshot(rs)) => {
             serde_json::json!({ "type": "snapshot", "revision": e.revision, "revocations": list(rs) })
@@ -65,6 +96,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     let mut stream = client
         .watch_revocations(pb::WatchRequest {
             from_revision: args.from,
+            coalesce: args.coalesce,
         })
         .await
         .map_err(status_err)?
@@ -77,11 +109,17 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
         };
         match msg {
             Ok(Some(e)) => {
-                let heartbeat = matches!(e.kind, Some(Kind::Heartbeat(_)));
-                if !(heartbeat && args.no_heartbeats) {
-                    println!("{}", event_json(&e));
+                if matches!(e.kind, Some(Kind::Heartbeat(_))) && args.no_heartbeats {
+                    seen += 1;
+                } else {
+                    for line in event_lines(&e) {
+                        println!("{line}");
+                        seen += 1;
+                        if args.max_messages > 0 && seen >= args.max_messages {
+                            return Ok(());
+                        }
+                    }
                 }
-                seen += 1;
                 if args.max_messages > 0 && seen >= args.max_messages {
                     return Ok(());
                 }

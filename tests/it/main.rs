@@ -21,6 +21,7 @@ mod t82_consistency;
 mod t83_learners;
 mod t83_read_rounds;
 mod t85_watch;
+mod t86_coalesce;
 mod t88_cutoffs;
 mod t90_kill9;
 mod t92_pause;

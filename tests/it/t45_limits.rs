@@ -78,7 +78,10 @@ async fn one_caller_could_take_every_watch_slot() {
         async move {
             let ch = c.channel_as(1, &c.files(name)).await;
             RevocationServiceClient::new(ch)
-                .watch_revocations(pb::WatchRequest { from_revision: 0 })
+                .watch_revocations(pb::WatchRequest {
+                    from_revision: 0,
+                    ..Default::default()
+                })
                 .await
         }
     };

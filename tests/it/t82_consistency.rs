@@ -111,7 +111,10 @@ async fn an_isolated_leader_never_answers_active_for_a_token_revoked_on_the_majo
     assert!(before.active && before.linearizable);
     // A subscriber on the old leader, before the partition.
     let mut sub = RevocationServiceClient::new(c.channel_as(old, &c.files("ledger")).await)
-        .watch_revocations(pb::WatchRequest { from_revision: 0 })
+        .watch_revocations(pb::WatchRequest {
+            from_revision: 0,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -155,7 +158,10 @@ async fn an_isolated_leader_never_answers_active_for_a_token_revoked_on_the_majo
         .is_some());
     // New subscribers and JWKS requests are refused.
     let refused = RevocationServiceClient::new(c.channel_as(old, &c.files("ledger")).await)
-        .watch_revocations(pb::WatchRequest { from_revision: 0 })
+        .watch_revocations(pb::WatchRequest {
+            from_revision: 0,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable);
@@ -264,7 +270,10 @@ async fn a_wiped_node_serves_no_empty_state_before_it_is_re_added() {
         .into_inner();
     assert!(!s.leader_known, "{s:?}");
     let w = RevocationServiceClient::new(c.channel_as(wiped, &c.files("ledger")).await)
-        .watch_revocations(pb::WatchRequest { from_revision: 0 })
+        .watch_revocations(pb::WatchRequest {
+            from_revision: 0,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(w.code(), Code::Unavailable, "{w:?}");

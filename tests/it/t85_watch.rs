@@ -22,6 +22,7 @@ async fn watch_with(ch: Channel, from: u64) -> Stream {
     RevocationServiceClient::new(ch)
         .watch_revocations(pb::WatchRequest {
             from_revision: from,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -37,6 +38,7 @@ async fn resume_with(ch: &Channel, from: u64) -> Stream {
         match RevocationServiceClient::new(ch.clone())
             .watch_revocations(pb::WatchRequest {
                 from_revision: from,
+                ..Default::default()
             })
             .await
         {
@@ -135,6 +137,10 @@ async fn read_until(
                         seen.snapshot = Some((e.revision, std::mem::take(&mut pending_snapshot)));
                     }
                     Some(Kind::Heartbeat(_)) => seen.heartbeats.push(e),
+                    // These subscribers do not opt in to coalescing.
+                    Some(Kind::RevokedBatch(_)) => {
+                        panic!("a batch sent to an old-style subscriber")
+                    }
                     None => panic!("empty event"),
                 },
                 Ok(None) => return Some(tonic::Status::ok("ended")),
@@ -404,7 +410,10 @@ async fn subscriber_limit_and_heartbeats_without_a_leader() {
     let _b = watch_on(&c, f, 0).await;
     let ch = c.channel_as(f, &c.files("ledger")).await;
     let e = RevocationServiceClient::new(ch)
-        .watch_revocations(pb::WatchRequest { from_revision: 0 })
+        .watch_revocations(pb::WatchRequest {
+            from_revision: 0,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted);

@@ -194,6 +194,7 @@ async fn a_restore_keeps_every_revocation_and_revives_no_token() {
     let mut events = rc
         .watch_revocations(pb::WatchRequest {
             from_revision: late.revision,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -4,7 +4,10 @@
 //!
 //! One background task owns the subscription. It subscribes with
 //! `from_revision` = the last revision it applied (0 at first, which asks
-//! for a snapshot), applies what the stream sends, and when the stream ends
+//! for a snapshot) and `coalesce` set (a node may then send several events
+//! in one `revoked_batch` message; a node that predates the flag sends one
+//! `revoked` message per event, and both are applied alike, event by
+//! event), applies what the stream sends, and when the stream ends
 //! for any reason (`ABORTED` with `x-tessera-resume-from`, `UNAVAILABLE`,
 //! a reset connection, a node that went silent) subscribes again, from its
 //! own last revision, on the next endpoint in turn, after a short backoff
@@ -269,15 +272,21 @@ impl Session {
                 if self.snapshot.is_some() {
                     return Err(ProtocolError::EventDuringSnapshot);
                 }
-                if revision <= st.revision {
-                    return Ok(Step::Nothing);
+                Ok(apply_event(st, revision, rs.revocations))
+            }
+            Some(Kind::RevokedBatch(batch)) => {
+                if self.snapshot.is_some() {
+                    return Err(ProtocolError::EventDuringSnapshot);
                 }
-                for r in rs.revocations {
-                    st.entries.add(r, revision);
+                // Each event on its own, in order, exactly as if it had
+                // come in its own message.
+                let mut step = Step::Nothing;
+                for e in batch.events {
+                    if let applied @ Step::Applied(_) = apply_event(st, e.revision, e.revocations) {
+                        step = applied;
+                    }
                 }
-                st.revision = revision;
-                st.synced = true;
-                Ok(Step::Applied(revision))
+                Ok(step)
             }
             Some(Kind::Snapshot(rs)) => {
                 let (entries, received) = self.snapshot.get_or_insert_with(Default::default);
@@ -314,6 +323,19 @@ impl Session {
             None => Ok(Step::Nothing),
         }
     }
+}
+
+/// Applies one revocation event unless the cache already has its revision.
+fn apply_event(st: &mut CacheState, revision: u64, revocations: Vec<pb::Revocation>) -> Step {
+    if revision <= st.revision {
+        return Step::Nothing;
+    }
+    for r in revocations {
+        st.entries.add(r, revision);
+    }
+    st.revision = revision;
+    st.synced = true;
+    Step::Applied(revision)
 }
 
 /// What waiters on the cache watch.
@@ -811,7 +833,10 @@ impl Runner {
         };
         let from_revision = self.shared.read().revision;
         let mut client = pb::revocation_service_client::RevocationServiceClient::new(channel);
-        let request = pb::WatchRequest { from_revision };
+        let request = pb::WatchRequest {
+            from_revision,
+            coalesce: true,
+        };
         let response =
             tokio::time::timeout(self.idle_timeout, client.watch_revocations(request)).await;
         let mut stream = match response {
@@ -1284,3 +1309,7 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+#[path = "cache_coalesce_tests.rs"]
+mod coalesce_tests;

@@ -127,7 +127,10 @@ async fn a_learner_serves_linearizable_reads_exchanges_and_streams_without_promo
         .unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     let e = RevocationServiceClient::new(c.channel_as(4, &c.files("ledger")).await)
-        .watch_revocations(pb::WatchRequest { from_revision: 0 })
+        .watch_revocations(pb::WatchRequest {
+            from_revision: 0,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
@@ -160,6 +163,7 @@ async fn a_learner_serves_linearizable_reads_exchanges_and_streams_without_promo
     let mut stream = RevocationServiceClient::new(c.channel_as(4, &c.files("ledger")).await)
         .watch_revocations(pb::WatchRequest {
             from_revision: from,
+            ..Default::default()
         })
         .await
         .unwrap()

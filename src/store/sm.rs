@@ -190,7 +190,8 @@ impl StateMachine {
 /// events live, or both after it.
 fn apply_to(st: &mut State, feed: &Feed, entries: &[Entry]) -> (Vec<CommandResponse>, u64) {
     let mut touched = Touched::default();
-    let responses: Vec<CommandResponse> = entries.iter().map(|e| st.apply(e, &mut touched)).collect();
+    let responses: Vec<CommandResponse> =
+        entries.iter().map(|e| st.apply(e, &mut touched)).collect();
     feed.push(std::mem::take(&mut touched.events));
     (responses, st.revision())
 }
@@ -391,7 +392,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // backup); then on a blocking thread, so the runtime never waits.
         let inline = match self.state.try_write() {
             Ok(mut st) => Some(apply_to(&mut st, &self.feed, &entries)),
-            Err(TryLockError::Poisoned(p)) => Some(apply_to(&mut p.into_inner(), &self.feed, &entries)),
+            Err(TryLockError::Poisoned(p)) => {
+                Some(apply_to(&mut p.into_inner(), &self.feed, &entries))
+            }
             Err(TryLockError::WouldBlock) => None,
         };
         let (entries, (responses, revision)) = match inline {

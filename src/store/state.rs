@@ -17,6 +17,8 @@ mod jtis;
 mod keys;
 pub(crate) mod legacy;
 
+#[cfg(test)]
+pub(crate) use self::jtis::encode_id;
 pub(crate) use self::jtis::Jtis;
 use self::jtis::Raised;
 use super::feed::Revocation;

@@ -30,7 +30,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
-use super::jtis::Id;
+use super::jtis::{Id, Other};
 use super::{Cutoff, Policy, State};
 use crate::raft::{KeyRecord, LogId, StoredMembership};
 use crate::store::StoreError;
@@ -67,7 +67,7 @@ pub(crate) struct Export {
     subjects: Vec<(String, Cutoff)>,
     clients: Vec<(String, Cutoff)>,
     ids: Vec<(Id, u64)>,
-    other: Vec<(Box<str>, u64)>,
+    other: Vec<Other>,
 }
 
 impl State {
@@ -150,7 +150,7 @@ impl Export {
 
     /// Writes the copy in format 2, sorting the jtis first. Blocking.
     pub(crate) fn write(mut self, w: &mut impl Write) -> Result<(), StoreError> {
-        self.ids.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        self.ids.sort_unstable_by_key(|e| e.0);
         self.other.sort_unstable();
         let head = serde_json::to_vec(&self.head).map_err(StoreError::Encode)?;
         let mut go = || -> std::io::Result<()> {
@@ -197,10 +197,7 @@ pub(crate) fn read(r: &mut impl Read) -> Result<State, StoreError> {
     }
     let len = u64::from_le_bytes(array(&mut r)?);
     let mut head = Vec::new();
-    (&mut r)
-        .take(len)
-        .read_to_end(&mut head)
-        .map_err(io_err)?;
+    (&mut r).take(len).read_to_end(&mut head).map_err(io_err)?;
     if head.len() as u64 != len {
         return Err(bad("truncated head"));
     }
@@ -357,7 +354,8 @@ mod tests {
         for i in 0..300u32 {
             let mut id = [0u8; 16];
             id[..4].copy_from_slice(&i.wrapping_mul(2_654_435_761).to_be_bytes());
-            st.jtis.raise(&super::super::jtis::encode_id(&id), 1_000 + u64::from(i));
+            st.jtis
+                .raise(&super::super::jtis::encode_id(&id), 1_000 + u64::from(i));
             st.jtis.raise(&format!("custom-{i}"), 2_000);
         }
         st.subjects.insert(
@@ -411,7 +409,10 @@ mod tests {
             },
             ..State::default()
         };
-        assert_eq!(bytes(&minted_only).len(), bytes(&State::default()).len() + 24);
+        assert_eq!(
+            bytes(&minted_only).len(),
+            bytes(&State::default()).len() + 24
+        );
     }
 
     #[test]

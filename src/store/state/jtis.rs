@@ -19,6 +19,9 @@ use std::collections::HashMap;
 /// A jti in the minted form, as its 16 bytes.
 pub(crate) type Id = [u8; 16];
 
+/// A jti in any other form, with its `until`.
+pub(crate) type Other = (Box<str>, u64);
+
 /// Revoked jtis and when each may be forgotten.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Jtis {
@@ -123,7 +126,6 @@ impl Jtis {
     }
 
     /// Whether none is held.
-    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -132,13 +134,7 @@ impl Jtis {
     pub(crate) fn raise(&mut self, jti: &str, until: u64) -> Raised {
         let slot = match decode_id(jti) {
             Some(id) => self.ids.entry(id),
-            None => {
-                return raise_in(
-                    self.other.entry(jti.into()),
-                    until,
-                    &mut self.min_until,
-                )
-            }
+            None => return raise_in(self.other.entry(jti.into()), until, &mut self.min_until),
         };
         raise_in(slot, until, &mut self.min_until)
     }
@@ -171,7 +167,7 @@ impl Jtis {
         };
         self.ids.retain(|_, u| keep(u));
         self.other.retain(|_, u| keep(u));
-        self.min_until = (self.len() > 0).then_some(min);
+        self.min_until = (!self.is_empty()).then_some(min);
         (before - self.len()) as u64
     }
 
@@ -184,7 +180,7 @@ impl Jtis {
 
     /// A copy of every entry, for writing out once a lock is released:
     /// (minted ids, other strings), unsorted.
-    pub(crate) fn export(&self) -> (Vec<(Id, u64)>, Vec<(Box<str>, u64)>) {
+    pub(crate) fn export(&self) -> (Vec<(Id, u64)>, Vec<Other>) {
         (
             self.ids.iter().map(|(k, v)| (*k, *v)).collect(),
             self.other.iter().map(|(k, v)| (k.clone(), *v)).collect(),

@@ -15,12 +15,7 @@ use crate::raft::{KeyState, Op};
 
 /// Applies a key command at log `index` with leader time `at`; returns how
 /// many keys changed. Other commands change nothing.
-pub(super) fn apply(
-    state: &mut State,
-    index: u64,
-    at: u64,
-    op: &Op,
-) -> u64 {
+pub(super) fn apply(state: &mut State, index: u64, at: u64, op: &Op) -> u64 {
     let changed = match op {
         Op::AddPendingKey {
             key,

@@ -22,10 +22,9 @@
 //! installed or built snapshot's pointer) is followed by a flush *and* an
 //! fsync of sled's data file before it is acknowledged; a snapshot file is
 //! fsynced, renamed and its directory fsynced before the pointer names it.
-//! Applying entries writes nothing: after a restart the state is decoded
-//! from the snapshot and openraft re-applies the log from there up to the
-//! saved committed id (the log is never purged beyond the durable
-//! snapshot). The restart cost is bounded by the snapshot policy
+//! Applying entries writes nothing: at open the state is decoded from the
+//! snapshot and the log after it is re-applied up to the saved committed
+//! id (the log is never purged beyond the durable snapshot). The restart cost is bounded by the snapshot policy
 //! (`snapshot_every` entries at most after the snapshot).
 //!
 //! All sled and file work runs on tokio's blocking pool.
@@ -116,8 +115,14 @@ pub fn open_with(
     faults: StoreFaults,
 ) -> Result<(LogStore, StateMachine, StateView), StoreError> {
     let db = Arc::new(db::Db::open_with(path, faults)?);
-    let (sm, view) = StateMachine::load(db.clone(), feed)?;
-    tracing::info!(path = %path.display(), "store opened");
+    let (mut sm, view) = StateMachine::load(db.clone(), feed)?;
+    let replayed = sm.replay_committed()?;
+    tracing::info!(
+        path = %path.display(),
+        replayed,
+        applied = view.revision(),
+        "store opened"
+    );
     Ok((LogStore::new(db), sm, view))
 }
 
@@ -358,10 +363,12 @@ mod tests {
             log.closed_signal()
         };
         let (mut log, mut sm, view) = reopen(closed, dir.path()).await;
-        // The snapshot's state, before Raft starts...
-        assert_eq!(view.revision(), 5);
+        // The snapshot's state plus the committed log after it, before Raft
+        // starts...
+        assert_workload_state(&view);
+        assert_eq!(*view.watch_revision().borrow(), 10);
         let (applied, membership) = sm.applied_state().await.unwrap();
-        assert_eq!(applied, Some(log_id(1, 1, 5)));
+        assert_eq!(applied, Some(log_id(1, 1, 10)));
         assert_eq!(membership.log_id(), &Some(log_id(1, 1, 1)));
         assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(4, 2)));
         assert_eq!(
@@ -370,7 +377,7 @@ mod tests {
         );
         let entries = log.try_get_log_entries(1..).await.unwrap();
         assert_eq!(entries, workload());
-        // ...and everything once it re-applied the committed log.
+        // ...and Raft finds nothing left to re-apply.
         start_like_raft(&mut log, &mut sm).await;
         assert_workload_state(&view);
         assert_eq!(*view.watch_revision().borrow(), 10);
@@ -404,7 +411,7 @@ mod tests {
             log.closed_signal()
         };
         let (mut log, mut sm, view) = reopen(closed, dir.path()).await;
-        assert_eq!(view.revision(), 10);
+        assert_eq!(view.revision(), 50);
         start_like_raft(&mut log, &mut sm).await;
         assert_eq!(view.revision(), 50);
         assert!(view.is_revoked(&["j-live"], "x", "y", 1, None));

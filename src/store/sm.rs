@@ -5,11 +5,14 @@
 //! disk. What survives a restart is the current snapshot, a file (see
 //! [`snapfile`](super::snapfile)) that is durable before sled's pointer
 //! to it is written, plus the Raft log after it: at open the state is
-//! decoded from the snapshot, [`RaftStateMachine::applied_state`] answers
-//! the snapshot's last log id, and openraft re-applies the log from there
-//! up to the saved committed id. Raft purges the log only up to a snapshot
+//! decoded from the snapshot and the log after it is re-applied up to the
+//! saved committed id ([`StateMachine::replay_committed`]; openraft would
+//! do the same from [`RaftStateMachine::applied_state`], but the node reads
+//! the state before Raft starts). Raft purges the log only up to a snapshot
 //! it was handed (built or installed, so already durable), so the entries
-//! after the snapshot are always there.
+//! after the snapshot are always there. The committed id is saved without
+//! an fsync of its own: after a crash it may be older, and the rest is
+//! applied once the leader says it is committed, as on any follower.
 //!
 //! Data directories of older nodes mirrored the state in sled trees, one
 //! key per revocation; their state is read once at open, written as a
@@ -45,6 +48,9 @@ const K_SNAP_DATA: &str = "data";
 
 /// Buffer size of snapshot file writes.
 const IO_BUF: usize = 256 * 1024;
+
+/// Log entries read at a time when re-applying the log at open.
+const REPLAY_CHUNK: u64 = 512;
 
 /// Snapshot meta for this type configuration.
 type Meta = SnapshotMeta<NodeId, crate::raft::NodeInfo>;
@@ -176,6 +182,41 @@ impl StateMachine {
             counters: counters.clone(),
         };
         Ok((sm, StateView::new(state, rx, feed, counters)))
+    }
+
+    /// Re-applies the log after the snapshot up to the saved committed id,
+    /// so that the state is whole when the store opens (start-up checks,
+    /// such as the node's KEK check, read it before Raft runs; openraft
+    /// then finds nothing left to re-apply). Returns how many entries it
+    /// applied. Blocking.
+    pub(crate) fn replay_committed(&mut self) -> Result<u64, StoreError> {
+        let Some(committed) = super::log::saved_committed(&self.db)? else {
+            return Ok(0);
+        };
+        let mut st = write(&self.state);
+        let mut next = st.last_applied.map_or(0, |l| l.index + 1);
+        let mut applied = 0;
+        while next <= committed.index {
+            let hi = committed.index.saturating_add(1).min(next + REPLAY_CHUNK);
+            let entries = super::log::read_entries(&self.db, next, Some(hi), usize::MAX)?;
+            let whole = entries.len() as u64 == hi - next
+                && entries.iter().zip(next..).all(|(e, i)| e.log_id.index == i);
+            if !whole {
+                return Err(StoreError::Corrupt {
+                    tree: db::T_LOG,
+                    reason: format!(
+                        "committed entries {next}..{hi} are not all in the log (committed {committed})"
+                    ),
+                });
+            }
+            apply_to(&mut st, &self.feed, &entries);
+            applied += entries.len() as u64;
+            next = hi;
+        }
+        let revision = st.revision();
+        drop(st);
+        self.revision.send_replace(revision);
+        Ok(applied)
     }
 
     /// How many fsyncs of the database have completed since it was opened.

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! TESSERA-BACKUP 1 {"cluster_id":…,"revision":…,"length":…,"sha256":…,…}\n
-//! <body: the state, in the snapshot encoding>
+//! <body: the state, in the snapshot encoding (src/store/state/body.rs)>
 //! ```
 //!
 //! The header names the cluster, the revision the state is at, and the
@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use super::db::Db;
 use super::sm::{self, read};
-use super::state::{State, Touched};
+use super::state::{body, State, Touched};
 use super::{StateView, StoreError};
 use crate::raft::{Command, Entry, KeyRecord, LogId, NodeId, NodeInfo, Op};
 
@@ -105,30 +105,35 @@ impl<W: Write> Write for Hashing<W> {
 
 impl StateView {
     /// Writes the current state as a backup body to `out` (a consistent
-    /// point: under the state's read lock) and returns its header. Blocking.
+    /// point: copied under the state's read lock, written after it) and
+    /// returns its header. Blocking.
     pub fn write_backup(
         &self,
         out: &mut dyn Write,
         node_id: u64,
         now: u64,
     ) -> Result<BackupHeader, StoreError> {
-        let st = read(self.state());
+        let export = read(self.state()).export();
         let mut w = Hashing {
             inner: BufWriter::with_capacity(256 * 1024, out),
             ctx: digest::Context::new(&digest::SHA256),
             len: 0,
         };
-        sm::write_body(&mut w, &st)?;
+        let cluster_id = export.cluster_id().to_owned();
+        let revision = export.revision();
+        let revocations = export.revocation_count() as u64;
+        let keys = export.key_count() as u64;
+        export.write(&mut w)?;
         w.flush().map_err(|e| StoreError::Snapshot(e.to_string()))?;
         Ok(BackupHeader {
-            cluster_id: st.cluster_id.clone(),
-            revision: st.revision(),
+            cluster_id,
+            revision,
             node_id,
             created_at: now,
             length: w.len,
             sha256: hex(w.ctx.finish().as_ref()),
-            revocations: st.revocation_count() as u64,
-            keys: st.keys.len() as u64,
+            revocations,
+            keys,
         })
     }
 }
@@ -220,8 +225,8 @@ fn read_file(path: &Path) -> Result<(BackupHeader, State), StoreError> {
     let header = read_header(&mut r)?;
     let mut body = Body::new(r, &header);
     // A decode error is reported after the checksum: a damaged file says
-    // so rather than showing a JSON error.
-    let decoded = sm::read_body(&mut body);
+    // so rather than showing a decoding error.
+    let decoded = body::read(&mut body);
     body.check(&header)?;
     let state = decoded?;
     if state.revision() != header.revision || state.cluster_id != header.cluster_id {

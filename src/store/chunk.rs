@@ -26,12 +26,6 @@ use super::StoreError;
 /// Largest value stored in one piece, and the size of every chunk.
 pub(crate) const CHUNK: usize = 4 * 1024;
 
-/// How many chunk keys a rewrite clears when the writer cannot cheaply
-/// know how many the previous value had (the policy): enough for 8 MiB.
-/// Chunks past it could only be left unread, never misread: the manifest
-/// says how many belong to the value.
-pub(crate) const SWEEP_CHUNKS: u32 = 2048;
-
 /// First byte of a manifest. Stored values are JSON, which never starts
 /// with a zero byte.
 const MANIFEST: u8 = 0;

@@ -23,7 +23,10 @@ pub const LIVE_BUFFER: usize = 1024;
 /// Sizes of a feed.
 #[derive(Debug, Clone, Copy)]
 pub struct FeedSizes {
-    /// Recent events kept for watchers that resume.
+    /// Recent events kept for watchers that resume; also the most
+    /// revocations those events may carry together (batch entries carry
+    /// many: without this bound a million revocations in 100k-event
+    /// window would all be held twice, in the state and here).
     pub window: usize,
     /// Events a watcher may fall behind before it is cut off.
     pub live_buffer: usize,
@@ -135,6 +138,8 @@ struct Inner {
     ring: VecDeque<Arc<RevocationEvent>>,
     window_start: u64,
     capacity: usize,
+    /// Revocations the events in `ring` carry together.
+    held: usize,
 }
 
 impl Feed {
@@ -146,6 +151,7 @@ impl Feed {
                 ring: VecDeque::new(),
                 window_start: revision,
                 capacity: capacity.max(1),
+                held: 0,
             }),
             tx,
         }
@@ -160,12 +166,17 @@ impl Feed {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         for ev in events {
             let ev = Arc::new(ev);
-            if inner.ring.len() == inner.capacity {
+            inner.held += ev.revocations.len();
+            inner.ring.push_back(ev.clone());
+            // The newest event always stays, however many it carries.
+            while inner.ring.len() > 1
+                && (inner.ring.len() > inner.capacity || inner.held > inner.capacity)
+            {
                 if let Some(old) = inner.ring.pop_front() {
+                    inner.held -= old.revocations.len();
                     inner.window_start = old.revision;
                 }
             }
-            inner.ring.push_back(ev.clone());
             // No receivers is fine: nobody is watching.
             let _ = self.tx.send(FeedItem::Event(ev));
         }
@@ -176,6 +187,7 @@ impl Feed {
     pub(crate) fn reset(&self, revision: u64) {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         inner.ring.clear();
+        inner.held = 0;
         inner.window_start = revision;
         let _ = self.tx.send(FeedItem::Reset { revision });
     }
@@ -228,6 +240,41 @@ mod tests {
                 jti: jti.into(),
                 until: 100,
             }],
+        }
+    }
+
+    // Batch entries carry many revocations each: the window bounds the
+    // revocations held too, so the feed never holds a second copy of a
+    // large state.
+    #[test]
+    fn the_window_bounds_revocations_not_only_events() {
+        let feed = Feed::new(
+            10,
+            FeedSizes {
+                window: 4,
+                live_buffer: LIVE_BUFFER,
+            },
+        );
+        let batch = |revision, n| RevocationEvent {
+            revision,
+            revocations: (0..n)
+                .map(|i| Revocation::Jti {
+                    jti: format!("j{revision}-{i}"),
+                    until: 1,
+                })
+                .collect(),
+        };
+        feed.push(vec![batch(11, 2), batch(12, 2)]);
+        assert_eq!(feed.window_start(), 10);
+        feed.push(vec![batch(13, 1)]);
+        // 5 revocations > 4: the oldest event goes.
+        assert_eq!(feed.window_start(), 11);
+        // One event above the bound still stays, alone.
+        feed.push(vec![batch(14, 9)]);
+        assert_eq!(feed.window_start(), 13);
+        match feed.watch(&State::default(), 13).start {
+            WatchStart::Replay(evs) => assert_eq!(evs.len(), 1),
+            other => panic!("{other:?}"),
         }
     }
 

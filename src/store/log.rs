@@ -243,7 +243,12 @@ fn index_bounds<RB: RangeBounds<u64>>(range: &RB) -> Option<(u64, Option<u64>)> 
     }
 }
 
-fn read_entries(db: &Db, lo: u64, hi: Option<u64>, limit: usize) -> Result<Vec<Entry>, StoreError> {
+pub(crate) fn read_entries(
+    db: &Db,
+    lo: u64,
+    hi: Option<u64>,
+    limit: usize,
+) -> Result<Vec<Entry>, StoreError> {
     let start = db::index_key(lo);
     let iter = match hi {
         Some(hi) => db.log.range(start..db::index_key(hi)),
@@ -294,6 +299,11 @@ fn log_state(db: &Db) -> Result<LogState<TypeConfig>, StoreError> {
         last_purged_log_id: last_purged,
         last_log_id: last,
     })
+}
+
+/// The committed log id last saved (see `save_committed`). Blocking.
+pub(crate) fn saved_committed(db: &Db) -> Result<Option<LogId>, StoreError> {
+    Ok(db::get::<Option<LogId>>(&db.log_meta, db::T_LOG_META, K_COMMITTED)?.flatten())
 }
 
 /// Removes entries at and after `index`. Blocking.

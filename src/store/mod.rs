@@ -7,22 +7,25 @@
 //! One sled database per node, with a tree per concern: log entries
 //! (big-endian index keys), log meta (vote, committed, last purged, and the
 //! data's incarnation: a random number drawn when the database is created,
-//! see [`LogStore::incarnation`]), one tree
-//! per kind of state-machine data (revoked jtis, subject cut-offs, client
-//! cut-offs, keys, policy, meta) and the current snapshot. Values are JSON;
-//! none is larger than 4 KiB: bigger ones (the snapshot, large log entries,
-//! the policy) are stored in chunks, because sled 0.34 writes large values
-//! to blob files it never fsyncs (see [`chunk`]).
+//! see [`LogStore::incarnation`]) and a pointer to the current snapshot,
+//! whose bytes are a file in `snapshots/` ([`snapfile`]). Values are at
+//! most 4 KiB: bigger ones (large log entries) are stored in chunks,
+//! because sled 0.34 writes large values to blob files it never fsyncs (see
+//! [`chunk`]). The applied state is not in sled: it is the snapshot plus
+//! the log after it (older nodes mirrored it in per-revocation trees; those
+//! are migrated once at open, see [`sm`]).
 //!
 //! # Durability
 //!
 //! sled 0.34's `flush()` does not reach the disk, so every write Raft must
 //! find after a crash (appended entries, the vote, truncation, purge, an
-//! installed or built snapshot) is followed by a flush *and* an fsync of
-//! sled's data file before it is acknowledged. Applied state is written in
-//! one transaction per batch with its `last_applied`, but not fsynced: after
-//! a crash it may be a few batches behind, and Raft re-applies them from the
-//! log (which is never purged beyond the durable snapshot).
+//! installed or built snapshot's pointer) is followed by a flush *and* an
+//! fsync of sled's data file before it is acknowledged; a snapshot file is
+//! fsynced, renamed and its directory fsynced before the pointer names it.
+//! Applying entries writes nothing: at open the state is decoded from the
+//! snapshot and the log after it is re-applied up to the saved committed
+//! id (the log is never purged beyond the durable snapshot). The restart cost is bounded by the snapshot policy
+//! (`snapshot_every` entries at most after the snapshot).
 //!
 //! All sled and file work runs on tokio's blocking pool.
 
@@ -116,8 +119,14 @@ pub fn open_with(
     faults: StoreFaults,
 ) -> Result<(LogStore, StateMachine, StateView), StoreError> {
     let db = Arc::new(db::Db::open_with(path, faults)?);
-    let (sm, view) = StateMachine::load(db.clone(), feed)?;
-    tracing::info!(path = %path.display(), "store opened");
+    let (mut sm, view) = StateMachine::load(db.clone(), feed)?;
+    let replayed = sm.replay_committed()?;
+    tracing::info!(
+        path = %path.display(),
+        replayed,
+        applied = view.revision(),
+        "store opened"
+    );
     Ok((LogStore::new(db), sm, view))
 }
 
@@ -327,29 +336,97 @@ mod tests {
         when_unlocked(|| open(dir)).await
     }
 
+    /// What openraft does when a node starts: re-apply the committed log
+    /// after the state machine's applied id (the snapshot's).
+    async fn start_like_raft(log: &mut LogStore, sm: &mut StateMachine) {
+        openraft::storage::StorageHelper::new(log, sm)
+            .get_initial_state()
+            .await
+            .unwrap();
+    }
+
+    // Applying writes nothing: a reopened store holds the last snapshot's
+    // state, and the committed log after it is re-applied at start-up.
     #[tokio::test]
-    async fn reopen_keeps_applied_state_log_and_vote() {
+    async fn reopen_keeps_log_and_vote_and_replays_the_log_after_the_snapshot() {
         let dir = tempfile::tempdir().unwrap();
         let closed = {
             let (mut log, mut sm, _view) = open(dir.path()).unwrap();
+            // openraft's logs start at index 0.
+            log.blocking_append([blank_ent(0, 0, 0)]).await.unwrap();
             log.blocking_append(workload()).await.unwrap();
             log.save_vote(&Vote::new(4, 2)).await.unwrap();
-            sm.apply(workload()).await.unwrap();
+            log.save_committed(Some(log_id(1, 1, 10))).await.unwrap();
+            sm.apply(workload()[..5].to_vec()).await.unwrap();
+            sm.get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap();
+            sm.apply(workload()[5..].to_vec()).await.unwrap();
             log.closed_signal()
         };
         let (mut log, mut sm, view) = reopen(closed, dir.path()).await;
+        // The snapshot's state plus the committed log after it, before Raft
+        // starts...
         assert_workload_state(&view);
         assert_eq!(*view.watch_revision().borrow(), 10);
+        let (applied, membership) = sm.applied_state().await.unwrap();
+        assert_eq!(applied, Some(log_id(1, 1, 10)));
+        assert_eq!(membership.log_id(), &Some(log_id(1, 1, 1)));
         assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(4, 2)));
         assert_eq!(
             log.get_log_state().await.unwrap().last_log_id,
             Some(log_id(1, 1, 10))
         );
-        let entries = log.try_get_log_entries(..).await.unwrap();
+        let entries = log.try_get_log_entries(1..).await.unwrap();
         assert_eq!(entries, workload());
-        let (applied, membership) = sm.applied_state().await.unwrap();
-        assert_eq!(applied, Some(log_id(1, 1, 10)));
-        assert_eq!(membership.log_id(), &Some(log_id(1, 1, 1)));
+        // ...and Raft finds nothing left to re-apply.
+        start_like_raft(&mut log, &mut sm).await;
+        assert_workload_state(&view);
+        assert_eq!(*view.watch_revision().borrow(), 10);
+        assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(1, 1, 10)));
+    }
+
+    // The log is purged only behind a durable snapshot (as openraft does
+    // with `max_in_snapshot_log_to_keep`); a node restarted after a purge
+    // still has every acknowledged (committed) entry: from the snapshot up
+    // to it, from the log after it.
+    #[tokio::test]
+    async fn a_node_restarted_after_a_purge_keeps_everything_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut later = Vec::new();
+        for i in 0..40u64 {
+            later.push(cmd(11 + i, 300, revoke(&format!("later-{i}"), 900)));
+        }
+        let closed = {
+            let (mut log, mut sm, _view) = open(dir.path()).unwrap();
+            log.blocking_append(workload()).await.unwrap();
+            sm.apply(workload()).await.unwrap();
+            sm.get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap();
+            log.purge(log_id(1, 1, 8)).await.unwrap();
+            log.blocking_append(later.clone()).await.unwrap();
+            log.save_committed(Some(log_id(1, 1, 50))).await.unwrap();
+            sm.apply(later.clone()).await.unwrap();
+            log.closed_signal()
+        };
+        let (mut log, mut sm, view) = reopen(closed, dir.path()).await;
+        assert_eq!(view.revision(), 50);
+        start_like_raft(&mut log, &mut sm).await;
+        assert_eq!(view.revision(), 50);
+        assert!(view.is_revoked(&["j-live"], "x", "y", 1, None));
+        for i in 0..40 {
+            assert!(view.is_revoked(&[&format!("later-{i}")], "x", "y", 1, None));
+        }
+        assert_eq!(view.revocation_count(), 42);
+        assert_eq!(
+            log.get_log_state().await.unwrap().last_purged_log_id,
+            Some(log_id(1, 1, 8))
+        );
     }
 
     #[tokio::test]
@@ -455,45 +532,69 @@ mod tests {
         assert!(sm_b.get_current_snapshot().await.unwrap().is_none());
     }
 
-    // A crash after a snapshot was stored but before the state it came from
-    // was persisted leaves the snapshot ahead: open restores from it.
+    // A data directory written by an older node: the state mirrored in
+    // per-revocation sled trees, and a snapshot stored in chunks of the
+    // snapshot tree. Open takes the newer of the two, writes it as a
+    // snapshot file if it came from the trees, and clears the trees.
     #[tokio::test]
-    async fn open_restores_from_a_snapshot_newer_than_the_state() {
-        let dir_a = tempfile::tempdir().unwrap();
-        let dir_b = tempfile::tempdir().unwrap();
-        let (_la, mut sm_a, _va) = open(dir_a.path()).unwrap();
-        sm_a.apply(workload()).await.unwrap();
-        let snap = sm_a
+    async fn a_data_directory_of_an_older_node_opens_with_its_state() {
+        let src = tempfile::tempdir().unwrap();
+        let (_la, mut sm_a, view_a) = open(src.path()).unwrap();
+        sm_a.apply(workload()[..4].to_vec()).await.unwrap();
+        let mut old_snap = sm_a
             .get_snapshot_builder()
             .await
             .build_snapshot()
             .await
             .unwrap();
-        let mut snap = snap;
-        let bytes = bytes_of(&mut snap).await;
-        {
-            // Store only the snapshot on b, as the crash would leave it (the
-            // way snapshots were stored before they were files: open also
-            // moves it into a file).
-            let db = db::Db::open(dir_b.path()).unwrap();
-            let mut b = sled::Batch::default();
-            b.insert("meta", serde_json::to_vec(&snap.meta).unwrap());
-            b.insert("data", bytes);
-            db.snapshot.apply_batch(b).unwrap();
-            db.durable_flush().unwrap();
+        let old_bytes = bytes_of(&mut old_snap).await;
+        sm_a.apply(workload()[4..].to_vec()).await.unwrap();
+        let full = sm::read(view_a.state()).clone();
+
+        for trees_ahead in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let db = db::Db::open(dir.path()).unwrap();
+                // The snapshot at 4, the way snapshots were stored before
+                // they were files.
+                let mut b = sled::Batch::default();
+                b.insert("meta", serde_json::to_vec(&old_snap.meta).unwrap());
+                b.insert("data", old_bytes.clone());
+                db.snapshot.apply_batch(b).unwrap();
+                // The trees at 10, or (a crash between storing a snapshot
+                // and persisting the state) behind it at 2.
+                let mut trees = full.clone();
+                if !trees_ahead {
+                    trees = state::State::default();
+                    let mut t = state::Touched::default();
+                    for e in &workload()[..2] {
+                        trees.apply(e, &mut t);
+                    }
+                }
+                state::legacy::write(&db, &trees).unwrap();
+            }
+            let want = if trees_ahead { 10 } else { 4 };
+            let (l, mut sm, view) = open(dir.path()).unwrap();
+            assert_eq!(view.revision(), want);
+            if trees_ahead {
+                assert_workload_state(&view);
+            }
+            let cur = sm.get_current_snapshot().await.unwrap().unwrap();
+            assert_eq!(cur.meta.last_log_id, Some(log_id(1, 1, want)));
+            let closed = l.closed_signal();
+            drop((l, sm, view));
+            wait_closed(closed).await;
+            {
+                let db = when_unlocked(|| db::Db::open(dir.path())).await;
+                assert!(!state::legacy::present(&db), "the old trees are cleared");
+            }
+            // A second open reads the snapshot file alone.
+            let (_l, _sm, view) = when_unlocked(|| open(dir.path())).await;
+            assert_eq!(view.revision(), want);
+            if trees_ahead {
+                assert_workload_state(&view);
+            }
         }
-        let (_lb, mut sm_b, view_b) = open(dir_b.path()).unwrap();
-        assert_workload_state(&view_b);
-        assert_eq!(
-            sm_b.applied_state().await.unwrap(),
-            sm_a.applied_state().await.unwrap()
-        );
-        // ...and the trees were rewritten, so a second open needs no restore.
-        let closed = _lb.closed_signal();
-        drop((_lb, sm_b, view_b));
-        wait_closed(closed).await;
-        let db = when_unlocked(|| db::Db::open(dir_b.path())).await;
-        assert_eq!(state::State::load(&db).unwrap().revision(), 10);
     }
 
     #[tokio::test]
@@ -525,7 +626,7 @@ mod tests {
         };
         injected(log.save_vote(&Vote::new(1, 1)).await.unwrap_err());
         injected(log.blocking_append(workload()).await.unwrap_err());
-        injected(sm.apply(workload()).await.unwrap_err());
+        injected(sm.begin_receiving_snapshot().await.unwrap_err());
         injected(
             sm.get_snapshot_builder()
                 .await
@@ -533,12 +634,18 @@ mod tests {
                 .await
                 .unwrap_err(),
         );
-        assert_eq!(view.revision(), 0);
+        // Applying writes nothing (what it applies is durable in the log
+        // already), so a full disk does not stop it.
+        sm.apply(workload()).await.unwrap();
+        assert_workload_state(&view);
         faults.fail_writes(false);
         log.save_vote(&Vote::new(1, 1)).await.unwrap();
         log.blocking_append(workload()).await.unwrap();
-        sm.apply(workload()).await.unwrap();
-        assert_workload_state(&view);
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
     }
 
     /// Every file under `dir/blobs` (sled's unsynced large-value files).
@@ -654,8 +761,8 @@ mod tests {
     }
 
     // Benchmark, not a check (docs/BENCHMARKS.md): snapshot build and
-    // install time for 100k and 1M revocations, against a plain sled write
-    // of the same bytes in the same run.
+    // install time for 100k and 1M revocations (minted jtis), against a
+    // plain sled write of the same bytes in the same run.
     //   cargo test --lib store::tests::bench_snapshot -- --ignored --nocapture
     // TESSERA_BENCH_REVOCATIONS=100000,1000000 sets the sizes.
     #[tokio::test(flavor = "multi_thread")]
@@ -673,11 +780,25 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let (_l, mut sm, _v) = open(dir.path()).unwrap();
             let mut entries = vec![membership_ent(1, 1, 1, vec![BTreeSet::from([1])])];
+            // jtis in the form Tessera mints (22 base64url characters).
             let per = 2_000;
             for (k, start) in (0..n).step_by(per).enumerate() {
-                let mut e = revoke_many(2 + k as u64, &format!("b{start}"), per.min(n - start));
-                e.log_id = log_id(1, 1, 2 + k as u64);
-                entries.push(e);
+                let ops = (start..n.min(start + per))
+                    .map(|i| {
+                        let mut id = [0u8; 16];
+                        id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                        id[8..].copy_from_slice(
+                            &(i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes(),
+                        );
+                        Op::RevokeJtis {
+                            jtis: vec![RevokedJti {
+                                jti: state::encode_id(&id),
+                                until: 10_000 + i as u64,
+                            }],
+                        }
+                    })
+                    .collect();
+                entries.push(cmd(2 + k as u64, 100, Op::Batch { ops }));
             }
             for chunk in entries.chunks(16) {
                 sm.apply(chunk.to_vec()).await.unwrap();

@@ -1,22 +1,31 @@
 //! The state machine: openraft's [`RaftStateMachine`] and snapshots.
 //!
-//! The applied state is kept whole in memory (for fast reads through
-//! [`StateView`](super::StateView)) and mirrored in sled: each applied batch
-//! is one sled transaction over the state-machine trees, `last_applied`
-//! included, so after a crash sled holds the state as of some batch and the
-//! log re-applies the rest. Snapshots are the serialized state, streamed
-//! to and from files (see [`snapfile`](super::snapfile)) that the snapshot
-//! tree points to.
+//! The applied state lives in memory only (for fast reads through
+//! [`StateView`](super::StateView)); applying a batch writes nothing to
+//! disk. What survives a restart is the current snapshot, a file (see
+//! [`snapfile`](super::snapfile)) that is durable before sled's pointer
+//! to it is written, plus the Raft log after it: at open the state is
+//! decoded from the snapshot and the log after it is re-applied up to the
+//! saved committed id ([`StateMachine::replay_committed`]; openraft would
+//! do the same from [`RaftStateMachine::applied_state`], but the node reads
+//! the state before Raft starts). Raft purges the log only up to a snapshot
+//! it was handed (built or installed, so already durable), so the entries
+//! after the snapshot are always there. The committed id is saved without
+//! an fsync of its own: after a crash it may be older, and the rest is
+//! applied once the leader says it is committed, as on any follower.
+//!
+//! Data directories of older nodes mirrored the state in sled trees, one
+//! key per revocation; their state is read once at open, written as a
+//! snapshot and the trees are cleared ([`legacy`]).
 
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{AnyError, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageIOError};
-use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
@@ -24,7 +33,8 @@ use super::chunk;
 use super::db::{self, blocking, Db};
 use super::feed::Feed;
 use super::snapfile::{self, SnapDir};
-use super::state::{State, Touched};
+use super::state::body::{self, Export};
+use super::state::{legacy, State, Touched};
 use super::{StateView, StoreError};
 use crate::raft::{
     CommandResponse, Entry, LogId, NodeId, Snapshot, StorageError, StoredMembership, TypeConfig,
@@ -36,33 +46,21 @@ const K_SNAP_FILE: &str = "file";
 /// Where snapshots used to be stored, in chunks; migrated at open.
 const K_SNAP_DATA: &str = "data";
 
-/// Buffer size of snapshot file reads and writes.
+/// Buffer size of snapshot file writes.
 const IO_BUF: usize = 256 * 1024;
 
-/// Version of the snapshot encoding; a node refuses a snapshot it cannot read.
-const SNAPSHOT_FORMAT: u32 = 1;
+/// Log entries read at a time when re-applying the log at open.
+const REPLAY_CHUNK: u64 = 512;
 
 /// Snapshot meta for this type configuration.
 type Meta = SnapshotMeta<NodeId, crate::raft::NodeInfo>;
-
-#[derive(Serialize)]
-struct SnapshotBodyRef<'a> {
-    format: u32,
-    state: &'a State,
-}
-
-#[derive(Deserialize)]
-struct SnapshotBody {
-    format: u32,
-    state: State,
-}
 
 /// The Raft state machine of one node.
 pub struct StateMachine {
     db: Arc<Db>,
     state: Arc<RwLock<State>>,
     feed: Arc<Feed>,
-    /// Announces the applied revision once a batch is persisted.
+    /// Announces the applied revision once a batch is applied.
     revision: watch::Sender<u64>,
     snapshot_seq: Arc<AtomicU64>,
     /// The file a snapshot is being received into, if any.
@@ -125,18 +123,19 @@ fn write(lock: &RwLock<State>) -> RwLockWriteGuard<'_, State> {
 }
 
 impl StateMachine {
-    /// Loads the state machine from `db`, restoring from the stored snapshot
-    /// if it is newer than the persisted state (a crash between storing a
-    /// snapshot and persisting the state it came from). Blocking.
+    /// Loads the state machine from `db`: the stored snapshot's state (the
+    /// log after it is re-applied by openraft), or the state an older node
+    /// mirrored in sled trees if that is newer, which is then written as a
+    /// snapshot and removed from the trees. Blocking.
     pub(crate) fn load(
         db: Arc<Db>,
         feed: super::feed::FeedSizes,
     ) -> Result<(Self, StateView), StoreError> {
-        let mut state = State::load(&db)?;
-        let mut seq = 0;
         let stored = read_pointer(&db)?;
         db.snaps
             .remove_all_but(stored.as_ref().map(|(_, name)| name.as_str()));
+        let mut seq = 0;
+        let mut state = State::default();
         if let Some((meta, name)) = stored {
             seq = meta
                 .snapshot_id
@@ -144,24 +143,30 @@ impl StateMachine {
                 .next()
                 .and_then(|s| s.parse::<u64>().ok())
                 .unwrap_or(0);
-            if meta.last_log_id > state.last_applied {
-                tracing::warn!(
-                    snapshot = %meta.snapshot_id,
-                    applied = state.revision(),
-                    "stored state is behind the stored snapshot; restoring from the snapshot"
+            let path = db.snaps.path(&name);
+            let file = File::open(&path).map_err(|source| StoreError::Io { path, source })?;
+            state = decode_snapshot(&meta, &file)?;
+        }
+        if legacy::present(&db) {
+            let old = legacy::load(&db)?;
+            if old.last_applied > state.last_applied {
+                tracing::info!(
+                    applied = old.revision(),
+                    revocations = old.revocation_count(),
+                    "moving the state out of the old per-revocation sled trees into a snapshot"
                 );
-                let path = db.snaps.path(&name);
-                let file = File::open(&path).map_err(|source| StoreError::Io { path, source })?;
-                let restored = decode_snapshot(&meta, &file)?;
-                replace(&db, &state, &restored, None)?;
-                state = restored;
+                seq += 1;
+                write_snapshot(&db, old.export(), seq)?;
+                state = old;
             }
+            legacy::clear(&db)?;
+            db.durable_flush()?;
         }
         tracing::info!(
             applied = state.revision(),
             revocations = state.revocation_count(),
             keys = state.keys.len(),
-            "state machine loaded"
+            "state machine loaded from its snapshot"
         );
         let (tx, rx) = watch::channel(state.revision());
         let feed = Arc::new(Feed::new(state.revision(), feed));
@@ -179,26 +184,57 @@ impl StateMachine {
         Ok((sm, StateView::new(state, rx, feed, counters)))
     }
 
+    /// Re-applies the log after the snapshot up to the saved committed id,
+    /// so that the state is whole when the store opens (start-up checks,
+    /// such as the node's KEK check, read it before Raft runs; openraft
+    /// then finds nothing left to re-apply). Returns how many entries it
+    /// applied. Blocking.
+    pub(crate) fn replay_committed(&mut self) -> Result<u64, StoreError> {
+        let Some(committed) = super::log::saved_committed(&self.db)? else {
+            return Ok(0);
+        };
+        let mut st = write(&self.state);
+        let mut next = st.last_applied.map_or(0, |l| l.index + 1);
+        let mut applied = 0;
+        while next <= committed.index {
+            let hi = committed.index.saturating_add(1).min(next + REPLAY_CHUNK);
+            let entries = super::log::read_entries(&self.db, next, Some(hi), usize::MAX)?;
+            let whole = entries.len() as u64 == hi - next
+                && entries.iter().zip(next..).all(|(e, i)| e.log_id.index == i);
+            if !whole {
+                return Err(StoreError::Corrupt {
+                    tree: db::T_LOG,
+                    reason: format!(
+                        "committed entries {next}..{hi} are not all in the log (committed {committed})"
+                    ),
+                });
+            }
+            apply_to(&mut st, &self.feed, &entries);
+            applied += entries.len() as u64;
+            next = hi;
+        }
+        let revision = st.revision();
+        drop(st);
+        self.revision.send_replace(revision);
+        Ok(applied)
+    }
+
     /// How many fsyncs of the database have completed since it was opened.
     pub fn fsync_count(&self) -> u64 {
         self.db.fsync_count()
     }
 }
 
-/// Writes `new` over the persisted `old` state in one transaction (with the
-/// snapshot tree's `snapshot` writes, if any) and makes it durable. Blocking.
-fn replace(
-    db: &Db,
-    old: &State,
-    new: &State,
-    snapshot: Option<&sled::Batch>,
-) -> Result<(), StoreError> {
+/// Applies `entries` to `st` and records their events in `feed`; returns
+/// the responses and the revision reached. Call with the write lock held:
+/// watchers starting now see either the state before this batch and its
+/// events live, or both after it.
+fn apply_to(st: &mut State, feed: &Feed, entries: &[Entry]) -> (Vec<CommandResponse>, u64) {
     let mut touched = Touched::default();
-    // Every key of the old state: those absent from the new one are removed.
-    touched.add_all(old);
-    touched.add_all(new);
-    new.batches(&touched)?.commit(db, snapshot)?;
-    db.durable_flush()
+    let responses: Vec<CommandResponse> =
+        entries.iter().map(|e| st.apply(e, &mut touched)).collect();
+    feed.push(std::mem::take(&mut touched.events));
+    (responses, st.revision())
 }
 
 /// The stored snapshot's meta and file name, if any. Blocking.
@@ -258,37 +294,36 @@ fn pointer_batch(db: &Db, meta: &Meta, name: &str) -> Result<sled::Batch, StoreE
     Ok(b)
 }
 
-/// Streams the state to a new file and stores it as the snapshot `meta`
-/// unless the stored one is newer (an install may have stored one while
-/// this was being built). Returns the file, open for reading either way.
-/// Blocking.
-fn build_file(db: &Db, state: &RwLock<State>, seq: u64) -> Result<(Meta, File), StoreError> {
-    db.check_write()?;
-    let (tmp, file) = db.snaps.temp("build")?;
+/// Streams `state` into a temporary file, rewound for reading. Blocking.
+fn write_temp(db: &Db, kind: &str, state: Export) -> Result<(PathBuf, File), StoreError> {
+    let (tmp, file) = db.snaps.temp(kind)?;
     let io = |source| StoreError::Io {
         path: tmp.clone(),
         source,
     };
-    // Apply mutates memory under the write lock, so the read lock gives a
-    // state as of a whole batch.
-    let meta = {
-        let st = read(state);
-        let mut w = BufWriter::with_capacity(IO_BUF, &file);
-        write_body(&mut w, &st)?;
-        w.flush().map_err(io)?;
-        drop(w);
-        // Readers start at the beginning.
-        (&file).seek(SeekFrom::Start(0)).map_err(io)?;
-        let snapshot_id = match st.last_applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, seq),
-            None => format!("0-0-{seq}"),
-        };
-        Meta {
-            last_log_id: st.last_applied,
-            last_membership: st.last_membership.clone(),
-            snapshot_id,
-        }
+    let mut w = BufWriter::with_capacity(IO_BUF, &file);
+    state.write(&mut w)?;
+    w.flush().map_err(io)?;
+    drop(w);
+    (&file).seek(SeekFrom::Start(0)).map_err(io)?;
+    Ok((tmp, file))
+}
+
+/// Writes `state` to a new file and stores it as the snapshot (number
+/// `seq`) unless the stored one is newer (an install may have stored one
+/// while this was being built). Returns the file, open for reading either
+/// way. Blocking.
+fn write_snapshot(db: &Db, state: Export, seq: u64) -> Result<(Meta, File), StoreError> {
+    let snapshot_id = match state.last_applied() {
+        Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, seq),
+        None => format!("0-0-{seq}"),
     };
+    let meta = Meta {
+        last_log_id: state.last_applied(),
+        last_membership: state.last_membership().clone(),
+        snapshot_id,
+    };
+    let (tmp, file) = write_temp(db, "build", state)?;
     let _g = db
         .snapshot_lock
         .lock()
@@ -299,7 +334,7 @@ fn build_file(db: &Db, state: &RwLock<State>, seq: u64) -> Result<(Meta, File), 
         .is_some_and(|(c, _)| c.last_log_id > meta.last_log_id)
     {
         // Still readable through `file` once unlinked.
-        std::fs::remove_file(&tmp).map_err(io)?;
+        std::fs::remove_file(&tmp).map_err(|source| StoreError::Io { path: tmp, source })?;
         return Ok((meta, file));
     }
     let name = SnapDir::final_name(&meta.snapshot_id);
@@ -310,6 +345,14 @@ fn build_file(db: &Db, state: &RwLock<State>, seq: u64) -> Result<(Meta, File), 
         db.snaps.remove(&old, &name);
     }
     Ok((meta, file))
+}
+
+/// Snapshots the state: a copy under the read lock (apply waits only for
+/// the copy), then [`write_snapshot`]. Blocking.
+fn build_file(db: &Db, state: &RwLock<State>, seq: u64) -> Result<(Meta, File), StoreError> {
+    db.check_write()?;
+    let export = read(state).export();
+    write_snapshot(db, export, seq)
 }
 
 /// Opens the stored snapshot for reading. Blocking.
@@ -328,38 +371,13 @@ fn open_current(db: &Db) -> Result<Option<(Meta, File)>, StoreError> {
     Ok(Some((meta, file)))
 }
 
-/// Writes `state` in the snapshot encoding (also the body of a backup).
-pub(crate) fn write_body(w: &mut impl Write, state: &State) -> Result<(), StoreError> {
-    serde_json::to_writer(
-        w,
-        &SnapshotBodyRef {
-            format: SNAPSHOT_FORMAT,
-            state,
-        },
-    )
-    .map_err(StoreError::Encode)
-}
-
-/// Reads a state in the snapshot encoding, streamed.
-pub(crate) fn read_body(r: &mut impl std::io::Read) -> Result<State, StoreError> {
-    let body: SnapshotBody = serde_json::from_reader(std::io::BufReader::with_capacity(IO_BUF, r))
-        .map_err(|e| StoreError::Snapshot(e.to_string()))?;
-    if body.format != SNAPSHOT_FORMAT {
-        return Err(StoreError::Snapshot(format!(
-            "unknown snapshot format {}",
-            body.format
-        )));
-    }
-    Ok(body.state)
-}
-
 /// Decodes snapshot data, streamed from `file`, and checks it is the state
 /// `meta` describes.
 fn decode_snapshot(meta: &Meta, file: &File) -> Result<State, StoreError> {
     let mut r = file;
     r.seek(SeekFrom::Start(0))
         .map_err(|e| StoreError::Snapshot(e.to_string()))?;
-    let state = read_body(&mut r)?;
+    let state = body::read(&mut r)?;
     if state.last_applied != meta.last_log_id || state.last_membership != meta.last_membership {
         return Err(StoreError::Snapshot(format!(
             "snapshot {} does not hold the state its meta describes",
@@ -370,8 +388,8 @@ fn decode_snapshot(meta: &Meta, file: &File) -> Result<State, StoreError> {
 }
 
 /// Writes `state` into the empty store `db` as if a snapshot of it had been
-/// installed: the state-machine trees, a snapshot of it, and the log purged
-/// up to its last applied entry (so Raft starts right after it). Blocking.
+/// installed: a snapshot of it, and the log purged up to its last applied
+/// entry (so Raft starts right after it). Blocking.
 pub(crate) fn restore_into(db: &Db, state: &State) -> Result<(), StoreError> {
     let Some(last) = state.last_applied else {
         return Err(StoreError::Snapshot("no applied state to restore".into()));
@@ -381,18 +399,11 @@ pub(crate) fn restore_into(db: &Db, state: &State) -> Result<(), StoreError> {
         last_membership: state.last_membership.clone(),
         snapshot_id: format!("{}-{}-1", last.leader_id.term, last.index),
     };
-    let (tmp, file) = db.snaps.temp("restore")?;
-    let mut w = BufWriter::with_capacity(IO_BUF, &file);
-    write_body(&mut w, state)?;
-    w.flush().map_err(|source| StoreError::Io {
-        path: tmp.clone(),
-        source,
-    })?;
-    drop(w);
+    let (tmp, file) = write_temp(db, "restore", state.export())?;
     let name = SnapDir::final_name(&meta.snapshot_id);
     db.snaps.commit(&tmp, &file, &name)?;
-    let pointer = pointer_batch(db, &meta, &name)?;
-    replace(db, &State::default(), state, Some(&pointer))?;
+    db.snapshot.apply_batch(pointer_batch(db, &meta, &name)?)?;
+    db.durable_flush()?;
     super::log::purge_upto(db, last)
 }
 
@@ -417,33 +428,30 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let Some(last) = entries.last().map(|e| e.log_id) else {
             return Ok(Vec::new());
         };
-        let db = self.db.clone();
-        let state = self.state.clone();
-        let feed = self.feed.clone();
-        let counters = self.counters.clone();
-        // The write lock is taken on a blocking thread too: a snapshot being
-        // serialized under the read lock must not stall the async runtime.
-        let (responses, revision) = blocking(move || {
-            // Before the state changes in memory: a failed write must leave
-            // memory as it was.
-            db.check_write()?;
-            let (responses, batches, revision) = {
-                let mut st = write(&state);
-                let mut touched = Touched::default();
-                let responses: Vec<CommandResponse> =
-                    entries.iter().map(|e| st.apply(e, &mut touched)).collect();
-                // Under the write lock: watchers starting now see either
-                // the state before this batch and its events live, or both
-                // after it.
-                feed.push(std::mem::take(&mut touched.events));
-                (responses, st.batches(&touched), st.revision())
-            };
-            batches?.commit(&db, None)?;
-            counters.count(&entries, &responses);
-            Ok((responses, revision))
-        })
-        .await
-        .map_err(|e| StorageIOError::apply(last, AnyError::new(&e)))?;
+        // Memory only: applied here unless a reader holds the lock long
+        // (a watcher's full snapshot, a state copy for a snapshot or a
+        // backup); then on a blocking thread, so the runtime never waits.
+        let inline = match self.state.try_write() {
+            Ok(mut st) => Some(apply_to(&mut st, &self.feed, &entries)),
+            Err(TryLockError::Poisoned(p)) => {
+                Some(apply_to(&mut p.into_inner(), &self.feed, &entries))
+            }
+            Err(TryLockError::WouldBlock) => None,
+        };
+        let (entries, (responses, revision)) = match inline {
+            Some(done) => (entries, done),
+            None => {
+                let state = self.state.clone();
+                let feed = self.feed.clone();
+                blocking(move || {
+                    let done = apply_to(&mut write(&state), &feed, &entries);
+                    Ok((entries, done))
+                })
+                .await
+                .map_err(|e| StorageIOError::apply(last, AnyError::new(&e)))?
+            }
+        };
+        self.counters.count(&entries, &responses);
         self.revision.send_replace(revision);
         Ok(responses)
     }
@@ -520,6 +528,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     return Err(e);
                 }
             };
+            // The file is the state: durable (file, rename, directory, then
+            // sled's pointer) before the state is swapped in and reported.
             let _g = db
                 .snapshot_lock
                 .lock()
@@ -527,17 +537,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let old = read_pointer(&db)?;
             let name = SnapDir::final_name(&meta.snapshot_id);
             db.snaps.commit(&tmp, &file, &name)?;
-            let pointer = pointer_batch(&db, &meta, &name)?;
-            // apply and install both take `&mut self`: nothing changes the
-            // state between reading `old` here and swapping it below.
-            replace(&db, &read(&state), &new_state, Some(&pointer))?;
+            db.snapshot.apply_batch(pointer_batch(&db, &meta, &name)?)?;
+            db.durable_flush()?;
             if let Some((_, old)) = old {
                 db.snaps.remove(&old, &name);
             }
             let revision = new_state.revision();
-            let mut st = write(&state);
-            *st = new_state;
-            feed.reset(revision);
+            let replaced = {
+                let mut st = write(&state);
+                feed.reset(revision);
+                std::mem::replace(&mut *st, new_state)
+            };
+            // Freed outside the lock: millions of entries take a while.
+            drop(replaced);
             Ok(revision)
         })
         .await
@@ -616,9 +628,9 @@ mod tests {
         let (m, file) = build_file(&db, &state_at(10), 2).unwrap();
         assert_eq!(m.snapshot_id, "1-10-2");
         // The caller can still read what it built...
-        let mut built = String::new();
-        std::io::Read::read_to_string(&mut &file, &mut built).unwrap();
-        assert!(built.contains("\"format\":1"), "{built}");
+        let mut built = Vec::new();
+        std::io::Read::read_to_end(&mut &file, &mut built).unwrap();
+        assert!(built.starts_with(body::MAGIC), "{built:?}");
         // ...but the stored snapshot is still the newer one, alone.
         let (cur, f) = open_current(&db).unwrap().unwrap();
         assert_eq!(cur.snapshot_id, "1-11-1");

@@ -1,21 +1,27 @@
 //! The applied state in memory and the rules that change it.
 //!
 //! Everything here is pure: applying an entry reads time only from the
-//! command, so every replica computes the same state. The caller records the
-//! keys an entry touched ([`Touched`]) so that only those are written to sled.
+//! command, so every replica computes the same state. The state lives only
+//! in memory; what survives a restart is its latest snapshot (see
+//! [`body`] for the encoding) plus the Raft log after it, re-applied at
+//! start-up (see the [`store`](super) module docs). Revoked jtis, the bulk
+//! of it, are held compactly ([`jtis`]).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::convert::Infallible;
+use std::collections::BTreeMap;
 
 use openraft::EntryPayload;
 use serde::{Deserialize, Serialize};
 
+pub(crate) mod body;
+mod jtis;
 mod keys;
+pub(crate) mod legacy;
 
-use super::chunk;
-use super::db::{self, Db};
+#[cfg(test)]
+pub(crate) use self::jtis::encode_id;
+pub(crate) use self::jtis::Jtis;
+use self::jtis::Raised;
 use super::feed::Revocation;
-use super::StoreError;
 use crate::raft::{CommandResponse, Entry, KeyRecord, LogId, Op, StoredMembership};
 use crate::token::cutoff_revokes;
 
@@ -44,13 +50,14 @@ pub(crate) struct Policy {
     pub(crate) text: String,
 }
 
-/// The whole replicated state. `BTreeMap`s keep snapshots byte-for-byte
-/// deterministic.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The whole replicated state. Subjects, clients and keys are few and kept
+/// ordered; jtis are many and kept in hash maps ([`Jtis`]), sorted only
+/// when a snapshot is written.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct State {
     pub(crate) last_applied: Option<LogId>,
     pub(crate) last_membership: StoredMembership,
-    pub(crate) jtis: BTreeMap<String, u64>,
+    pub(crate) jtis: Jtis,
     pub(crate) subjects: BTreeMap<String, Cutoff>,
     pub(crate) clients: BTreeMap<String, Cutoff>,
     pub(crate) keys: BTreeMap<String, KeyRecord>,
@@ -59,20 +66,14 @@ pub(crate) struct State {
     pub(crate) policy: Option<Policy>,
     /// Names this cluster in backups: derived from the first signing key
     /// ever added (a random `kid`), so every node derives the same id.
-    #[serde(default)]
     pub(crate) cluster_id: String,
 }
 
-/// The keys of each tree that applying entries changed.
+/// What applying entries produced besides their responses.
 #[derive(Debug, Default)]
 pub(crate) struct Touched {
     /// What each applied command revoked, for the watch feed.
     pub(crate) events: Vec<super::feed::RevocationEvent>,
-    jtis: BTreeSet<String>,
-    subjects: BTreeSet<String>,
-    clients: BTreeSet<String>,
-    keys: BTreeSet<String>,
-    policy: bool,
 }
 
 impl Touched {
@@ -90,33 +91,16 @@ impl Touched {
             }),
         }
     }
-
-    /// Every key present in `state`: with the keys of the state being
-    /// replaced, this rewrites a tree completely.
-    pub(crate) fn add_all(&mut self, state: &State) {
-        self.jtis.extend(state.jtis.keys().cloned());
-        self.subjects.extend(state.subjects.keys().cloned());
-        self.clients.extend(state.clients.keys().cloned());
-        self.keys.extend(state.keys.keys().cloned());
-        self.policy = true;
-    }
 }
-
-// Keys of the meta and policy trees.
-const K_LAST_APPLIED: &str = "last_applied";
-const K_LAST_MEMBERSHIP: &str = "last_membership";
-const K_KEYS_VERSION: &str = "keys_version";
-const K_CLUSTER_ID: &str = "cluster_id";
 
 /// The cluster id derived from the first key's `kid`: 16 hex digits.
 pub(crate) fn cluster_id_from(kid: &str) -> String {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, kid.as_bytes());
     d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
-const K_POLICY: &str = "current";
 
 impl State {
-    /// Applies one entry, recording what it changed in `touched`.
+    /// Applies one entry, recording the revocation events it made.
     pub(crate) fn apply(&mut self, entry: &Entry, touched: &mut Touched) -> CommandResponse {
         let index = entry.log_id.index;
         self.last_applied = Some(entry.log_id);
@@ -154,24 +138,17 @@ impl State {
                 let mut new = 0;
                 let mut event: Vec<Revocation> = Vec::new();
                 for r in jtis {
-                    let until = match self.jtis.get_mut(&r.jti) {
-                        Some(until) if r.until > *until => {
-                            *until = r.until;
-                            *until
-                        }
-                        Some(_) => continue,
-                        None => {
-                            self.jtis.insert(r.jti.clone(), r.until);
-                            new += 1;
-                            r.until
-                        }
-                    };
-                    touched.jtis.insert(r.jti.clone());
-                    // A jti listed twice in one command: one entry, latest until.
+                    match self.jtis.raise(&r.jti, r.until) {
+                        Raised::Unchanged => continue,
+                        Raised::New => new += 1,
+                        Raised::Later => {}
+                    }
+                    // A jti listed twice in one command: one entry, latest
+                    // until (raise only moves it forward).
                     event.retain(|e| !matches!(e, Revocation::Jti { jti, .. } if *jti == r.jti));
                     event.push(Revocation::Jti {
                         jti: r.jti.clone(),
-                        until,
+                        until: r.until,
                     });
                 }
                 touched.event(index, event);
@@ -182,16 +159,12 @@ impl State {
                 cutoff,
                 until,
             } => {
-                let moved = raise_cutoff(
-                    &mut self.subjects,
-                    subject,
-                    Cutoff {
-                        cutoff: *cutoff,
-                        until: *until,
-                        revision: index,
-                    },
-                    &mut touched.subjects,
-                );
+                let new = Cutoff {
+                    cutoff: *cutoff,
+                    until: *until,
+                    revision: index,
+                };
+                let moved = raise_cutoff(&mut self.subjects, subject, new);
                 if moved {
                     if let Some(c) = self.subjects.get(subject) {
                         let r = Revocation::Subject {
@@ -210,16 +183,12 @@ impl State {
                 cutoff,
                 until,
             } => {
-                let moved = raise_cutoff(
-                    &mut self.clients,
-                    client,
-                    Cutoff {
-                        cutoff: *cutoff,
-                        until: *until,
-                        revision: index,
-                    },
-                    &mut touched.clients,
-                );
+                let new = Cutoff {
+                    cutoff: *cutoff,
+                    until: *until,
+                    revision: index,
+                };
+                let moved = raise_cutoff(&mut self.clients, client, new);
                 if moved {
                     if let Some(c) = self.clients.get(client) {
                         let r = Revocation::Client {
@@ -238,7 +207,6 @@ impl State {
                     version: index,
                     text: text.clone(),
                 });
-                touched.policy = true;
                 1
             }
             Op::AddKey { key } => {
@@ -246,7 +214,6 @@ impl State {
                     return 0;
                 }
                 self.keys.insert(key.kid.clone(), key.clone());
-                touched.keys.insert(key.kid.clone());
                 self.keys_version = index;
                 if self.cluster_id.is_empty() {
                     self.cluster_id = cluster_id_from(&key.kid);
@@ -256,7 +223,6 @@ impl State {
             Op::SetKeyState { kid, state } => match self.keys.get_mut(kid) {
                 Some(key) if key.state != *state => {
                     key.state = *state;
-                    touched.keys.insert(kid.clone());
                     self.keys_version = index;
                     1
                 }
@@ -268,15 +234,15 @@ impl State {
             Op::AddPendingKey { .. }
             | Op::ActivateKey { .. }
             | Op::RemoveKey { .. }
-            | Op::ResealKeys { .. } => keys::apply(self, index, at, op, &mut touched.keys),
+            | Op::ResealKeys { .. } => keys::apply(self, index, at, op),
             // The proposer never nests batches; one would change nothing.
             Op::Batch { .. } => 0,
             Op::Purge => {
-                let mut removed = 0;
-                removed += purge_map(&mut self.jtis, |until| *until < at, &mut touched.jtis);
-                removed += purge_map(&mut self.subjects, |c| c.until < at, &mut touched.subjects);
-                removed += purge_map(&mut self.clients, |c| c.until < at, &mut touched.clients);
-                removed
+                let before = self.subjects.len() + self.clients.len();
+                self.subjects.retain(|_, c| c.until >= at);
+                self.clients.retain(|_, c| c.until >= at);
+                let cutoffs = before - self.subjects.len() - self.clients.len();
+                self.jtis.purge(at) + cutoffs as u64
             }
         }
     }
@@ -293,18 +259,20 @@ impl State {
         rev: Option<u64>,
     ) -> bool {
         let hit = |c: &Cutoff| cutoff_revokes(c.cutoff, c.revision, iat, rev);
-        jtis.iter().any(|j| self.jtis.contains_key(*j))
+        jtis.iter().any(|j| self.jtis.contains(j))
             || self.subjects.get(subject).is_some_and(hit)
             || self.clients.get(client).is_some_and(hit)
     }
 
-    /// Every active revocation entry, for a watcher's snapshot.
+    /// Every active revocation entry, for a watcher's snapshot: jtis in no
+    /// particular order, then subject and client cut-offs by name.
     pub(crate) fn revocations(&self) -> Vec<Revocation> {
         let mut out = Vec::with_capacity(self.revocation_count());
-        out.extend(self.jtis.iter().map(|(jti, until)| Revocation::Jti {
-            jti: jti.clone(),
-            until: *until,
-        }));
+        out.extend(
+            self.jtis
+                .iter()
+                .map(|(jti, until)| Revocation::Jti { jti, until }),
+        );
         out.extend(self.subjects.iter().map(|(s, c)| Revocation::Subject {
             subject: s.clone(),
             cutoff: c.cutoff,
@@ -329,198 +297,26 @@ impl State {
     pub(crate) fn revision(&self) -> u64 {
         self.last_applied.map_or(0, |l| l.index)
     }
-
-    /// sled batches for the state-machine trees that write the `touched`
-    /// keys from this state (present: insert, absent: remove) and the meta.
-    pub(crate) fn batches(&self, touched: &Touched) -> Result<SmBatches, StoreError> {
-        Ok(SmBatches {
-            jtis: map_batch(&self.jtis, &touched.jtis)?,
-            subjects: map_batch(&self.subjects, &touched.subjects)?,
-            clients: map_batch(&self.clients, &touched.clients)?,
-            keys: map_batch(&self.keys, &touched.keys)?,
-            policy: {
-                let mut b = sled::Batch::default();
-                if touched.policy {
-                    match &self.policy {
-                        // Chunked: a policy can exceed sled's blob threshold.
-                        Some(p) => chunk::put(
-                            &mut b,
-                            K_POLICY.as_bytes(),
-                            &db::encode(p)?,
-                            chunk::SWEEP_CHUNKS,
-                        ),
-                        None => chunk::remove(&mut b, K_POLICY.as_bytes(), chunk::SWEEP_CHUNKS),
-                    }
-                }
-                b
-            },
-            meta: {
-                let mut b = sled::Batch::default();
-                b.insert(K_LAST_APPLIED, db::encode(&self.last_applied)?);
-                b.insert(K_LAST_MEMBERSHIP, db::encode(&self.last_membership)?);
-                b.insert(K_KEYS_VERSION, db::encode(&self.keys_version)?);
-                b.insert(K_CLUSTER_ID, db::encode(&self.cluster_id)?);
-                b
-            },
-        })
-    }
-
-    /// Loads the state persisted in the state-machine trees. Blocking.
-    pub(crate) fn load(db: &Db) -> Result<State, StoreError> {
-        let mut st = State {
-            last_applied: db::get(&db.sm_meta, db::T_SM_META, K_LAST_APPLIED)?.flatten(),
-            last_membership: db::get(&db.sm_meta, db::T_SM_META, K_LAST_MEMBERSHIP)?
-                .unwrap_or_default(),
-            keys_version: db::get(&db.sm_meta, db::T_SM_META, K_KEYS_VERSION)?.unwrap_or(0),
-            jtis: load_map(&db.sm_jtis, db::T_SM_JTIS)?,
-            subjects: load_map(&db.sm_subjects, db::T_SM_SUBJECTS)?,
-            clients: load_map(&db.sm_clients, db::T_SM_CLIENTS)?,
-            keys: load_map(&db.sm_keys, db::T_SM_KEYS)?,
-            policy: chunk::get(&db.sm_policy, db::T_SM_POLICY, K_POLICY.as_bytes())?
-                .map(|bytes| db::decode(db::T_SM_POLICY, &bytes))
-                .transpose()?,
-            cluster_id: db::get(&db.sm_meta, db::T_SM_META, K_CLUSTER_ID)?.unwrap_or_default(),
-        };
-        if st.cluster_id.is_empty() {
-            // State written before cluster ids: the oldest key stands in for
-            // the first one (every node holds the same keys).
-            if let Some(first) = st
-                .keys
-                .values()
-                .min_by_key(|k| (k.created_at, k.kid.clone()))
-            {
-                st.cluster_id = cluster_id_from(&first.kid);
-            }
-        }
-        Ok(st)
-    }
-}
-
-/// Writes for the state-machine trees, applied together in one transaction
-/// so that the state and its `last_applied` always move together.
-pub(crate) struct SmBatches {
-    jtis: sled::Batch,
-    subjects: sled::Batch,
-    clients: sled::Batch,
-    keys: sled::Batch,
-    policy: sled::Batch,
-    meta: sled::Batch,
-}
-
-impl SmBatches {
-    /// Applies the batches atomically, plus `snapshot` on the snapshot tree
-    /// (used by snapshot install). Blocking; not durable on its own.
-    pub(crate) fn commit(self, db: &Db, snapshot: Option<&sled::Batch>) -> Result<(), StoreError> {
-        let empty = sled::Batch::default();
-        let trees = [
-            &db.sm_jtis,
-            &db.sm_subjects,
-            &db.sm_clients,
-            &db.sm_keys,
-            &db.sm_policy,
-            &db.sm_meta,
-            &db.snapshot,
-        ];
-        let batches = [
-            &self.jtis,
-            &self.subjects,
-            &self.clients,
-            &self.keys,
-            &self.policy,
-            &self.meta,
-            snapshot.unwrap_or(&empty),
-        ];
-        use sled::Transactional;
-        trees
-            .as_slice()
-            .transaction(|views| {
-                for (view, batch) in views.iter().zip(batches) {
-                    view.apply_batch(batch)?;
-                }
-                Ok::<(), sled::transaction::ConflictableTransactionError<Infallible>>(())
-            })
-            .map_err(|e| match e {
-                sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
-                sled::transaction::TransactionError::Abort(never) => match never {},
-            })
-    }
 }
 
 /// Raises `key`'s cut-off time, revision and purge time to `new`'s (each
 /// only ever moves forward). Returns whether the cut-off moved: a later
 /// revocation revokes the tokens minted since the earlier one, so it counts
 /// as a change even within the same second.
-fn raise_cutoff(
-    map: &mut BTreeMap<String, Cutoff>,
-    key: &str,
-    new: Cutoff,
-    touched: &mut BTreeSet<String>,
-) -> bool {
+fn raise_cutoff(map: &mut BTreeMap<String, Cutoff>, key: &str, new: Cutoff) -> bool {
     match map.get_mut(key) {
         Some(c) => {
             let moved = new.cutoff > c.cutoff || new.revision > c.revision;
-            if moved || new.until > c.until {
-                c.cutoff = c.cutoff.max(new.cutoff);
-                c.until = c.until.max(new.until);
-                c.revision = c.revision.max(new.revision);
-                touched.insert(key.to_owned());
-            }
+            c.cutoff = c.cutoff.max(new.cutoff);
+            c.until = c.until.max(new.until);
+            c.revision = c.revision.max(new.revision);
             moved
         }
         None => {
             map.insert(key.to_owned(), new);
-            touched.insert(key.to_owned());
             true
         }
     }
-}
-
-/// Removes the entries matching `expired`; returns how many.
-fn purge_map<V>(
-    map: &mut BTreeMap<String, V>,
-    expired: impl Fn(&V) -> bool,
-    touched: &mut BTreeSet<String>,
-) -> u64 {
-    let before = map.len();
-    map.retain(|k, v| {
-        if expired(v) {
-            touched.insert(k.clone());
-            false
-        } else {
-            true
-        }
-    });
-    (before - map.len()) as u64
-}
-
-fn map_batch<V: Serialize>(
-    map: &BTreeMap<String, V>,
-    keys: &BTreeSet<String>,
-) -> Result<sled::Batch, StoreError> {
-    let mut b = sled::Batch::default();
-    for k in keys {
-        match map.get(k) {
-            Some(v) => b.insert(k.as_bytes(), db::encode(v)?),
-            None => b.remove(k.as_bytes()),
-        }
-    }
-    Ok(b)
-}
-
-fn load_map<V: serde::de::DeserializeOwned>(
-    tree: &sled::Tree,
-    name: &'static str,
-) -> Result<BTreeMap<String, V>, StoreError> {
-    let mut map = BTreeMap::new();
-    for kv in tree.iter() {
-        let (k, v) = kv?;
-        let k = String::from_utf8(k.to_vec()).map_err(|_| StoreError::Corrupt {
-            tree: name,
-            reason: "key is not UTF-8".into(),
-        })?;
-        map.insert(k, db::decode(name, &v)?);
-    }
-    Ok(map)
 }
 
 #[cfg(test)]
@@ -609,14 +405,14 @@ mod tests {
         assert_eq!(apply(&mut s, 1, 0, jtis(&[("a", 100), ("b", 50)])), 2);
         // Repeat: nothing new; a later until is kept, an earlier one ignored.
         assert_eq!(apply(&mut s, 2, 0, jtis(&[("a", 200), ("b", 10)])), 0);
-        assert_eq!(s.jtis.get("a"), Some(&200));
-        assert_eq!(s.jtis.get("b"), Some(&50));
+        assert_eq!(s.jtis.get("a"), Some(200));
+        assert_eq!(s.jtis.get("b"), Some(50));
         // A duplicate inside one command counts once.
         assert_eq!(
             apply(&mut s, 3, 0, jtis(&[("c", 1), ("c", 5), ("a", 1)])),
             1
         );
-        assert_eq!(s.jtis.get("c"), Some(&5));
+        assert_eq!(s.jtis.get("c"), Some(5));
         assert_eq!(apply(&mut s, 4, 0, jtis(&[])), 0);
         assert_eq!(s.revocation_count(), 3);
     }
@@ -807,12 +603,12 @@ mod tests {
         let mut t = Touched::default();
         let r = s.apply(&entry(5, 100, Op::Purge), &mut t);
         assert_eq!(r.changed, 3);
-        assert_eq!(s.jtis.keys().collect::<Vec<_>>(), ["edge", "new"]);
+        let mut left: Vec<String> = s.jtis.iter().map(|(j, _)| j).collect();
+        left.sort();
+        assert_eq!(left, ["edge", "new"]);
         assert_eq!(s.subjects.keys().collect::<Vec<_>>(), ["s-edge"]);
         assert!(s.clients.is_empty());
-        assert_eq!(t.jtis, BTreeSet::from(["old".to_owned()]));
-        assert_eq!(t.subjects, BTreeSet::from(["s-old".to_owned()]));
-        assert_eq!(t.clients, BTreeSet::from(["c-old".to_owned()]));
+        assert!(t.events.is_empty(), "a purge is no revocation event");
         // Purging again removes nothing.
         assert_eq!(apply(&mut s, 6, 100, Op::Purge), 0);
     }
@@ -905,9 +701,11 @@ mod tests {
             s
         };
         assert_eq!(run(), run());
-        assert_eq!(
-            serde_json::to_vec(&run()).unwrap(),
-            serde_json::to_vec(&run()).unwrap()
-        );
+        let bytes = |s: State| {
+            let mut out = Vec::new();
+            s.export().write(&mut out).unwrap();
+            out
+        };
+        assert_eq!(bytes(run()), bytes(run()));
     }
 }

@@ -78,7 +78,7 @@ impl StateView {
     }
 
     /// A receiver of the applied revision, updated after each applied batch
-    /// (or installed snapshot) is persisted.
+    /// (or once an installed snapshot is durable).
     pub fn watch_revision(&self) -> watch::Receiver<u64> {
         self.revision.clone()
     }
@@ -126,7 +126,7 @@ impl StateView {
 
     /// Every revoked `jti` held (for comparing replicas).
     pub fn revoked_jtis(&self) -> std::collections::BTreeSet<String> {
-        read(&self.state).jtis.keys().cloned().collect()
+        read(&self.state).jtis.iter().map(|(jti, _)| jti).collect()
     }
 
     /// How many revocation entries (jtis, subject and client cut-offs) are

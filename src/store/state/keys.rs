@@ -15,13 +15,7 @@ use crate::raft::{KeyState, Op};
 
 /// Applies a key command at log `index` with leader time `at`; returns how
 /// many keys changed. Other commands change nothing.
-pub(super) fn apply(
-    state: &mut State,
-    index: u64,
-    at: u64,
-    op: &Op,
-    touched: &mut BTreeSet<String>,
-) -> u64 {
+pub(super) fn apply(state: &mut State, index: u64, at: u64, op: &Op) -> u64 {
     let changed = match op {
         Op::AddPendingKey {
             key,
@@ -37,7 +31,6 @@ pub(super) fn apply(
                 return 0;
             }
             state.keys.insert(key.kid.clone(), key.clone());
-            touched.insert(key.kid.clone());
             1
         }
         Op::ActivateKey {
@@ -52,19 +45,17 @@ pub(super) fn apply(
                 return 0;
             }
             let mut n = 0;
-            for (other, k) in state.keys.iter_mut() {
+            for k in state.keys.values_mut() {
                 if k.state == KeyState::Active {
                     k.state = KeyState::Retired;
                     k.times.retired_at = Some(at);
                     k.times.remove_after = Some(at.saturating_add(*retire_grace));
-                    touched.insert(other.clone());
                     n += 1;
                 }
             }
             if let Some(k) = state.keys.get_mut(kid) {
                 k.state = KeyState::Active;
                 k.times.activated_at = Some(at);
-                touched.insert(kid.clone());
                 n += 1;
             }
             n
@@ -77,7 +68,6 @@ pub(super) fn apply(
                 return 0;
             }
             state.keys.remove(kid);
-            touched.insert(kid.clone());
             1
         }
         Op::ResealKeys {
@@ -94,7 +84,6 @@ pub(super) fn apply(
                 if let Some(k) = state.keys.get_mut(&r.kid) {
                     k.sealed_private_key = r.sealed_private_key.clone();
                     k.kek_id = r.kek_id.clone();
-                    touched.insert(r.kid.clone());
                 }
             }
             keys.len() as u64
@@ -109,7 +98,6 @@ pub(super) fn apply(
 
 #[cfg(test)]
 mod tests {
-    use super::super::Touched;
     use super::*;
     use crate::raft::{KeyRecord, KeyTimes, ResealedKey};
 
@@ -130,8 +118,7 @@ mod tests {
     }
 
     fn run(s: &mut State, index: u64, at: u64, op: Op) -> u64 {
-        let mut t = Touched::default();
-        apply(s, index, at, &op, &mut t.keys)
+        apply(s, index, at, &op)
     }
 
     fn states(s: &State) -> Vec<(String, KeyState)> {

@@ -67,6 +67,13 @@ pub(crate) struct Db {
     closed: tokio::sync::watch::Sender<()>,
 }
 
+/// sled's page cache. Its default (1 GiB) let a node's resident memory grow
+/// with the log it had written; sled now holds only the log, Raft's meta and
+/// the snapshot pointer (the applied state lives in memory and in the
+/// snapshot file), and the log is read back mostly right after it is
+/// written, for replication.
+const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 impl Db {
     /// Opens (or creates) the database in `dir`. Blocking.
     #[cfg(test)]
@@ -82,6 +89,7 @@ impl Db {
         })?;
         let db = sled::Config::new()
             .path(dir)
+            .cache_capacity(SLED_CACHE_BYTES)
             .open()
             .map_err(|source| StoreError::Open {
                 path: dir.to_path_buf(),

@@ -76,6 +76,20 @@ async fn issue(c: &TestCluster, on: u64) -> (String, String) {
     (t, r.jti)
 }
 
+/// Revokes token `t` through node `via` as the `frontend` caller.
+async fn revoke_token(
+    c: &TestCluster,
+    via: u64,
+    t: &str,
+) -> Result<tonic::Response<pb::RevokeResponse>, tonic::Status> {
+    c.tokens_on(via, "frontend")
+        .await
+        .revoke(pb::RevokeRequest {
+            target: Some(pb::revoke_request::Target::Token(t.to_string())),
+        })
+        .await
+}
+
 /// The jtis of the `Revoked` events read from `stream` until every one of
 /// `want` has arrived (bounded).
 async fn read_revoked(stream: &mut tonic::Streaming<pb::WatchEvent>, want: &BTreeSet<String>) {
@@ -182,12 +196,7 @@ async fn a_learner_serves_linearizable_reads_exchanges_and_streams_without_promo
             .exchange_token(exchange_req(&t, "payments", &["payments:charge"]))
             .await;
         assert!(ok.is_ok(), "attempt {k}: a live token was refused: {ok:?}");
-        let rev = c
-            .tokens_on(via, "frontend")
-            .await
-            .revoke(pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Token(t.clone())),
-            })
+        let rev = revoke_token(&c, via, &t)
             .await
             .unwrap()
             .into_inner()
@@ -217,13 +226,7 @@ async fn a_learner_serves_linearizable_reads_exchanges_and_streams_without_promo
 
     // Writes through the learner reach the leader.
     let (t, _) = issue(&c, 4).await;
-    c.tokens_on(4, "frontend")
-        .await
-        .revoke(pb::RevokeRequest {
-            target: Some(pb::revoke_request::Target::Token(t.clone())),
-        })
-        .await
-        .unwrap();
+    revoke_token(&c, 4, &t).await.unwrap();
     let r = c
         .tokens_on(leader, "orders")
         .await
@@ -252,13 +255,7 @@ async fn a_leader_cut_off_from_the_voters_gets_no_quorum_from_its_learners() {
     // learners are not a quorum, so it neither commits nor confirms reads.
     c.faults.isolate_from(old, majority.clone());
     wait_health(&c, old, ServingStatus::NotServing).await;
-    let e = c
-        .tokens_on(old, "frontend")
-        .await
-        .revoke(pb::RevokeRequest {
-            target: Some(pb::revoke_request::Target::Token(t.clone())),
-        })
-        .await;
+    let e = revoke_token(&c, old, &t).await;
     // Refused, or at most an unknown outcome: never acknowledged by a
     // quorum of learners.
     let e = e.expect_err("a leader cut off from every other voter acknowledged a write");
@@ -274,13 +271,7 @@ async fn a_leader_cut_off_from_the_voters_gets_no_quorum_from_its_learners() {
     // A new leader may still be settling: retry UNAVAILABLE, bounded.
     let deadline = tokio::time::Instant::now() + WAIT;
     let rev = loop {
-        let r = c
-            .tokens_on(new, "frontend")
-            .await
-            .revoke(pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Token(t.clone())),
-            })
-            .await;
+        let r = revoke_token(&c, new, &t).await;
         match r {
             Ok(r) => break r.into_inner().revision,
             Err(s) if s.code() == Code::Unavailable && tokio::time::Instant::now() < deadline => {
@@ -342,12 +333,7 @@ async fn a_learner_cut_off_from_the_leader_stops_serving_and_the_voters_write_on
     c.faults.isolate(4);
     wait_health(&c, 4, ServingStatus::NotServing).await;
     // The voters do not wait for it.
-    let rev = c
-        .tokens_on(leader, "frontend")
-        .await
-        .revoke(pb::RevokeRequest {
-            target: Some(pb::revoke_request::Target::Token(t.clone())),
-        })
+    let rev = revoke_token(&c, leader, &t)
         .await
         .unwrap()
         .into_inner()

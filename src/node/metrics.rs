@@ -186,10 +186,16 @@ pub(super) fn register_reads(metrics: &Metrics, reads: crate::raft::ReadIndex) {
         "Read-index rounds this node ran (leader: quorum confirmations; follower: calls to the leader)",
         move || vec![(vec![], r.rounds().0 as f64)],
     );
+    let r = reads.clone();
     metrics.counter_fn(
         "read_index_reads",
         "Linearizable reads served by read-index rounds (not by the leader's lease)",
-        move || vec![(vec![], reads.rounds().1 as f64)],
+        move || vec![(vec![], r.rounds().1 as f64)],
+    );
+    metrics.counter_fn(
+        "read_index_streams_opened",
+        "Read-index streams this node opened to a leader (a follower keeps one per leader; more mean failures or idle closes)",
+        move || vec![(vec![], reads.streams_opened() as f64)],
     );
 }
 

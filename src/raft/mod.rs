@@ -23,6 +23,7 @@ pub mod election;
 pub mod network;
 pub mod proposer;
 pub mod read_index;
+mod read_link;
 pub mod service;
 pub mod types;
 

@@ -252,7 +252,25 @@ struct Inner {
     // await. Bounded by the number of distinct (node, address) pairs the
     // membership ever named.
     channels: Mutex<HashMap<(NodeId, String), RaftServiceClient<Channel>>>,
+    /// Read-index links to leaders (see [`super::read_link`]), by the same
+    /// key; bounded the same way.
+    read_links: Mutex<HashMap<(NodeId, String), ReadLinkSlot>>,
+    /// Read-index streams opened, for the metrics.
+    read_links_opened: std::sync::atomic::AtomicU64,
 }
+
+/// How this node asks one leader for read indexes.
+enum ReadLinkSlot {
+    /// Over a stream.
+    Stream(super::read_link::Link),
+    /// With unary calls, since this instant: the leader did not know the
+    /// stream. Tried again after [`UNARY_RETRY`].
+    Unary(std::time::Instant),
+}
+
+/// How long a follower keeps using unary read-index calls with a leader
+/// that did not know the stream (an older binary) before it tries again.
+const UNARY_RETRY: Duration = Duration::from_secs(60);
 
 /// The client side TLS of a node: its identity (for tonic) and the roots it
 /// verifies servers against (for our verifier).
@@ -300,6 +318,8 @@ impl Network {
                 tls: std::sync::RwLock::new(Arc::new(TlsMaterial::load(&tls)?)),
                 faults,
                 channels: Mutex::new(HashMap::new()),
+                read_links: Mutex::new(HashMap::new()),
+                read_links_opened: Default::default(),
             }),
             snapshot_chunk_timeout: DEFAULT_SNAPSHOT_CHUNK_TIMEOUT,
         })
@@ -365,6 +385,11 @@ impl Network {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = material;
         self.inner
             .channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clear();
+        self.inner
+            .read_links
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clear();
@@ -497,6 +522,93 @@ impl Network {
     /// confirms its leadership with a quorum and answers the log index a
     /// linearizable read must wait for. Waits at most `timeout`.
     pub async fn read_index(
+        &self,
+        leader: NodeId,
+        node: &NodeInfo,
+        timeout: Duration,
+    ) -> Result<u64, super::ReadIndexError> {
+        use super::read_link::LinkError;
+        use super::ReadIndexError;
+        let self_id = self.inner.self_id;
+        let faults = self.inner.faults.as_deref();
+        if faults.is_some_and(|f| f.is_blocked(self_id, leader)) {
+            return Err(ReadIndexError::Unconfirmed(format!(
+                "leader {leader}: link {self_id} -> {leader} is blocked by fault injection"
+            )));
+        }
+        let Some(link) = self.read_link(leader, node)? else {
+            return self.read_index_unary(leader, node, timeout).await;
+        };
+        match tokio::time::timeout(timeout, link.round()).await {
+            Err(_) => Err(ReadIndexError::Timeout),
+            Ok(Err(LinkError::Unsupported)) => {
+                self.inner
+                    .read_links
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .insert(
+                        (leader, node.raft_addr.clone()),
+                        ReadLinkSlot::Unary(std::time::Instant::now()),
+                    );
+                self.read_index_unary(leader, node, timeout).await
+            }
+            Ok(Err(LinkError::Failed(reason))) => Err(ReadIndexError::Unconfirmed(reason)),
+            Ok(Ok(_)) if faults.is_some_and(|f| f.is_blocked(leader, self_id)) => {
+                Err(ReadIndexError::Unconfirmed(format!(
+                    "leader {leader}: reply lost: link {leader} -> {self_id} is blocked by fault injection"
+                )))
+            }
+            Ok(Ok(reply)) => reply,
+        }
+    }
+
+    /// The open read-index link to `leader`, opened if there is none; or
+    /// `None` while unary calls are to be used with it.
+    fn read_link(
+        &self,
+        leader: NodeId,
+        node: &NodeInfo,
+    ) -> Result<Option<super::read_link::Link>, super::ReadIndexError> {
+        let key = (leader, node.raft_addr.clone());
+        let mut links = self
+            .inner
+            .read_links
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match links.get(&key) {
+            Some(ReadLinkSlot::Stream(link)) if link.is_open() => return Ok(Some(link.clone())),
+            Some(ReadLinkSlot::Unary(since)) if since.elapsed() < UNARY_RETRY => return Ok(None),
+            _ => {}
+        }
+        let client = self.client(leader, &node.raft_addr).map_err(|reason| {
+            super::ReadIndexError::Unconfirmed(format!("leader {leader}: {reason}"))
+        })?;
+        let expected_incarnation = node.incarnation;
+        let link = super::read_link::Link::open(super::read_link::Opening {
+            client,
+            target: leader,
+            self_incarnation: self.inner.self_incarnation,
+            check: Box::new(move |meta| check_reply_metadata(meta, leader, expected_incarnation)),
+            open_timeout: super::read_index::ROUND_TIMEOUT,
+        });
+        links.insert(key, ReadLinkSlot::Stream(link.clone()));
+        self.inner
+            .read_links_opened
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Some(link))
+    }
+
+    /// Read-index streams this node opened to a leader: one per leader it
+    /// read through, plus one per failure or idle close.
+    pub fn read_links_opened(&self) -> u64 {
+        self.inner
+            .read_links_opened
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// [`Network::read_index`] as one unary call, for a leader that does
+    /// not know the stream.
+    async fn read_index_unary(
         &self,
         leader: NodeId,
         node: &NodeInfo,

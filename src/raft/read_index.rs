@@ -17,6 +17,8 @@
 //! read. Under load one round (one quorum heartbeat, or one RPC from a
 //! follower to the leader) serves dozens of reads, and a read waits about
 //! one round trip rather than the rest of the round in flight plus its own.
+//! A follower sends its rounds over one long-lived stream to the leader
+//! (`super::read_link`), so a round costs a message each way, not a call.
 //!
 //! **Leader lease.** A round that a quorum confirmed proves that no other
 //! leader can be elected for a while: the voters that acknowledged it heard
@@ -98,6 +100,7 @@ pub struct ReadIndex {
     /// instant.
     confirmed: Arc<Mutex<Option<(u64, Instant)>>>,
     stats: Arc<RoundStats>,
+    network: Network,
 }
 
 /// Counts for [`ReadIndex::rounds`].
@@ -120,6 +123,7 @@ impl ReadIndex {
         let confirmed: Arc<Mutex<Option<(u64, Instant)>>> = Arc::default();
         let stats: Arc<RoundStats> = Arc::default();
         let (record, counts) = (confirmed.clone(), stats.clone());
+        let handle_network = network.clone();
         let task = tokio::spawn(
             async move {
                 let mut rounds = JoinSet::new();
@@ -189,6 +193,7 @@ impl ReadIndex {
                 tx,
                 confirmed,
                 stats,
+                network: handle_network,
             },
             task,
         )
@@ -202,6 +207,12 @@ impl ReadIndex {
             self.stats.rounds.load(Ordering::Relaxed),
             self.stats.reads.load(Ordering::Relaxed),
         )
+    }
+
+    /// Read-index streams this node opened to a leader (see
+    /// `super::read_link`): a follower keeps one open per leader.
+    pub fn streams_opened(&self) -> u64 {
+        self.network.read_links_opened()
     }
 
     /// When the last quorum-confirmed round as leader started.

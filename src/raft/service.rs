@@ -125,6 +125,14 @@ impl RaftService {
         self
     }
 
+    fn answerer(&self) -> super::read_link::Answerer {
+        super::read_link::Answerer {
+            raft: self.raft.clone(),
+            reads: self.reads.clone(),
+            read_lease: self.read_lease.clone(),
+        }
+    }
+
     fn heard_leader(&self) {
         if let Some((contact, _)) = &self.election {
             contact.heard();
@@ -343,35 +351,22 @@ impl raft_service_server::RaftService for RaftService {
     ) -> Result<Response<RaftMessage>, Status> {
         let result = async {
             self.authorize(&request, true)?;
-            let reply: Result<u64, super::ReadIndexError> = match &self.reads {
-                None => Err(super::ReadIndexError::Stopped),
-                Some(reads) => {
-                    let (me, leader) = {
-                        let m = self.raft.metrics();
-                        let m = m.borrow();
-                        let leader = m.current_leader.and_then(|l| {
-                            m.membership_config
-                                .membership()
-                                .get_node(&l)
-                                .map(|n| (l, n.clone()))
-                        });
-                        (m.id, leader)
-                    };
-                    match leader {
-                        Some((l, _)) if l == me => match &self.read_lease {
-                            Some((lease, applied)) if reads.lease_holds(&self.raft, *lease) => {
-                                Ok(*applied.borrow())
-                            }
-                            // Batched with this leader's own reads.
-                            _ => reads.get().await,
-                        },
-                        other => Err(super::ReadIndexError::NotLeader { leader: other }),
-                    }
-                }
-            };
-            encode(&reply)
+            encode(&super::read_link::answer(&self.answerer()).await)
         }
         .await;
+        self.stamped(result)
+    }
+
+    type ReadIndexStreamStream =
+        tokio_stream::wrappers::ReceiverStream<Result<RaftMessage, Status>>;
+
+    async fn read_index_stream(
+        &self,
+        request: Request<tonic::Streaming<RaftMessage>>,
+    ) -> Result<Response<Self::ReadIndexStreamStream>, Status> {
+        let result = self
+            .authorize(&request, true)
+            .map(|_| super::read_link::serve(self.answerer(), request.into_inner()));
         self.stamped(result)
     }
 

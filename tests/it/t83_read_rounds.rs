@@ -105,3 +105,87 @@ async fn reads_inside_the_leaders_lease_run_no_confirmation_round() {
     );
     c.stop().await;
 }
+
+/// Node `i`'s read-index streams opened to a leader, from its metrics.
+fn streams_opened(c: &TestCluster, i: u64) -> u64 {
+    let text = c.node(i).metrics().encode();
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("tessera_read_index_streams_opened_total")?
+                .strip_prefix(' ')
+        })
+        .unwrap_or_else(|| panic!("streams metric missing from the metrics:\n{text}"))
+        .trim()
+        .parse::<f64>()
+        .expect("a number") as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followers_rounds_share_one_stream_that_a_partition_fails_and_a_heal_reopens() {
+    let c = TestCluster::start_with(3, |cfg| {
+        cfg.raft.election_timeout_ms = 10_000;
+        cfg.raft.contact_timeout_ms = 20_000;
+    })
+    .await;
+    let leader = c.agreed_leader(&[1, 2, 3]).await;
+    let follower = if leader == 1 { 2 } else { 1 };
+    let token = c
+        .tokens_on(leader, "frontend")
+        .await
+        .issue_token(issue_req("orders", &["orders:write"]))
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token;
+    let client = c.tokens_on(follower, "orders").await;
+    let read = |k: u64| {
+        let mut client = client.clone();
+        let token = token.clone();
+        async move {
+            let r = client
+                .introspect(introspect_req(&token))
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(r.active && r.linearizable, "follower read {k}: {r:?}");
+        }
+    };
+
+    // Rounds one after another and all at once: one stream carries them.
+    assert_eq!(streams_opened(&c, follower), 0, "no follower read yet");
+    let (rounds_before, _) = rounds(&c, follower);
+    for k in 0..N / 2 {
+        read(k).await;
+    }
+    futures_util::future::join_all((N / 2..N).map(read)).await;
+    let (rounds_after, _) = rounds(&c, follower);
+    assert!(
+        rounds_after - rounds_before >= N / 2,
+        "a round per serial read"
+    );
+    assert_eq!(
+        streams_opened(&c, follower),
+        1,
+        "{} rounds went over one stream",
+        rounds_after - rounds_before
+    );
+
+    // Cut off from the leader, the follower cannot confirm a read: it
+    // refuses rather than answer from its own state.
+    c.faults.block(follower, leader);
+    let mut cut = c.tokens_on(follower, "orders").await;
+    let refused = cut
+        .introspect(introspect_req(&token))
+        .await
+        .expect_err("no read index while the link to the leader is cut");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+
+    // Healed, reads are linearizable again.
+    c.faults.heal();
+    read(N).await;
+    assert!(
+        streams_opened(&c, follower) <= 2,
+        "the stream is reused, or reopened once after the cut"
+    );
+    c.stop().await;
+}

@@ -183,7 +183,7 @@ pub(super) fn register_reads(metrics: &Metrics, reads: crate::raft::ReadIndex) {
     let r = reads.clone();
     metrics.counter_fn(
         "read_index_rounds",
-        "Read-index rounds this node ran (leader: quorum confirmations; follower: calls to the leader)",
+        "Read-index rounds this node ran (leader: quorum confirmations; follower: requests to the leader)",
         move || vec![(vec![], r.rounds().0 as f64)],
     );
     let r = reads.clone();

@@ -221,6 +221,11 @@ impl Shared {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(200));
         };
+        // Usually applied already: no watch and no timer then.
+        let revision = self.state.revision();
+        if revision >= index {
+            return Ok(revision);
+        }
         let mut rx = self.state.watch_revision();
         let applied = tokio::time::timeout_at(deadline.into(), rx.wait_for(|r| *r >= index)).await;
         match applied {

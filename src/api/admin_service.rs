@@ -76,6 +76,14 @@ impl AdminApi {
 
     fn status(&self) -> pb::ClusterStatusResponse {
         let mut s = cluster_status(&self.shared.raft);
+        // A follower knows its leader's commit from what the leader last
+        // announced: a better bound than its own applied index.
+        if let (false, Some(commit)) = (
+            s.lag_known,
+            self.shared.contact.as_ref().and_then(|c| c.leader_commit()),
+        ) {
+            s.commit_index = s.commit_index.max(commit);
+        }
         match self.shared.readiness() {
             Ok(()) => {
                 s.leader_known = true;

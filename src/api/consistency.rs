@@ -47,6 +47,20 @@ pub enum NotReady {
     /// The applied state is far behind the log.
     #[error("applied state is {0} entries behind the log")]
     Behind(u64),
+    /// This follower has not heard its leader's commit index since it
+    /// started, so it cannot tell how far behind it is.
+    #[error("catching up: the leader's commit index is not known yet")]
+    LeaderCommitUnknown,
+    /// This follower's applied state is more than the configured lag
+    /// (`raft.catch_up_lag`) behind the leader's commit index it last
+    /// heard of.
+    #[error("catching up: applied {applied} of the leader's commit {leader_commit}")]
+    CatchingUp {
+        /// This node's applied index.
+        applied: u64,
+        /// The highest commit index its leader announced.
+        leader_commit: u64,
+    },
     /// This node's own TLS certificate expires within the configured
     /// margin (zero: it has expired): peers will soon refuse it. Reported
     /// by health ([`Shared::health`]) only, so that load balancers move
@@ -87,6 +101,18 @@ impl Shared {
             let quiet = contact.quiet_for();
             if quiet > self.contact_timeout {
                 return Err(NotReady::LeaderSilent(quiet));
+            }
+            // Its own log says nothing of what it has not received yet:
+            // judge a follower against the leader's commit.
+            let applied = m.last_applied.map_or(0, |l| l.index);
+            let Some(leader_commit) = contact.leader_commit() else {
+                return Err(NotReady::LeaderCommitUnknown);
+            };
+            if leader_commit.saturating_sub(applied) > self.catch_up_lag {
+                return Err(NotReady::CatchingUp {
+                    applied,
+                    leader_commit,
+                });
             }
         }
         let behind = m
@@ -146,8 +172,11 @@ impl Shared {
     }
 
     /// For LOCAL reads: how stale this node's applied state may be, that
-    /// is, how long ago it last had a quorum's leader's word (`None`: no
-    /// such contact at all).
+    /// is, how long ago it last had a quorum's leader's word that it held
+    /// everything committed (`None`: no such word since it started). On a
+    /// follower that is the last leader message whose commit index it has
+    /// applied: a follower catching up reports the time since it was last
+    /// current, not since its last heartbeat.
     pub fn staleness(&self) -> Option<Duration> {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
@@ -160,7 +189,10 @@ impl Shared {
             }
             return self.lease.lock().ok().map(|l| l.last_contact().elapsed());
         }
-        self.contact.as_ref().map(|c| c.quiet_for())
+        let contact = self.contact.as_ref()?;
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        let since = contact.current_since(applied)?;
+        Some(since.elapsed().max(contact.quiet_for()))
     }
 
     /// Waits until this node's applied state includes every write
@@ -250,6 +282,12 @@ mod tests {
         assert!(NotReady::LeaderSilent(Duration::from_secs(2))
             .to_string()
             .contains("2s"));
+        let behind = NotReady::CatchingUp {
+            applied: 7,
+            leader_commit: 4000,
+        }
+        .to_string();
+        assert!(behind.contains("catching up") && behind.contains("4000"));
         assert!(NotReady::CertificateExpiring(Duration::from_secs(60))
             .to_string()
             .contains("renew"));

@@ -26,8 +26,8 @@ pub use super::rate_layer::{RateLimitLayer, RateLimited};
 use super::ApiError;
 
 /// Metadata key of a rate-limit refusal: milliseconds until a retry can
-/// succeed.
-pub const RETRY_AFTER_METADATA: &str = "x-tessera-retry-after-ms";
+/// succeed (spelled once, in `tessera-proto`, for servers and clients).
+pub const RETRY_AFTER_METADATA: &str = tessera_proto::RETRY_AFTER_METADATA;
 
 /// Least time between two log lines about refusals.
 pub const LOG_INTERVAL: Duration = Duration::from_secs(1);

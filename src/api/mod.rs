@@ -170,6 +170,10 @@ pub struct Shared {
     /// its leader, before the node stops serving ([`LEADER_LEASE`] unless
     /// configured).
     contact_timeout: Duration,
+    /// How many entries a follower's applied index may trail the leader's
+    /// commit it last heard of while it still serves
+    /// ([`MAX_CATCH_UP_LAG`] unless configured).
+    catch_up_lag: u64,
     /// This node's certificate expiry, and how long before it health turns
     /// `NOT_SERVING` (see [`Shared::health`]).
     cert_expiry: Option<(Arc<crate::tls::CertExpiry>, Duration)>,
@@ -274,6 +278,7 @@ impl Shared {
             contact: None,
             incarnation: 0,
             contact_timeout: LEADER_LEASE,
+            catch_up_lag: MAX_CATCH_UP_LAG,
             cert_expiry: None,
             metrics: crate::metrics::Metrics::default(),
         }
@@ -312,6 +317,13 @@ impl Shared {
     /// without its leader, before the node stops serving.
     pub fn with_contact_timeout(mut self, timeout: Duration) -> Self {
         self.contact_timeout = timeout;
+        self
+    }
+
+    /// Sets how many entries a follower's applied index may trail the
+    /// leader's commit while it still serves.
+    pub fn with_catch_up_lag(mut self, entries: u64) -> Self {
+        self.catch_up_lag = entries;
         self
     }
 
@@ -745,3 +757,8 @@ async fn lease_keeper(shared: Arc<Shared>) {
 /// Largest gap between a node's log and what it has applied while it still
 /// reports `SERVING`.
 pub const MAX_APPLY_LAG: u64 = 1_000;
+
+/// Default for how many entries a follower's applied index may trail the
+/// leader's commit index it last heard of while it still reports
+/// `SERVING` (config `raft.catch_up_lag`).
+pub const MAX_CATCH_UP_LAG: u64 = 1_000;

@@ -114,6 +114,10 @@ pub struct ServeArgs {
     /// Log entries kept behind a snapshot (default 1000).
     #[arg(long, env = "TESSERA_KEEP_LOGS")]
     keep_logs: Option<u64>,
+    /// Entries a follower may trail its leader's commit index and still
+    /// report SERVING (default 1000).
+    #[arg(long, env = "TESSERA_CATCH_UP_LAG")]
+    catch_up_lag: Option<u64>,
     /// Per-caller rate limit, `CLASS=PER_SECOND/BURST` or `CLASS=off`;
     /// CLASS is issue, introspect, revoke, watch, admin or all. Repeatable;
     /// later settings win. See docs/OPERATIONS.md for the defaults.
@@ -204,6 +208,7 @@ struct FileConfig {
     audit_max_files: Option<u32>,
     snapshot_every: Option<u64>,
     keep_logs: Option<u64>,
+    catch_up_lag: Option<u64>,
     /// Applied before the flags' settings.
     rate_limit: Option<Vec<String>>,
     rate_limit_identities: Option<usize>,
@@ -358,6 +363,9 @@ fn build(a: ServeArgs) -> Result<(Config, ListenAddrs), CliError> {
     }
     if let Some(n) = pick!(keep_logs) {
         config.raft.keep_logs = n;
+    }
+    if let Some(n) = pick!(catch_up_lag) {
+        config.raft.catch_up_lag = n;
     }
     let limits = &mut config.limits;
     for spec in file.rate_limit.iter().flatten().chain(&a.rate_limit) {

@@ -686,6 +686,18 @@ mod deploy_files {
     }
 
     #[test]
+    fn the_dashboard_shows_read_index_batching() {
+        // Rounds, reads, and their ratio (reads per round).
+        for name in [
+            "tessera_read_index_rounds_total",
+            "tessera_read_index_reads_total",
+        ] {
+            assert!(DASHBOARD.contains(name), "{name} missing");
+        }
+        assert!(DASHBOARD.contains("Reads per read-index round"));
+    }
+
+    #[test]
     fn the_alert_rules_cover_what_operators_page_on() {
         // No YAML parser in the tree: the file is kept to plain block
         // mappings; here every alert the issue asks for is present.

@@ -52,6 +52,10 @@ pub struct RaftSettings {
     /// `NOT_SERVING` and refuses streams and JWKS (ms). Not a read lease:
     /// reads always confirm with a quorum.
     pub contact_timeout_ms: u64,
+    /// How many entries a follower's applied index may trail the commit
+    /// index its leader last announced while it still reports `SERVING`;
+    /// further behind it is catching up and reports `NOT_SERVING`.
+    pub catch_up_lag: u64,
 }
 
 impl Default for RaftSettings {
@@ -62,6 +66,7 @@ impl Default for RaftSettings {
             snapshot_every: 10_000,
             keep_logs: 1_000,
             contact_timeout_ms: 3_000,
+            catch_up_lag: crate::api::MAX_CATCH_UP_LAG,
         }
     }
 }

@@ -474,6 +474,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
         .with_consensus(reads, contact, incarnation)
         .with_read_lease(read_lease)
         .with_contact_timeout(Duration::from_millis(config.raft.contact_timeout_ms))
+        .with_catch_up_lag(config.raft.catch_up_lag)
         .with_key_settings(config.keys.clone())
         .with_cert_expiry(cert_expiry, config.tls_reload.expiry_margin)
         .with_metrics(metrics.clone()),

@@ -40,6 +40,8 @@ use super::{NodeId, TypeConfig};
 #[derive(Debug)]
 pub struct LeaderContact {
     last: Mutex<Instant>,
+    /// The leader's commit index as heard (readiness and staleness).
+    commits: super::commits_heard::CommitsHeard,
 }
 
 impl Default for LeaderContact {
@@ -48,6 +50,7 @@ impl Default for LeaderContact {
     fn default() -> Self {
         Self {
             last: Mutex::new(Instant::now()),
+            commits: Default::default(),
         }
     }
 }
@@ -71,6 +74,23 @@ impl LeaderContact {
     /// How long ago the leader was last heard.
     pub fn quiet_for(&self) -> Duration {
         self.last().elapsed()
+    }
+
+    /// Records the commit index a leader's message announced.
+    pub fn heard_commit(&self, commit: u64) {
+        self.commits.record(commit);
+    }
+
+    /// The highest leader commit index heard since this node started.
+    pub fn leader_commit(&self) -> Option<u64> {
+        self.commits.leader_commit()
+    }
+
+    /// When this node's state, with `applied` applied, was last known to
+    /// hold everything its leader had committed (see
+    /// [`super::commits_heard`]).
+    pub fn current_since(&self, applied: u64) -> Option<Instant> {
+        self.commits.current_since(applied)
     }
 }
 

@@ -4,7 +4,9 @@
 //! the internal gRPC service that receives ([`service`]); and the
 //! [`proposer`], which batches concurrent writes into single log entries;
 //! the batched [`read_index`] behind linearizable reads; and the pre-vote
-//! [`election`] that keeps a returning node from deposing a healthy leader.
+//! [`election`] that keeps a returning node from deposing a healthy leader;
+//! and what a follower heard of its leader's commit ([`commits_heard`]),
+//! which tells it when it is catching up.
 //!
 //! # Transport
 //!
@@ -19,6 +21,7 @@
 //! the state it lost.
 
 pub mod codec;
+pub mod commits_heard;
 pub mod election;
 pub mod network;
 pub mod proposer;

@@ -176,6 +176,8 @@ pub enum ForwardError {
 pub struct Faults {
     // A std lock: held for a set lookup or update, never across an await.
     blocked: Mutex<HashSet<(NodeId, NodeId)>>,
+    /// Nodes to which no log entries are sent (heartbeats still are).
+    held: Mutex<HashSet<NodeId>>,
 }
 
 impl Faults {
@@ -220,9 +222,34 @@ impl Faults {
         self.links().retain(|(from, to)| *from != id && *to != id);
     }
 
-    /// Restores every link.
+    /// Restores every link, and releases every held node.
     pub fn heal(&self) {
         self.links().clear();
+        self.held().clear();
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashSet<NodeId>> {
+        self.held
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Holds `id` behind: `AppendEntries` carrying entries to it are not
+    /// sent (`Unreachable`), while heartbeats (no entries) still are, so it
+    /// keeps hearing its leader and the leader's commit index without
+    /// receiving what was committed — a follower catching up, frozen.
+    pub fn hold_entries(&self, id: NodeId) {
+        self.held().insert(id);
+    }
+
+    /// Lets entries reach `id` again.
+    pub fn release_entries(&self, id: NodeId) {
+        self.held().remove(&id);
+    }
+
+    /// Whether entries to `id` are held back.
+    pub fn entries_held(&self, id: NodeId) -> bool {
+        self.held().contains(&id)
     }
 
     /// Whether traffic from `from` to `to` is dropped.
@@ -841,6 +868,15 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
+        if !rpc.entries.is_empty()
+            && (self.net.inner.faults.as_deref()).is_some_and(|f| f.entries_held(self.target))
+        {
+            return Err(CallError::Unreachable(format!(
+                "entries to {} are held back by fault injection",
+                self.target
+            ))
+            .into_rpc(RPCTypes::AppendEntries, self.net.inner.self_id, self.target));
+        }
         self.send(
             Method::AppendEntries,
             RPCTypes::AppendEntries,
@@ -1170,6 +1206,20 @@ mod tests {
         assert!(!f.is_blocked(1, 2));
         f.unblock(1, 2);
         assert!(!f.is_blocked(1, 2));
+    }
+
+    #[test]
+    fn held_entries_are_per_node_and_heal_releases_them() {
+        let f = Faults::new();
+        f.hold_entries(2);
+        assert!(f.entries_held(2));
+        assert!(!f.entries_held(3));
+        assert!(!f.is_blocked(1, 2), "heartbeats still flow");
+        f.release_entries(2);
+        assert!(!f.entries_held(2));
+        f.hold_entries(3);
+        f.heal();
+        assert!(!f.entries_held(3));
     }
 
     #[test]

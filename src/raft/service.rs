@@ -133,9 +133,14 @@ impl RaftService {
         }
     }
 
-    fn heard_leader(&self) {
+    /// Records an accepted leader message, and the commit index it
+    /// announced (readiness compares it with what this node applied).
+    fn heard_leader(&self, commit: Option<u64>) {
         if let Some((contact, _)) = &self.election {
             contact.heard();
+            if let Some(c) = commit {
+                contact.heard_commit(c);
+            }
         }
     }
 
@@ -258,10 +263,12 @@ impl raft_service_server::RaftService for RaftService {
             let caller = self.authorize(&request, true)?;
             let req: AppendEntriesRequest<TypeConfig> = decode(&request)?;
             check_sender(caller, req.vote.leader_id.node_id, "leader")?;
+            // Nothing committed yet is a commit index too: 0.
+            let commit = Some(req.leader_commit.map_or(0, |l| l.index));
             let reply = self.raft.append_entries(req).await;
             if matches!(&reply, Ok(r) if !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_)))
             {
-                self.heard_leader();
+                self.heard_leader(commit);
             }
             encode(&reply)
         }
@@ -288,9 +295,11 @@ impl raft_service_server::RaftService for RaftService {
             let caller = self.authorize(&request, true)?;
             let req: InstallSnapshotRequest<TypeConfig> = decode(&request)?;
             check_sender(caller, req.vote.leader_id.node_id, "leader")?;
+            // Everything a snapshot covers is committed.
+            let commit = req.meta.last_log_id.map(|l| l.index);
             let reply = self.raft.install_snapshot(req).await;
             if matches!(&reply, Ok(r) if r.vote.leader_id().node_id == caller) {
-                self.heard_leader();
+                self.heard_leader(commit);
             }
             encode(&reply)
         }

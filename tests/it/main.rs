@@ -20,6 +20,7 @@ mod t80_cluster;
 mod t82_consistency;
 mod t83_learners;
 mod t83_read_rounds;
+mod t84_catch_up;
 mod t85_watch;
 mod t86_coalesce;
 mod t88_cutoffs;

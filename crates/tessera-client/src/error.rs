@@ -40,6 +40,9 @@ pub enum ClientError {
         code: Code,
         /// The status message, as received.
         message: String,
+        /// The server's hint of when a retry can succeed
+        /// ([`tessera_proto::RETRY_AFTER_METADATA`]), if it gave one.
+        retry_after: Option<Duration>,
     },
     /// The configuration names no endpoint.
     #[error("no endpoint configured")]
@@ -78,13 +81,40 @@ impl ClientError {
         }
     }
 
+    /// When the server said a retry can succeed (a rate limit's refusal):
+    /// `None` when it gave no hint.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ClientError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
     pub(crate) fn status(endpoint: &str, status: &tonic::Status) -> Self {
         ClientError::Status {
             endpoint: endpoint.to_string(),
             code: status.code(),
             message: status.message().to_string(),
+            retry_after: retry_hint(status),
         }
     }
+}
+
+/// Longest retry hint taken from a server: a larger (or garbled) value is
+/// capped, so that a bad hint cannot park a client for long.
+pub const MAX_RETRY_HINT: Duration = Duration::from_secs(60);
+
+/// The retry hint of a status, capped at [`MAX_RETRY_HINT`].
+fn retry_hint(status: &tonic::Status) -> Option<Duration> {
+    let ms: u64 = status
+        .metadata()
+        .get(tessera_proto::RETRY_AFTER_METADATA)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_millis(ms).min(MAX_RETRY_HINT))
 }
 
 /// Whether a failed call is worth repeating on another node: the node is
@@ -111,6 +141,30 @@ mod tests {
             "n1:1 answered PermissionDenied: policy: issue"
         );
         assert_eq!(ClientError::NoEndpoints.code(), None);
+    }
+
+    #[test]
+    fn status_keeps_the_retry_hint_capped() {
+        let mut s = tonic::Status::resource_exhausted("rate limit");
+        assert_eq!(ClientError::status("n", &s).retry_after(), None);
+        s.metadata_mut()
+            .insert(tessera_proto::RETRY_AFTER_METADATA, "250".parse().unwrap());
+        assert_eq!(
+            ClientError::status("n", &s).retry_after(),
+            Some(Duration::from_millis(250))
+        );
+        s.metadata_mut().insert(
+            tessera_proto::RETRY_AFTER_METADATA,
+            "99999999".parse().unwrap(),
+        );
+        assert_eq!(
+            ClientError::status("n", &s).retry_after(),
+            Some(MAX_RETRY_HINT)
+        );
+        s.metadata_mut()
+            .insert(tessera_proto::RETRY_AFTER_METADATA, "soon".parse().unwrap());
+        assert_eq!(ClientError::status("n", &s).retry_after(), None);
+        assert_eq!(ClientError::NoEndpoints.retry_after(), None);
     }
 
     #[test]

@@ -15,6 +15,14 @@
 //! connection errors (following a leader hint when a node gives one);
 //! refusals (`PERMISSION_DENIED`, `INVALID_ARGUMENT`, ...) are returned as
 //! they are.
+//!
+//! A `RESOURCE_EXHAUSTED` or `UNAVAILABLE` answer may carry a retry hint
+//! (`x-tessera-retry-after-ms`: a rate limit's refusal). The source honours
+//! it: while it still holds a valid token it hands that one out and asks
+//! the cluster again only once the hint has passed; without one it waits
+//! for the hint and tries again, as long as the waits stay within
+//! [`TokenSourceConfig::max_retry_wait`] — beyond that the error is
+//! returned at once, carrying the hint ([`ClientError::retry_after`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -101,6 +109,12 @@ impl Renewal {
     }
 }
 
+/// Default for [`TokenSourceConfig::max_retry_wait`].
+pub const DEFAULT_MAX_RETRY_WAIT: Duration = Duration::from_secs(2);
+
+/// Most attempts of one call that follows retry hints.
+const MAX_ATTEMPTS: usize = 4;
+
 /// Settings of a [`TokenSource`]. Build with [`TokenSourceConfig::new`]
 /// and adjust the public fields.
 #[derive(Clone)]
@@ -126,6 +140,9 @@ pub struct TokenSourceConfig {
     pub max_cached: usize,
     /// Wall clock, compared with the tokens' `iat` and `exp`.
     pub clock: Arc<dyn Clock>,
+    /// Longest a call without a valid cached token waits in total for the
+    /// cluster's retry hints before giving up (zero: never waits).
+    pub max_retry_wait: Duration,
 }
 
 impl std::fmt::Debug for TokenSourceConfig {
@@ -136,6 +153,7 @@ impl std::fmt::Debug for TokenSourceConfig {
             .field("renewal", &self.renewal)
             .field("lifetime", &self.lifetime)
             .field("max_cached", &self.max_cached)
+            .field("max_retry_wait", &self.max_retry_wait)
             .finish_non_exhaustive()
     }
 }
@@ -154,6 +172,7 @@ impl TokenSourceConfig {
             request_timeout: Duration::from_secs(10),
             max_cached: 1024,
             clock: Arc::new(SystemClock),
+            max_retry_wait: DEFAULT_MAX_RETRY_WAIT,
         }
     }
 }
@@ -194,6 +213,9 @@ struct Slot {
     /// purpose: the holder awaits the cluster, and callers without a valid
     /// token wait for its answer instead of sending their own request.
     renewing: tokio::sync::Mutex<()>,
+    /// No renewal before this instant: the cluster's retry hint, while the
+    /// cached token is still handed out.
+    retry_at: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Slot {
@@ -206,6 +228,25 @@ impl Slot {
 
     fn store(&self, c: Cached) {
         *self.cached.lock().unwrap_or_else(PoisonError::into_inner) = Some(c);
+    }
+
+    fn retry_at(&self) -> std::sync::MutexGuard<'_, Option<tokio::time::Instant>> {
+        self.retry_at.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether the cluster asked not to be called again yet.
+    fn held_off(&self) -> bool {
+        self.retry_at()
+            .is_some_and(|t| tokio::time::Instant::now() < t)
+    }
+}
+
+/// The retry hint of an error worth retrying after it (rate limited, or
+/// a node that said when to come back).
+fn retry_hint(e: &ClientError) -> Option<Duration> {
+    match e.code() {
+        Some(tonic::Code::ResourceExhausted | tonic::Code::Unavailable) => e.retry_after(),
+        _ => None,
     }
 }
 
@@ -278,6 +319,7 @@ pub struct TokenSource {
     renewal: Renewal,
     lifetime_seconds: u64,
     max_cached: usize,
+    max_retry_wait: Duration,
     clock: Arc<dyn Clock>,
     slots: Mutex<HashMap<Key, Arc<Slot>>>,
 }
@@ -311,6 +353,7 @@ impl TokenSource {
             renewal: config.renewal,
             lifetime_seconds: config.lifetime.map_or(0, |d| d.as_secs().max(1)),
             max_cached: config.max_cached,
+            max_retry_wait: config.max_retry_wait,
             clock: config.clock,
             slots: Mutex::new(HashMap::new()),
         })
@@ -376,6 +419,7 @@ impl TokenSource {
             ..Default::default()
         };
         self.get(key, cap, || {
+            let request = request.clone();
             self.pool.call(move |ch| {
                 let request = request.clone();
                 async move {
@@ -437,14 +481,15 @@ impl TokenSource {
     /// expired.
     async fn get<F, Fut>(&self, key: Key, cap: Option<u64>, fetch: F) -> Result<String, ClientError>
     where
-        F: FnOnce() -> Fut,
+        F: Fn() -> Fut,
         Fut: Future<Output = Result<pb::TokenResponse, ClientError>>,
     {
         let slot = self.slot(key);
         let now = self.clock.now();
         let cached = slot.cached();
         if let Some(c) = &cached {
-            if now < c.renew_at && now < c.exp {
+            // Before the renewal point, or the cluster asked us to wait.
+            if now < c.exp && (now < c.renew_at || slot.held_off()) {
                 return Ok(c.token.clone());
             }
         }
@@ -463,7 +508,7 @@ impl TokenSource {
                 return Ok(c.token.clone());
             }
         }
-        let fetched = match fetch().await {
+        let fetched = match self.fetch_with_hints(&slot, &fetch).await {
             Ok(resp) => self.accept(resp, cap),
             Err(e) => Err(e),
         };
@@ -481,6 +526,46 @@ impl TokenSource {
                 }
                 _ => Err(e),
             },
+        }
+    }
+
+    /// Calls `fetch`, following the cluster's retry hints (see the module
+    /// docs): with a valid token cached, a hint only defers the next
+    /// renewal; without one, the call waits for it while the waits fit in
+    /// `max_retry_wait`, at most [`MAX_ATTEMPTS`] attempts.
+    async fn fetch_with_hints<F, Fut>(
+        &self,
+        slot: &Slot,
+        fetch: &F,
+    ) -> Result<pb::TokenResponse, ClientError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<pb::TokenResponse, ClientError>>,
+    {
+        // Past the hint, or an earlier caller waited it out: clear it.
+        *slot.retry_at() = None;
+        let mut waited = Duration::ZERO;
+        let mut attempt = 1;
+        loop {
+            let e = match fetch().await {
+                Ok(resp) => return Ok(resp),
+                Err(e) => e,
+            };
+            let Some(hint) = retry_hint(&e) else {
+                return Err(e);
+            };
+            let valid = slot.cached().is_some_and(|c| self.clock.now() < c.exp);
+            if valid {
+                *slot.retry_at() = Some(tokio::time::Instant::now() + hint);
+                return Err(e);
+            }
+            if attempt >= MAX_ATTEMPTS || waited + hint > self.max_retry_wait {
+                return Err(e);
+            }
+            tracing::debug!(wait_ms = hint.as_millis() as u64, error = %e, "retrying after the cluster's hint");
+            tokio::time::sleep(hint).await;
+            waited += hint;
+            attempt += 1;
         }
     }
 
@@ -659,6 +744,115 @@ mod tests {
         assert_eq!(f.source.token("c", &["s"]).await.unwrap(), "tc");
         f.source.clear();
         assert!(f.source.is_empty());
+    }
+
+    /// A token response the source accepts, valid for 100 s from `T0`.
+    fn issued(jti: &str) -> pb::TokenResponse {
+        let payload = B64.encode(format!(
+            r#"{{"iat":{T0},"exp":{},"jti":"{jti}"}}"#,
+            T0 + 100
+        ));
+        pb::TokenResponse {
+            access_token: format!("h.{payload}.s"),
+            jti: jti.into(),
+            ..Default::default()
+        }
+    }
+
+    /// What a rate-limited node answers.
+    fn rate_limited(ms: u64) -> ClientError {
+        let mut s = tonic::Status::resource_exhausted("rate limit for issue calls exceeded");
+        s.metadata_mut().insert(
+            tessera_proto::RETRY_AFTER_METADATA,
+            ms.to_string().parse().unwrap(),
+        );
+        ClientError::status("n1:1", &s)
+    }
+
+    fn own(aud: &str) -> Key {
+        Key::Own {
+            audience: aud.into(),
+            scopes: scope_key(&["s"]),
+        }
+    }
+
+    // Paused time: the waits are virtual, and measured exactly.
+    #[tokio::test(start_paused = true)]
+    async fn without_a_token_the_retry_hint_is_waited_for_then_retried() {
+        let f = unreachable();
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let start = tokio::time::Instant::now();
+        let token = f
+            .source
+            .get(own("a"), None, || async {
+                match calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                    0 => Err(rate_limited(300)),
+                    _ => Ok(issued("j1")),
+                }
+            })
+            .await
+            .unwrap();
+        assert!(token.starts_with("h."));
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(start.elapsed(), Duration::from_millis(300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_hint_beyond_the_bound_is_returned_at_once() {
+        let f = unreachable();
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let start = tokio::time::Instant::now();
+        let e = f
+            .source
+            .get(own("a"), None, || async {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Err::<pb::TokenResponse, _>(rate_limited(5_000))
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some(tonic::Code::ResourceExhausted));
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(5)));
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        // Hints that keep coming stop after the bound (2 s by default).
+        let e = f
+            .source
+            .get(own("b"), None, || async {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Err::<pb::TokenResponse, _>(rate_limited(900))
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some(tonic::Code::ResourceExhausted));
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1 + 3);
+        assert_eq!(start.elapsed(), Duration::from_millis(1_800));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_a_valid_token_the_hint_defers_the_next_renewal() {
+        let f = unreachable();
+        f.source.seed("a", &["s"], cached("t1", T0 + 100, T0 + 80));
+        f.clock.advance(85);
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let fetch = || async {
+            match calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                0 => Err(rate_limited(10_000)),
+                _ => Ok(issued("j2")),
+            }
+        };
+        // Refused with a hint: the valid token, at once, no wait.
+        let start = tokio::time::Instant::now();
+        assert_eq!(f.source.get(own("a"), None, fetch).await.unwrap(), "t1");
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        // Within the hint: no call at all.
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert_eq!(f.source.get(own("a"), None, fetch).await.unwrap(), "t1");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // Past it: renewed.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let renewed = f.source.get(own("a"), None, fetch).await.unwrap();
+        assert_ne!(renewed, "t1");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[test]

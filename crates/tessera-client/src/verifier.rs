@@ -26,6 +26,16 @@
 //! (a key published since) triggers one refresh and one more try; refreshes
 //! are rate limited, so a stream of tokens with made-up `kid`s costs at most
 //! one fetch per interval.
+//!
+//! The set is also refreshed once it is older than the `max_age_seconds`
+//! the cluster sends with it (its key publish-ahead window; at least
+//! `jwks_refresh_min_interval`, at most [`MAX_JWKS_AGE`]), so that retired
+//! and removed keys leave the set without waiting for an unknown `kid`.
+//! That refresh runs in the call that finds the set old, while concurrent
+//! calls keep using the current set; if it fails, the current set stays in
+//! use and the next attempt waits for the rate limit. Keeping it is safe:
+//! the cluster publishes a key at least a max-age before it signs with it,
+//! and removes one only after every token it signed has expired.
 
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
@@ -43,6 +53,10 @@ use tessera_token::{
     verify, Claims, KeySet, TokenError, VerifyParams, DEFAULT_LEEWAY, DEFAULT_MAX_CHAIN,
     DEFAULT_MAX_LEN,
 };
+
+/// Longest the verifier keeps a JWKS without refreshing it, whatever
+/// max-age the cluster advertises.
+pub const MAX_JWKS_AGE: Duration = Duration::from_secs(24 * 3600);
 
 /// Settings of a [`Verifier`]. Build with [`VerifierConfig::new`] and adjust
 /// the public fields.
@@ -234,6 +248,12 @@ pub struct Verifier {
     skip_binding: bool,
     clock: Arc<dyn Clock>,
     keys: RwLock<Option<Arc<KeySet>>>,
+    /// When the current set passes the max-age it was served with (`None`:
+    /// no max-age given; refreshed on unknown `kid`s only).
+    // A std lock: held to copy an instant, never across an await.
+    fresh_until: std::sync::Mutex<Option<Instant>>,
+    /// Fetches attempted (tests count them).
+    fetches: std::sync::atomic::AtomicU64,
     /// When the last fetch started. An async mutex: it also makes callers
     /// that miss a `kid` at the same time wait for the one fetch rather than
     /// start their own.
@@ -292,6 +312,8 @@ impl Verifier {
             skip_binding: config.skip_binding,
             clock: config.clock,
             keys: RwLock::new(None),
+            fresh_until: std::sync::Mutex::new(None),
+            fetches: std::sync::atomic::AtomicU64::new(0),
             refreshed: tokio::sync::Mutex::new(None),
             cache,
         })
@@ -394,11 +416,42 @@ impl Verifier {
 
     async fn keys(&self) -> Result<Arc<KeySet>, VerifyError> {
         if let Some(k) = self.current_keys() {
+            if self.keys_expired() {
+                self.refresh_expired().await;
+                return Ok(self.current_keys().unwrap_or(k));
+            }
             return Ok(k);
         }
         self.refresh_limited().await.map_err(VerifyError::Keys)?;
         self.current_keys()
             .ok_or(VerifyError::Keys(ClientError::NoKeys))
+    }
+
+    fn fresh_until(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.fresh_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether the current set is past the max-age it was served with.
+    fn keys_expired(&self) -> bool {
+        self.fresh_until().is_some_and(|t| Instant::now() >= t)
+    }
+
+    /// Refreshes a set past its max-age, unless another call is fetching
+    /// (the current set serves meanwhile) or the rate limit says wait. A
+    /// failure keeps the current set (see the module docs).
+    async fn refresh_expired(&self) {
+        let Ok(mut last) = self.refreshed.try_lock() else {
+            return;
+        };
+        if last.is_some_and(|t| t.elapsed() < self.min_refresh) {
+            return;
+        }
+        *last = Some(Instant::now());
+        if let Err(e) = self.fetch().await {
+            tracing::warn!(error = %e, "JWKS refresh after its max-age failed; the current keys stay in use");
+        }
     }
 
     /// Fetches the JWKS unless a fetch started less than the minimum
@@ -413,6 +466,8 @@ impl Verifier {
     }
 
     async fn fetch(&self) -> Result<usize, ClientError> {
+        self.fetches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let resp = self
             .pool
             .call(|ch| async move {
@@ -424,14 +479,31 @@ impl Verifier {
         let set = KeySet::from_jwks_json(&resp.jwks_json)
             .map_err(|e| ClientError::BadResponse(format!("JWKS: {e}")))?;
         let n = set.len();
-        tracing::debug!(keys = n, revision = resp.revision, "JWKS fetched");
-        *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(set));
+        tracing::debug!(
+            keys = n,
+            revision = resp.revision,
+            max_age_s = resp.max_age_seconds,
+            "JWKS fetched"
+        );
+        self.install(set, resp.max_age_seconds);
         Ok(n)
+    }
+
+    /// Makes `set` the current key set, fresh for `max_age_seconds` (0: no
+    /// max-age), bounded below by the refresh interval and above by
+    /// [`MAX_JWKS_AGE`].
+    fn install(&self, set: KeySet, max_age_seconds: u64) {
+        let fresh = (max_age_seconds > 0).then(|| {
+            let age = Duration::from_secs(max_age_seconds.min(MAX_JWKS_AGE.as_secs()));
+            Instant::now() + age.max(self.min_refresh)
+        });
+        *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(set));
+        *self.fresh_until() = fresh;
     }
 
     #[cfg(test)]
     fn set_keys(&self, keys: KeySet) {
-        *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(keys));
+        self.install(keys, 0);
     }
 }
 
@@ -746,6 +818,57 @@ pub(crate) mod tests {
         // Known keys keep working meanwhile.
         let good = f.key.sign(&claims()).unwrap();
         assert!(v.verify(&good, CERT).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keys_are_refreshed_once_past_their_max_age() {
+        use std::sync::atomic::Ordering;
+        let f = fixture();
+        // A failed fetch may move paused time by a connect timeout (5 s):
+        // a refresh interval well above it keeps the counts exact. The
+        // cache's staleness is not what this test is about.
+        let mut cfg = f.config();
+        cfg.jwks_refresh_min_interval = Duration::from_secs(30);
+        cfg.danger_accept_unbounded_staleness();
+        let cache = RevocationCache::detached(f.clock.clone());
+        cache.apply_for_tests(snapshot(1, vec![]));
+        let v = Verifier::new(cfg, cache).unwrap();
+        // As a fetch would leave them: fresh for the 60 s the cluster said.
+        v.install(KeySet::new([f.key.verifying_key()]), 60);
+        let token = f.key.sign(&claims()).unwrap();
+        assert!(v.verify(&token, CERT).await.is_ok());
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(v.verify(&token, CERT).await.is_ok());
+        assert_eq!(v.fetches.load(Ordering::Relaxed), 0, "fresh: no fetch");
+        // Past the max-age: one refresh is attempted. It fails (nothing
+        // listens), and the current keys stay in use.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(v.verify(&token, CERT).await.is_ok());
+        assert_eq!(v.fetches.load(Ordering::Relaxed), 1);
+        // The next attempt waits for the refresh interval.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(v.verify(&token, CERT).await.is_ok());
+        assert_eq!(v.fetches.load(Ordering::Relaxed), 1);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(v.verify(&token, CERT).await.is_ok());
+        assert_eq!(v.fetches.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_max_age_is_bounded_both_ways() {
+        let f = fixture();
+        let v = f.verifier(None);
+        let keys = || KeySet::new([f.key.verifying_key()]);
+        let left = |v: &Verifier| v.fresh_until().map(|t| t - Instant::now());
+        v.install(keys(), 0);
+        assert_eq!(left(&v), None, "no max-age: refreshed on unknown kids only");
+        v.install(keys(), 1);
+        assert!(
+            left(&v).unwrap() > Duration::from_secs(4),
+            "at least the refresh interval"
+        );
+        v.install(keys(), u64::MAX);
+        assert!(left(&v).unwrap() <= MAX_JWKS_AGE);
     }
 
     #[tokio::test]

@@ -5,6 +5,10 @@
 /// address (`host:port`): a client retries there.
 pub const LEADER_METADATA: &str = "x-tessera-leader";
 
+/// Metadata key of a `RESOURCE_EXHAUSTED` (or `UNAVAILABLE`) status: whole
+/// milliseconds until a retry can succeed.
+pub const RETRY_AFTER_METADATA: &str = "x-tessera-retry-after-ms";
+
 /// Metadata key of a `WatchRevocations` status that ends a stream early
 /// (slow subscriber, shutdown): the revision to resume from.
 pub const RESUME_METADATA: &str = "x-tessera-resume-from";

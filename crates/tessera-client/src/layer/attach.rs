@@ -256,12 +256,14 @@ mod tests {
             endpoint: "n".into(),
             code: tonic::Code::PermissionDenied,
             message: "policy".into(),
+            retry_after: None,
         };
         assert_eq!(refused("a", &denied).code(), tonic::Code::PermissionDenied);
         let down = ClientError::Status {
             endpoint: "n".into(),
             code: tonic::Code::Unknown,
             message: "transport".into(),
+            retry_after: None,
         };
         assert_eq!(refused("a", &down).code(), tonic::Code::Unavailable);
         assert_eq!(

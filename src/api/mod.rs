@@ -618,7 +618,7 @@ pub async fn serve(
             .set_service_status(s, tonic_health::ServingStatus::NotServing)
             .await;
     }
-    let health_task = tokio::spawn(health_loop(shared.clone(), reporter));
+    let health_task = tokio::spawn(health_loop(shared.clone(), reporter.clone()));
     let lease_task = tokio::spawn(lease_keeper(shared.clone()));
 
     let tokens = TokenServiceServer::new(token_service::TokenApi::new(shared.clone()))
@@ -651,8 +651,20 @@ pub async fn serve(
     let node_id = shared.raft.metrics().borrow().id;
     let trace = trace_layer::TraceLayer::new(node_id, shared.state.clone());
     let mut stop_rx = stop;
+    let mut reporter = reporter;
     let shutdown = async move {
         let _ = stop_rx.wait_for(|s| *s).await;
+        // Health `Watch` streams end only when their status is dropped,
+        // and a graceful shutdown waits for every stream: say NOT_SERVING
+        // to the watchers (load balancers drain), then drop the statuses.
+        health_task.abort();
+        let _ = health_task.await;
+        for s in HEALTH_SERVICES {
+            reporter
+                .set_service_status(s, tonic_health::ServingStatus::NotServing)
+                .await;
+            reporter.clear_service_status(s).await;
+        }
     };
     let result = tonic::transport::Server::builder()
         // Outermost: counts the refusals of the layers below as well.
@@ -676,7 +688,6 @@ pub async fn serve(
         .add_service(watcher)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
-    health_task.abort();
     lease_task.abort();
     if let Err(e) = result {
         tracing::error!(error = %e, "API server failed");

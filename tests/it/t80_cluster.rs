@@ -445,3 +445,34 @@ async fn health_follows_leadership() {
     .expect("NOT_SERVING while isolated");
     c.faults.heal();
 }
+
+/// A load balancer's health `Watch` stream used to hold a node's graceful
+/// shutdown forever: the stream ends only when its status is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_health_watch_does_not_hold_up_shutdown() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let mut c = TestCluster::start(3).await;
+    let leader = c.agreed_leader(&[1, 2, 3]).await;
+    let mut health = HealthClient::new(c.channel_as(leader, &c.files("ledger")).await)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    health.message().await.unwrap().expect("the current status");
+
+    tokio::time::timeout(std::time::Duration::from_secs(60), c.stop_node(leader))
+        .await
+        .expect("the node shut down with a health watch open");
+    // The watcher was told NOT_SERVING before its stream ended.
+    let mut last = None;
+    while let Ok(Some(h)) = health.message().await {
+        last = Some(h.status);
+    }
+    assert_eq!(last, Some(ServingStatus::NotServing as i32));
+    c.stop().await;
+}

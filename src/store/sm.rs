@@ -233,6 +233,11 @@ fn apply_to(st: &mut State, feed: &Feed, entries: &[Entry]) -> (Vec<CommandRespo
     let mut touched = Touched::default();
     let responses: Vec<CommandResponse> =
         entries.iter().map(|e| st.apply(e, &mut touched)).collect();
+    // An event's list grew by doubling while a batch was applied; the feed
+    // window holds ~100k revocations for minutes, so keep only what is used.
+    for ev in &mut touched.events {
+        ev.revocations.shrink_to_fit();
+    }
     feed.push(std::mem::take(&mut touched.events));
     (responses, st.revision())
 }

@@ -30,7 +30,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
-use super::jtis::{Id, Other};
+use super::jtis::{Id, IdShards, Other};
 use super::{Cutoff, Policy, State};
 use crate::raft::{KeyRecord, LogId, StoredMembership};
 use crate::store::StoreError;
@@ -66,7 +66,7 @@ pub(crate) struct Export {
     head: Head,
     subjects: Vec<(String, Cutoff)>,
     clients: Vec<(String, Cutoff)>,
-    ids: Vec<(Id, u64)>,
+    ids: IdShards,
     other: Vec<Other>,
 }
 
@@ -140,7 +140,10 @@ impl Export {
 
     /// Its revocation entries of every kind.
     pub(crate) fn revocation_count(&self) -> usize {
-        self.ids.len() + self.other.len() + self.subjects.len() + self.clients.len()
+        self.ids.iter().map(Vec::len).sum::<usize>()
+            + self.other.len()
+            + self.subjects.len()
+            + self.clients.len()
     }
 
     /// Its signing keys.
@@ -148,9 +151,12 @@ impl Export {
         self.head.keys.len()
     }
 
-    /// Writes the copy in format 2, sorting the jtis first. Blocking.
+    /// Writes the copy in format 2, sorting the jtis first (the minted ids
+    /// shard by shard: shards are in byte order). Blocking.
     pub(crate) fn write(mut self, w: &mut impl Write) -> Result<(), StoreError> {
-        self.ids.sort_unstable_by_key(|e| e.0);
+        for shard in &mut self.ids {
+            shard.sort_unstable_by_key(|e| e.0);
+        }
         self.other.sort_unstable();
         let head = serde_json::to_vec(&self.head).map_err(StoreError::Encode)?;
         let mut go = || -> std::io::Result<()> {
@@ -160,8 +166,9 @@ impl Export {
             w.write_all(&head)?;
             put_cutoffs(w, &self.subjects)?;
             put_cutoffs(w, &self.clients)?;
-            w.write_all(&(self.ids.len() as u64).to_le_bytes())?;
-            for (id, until) in &self.ids {
+            let ids = self.ids.iter().map(Vec::len).sum::<usize>();
+            w.write_all(&(ids as u64).to_le_bytes())?;
+            for (id, until) in self.ids.iter().flatten() {
                 w.write_all(id)?;
                 w.write_all(&until.to_le_bytes())?;
             }

@@ -13,6 +13,16 @@
 //! the earliest `until` held is tracked so that a purge with nothing to
 //! remove costs nothing. An expiry-ordered index would cost ~40 bytes per
 //! entry more to save that scan.
+//!
+//! The minted ids are split into 256 maps by their first byte. One map of
+//! a million entries grows by copying itself into a table twice its size
+//! (52 MB at 1M) and freeing the old one: the allocator then keeps freed
+//! blocks of that size around instead of returning them (glibc raises its
+//! mmap threshold to the largest block freed), and apply stops for the
+//! copy. With shards every table stays below ~0.5 MB at 1M, a growth copies
+//! one shard, and a snapshot copies and sorts shard by shard (the shards
+//! are in byte order, so their concatenation is sorted). A purge that
+//! empties most of a shard shrinks it.
 
 use std::collections::HashMap;
 
@@ -22,14 +32,32 @@ pub(crate) type Id = [u8; 16];
 /// A jti in any other form, with its `until`.
 pub(crate) type Other = (Box<str>, u64);
 
+/// Shards of the minted ids: one per value of an id's first byte.
+const SHARDS: usize = 256;
+
+/// A shard shrinks after a purge once it uses less than this fraction
+/// (1/n) of its capacity.
+const SHRINK_BELOW: usize = 4;
+
 /// Revoked jtis and when each may be forgotten.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct Jtis {
-    ids: HashMap<Id, u64>,
+    /// `ids[b]` holds the minted ids whose first byte is `b`.
+    ids: Vec<HashMap<Id, u64>>,
     other: HashMap<Box<str>, u64>,
     /// No entry expires before this (`None` when empty): a lower bound,
     /// exact after a purge.
     min_until: Option<u64>,
+}
+
+impl Default for Jtis {
+    fn default() -> Self {
+        Self {
+            ids: (0..SHARDS).map(|_| HashMap::new()).collect(),
+            other: HashMap::new(),
+            min_until: None,
+        }
+    }
 }
 
 impl PartialEq for Jtis {
@@ -37,6 +65,9 @@ impl PartialEq for Jtis {
         self.ids == o.ids && self.other == o.other
     }
 }
+
+/// The minted ids of a state, copied shard by shard (ascending shards).
+pub(crate) type IdShards = Vec<Vec<(Id, u64)>>;
 
 impl Eq for Jtis {}
 
@@ -115,14 +146,14 @@ impl Jtis {
     /// When `jti` may be forgotten, if it is held.
     pub(crate) fn get(&self, jti: &str) -> Option<u64> {
         match decode_id(jti) {
-            Some(id) => self.ids.get(&id).copied(),
+            Some(id) => self.ids[usize::from(id[0])].get(&id).copied(),
             None => self.other.get(jti).copied(),
         }
     }
 
     /// How many jtis are held.
     pub(crate) fn len(&self) -> usize {
-        self.ids.len() + self.other.len()
+        self.ids.iter().map(HashMap::len).sum::<usize>() + self.other.len()
     }
 
     /// Whether none is held.
@@ -133,7 +164,7 @@ impl Jtis {
     /// Holds `jti` until at least `until`: an entry's `until` only grows.
     pub(crate) fn raise(&mut self, jti: &str, until: u64) -> Raised {
         let slot = match decode_id(jti) {
-            Some(id) => self.ids.entry(id),
+            Some(id) => self.ids[usize::from(id[0])].entry(id),
             None => return raise_in(self.other.entry(jti.into()), until, &mut self.min_until),
         };
         raise_in(slot, until, &mut self.min_until)
@@ -142,13 +173,19 @@ impl Jtis {
     /// Inserts a minted jti read from a snapshot (a repeat keeps the later
     /// `until`).
     pub(crate) fn insert_id(&mut self, id: Id, until: u64) {
-        raise_in(self.ids.entry(id), until, &mut self.min_until);
+        raise_in(
+            self.ids[usize::from(id[0])].entry(id),
+            until,
+            &mut self.min_until,
+        );
     }
 
     /// Makes room for `n` more minted jtis (snapshot decoding; bounded by
-    /// the caller).
+    /// the caller), spread evenly: ids are random bytes.
     pub(crate) fn reserve_ids(&mut self, n: usize) {
-        self.ids.reserve(n);
+        for shard in &mut self.ids {
+            shard.reserve(n / SHARDS);
+        }
     }
 
     /// Removes every entry with `until < at`; returns how many.
@@ -165,26 +202,41 @@ impl Jtis {
             }
             kept
         };
-        self.ids.retain(|_, u| keep(u));
+        for shard in &mut self.ids {
+            shard.retain(|_, u| keep(u));
+            shrink_if_sparse(shard);
+        }
         self.other.retain(|_, u| keep(u));
+        shrink_if_sparse(&mut self.other);
         self.min_until = (!self.is_empty()).then_some(min);
         (before - self.len()) as u64
     }
 
     /// Every entry, as (jti, until), in no particular order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (String, u64)> + '_ {
-        let ids = self.ids.iter().map(|(id, u)| (encode_id(id), *u));
+        let ids = self.ids.iter().flatten().map(|(id, u)| (encode_id(id), *u));
         let other = self.other.iter().map(|(s, u)| (s.to_string(), *u));
         ids.chain(other)
     }
 
     /// A copy of every entry, for writing out once a lock is released:
-    /// (minted ids, other strings), unsorted.
-    pub(crate) fn export(&self) -> (Vec<(Id, u64)>, Vec<Other>) {
+    /// (minted ids by shard, other strings), unsorted within a shard.
+    pub(crate) fn export(&self) -> (IdShards, Vec<Other>) {
         (
-            self.ids.iter().map(|(k, v)| (*k, *v)).collect(),
+            self.ids
+                .iter()
+                .map(|shard| shard.iter().map(|(k, v)| (*k, *v)).collect())
+                .collect(),
             self.other.iter().map(|(k, v)| (k.clone(), *v)).collect(),
         )
+    }
+}
+
+/// Gives memory back once a purge left `map` mostly empty (a table never
+/// shrinks by itself).
+fn shrink_if_sparse<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > SHRINK_BELOW * map.len().max(16) {
+        map.shrink_to_fit();
     }
 }
 
@@ -290,5 +342,60 @@ mod tests {
         b.raise("y", 1);
         b.purge(2);
         assert_eq!(a, b);
+    }
+
+    fn id(first: u8, rest: u8) -> Id {
+        let mut id = [rest; 16];
+        id[0] = first;
+        id
+    }
+
+    #[test]
+    fn minted_ids_export_ascending_across_shards() {
+        let mut j = Jtis::default();
+        let mut want = Vec::new();
+        for first in [255u8, 0, 128, 1, 7] {
+            for rest in [9u8, 3, 200] {
+                j.insert_id(id(first, rest), u64::from(rest));
+                want.push((id(first, rest), u64::from(rest)));
+            }
+        }
+        want.sort();
+        let st = crate::store::state::State {
+            jtis: j,
+            ..Default::default()
+        };
+        let mut bytes = Vec::new();
+        st.export().write(&mut bytes).unwrap();
+        let back = crate::store::state::body::read(&mut bytes.as_slice()).unwrap();
+        assert_eq!(back, st);
+        // The ids section: count, then ascending (id, until) records.
+        let at = bytes.len() - 8 - 8 - want.len() * 24;
+        let got: Vec<(Id, u64)> = bytes[at..at + want.len() * 24]
+            .chunks(24)
+            .map(|c| {
+                (
+                    c[..16].try_into().unwrap(),
+                    u64::from_le_bytes(c[16..].try_into().unwrap()),
+                )
+            })
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_purge_that_empties_most_of_a_shard_gives_its_memory_back() {
+        let mut j = Jtis::default();
+        for n in 0..4_000u32 {
+            let mut k = [0u8; 16];
+            k[1..5].copy_from_slice(&n.to_be_bytes());
+            j.insert_id(k, if n < 10 { 100 } else { 1 });
+        }
+        let full = j.ids[0].capacity();
+        assert!(full >= 4_000);
+        assert_eq!(j.purge(2), 3_990);
+        assert_eq!(j.len(), 10);
+        assert!(j.ids[0].capacity() < full / 4, "{}", j.ids[0].capacity());
+        assert_eq!(j.get(&encode_id(&[0; 16])), Some(100));
     }
 }

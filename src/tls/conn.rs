@@ -1,5 +1,6 @@
 //! An accepted connection and its place in the connection limits: the
-//! per-peer table and the HTTP/2 preface replay of [`TlsConn`].
+//! per-peer table, the HTTP/2 preface replay and the gathered writes of
+//! [`TlsConn`].
 
 use std::collections::HashMap;
 use std::io;
@@ -83,11 +84,40 @@ pub struct TlsConn {
     head_len: usize,
     /// Bytes of `head` already handed to the reader.
     replayed: usize,
+    /// Writes gathered until the next flush, when enabled (see
+    /// [`Gather`]).
+    gather: Option<Gather>,
     _slot: ConnSlot,
 }
 
+/// Most bytes gathered before they go to TLS without waiting for a flush.
+const GATHER_MAX: usize = 64 * 1024;
+
+/// Gathered writes. The HTTP/2 connection task flushes after every round of
+/// frames it writes, and an event fanned out to many streams of one
+/// connection wakes it once per stream: the scheduler runs a task woken
+/// by the running one next, so each stream's message went out alone, as
+/// its own TLS record, `writev` and TCP segment (one syscall per
+/// subscriber and event, on the node and on the subscriber's side). Here
+/// the first flush of a round only puts the connection task back at the
+/// end of the run queue; the streams queued before it add their frames
+/// meanwhile, and the second flush writes them all at once.
+#[derive(Debug, Default)]
+struct Gather {
+    buf: Vec<u8>,
+    /// Bytes of `buf` already written to TLS.
+    sent: usize,
+    /// The current flush has already let the others run once.
+    yielded: bool,
+}
+
 impl TlsConn {
-    pub(super) fn new(stream: TlsStream<TcpStream>, slot: ConnSlot, first: &[u8]) -> Self {
+    pub(super) fn new(
+        stream: TlsStream<TcpStream>,
+        slot: ConnSlot,
+        first: &[u8],
+        gather_writes: bool,
+    ) -> Self {
         let mut head = [0u8; PREFACE.len()];
         let head_len = first.len().min(head.len());
         head[..head_len].copy_from_slice(&first[..head_len]);
@@ -96,8 +126,59 @@ impl TlsConn {
             head,
             head_len,
             replayed: 0,
+            gather: gather_writes.then(Gather::default),
             _slot: slot,
         }
+    }
+
+    /// Writes the gathered bytes to TLS.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(g) = self.gather.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        while g.sent < g.buf.len() {
+            match Pin::new(&mut self.stream).poll_write(cx, &g.buf[g.sent..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => g.sent += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        g.buf.clear();
+        g.sent = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Takes what fits of `bufs` into the gathered bytes, after writing
+    /// them out if full. None when writes are not gathered.
+    fn poll_gather(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Option<Poll<io::Result<usize>>> {
+        let full = self.gather.as_ref()?.buf.len() >= GATHER_MAX;
+        if full {
+            if let Poll::Ready(Err(e)) = self.poll_drain(cx) {
+                return Some(Poll::Ready(Err(e)));
+            }
+        }
+        let g = self.gather.as_mut()?;
+        let room = GATHER_MAX.saturating_sub(g.buf.len());
+        if room == 0 {
+            // Still full: TLS (the socket) has no room; the drain above
+            // registered the wake-up.
+            return Some(Poll::Pending);
+        }
+        let mut n = 0;
+        for b in bufs {
+            let take = b.len().min(room - n);
+            g.buf.extend_from_slice(&b[..take]);
+            n += take;
+            if n == room {
+                break;
+            }
+        }
+        Some(Poll::Ready(Ok(n)))
     }
 
     /// The TLS stream (for its session: peer certificates, ALPN).
@@ -129,7 +210,11 @@ impl AsyncWrite for TlsConn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        if let Some(p) = this.poll_gather(cx, &[io::IoSlice::new(buf)]) {
+            return p;
+        }
+        Pin::new(&mut this.stream).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -137,19 +222,43 @@ impl AsyncWrite for TlsConn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        if let Some(p) = this.poll_gather(cx, bufs) {
+            return p;
+        }
+        Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        // Gathering copies slices as cheaply as one buffer.
+        self.gather.is_some() || self.stream.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        let this = self.get_mut();
+        if let Some(g) = this.gather.as_mut() {
+            if g.sent < g.buf.len() {
+                if !g.yielded {
+                    // Woken by itself, a task goes to the back of the run
+                    // queue: whoever is queued writes first.
+                    g.yielded = true;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                std::task::ready!(this.poll_drain(cx))?;
+            }
+        }
+        std::task::ready!(Pin::new(&mut this.stream).poll_flush(cx))?;
+        if let Some(g) = this.gather.as_mut() {
+            g.yielded = false;
+        }
+        Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+        let this = self.get_mut();
+        std::task::ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.stream).poll_shutdown(cx)
     }
 }
 

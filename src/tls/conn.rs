@@ -93,15 +93,13 @@ pub struct TlsConn {
 /// Most bytes gathered before they go to TLS without waiting for a flush.
 const GATHER_MAX: usize = 64 * 1024;
 
-/// Gathered writes. The HTTP/2 connection task flushes after every round of
-/// frames it writes, and an event fanned out to many streams of one
-/// connection wakes it once per stream: the scheduler runs a task woken
-/// by the running one next, so each stream's message went out alone, as
-/// its own TLS record, `writev` and TCP segment (one syscall per
-/// subscriber and event, on the node and on the subscriber's side). Here
-/// the first flush of a round only puts the connection task back at the
-/// end of the run queue; the streams queued before it add their frames
-/// meanwhile, and the second flush writes them all at once.
+/// Gathered writes. The HTTP/2 connection task writes and flushes each
+/// round of frames as soon as it runs, and one revocation event fanned out
+/// to the many streams of a connection wakes it once per stream, each time
+/// to write little. Here the first flush of a round only puts the
+/// connection task back at the end of the run queue: the streams queued
+/// before it add their frames meanwhile, and the second flush hands them
+/// to TLS in one write. Measured A/B in docs/BENCHMARKS.md (propagation).
 #[derive(Debug, Default)]
 struct Gather {
     buf: Vec<u8>,
@@ -268,5 +266,75 @@ impl Connected for TlsConn {
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.stream.connect_info()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures_util::StreamExt as _;
+    use rustls::pki_types::ServerName;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpListener;
+    use tokio_rustls::TlsConnector;
+
+    use super::*;
+    use crate::tls::testpki::TestPki;
+    use crate::tls::{client_config, tls_incoming_with, AcceptOptions, ServerTls};
+
+    // Gathered writes: what the server writes reaches the client whole and
+    // in order once flushed — many small writes held for one flush, and
+    // more than the gathering bound in one write, passed on without one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn gathered_writes_arrive_whole_and_in_order() {
+        let pki = TestPki::new();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = tls_incoming_with(
+            listener,
+            ServerTls::load(pki.server("s")).unwrap(),
+            AcceptOptions {
+                gather_writes: true,
+                ..AcceptOptions::default()
+            },
+            std::future::pending(),
+        );
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut client = TlsConnector::from(client_config(&pki.client("c")).unwrap())
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        client.write_all(PREFACE).await.unwrap();
+        client.flush().await.unwrap();
+        let mut server = incoming.next().await.unwrap().unwrap();
+
+        let mut want = Vec::new();
+        for i in 0..1000u32 {
+            want.extend_from_slice(format!("m{i};").as_bytes());
+        }
+        let small_len = want.len();
+        want.extend(std::iter::repeat_n(7u8, 2 * GATHER_MAX + 5));
+        let expected = want.clone();
+        let write = async move {
+            for chunk in want[..small_len].split_inclusive(|b| *b == b';') {
+                server.write_all(chunk).await.unwrap();
+            }
+            server.flush().await.unwrap();
+            server.write_all(&want[small_len..]).await.unwrap();
+            server.flush().await.unwrap();
+            server
+        };
+        let read = async {
+            let mut got = vec![0u8; expected.len()];
+            client.read_exact(&mut got).await.unwrap();
+            got
+        };
+        let bound = Duration::from_secs(60);
+        let (_server, got) = tokio::time::timeout(bound, async { tokio::join!(write, read) })
+            .await
+            .expect("gathered writes stalled");
+        assert_eq!(got, expected);
     }
 }

@@ -631,8 +631,13 @@ pub async fn serve(
         watch,
         stop.clone(),
     ));
-    let (incoming, accept_loop) =
-        crate::tls::tls_incoming_joined_with(listener, tls, limits.accept.clone());
+    let mut accept = limits.accept.clone();
+    // One revocation event goes to every subscriber's stream at once:
+    // gathered writes send those of one connection together (see
+    // `AcceptOptions::gather_writes`). `TESSERA_GATHER_WRITES=0` turns
+    // them off, for same-binary A/B measurements (docs/BENCHMARKS.md).
+    accept.gather_writes = std::env::var("TESSERA_GATHER_WRITES").map_or(true, |v| v != "0");
+    let (incoming, accept_loop) = crate::tls::tls_incoming_joined_with(listener, tls, accept);
     shared
         .metrics
         .declare_rate_limit_classes(limits::RpcClass::ALL.map(limits::RpcClass::name));

@@ -4,10 +4,12 @@
 //! applied revision and whether it knows a leader.
 //!
 //! Each subscriber has a bounded buffer: the live feed keeps
-//! [`WatchSettings::live_buffer`] events for it, and its own
-//! outgoing queue is small. One that cannot keep up is ended with `ABORTED`
-//! and the revision to resume from (message and `x-tessera-resume-from`
-//! metadata); the feed never waits for it, so the others are not slowed.
+//! [`WatchSettings::live_buffer`] events for it, and its HTTP/2 stream
+//! holds at most one message beyond its flow-control window (the response
+//! body reads the feed itself, only when the stream has room). One that
+//! cannot keep up is ended with `ABORTED` and the revision to resume from
+//! (message and `x-tessera-resume-from` metadata); the feed never waits for
+//! it, so the others are not slowed.
 //!
 //! Coalescing: a subscriber that sets `WatchRequest.coalesce` gets, each
 //! time its pump wakes, every event the live feed holds for it (up to
@@ -19,14 +21,13 @@
 //! Subscribers that do not opt in get one `revoked` message per event, as
 //! clients built before the field existed expect.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc, watch, OwnedSemaphorePermit, Semaphore};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::{broadcast, watch, OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status};
-use tracing::Instrument as _;
 
 use super::{ApiError, AuditEvent, Shared};
 use crate::pb::{self, watch_event::Kind};
@@ -37,12 +38,6 @@ pub use tessera_proto::RESUME_METADATA;
 
 /// Revocations per snapshot message.
 const SNAPSHOT_CHUNK: usize = 1000;
-/// Messages queued for one subscriber before the pump waits for it.
-const QUEUE: usize = 64;
-/// Messages queued for a coalescing subscriber: few, so that while it is
-/// busy the events wait in the live feed (shared by every subscriber) and
-/// are taken in one batch when it has room, rather than piling up here.
-const COALESCED_QUEUE: usize = 2;
 /// Most events in one `revoked_batch` message.
 pub const BATCH_EVENTS: usize = 256;
 /// Most revocations in one `revoked_batch` message (a larger single event
@@ -166,22 +161,6 @@ fn batch_msg(events: &[Arc<RevocationEvent>]) -> pb::WatchEvent {
     }
 }
 
-/// What a pump queues for its subscriber. Batches stay shared events until
-/// the stream is polled, so a queued batch costs pointers, not copies.
-enum Out {
-    Msg(Result<pb::WatchEvent, Status>),
-    Batch(Vec<Arc<RevocationEvent>>),
-}
-
-impl Out {
-    fn into_wire(self) -> Result<pb::WatchEvent, Status> {
-        match self {
-            Out::Msg(m) => m,
-            Out::Batch(events) => Ok(batch_msg(&events)),
-        }
-    }
-}
-
 /// Events gathered for one `revoked_batch` message, within its bounds.
 #[derive(Default)]
 struct Batch {
@@ -267,20 +246,49 @@ impl pb::revocation_service_server::RevocationService for WatchApi {
         })?;
         let req = req.into_inner();
         let (from, coalesce) = (req.from_revision, req.coalesce);
-        let (tx, rx) = mpsc::channel(if coalesce { COALESCED_QUEUE } else { QUEUE });
+        tracing::debug!(caller = %caller.id, from, coalesce, "watcher starts");
+        let watch = self.shared.state.watch(from);
+        let start = match watch.start {
+            WatchStart::Replay(events) => Start::Replay(
+                if coalesce {
+                    batches(events)
+                } else {
+                    events.into_iter().map(|e| vec![e]).collect()
+                }
+                .into(),
+            ),
+            WatchStart::Snapshot {
+                revision,
+                revocations,
+            } => Start::Snapshot {
+                revision,
+                revocations,
+                sent: 0,
+            },
+        };
+        let mut tick = tokio::time::interval(self.settings.heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let pump = Pump {
             shared: self.shared.clone(),
-            tx,
             coalesce,
-            heartbeat: self.settings.heartbeat,
             stop: self.stop.clone(),
+            live: watch.live,
+            start,
+            last: from,
+            tick,
+            ready_before: true,
+            held: None,
+            done: false,
             _permit: (permit, slot),
         };
-        tokio::spawn(
-            pump.run(from)
-                .instrument(tracing::debug_span!("watcher", caller = %caller.id, from, coalesce)),
-        );
-        let stream = tokio_stream::StreamExt::map(ReceiverStream::new(rx), Out::into_wire);
+        // The response body itself runs the pump: an event goes from the
+        // feed to the HTTP/2 stream in the task that writes the stream,
+        // with no task and queue of its own in between (one wake-up per
+        // subscriber and event instead of two, and no copy queued twice).
+        let stream = futures_util::stream::unfold(pump, |mut p| async move {
+            let m = p.next().await?;
+            Some((m, p))
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 }
@@ -290,54 +298,98 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// Feeds one subscriber. Ends when the subscriber goes away, falls behind,
-/// the node's state is replaced, or the node stops.
+/// Where a subscriber's start (before the live feed) stands.
+enum Start {
+    /// Groups of replayed events still to send (one message each).
+    Replay(VecDeque<Vec<Arc<RevocationEvent>>>),
+    /// A snapshot, of which `sent` revocations went out so far; the end
+    /// marker follows the last chunk.
+    Snapshot {
+        revision: u64,
+        revocations: Vec<Revocation>,
+        sent: usize,
+    },
+    /// Done: live events.
+    Live,
+}
+
+/// Feeds one subscriber: each call of [`Pump::next`] gives its next
+/// message. The stream ends after a terminal status: the subscriber fell
+/// behind, the node's state was replaced, the node is not ready or stops.
+/// It is polled only while the subscriber's HTTP/2 window has room, so a
+/// subscriber that does not read falls behind the live feed and is cut off.
 struct Pump {
     shared: Arc<Shared>,
-    tx: mpsc::Sender<Out>,
     /// The subscriber accepts `revoked_batch` messages.
     coalesce: bool,
-    heartbeat: Duration,
     stop: watch::Receiver<bool>,
+    live: broadcast::Receiver<FeedItem>,
+    start: Start,
+    /// The last revision this subscriber has: it resumes from here.
+    last: u64,
+    tick: tokio::time::Interval,
+    ready_before: bool,
+    /// A feed item taken while gathering a batch that did not go in it.
+    held: Option<Result<FeedItem, broadcast::error::RecvError>>,
+    /// A terminal status went out: the stream ends.
+    done: bool,
     /// The node-wide and the per-identity subscriber slots, given back
     /// when the subscriber ends.
     _permit: (OwnedSemaphorePermit, super::limits::WatchSlot),
 }
 
 impl Pump {
-    /// Queues a message; false if the subscriber is gone or the node is
-    /// stopping (a subscriber that does not read never holds up shutdown).
-    async fn send(&mut self, m: Result<pb::WatchEvent, Status>) -> bool {
-        self.queue(Out::Msg(m)).await
-    }
-
-    async fn queue(&mut self, out: Out) -> bool {
-        tokio::select! {
-            sent = self.tx.send(out) => sent.is_ok(),
-            _ = stopped(&mut self.stop) => false,
-        }
-    }
-
-    /// Sends consecutive events: one batch message to a coalescing
-    /// subscriber (the caller keeps them within the bounds), one message
-    /// each to the others. Returns the last revision sent, or None if the
-    /// subscriber is gone.
-    async fn send_events(&mut self, events: Vec<Arc<RevocationEvent>>) -> Option<u64> {
+    /// Consecutive events as one message: a batch for a coalescing
+    /// subscriber (the caller keeps them within the bounds), else a single
+    /// event (the caller gives one).
+    fn events_msg(&mut self, events: &[Arc<RevocationEvent>]) -> Option<pb::WatchEvent> {
         let last = events.last()?.revision;
-        let n = events.len() as u64;
-        if self.coalesce {
-            if !self.queue(Out::Batch(events)).await {
-                return None;
-            }
+        let m = if self.coalesce {
+            batch_msg(events)
         } else {
-            for e in events {
-                if !self.send(Ok(event_msg(&e))).await {
-                    return None;
+            event_msg(events.first()?)
+        };
+        self.shared.metrics.watch_events_sent(events.len() as u64);
+        self.last = last;
+        Some(m)
+    }
+
+    /// The next message of the start, if any is left.
+    fn next_start(&mut self) -> Option<pb::WatchEvent> {
+        loop {
+            match &mut self.start {
+                Start::Replay(groups) => match groups.pop_front() {
+                    Some(g) => return self.events_msg(&g),
+                    None => self.start = Start::Live,
+                },
+                Start::Snapshot {
+                    revision,
+                    revocations,
+                    sent,
+                } => {
+                    let revision = *revision;
+                    if *sent < revocations.len() {
+                        let chunk =
+                            &revocations[*sent..(*sent + SNAPSHOT_CHUNK).min(revocations.len())];
+                        *sent += chunk.len();
+                        return Some(pb::WatchEvent {
+                            revision,
+                            kind: Some(Kind::Snapshot(pb::Revocations {
+                                revocations: chunk.iter().map(to_pb).collect(),
+                            })),
+                        });
+                    }
+                    let count = revocations.len() as u64;
+                    self.start = Start::Live;
+                    self.last = self.last.max(revision);
+                    return Some(pb::WatchEvent {
+                        revision,
+                        kind: Some(Kind::SnapshotEnd(pb::SnapshotEnd { count })),
+                    });
                 }
+                Start::Live => return None,
             }
         }
-        self.shared.metrics.watch_events_sent(n);
-        Some(last)
     }
 
     fn heartbeat_msg(&self) -> pb::WatchEvent {
@@ -352,64 +404,27 @@ impl Pump {
         }
     }
 
-    async fn run(mut self, from: u64) {
-        let watch = self.shared.state.watch(from);
-        let mut live = watch.live;
-        // The last revision this subscriber has: it resumes from here.
-        let mut last = from;
-        match watch.start {
-            WatchStart::Replay(events) => {
-                let groups = if self.coalesce {
-                    batches(events)
-                } else {
-                    events.into_iter().map(|e| vec![e]).collect()
-                };
-                for g in groups {
-                    match self.send_events(g).await {
-                        Some(r) => last = r,
-                        None => return,
-                    }
-                }
-            }
-            WatchStart::Snapshot {
-                revision,
-                revocations,
-            } => {
-                let count = revocations.len() as u64;
-                for chunk in revocations.chunks(SNAPSHOT_CHUNK) {
-                    let m = pb::WatchEvent {
-                        revision,
-                        kind: Some(Kind::Snapshot(pb::Revocations {
-                            revocations: chunk.iter().map(to_pb).collect(),
-                        })),
-                    };
-                    if !self.send(Ok(m)).await {
-                        return;
-                    }
-                }
-                let end = pb::WatchEvent {
-                    revision,
-                    kind: Some(Kind::SnapshotEnd(pb::SnapshotEnd { count })),
-                };
-                if !self.send(Ok(end)).await {
-                    return;
-                }
-                last = last.max(revision);
-            }
+    /// A terminal status: the stream ends after it.
+    fn end(&mut self, code: tonic::Code, why: &str) -> Result<pb::WatchEvent, Status> {
+        self.done = true;
+        Err(resumable(code, why, self.last))
+    }
+
+    /// The subscriber's next message; None once the stream has ended.
+    async fn next(&mut self) -> Option<Result<pb::WatchEvent, Status>> {
+        if self.done {
+            return None;
         }
-        let mut tick = tokio::time::interval(self.heartbeat);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut stop = self.stop.clone();
-        let mut ready_before = true;
-        // A feed item taken while gathering a batch that did not go in it.
-        let mut held: Option<Result<FeedItem, broadcast::error::RecvError>> = None;
+        if let Some(m) = self.next_start() {
+            return Some(Ok(m));
+        }
         loop {
-            let wake = match held.take() {
+            let wake = match self.held.take() {
                 Some(item) => Wake::Item(item),
                 None => tokio::select! {
-                    item = live.recv() => Wake::Item(item),
-                    _ = tick.tick() => Wake::Tick,
-                    _ = stopped(&mut stop) => Wake::Stop,
+                    item = self.live.recv() => Wake::Item(item),
+                    _ = self.tick.tick() => Wake::Tick,
+                    _ = stopped(&mut self.stop) => Wake::Stop,
                 },
             };
             match wake {
@@ -417,89 +432,60 @@ impl Pump {
                     Ok(FeedItem::Event(e)) => {
                         // At or below the cursor: already delivered (a
                         // cursor ahead of this node, or the start overlap).
-                        if e.revision <= last {
+                        if e.revision <= self.last {
                             continue;
                         }
                         let events = if self.coalesce {
-                            gather(&mut live, e, &mut held)
+                            gather(&mut self.live, e, &mut self.held)
                         } else {
                             vec![e]
                         };
-                        match self.send_events(events).await {
-                            Some(r) => last = r,
-                            None => return,
+                        if let Some(m) = self.events_msg(&events) {
+                            return Some(Ok(m));
                         }
                     }
                     Ok(FeedItem::Reset { revision }) => {
                         tracing::info!(
-                            last,
+                            last = self.last,
                             revision,
                             "state replaced by a snapshot; watcher must resume"
                         );
                         self.shared.metrics.watch_cut("reset");
-                        let _ = self
-                            .send(Err(resumable(
-                                tonic::Code::Aborted,
-                                "this node's state was replaced by a snapshot",
-                                last,
-                            )))
-                            .await;
-                        return;
+                        return Some(self.end(
+                            tonic::Code::Aborted,
+                            "this node's state was replaced by a snapshot",
+                        ));
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::info!(last, behind = n, "watcher too slow; cut off");
+                        tracing::info!(last = self.last, behind = n, "watcher too slow; cut off");
                         self.shared.metrics.watch_cut("slow");
-                        let _ = self
-                            .send(Err(resumable(
-                                tonic::Code::Aborted,
-                                "subscriber too slow to keep up",
-                                last,
-                            )))
-                            .await;
-                        return;
+                        return Some(
+                            self.end(tonic::Code::Aborted, "subscriber too slow to keep up"),
+                        );
                     }
                     Err(broadcast::error::RecvError::Closed) => {
-                        let _ = self
-                            .send(Err(resumable(
-                                tonic::Code::Unavailable,
-                                "node stopping",
-                                last,
-                            )))
-                            .await;
-                        return;
+                        return Some(self.end(tonic::Code::Unavailable, "node stopping"));
                     }
                 },
                 Wake::Tick => {
                     // Two ticks in a row, so that one blip (a busy moment,
                     // an election) does not end every stream.
                     let ready = self.shared.readiness();
-                    let was_ready = std::mem::replace(&mut ready_before, ready.is_ok());
+                    let was_ready = std::mem::replace(&mut self.ready_before, ready.is_ok());
                     if let (Err(e), false) = (ready, was_ready) {
                         // This node can no longer vouch for what it streams:
                         // the subscriber resumes on another node.
-                        tracing::info!(last, reason = %e, "node not ready; ending watcher");
+                        tracing::info!(last = self.last, reason = %e, "node not ready; ending watcher");
                         self.shared.metrics.watch_cut("not_ready");
-                        let _ = self
-                            .send(Err(resumable(
-                                tonic::Code::Unavailable,
-                                &format!("this node cannot vouch for its state ({e})"),
-                                last,
-                            )))
-                            .await;
-                        return;
+                        return Some(self.end(
+                            tonic::Code::Unavailable,
+                            &format!("this node cannot vouch for its state ({e})"),
+                        ));
                     }
-                    let hb = self.heartbeat_msg();
-                    if !self.send(Ok(hb)).await {
-                        return;
-                    }
+                    return Some(Ok(self.heartbeat_msg()));
                 }
                 Wake::Stop => {
-                    let _ = self.tx.try_send(Out::Msg(Err(resumable(
-                        tonic::Code::Unavailable,
-                        "node stopping",
-                        last,
-                    ))));
-                    return;
+                    return Some(self.end(tonic::Code::Unavailable, "node stopping"));
                 }
             }
         }

@@ -1,8 +1,9 @@
 //! `tessera bench-watch`: propagation latency of the revocation stream —
 //! from a `Revoke` being acknowledged to the event arriving at each of many
-//! subscribers spread over the cluster's nodes — the sustained fan-out rate,
-//! and the nodes' memory per subscriber. Bounded in subscribers, revocations
-//! and time; every loop stops by itself.
+//! subscribers spread over the cluster's nodes (and, as a second figure,
+//! from the `Revoke` being sent) — the sustained fan-out rate, and the
+//! nodes' memory per subscriber. Bounded in subscribers, revocations and
+//! time; every loop stops by itself.
 //!
 //! `--coalesce both` runs the same load twice in one invocation, first with
 //! subscribers that do not opt in to coalescing (one event per message, as
@@ -144,6 +145,9 @@ struct Row {
     p50: f64,
     p99: f64,
     max: f64,
+    /// p50 and p99 measured from the revoke's send, not its answer.
+    sent_p50: f64,
+    sent_p99: f64,
     early: f64,
     fanout: f64,
     nodes_cpu: Option<f64>,
@@ -169,13 +173,13 @@ async fn inner(args: BenchWatchArgs) -> anyhow::Result<()> {
         rows.push(one_run(&args, &chans, coalesce).await?);
     }
     println!(
-        "| coalesce | subscribers | nodes | revocations | rate (/s) | deliveries | revocations/message | p50 (ms) | p99 (ms) | max (ms) | before ack | fan-out (events/s) | nodes' CPU (s) | bench CPU (s) | load avg |"
+        "| coalesce | subscribers | nodes | revocations | rate (/s) | deliveries | revocations/message | p50 (ms) | p99 (ms) | max (ms) | from send p50/p99 (ms) | before ack | fan-out (events/s) | nodes' CPU (s) | bench CPU (s) | load avg |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
     for r in &rows {
         println!(
-            "| {} | {} | {} | {} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} % | {:.0} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} / {:.2} | {:.1} % | {:.0} | {} | {} | {} |",
             if r.coalesce { "on" } else { "off" },
             args.subscribers,
             args.endpoints.len(),
@@ -186,6 +190,8 @@ async fn inner(args: BenchWatchArgs) -> anyhow::Result<()> {
             r.p50,
             r.p99,
             r.max,
+            r.sent_p50,
+            r.sent_p99,
             r.early,
             r.fanout,
             opt(r.nodes_cpu),
@@ -267,32 +273,38 @@ async fn one_run(
             let mut count = 0;
             let mut messages = 0u64;
             let mut announced = false;
-            while count < n {
-                let Some(e) = tokio::time::timeout_at(deadline.into(), s.message())
-                    .await
-                    .context("subscriber timed out")??
-                else {
-                    anyhow::bail!("stream ended");
-                };
-                match e.kind {
-                    Some(Kind::SnapshotEnd(_)) if !announced => {
-                        announced = true;
-                        let _ = ready.send(()).await;
-                    }
-                    Some(Kind::Revoked(rs)) => {
-                        messages += 1;
-                        count += record(&mut got, &prefix, rs.revocations, start.elapsed());
-                    }
-                    Some(Kind::RevokedBatch(b)) => {
-                        messages += 1;
-                        let at = start.elapsed();
-                        for ev in b.events {
-                            count += record(&mut got, &prefix, ev.revocations, at);
+            // One deadline for the whole stream, not a timer per message:
+            // the load generator's own cost per delivery is part of what
+            // it measures.
+            let read = async {
+                while count < n {
+                    let Some(e) = s.message().await? else {
+                        anyhow::bail!("stream ended");
+                    };
+                    match e.kind {
+                        Some(Kind::SnapshotEnd(_)) if !announced => {
+                            announced = true;
+                            let _ = ready.send(()).await;
                         }
+                        Some(Kind::Revoked(rs)) => {
+                            messages += 1;
+                            count += record(&mut got, &prefix, rs.revocations, start.elapsed());
+                        }
+                        Some(Kind::RevokedBatch(b)) => {
+                            messages += 1;
+                            let at = start.elapsed();
+                            for ev in b.events {
+                                count += record(&mut got, &prefix, ev.revocations, at);
+                            }
+                        }
+                        _ => {}
                     }
-                    _ => {}
                 }
-            }
+                anyhow::Ok(())
+            };
+            tokio::time::timeout_at(deadline.into(), read)
+                .await
+                .context("subscriber timed out")??;
             anyhow::Ok((got, messages))
         }));
     }
@@ -324,6 +336,7 @@ async fn one_run(
         let mut admin = admin.clone();
         let jti = format!("{prefix}{i}");
         revokes.spawn(async move {
+            let sent = start.elapsed();
             let r = tokio::time::timeout_at(
                 deadline.into(),
                 admin.revoke(pb::RevokeRequest {
@@ -334,20 +347,23 @@ async fn one_run(
             drop(slot);
             let at = start.elapsed();
             match r {
-                Ok(Ok(_)) => Ok((i, at)),
+                Ok(Ok(_)) => Ok((i, sent, at)),
                 Ok(Err(s)) => Err(anyhow::anyhow!("revoke: {s}")),
                 Err(_) => Err(anyhow::anyhow!("time limit reached while revoking")),
             }
         });
     }
     let mut acked: Vec<Duration> = vec![Duration::ZERO; n];
+    let mut sent: Vec<Duration> = vec![Duration::ZERO; n];
     while let Some(r) = revokes.join_next().await {
-        let (i, at) = r??;
+        let (i, s, at) = r??;
         acked[i] = at;
+        sent[i] = s;
     }
     let send_secs = send_start.elapsed().as_secs_f64();
 
     let mut lat_us: Vec<i64> = Vec::with_capacity(n * args.subscribers);
+    let mut sent_us: Vec<i64> = Vec::with_capacity(n * args.subscribers);
     let mut delivered = 0u64;
     let mut messages = 0u64;
     let mut last_arrival = Duration::ZERO;
@@ -359,14 +375,17 @@ async fn one_run(
             delivered += 1;
             last_arrival = last_arrival.max(at);
             lat_us.push(at.as_micros() as i64 - acked[i].as_micros() as i64);
+            sent_us.push(at.as_micros() as i64 - sent[i].as_micros() as i64);
         }
     }
     let cpu_after = (nodes_cpu(&args.pids), cpu_secs("self"));
     lat_us.sort_unstable();
-    let pct = |p: f64| -> f64 {
-        let i = ((lat_us.len() as f64 * p).ceil() as usize).clamp(1, lat_us.len()) - 1;
-        lat_us[i] as f64 / 1000.0
+    sent_us.sort_unstable();
+    let pct_of = |v: &[i64], p: f64| -> f64 {
+        let i = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1;
+        v[i] as f64 / 1000.0
     };
+    let pct = |p: f64| pct_of(&lat_us, p);
     let early = lat_us.iter().filter(|l| **l < 0).count();
     let first_ack = acked.iter().min().copied().unwrap_or_default();
     let fanout_secs = (last_arrival.as_secs_f64() - first_ack.as_secs_f64()).max(1e-6);
@@ -379,6 +398,8 @@ async fn one_run(
         p50: pct(0.50),
         p99: pct(0.99),
         max: pct(1.0),
+        sent_p50: pct_of(&sent_us, 0.50),
+        sent_p99: pct_of(&sent_us, 0.99),
         early: 100.0 * early as f64 / lat_us.len() as f64,
         fanout: delivered as f64 / fanout_secs,
         nodes_cpu: diff(cpu_before.0, cpu_after.0),

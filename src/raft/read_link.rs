@@ -150,6 +150,10 @@ pub(super) struct Link {
     tx: mpsc::Sender<Pending>,
 }
 
+/// Checks a reply's headers; the error says why they are refused.
+pub(super) type HeaderCheck =
+    Box<dyn Fn(&tonic::metadata::MetadataMap) -> Result<(), String> + Send>;
+
 /// How to open a link: the client for the leader's address and the
 /// checks of its reply headers.
 pub(super) struct Opening {
@@ -157,7 +161,7 @@ pub(super) struct Opening {
     pub target: NodeId,
     pub self_incarnation: u64,
     /// Checks the leader's response headers (node id and incarnation).
-    pub check: Box<dyn Fn(&tonic::metadata::MetadataMap) -> Result<(), String> + Send>,
+    pub check: HeaderCheck,
     pub open_timeout: Duration,
 }
 

@@ -241,11 +241,15 @@ async fn run(opening: Opening, mut rounds: mpsc::Receiver<Pending>) {
         }
     };
     let mut waiting: VecDeque<Pending> = VecDeque::new();
+    // One timer, pushed back on every round, not one per loop turn.
+    let idle = tokio::time::sleep(IDLE);
+    tokio::pin!(idle);
     let failure = loop {
         tokio::select! {
             p = rounds.recv(), if waiting.len() < IN_FLIGHT => match p {
                 None => break None,
                 Some(p) => {
+                    idle.as_mut().reset(tokio::time::Instant::now() + IDLE);
                     let payload = match codec::encode(&()) {
                         Ok(payload) => payload,
                         Err(e) => break Some(format!("cannot encode a request: {e}")),
@@ -270,7 +274,7 @@ async fn run(opening: Opening, mut rounds: mpsc::Receiver<Pending>) {
                 Ok(None) => break Some(format!("leader {target} ended the read-index stream")),
                 Err(status) => break Some(format!("leader {target}: {:?}: {}", status.code(), status.message())),
             },
-            () = tokio::time::sleep(IDLE), if waiting.is_empty() => break None,
+            () = &mut idle, if waiting.is_empty() => break None,
         }
     };
     rounds.close();

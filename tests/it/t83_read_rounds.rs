@@ -10,26 +10,28 @@ use crate::cluster::*;
 /// Reads per phase.
 const N: u64 = 100;
 
-/// Node `i`'s read-index rounds and the reads they served, from its
-/// metrics text.
-fn rounds(c: &TestCluster, i: u64) -> (u64, u64) {
+/// Node `i`'s counter `name`, from its metrics text.
+fn counter(c: &TestCluster, i: u64, name: &str) -> u64 {
     let text = c.node(i).metrics().encode();
-    let value = |name: &str| -> u64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("{name} missing from the metrics:\n{text}"))
-            .trim()
-            .parse::<f64>()
-            .expect("a number") as u64
-    };
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{name} missing from the metrics:\n{text}"))
+        .trim()
+        .parse::<f64>()
+        .expect("a number") as u64
+}
+
+/// Node `i`'s read-index rounds and the reads they served.
+fn rounds(c: &TestCluster, i: u64) -> (u64, u64) {
     (
-        value("tessera_read_index_rounds_total"),
-        value("tessera_read_index_reads_total"),
+        counter(c, i, "tessera_read_index_rounds_total"),
+        counter(c, i, "tessera_read_index_reads_total"),
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reads_inside_the_leaders_lease_run_no_confirmation_round() {
+/// A three-node cluster with a long election timeout (so a long lease),
+/// its leader, a follower, and a token the follower's reads introspect.
+async fn long_lease_cluster() -> (TestCluster, u64, u64, String) {
     // A 7.5 s lease: a hundred reads outlast it only on a machine that
     // takes 75 ms per read, and even then run one round per lease.
     let c = TestCluster::start_with(3, |cfg| {
@@ -47,6 +49,12 @@ async fn reads_inside_the_leaders_lease_run_no_confirmation_round() {
         .unwrap()
         .into_inner()
         .access_token;
+    (c, leader, follower, token)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_inside_the_leaders_lease_run_no_confirmation_round() {
+    let (c, leader, follower, token) = long_lease_cluster().await;
 
     // On the leader, one after another: the first may run a round (no
     // lease yet), the rest are inside the lease it starts.
@@ -106,37 +114,14 @@ async fn reads_inside_the_leaders_lease_run_no_confirmation_round() {
     c.stop().await;
 }
 
-/// Node `i`'s read-index streams opened to a leader, from its metrics.
+/// Node `i`'s read-index streams opened to a leader.
 fn streams_opened(c: &TestCluster, i: u64) -> u64 {
-    let text = c.node(i).metrics().encode();
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix("tessera_read_index_streams_opened_total")?
-                .strip_prefix(' ')
-        })
-        .unwrap_or_else(|| panic!("streams metric missing from the metrics:\n{text}"))
-        .trim()
-        .parse::<f64>()
-        .expect("a number") as u64
+    counter(c, i, "tessera_read_index_streams_opened_total")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_followers_rounds_share_one_stream_that_a_partition_fails_and_a_heal_reopens() {
-    let c = TestCluster::start_with(3, |cfg| {
-        cfg.raft.election_timeout_ms = 10_000;
-        cfg.raft.contact_timeout_ms = 20_000;
-    })
-    .await;
-    let leader = c.agreed_leader(&[1, 2, 3]).await;
-    let follower = if leader == 1 { 2 } else { 1 };
-    let token = c
-        .tokens_on(leader, "frontend")
-        .await
-        .issue_token(issue_req("orders", &["orders:write"]))
-        .await
-        .unwrap()
-        .into_inner()
-        .access_token;
+    let (c, leader, follower, token) = long_lease_cluster().await;
     let client = c.tokens_on(follower, "orders").await;
     let read = |k: u64| {
         let mut client = client.clone();

@@ -279,12 +279,15 @@ struct Inner {
     // await. Bounded by the number of distinct (node, address) pairs the
     // membership ever named.
     channels: Mutex<HashMap<(NodeId, String), RaftServiceClient<Channel>>>,
-    /// Read-index links to leaders (see [`super::read_link`]), by the same
-    /// key; bounded the same way.
-    read_links: Mutex<HashMap<(NodeId, String), ReadLinkSlot>>,
+    /// Read-index links to leaders (see [`super::read_link`]), by leader
+    /// and the address the link goes to; bounded by the membership's nodes.
+    read_links: Mutex<HashMap<NodeId, (String, ReadLinkSlot)>>,
     /// Read-index streams opened, for the metrics.
     read_links_opened: std::sync::atomic::AtomicU64,
 }
+
+/// What a follower's read-index round does with its answer; called once.
+pub type ReadIndexDone = Box<dyn FnOnce(Result<u64, super::ReadIndexError>) + Send>;
 
 /// How this node asks one leader for read indexes.
 enum ReadLinkSlot {
@@ -547,46 +550,67 @@ impl Network {
 
     /// Asks `leader` for a read index (see [`super::read_index`]): it
     /// confirms its leadership with a quorum and answers the log index a
-    /// linearizable read must wait for. Waits at most `timeout`.
-    pub async fn read_index(
+    /// linearizable read must wait for. Returns at once; `done` gets the
+    /// answer (on the link's task, or a task of its own for a unary call)
+    /// by `deadline` or shortly after.
+    pub fn read_index_submit(
         &self,
         leader: NodeId,
         node: &NodeInfo,
-        timeout: Duration,
-    ) -> Result<u64, super::ReadIndexError> {
-        use super::read_link::LinkError;
+        deadline: std::time::Instant,
+        done: ReadIndexDone,
+    ) {
+        use super::read_link::{LinkError, Pending};
         use super::ReadIndexError;
         let self_id = self.inner.self_id;
-        let faults = self.inner.faults.as_deref();
-        if faults.is_some_and(|f| f.is_blocked(self_id, leader)) {
-            return Err(ReadIndexError::Unconfirmed(format!(
+        if self.blocked(self_id, leader) {
+            return done(Err(ReadIndexError::Unconfirmed(format!(
                 "leader {leader}: link {self_id} -> {leader} is blocked by fault injection"
-            )));
+            ))));
         }
-        let Some(link) = self.read_link(leader, node)? else {
-            return self.read_index_unary(leader, node, timeout).await;
+        let link = match self.read_link(leader, node) {
+            Err(e) => return done(Err(e)),
+            Ok(None) => return self.read_index_unary_then(leader, node, deadline, done),
+            Ok(Some(link)) => link,
         };
-        match tokio::time::timeout(timeout, link.round()).await {
-            Err(_) => Err(ReadIndexError::Timeout),
-            Ok(Err(LinkError::Unsupported)) => {
-                self.inner
-                    .read_links
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .insert(
-                        (leader, node.raft_addr.clone()),
-                        ReadLinkSlot::Unary(std::time::Instant::now()),
-                    );
-                self.read_index_unary(leader, node, timeout).await
+        let net = self.clone();
+        let node = node.clone();
+        let round = Pending {
+            deadline,
+            done: Box::new(move |answer| {
+                match answer {
+                Ok(_) if net.blocked(leader, self_id) => done(Err(ReadIndexError::Unconfirmed(
+                    format!("leader {leader}: reply lost: link {leader} -> {self_id} is blocked by fault injection"),
+                ))),
+                Ok(reply) => done(reply),
+                Err(LinkError::TimedOut) => done(Err(ReadIndexError::Timeout)),
+                Err(LinkError::Failed(reason)) => done(Err(ReadIndexError::Unconfirmed(reason))),
+                Err(LinkError::Unsupported) => {
+                    net.inner
+                        .read_links
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .insert(
+                            leader,
+                            (node.raft_addr.clone(), ReadLinkSlot::Unary(std::time::Instant::now())),
+                        );
+                    net.read_index_unary_then(leader, &node, deadline, done);
+                }
             }
-            Ok(Err(LinkError::Failed(reason))) => Err(ReadIndexError::Unconfirmed(reason)),
-            Ok(Ok(_)) if faults.is_some_and(|f| f.is_blocked(leader, self_id)) => {
-                Err(ReadIndexError::Unconfirmed(format!(
-                    "leader {leader}: reply lost: link {leader} -> {self_id} is blocked by fault injection"
-                )))
-            }
-            Ok(Ok(reply)) => reply,
+            }),
+        };
+        if let Err(round) = link.submit(round) {
+            (round.done)(Err(LinkError::Failed(format!(
+                "leader {leader}: the read-index link closed"
+            ))));
         }
+    }
+
+    fn blocked(&self, from: NodeId, to: NodeId) -> bool {
+        self.inner
+            .faults
+            .as_deref()
+            .is_some_and(|f| f.is_blocked(from, to))
     }
 
     /// The open read-index link to `leader`, opened if there is none; or
@@ -596,15 +620,22 @@ impl Network {
         leader: NodeId,
         node: &NodeInfo,
     ) -> Result<Option<super::read_link::Link>, super::ReadIndexError> {
-        let key = (leader, node.raft_addr.clone());
         let mut links = self
             .inner
             .read_links
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        match links.get(&key) {
-            Some(ReadLinkSlot::Stream(link)) if link.is_open() => return Ok(Some(link.clone())),
-            Some(ReadLinkSlot::Unary(since)) if since.elapsed() < UNARY_RETRY => return Ok(None),
+        match links.get(&leader) {
+            Some((addr, ReadLinkSlot::Stream(link)))
+                if *addr == node.raft_addr && link.is_open() =>
+            {
+                return Ok(Some(link.clone()))
+            }
+            Some((addr, ReadLinkSlot::Unary(since)))
+                if *addr == node.raft_addr && since.elapsed() < UNARY_RETRY =>
+            {
+                return Ok(None)
+            }
             _ => {}
         }
         let client = self.client(leader, &node.raft_addr).map_err(|reason| {
@@ -618,7 +649,10 @@ impl Network {
             check: Box::new(move |meta| check_reply_metadata(meta, leader, expected_incarnation)),
             open_timeout: super::read_index::ROUND_TIMEOUT,
         });
-        links.insert(key, ReadLinkSlot::Stream(link.clone()));
+        links.insert(
+            leader,
+            (node.raft_addr.clone(), ReadLinkSlot::Stream(link.clone())),
+        );
         self.inner
             .read_links_opened
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -633,30 +667,35 @@ impl Network {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// [`Network::read_index`] as one unary call, for a leader that does
-    /// not know the stream.
-    async fn read_index_unary(
+    /// A read-index round as one unary call on a task of its own, for a
+    /// leader that does not know the stream.
+    fn read_index_unary_then(
         &self,
         leader: NodeId,
         node: &NodeInfo,
-        timeout: Duration,
-    ) -> Result<u64, super::ReadIndexError> {
+        deadline: std::time::Instant,
+        done: ReadIndexDone,
+    ) {
         use super::ReadIndexError;
-        let reply: Result<u64, ReadIndexError> = self
-            .call(leader, node, Method::ReadIndex, &(), timeout)
-            .await
-            .map_err(|e| match e {
-                CallError::Timeout(_) => ReadIndexError::Timeout,
-                CallError::Unreachable(reason) | CallError::Network(reason) => {
-                    ReadIndexError::Unconfirmed(format!("leader {leader}: {reason}"))
-                }
-                CallError::Status(status) => ReadIndexError::Unconfirmed(format!(
+        let (net, node) = (self.clone(), node.clone());
+        tokio::spawn(async move {
+            let timeout = deadline.saturating_duration_since(std::time::Instant::now());
+            let reply: Result<Result<u64, ReadIndexError>, _> = net
+                .call(leader, &node, Method::ReadIndex, &(), timeout)
+                .await;
+            done(match reply {
+                Ok(reply) => reply,
+                Err(CallError::Timeout(_)) => Err(ReadIndexError::Timeout),
+                Err(CallError::Unreachable(reason) | CallError::Network(reason)) => Err(
+                    ReadIndexError::Unconfirmed(format!("leader {leader}: {reason}")),
+                ),
+                Err(CallError::Status(status)) => Err(ReadIndexError::Unconfirmed(format!(
                     "leader {leader}: {:?}: {}",
                     status.code(),
                     status.message()
-                )),
-            })?;
-        reply
+                ))),
+            });
+        });
     }
 
     /// Asks `target` whether it would vote for this node (see

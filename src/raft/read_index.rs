@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use openraft::error::{CheckIsLeaderError, RaftError};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::Instrument as _;
 
@@ -126,15 +126,26 @@ impl ReadIndex {
         let handle_network = network.clone();
         let task = tokio::spawn(
             async move {
+                // Leader rounds run as tasks here; a follower's rounds live
+                // on its read-index link until answered. Both hold a slot.
                 let mut rounds = JoinSet::new();
+                let slots = Arc::new(Semaphore::new(PIPELINE));
                 loop {
                     // A new round starts as soon as a read waits and fewer
                     // than PIPELINE rounds are in flight; it serves every
                     // read waiting at that moment.
+                    let slot = tokio::select! {
+                        _ = stop.wait_for(|s| *s) => break,
+                        Some(_) = rounds.join_next(), if !rounds.is_empty() => continue,
+                        slot = slots.clone().acquire_owned() => match slot {
+                            Ok(slot) => slot,
+                            Err(_) => break,
+                        },
+                    };
                     let first = tokio::select! {
                         _ = stop.wait_for(|s| *s) => break,
                         Some(_) = rounds.join_next(), if !rounds.is_empty() => continue,
-                        w = rx.recv(), if rounds.len() < PIPELINE => match w {
+                        w = rx.recv() => match w {
                             Some(w) => w,
                             None => break,
                         },
@@ -148,42 +159,58 @@ impl ReadIndex {
                     if batch.is_empty() {
                         continue;
                     }
-                    let (raft, network) = (raft.clone(), network.clone());
-                    let (record, counts) = (record.clone(), counts.clone());
-                    rounds.spawn(
-                        async move {
-                            counts.rounds.fetch_add(1, Ordering::Relaxed);
-                            counts
-                                .reads
-                                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                            // Taken before the round: the lease never
-                            // starts later than the heartbeats that confirm
-                            // it.
-                            let started = Instant::now();
-                            let term = raft.metrics().borrow().current_term;
-                            let result =
-                                tokio::time::timeout(ROUND_TIMEOUT, round(&raft, &network))
-                                    .await
-                                    .unwrap_or(Err(ReadIndexError::Timeout));
-                            if let Ok((_, true)) = &result {
-                                if let Ok(mut c) = record.lock() {
-                                    *c = Some(match *c {
-                                        Some((t, at)) if t == term => (term, at.max(started)),
-                                        _ => (term, started),
-                                    });
-                                }
-                            }
-                            let result = result.map(|(index, _)| index);
-                            tracing::trace!(reads = batch.len(), ?result, "read index round");
-                            for w in batch {
-                                let _ = w.send(result.clone());
-                            }
+                    counts.rounds.fetch_add(1, Ordering::Relaxed);
+                    counts
+                        .reads
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    let reply = move |result: Result<u64, ReadIndexError>| {
+                        tracing::trace!(reads = batch.len(), ?result, "read index round");
+                        for w in batch {
+                            let _ = w.send(result.clone());
                         }
-                        .in_current_span(),
-                    );
+                        drop(slot);
+                    };
+                    match who_leads(&raft) {
+                        Err(e) => reply(Err(e)),
+                        Ok(Leads::Other(leader, node)) => network.read_index_submit(
+                            leader,
+                            &node,
+                            Instant::now() + ROUND_TIMEOUT,
+                            Box::new(reply),
+                        ),
+                        Ok(Leads::Me) => {
+                            let (raft, record) = (raft.clone(), record.clone());
+                            rounds.spawn(
+                                async move {
+                                    // Taken before the round: the lease
+                                    // never starts later than the
+                                    // heartbeats that confirm it.
+                                    let started = Instant::now();
+                                    let term = raft.metrics().borrow().current_term;
+                                    let result =
+                                        tokio::time::timeout(ROUND_TIMEOUT, leader_round(&raft))
+                                            .await
+                                            .unwrap_or(Err(ReadIndexError::Timeout));
+                                    if result.is_ok() {
+                                        if let Ok(mut c) = record.lock() {
+                                            *c = Some(match *c {
+                                                Some((t, at)) if t == term => {
+                                                    (term, at.max(started))
+                                                }
+                                                _ => (term, started),
+                                            });
+                                        }
+                                    }
+                                    reply(result);
+                                }
+                                .in_current_span(),
+                            );
+                        }
+                    }
                 }
-                // Rounds in flight end with the batcher; their readers
-                // see `Stopped`.
+                // Leader rounds in flight end with the batcher; their
+                // readers see `Stopped`. A follower's rounds end with
+                // their link's answer or deadline.
                 rounds.shutdown().await;
             }
             .instrument(tracing::info_span!("read-index", node = id)),
@@ -252,30 +279,25 @@ impl ReadIndex {
     }
 }
 
-/// One round: on the leader, confirm leadership with a quorum; on a
-/// follower, ask the leader (whose own batcher serves us with others).
-/// The flag says whether this node confirmed itself as leader.
-async fn round(
-    raft: &openraft::Raft<TypeConfig>,
-    network: &Network,
-) -> Result<(u64, bool), ReadIndexError> {
-    let (me, leader, node) = {
-        let m = raft.metrics();
-        let m = m.borrow();
-        if m.running_state.is_err() {
-            return Err(ReadIndexError::Stopped);
-        }
-        let leader = m.current_leader;
-        let node = leader.and_then(|l| m.membership_config.membership().get_node(&l).cloned());
-        (m.id, leader, node)
-    };
-    match (leader, node) {
-        (Some(l), _) if l == me => leader_round(raft).await.map(|i| (i, true)),
-        (Some(l), Some(node)) => network
-            .read_index(l, &node, ROUND_TIMEOUT)
-            .await
-            .map(|i| (i, false)),
-        _ => Err(ReadIndexError::NoLeader),
+/// Who a round asks: this node, as leader, or the leader it knows.
+enum Leads {
+    Me,
+    Other(NodeId, NodeInfo),
+}
+
+fn who_leads(raft: &openraft::Raft<TypeConfig>) -> Result<Leads, ReadIndexError> {
+    let m = raft.metrics();
+    let m = m.borrow();
+    if m.running_state.is_err() {
+        return Err(ReadIndexError::Stopped);
+    }
+    match m.current_leader {
+        Some(l) if l == m.id => Ok(Leads::Me),
+        Some(l) => match m.membership_config.membership().get_node(&l) {
+            Some(node) => Ok(Leads::Other(l, node.clone())),
+            None => Err(ReadIndexError::NoLeader),
+        },
+        None => Err(ReadIndexError::NoLeader),
     }
 }
 

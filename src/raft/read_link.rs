@@ -21,18 +21,25 @@
 //! node id and incarnation in the response headers on the follower. Fault
 //! injection (tests' partitions) is applied to every round, as it is to
 //! every call. A link that fails ends, failing the rounds waiting on it;
-//! the next round opens a new one. A link idle for [`IDLE`] closes: the
-//! leader it went to may no longer lead.
+//! the next round opens a new one. A round not answered by its deadline
+//! fails the link the same way (replies come in order, so every later
+//! round is stuck behind it). A link idle for [`IDLE`] closes: the leader
+//! it went to may no longer lead.
+//!
+//! The link's task hands each reply straight to the round's completion
+//! (the batcher's readers), without a task per round in between: under
+//! load a follower runs a thousand rounds a second, and every hand-off
+//! between tasks is a wake-up on a machine the reads themselves need.
 //!
 //! A leader that does not know the method (an older binary during a
 //! rolling upgrade) answers `UNIMPLEMENTED`; the follower then uses the
 //! unary call for the rest of that link's life.
 
 use std::collections::VecDeque;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesOrdered, StreamExt as _};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Status, Streaming};
@@ -137,11 +144,20 @@ pub(super) fn serve(
 pub(super) enum LinkError {
     /// The leader does not know `ReadIndexStream`: use the unary call.
     Unsupported,
+    /// The round was not answered by its deadline.
+    TimedOut,
     /// The link failed or closed; the message says why.
     Failed(String),
 }
 
-type Pending = oneshot::Sender<Result<Reply, LinkError>>;
+/// What a round does with its outcome; called once, on the link's task.
+pub(super) type Done = Box<dyn FnOnce(Result<Reply, LinkError>) + Send>;
+
+/// One round handed to a link: answered by `deadline` or failed.
+pub(super) struct Pending {
+    pub deadline: Instant,
+    pub done: Done,
+}
 
 /// The follower's end of one stream to one leader. Cheap to clone; the
 /// stream closes when every handle is dropped, on an error, or when idle.
@@ -179,15 +195,13 @@ impl Link {
         !self.tx.is_closed()
     }
 
-    /// One round over this link. The caller bounds the wait.
-    pub(super) async fn round(&self) -> Result<Reply, LinkError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(tx)
-            .await
-            .map_err(|_| LinkError::Failed("the read-index link closed".into()))?;
-        rx.await
-            .unwrap_or_else(|_| Err(LinkError::Failed("the read-index link closed".into())))
+    /// Hands one round to this link without waiting; its `done` is called
+    /// with the answer, or with why there is none. Gives the round back
+    /// when the link has ended or has [`IN_FLIGHT`] rounds queued.
+    pub(super) fn submit(&self, round: Pending) -> Result<(), Pending> {
+        self.tx.try_send(round).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(p) | mpsc::error::TrySendError::Closed(p) => p,
+        })
     }
 }
 
@@ -231,7 +245,7 @@ async fn run(opening: Opening, mut rounds: mpsc::Receiver<Pending>) {
             rounds.close();
             let unsupported = matches!(e, LinkError::Unsupported);
             while let Some(p) = rounds.recv().await {
-                let _ = p.send(Err(if unsupported {
+                (p.done)(Err(if unsupported {
                     LinkError::Unsupported
                 } else {
                     LinkError::Failed(format!("{e:?}"))
@@ -241,7 +255,8 @@ async fn run(opening: Opening, mut rounds: mpsc::Receiver<Pending>) {
         }
     };
     let mut waiting: VecDeque<Pending> = VecDeque::new();
-    // One timer, pushed back on every round, not one per loop turn.
+    // One timer: the oldest unanswered round's deadline while rounds are
+    // out, else the idle bound. Re-armed only when that changes.
     let idle = tokio::time::sleep(IDLE);
     tokio::pin!(idle);
     let failure = loop {
@@ -249,16 +264,20 @@ async fn run(opening: Opening, mut rounds: mpsc::Receiver<Pending>) {
             p = rounds.recv(), if waiting.len() < IN_FLIGHT => match p {
                 None => break None,
                 Some(p) => {
-                    idle.as_mut().reset(tokio::time::Instant::now() + IDLE);
                     let payload = match codec::encode(&()) {
                         Ok(payload) => payload,
-                        Err(e) => break Some(format!("cannot encode a request: {e}")),
+                        Err(e) => {
+                            waiting.push_back(p);
+                            break Some(LinkError::Failed(format!("cannot encode a request: {e}")));
+                        }
                     };
-                    if out.send(RaftMessage { payload }).await.is_err() {
-                        let _ = p.send(Err(LinkError::Failed("the read-index stream closed".into())));
-                        break Some("the read-index stream closed".into());
+                    if waiting.is_empty() {
+                        idle.as_mut().reset(p.deadline.into());
                     }
                     waiting.push_back(p);
+                    if out.send(RaftMessage { payload }).await.is_err() {
+                        break Some(LinkError::Failed("the read-index stream closed".into()));
+                    }
                 }
             },
             m = inbound.message() => match m {
@@ -266,23 +285,208 @@ async fn run(opening: Opening, mut rounds: mpsc::Receiver<Pending>) {
                     let reply = codec::decode::<Reply>(&m.payload).map_err(|e| {
                         LinkError::Failed(format!("leader {target}: undecodable reply: {e}"))
                     });
-                    match waiting.pop_front() {
-                        Some(p) => { let _ = p.send(reply); }
-                        None => break Some(format!("leader {target}: a reply to no request")),
-                    }
+                    let Some(p) = waiting.pop_front() else {
+                        break Some(LinkError::Failed(format!("leader {target}: a reply to no request")));
+                    };
+                    (p.done)(reply);
+                    idle.as_mut().reset(match waiting.front() {
+                        Some(next) => next.deadline.into(),
+                        None => tokio::time::Instant::now() + IDLE,
+                    });
                 }
-                Ok(None) => break Some(format!("leader {target} ended the read-index stream")),
-                Err(status) => break Some(format!("leader {target}: {:?}: {}", status.code(), status.message())),
+                Ok(None) => break Some(LinkError::Failed(format!("leader {target} ended the read-index stream"))),
+                Err(status) => break Some(LinkError::Failed(format!("leader {target}: {:?}: {}", status.code(), status.message()))),
             },
-            () = &mut idle, if waiting.is_empty() => break None,
+            () = &mut idle => {
+                if waiting.is_empty() {
+                    break None;
+                }
+                // Replies come in order: everything behind the late one
+                // is stuck too.
+                break Some(LinkError::TimedOut);
+            }
         }
     };
     rounds.close();
-    let why = failure.unwrap_or_else(|| "the read-index link closed".into());
+    let why = |f: &Option<LinkError>| match f {
+        Some(LinkError::TimedOut) => LinkError::TimedOut,
+        Some(LinkError::Unsupported) => LinkError::Unsupported,
+        Some(LinkError::Failed(why)) => LinkError::Failed(why.clone()),
+        None => LinkError::Failed("the read-index link closed".into()),
+    };
     for p in waiting {
-        let _ = p.send(Err(LinkError::Failed(why.clone())));
+        (p.done)(Err(why(&failure)));
     }
     while let Ok(p) = rounds.try_recv() {
-        let _ = p.send(Err(LinkError::Failed(why.clone())));
+        (p.done)(Err(why(&failure)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The link against a fake leader (plain HTTP/2 on 127.0.0.1:0): what
+    //! the follower does with each kind of answer, and with none.
+    use super::*;
+    use crate::raft::pb::raft_service_server::{RaftService, RaftServiceServer};
+    use crate::raft::pb::{HelloReply, HelloRequest};
+    use tokio::sync::oneshot;
+    use tonic::{Request, Response};
+
+    /// How the fake leader treats `ReadIndexStream`.
+    #[derive(Clone, Copy)]
+    enum Fake {
+        /// An older binary: the method does not exist.
+        Unimplemented,
+        /// Answers request k (from 1) with `Ok(k)`.
+        Counts,
+        /// Takes the stream and never answers.
+        Silent,
+    }
+
+    #[tonic::async_trait]
+    impl RaftService for Fake {
+        async fn append_entries(
+            &self,
+            _: Request<RaftMessage>,
+        ) -> Result<Response<RaftMessage>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn vote(&self, _: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn install_snapshot(
+            &self,
+            _: Request<RaftMessage>,
+        ) -> Result<Response<RaftMessage>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn forward(&self, _: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn hello(&self, _: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn read_index(
+            &self,
+            _: Request<RaftMessage>,
+        ) -> Result<Response<RaftMessage>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn pre_vote(&self, _: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        type ReadIndexStreamStream = ReceiverStream<Result<RaftMessage, Status>>;
+        async fn read_index_stream(
+            &self,
+            request: Request<Streaming<RaftMessage>>,
+        ) -> Result<Response<Self::ReadIndexStreamStream>, Status> {
+            let (tx, rx) = mpsc::channel(IN_FLIGHT);
+            let mut inbound = request.into_inner();
+            let kind = *self;
+            match kind {
+                Fake::Unimplemented => return Err(Status::unimplemented("no such method")),
+                Fake::Counts | Fake::Silent => {}
+            }
+            tokio::spawn(async move {
+                let mut k = 0u64;
+                while let Ok(Some(_)) = inbound.message().await {
+                    k += 1;
+                    if let Fake::Counts = kind {
+                        let payload = codec::encode(&Reply::Ok(k)).expect("encodes");
+                        if tx.send(Ok(RaftMessage { payload })).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                drop(tx);
+            });
+            Ok(Response::new(ReceiverStream::new(rx)))
+        }
+    }
+
+    async fn link_to(fake: Fake) -> Link {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds");
+        let addr = listener.local_addr().expect("has an address");
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(RaftServiceServer::new(fake))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .expect("valid uri")
+            .connect_lazy();
+        Link::open(Opening {
+            client: RaftServiceClient::new(channel),
+            target: 1,
+            self_incarnation: 7,
+            check: Box::new(|_| Ok(())),
+            open_timeout: Duration::from_secs(10),
+        })
+    }
+
+    /// Submits one round due by `deadline`; the receiver gets its outcome.
+    fn submit(link: &Link, deadline: Instant) -> oneshot::Receiver<Result<Reply, LinkError>> {
+        let (tx, rx) = oneshot::channel();
+        let round = Pending {
+            deadline,
+            done: Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        };
+        assert!(link.submit(round).is_ok(), "the link takes the round");
+        rx
+    }
+
+    const BOUND: Duration = Duration::from_secs(30);
+
+    #[tokio::test]
+    async fn replies_reach_their_rounds_in_order() {
+        let link = link_to(Fake::Counts).await;
+        let far = Instant::now() + BOUND;
+        let rounds: Vec<_> = (0..5).map(|_| submit(&link, far)).collect();
+        for (k, r) in rounds.into_iter().enumerate() {
+            let got = tokio::time::timeout(BOUND, r)
+                .await
+                .expect("answered")
+                .expect("done called");
+            assert!(
+                matches!(got, Ok(Ok(n)) if n == k as u64 + 1),
+                "round {k}: {got:?}"
+            );
+        }
+        assert!(link.is_open());
+    }
+
+    #[tokio::test]
+    async fn a_leader_without_the_stream_says_unsupported_to_every_waiting_round() {
+        let link = link_to(Fake::Unimplemented).await;
+        let far = Instant::now() + BOUND;
+        let (a, b) = (submit(&link, far), submit(&link, far));
+        for r in [a, b] {
+            let got = tokio::time::timeout(BOUND, r)
+                .await
+                .expect("answered")
+                .expect("done called");
+            assert!(matches!(got, Err(LinkError::Unsupported)), "{got:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_round_the_leader_never_answers_fails_at_its_deadline_and_ends_the_link() {
+        let link = link_to(Fake::Silent).await;
+        let first = submit(&link, Instant::now() + Duration::from_millis(200));
+        let second = submit(&link, Instant::now() + BOUND);
+        for r in [first, second] {
+            let got = tokio::time::timeout(BOUND, r)
+                .await
+                .expect("answered")
+                .expect("done called");
+            assert!(matches!(got, Err(LinkError::TimedOut)), "{got:?}");
+        }
+        // A stuck stream is not reused: the link ended before it failed
+        // its rounds, so the next round opens a new one.
+        assert!(!link.is_open());
     }
 }

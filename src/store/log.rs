@@ -52,9 +52,13 @@ const INLINE_READ_ENTRIES: u64 = 64;
 /// Appends are acknowledged by a group commit: `append` writes the entries
 /// (readable at once) and hands the acknowledgement to the flusher thread,
 /// which makes everything written so far durable with one flush + fsync and
-/// then acknowledges every append it covered, in order. Raft's core never
-/// waits for the disk, and N appends arriving during one fsync cost one
-/// more fsync, not N.
+/// then acknowledges every append it covered, in order. openraft 0.9.25's
+/// core does wait for that acknowledgement (`append_to_log` awaits it)
+/// before it runs its next command, replication to the followers included,
+/// so a leader's fsync and its followers' are in series
+/// (docs/BENCHMARKS.md); the flusher keeps the wait off the runtime's
+/// threads, and the proposer's batching is what shares one fsync among
+/// many writes.
 pub struct LogStore {
     db: Arc<Db>,
     /// `None` only while dropping.

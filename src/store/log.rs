@@ -52,9 +52,13 @@ const INLINE_READ_ENTRIES: u64 = 64;
 /// Appends are acknowledged by a group commit: `append` writes the entries
 /// (readable at once) and hands the acknowledgement to the flusher thread,
 /// which makes everything written so far durable with one flush + fsync and
-/// then acknowledges every append it covered, in order. Raft's core never
-/// waits for the disk, and N appends arriving during one fsync cost one
-/// more fsync, not N.
+/// then acknowledges every append it covered, in order. openraft 0.9.25's
+/// core does wait for that acknowledgement (`append_to_log` awaits it)
+/// before it runs its next command, replication to the followers included,
+/// so a leader's fsync and its followers' are in series
+/// (docs/BENCHMARKS.md); the flusher keeps the wait off the runtime's
+/// threads, and the proposer's batching is what shares one fsync among
+/// many writes.
 pub struct LogStore {
     db: Arc<Db>,
     /// `None` only while dropping.
@@ -200,13 +204,32 @@ fn encode_entries(entries: &[Entry]) -> Result<Vec<Encoded>, StoreError> {
         .collect()
 }
 
+/// Writes entries (readable at once, durable at the next flush).
+///
+/// Without a sled batch when no entry's index holds chunks of an earlier
+/// entry (the usual case: openraft truncates a conflicting suffix before
+/// it appends over it): entries and their chunks are inserted in order
+/// ([`chunk::put_in_order`]), and since sled recovers a prefix of its log,
+/// a crash before the flush leaves a prefix of them, never a hole or a
+/// manifest without its chunks. A sled batch would roll sled's io buffer
+/// twice, so that each flush wrote three buffers, each followed by its own
+/// `sync_file_range` wait (`strace`, docs/BENCHMARKS.md).
 fn write_encoded(db: &Db, entries: &[Encoded]) -> Result<(), StoreError> {
     db.check_write()?;
+    let mut stale = Vec::with_capacity(entries.len());
+    for (key, _) in entries {
+        stale.push(chunk::stored_chunks(&db.log, key)?);
+    }
+    if stale.iter().all(|s| *s == 0) {
+        for (key, value) in entries {
+            chunk::put_in_order(&db.log, key, value)?;
+        }
+        return Ok(());
+    }
     let mut batch = sled::Batch::default();
-    for (key, value) in entries {
+    for ((key, value), stale) in entries.iter().zip(stale) {
         // A large entry (a big batch of revocations, a policy) is stored in
         // chunks: sled would put it in an unsynced blob file.
-        let stale = chunk::stored_chunks(&db.log, key)?;
         chunk::put(&mut batch, key, value, stale);
     }
     db.log.apply_batch(batch)?;
@@ -685,6 +708,65 @@ mod tests {
             serde_json::to_value(&got[1]).unwrap(),
             serde_json::to_value(&big).unwrap()
         );
+    }
+
+    fn big_entry(index: u64, n: usize) -> Entry {
+        Entry {
+            log_id: log_id(1, 1, index),
+            payload: openraft::EntryPayload::Normal(crate::raft::Command {
+                at: 5,
+                op: crate::raft::Op::RevokeJtis {
+                    jtis: (0..n)
+                        .map(|i| crate::raft::RevokedJti {
+                            jti: format!("jti-{index}-{i:014}"),
+                            until: 9,
+                        })
+                        .collect(),
+                },
+            }),
+        }
+    }
+
+    // Appends go without a sled batch (chunks first, manifest last): a
+    // chunked entry next to small ones must read back whole, before and
+    // after a reopen.
+    #[tokio::test]
+    async fn a_chunked_entry_appended_without_a_batch_reads_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = big_entry(2, 400);
+        {
+            let mut store = open(dir.path());
+            let entries = vec![blank_ent(1, 1, 1), big.clone(), blank_ent(1, 1, 3)];
+            store.append_then(entries, |r| r.unwrap()).await.unwrap();
+            assert!(chunk::stored_chunks(&store.db.log, &db::index_key(2)).unwrap() > 1);
+            let got = store.try_get_log_entries(2..=2).await.unwrap();
+            assert_eq!(got, vec![big.clone()]);
+        }
+        let mut store = open(dir.path());
+        let got = store.try_get_log_entries(1..=3).await.unwrap();
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[1], big);
+    }
+
+    // An index that still holds the chunks of an earlier, larger entry is
+    // rewritten in one sled batch that clears them.
+    #[tokio::test]
+    async fn appending_over_a_chunked_entry_clears_its_stale_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        store
+            .append_then(vec![blank_ent(1, 1, 1), big_entry(2, 400)], |r| r.unwrap())
+            .await
+            .unwrap();
+        let key = db::index_key(2);
+        assert!(chunk::stored_chunks(&store.db.log, &key).unwrap() > 0);
+        store
+            .append_then(vec![blank_ent(2, 1, 2)], |r| r.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(chunk::stored_chunks(&store.db.log, &key).unwrap(), 0);
+        let got = store.try_get_log_entries(..).await.unwrap();
+        assert_eq!(got, vec![blank_ent(1, 1, 1), blank_ent(2, 1, 2)]);
     }
 
     #[tokio::test]

@@ -24,6 +24,7 @@ mod token_service;
 mod trace_layer;
 pub mod validate;
 mod watch_service;
+mod watch_wire;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -607,7 +608,6 @@ pub async fn serve(
 ) {
     use pb::admin_service_server::AdminServiceServer;
     use pb::key_service_server::KeyServiceServer;
-    use pb::revocation_service_server::RevocationServiceServer;
     use pb::token_service_server::TokenServiceServer;
 
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -626,7 +626,13 @@ pub async fn serve(
     let keys = KeyServiceServer::new(keys_service::KeyApi::new(shared.clone()));
     let admin = AdminServiceServer::new(admin_service::AdminApi::new(shared.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let watcher = RevocationServiceServer::new(watch_service::WatchApi::new(
+    // `TESSERA_WATCH_SHARED_ENCODING=0` / `TESSERA_WATCH_QUIET_WAIT=0`:
+    // same-binary A/B switches for the fan-out (docs/BENCHMARKS.md).
+    let mut watch = watch;
+    let on = |var: &str| std::env::var(var).map_or(true, |v| v != "0");
+    watch.shared_encoding &= on("TESSERA_WATCH_SHARED_ENCODING");
+    watch.quiet_wait &= on("TESSERA_WATCH_QUIET_WAIT");
+    let watcher = watch_wire::WatchServer::new(watch_service::WatchApi::new(
         shared.clone(),
         watch,
         stop.clone(),

@@ -29,9 +29,10 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch, OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status};
 
+use super::watch_wire::Frame;
 use super::{ApiError, AuditEvent, Shared};
 use crate::pb::{self, watch_event::Kind};
-use crate::store::{FeedItem, Revocation, RevocationEvent, WatchStart};
+use crate::store::{FeedEvent, FeedItem, Revocation, RevocationEvent, WatchStart};
 
 /// Metadata key naming the revision a cut-off subscriber resumes from.
 pub use tessera_proto::RESUME_METADATA;
@@ -58,6 +59,14 @@ pub struct WatchSettings {
     /// Events a subscriber may fall behind the live feed before it is cut
     /// off with a resumable status.
     pub live_buffer: usize,
+    /// Encode each event once per node and share the bytes with every
+    /// stream (see `watch_wire`). Off only for same-binary A/B
+    /// measurements (`TESSERA_WATCH_SHARED_ENCODING=0`, docs/BENCHMARKS.md).
+    pub shared_encoding: bool,
+    /// Keep one stop future per stream, polled after the feed (see
+    /// [`Pump::next`]). Off only for same-binary A/B measurements
+    /// (`TESSERA_WATCH_QUIET_WAIT=0`).
+    pub quiet_wait: bool,
 }
 
 impl Default for WatchSettings {
@@ -67,6 +76,8 @@ impl Default for WatchSettings {
             max_per_identity: 1_000,
             heartbeat: Duration::from_secs(1),
             live_buffer: crate::store::LIVE_BUFFER,
+            shared_encoding: true,
+            quiet_wait: true,
         }
     }
 }
@@ -137,7 +148,8 @@ fn to_pb(r: &Revocation) -> pb::Revocation {
     }
 }
 
-fn event_msg(e: &RevocationEvent) -> pb::WatchEvent {
+/// One event as a `revoked` message.
+pub(super) fn event_msg(e: &RevocationEvent) -> pb::WatchEvent {
     pb::WatchEvent {
         revision: e.revision,
         kind: Some(Kind::Revoked(pb::Revocations {
@@ -146,7 +158,8 @@ fn event_msg(e: &RevocationEvent) -> pb::WatchEvent {
     }
 }
 
-fn batch_msg(events: &[Arc<RevocationEvent>]) -> pb::WatchEvent {
+/// Consecutive events as one `revoked_batch` message.
+pub(super) fn batch_msg(events: &[Arc<FeedEvent>]) -> pb::WatchEvent {
     pb::WatchEvent {
         revision: events.last().map_or(0, |e| e.revision),
         kind: Some(Kind::RevokedBatch(pb::RevokedBatch {
@@ -164,14 +177,14 @@ fn batch_msg(events: &[Arc<RevocationEvent>]) -> pb::WatchEvent {
 /// Events gathered for one `revoked_batch` message, within its bounds.
 #[derive(Default)]
 struct Batch {
-    events: Vec<Arc<RevocationEvent>>,
+    events: Vec<Arc<FeedEvent>>,
     revocations: usize,
 }
 
 impl Batch {
     /// Adds `e` if it fits (the first event always does); gives it back
     /// otherwise.
-    fn offer(&mut self, e: Arc<RevocationEvent>) -> Result<(), Arc<RevocationEvent>> {
+    fn offer(&mut self, e: Arc<FeedEvent>) -> Result<(), Arc<FeedEvent>> {
         let n = e.revocations.len();
         if !self.events.is_empty()
             && (self.events.len() >= BATCH_EVENTS || self.revocations + n > BATCH_REVOCATIONS)
@@ -189,7 +202,7 @@ impl Batch {
 }
 
 /// Splits `events` into batches within the message bounds, in order.
-fn batches(events: Vec<Arc<RevocationEvent>>) -> Vec<Vec<Arc<RevocationEvent>>> {
+fn batches(events: Vec<Arc<FeedEvent>>) -> Vec<Vec<Arc<FeedEvent>>> {
     let mut out = Vec::new();
     let mut cur = Batch::default();
     for e in events {
@@ -204,16 +217,16 @@ fn batches(events: Vec<Arc<RevocationEvent>>) -> Vec<Vec<Arc<RevocationEvent>>> 
     out
 }
 
-type WatchStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
+/// A subscriber's stream of messages.
+pub(super) type WatchStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<Frame, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl pb::revocation_service_server::RevocationService for WatchApi {
-    type WatchRevocationsStream = WatchStream;
-
-    async fn watch_revocations(
+impl WatchApi {
+    /// `WatchRevocations` (served by [`super::watch_wire::WatchServer`]).
+    pub(super) async fn watch_revocations(
         &self,
         req: Request<pb::WatchRequest>,
-    ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
+    ) -> Result<Response<WatchStream>, Status> {
         let caller = crate::tls::caller_identity(&req)?;
         // Watching is reading revocations: the introspect permission.
         let decision = self
@@ -268,10 +281,16 @@ impl pb::revocation_service_server::RevocationService for WatchApi {
         };
         let mut tick = tokio::time::interval(self.settings.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stop_wait = self.settings.quiet_wait.then(|| {
+            let mut stop = self.stop.clone();
+            Box::pin(async move { stopped(&mut stop).await }) as StopWait
+        });
         let pump = Pump {
             shared: self.shared.clone(),
             coalesce,
+            shared_encoding: self.settings.shared_encoding,
             stop: self.stop.clone(),
+            stop_wait,
             live: watch.live,
             start,
             last: from,
@@ -293,6 +312,9 @@ impl pb::revocation_service_server::RevocationService for WatchApi {
     }
 }
 
+/// A stream's wait for the node to stop, kept across messages.
+type StopWait = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// Completes once the node is stopping.
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
@@ -301,7 +323,7 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// Where a subscriber's start (before the live feed) stands.
 enum Start {
     /// Groups of replayed events still to send (one message each).
-    Replay(VecDeque<Vec<Arc<RevocationEvent>>>),
+    Replay(VecDeque<Vec<Arc<FeedEvent>>>),
     /// A snapshot, of which `sent` revocations went out so far; the end
     /// marker follows the last chunk.
     Snapshot {
@@ -322,7 +344,15 @@ struct Pump {
     shared: Arc<Shared>,
     /// The subscriber accepts `revoked_batch` messages.
     coalesce: bool,
+    /// Events go out as their shared encodings ([`Frame::Event`],
+    /// [`Frame::Batch`]), not as messages built for this stream.
+    shared_encoding: bool,
     stop: watch::Receiver<bool>,
+    /// With [`WatchSettings::quiet_wait`]: the wait on `stop`, made once.
+    /// A wait made afresh for every message registers with (and leaves)
+    /// the stop signal's waiter list each time, a lock shared by every
+    /// stream of the node; this one stays registered.
+    stop_wait: Option<StopWait>,
     live: broadcast::Receiver<FeedItem>,
     start: Start,
     /// The last revision this subscriber has: it resumes from here.
@@ -342,24 +372,37 @@ impl Pump {
     /// Consecutive events as one message: a batch for a coalescing
     /// subscriber (the caller keeps them within the bounds), else a single
     /// event (the caller gives one).
-    fn events_msg(&mut self, events: &[Arc<RevocationEvent>]) -> Option<pb::WatchEvent> {
+    fn events_msg(&mut self, mut events: Vec<Arc<FeedEvent>>) -> Option<Frame> {
         let last = events.last()?.revision;
-        let m = if self.coalesce {
-            batch_msg(events)
-        } else {
-            event_msg(events.first()?)
+        let n = events.len() as u64;
+        let m = match (self.coalesce, self.shared_encoding) {
+            (true, true) => Frame::Batch(events),
+            (true, false) => Frame::Msg(batch_msg(&events)),
+            (false, true) => Frame::Event(events.swap_remove(0)),
+            (false, false) => Frame::Msg(event_msg(events.first()?)),
         };
-        self.shared.metrics.watch_events_sent(events.len() as u64);
+        self.shared.metrics.watch_events_sent(n);
         self.last = last;
         Some(m)
     }
 
+    /// One event, for a subscriber that does not coalesce.
+    fn event_frame(&mut self, e: Arc<FeedEvent>) -> Frame {
+        self.shared.metrics.watch_events_sent(1);
+        self.last = e.revision;
+        if self.shared_encoding {
+            Frame::Event(e)
+        } else {
+            Frame::Msg(event_msg(&e))
+        }
+    }
+
     /// The next message of the start, if any is left.
-    fn next_start(&mut self) -> Option<pb::WatchEvent> {
+    fn next_start(&mut self) -> Option<Frame> {
         loop {
             match &mut self.start {
                 Start::Replay(groups) => match groups.pop_front() {
-                    Some(g) => return self.events_msg(&g),
+                    Some(g) => return self.events_msg(g),
                     None => self.start = Start::Live,
                 },
                 Start::Snapshot {
@@ -372,20 +415,20 @@ impl Pump {
                         let chunk =
                             &revocations[*sent..(*sent + SNAPSHOT_CHUNK).min(revocations.len())];
                         *sent += chunk.len();
-                        return Some(pb::WatchEvent {
+                        return Some(Frame::Msg(pb::WatchEvent {
                             revision,
                             kind: Some(Kind::Snapshot(pb::Revocations {
                                 revocations: chunk.iter().map(to_pb).collect(),
                             })),
-                        });
+                        }));
                     }
                     let count = revocations.len() as u64;
                     self.start = Start::Live;
                     self.last = self.last.max(revision);
-                    return Some(pb::WatchEvent {
+                    return Some(Frame::Msg(pb::WatchEvent {
                         revision,
                         kind: Some(Kind::SnapshotEnd(pb::SnapshotEnd { count })),
-                    });
+                    }));
                 }
                 Start::Live => return None,
             }
@@ -405,13 +448,13 @@ impl Pump {
     }
 
     /// A terminal status: the stream ends after it.
-    fn end(&mut self, code: tonic::Code, why: &str) -> Result<pb::WatchEvent, Status> {
+    fn end(&mut self, code: tonic::Code, why: &str) -> Result<Frame, Status> {
         self.done = true;
         Err(resumable(code, why, self.last))
     }
 
     /// The subscriber's next message; None once the stream has ended.
-    async fn next(&mut self) -> Option<Result<pb::WatchEvent, Status>> {
+    async fn next(&mut self) -> Option<Result<Frame, Status>> {
         if self.done {
             return None;
         }
@@ -419,9 +462,18 @@ impl Pump {
             return Some(Ok(m));
         }
         loop {
-            let wake = match self.held.take() {
-                Some(item) => Wake::Item(item),
-                None => tokio::select! {
+            let wake = match (self.held.take(), self.stop_wait.as_mut()) {
+                (Some(item), _) => Wake::Item(item),
+                // The feed first: when an event woke the stream, nothing
+                // else is polled (the stop wait only when the feed has
+                // nothing).
+                (None, Some(stop)) => tokio::select! {
+                    biased;
+                    item = self.live.recv() => Wake::Item(item),
+                    _ = self.tick.tick() => Wake::Tick,
+                    _ = stop.as_mut() => Wake::Stop,
+                },
+                (None, None) => tokio::select! {
                     item = self.live.recv() => Wake::Item(item),
                     _ = self.tick.tick() => Wake::Tick,
                     _ = stopped(&mut self.stop) => Wake::Stop,
@@ -435,12 +487,11 @@ impl Pump {
                         if e.revision <= self.last {
                             continue;
                         }
-                        let events = if self.coalesce {
-                            gather(&mut self.live, e, &mut self.held)
-                        } else {
-                            vec![e]
-                        };
-                        if let Some(m) = self.events_msg(&events) {
+                        if !self.coalesce {
+                            return Some(Ok(self.event_frame(e)));
+                        }
+                        let events = gather(&mut self.live, e, &mut self.held);
+                        if let Some(m) = self.events_msg(events) {
                             return Some(Ok(m));
                         }
                     }
@@ -482,7 +533,7 @@ impl Pump {
                             &format!("this node cannot vouch for its state ({e})"),
                         ));
                     }
-                    return Some(Ok(self.heartbeat_msg()));
+                    return Some(Ok(Frame::Msg(self.heartbeat_msg())));
                 }
                 Wake::Stop => {
                     return Some(self.end(tonic::Code::Unavailable, "node stopping"));
@@ -504,9 +555,9 @@ enum Wake {
 /// reset, a lag, the end) goes to `held`, handled after the batch is sent.
 fn gather(
     live: &mut broadcast::Receiver<FeedItem>,
-    first: Arc<RevocationEvent>,
+    first: Arc<FeedEvent>,
     held: &mut Option<Result<FeedItem, broadcast::error::RecvError>>,
-) -> Vec<Arc<RevocationEvent>> {
+) -> Vec<Arc<FeedEvent>> {
     use broadcast::error::{RecvError, TryRecvError};
     let mut batch = Batch::default();
     let _ = batch.offer(first);
@@ -540,8 +591,8 @@ fn gather(
 mod tests {
     use super::*;
 
-    fn ev(revision: u64, n: usize) -> Arc<RevocationEvent> {
-        Arc::new(RevocationEvent {
+    fn ev(revision: u64, n: usize) -> Arc<FeedEvent> {
+        Arc::new(FeedEvent::new(RevocationEvent {
             revision,
             revocations: (0..n)
                 .map(|i| Revocation::Jti {
@@ -549,10 +600,10 @@ mod tests {
                     until: 100,
                 })
                 .collect(),
-        })
+        }))
     }
 
-    fn revisions(events: &[Arc<RevocationEvent>]) -> Vec<u64> {
+    fn revisions(events: &[Arc<FeedEvent>]) -> Vec<u64> {
         events.iter().map(|e| e.revision).collect()
     }
 

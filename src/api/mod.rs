@@ -626,12 +626,11 @@ pub async fn serve(
     let keys = KeyServiceServer::new(keys_service::KeyApi::new(shared.clone()));
     let admin = AdminServiceServer::new(admin_service::AdminApi::new(shared.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
-    // `TESSERA_WATCH_SHARED_ENCODING=0` / `TESSERA_WATCH_QUIET_WAIT=0`:
-    // same-binary A/B switches for the fan-out (docs/BENCHMARKS.md).
+    // `TESSERA_WATCH_SHARED_ENCODING=0`: a same-binary A/B switch for
+    // the fan-out (docs/BENCHMARKS.md).
     let mut watch = watch;
-    let on = |var: &str| std::env::var(var).map_or(true, |v| v != "0");
-    watch.shared_encoding &= on("TESSERA_WATCH_SHARED_ENCODING");
-    watch.quiet_wait &= on("TESSERA_WATCH_QUIET_WAIT");
+    watch.shared_encoding &=
+        std::env::var("TESSERA_WATCH_SHARED_ENCODING").map_or(true, |v| v != "0");
     let watcher = watch_wire::WatchServer::new(watch_service::WatchApi::new(
         shared.clone(),
         watch,

@@ -63,10 +63,6 @@ pub struct WatchSettings {
     /// stream (see `watch_wire`). Off only for same-binary A/B
     /// measurements (`TESSERA_WATCH_SHARED_ENCODING=0`, docs/BENCHMARKS.md).
     pub shared_encoding: bool,
-    /// Keep one stop future per stream, polled after the feed (see
-    /// [`Pump::next`]). Off only for same-binary A/B measurements
-    /// (`TESSERA_WATCH_QUIET_WAIT=0`).
-    pub quiet_wait: bool,
 }
 
 impl Default for WatchSettings {
@@ -77,7 +73,6 @@ impl Default for WatchSettings {
             heartbeat: Duration::from_secs(1),
             live_buffer: crate::store::LIVE_BUFFER,
             shared_encoding: true,
-            quiet_wait: true,
         }
     }
 }
@@ -281,16 +276,11 @@ impl WatchApi {
         };
         let mut tick = tokio::time::interval(self.settings.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let stop_wait = self.settings.quiet_wait.then(|| {
-            let mut stop = self.stop.clone();
-            Box::pin(async move { stopped(&mut stop).await }) as StopWait
-        });
         let pump = Pump {
             shared: self.shared.clone(),
             coalesce,
             shared_encoding: self.settings.shared_encoding,
             stop: self.stop.clone(),
-            stop_wait,
             live: watch.live,
             start,
             last: from,
@@ -311,9 +301,6 @@ impl WatchApi {
         Ok(Response::new(Box::pin(stream)))
     }
 }
-
-/// A stream's wait for the node to stop, kept across messages.
-type StopWait = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// Completes once the node is stopping.
 async fn stopped(stop: &mut watch::Receiver<bool>) {
@@ -348,11 +335,6 @@ struct Pump {
     /// [`Frame::Batch`]), not as messages built for this stream.
     shared_encoding: bool,
     stop: watch::Receiver<bool>,
-    /// With [`WatchSettings::quiet_wait`]: the wait on `stop`, made once.
-    /// A wait made afresh for every message registers with (and leaves)
-    /// the stop signal's waiter list each time, a lock shared by every
-    /// stream of the node; this one stays registered.
-    stop_wait: Option<StopWait>,
     live: broadcast::Receiver<FeedItem>,
     start: Start,
     /// The last revision this subscriber has: it resumes from here.
@@ -462,18 +444,9 @@ impl Pump {
             return Some(Ok(m));
         }
         loop {
-            let wake = match (self.held.take(), self.stop_wait.as_mut()) {
-                (Some(item), _) => Wake::Item(item),
-                // The feed first: when an event woke the stream, nothing
-                // else is polled (the stop wait only when the feed has
-                // nothing).
-                (None, Some(stop)) => tokio::select! {
-                    biased;
-                    item = self.live.recv() => Wake::Item(item),
-                    _ = self.tick.tick() => Wake::Tick,
-                    _ = stop.as_mut() => Wake::Stop,
-                },
-                (None, None) => tokio::select! {
+            let wake = match self.held.take() {
+                Some(item) => Wake::Item(item),
+                None => tokio::select! {
                     item = self.live.recv() => Wake::Item(item),
                     _ = self.tick.tick() => Wake::Tick,
                     _ = stopped(&mut self.stop) => Wake::Stop,

@@ -249,7 +249,7 @@ mod tests {
             // Twice: the second time from the cached bytes.
             assert_eq!(bytes(Frame::Event(e)), want);
         }
-        let evs = vec![ev(7, 1), ev(9, 3), ev(300, 0), ev(1 << 33, 2)];
+        let evs = [ev(7, 1), ev(9, 3), ev(300, 0), ev(1 << 33, 2)];
         for k in 1..=evs.len() {
             let want = batch_msg(&evs[..k]).encode_to_vec();
             assert_eq!(bytes(Frame::Batch(evs[..k].to_vec())), want);

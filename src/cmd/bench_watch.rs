@@ -145,11 +145,12 @@ fn total_rss(pids: &[u32]) -> Option<u64> {
 pub async fn run(args: BenchWatchArgs) -> Result<(), CliError> {
     if args.endpoints.is_empty()
         || args.subscribers == 0
+        || args.revocations == 0
         || args.connections == 0
         || args.in_flight == 0
     {
         return Err(CliError::Usage(
-            "endpoints, subscribers and connections must be given".into(),
+            "endpoints, subscribers, revocations and connections must be given".into(),
         ));
     }
     inner(args).await.map_err(CliError::Failed)
@@ -470,7 +471,7 @@ async fn one_run(
         ready: ready_tx,
     };
     let probes = args.probes.min(args.subscribers);
-    let probe_results = (probes > 0).then(|| {
+    let mut probe_results = (probes > 0).then(|| {
         let (endpoints, certs, p) = (args.endpoints.clone(), args.certs.clone(), params.clone());
         on_own_thread("bench-probes", move || async move {
             let mut tasks = Vec::new();
@@ -497,10 +498,23 @@ async fn one_run(
     }
     drop(params);
     for _ in 0..args.subscribers {
-        tokio::time::timeout_at(deadline.into(), ready_rx.recv())
-            .await
-            .context("subscribers did not all start in time")?
-            .context("a subscriber failed before its snapshot")?;
+        // The probes end early only if they failed: say so at once.
+        let probes_ended = async {
+            match probe_results.as_mut() {
+                Some(rx) => rx.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = tokio::time::timeout_at(deadline.into(), ready_rx.recv()) => {
+                r.context("subscribers did not all start in time")?
+                    .context("a subscriber failed before its snapshot")?;
+            }
+            r = probes_ended => {
+                r.context("probe thread")??;
+                anyhow::bail!("the probes ended before the revocations");
+            }
+        }
     }
     let rss_subscribed = total_rss(&args.pids);
     let cpu_before = (nodes_cpu(&args.pids), cpu_secs("self"));

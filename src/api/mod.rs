@@ -24,6 +24,7 @@ mod token_service;
 mod trace_layer;
 pub mod validate;
 mod watch_service;
+mod watch_wire;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -631,7 +632,6 @@ pub async fn serve(
 ) {
     use pb::admin_service_server::AdminServiceServer;
     use pb::key_service_server::KeyServiceServer;
-    use pb::revocation_service_server::RevocationServiceServer;
     use pb::token_service_server::TokenServiceServer;
 
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -650,7 +650,12 @@ pub async fn serve(
     let keys = KeyServiceServer::new(keys_service::KeyApi::new(shared.clone()));
     let admin = AdminServiceServer::new(admin_service::AdminApi::new(shared.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let watcher = RevocationServiceServer::new(watch_service::WatchApi::new(
+    // `TESSERA_WATCH_SHARED_ENCODING=0`: a same-binary A/B switch for
+    // the fan-out (docs/BENCHMARKS.md).
+    let mut watch = watch;
+    watch.shared_encoding &=
+        std::env::var("TESSERA_WATCH_SHARED_ENCODING").map_or(true, |v| v != "0");
+    let watcher = watch_wire::WatchServer::new(watch_service::WatchApi::new(
         shared.clone(),
         watch,
         stop.clone(),

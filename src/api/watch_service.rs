@@ -29,9 +29,10 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch, OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status};
 
+use super::watch_wire::Frame;
 use super::{ApiError, AuditEvent, Shared};
 use crate::pb::{self, watch_event::Kind};
-use crate::store::{FeedItem, Revocation, RevocationEvent, WatchStart};
+use crate::store::{FeedEvent, FeedItem, Revocation, RevocationEvent, WatchStart};
 
 /// Metadata key naming the revision a cut-off subscriber resumes from.
 pub use tessera_proto::RESUME_METADATA;
@@ -58,6 +59,10 @@ pub struct WatchSettings {
     /// Events a subscriber may fall behind the live feed before it is cut
     /// off with a resumable status.
     pub live_buffer: usize,
+    /// Encode each event once per node and share the bytes with every
+    /// stream (see `watch_wire`). Off only for same-binary A/B
+    /// measurements (`TESSERA_WATCH_SHARED_ENCODING=0`, docs/BENCHMARKS.md).
+    pub shared_encoding: bool,
 }
 
 impl Default for WatchSettings {
@@ -67,6 +72,7 @@ impl Default for WatchSettings {
             max_per_identity: 1_000,
             heartbeat: Duration::from_secs(1),
             live_buffer: crate::store::LIVE_BUFFER,
+            shared_encoding: true,
         }
     }
 }
@@ -137,7 +143,8 @@ fn to_pb(r: &Revocation) -> pb::Revocation {
     }
 }
 
-fn event_msg(e: &RevocationEvent) -> pb::WatchEvent {
+/// One event as a `revoked` message.
+pub(super) fn event_msg(e: &RevocationEvent) -> pb::WatchEvent {
     pb::WatchEvent {
         revision: e.revision,
         kind: Some(Kind::Revoked(pb::Revocations {
@@ -146,7 +153,8 @@ fn event_msg(e: &RevocationEvent) -> pb::WatchEvent {
     }
 }
 
-fn batch_msg(events: &[Arc<RevocationEvent>]) -> pb::WatchEvent {
+/// Consecutive events as one `revoked_batch` message.
+pub(super) fn batch_msg(events: &[Arc<FeedEvent>]) -> pb::WatchEvent {
     pb::WatchEvent {
         revision: events.last().map_or(0, |e| e.revision),
         kind: Some(Kind::RevokedBatch(pb::RevokedBatch {
@@ -164,14 +172,14 @@ fn batch_msg(events: &[Arc<RevocationEvent>]) -> pb::WatchEvent {
 /// Events gathered for one `revoked_batch` message, within its bounds.
 #[derive(Default)]
 struct Batch {
-    events: Vec<Arc<RevocationEvent>>,
+    events: Vec<Arc<FeedEvent>>,
     revocations: usize,
 }
 
 impl Batch {
     /// Adds `e` if it fits (the first event always does); gives it back
     /// otherwise.
-    fn offer(&mut self, e: Arc<RevocationEvent>) -> Result<(), Arc<RevocationEvent>> {
+    fn offer(&mut self, e: Arc<FeedEvent>) -> Result<(), Arc<FeedEvent>> {
         let n = e.revocations.len();
         if !self.events.is_empty()
             && (self.events.len() >= BATCH_EVENTS || self.revocations + n > BATCH_REVOCATIONS)
@@ -189,7 +197,7 @@ impl Batch {
 }
 
 /// Splits `events` into batches within the message bounds, in order.
-fn batches(events: Vec<Arc<RevocationEvent>>) -> Vec<Vec<Arc<RevocationEvent>>> {
+fn batches(events: Vec<Arc<FeedEvent>>) -> Vec<Vec<Arc<FeedEvent>>> {
     let mut out = Vec::new();
     let mut cur = Batch::default();
     for e in events {
@@ -204,16 +212,16 @@ fn batches(events: Vec<Arc<RevocationEvent>>) -> Vec<Vec<Arc<RevocationEvent>>> 
     out
 }
 
-type WatchStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
+/// A subscriber's stream of messages.
+pub(super) type WatchStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<Frame, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl pb::revocation_service_server::RevocationService for WatchApi {
-    type WatchRevocationsStream = WatchStream;
-
-    async fn watch_revocations(
+impl WatchApi {
+    /// `WatchRevocations` (served by [`super::watch_wire::WatchServer`]).
+    pub(super) async fn watch_revocations(
         &self,
         req: Request<pb::WatchRequest>,
-    ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
+    ) -> Result<Response<WatchStream>, Status> {
         let caller = crate::tls::caller_identity(&req)?;
         // Watching is reading revocations: the introspect permission.
         let decision = self
@@ -271,6 +279,7 @@ impl pb::revocation_service_server::RevocationService for WatchApi {
         let pump = Pump {
             shared: self.shared.clone(),
             coalesce,
+            shared_encoding: self.settings.shared_encoding,
             stop: self.stop.clone(),
             live: watch.live,
             start,
@@ -301,7 +310,7 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// Where a subscriber's start (before the live feed) stands.
 enum Start {
     /// Groups of replayed events still to send (one message each).
-    Replay(VecDeque<Vec<Arc<RevocationEvent>>>),
+    Replay(VecDeque<Vec<Arc<FeedEvent>>>),
     /// A snapshot, of which `sent` revocations went out so far; the end
     /// marker follows the last chunk.
     Snapshot {
@@ -322,6 +331,9 @@ struct Pump {
     shared: Arc<Shared>,
     /// The subscriber accepts `revoked_batch` messages.
     coalesce: bool,
+    /// Events go out as their shared encodings ([`Frame::Event`],
+    /// [`Frame::Batch`]), not as messages built for this stream.
+    shared_encoding: bool,
     stop: watch::Receiver<bool>,
     live: broadcast::Receiver<FeedItem>,
     start: Start,
@@ -342,24 +354,37 @@ impl Pump {
     /// Consecutive events as one message: a batch for a coalescing
     /// subscriber (the caller keeps them within the bounds), else a single
     /// event (the caller gives one).
-    fn events_msg(&mut self, events: &[Arc<RevocationEvent>]) -> Option<pb::WatchEvent> {
+    fn events_msg(&mut self, mut events: Vec<Arc<FeedEvent>>) -> Option<Frame> {
         let last = events.last()?.revision;
-        let m = if self.coalesce {
-            batch_msg(events)
-        } else {
-            event_msg(events.first()?)
+        let n = events.len() as u64;
+        let m = match (self.coalesce, self.shared_encoding) {
+            (true, true) => Frame::Batch(events),
+            (true, false) => Frame::Msg(batch_msg(&events)),
+            (false, true) => Frame::Event(events.swap_remove(0)),
+            (false, false) => Frame::Msg(event_msg(events.first()?)),
         };
-        self.shared.metrics.watch_events_sent(events.len() as u64);
+        self.shared.metrics.watch_events_sent(n);
         self.last = last;
         Some(m)
     }
 
+    /// One event, for a subscriber that does not coalesce.
+    fn event_frame(&mut self, e: Arc<FeedEvent>) -> Frame {
+        self.shared.metrics.watch_events_sent(1);
+        self.last = e.revision;
+        if self.shared_encoding {
+            Frame::Event(e)
+        } else {
+            Frame::Msg(event_msg(&e))
+        }
+    }
+
     /// The next message of the start, if any is left.
-    fn next_start(&mut self) -> Option<pb::WatchEvent> {
+    fn next_start(&mut self) -> Option<Frame> {
         loop {
             match &mut self.start {
                 Start::Replay(groups) => match groups.pop_front() {
-                    Some(g) => return self.events_msg(&g),
+                    Some(g) => return self.events_msg(g),
                     None => self.start = Start::Live,
                 },
                 Start::Snapshot {
@@ -372,20 +397,20 @@ impl Pump {
                         let chunk =
                             &revocations[*sent..(*sent + SNAPSHOT_CHUNK).min(revocations.len())];
                         *sent += chunk.len();
-                        return Some(pb::WatchEvent {
+                        return Some(Frame::Msg(pb::WatchEvent {
                             revision,
                             kind: Some(Kind::Snapshot(pb::Revocations {
                                 revocations: chunk.iter().map(to_pb).collect(),
                             })),
-                        });
+                        }));
                     }
                     let count = revocations.len() as u64;
                     self.start = Start::Live;
                     self.last = self.last.max(revision);
-                    return Some(pb::WatchEvent {
+                    return Some(Frame::Msg(pb::WatchEvent {
                         revision,
                         kind: Some(Kind::SnapshotEnd(pb::SnapshotEnd { count })),
-                    });
+                    }));
                 }
                 Start::Live => return None,
             }
@@ -405,13 +430,13 @@ impl Pump {
     }
 
     /// A terminal status: the stream ends after it.
-    fn end(&mut self, code: tonic::Code, why: &str) -> Result<pb::WatchEvent, Status> {
+    fn end(&mut self, code: tonic::Code, why: &str) -> Result<Frame, Status> {
         self.done = true;
         Err(resumable(code, why, self.last))
     }
 
     /// The subscriber's next message; None once the stream has ended.
-    async fn next(&mut self) -> Option<Result<pb::WatchEvent, Status>> {
+    async fn next(&mut self) -> Option<Result<Frame, Status>> {
         if self.done {
             return None;
         }
@@ -435,12 +460,11 @@ impl Pump {
                         if e.revision <= self.last {
                             continue;
                         }
-                        let events = if self.coalesce {
-                            gather(&mut self.live, e, &mut self.held)
-                        } else {
-                            vec![e]
-                        };
-                        if let Some(m) = self.events_msg(&events) {
+                        if !self.coalesce {
+                            return Some(Ok(self.event_frame(e)));
+                        }
+                        let events = gather(&mut self.live, e, &mut self.held);
+                        if let Some(m) = self.events_msg(events) {
                             return Some(Ok(m));
                         }
                     }
@@ -482,7 +506,7 @@ impl Pump {
                             &format!("this node cannot vouch for its state ({e})"),
                         ));
                     }
-                    return Some(Ok(self.heartbeat_msg()));
+                    return Some(Ok(Frame::Msg(self.heartbeat_msg())));
                 }
                 Wake::Stop => {
                     return Some(self.end(tonic::Code::Unavailable, "node stopping"));
@@ -504,9 +528,9 @@ enum Wake {
 /// reset, a lag, the end) goes to `held`, handled after the batch is sent.
 fn gather(
     live: &mut broadcast::Receiver<FeedItem>,
-    first: Arc<RevocationEvent>,
+    first: Arc<FeedEvent>,
     held: &mut Option<Result<FeedItem, broadcast::error::RecvError>>,
-) -> Vec<Arc<RevocationEvent>> {
+) -> Vec<Arc<FeedEvent>> {
     use broadcast::error::{RecvError, TryRecvError};
     let mut batch = Batch::default();
     let _ = batch.offer(first);
@@ -540,8 +564,8 @@ fn gather(
 mod tests {
     use super::*;
 
-    fn ev(revision: u64, n: usize) -> Arc<RevocationEvent> {
-        Arc::new(RevocationEvent {
+    fn ev(revision: u64, n: usize) -> Arc<FeedEvent> {
+        Arc::new(FeedEvent::new(RevocationEvent {
             revision,
             revocations: (0..n)
                 .map(|i| Revocation::Jti {
@@ -549,10 +573,10 @@ mod tests {
                     until: 100,
                 })
                 .collect(),
-        })
+        }))
     }
 
-    fn revisions(events: &[Arc<RevocationEvent>]) -> Vec<u64> {
+    fn revisions(events: &[Arc<FeedEvent>]) -> Vec<u64> {
         events.iter().map(|e| e.revision).collect()
     }
 

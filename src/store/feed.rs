@@ -8,7 +8,10 @@
 //! missing and none twice.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use prost::bytes::Bytes;
 
 use tokio::sync::broadcast;
 
@@ -88,11 +91,49 @@ pub struct RevocationEvent {
     pub revocations: Vec<Revocation>,
 }
 
+/// An event as the feed keeps and broadcasts it: the event itself, plus
+/// encodings of it that the stream layer derives once and shares with every
+/// watcher it sends the event to (a node fans one event out to a thousand
+/// streams: encoding it once instead of once per stream). The bytes are
+/// opaque here; the store knows no wire format.
+#[derive(Debug)]
+pub struct FeedEvent {
+    event: RevocationEvent,
+    /// Filled at most once each, by whoever sends the event first.
+    encoded: [OnceLock<Bytes>; 2],
+}
+
+impl FeedEvent {
+    /// An event with nothing encoded yet.
+    pub fn new(event: RevocationEvent) -> Self {
+        Self {
+            event,
+            encoded: Default::default(),
+        }
+    }
+
+    /// Encoding number `slot` (0 or 1; the stream layer says which is
+    /// what) of this event, computed by `encode` on first use.
+    pub fn encoded(&self, slot: usize, encode: impl FnOnce(&RevocationEvent) -> Bytes) -> Bytes {
+        self.encoded[slot]
+            .get_or_init(|| encode(&self.event))
+            .clone()
+    }
+}
+
+impl Deref for FeedEvent {
+    type Target = RevocationEvent;
+
+    fn deref(&self) -> &RevocationEvent {
+        &self.event
+    }
+}
+
 /// What the live feed carries.
 #[derive(Debug, Clone)]
 pub enum FeedItem {
     /// An applied revocation command.
-    Event(Arc<RevocationEvent>),
+    Event(Arc<FeedEvent>),
     /// The whole state was replaced by a snapshot at `revision` (a follower
     /// that fell too far behind): watchers must resume, and will get a
     /// snapshot.
@@ -106,7 +147,7 @@ pub enum FeedItem {
 #[derive(Debug)]
 pub enum WatchStart {
     /// The cursor is inside the window: every event after it, in order.
-    Replay(Vec<Arc<RevocationEvent>>),
+    Replay(Vec<Arc<FeedEvent>>),
     /// The cursor is outside the window (or 0): all active revocations as
     /// of `revision`.
     Snapshot {
@@ -135,7 +176,7 @@ pub(crate) struct Feed {
 
 struct Inner {
     /// Every event with a revision above `window_start`, oldest first.
-    ring: VecDeque<Arc<RevocationEvent>>,
+    ring: VecDeque<Arc<FeedEvent>>,
     window_start: u64,
     capacity: usize,
     /// Revocations the events in `ring` carry together.
@@ -165,7 +206,7 @@ impl Feed {
         }
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         for ev in events {
-            let ev = Arc::new(ev);
+            let ev = Arc::new(FeedEvent::new(ev));
             inner.held += ev.revocations.len();
             inner.ring.push_back(ev.clone());
             // The newest event always stays, however many it carries.

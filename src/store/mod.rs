@@ -46,7 +46,7 @@ use std::sync::Arc;
 
 pub use self::faults::{StoreFaults, INJECTED_ENOSPC};
 pub use self::feed::{
-    FeedItem, FeedSizes, Revocation, RevocationEvent, Watch, WatchStart, DEFAULT_WINDOW,
+    FeedEvent, FeedItem, FeedSizes, Revocation, RevocationEvent, Watch, WatchStart, DEFAULT_WINDOW,
     LIVE_BUFFER,
 };
 pub use self::log::{LogReader, LogStore};

@@ -37,18 +37,25 @@ ticks() {
     awk '{print $12 + $13}' <<<"$s"
 }
 prev=""
+load=""
 while IFS= read -r line <&"$out"; do
     now=$(ticks)
     case "$line" in
     "|---"*)
-        prev=$now
-        echo "$line---|---|"
+        if [ -n "$load" ]; then
+            prev=$now
+            echo "$line---|---|"
+        else
+            echo "$line"
+        fi
         ;;
     "| operation | in flight"*)
+        # The load table: the micro-cost table above it is left alone.
+        load=1
         echo "$line cpu (s) | cpu µs/req |"
         ;;
     "| "*" | "*" | "*)
-        if [ -n "$prev" ] && [ -n "$now" ]; then
+        if [ -n "$load" ] && [ -n "$prev" ] && [ -n "$now" ]; then
             count=$(awk -F'|' '{gsub(/ /, "", $4); print $4}' <<<"$line")
             awk -v l="$line" -v c="$count" -v d="$((now - prev))" -v hz="$hz" \
                 'BEGIN { printf "%s %.2f | %.1f |\n", l, d / hz, (c > 0 ? d / hz * 1e6 / c : 0) }'

@@ -100,7 +100,7 @@ pub fn caller_identity<T>(req: &tonic::Request<T>) -> Result<PeerIdentity, tonic
     let leaf = certs
         .first()
         .ok_or_else(|| tonic::Status::unauthenticated("no client certificate"))?;
-    identity_from_cert(leaf).map_err(|e| {
+    super::identity_cache::cached_identity(leaf).map_err(|e| {
         tracing::debug!(error = %e, "client certificate has no usable identity");
         tonic::Status::unauthenticated(format!("client certificate: {e}"))
     })
@@ -117,7 +117,10 @@ struct Parsed(PeerIdentity);
 /// certificate is parsed (and hashed) at most once per request: the result
 /// is kept in the request's extensions, where later layers and
 /// [`caller_identity`] find it. Parsing costs ~15 µs, and each request met
-/// it up to three times (trace layer, rate layer, handler).
+/// it up to three times (trace layer, rate layer, handler). Across requests
+/// the identity of a certificate is remembered
+/// ([`super::identity_cache`]): a connection's requests all present the
+/// same one.
 pub fn request_caller<B>(req: &mut http::Request<B>) -> Option<PeerIdentity> {
     use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
     if let Some(Parsed(p)) = req.extensions().get::<Parsed>() {
@@ -127,7 +130,7 @@ pub fn request_caller<B>(req: &mut http::Request<B>) -> Option<PeerIdentity> {
         .extensions()
         .get::<TlsConnectInfo<TcpConnectInfo>>()?
         .peer_certs()?;
-    let p = identity_from_cert(certs.first()?).ok()?;
+    let p = super::identity_cache::cached_identity(certs.first()?).ok()?;
     req.extensions_mut().insert(Parsed(p.clone()));
     Some(p)
 }

@@ -33,6 +33,7 @@
 mod config;
 mod conn;
 mod identity;
+mod identity_cache;
 mod incoming;
 mod material;
 mod pem;

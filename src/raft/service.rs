@@ -66,47 +66,6 @@ pub struct RaftService {
     read_lease: Option<(std::time::Duration, tokio::sync::watch::Receiver<u64>)>,
     /// Records when the leader was last heard and answers pre-votes.
     election: Option<(Arc<super::LeaderContact>, super::ElectionTimes)>,
-    /// Identities of the certificates presented lately (see [`Identities`]).
-    identities: Identities,
-}
-
-/// The identities of the last few client certificates seen, keyed by the
-/// certificate's bytes: every Raft message and forwarded write is
-/// authorized by its sender's certificate, and deriving the identity (a
-/// DER parse and a SHA-256, ~15 µs) on each one was a visible share of a
-/// node's CPU per revocation. An identity depends only on the
-/// certificate's bytes, so a hit is exactly what a parse would give.
-/// Bounded: a cluster's members present a handful of certificates; an
-/// unknown one replaces the oldest entry.
-#[derive(Default)]
-struct Identities(std::sync::Mutex<Vec<(Vec<u8>, crate::tls::PeerIdentity)>>);
-
-/// Most certificates [`Identities`] remembers.
-const IDENTITIES: usize = 16;
-
-impl Identities {
-    fn of<T>(&self, req: &Request<T>) -> Result<crate::tls::PeerIdentity, Status> {
-        let Some(certs) = req.peer_certs() else {
-            return caller_identity(req);
-        };
-        let Some(leaf) = certs.first() else {
-            return caller_identity(req);
-        };
-        let der: &[u8] = leaf.as_ref();
-        if let Ok(seen) = self.0.lock() {
-            if let Some((_, p)) = seen.iter().find(|(d, _)| d.as_slice() == der) {
-                return Ok(p.clone());
-            }
-        }
-        let peer = caller_identity(req)?;
-        if let Ok(mut seen) = self.0.lock() {
-            if seen.len() >= IDENTITIES {
-                seen.remove(0);
-            }
-            seen.push((der.to_vec(), peer.clone()));
-        }
-        Ok(peer)
-    }
 }
 
 impl std::fmt::Debug for RaftService {
@@ -133,7 +92,6 @@ impl RaftService {
             reads: None,
             read_lease: None,
             election: None,
-            identities: Identities::default(),
         }
     }
 
@@ -226,7 +184,9 @@ impl RaftService {
     /// The caller's node id, if it may talk to this node (see the module
     /// docs). `check_incarnation` is false only for `Hello`.
     fn authorize<T>(&self, req: &Request<T>, check_incarnation: bool) -> Result<NodeId, Status> {
-        let peer = self.identities.of(req)?;
+        // Memoized per certificate (`crate::tls::identity_cache`): every
+        // Raft message and forwarded write is authorized this way.
+        let peer = caller_identity(req)?;
         let Some(caller) = peer.node_id(&self.trust_domain) else {
             tracing::debug!(caller = %peer.id, "raft service: not a node identity");
             return Err(Status::permission_denied(format!(

@@ -69,33 +69,6 @@ pub(crate) fn put(batch: &mut sled::Batch, key: &[u8], value: &[u8], stale_upto:
     }
 }
 
-/// Stores `value` under `key` in `tree` without a batch, for a key that
-/// has no chunks stored (see [`stored_chunks`]): chunks first, the manifest
-/// last. sled recovers a prefix of its log after a crash (its recovery
-/// stops at the first torn message) and one thread's inserts are logged in
-/// order, so a manifest that survives has every chunk before it; a reader
-/// that runs concurrently with this must not exist (the Raft log store is
-/// read only after its appends return). A `sled::Batch` gives the same
-/// atomicity at the price of two extra io-buffer writes per batch, each
-/// with its own `sync_file_range` wait (sled rolls the buffer before and
-/// after a batch's manifest). Blocking.
-pub(crate) fn put_in_order(tree: &sled::Tree, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-    let count = chunk_count(value.len());
-    if count == 0 {
-        tree.insert(key, value)?;
-        return Ok(());
-    }
-    for (n, piece) in (0..).zip(value.chunks(CHUNK)) {
-        tree.insert(chunk_key(key, n), piece)?;
-    }
-    let mut m = Vec::with_capacity(MANIFEST_LEN);
-    m.push(MANIFEST);
-    m.extend_from_slice(&count.to_be_bytes());
-    m.extend_from_slice(&(value.len() as u64).to_be_bytes());
-    tree.insert(key, m)?;
-    Ok(())
-}
-
 /// Adds to `batch` the removal of `key` and of its chunks `[0, stale_upto)`.
 pub(crate) fn remove(batch: &mut sled::Batch, key: &[u8], stale_upto: u32) {
     batch.remove(key);

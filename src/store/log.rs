@@ -204,32 +204,18 @@ fn encode_entries(entries: &[Entry]) -> Result<Vec<Encoded>, StoreError> {
         .collect()
 }
 
-/// Writes entries (readable at once, durable at the next flush).
-///
-/// Without a sled batch when no entry's index holds chunks of an earlier
-/// entry (the usual case: openraft truncates a conflicting suffix before
-/// it appends over it): entries and their chunks are inserted in order
-/// ([`chunk::put_in_order`]), and since sled recovers a prefix of its log,
-/// a crash before the flush leaves a prefix of them, never a hole or a
-/// manifest without its chunks. A sled batch would roll sled's io buffer
-/// twice, so that each flush wrote three buffers, each followed by its own
-/// `sync_file_range` wait (`strace`, docs/BENCHMARKS.md).
+/// Writes entries (readable at once, durable at the next flush) in one
+/// sled batch. (Plain inserts in order, without the batch, saved sled two
+/// io-buffer writes per flush, but left a follower that installed a 1M
+/// snapshot and caught up at 237 MB of RSS against 194 MB: see
+/// docs/BENCHMARKS.md, "Where one revocation's time goes".)
 fn write_encoded(db: &Db, entries: &[Encoded]) -> Result<(), StoreError> {
     db.check_write()?;
-    let mut stale = Vec::with_capacity(entries.len());
-    for (key, _) in entries {
-        stale.push(chunk::stored_chunks(&db.log, key)?);
-    }
-    if stale.iter().all(|s| *s == 0) {
-        for (key, value) in entries {
-            chunk::put_in_order(&db.log, key, value)?;
-        }
-        return Ok(());
-    }
     let mut batch = sled::Batch::default();
-    for ((key, value), stale) in entries.iter().zip(stale) {
+    for (key, value) in entries {
         // A large entry (a big batch of revocations, a policy) is stored in
         // chunks: sled would put it in an unsynced blob file.
+        let stale = chunk::stored_chunks(&db.log, key)?;
         chunk::put(&mut batch, key, value, stale);
     }
     db.log.apply_batch(batch)?;
@@ -727,11 +713,10 @@ mod tests {
         }
     }
 
-    // Appends go without a sled batch (chunks first, manifest last): a
-    // chunked entry next to small ones must read back whole, before and
+    // A chunked entry next to small ones reads back whole, before and
     // after a reopen.
     #[tokio::test]
-    async fn a_chunked_entry_appended_without_a_batch_reads_back_whole() {
+    async fn a_chunked_entry_appended_next_to_small_ones_reads_back_whole() {
         let dir = tempfile::tempdir().unwrap();
         let big = big_entry(2, 400);
         {

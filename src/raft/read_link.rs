@@ -140,7 +140,7 @@ pub(super) fn serve(
 }
 
 /// Why a link could not serve a round.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) enum LinkError {
     /// The leader does not know `ReadIndexStream`: use the unary call.
     Unsupported,
@@ -308,17 +308,12 @@ async fn run(opening: Opening, mut rounds: mpsc::Receiver<Pending>) {
         }
     };
     rounds.close();
-    let why = |f: &Option<LinkError>| match f {
-        Some(LinkError::TimedOut) => LinkError::TimedOut,
-        Some(LinkError::Unsupported) => LinkError::Unsupported,
-        Some(LinkError::Failed(why)) => LinkError::Failed(why.clone()),
-        None => LinkError::Failed("the read-index link closed".into()),
-    };
+    let why = failure.unwrap_or_else(|| LinkError::Failed("the read-index link closed".into()));
     for p in waiting {
-        (p.done)(Err(why(&failure)));
+        (p.done)(Err(why.clone()));
     }
     while let Ok(p) = rounds.try_recv() {
-        (p.done)(Err(why(&failure)));
+        (p.done)(Err(why.clone()));
     }
 }
 

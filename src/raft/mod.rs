@@ -21,6 +21,7 @@
 //! the state it lost.
 
 pub mod codec;
+pub mod commit_ahead;
 pub mod commits_heard;
 pub mod election;
 pub mod network;

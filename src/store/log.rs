@@ -205,18 +205,52 @@ fn encode_entries(entries: &[Entry]) -> Result<Vec<Encoded>, StoreError> {
         .collect()
 }
 
-/// Writes entries (readable at once, durable at the next flush) in one
-/// sled batch. (Plain inserts in order, without the batch, saved sled two
-/// io-buffer writes per flush, but left a follower that installed a 1M
-/// snapshot and caught up at 237 MB of RSS against 194 MB: see
-/// docs/BENCHMARKS.md, "Where one revocation's time goes".)
+/// Appends of at most this many entries go without a sled batch when they
+/// can (see [`write_encoded`]): a single write's path (one client, a quiet
+/// cluster) is where the two extra io-buffer writes of a batch show.
+/// Larger appends (a leader's batch under load, a follower catching up)
+/// stay in one batch: inserted one by one, the follower that installed a
+/// 1M snapshot and caught up ended at 237 MB of RSS against 181 MB.
+const UNBATCHED_MAX: usize = 4;
+
+/// Whether small appends may skip the sled batch (`TESSERA_UNBATCHED_APPENDS=0`
+/// turns it off for same-binary A/B runs).
+fn small_appends_unbatched() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("TESSERA_UNBATCHED_APPENDS").map_or(true, |v| v != "0"))
+}
+
+/// Writes entries (readable at once, durable at the next flush).
+///
+/// An append of a few small entries, none of whose indexes holds chunks of
+/// an earlier entry (openraft truncates a conflicting suffix before it
+/// appends over it), is a few plain inserts in index order: sled logs one
+/// thread's inserts in order and recovers a prefix of its log after a
+/// crash, so a crash before the flush leaves a prefix of the entries,
+/// never a hole, and nothing was acknowledged before the flush. A sled
+/// batch rolls sled's io buffer before and after its manifest, so each
+/// flush wrote three buffers, each followed by its own `sync_file_range`
+/// wait (`strace`, docs/BENCHMARKS.md "Where one revocation's time goes").
+/// Anything else goes in one batch, large entries in chunks (sled would
+/// put them in an unsynced blob file).
 fn write_encoded(db: &Db, entries: &[Encoded]) -> Result<(), StoreError> {
     db.check_write()?;
+    let mut stale = Vec::with_capacity(entries.len());
+    for (key, _) in entries {
+        stale.push(chunk::stored_chunks(&db.log, key)?);
+    }
+    let plain = small_appends_unbatched()
+        && entries.len() <= UNBATCHED_MAX
+        && entries.iter().all(|(_, v)| chunk::chunk_count(v.len()) == 0)
+        && stale.iter().all(|s| *s == 0);
+    if plain {
+        for (key, value) in entries {
+            db.log.insert(key, value.as_slice())?;
+        }
+        return Ok(());
+    }
     let mut batch = sled::Batch::default();
-    for (key, value) in entries {
-        // A large entry (a big batch of revocations, a policy) is stored in
-        // chunks: sled would put it in an unsynced blob file.
-        let stale = chunk::stored_chunks(&db.log, key)?;
+    for ((key, value), stale) in entries.iter().zip(stale) {
         chunk::put(&mut batch, key, value, stale);
     }
     db.log.apply_batch(batch)?;

@@ -21,7 +21,6 @@
 //! the state it lost.
 
 pub mod codec;
-pub mod commit_ahead;
 pub mod commits_heard;
 pub mod election;
 pub mod network;

@@ -66,8 +66,6 @@ pub struct RaftService {
     read_lease: Option<(std::time::Duration, tokio::sync::watch::Receiver<u64>)>,
     /// Records when the leader was last heard and answers pre-votes.
     election: Option<(Arc<super::LeaderContact>, super::ElectionTimes)>,
-    /// Hands the core a leader's commit ahead of the entries it came with.
-    commit_ahead: Arc<super::commit_ahead::CommitAhead>,
 }
 
 impl std::fmt::Debug for RaftService {
@@ -94,7 +92,6 @@ impl RaftService {
             reads: None,
             read_lease: None,
             election: None,
-            commit_ahead: Arc::new(super::commit_ahead::CommitAhead::from_env()),
         }
     }
 
@@ -270,11 +267,6 @@ impl raft_service_server::RaftService for RaftService {
             check_sender(caller, req.vote.leader_id.node_id, "leader")?;
             // Nothing committed yet is a commit index too: 0.
             let commit = Some(req.leader_commit.map_or(0, |l| l.index));
-            if let Some(heartbeat) = self.commit_ahead.ahead_of(&req) {
-                // Its answer is the original's too when refused (see
-                // `commit_ahead`), so only the original's is returned.
-                let _ = self.raft.append_entries(heartbeat).await;
-            }
             let reply = self.raft.append_entries(req).await;
             if matches!(&reply, Ok(r) if !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_)))
             {
@@ -473,8 +465,6 @@ mod tests {
         raft: Raft<TypeConfig>,
         net: Network,
         info: NodeInfo,
-        store_faults: crate::store::StoreFaults,
-        view: crate::store::StateView,
         stop: Option<oneshot::Sender<()>>,
     }
 
@@ -515,14 +505,10 @@ mod tests {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let files = pki.tls_files(&format!("node{id}")).unwrap();
             let data = dir.path().join(format!("node{id}"));
-            let store_faults = crate::store::StoreFaults::new();
-            let opened = store_faults.clone();
-            let (log, sm, view) = tokio::task::spawn_blocking(move || {
-                crate::store::open_with(&data, Default::default(), opened)
-            })
-            .await
-            .unwrap()
-            .unwrap();
+            let (log, sm, _view) = tokio::task::spawn_blocking(move || crate::store::open(&data))
+                .await
+                .unwrap()
+                .unwrap();
             let info = NodeInfo {
                 raft_addr: listener.local_addr().unwrap().to_string(),
                 api_addr: format!("api.node{id}:443"),
@@ -558,8 +544,6 @@ mod tests {
                 raft,
                 net,
                 info,
-                store_faults,
-                view,
                 stop: Some(stop),
             });
         }
@@ -759,73 +743,6 @@ mod tests {
         let r = l.raft.client_write(revoke("reply-lost")).await.unwrap();
         assert_eq!(r.data.changed, 0, "the forwarded write was applied");
         c.wait_applied(&[1, 2, 3], r.data.revision).await;
-        c.stop().await;
-    }
-
-    /// openraft's core flushes a message's entries before it takes the
-    /// commit that came with them; the service hands the commit over first
-    /// (`commit_ahead`), so a follower whose disk is slow still applies
-    /// what its leader committed.
-    #[tokio::test(flavor = "multi_thread")]
-    async fn a_follower_applies_a_commit_while_the_entries_that_carried_it_still_flush() {
-        use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
-        use openraft::{CommittedLeaderId, EntryPayload};
-
-        let c = start(1).await;
-        let follower = c.node(1);
-        // node2 plays the leader of term 1 (a fresh node admits any node).
-        let leader = c.raw_client("node2", 1).await;
-        let log_id = |i| openraft::LogId::new(CommittedLeaderId::new(1, 2), i);
-        let blank = |i| crate::raft::Entry {
-            log_id: log_id(i),
-            payload: EntryPayload::Blank,
-        };
-        let send = |req: AppendEntriesRequest<TypeConfig>| {
-            let mut leader = leader.clone();
-            async move {
-                let reply = leader
-                    .append_entries(Request::new(RaftMessage {
-                        payload: codec::encode(&req).unwrap(),
-                    }))
-                    .await
-                    .unwrap();
-                let reply: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
-                    codec::decode(&reply.get_ref().payload).unwrap();
-                reply.unwrap()
-            }
-        };
-        let vote = Vote::new_committed(1, 2);
-        let first = AppendEntriesRequest {
-            vote,
-            prev_log_id: None,
-            leader_commit: None,
-            entries: (0..=2).map(blank).collect(),
-        };
-        assert_eq!(send(first).await, AppendEntriesResponse::Success);
-
-        // The disk stalls; the next message carries entry 3 and the commit
-        // of 0..=2.
-        follower.store_faults.hold_log_flushes(true);
-        let second = AppendEntriesRequest {
-            vote,
-            prev_log_id: Some(log_id(2)),
-            leader_commit: Some(log_id(2)),
-            entries: vec![blank(3)],
-        };
-        let pending = tokio::spawn(send(second));
-        // The state machine's applied index (what reads wait for and the
-        // feed publishes; openraft's own metric waits for its core).
-        let mut revision = follower.view.watch_revision();
-        let applied = tokio::time::timeout(WAIT, revision.wait_for(|r| *r >= 2)).await;
-        // Entry 3 cannot be acknowledged before its flush.
-        let acknowledged_early = pending.is_finished();
-        follower.store_faults.hold_log_flushes(false);
-        assert!(
-            matches!(applied, Ok(Ok(_))),
-            "the commit of 0..=2 was not applied while entry 3 was flushing"
-        );
-        assert!(!acknowledged_early, "entry 3 acknowledged before its flush");
-        assert_eq!(pending.await.unwrap(), AppendEntriesResponse::Success);
         c.stop().await;
     }
 

@@ -171,12 +171,6 @@ impl Db {
         Ok(())
     }
 
-    /// Returns once [`StoreFaults::hold_log_flushes`] is off (at once in
-    /// production, where it never is).
-    pub(crate) fn wait_while_log_flushes_held(&self) {
-        self.faults.wait_while_log_flushes_held();
-    }
-
     /// Fails with the injected error while [`StoreFaults::fail_writes`] is
     /// on; called before every write.
     pub(crate) fn check_write(&self) -> Result<(), StoreError> {

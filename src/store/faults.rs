@@ -1,10 +1,9 @@
 //! [`StoreFaults`]: a test seam that makes the store's writes fail as a
 //! full disk would, so that the node's reaction to a storage error (stop,
-//! never keep serving a frozen state) can be tested without filling one,
-//! and that can hold the log's flushes (a disk that stalls).
+//! never keep serving a frozen state) can be tested without filling one.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 
 /// The message of an injected write error.
 pub const INJECTED_ENOSPC: &str = "No space left on device (injected)";
@@ -15,8 +14,6 @@ pub const INJECTED_ENOSPC: &str = "No space left on device (injected)";
 #[derive(Clone, Debug, Default)]
 pub struct StoreFaults {
     fail_writes: Arc<AtomicBool>,
-    /// While true the log's flusher thread waits before its next flush.
-    hold_flushes: Arc<(Mutex<bool>, Condvar)>,
 }
 
 impl StoreFaults {
@@ -30,24 +27,6 @@ impl StoreFaults {
     /// `Other` whose message is [`INJECTED_ENOSPC`].
     pub fn fail_writes(&self, on: bool) {
         self.fail_writes.store(on, Ordering::SeqCst);
-    }
-
-    /// While `on`, the log's group flusher waits before its next flush, so
-    /// appended entries stay unacknowledged (a slow disk, frozen) until it
-    /// is turned off.
-    pub fn hold_log_flushes(&self, on: bool) {
-        let (held, changed) = &*self.hold_flushes;
-        *held.lock().unwrap_or_else(|p| p.into_inner()) = on;
-        changed.notify_all();
-    }
-
-    /// Blocks the calling (flusher) thread while log flushes are held.
-    pub(crate) fn wait_while_log_flushes_held(&self) {
-        let (held, changed) = &*self.hold_flushes;
-        let mut on = held.lock().unwrap_or_else(|p| p.into_inner());
-        while *on {
-            on = changed.wait(on).unwrap_or_else(|p| p.into_inner());
-        }
     }
 
     /// Whether writes currently fail.

@@ -100,7 +100,6 @@ fn flusher(db: Arc<Db>, rx: std::sync::mpsc::Receiver<Ack>) {
         }
         // Every entry of every append in `group` was written before its
         // acknowledgement was queued, so this flush covers them all.
-        db.wait_while_log_flushes_held();
         let result = db.durable_flush();
         for ack in group.drain(..) {
             ack(match &result {

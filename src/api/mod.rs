@@ -9,6 +9,7 @@ mod admin_service;
 mod audit;
 pub mod consistency;
 pub mod error;
+mod health;
 pub mod http;
 mod keys_admin;
 mod keys_service;
@@ -42,6 +43,8 @@ pub use keys_admin::{Jwks, KeySettings, Rotation};
 pub use limits::{Http2Limits, Rate, RateLimits, RpcClass, ServerLimits, RETRY_AFTER_METADATA};
 pub use message_limit::MessageLimitLayer;
 pub use watch_service::{resumable, WatchSettings, RESUME_METADATA};
+
+use health::{health_loop, lease_keeper, Lease, HEALTH_SERVICES};
 
 use crate::clock::Clock;
 use crate::keys::{KekRing, KeyRing};
@@ -180,57 +183,6 @@ pub struct Shared {
     cert_expiry: Option<(Arc<crate::tls::CertExpiry>, Duration)>,
     /// Where handlers record metrics (the node's registry).
     metrics: crate::metrics::Metrics,
-}
-
-/// What this node knows about its own leadership's contact with a quorum.
-/// Ages are measured here, from when metrics were seen: a leader cut off
-/// from everyone gets no fresh acknowledgements, so its lease runs out.
-#[derive(Debug)]
-struct Lease {
-    term: u64,
-    /// When this node was first seen leading in `term`: winning the
-    /// election was a quorum's contact, so a new leader starts with a lease.
-    since: std::time::Instant,
-    /// The latest quorum acknowledgement seen in `term`.
-    ack: Option<std::time::Instant>,
-}
-
-impl Default for Lease {
-    fn default() -> Self {
-        Self {
-            term: 0,
-            since: std::time::Instant::now(),
-            ack: None,
-        }
-    }
-}
-
-impl Lease {
-    fn observe(&mut self, m: &openraft::RaftMetrics<NodeId, NodeInfo>) {
-        self.observe_term(m);
-        let now = std::time::Instant::now();
-        if let Some(t) = m
-            .millis_since_quorum_ack
-            .and_then(|ms| now.checked_sub(Duration::from_millis(ms)))
-        {
-            self.ack = Some(self.ack.map_or(t, |a| a.max(t)));
-        }
-    }
-
-    /// Starts a new lease when a new term is seen.
-    fn observe_term(&mut self, m: &openraft::RaftMetrics<NodeId, NodeInfo>) {
-        if m.current_term != self.term {
-            *self = Self {
-                term: m.current_term,
-                since: std::time::Instant::now(),
-                ack: None,
-            };
-        }
-    }
-
-    fn last_contact(&self) -> std::time::Instant {
-        self.ack.map_or(self.since, |a| a.max(self.since))
-    }
 }
 
 /// Tokens whose signature this node has verified, with their claims, for
@@ -729,74 +681,6 @@ pub async fn serve(
     // The server dropped the stream; the listener is closed once the accept
     // loop has noticed.
     let _ = accept_loop.await;
-}
-
-/// The services whose health is reported ("" is the whole node).
-const HEALTH_SERVICES: [&str; 5] = [
-    "",
-    "tessera.v1.TokenService",
-    "tessera.v1.KeyService",
-    "tessera.v1.AdminService",
-    "tessera.v1.RevocationService",
-];
-
-/// Publishes [`Shared::serving`] through the standard health service and
-/// keeps the leader lease up to date. A leader cut off from everyone sees no
-/// metric change at all, so a tick re-checks the lease as well.
-async fn health_loop(shared: Arc<Shared>, reporter: tonic_health::server::HealthReporter) {
-    use tonic_health::ServingStatus;
-    let mut metrics = shared.raft.metrics();
-    let mut last = None;
-    let mut tick = tokio::time::interval(shared.contact_timeout / 3);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut fresh = true;
-    loop {
-        if fresh {
-            // Only a new metrics value says anything new about quorum
-            // contact: its age is measured from now, as it arrives.
-            let m = metrics.borrow_and_update().clone();
-            shared.observe(&m);
-        }
-        let status = if shared.serving() {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        if last != Some(status) {
-            for s in HEALTH_SERVICES {
-                reporter.set_service_status(s, status).await;
-            }
-            last = Some(status);
-        }
-        fresh = tokio::select! {
-            changed = metrics.changed() => if changed.is_err() { return } else { true },
-            _ = tick.tick() => false,
-        };
-    }
-}
-
-/// On the leader, confirms leadership with a quorum (one read-index round)
-/// whenever no read did so for a third of [`LEADER_LEASE`], so that health
-/// and the lease reflect real contact even when no reads arrive.
-async fn lease_keeper(shared: Arc<Shared>) {
-    let Some(reads) = shared.reads.clone() else {
-        return;
-    };
-    let period = shared.contact_timeout / 3;
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let leading = {
-            let m = shared.raft.metrics();
-            let m = m.borrow();
-            m.current_leader == Some(m.id)
-        };
-        let fresh = reads.confirmed_at().is_some_and(|c| c.elapsed() < period);
-        if leading && !fresh {
-            let _ = reads.get().await;
-        }
-    }
 }
 
 /// Largest gap between a node's log and what it has applied while it still

@@ -8,7 +8,9 @@ use tessera::pb::{self, admin_service_client::AdminServiceClient};
 use tessera::tls::TlsFiles;
 use tokio::time::Instant;
 
-use super::{status, Stop, Supervisor, POLL_INTERVAL};
+use super::init::{status, POLL_INTERVAL};
+use super::supervisor::Supervisor;
+use super::Stop;
 
 impl Supervisor {
     /// The admin certificate of the development directory.

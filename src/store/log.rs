@@ -240,7 +240,9 @@ fn write_encoded(db: &Db, entries: &[Encoded]) -> Result<(), StoreError> {
     }
     let plain = small_appends_unbatched()
         && entries.len() <= UNBATCHED_MAX
-        && entries.iter().all(|(_, v)| chunk::chunk_count(v.len()) == 0)
+        && entries
+            .iter()
+            .all(|(_, v)| chunk::chunk_count(v.len()) == 0)
         && stale.iter().all(|s| *s == 0);
     if plain {
         for (key, value) in entries {

@@ -350,6 +350,19 @@ impl Supervisor {
         Some(ev)
     }
 
+    /// Applies `ev`; a node exiting before start-up finished is fatal.
+    fn apply_during_startup(&mut self, ev: Event) -> Result<(), Stop> {
+        match self.apply(ev) {
+            Some(Event::Exited { node, status, .. }) => {
+                self.report_exit(node, &status);
+                Err(Stop::Failed(anyhow::anyhow!(
+                    "node {node} exited during start-up ({status})"
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Explains a node's unexpected exit on stderr, with the tail of its log.
     fn report_exit(&self, i: u32, status: &str) {
         let log = self.log_path(i);
@@ -380,12 +393,7 @@ impl Supervisor {
             tokio::select! {
                 ev = self.rx.recv() => {
                     let Some(ev) = ev else { continue };
-                    if let Some(Event::Exited { node, status, .. }) = self.apply(ev) {
-                        self.report_exit(node, &status);
-                        return Err(Stop::Failed(anyhow::anyhow!(
-                            "node {node} exited during start-up ({status})"
-                        )));
-                    }
+                    self.apply_during_startup(ev)?;
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     for &i in &pending {
@@ -417,12 +425,7 @@ impl Supervisor {
             tokio::select! {
                 ev = self.rx.recv() => {
                     let Some(ev) = ev else { continue };
-                    if let Some(Event::Exited { node, status, .. }) = self.apply(ev) {
-                        self.report_exit(node, &status);
-                        return Err(Stop::Failed(anyhow::anyhow!(
-                            "node {node} exited during start-up ({status})"
-                        )));
-                    }
+                    self.apply_during_startup(ev)?;
                 }
                 _ = tokio::time::sleep_until(until) => return Ok(()),
                 _ = sig.int.recv() => return Err(Stop::Interrupted),

@@ -28,6 +28,11 @@ const KILL_GRACE: Duration = Duration::from_secs(5);
 /// Events from the per-node log threads; a node sends at most two per
 /// start (ready, exited), so this never fills up in practice.
 const EVENT_CAPACITY: usize = 64;
+/// glibc's malloc with a fixed mmap threshold: by default every free of a
+/// large block (a 4 MiB snapshot chunk, a big batch) raises the threshold
+/// to that block's size, and later blocks up to it come from arenas that
+/// keep their freed memory. Same setting as the unit file and the image.
+const MALLOC_TUNABLES: &str = "glibc.malloc.mmap_threshold=131072";
 
 /// Parses the ready line of `tessera serve`:
 /// `tessera node {id} listening on {api_addr} raft {raft_addr}`, with
@@ -243,6 +248,11 @@ impl Supervisor {
                     cmd.env_remove(k);
                 }
             }
+        }
+        // What the shipped unit file and container image set
+        // (docs/OPERATIONS.md, "Memory"), unless the operator chose tunables.
+        if std::env::var_os("GLIBC_TUNABLES").is_none() {
+            cmd.env("GLIBC_TUNABLES", MALLOC_TUNABLES);
         }
         cmd.env("NO_COLOR", "1")
             .stdin(Stdio::null())

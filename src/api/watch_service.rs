@@ -197,6 +197,16 @@ impl Batch {
 }
 
 /// Splits `events` into batches within the message bounds, in order.
+/// Replayed events as the messages they go out in: batches for a
+/// coalescing subscriber, else one event each.
+fn replay_groups(events: Vec<Arc<FeedEvent>>, coalesce: bool) -> VecDeque<Vec<Arc<FeedEvent>>> {
+    if coalesce {
+        batches(events).into()
+    } else {
+        events.into_iter().map(|e| vec![e]).collect()
+    }
+}
+
 fn batches(events: Vec<Arc<FeedEvent>>) -> Vec<Vec<Arc<FeedEvent>>> {
     let mut out = Vec::new();
     let mut cur = Batch::default();
@@ -257,21 +267,16 @@ impl WatchApi {
         tracing::debug!(caller = %caller.id, from, coalesce, "watcher starts");
         let watch = self.shared.state.watch(from);
         let start = match watch.start {
-            WatchStart::Replay(events) => Start::Replay(
-                if coalesce {
-                    batches(events)
-                } else {
-                    events.into_iter().map(|e| vec![e]).collect()
-                }
-                .into(),
-            ),
+            WatchStart::Replay(events) => Start::Replay(replay_groups(events, coalesce)),
             WatchStart::Snapshot {
                 revision,
                 revocations,
+                then,
             } => Start::Snapshot {
                 revision,
                 revocations,
                 sent: 0,
+                then: replay_groups(then, coalesce),
             },
         };
         let mut tick = tokio::time::interval(self.settings.heartbeat);
@@ -312,11 +317,12 @@ enum Start {
     /// Groups of replayed events still to send (one message each).
     Replay(VecDeque<Vec<Arc<FeedEvent>>>),
     /// A snapshot, of which `sent` revocations went out so far; the end
-    /// marker follows the last chunk.
+    /// marker follows the last chunk, then the events in `then`.
     Snapshot {
         revision: u64,
-        revocations: Vec<Revocation>,
+        revocations: Arc<Vec<Revocation>>,
         sent: usize,
+        then: VecDeque<Vec<Arc<FeedEvent>>>,
     },
     /// Done: live events.
     Live,
@@ -391,6 +397,7 @@ impl Pump {
                     revision,
                     revocations,
                     sent,
+                    then,
                 } => {
                     let revision = *revision;
                     if *sent < revocations.len() {
@@ -405,7 +412,7 @@ impl Pump {
                         }));
                     }
                     let count = revocations.len() as u64;
-                    self.start = Start::Live;
+                    self.start = Start::Replay(std::mem::take(then));
                     self.last = self.last.max(revision);
                     return Some(Frame::Msg(pb::WatchEvent {
                         revision,

@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::ops::Deref;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use prost::bytes::Bytes;
 
@@ -149,12 +149,16 @@ pub enum WatchStart {
     /// The cursor is inside the window: every event after it, in order.
     Replay(Vec<Arc<FeedEvent>>),
     /// The cursor is outside the window (or 0): all active revocations as
-    /// of `revision`.
+    /// of `revision`, then every event after it.
     Snapshot {
         /// The revision the snapshot reflects.
         revision: u64,
-        /// Every active revocation.
-        revocations: Vec<Revocation>,
+        /// Every active revocation, as of `revision`. Shared by the
+        /// watchers that start while it is being sent (see [`Feed::watch`]).
+        revocations: Arc<Vec<Revocation>>,
+        /// The events after `revision` that the feed already holds, in
+        /// order: they go out after the snapshot, before live events.
+        then: Vec<Arc<FeedEvent>>,
     },
 }
 
@@ -181,6 +185,9 @@ struct Inner {
     capacity: usize,
     /// Revocations the events in `ring` carry together.
     held: usize,
+    /// The last snapshot copy handed to a watcher, and its revision, for
+    /// as long as some watcher still holds it.
+    snapshot: Option<(u64, Weak<Vec<Revocation>>)>,
 }
 
 impl Feed {
@@ -193,6 +200,7 @@ impl Feed {
                 window_start: revision,
                 capacity: capacity.max(1),
                 held: 0,
+                snapshot: None,
             }),
             tx,
         }
@@ -230,27 +238,48 @@ impl Feed {
         inner.ring.clear();
         inner.held = 0;
         inner.window_start = revision;
+        inner.snapshot = None;
         let _ = self.tx.send(FeedItem::Reset { revision });
     }
 
     /// Starts a watcher from `from_revision`. Call with the state's read
     /// lock held, `state` being what it guards.
+    ///
+    /// Watchers that need a snapshot share one copy of the revocations
+    /// while any of them still holds it: a copy at revision `r` plus the
+    /// events after `r` is as good as a fresh copy, as long as the window
+    /// still holds every event after `r`. Without this, every watcher
+    /// starting from 0 copied the whole state (~56 MB at 1M revocations)
+    /// under the state's read lock, and a node whose subscribers all
+    /// reconnected at once held one copy per subscriber.
     pub(crate) fn watch(&self, state: &State, from_revision: u64) -> Watch {
-        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let live = self.tx.subscribe();
+        let after = |inner: &Inner, revision: u64| -> Vec<Arc<FeedEvent>> {
+            inner
+                .ring
+                .iter()
+                .filter(|e| e.revision > revision)
+                .cloned()
+                .collect()
+        };
         let start = if from_revision > 0 && from_revision >= inner.window_start {
-            WatchStart::Replay(
-                inner
-                    .ring
-                    .iter()
-                    .filter(|e| e.revision > from_revision)
-                    .cloned()
-                    .collect(),
-            )
+            WatchStart::Replay(after(&inner, from_revision))
         } else {
+            let shared = inner
+                .snapshot
+                .as_ref()
+                .filter(|(revision, _)| *revision >= inner.window_start)
+                .and_then(|(revision, copy)| Some((*revision, copy.upgrade()?)));
+            let (revision, revocations) = shared.unwrap_or_else(|| {
+                let copy = Arc::new(state.revocations());
+                inner.snapshot = Some((state.revision(), Arc::downgrade(&copy)));
+                (state.revision(), copy)
+            });
             WatchStart::Snapshot {
-                revision: state.revision(),
-                revocations: state.revocations(),
+                revision,
+                then: after(&inner, revision),
+                revocations,
             }
         };
         Watch { start, live }
@@ -387,6 +416,62 @@ mod tests {
             feed.watch(&state, 1).start,
             WatchStart::Snapshot { .. }
         ));
+    }
+
+    fn snapshot_of(w: &Watch) -> (u64, &Arc<Vec<Revocation>>, Vec<u64>) {
+        match &w.start {
+            WatchStart::Snapshot {
+                revision,
+                revocations,
+                then,
+            } => (
+                *revision,
+                revocations,
+                then.iter().map(|e| e.revision).collect(),
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    // Every watcher starting from 0 used to get its own copy of the whole
+    // state: a node whose thousand subscribers reconnected at once held a
+    // thousand copies. They now share one, plus the events after it.
+    #[test]
+    fn snapshot_watchers_share_one_copy_and_get_the_events_after_it() {
+        let feed = Feed::new(
+            0,
+            FeedSizes {
+                window: 3,
+                live_buffer: LIVE_BUFFER,
+            },
+        );
+        let state = State::default();
+        let first = feed.watch(&state, 0);
+        let (rev, copy, then) = snapshot_of(&first);
+        assert_eq!((rev, then), (0, vec![]));
+        feed.push(vec![ev(1, "a"), ev(2, "b")]);
+        let second = feed.watch(&state, 0);
+        let (rev2, copy2, then2) = snapshot_of(&second);
+        assert!(Arc::ptr_eq(copy, copy2), "one copy shared");
+        assert_eq!((rev2, then2), (0, vec![1, 2]));
+        // A cursor older than the window shares it too.
+        feed.push(vec![ev(3, "c")]);
+        assert_eq!(feed.window_start(), 0);
+        let weak = Arc::downgrade(copy);
+        // Once the window no longer holds every event after the copy, a
+        // new watcher gets a copy of its own.
+        feed.push(vec![ev(4, "d")]);
+        assert_eq!(feed.window_start(), 1);
+        let third = feed.watch(&state, 0);
+        assert!(!Arc::ptr_eq(copy, snapshot_of(&third).1));
+        // A copy nobody holds any more is gone, not kept for later.
+        drop((first, second, third));
+        assert!(weak.upgrade().is_none());
+        // A reset (the state replaced) never hands out an older copy.
+        let fourth = feed.watch(&state, 0);
+        feed.reset(9);
+        let fifth = feed.watch(&state, 0);
+        assert!(!Arc::ptr_eq(snapshot_of(&fourth).1, snapshot_of(&fifth).1));
     }
 
     #[test]

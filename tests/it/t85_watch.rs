@@ -213,6 +213,52 @@ async fn a_cursor_older_than_the_window_gets_a_snapshot_then_live_events() {
     c.stop().await;
 }
 
+// Subscribers that start from a snapshot share one copy of the state while
+// any of them is still sending it (every one used to copy the whole state).
+// A later subscriber then gets that older copy and every event after it:
+// nothing is missing and nothing goes twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_shared_with_an_earlier_subscriber_is_followed_by_every_later_event() {
+    let c = TestCluster::start(3).await;
+    let old = revoke_burst(&c, "old", 30, 4, &[1, 2, 3]).await;
+    assert!(old.failed.is_empty());
+    c.wait_converged(&[1, 2, 3]).await;
+    // An earlier subscriber still sending its snapshot holds the copy.
+    let held = c.node(2).state().watch(0);
+    let held_revision = match &held.start {
+        tessera::store::WatchStart::Snapshot { revision, .. } => *revision,
+        other => panic!("{other:?}"),
+    };
+    let mid = revoke_burst(&c, "mid", 20, 2, &[1, 2, 3]).await;
+    assert!(mid.failed.is_empty());
+    c.wait_converged(&[1, 2, 3]).await;
+    let mut want = old.acked_set();
+    want.extend(mid.acked_set());
+
+    let mut s = watch_on(&c, 2, 0).await;
+    let mut seen = Seen::default();
+    read_until(&mut s, &mut seen, |s| {
+        s.snapshot.is_some() && s.jtis().is_superset(&want)
+    })
+    .await;
+    let (revision, snapshot) = seen.snapshot.clone().unwrap();
+    assert_eq!(revision, held_revision, "the copy was shared");
+    assert_eq!(snapshot, old.acked_set());
+    let events: BTreeSet<String> = seen.events.iter().map(|(_, j)| j.clone()).collect();
+    assert_eq!(events, mid.acked_set(), "then every event after the copy");
+    seen.assert_ordered();
+
+    // Once nobody holds it, a new subscriber gets a copy of its own.
+    drop(held);
+    let mut s = watch_on(&c, 2, 0).await;
+    let mut fresh = Seen::default();
+    read_until(&mut s, &mut fresh, |s| s.snapshot.is_some()).await;
+    let (revision, snapshot) = fresh.snapshot.unwrap();
+    assert!(revision > held_revision);
+    assert_eq!(snapshot, want);
+    c.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_subscriber_is_cut_off_while_a_hundred_others_get_everything() {
     // A subscriber may fall 32 events behind (1,024 by default).

@@ -196,7 +196,6 @@ impl Batch {
     }
 }
 
-/// Splits `events` into batches within the message bounds, in order.
 /// Replayed events as the messages they go out in: batches for a
 /// coalescing subscriber, else one event each.
 fn replay_groups(events: Vec<Arc<FeedEvent>>, coalesce: bool) -> VecDeque<Vec<Arc<FeedEvent>>> {
@@ -207,6 +206,7 @@ fn replay_groups(events: Vec<Arc<FeedEvent>>, coalesce: bool) -> VecDeque<Vec<Ar
     }
 }
 
+/// Splits `events` into batches within the message bounds, in order.
 fn batches(events: Vec<Arc<FeedEvent>>) -> Vec<Vec<Arc<FeedEvent>>> {
     let mut out = Vec::new();
     let mut cur = Batch::default();

@@ -303,6 +303,17 @@ impl Feed {
 mod tests {
     use super::*;
 
+    /// A feed starting at `revision` whose window holds `window` events.
+    fn feed(revision: u64, window: usize) -> Feed {
+        Feed::new(
+            revision,
+            FeedSizes {
+                window,
+                live_buffer: LIVE_BUFFER,
+            },
+        )
+    }
+
     fn ev(revision: u64, jti: &str) -> RevocationEvent {
         RevocationEvent {
             revision,
@@ -318,13 +329,7 @@ mod tests {
     // large state.
     #[test]
     fn the_window_bounds_revocations_not_only_events() {
-        let feed = Feed::new(
-            10,
-            FeedSizes {
-                window: 4,
-                live_buffer: LIVE_BUFFER,
-            },
-        );
+        let feed = feed(10, 4);
         let batch = |revision, n| RevocationEvent {
             revision,
             revocations: (0..n)
@@ -350,13 +355,7 @@ mod tests {
 
     #[test]
     fn replay_inside_the_window_snapshot_outside() {
-        let feed = Feed::new(
-            10,
-            FeedSizes {
-                window: 3,
-                live_buffer: LIVE_BUFFER,
-            },
-        );
+        let feed = feed(10, 3);
         feed.push(vec![ev(11, "a"), ev(12, "b")]);
         feed.push(vec![ev(13, "c"), ev(14, "d")]);
         // The ring holds 12, 13, 14: complete above 11.
@@ -392,13 +391,7 @@ mod tests {
 
     #[test]
     fn live_follows_the_start_and_reset_is_announced() {
-        let feed = Feed::new(
-            0,
-            FeedSizes {
-                window: 10,
-                live_buffer: LIVE_BUFFER,
-            },
-        );
+        let feed = feed(0, 10);
         let state = State::default();
         let mut w = feed.watch(&state, 0);
         feed.push(vec![ev(1, "a")]);
@@ -438,13 +431,7 @@ mod tests {
     // thousand copies. They now share one, plus the events after it.
     #[test]
     fn snapshot_watchers_share_one_copy_and_get_the_events_after_it() {
-        let feed = Feed::new(
-            0,
-            FeedSizes {
-                window: 3,
-                live_buffer: LIVE_BUFFER,
-            },
-        );
+        let feed = feed(0, 3);
         let state = State::default();
         let first = feed.watch(&state, 0);
         let (rev, copy, then) = snapshot_of(&first);
@@ -476,13 +463,7 @@ mod tests {
 
     #[test]
     fn a_watcher_that_falls_behind_the_live_buffer_lags() {
-        let feed = Feed::new(
-            0,
-            FeedSizes {
-                window: 10,
-                live_buffer: LIVE_BUFFER,
-            },
-        );
+        let feed = feed(0, 10);
         let state = State::default();
         let mut w = feed.watch(&state, 0);
         for r in 1..=(LIVE_BUFFER as u64 + 5) {

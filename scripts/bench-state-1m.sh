@@ -97,8 +97,10 @@ echo "leader $leader; follower $f is stopped during the load, $g restarts after 
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 for i in 1 2 3; do echo "RSS before, node $i: $(rss_mb "$(pid_of "$i")") MB"; done
 
-kill -TERM "$(pid_of "$f")"
-while kill -0 "$(pid_of "$f")" 2>/dev/null; do sleep 0.1; done
+# The pid file goes with the node: read it once.
+pid=$(pid_of "$f")
+kill -TERM "$pid"
+while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
 
 "$tessera" bench-revoke --endpoints "$(api "$leader")" --certs "$dir/certs" \
     --clients "$clients" --max-requests "$n" --seconds 3600 --no-warmup --leader-only
@@ -126,8 +128,10 @@ echo "RSS after install, node $f: $(rss_mb "$(pid_of "$f")") MB"
 
 before=$(listening "$g")
 t0=$(now)
-kill -TERM "$(pid_of "$g")"
-while kill -0 "$(pid_of "$g")" 2>/dev/null; do sleep 0.05; done
+# The pid file goes with the node: read it once.
+pid=$(pid_of "$g")
+kill -TERM "$pid"
+while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
 t1=$(now)
 kill -HUP "$dev_pid"
 wait_applied "$g" "$commit" "$before"

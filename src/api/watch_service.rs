@@ -9,7 +9,10 @@
 //! body reads the feed itself, only when the stream has room). One that
 //! cannot keep up is ended with `ABORTED` and the revision to resume from
 //! (message and `x-tessera-resume-from` metadata); the feed never waits for
-//! it, so the others are not slowed.
+//! it, so the others are not slowed. A snapshot it is being sent (a copy
+//! of the whole revocation set, shared with the subscribers that start
+//! meanwhile) is held for it for at most
+//! [`WatchSettings::snapshot_deadline`], read or not.
 //!
 //! Coalescing: a subscriber that sets `WatchRequest.coalesce` gets, each
 //! time its pump wakes, every event the live feed holds for it (up to
@@ -23,7 +26,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, watch, OwnedSemaphorePermit, Semaphore};
@@ -59,6 +62,13 @@ pub struct WatchSettings {
     /// Events a subscriber may fall behind the live feed before it is cut
     /// off with a resumable status.
     pub live_buffer: usize,
+    /// Longest a subscriber may take to receive its starting snapshot.
+    /// Past it the node lets go of the copy held for that subscriber, even
+    /// while its stream is stalled (a reader that stopped reading is not
+    /// polled), and ends the stream with `ABORTED` when it reads again: a
+    /// caller that never reads must not pin a copy of the whole revocation
+    /// set (~100 MB at a million).
+    pub snapshot_deadline: Duration,
     /// Encode each event once per node and share the bytes with every
     /// stream (see `watch_wire`). Off only for same-binary A/B
     /// measurements (`TESSERA_WATCH_SHARED_ENCODING=0`, docs/BENCHMARKS.md).
@@ -72,6 +82,7 @@ impl Default for WatchSettings {
             max_per_identity: 1_000,
             heartbeat: Duration::from_secs(1),
             live_buffer: crate::store::LIVE_BUFFER,
+            snapshot_deadline: Duration::from_secs(300),
             shared_encoding: true,
         }
     }
@@ -274,7 +285,7 @@ impl WatchApi {
                 then,
             } => Start::Snapshot {
                 revision,
-                revocations,
+                revocations: HeldSnapshot::new(revocations, self.settings.snapshot_deadline),
                 sent: 0,
                 then: replay_groups(then, coalesce),
             },
@@ -320,12 +331,54 @@ enum Start {
     /// marker follows the last chunk, then the events in `then`.
     Snapshot {
         revision: u64,
-        revocations: Arc<Vec<Revocation>>,
+        revocations: HeldSnapshot,
         sent: usize,
         then: VecDeque<Vec<Arc<FeedEvent>>>,
     },
     /// Done: live events.
     Live,
+}
+
+/// The snapshot copy one subscriber is being sent, until its deadline
+/// ([`WatchSettings::snapshot_deadline`]). A timer task takes the copy away
+/// at the deadline: the pump cannot, since a subscriber that stopped
+/// reading is not polled. Dropping the hold (the snapshot was sent, or the
+/// stream ended) stops the timer.
+struct HeldSnapshot {
+    copy: Arc<Mutex<Option<Arc<Vec<Revocation>>>>>,
+    timer: tokio::task::AbortHandle,
+}
+
+impl HeldSnapshot {
+    fn new(revocations: Arc<Vec<Revocation>>, deadline: Duration) -> Self {
+        let copy = Arc::new(Mutex::new(Some(revocations)));
+        let held = Arc::downgrade(&copy);
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep(deadline).await;
+            if let Some(held) = held.upgrade() {
+                let taken = held.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if taken.is_some() {
+                    tracing::info!(
+                        ?deadline,
+                        "watcher did not take its snapshot in time; its copy is released"
+                    );
+                }
+            }
+        })
+        .abort_handle();
+        Self { copy, timer }
+    }
+
+    /// The copy, unless the deadline took it.
+    fn get(&self) -> Option<Arc<Vec<Revocation>>> {
+        self.copy.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Drop for HeldSnapshot {
+    fn drop(&mut self) {
+        self.timer.abort();
+    }
 }
 
 /// Feeds one subscriber: each call of [`Pump::next`] gives its next
@@ -385,39 +438,48 @@ impl Pump {
         }
     }
 
-    /// The next message of the start, if any is left.
-    fn next_start(&mut self) -> Option<Frame> {
+    /// The next message of the start, if any is left; a terminal status
+    /// when the snapshot's deadline passed.
+    fn next_start(&mut self) -> Option<Result<Frame, Status>> {
         loop {
             match &mut self.start {
                 Start::Replay(groups) => match groups.pop_front() {
-                    Some(g) => return self.events_msg(g),
+                    Some(g) => return self.events_msg(g).map(Ok),
                     None => self.start = Start::Live,
                 },
                 Start::Snapshot {
                     revision,
-                    revocations,
+                    revocations: held,
                     sent,
                     then,
                 } => {
                     let revision = *revision;
+                    let Some(revocations) = held.get() else {
+                        self.start = Start::Live;
+                        self.shared.metrics.watch_cut("snapshot_deadline");
+                        return Some(self.end(
+                            tonic::Code::Aborted,
+                            "the snapshot was not read within the node's deadline",
+                        ));
+                    };
                     if *sent < revocations.len() {
                         let chunk =
                             &revocations[*sent..(*sent + SNAPSHOT_CHUNK).min(revocations.len())];
                         *sent += chunk.len();
-                        return Some(Frame::Msg(pb::WatchEvent {
+                        return Some(Ok(Frame::Msg(pb::WatchEvent {
                             revision,
                             kind: Some(Kind::Snapshot(pb::Revocations {
                                 revocations: chunk.iter().map(to_pb).collect(),
                             })),
-                        }));
+                        })));
                     }
                     let count = revocations.len() as u64;
                     self.start = Start::Replay(std::mem::take(then));
                     self.last = self.last.max(revision);
-                    return Some(Frame::Msg(pb::WatchEvent {
+                    return Some(Ok(Frame::Msg(pb::WatchEvent {
                         revision,
                         kind: Some(Kind::SnapshotEnd(pb::SnapshotEnd { count })),
-                    }));
+                    })));
                 }
                 Start::Live => return None,
             }
@@ -448,7 +510,7 @@ impl Pump {
             return None;
         }
         if let Some(m) = self.next_start() {
-            return Some(Ok(m));
+            return Some(m);
         }
         loop {
             let wake = match self.held.take() {

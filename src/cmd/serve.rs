@@ -129,6 +129,11 @@ pub struct ServeArgs {
     /// Most concurrent revocation watchers of one caller identity.
     #[arg(long, env = "TESSERA_WATCH_PER_IDENTITY")]
     watch_per_identity: Option<usize>,
+    /// Seconds a revocation watcher may take to receive its starting
+    /// snapshot (default 300); past it the node releases the copy it holds
+    /// for the watcher and ends the stream with ABORTED.
+    #[arg(long, env = "TESSERA_WATCH_SNAPSHOT_DEADLINE")]
+    watch_snapshot_deadline: Option<u64>,
     /// Anomaly signal: how many times its baseline a caller's issue,
     /// exchange or refusal count per minute must exceed.
     #[arg(long, env = "TESSERA_ANOMALY_MULTIPLE")]
@@ -213,6 +218,7 @@ struct FileConfig {
     rate_limit: Option<Vec<String>>,
     rate_limit_identities: Option<usize>,
     watch_per_identity: Option<usize>,
+    watch_snapshot_deadline: Option<u64>,
     anomaly_multiple: Option<f64>,
     anomaly_min_rate: Option<u64>,
     metrics_caller_labels: Option<usize>,
@@ -391,6 +397,9 @@ fn build(a: ServeArgs) -> Result<(Config, ListenAddrs), CliError> {
     }
     if let Some(n) = pick!(watch_per_identity) {
         config.watch.max_per_identity = n;
+    }
+    if let Some(secs) = pick!(watch_snapshot_deadline) {
+        config.watch.snapshot_deadline = std::time::Duration::from_secs(secs);
     }
     if let Some(a) = pick!(http_advertise) {
         config.http.advertise_addr = a;

@@ -230,8 +230,12 @@ impl Config {
             || self.watch.max_per_identity == 0
             || self.watch.live_buffer == 0
             || self.watch.heartbeat.is_zero()
+            || self.watch.snapshot_deadline.is_zero()
         {
-            return Err("watch window, subscriber limit and heartbeat must be positive".into());
+            return Err(
+                "watch window, subscriber limits, heartbeat and snapshot deadline must be positive"
+                    .into(),
+            );
         }
         self.limits.validate()?;
         let k = &self.keys;

@@ -259,6 +259,70 @@ async fn a_snapshot_shared_with_an_earlier_subscriber_is_followed_by_every_later
     c.stop().await;
 }
 
+// A subscriber that stopped reading in the middle of its snapshot pinned
+// that copy of the whole revocation set for as long as its connection
+// stayed open (the node does not poll a stream whose reader is not
+// reading). Past the snapshot deadline the node lets go of the copy, and
+// the stream ends with a resumable ABORTED once the subscriber reads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_stops_reading_its_snapshot_releases_it_at_the_deadline() {
+    // The checks before the deadline take well under a second alone.
+    const DEADLINE: Duration = Duration::from_secs(10);
+    let c = TestCluster::start_with(3, |cfg| cfg.watch.snapshot_deadline = DEADLINE).await;
+    // Five snapshot messages (1,000 revocations each).
+    let old = revoke_burst(&c, "old", 5_000, 32, &[1, 2, 3]).await;
+    assert!(old.failed.is_empty());
+    c.wait_converged(&[1, 2, 3]).await;
+    // A 4 KiB stream window and a subscriber that reads nothing: the node
+    // sends 4 KiB, then has to wait (a read would open the window).
+    let ch = tessera::client::endpoint(&c.node(2).api_addr().to_string(), &c.files("ledger"), None)
+        .unwrap()
+        .initial_stream_window_size(4 * 1024)
+        .connect()
+        .await
+        .unwrap();
+    let mut stuck = watch_with(ch, 0).await;
+    let snapshot_revision = || match c.node(2).state().watch(0).start {
+        tessera::store::WatchStart::Snapshot { revision, .. } => revision,
+        other => panic!("{other:?}"),
+    };
+    let held = snapshot_revision();
+    // One more write: a copy made from now on is at a later revision.
+    let more = revoke_burst(&c, "more", 1, 1, &[2]).await;
+    assert!(more.failed.is_empty());
+    c.wait_converged(&[1, 2, 3]).await;
+    assert_eq!(
+        snapshot_revision(),
+        held,
+        "the stalled subscriber holds its copy (a new watcher shares it)"
+    );
+
+    // It still reads nothing; past the deadline the copy is gone.
+    let until = tokio::time::Instant::now() + DEADLINE + WAIT;
+    while snapshot_revision() == held {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the copy is still held long after the deadline"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Reading at last: what was already on its way, then a resumable end.
+    let status = loop {
+        match tokio::time::timeout(WAIT, stuck.message())
+            .await
+            .expect("stream stalled")
+        {
+            Ok(Some(e)) => assert!(matches!(e.kind, Some(Kind::Snapshot(_))), "{e:?}"),
+            Ok(None) => panic!("the stream ended without a status"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    assert!(status.message().contains("snapshot"), "{status:?}");
+    c.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_subscriber_is_cut_off_while_a_hundred_others_get_everything() {
     // A subscriber may fall 32 events behind (1,024 by default).

@@ -128,6 +128,7 @@ fn invalid_configuration_exits_64() {
         ["--rate-limit", "issue=fast"],
         ["--rate-limit", "nosuchclass=1/2"],
         ["--max-connections-per-peer", "0"],
+        ["--watch-snapshot-deadline", "0"],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
             .args([
@@ -154,7 +155,9 @@ fn invalid_configuration_exits_64() {
         assert_eq!(out.status.code(), Some(64), "{bad:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            err.contains("rate limit") || err.contains("connection limits"),
+            err.contains("rate limit")
+                || err.contains("connection limits")
+                || err.contains("snapshot deadline must be positive"),
             "{bad:?}: {err}"
         );
     }

@@ -34,6 +34,20 @@ const EVENT_CAPACITY: usize = 64;
 /// keep their freed memory. Same setting as the unit file and the image.
 const MALLOC_TUNABLES: &str = "glibc.malloc.mmap_threshold=131072";
 
+/// The `TESSERA_*` variables the nodes inherit from `tessera dev`: the log
+/// filter and the benchmark switches (docs/OPERATIONS.md), which only a
+/// node reads. Same-binary A/B runs set them on the dev command; stripped,
+/// both sides of such a run would measure the same code.
+fn reaches_nodes(key: &str) -> bool {
+    matches!(
+        key,
+        "TESSERA_LOG"
+            | "TESSERA_UNBATCHED_APPENDS"
+            | "TESSERA_GATHER_WRITES"
+            | "TESSERA_WATCH_SHARED_ENCODING"
+    )
+}
+
 /// Parses the ready line of `tessera serve`:
 /// `tessera node {id} listening on {api_addr} raft {raft_addr}`, with
 /// ` http {http_addr}` when the HTTPS listener is on.
@@ -240,11 +254,12 @@ impl Supervisor {
             .arg(self.log_format.as_str());
         // The operator's TESSERA_* settings (an endpoint, a config file, an
         // advertised address) are meant for their own commands, not for the
-        // nodes, and would override what is chosen here. The log filter is
-        // the exception: it is how one asks the nodes for more detail.
+        // nodes, and would override what is chosen here. The exceptions
+        // only mean something to a node: the log filter (how one asks the
+        // nodes for more detail) and the benchmark switches.
         for (key, _) in std::env::vars_os() {
             if let Some(k) = key.to_str() {
-                if k.starts_with("TESSERA_") && k != "TESSERA_LOG" {
+                if k.starts_with("TESSERA_") && !reaches_nodes(k) {
                     cmd.env_remove(k);
                 }
             }
@@ -553,6 +568,29 @@ impl Drop for Supervisor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The operator's own settings stay with the operator; what only a
+    /// node reads reaches the nodes (the benchmark switches were stripped
+    /// too, so A/B runs on `tessera dev` compared a binary with itself).
+    #[test]
+    fn only_node_side_settings_reach_the_nodes() {
+        for k in [
+            "TESSERA_LOG",
+            "TESSERA_UNBATCHED_APPENDS",
+            "TESSERA_GATHER_WRITES",
+            "TESSERA_WATCH_SHARED_ENCODING",
+        ] {
+            assert!(reaches_nodes(k), "{k}");
+        }
+        for k in [
+            "TESSERA_ENDPOINT",
+            "TESSERA_CONFIG",
+            "TESSERA_KEK",
+            "TESSERA_HTTP_ADVERTISE",
+        ] {
+            assert!(!reaches_nodes(k), "{k}");
+        }
+    }
 
     #[test]
     fn ready_line_is_parsed_exactly() {

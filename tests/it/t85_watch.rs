@@ -18,6 +18,17 @@ async fn watch_on(c: &TestCluster, i: u64, from: u64) -> Stream {
     watch_with(ch, from).await
 }
 
+/// A `ledger` channel to node `i` with a 4 KiB HTTP/2 stream window: the
+/// node can send only a few KiB beyond what the subscriber has read.
+async fn small_window_channel(c: &TestCluster, i: u64) -> Channel {
+    tessera::client::endpoint(&c.node(i).api_addr().to_string(), &c.files("ledger"), None)
+        .unwrap()
+        .initial_stream_window_size(4 * 1024)
+        .connect()
+        .await
+        .unwrap()
+}
+
 async fn watch_with(ch: Channel, from: u64) -> Stream {
     RevocationServiceClient::new(ch)
         .watch_revocations(pb::WatchRequest {
@@ -276,13 +287,7 @@ async fn a_subscriber_that_stops_reading_its_snapshot_releases_it_at_the_deadlin
     c.wait_converged(&[1, 2, 3]).await;
     // A 4 KiB stream window and a subscriber that reads nothing: the node
     // sends 4 KiB, then has to wait (a read would open the window).
-    let ch = tessera::client::endpoint(&c.node(2).api_addr().to_string(), &c.files("ledger"), None)
-        .unwrap()
-        .initial_stream_window_size(4 * 1024)
-        .connect()
-        .await
-        .unwrap();
-    let mut stuck = watch_with(ch, 0).await;
+    let mut stuck = watch_with(small_window_channel(&c, 2).await, 0).await;
     let snapshot_revision = || match c.node(2).state().watch(0).start {
         tessera::store::WatchStart::Snapshot { revision, .. } => revision,
         other => panic!("{other:?}"),
@@ -333,14 +338,7 @@ async fn a_slow_subscriber_is_cut_off_while_a_hundred_others_get_everything() {
     // at all is cut off by its own HTTP/2 client instead, which limits how
     // many small frames it buffers.) Its small stream window makes the
     // server feel it within a few dozen events.
-    let slow_ch =
-        tessera::client::endpoint(&c.node(1).api_addr().to_string(), &c.files("ledger"), None)
-            .unwrap()
-            .initial_stream_window_size(4 * 1024)
-            .connect()
-            .await
-            .unwrap();
-    let mut slow = watch_with(slow_ch, 0).await;
+    let mut slow = watch_with(small_window_channel(&c, 1).await, 0).await;
     let mut slow_seen = Seen::default();
     read_until(&mut slow, &mut slow_seen, |s| s.snapshot.is_some()).await;
     // A hundred readers, spread over the nodes, on a few connections.

@@ -8,7 +8,8 @@
 # Builds the release binary with the `etcd-bench` feature, starts a
 # three-node `tessera dev` cluster and a three-member etcd cluster
 # (scripts/etcd-cluster.sh) in a temporary directory, runs
-# `tessera bench-revoke` against both, prints both tables (also saved to
+# `tessera bench-revoke` against both (with both clusters' pids, so each
+# table also shows the servers' CPU time per write), prints both tables (also saved to
 # target/bench-revocations.md) and stops both clusters on exit, however it
 # exits. KEEP_BENCH_DIR=1 keeps the temporary directory (data and logs).
 set -euo pipefail
@@ -87,8 +88,11 @@ if [ -z "$endpoints" ]; then
     exit 1
 fi
 echo "tessera API endpoints: $endpoints" >&2
+# The nodes' and members' pids, for their CPU time per request.
+pids=$(awk '$1 == "node" && $3 == "pid" { print $4 }' "$tmp/dev.out" | paste -sd, -)
 
 scripts/etcd-cluster.sh start "$tmp/etcd" >&2
+etcd_pids=$(cat "$tmp"/etcd/m*.pid | paste -sd, -)
 
 # Round-robin and leader-only Tessera in the same run (the forward hop's
 # cost), unless the caller asked for leader-only alone.
@@ -104,4 +108,5 @@ mkdir -p target
     --endpoints "$endpoints" \
     --certs "$tmp/tessera/certs" \
     --etcd "$(cat "$tmp/etcd/endpoints")" \
+    --pids "$pids" --etcd-pids "$etcd_pids" \
     ${extra[@]+"${extra[@]}"} "$@" | tee target/bench-revocations.md

@@ -13,7 +13,12 @@
 //!
 //! The load generator runs on the same machine as the servers, so the table
 //! also shows how busy the machine's CPUs were and which share of that was
-//! the load generator itself (from `/proc`, when there is one).
+//! the load generator itself (from `/proc`, when there is one). Given the
+//! servers' process ids (`--pids`, `--etcd-pids`), it also shows the CPU
+//! time the servers spent per successful request, all their processes
+//! together: a figure that, unlike throughput, does not depend on how many
+//! cores were free, so two systems can be compared by the work a durable
+//! write costs them.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -28,6 +33,7 @@ use tessera::pb::{self, token_service_client::TokenServiceClient};
 use tessera::tls::TlsFiles;
 use tonic::transport::Channel;
 
+use super::proc_cpu::CpuSample;
 use super::CliError;
 
 /// Longest wait for one request: a stuck request fails instead of keeping a
@@ -83,6 +89,13 @@ pub struct BenchRevokeArgs {
     /// Skip the short warm-up before each system's runs.
     #[arg(long)]
     no_warmup: bool,
+    /// Process ids of the Tessera nodes (comma-separated): the table then
+    /// shows their CPU time per successful request.
+    #[arg(long, value_delimiter = ',')]
+    pids: Vec<u32>,
+    /// Process ids of the etcd members (comma-separated), as `--pids`.
+    #[arg(long, value_delimiter = ',')]
+    etcd_pids: Vec<u32>,
 }
 
 /// Runs the benchmark and prints one Markdown table per system.
@@ -110,7 +123,7 @@ pub async fn run(args: BenchRevokeArgs) -> Result<(), CliError> {
         for s in &systems {
             // Opens the connections and lets the first elections settle; a
             // system that fails every warm-up request is not worth measuring.
-            let w = drive(4, WARMUP, 200, REQUEST_TIMEOUT, s.op.clone()).await;
+            let w = drive(4, WARMUP, 200, REQUEST_TIMEOUT, s.op.clone(), &[]).await;
             if w.ok() == 0 {
                 return Err(CliError::Failed(anyhow::anyhow!(
                     "{}: every warm-up request failed: {}",
@@ -129,6 +142,7 @@ pub async fn run(args: BenchRevokeArgs) -> Result<(), CliError> {
                 plan.max_requests,
                 REQUEST_TIMEOUT,
                 s.op.clone(),
+                &s.pids,
             )
             .await;
             eprintln!(
@@ -164,6 +178,8 @@ struct System {
     /// Heading of its table: what was measured and how it was reached.
     title: String,
     op: OpFn,
+    /// Its server processes, whose CPU time per request is reported.
+    pids: Vec<u32>,
 }
 
 fn op_fn<F, Fut>(f: F) -> OpFn
@@ -187,6 +203,8 @@ struct Plan {
     leader_too: bool,
     connections: usize,
     warmup: bool,
+    pids: Vec<u32>,
+    etcd_pids: Vec<u32>,
 }
 
 impl Plan {
@@ -207,6 +225,15 @@ impl Plan {
         }
         if a.leader_too && (endpoints.is_empty() || a.leader_only) {
             return Err("--leader-too needs --endpoints and no --leader-only".into());
+        }
+        if !a.pids.is_empty() && endpoints.is_empty() {
+            return Err("--pids needs --endpoints".into());
+        }
+        if !a.etcd_pids.is_empty() && etcd.is_empty() {
+            return Err("--etcd-pids needs --etcd".into());
+        }
+        if a.pids.iter().chain(&a.etcd_pids).any(|&p| p == 0) {
+            return Err("--pids and --etcd-pids take process ids above 0".into());
         }
         if !etcd.is_empty() && !cfg!(feature = "etcd-bench") {
             return Err("--etcd needs a build with `--features etcd-bench`".into());
@@ -230,6 +257,8 @@ impl Plan {
             leader_too: a.leader_too,
             connections: a.connections,
             warmup: !a.no_warmup,
+            pids: a.pids,
+            etcd_pids: a.etcd_pids,
         })
     }
 }
@@ -257,11 +286,11 @@ fn print_header(plan: &Plan, loadavg: Option<&str>, interleaved: bool) {
         etcd_key(&jti).len()
     );
     println!(
-        "Throughput and latency count successful requests; the CPU columns are the machine's busy share over the run and the share used by this load generator.\n"
+        "Throughput and latency count successful requests; the CPU columns are the machine's busy share over the run, the share used by this load generator, and (given the servers' pids) the servers' CPU time per successful request, all their processes together.\n"
     );
 }
 
-const TABLE_HEAD: &str = "| clients | requests | errors | throughput (/s) | p50 (ms) | p99 (ms) | max (ms) | CPU busy (%) | load generator CPU (%) |\n|---|---|---|---|---|---|---|---|---|";
+const TABLE_HEAD: &str = "| clients | requests | errors | throughput (/s) | p50 (ms) | p99 (ms) | max (ms) | CPU busy (%) | load generator CPU (%) | server CPU per request (µs) |\n|---|---|---|---|---|---|---|---|---|---|";
 
 async fn tessera_system(plan: &Plan, leader_only: bool) -> Result<System, CliError> {
     let files = TlsFiles {
@@ -314,6 +343,7 @@ async fn tessera_system(plan: &Plan, leader_only: bool) -> Result<System, CliErr
         },
         title,
         op,
+        pids: plan.pids.clone(),
     })
 }
 
@@ -371,6 +401,7 @@ async fn etcd_system(plan: &Plan) -> Result<System, CliError> {
         name: "etcd",
         title,
         op,
+        pids: plan.etcd_pids.clone(),
     })
 }
 
@@ -437,6 +468,8 @@ struct RunStats {
     cpu_busy: Option<f64>,
     /// This process's CPU share over the run, percent of all cores.
     cpu_self: Option<f64>,
+    /// The servers' CPU time per successful request, microseconds.
+    server_us: Option<f64>,
 }
 
 impl RunStats {
@@ -466,7 +499,7 @@ impl RunStats {
     fn row(&self, clients: usize) -> String {
         let pct = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.0}"));
         format!(
-            "| {clients} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} |",
+            "| {clients} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} |",
             self.requests,
             self.errors,
             self.throughput(),
@@ -475,6 +508,7 @@ impl RunStats {
             self.percentile_ms(1.0),
             pct(self.cpu_busy),
             pct(self.cpu_self),
+            pct(self.server_us),
         )
     }
 }
@@ -487,11 +521,12 @@ async fn drive(
     max_requests: u64,
     request_timeout: Duration,
     op: OpFn,
+    servers: &[u32],
 ) -> RunStats {
     let started = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let first_error = Arc::new(Mutex::new(None::<String>));
-    let cpu_before = CpuSample::read();
+    let cpu_before = CpuSample::read(servers);
     let start = Instant::now();
     let deadline = start + duration;
     let mut tasks = Vec::with_capacity(workers);
@@ -537,7 +572,11 @@ async fn drive(
         }
     }
     let elapsed = start.elapsed();
-    let cpu = cpu_before.zip(CpuSample::read()).map(|(a, b)| b.since(&a));
+    let after = CpuSample::read(servers);
+    let server_us = cpu_before
+        .zip(after)
+        .and_then(|(a, b)| b.servers_per_request(&a, elapsed, latencies_us.len() as u64));
+    let cpu = cpu_before.zip(after).map(|(a, b)| b.since(&a));
     latencies_us.sort_unstable();
     let errors = errors.load(Ordering::Relaxed);
     let first_error = first_error.lock().ok().and_then(|mut f| f.take());
@@ -549,354 +588,10 @@ async fn drive(
         first_error,
         cpu_busy: cpu.and_then(|c| c.0),
         cpu_self: cpu.and_then(|c| c.1),
-    }
-}
-
-/// CPU time counters from `/proc` in clock ticks: the machine's total and
-/// idle time over all cores, and this process's user+system time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct CpuSample {
-    total: u64,
-    idle: u64,
-    own: u64,
-}
-
-impl CpuSample {
-    fn read() -> Option<Self> {
-        let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        let own = std::fs::read_to_string("/proc/self/stat").ok()?;
-        Self::parse(&stat, &own)
-    }
-
-    fn parse(proc_stat: &str, self_stat: &str) -> Option<Self> {
-        let line = proc_stat.lines().find(|l| l.starts_with("cpu "))?;
-        let v: Vec<u64> = line
-            .split_whitespace()
-            .skip(1)
-            .map(str::parse)
-            .collect::<Result<_, _>>()
-            .ok()?;
-        // user nice system idle iowait irq softirq steal [guest guest_nice]:
-        // guest time is already counted in user, so only the first 8 add up.
-        if v.len() < 5 {
-            return None;
-        }
-        let total = v.iter().take(8).sum();
-        let idle = v[3] + v[4];
-        // The command name (field 2) is in parentheses and may hold spaces:
-        // count fields after the last ')'. utime and stime are fields 14, 15.
-        let rest = &self_stat[self_stat.rfind(')')? + 1..];
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let utime: u64 = f.get(11)?.parse().ok()?;
-        let stime: u64 = f.get(12)?.parse().ok()?;
-        Some(Self {
-            total,
-            idle,
-            own: utime + stime,
-        })
-    }
-
-    /// (machine busy %, this process %) between `earlier` and `self`. Both
-    /// counters are in the same ticks, so the shares need no tick rate.
-    fn since(&self, earlier: &Self) -> (Option<f64>, Option<f64>) {
-        let total = self.total.saturating_sub(earlier.total);
-        if total == 0 {
-            return (None, None);
-        }
-        let idle = self.idle.saturating_sub(earlier.idle);
-        let own = self.own.saturating_sub(earlier.own);
-        let share = |x: u64| Some(100.0 * x as f64 / total as f64);
-        (share(total.saturating_sub(idle)), share(own))
+        server_us,
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn args() -> BenchRevokeArgs {
-        BenchRevokeArgs {
-            endpoints: vec!["127.0.0.1:1".into(), " 127.0.0.1:2 ".into()],
-            certs: PathBuf::from("certs"),
-            clients: vec![1, 16],
-            seconds: 3,
-            max_requests: 100,
-            leader_only: false,
-            leader_too: false,
-            connections: 1,
-            etcd: vec![],
-            no_warmup: false,
-        }
-    }
-
-    #[test]
-    fn plan_trims_endpoints_and_keeps_options() {
-        let p = Plan::from_args(args()).unwrap();
-        assert_eq!(p.endpoints, vec!["127.0.0.1:1", "127.0.0.1:2"]);
-        assert_eq!(p.clients, vec![1, 16]);
-        assert_eq!(p.duration, Duration::from_secs(3));
-        assert_eq!(p.max_requests, 100);
-        assert!(p.warmup);
-        assert!(p.etcd.is_empty());
-    }
-
-    #[test]
-    fn plan_needs_a_system() {
-        let mut a = args();
-        a.endpoints = vec![" ".into()];
-        assert!(Plan::from_args(a).unwrap_err().contains("--endpoints"));
-    }
-
-    #[test]
-    fn plan_rejects_bad_counts() {
-        for f in [
-            (|a: &mut BenchRevokeArgs| a.clients = vec![]) as fn(&mut BenchRevokeArgs),
-            |a| a.clients = vec![1, 0],
-            |a| a.clients = vec![MAX_CLIENTS + 1],
-            |a| a.seconds = 0,
-            |a| a.max_requests = 0,
-            |a| a.connections = 0,
-        ] {
-            let mut a = args();
-            f(&mut a);
-            assert!(Plan::from_args(a).is_err());
-        }
-        let mut a = args();
-        a.clients = vec![MAX_CLIENTS];
-        assert!(Plan::from_args(a).is_ok());
-    }
-
-    #[test]
-    fn leader_only_needs_tessera_endpoints() {
-        let mut a = args();
-        a.endpoints = vec![];
-        a.etcd = vec!["http://127.0.0.1:1".into()];
-        a.leader_only = true;
-        assert!(Plan::from_args(a).unwrap_err().contains("--leader-only"));
-    }
-
-    #[test]
-    fn leader_too_needs_endpoints_and_round_robin() {
-        let mut a = args();
-        a.leader_too = true;
-        assert!(Plan::from_args(a).unwrap().leader_too);
-        let mut a = args();
-        a.leader_too = true;
-        a.leader_only = true;
-        assert!(Plan::from_args(a).unwrap_err().contains("--leader-too"));
-    }
-
-    #[test]
-    fn etcd_needs_the_feature() {
-        let mut a = args();
-        a.etcd = vec!["http://127.0.0.1:1".into()];
-        let r = Plan::from_args(a);
-        if cfg!(feature = "etcd-bench") {
-            assert_eq!(r.unwrap().etcd, vec!["http://127.0.0.1:1"]);
-        } else {
-            assert!(r.unwrap_err().contains("etcd-bench"));
-        }
-    }
-
-    #[test]
-    fn jti_is_22_url_safe_characters_and_fresh() {
-        let a = random_jti().unwrap();
-        let b = random_jti().unwrap();
-        assert_eq!(a.len(), 22);
-        assert!(a
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
-        assert_ne!(a, b);
-    }
-
-    #[test]
-    fn etcd_payload_mirrors_a_revoked_jti() {
-        let jti = "A".repeat(22);
-        assert_eq!(etcd_key(&jti), format!("revoked/{jti}"));
-        assert_eq!(etcd_key(&jti).len(), 30);
-        assert_eq!(
-            etcd_value(1_000),
-            (1_000 + TOKEN_LIFETIME_SECS).to_be_bytes()
-        );
-        // The request Tessera sends for the same revocation.
-        assert_eq!(prost::Message::encoded_len(&revoke_request(&jti)), 24);
-    }
-
-    #[test]
-    fn round_robin_cycles_over_every_client() {
-        let picks: Vec<usize> = (0..7).map(|s| pick(s, 3)).collect();
-        assert_eq!(picks, vec![0, 1, 2, 0, 1, 2, 0]);
-        assert_eq!(pick(u64::MAX, 1), 0);
-    }
-
-    #[test]
-    fn percentiles_are_nearest_rank() {
-        let s = RunStats {
-            latencies_us: (1..=100).map(|i| i * 1000).collect(),
-            elapsed: Duration::from_secs(2),
-            ..Default::default()
-        };
-        assert_eq!(s.percentile_ms(0.50), 50.0);
-        assert_eq!(s.percentile_ms(0.99), 99.0);
-        assert_eq!(s.percentile_ms(1.0), 100.0);
-        assert_eq!(s.percentile_ms(0.0), 1.0);
-        assert_eq!(s.throughput(), 50.0);
-        let empty = RunStats::default();
-        assert_eq!(empty.percentile_ms(0.99), 0.0);
-        assert_eq!(empty.throughput(), 0.0);
-    }
-
-    #[test]
-    fn row_matches_the_table_head() {
-        let s = RunStats {
-            requests: 3,
-            errors: 1,
-            latencies_us: vec![1500, 2500],
-            elapsed: Duration::from_secs(1),
-            cpu_busy: Some(97.4),
-            ..Default::default()
-        };
-        let row = s.row(16);
-        assert_eq!(row, "| 16 | 3 | 1 | 2 | 1.50 | 2.50 | 2.50 | 97 | - |");
-        let head_cols = TABLE_HEAD.lines().next().unwrap().matches('|').count();
-        assert_eq!(row.matches('|').count(), head_cols);
-    }
-
-    #[tokio::test]
-    async fn drive_stops_at_the_request_limit() {
-        let calls = Arc::new(AtomicU64::new(0));
-        let c = calls.clone();
-        let s = drive(
-            8,
-            Duration::from_secs(600),
-            50,
-            REQUEST_TIMEOUT,
-            op_fn(move |_w, _seq| {
-                c.fetch_add(1, Ordering::Relaxed);
-                async { Ok(()) }
-            }),
-        )
-        .await;
-        assert_eq!(calls.load(Ordering::Relaxed), 50);
-        assert_eq!(s.requests, 50);
-        assert_eq!(s.ok(), 50);
-        assert_eq!(s.errors, 0);
-        assert!(s.first_error.is_none());
-        assert!(s.latencies_us.windows(2).all(|w| w[0] <= w[1]));
-    }
-
-    #[tokio::test]
-    async fn drive_stops_at_the_deadline() {
-        // An already-passed deadline: no request starts.
-        let s = drive(
-            4,
-            Duration::ZERO,
-            u64::MAX,
-            REQUEST_TIMEOUT,
-            op_fn(|_w, _seq| async { Ok(()) }),
-        )
-        .await;
-        assert_eq!(s.requests, 0);
-    }
-
-    #[tokio::test]
-    async fn drive_counts_errors_and_keeps_the_first() {
-        let s = drive(
-            1,
-            Duration::from_secs(600),
-            10,
-            REQUEST_TIMEOUT,
-            op_fn(|_w, seq| async move {
-                if seq % 2 == 1 {
-                    Err(format!("failure {seq}"))
-                } else {
-                    Ok(())
-                }
-            }),
-        )
-        .await;
-        assert_eq!(s.requests, 10);
-        assert_eq!(s.errors, 5);
-        assert_eq!(s.ok(), 5);
-        assert_eq!(s.first_error.as_deref(), Some("failure 1"));
-    }
-
-    #[tokio::test]
-    async fn drive_uses_every_worker_and_sequence_number_once() {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let s2 = seen.clone();
-        drive(
-            4,
-            Duration::from_secs(600),
-            40,
-            REQUEST_TIMEOUT,
-            op_fn(move |w, seq| {
-                s2.lock().unwrap().push((w, seq));
-                async move {
-                    // Yield so the other workers get turns.
-                    tokio::task::yield_now().await;
-                    Ok(())
-                }
-            }),
-        )
-        .await;
-        let mut v = seen.lock().unwrap().clone();
-        let mut seqs: Vec<u64> = v.iter().map(|p| p.1).collect();
-        seqs.sort_unstable();
-        assert_eq!(seqs, (0..40).collect::<Vec<_>>());
-        v.sort_unstable();
-        v.dedup_by_key(|p| p.0);
-        assert_eq!(v.len(), 4);
-    }
-
-    #[tokio::test]
-    async fn a_stuck_request_times_out_and_the_run_ends() {
-        let s = drive(
-            2,
-            Duration::from_secs(600),
-            2,
-            Duration::from_millis(5),
-            op_fn(|_w, _seq| std::future::pending::<Result<(), String>>()),
-        )
-        .await;
-        assert_eq!(s.requests, 2);
-        assert_eq!(s.errors, 2);
-        assert!(s.first_error.unwrap().contains("no answer"));
-    }
-
-    const PROC_STAT: &str = "cpu  100 5 50 800 20 1 2 3 7 0\ncpu0 50 2 25 400 10 0 1 1 0 0\n";
-    const SELF_STAT: &str =
-        "4242 (tessera bench) S 1 4242 4242 0 -1 4194560 100 0 0 0 30 12 0 0 20 0 9 0 1 2 3";
-
-    #[test]
-    fn cpu_sample_parses_proc() {
-        let s = CpuSample::parse(PROC_STAT, SELF_STAT).unwrap();
-        assert_eq!(
-            s,
-            CpuSample {
-                total: 100 + 5 + 50 + 800 + 20 + 1 + 2 + 3,
-                idle: 820,
-                own: 42,
-            }
-        );
-        assert!(CpuSample::parse("intr 1 2", SELF_STAT).is_none());
-        assert!(CpuSample::parse(PROC_STAT, "4242 (x) S 1").is_none());
-        assert!(CpuSample::parse("cpu  a b c d e", SELF_STAT).is_none());
-    }
-
-    #[test]
-    fn cpu_shares_are_relative_to_all_cores() {
-        let a = CpuSample {
-            total: 1000,
-            idle: 800,
-            own: 10,
-        };
-        let b = CpuSample {
-            total: 1200,
-            idle: 850,
-            own: 60,
-        };
-        assert_eq!(b.since(&a), (Some(75.0), Some(25.0)));
-        assert_eq!(a.since(&a), (None, None));
-    }
-}
+#[path = "bench_revoke_tests.rs"]
+mod tests;

@@ -113,11 +113,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
 /// USER_HZ, which is 100 on Linux.
 fn cpu_secs(pid: &str) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses.
-    let rest = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / 100.0)
+    Some(super::proc_cpu::process_ticks(&stat)? as f64 / 100.0)
 }
 
 fn nodes_cpu(pids: &[u32]) -> Option<f64> {

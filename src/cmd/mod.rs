@@ -10,6 +10,7 @@ mod cluster;
 mod dev;
 mod health;
 mod keys;
+mod proc_cpu;
 mod serve;
 mod watch;
 

@@ -497,7 +497,7 @@ impl RunStats {
     }
 
     fn row(&self, clients: usize) -> String {
-        let pct = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.0}"));
+        let whole = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.0}"));
         format!(
             "| {clients} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} |",
             self.requests,
@@ -506,9 +506,9 @@ impl RunStats {
             self.percentile_ms(0.50),
             self.percentile_ms(0.99),
             self.percentile_ms(1.0),
-            pct(self.cpu_busy),
-            pct(self.cpu_self),
-            pct(self.server_us),
+            whole(self.cpu_busy),
+            whole(self.cpu_self),
+            whole(self.server_us),
         )
     }
 }

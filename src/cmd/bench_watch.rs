@@ -112,15 +112,11 @@ fn rss_kib(pid: u32) -> Option<u64> {
 /// CPU seconds (user + system) a process has used; `/proc` counts in
 /// USER_HZ, which is 100 on Linux.
 fn cpu_secs(pid: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    Some(super::proc_cpu::process_ticks(&stat)? as f64 / 100.0)
+    Some(super::proc_cpu::ticks_of(pid)? as f64 / 100.0)
 }
 
 fn nodes_cpu(pids: &[u32]) -> Option<f64> {
-    if pids.is_empty() {
-        return None;
-    }
-    pids.iter().map(|p| cpu_secs(&p.to_string())).sum()
+    Some(super::proc_cpu::processes_ticks(pids)? as f64 / 100.0)
 }
 
 fn loadavg() -> String {

@@ -16,6 +16,21 @@ pub(crate) fn process_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// utime + stime of `pid` (a number, or `self`), in clock ticks.
+pub(crate) fn ticks_of(pid: &str) -> Option<u64> {
+    process_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// utime + stime of every process in `pids`, summed; `None` without any
+/// pid, or when one of them cannot be read (a process that exited has lost
+/// its count, so a sum without it would be wrong, not smaller).
+pub(crate) fn processes_ticks(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|p| ticks_of(&p.to_string())).sum()
+}
+
 /// CPU time counters from `/proc` in clock ticks: the machine's total and
 /// idle time over all cores, this process's user+system time, and that of
 /// the server processes asked for (`None` without any, or when one of them
@@ -35,13 +50,7 @@ impl CpuSample {
         let stat = std::fs::read_to_string("/proc/stat").ok()?;
         let own = std::fs::read_to_string("/proc/self/stat").ok()?;
         let mut s = Self::parse(&stat, &own)?;
-        s.servers = match servers {
-            [] => None,
-            pids => pids.iter().try_fold(0u64, |sum, pid| {
-                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-                Some(sum + process_ticks(&stat)?)
-            }),
-        };
+        s.servers = processes_ticks(servers);
         Some(s)
     }
 

@@ -75,7 +75,7 @@ cd "$tmp"
 : >"$tmp/node.log"
 TESSERA_SNAPSHOT_EVERY=8 TESSERA_KEEP_LOGS=2 \
     strace -f -ttt -T -yy -qq -s 0 -o "$tmp/trace" \
-    -e trace=open,openat,creat,write,pwrite64,writev,pwritev,pwritev2,sendmsg,sendto,fsync,fdatasync,sync_file_range,rename,renameat,renameat2,unlink,unlinkat,mkdir,mkdirat \
+    -e trace=open,openat,creat,write,pwrite64,ftruncate,writev,pwritev,pwritev2,sendmsg,sendto,fsync,fdatasync,sync_file_range,rename,renameat,renameat2,unlink,unlinkat,mkdir,mkdirat \
     "$bin" serve --dev --dev-dir "$dev" --listen 127.0.0.1:0 --raft-listen 127.0.0.1:0 \
     >"$tmp/node.log" 2>&1 &
 strace_pid=$!
@@ -150,7 +150,7 @@ data2="$dev/node2"
 : >"$tmp/node2.log"
 TESSERA_SNAPSHOT_EVERY=8 TESSERA_KEEP_LOGS=2 \
     strace -f -ttt -T -yy -qq -s 0 -o "$tmp/trace2" \
-    -e trace=open,openat,creat,write,pwrite64,writev,pwritev,pwritev2,sendmsg,sendto,fsync,fdatasync,sync_file_range,rename,renameat,renameat2,unlink,unlinkat,mkdir,mkdirat \
+    -e trace=open,openat,creat,write,pwrite64,ftruncate,writev,pwritev,pwritev2,sendmsg,sendto,fsync,fdatasync,sync_file_range,rename,renameat,renameat2,unlink,unlinkat,mkdir,mkdirat \
     "$bin" serve --node-id 2 --data-dir "$data2" --listen 127.0.0.1:0 --raft-listen 127.0.0.1:0 \
     --ca "$certs/ca.pem" --cert "$certs/node2.pem" --key "$certs/node2.key" --kek-file "$dev/kek" \
     >"$tmp/node2.log" 2>&1 &

@@ -4,7 +4,7 @@
 Checks, at every acknowledgement, that everything under the data directory
 the acknowledgement may depend on had reached the disk:
 
-1. every file written before the acknowledgement was fsynced or
+1. every file written (or truncated) before the acknowledgement was fsynced or
    fdatasynced after its last write and before the acknowledgement;
 2. every file or directory created (open with O_CREAT, mkdir) or renamed
    into place before it had its parent directory fsynced after that and
@@ -47,7 +47,7 @@ import re
 import sys
 from collections import defaultdict
 
-WRITES = {"write", "pwrite64", "writev", "pwritev", "pwritev2"}
+WRITES = {"write", "pwrite64", "writev", "pwritev", "pwritev2", "ftruncate"}
 SOCK_WRITES = {"write", "writev", "sendmsg", "sendto", "sendmmsg"}
 SYNCS = {"fsync", "fdatasync"}
 O_CREAT_OPENS = {"open", "openat", "creat"}
@@ -165,7 +165,7 @@ def load(trace_path, cwd):
                 m = re.search(r":(\d+)->", p)
                 if m:
                     t.sock_writes.append((end, int(m.group(1))))
-            elif p and name in WRITES and int(ret) > 0:
+            elif p and name in WRITES and (int(ret) > 0 or name == "ftruncate"):
                 t.writes[os.path.normpath(p)].append((start, end))
         elif name in SYNCS:
             p = fd_path(a[0]) if a else None

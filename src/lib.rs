@@ -14,7 +14,8 @@
 //!   taken from a peer certificate; [`certs`] generates development PKI.
 //! - [`raft`]: openraft's type configuration and the replicated commands,
 //!   and the node-to-node transport (members-only gRPC over mTLS).
-//! - [`store`]: sled-backed Raft log and state machine.
+//! - [`store`]: the Raft log (segment files, metadata in sled) and the
+//!   state machine.
 //! - [`api`]: the public gRPC services and the error-to-status table;
 //!   [`api::http`] the optional HTTPS listener (JWKS, RFC 8414 metadata).
 //! - [`trace`]: W3C trace context carried from the API to forwarded

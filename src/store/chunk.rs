@@ -20,6 +20,10 @@
 //! `key ‖ chunk number` (big-endian u32), which sort right after the key.
 //! Manifest and chunks are always written in one batch, so readers see all
 //! of them or none.
+//!
+//! Nothing is written in chunks any more (the log has its own files,
+//! [`super::seglog`], and snapshots theirs); values are still read from
+//! data directories that earlier versions wrote, and tests write them.
 
 use super::StoreError;
 
@@ -32,6 +36,7 @@ const MANIFEST: u8 = 0;
 const MANIFEST_LEN: usize = 1 + 4 + 8;
 
 /// How many chunks [`put`] writes for a value of `len` bytes (0: inline).
+#[cfg(test)]
 pub(crate) fn chunk_count(len: usize) -> u32 {
     if len <= CHUNK {
         0
@@ -50,6 +55,7 @@ pub(crate) fn chunk_key(key: &[u8], n: u32) -> Vec<u8> {
 
 /// Adds to `batch` the writes that store `value` under `key`, and removes
 /// chunks `[count, stale_upto)` left by a larger value stored before.
+#[cfg(test)]
 pub(crate) fn put(batch: &mut sled::Batch, key: &[u8], value: &[u8], stale_upto: u32) {
     let count = chunk_count(value.len());
     if count == 0 {

@@ -12,8 +12,8 @@ use serde::Serialize;
 
 use super::{StoreError, StoreFaults};
 
-/// Raft log entries, keyed by big-endian log index so that sled's byte order
-/// is log order.
+/// Where earlier versions kept the Raft log's entries, keyed by big-endian
+/// log index (moved into [`super::seglog`] files when the store opens).
 pub(crate) const T_LOG: &str = "log";
 /// Vote, committed log id and last purged log id.
 pub(crate) const T_LOG_META: &str = "log_meta";
@@ -41,7 +41,10 @@ pub(crate) struct Db {
     data_file: PathBuf,
     /// An open handle on it, so an fsync costs no `open`.
     data: File,
-    pub(crate) log: sled::Tree,
+    /// The data directory.
+    dir: PathBuf,
+    /// The Raft log's entries.
+    pub(crate) raftlog: super::seglog::SegLog,
     pub(crate) log_meta: sled::Tree,
     pub(crate) sm_jtis: sled::Tree,
     pub(crate) sm_subjects: sled::Tree,
@@ -96,14 +99,17 @@ impl Db {
                 source,
             })?;
         let tree = |name: &str| db.open_tree(name).map_err(StoreError::from);
+        let log_meta = tree(T_LOG_META)?;
+        let raftlog = super::log::open_segments(dir, &tree(T_LOG)?, &log_meta)?;
         let mut this = Db {
             data: File::open(dir.join("db")).map_err(|source| StoreError::Io {
                 path: dir.join("db"),
                 source,
             })?,
             data_file: dir.join("db"),
-            log: tree(T_LOG)?,
-            log_meta: tree(T_LOG_META)?,
+            dir: dir.to_path_buf(),
+            raftlog,
+            log_meta,
             sm_jtis: tree(T_SM_JTIS)?,
             sm_subjects: tree(T_SM_SUBJECTS)?,
             sm_clients: tree(T_SM_CLIENTS)?,
@@ -192,9 +198,20 @@ impl Db {
         self.db.open_tree(name).expect("open tree")
     }
 
-    /// How many fsyncs of the data file have completed since open.
+    /// How many fsyncs (of sled's data file or of the log's segments) have
+    /// completed since open.
     pub(crate) fn fsync_count(&self) -> u64 {
         self.fsyncs.load(Ordering::SeqCst)
+    }
+
+    /// Counts an fsync of the log's segments.
+    pub(crate) fn note_fsync(&self) {
+        self.fsyncs.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The data directory.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
     }
 }
 

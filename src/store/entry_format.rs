@@ -1,4 +1,4 @@
-//! How a Raft log entry is stored in the log tree: MessagePack behind a
+//! How a Raft log entry is stored in the log: MessagePack behind a
 //! one-byte format tag, and the JSON that earlier versions wrote.
 //!
 //! Every entry is encoded once per node and decoded several times on the
@@ -24,7 +24,7 @@ use crate::raft::{codec, Entry};
 /// First byte of an entry stored as MessagePack.
 const BINARY: u8 = 1;
 
-/// Encodes `entry` for the log tree (tag, then MessagePack).
+/// Encodes `entry` for the log (tag, then MessagePack).
 pub(crate) fn encode(entry: &Entry) -> Result<Vec<u8>, StoreError> {
     let mut buf = Vec::with_capacity(128);
     buf.push(BINARY);
@@ -32,7 +32,7 @@ pub(crate) fn encode(entry: &Entry) -> Result<Vec<u8>, StoreError> {
     Ok(buf)
 }
 
-/// Decodes an entry read from the log tree, in either format.
+/// Decodes an entry read from the log, in either format.
 pub(crate) fn decode(bytes: &[u8]) -> Result<Entry, StoreError> {
     match bytes.split_first() {
         Some((&BINARY, rest)) => codec::decode(rest).map_err(|e| StoreError::Corrupt {

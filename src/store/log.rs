@@ -1,29 +1,31 @@
-//! The Raft log and vote: openraft's [`RaftLogStorage`] over sled.
+//! The Raft log and vote: openraft's [`RaftLogStorage`].
 //!
-//! Entries live in their own tree keyed by big-endian index; the vote, the
-//! committed log id and the last purged log id in a small meta tree. Every
-//! write that Raft relies on having survived a crash (append, vote,
-//! truncate, purge) ends with [`Db::durable_flush`] before it is
-//! acknowledged. Entries are stored in the format of [`super::entry_format`].
+//! Entries live in segment files of Tessera's own ([`super::seglog`]); the
+//! vote, the committed log id and the last purged log id in sled's small
+//! meta tree. Every write that Raft relies on having survived a crash
+//! (append, vote, truncate, purge) is fsynced before it is acknowledged.
+//! A log that an earlier version kept in sled's `log` tree is moved into
+//! segment files when the store opens ([`open_segments`]).
 //!
 //! Small appends and small reads run on the calling (runtime) thread, an
-//! exception to "sled calls go to `spawn_blocking`": a sled insert or read
-//! of a few recent entries touches only its page cache (sled writes its log
-//! buffers from its own threads), and the write path used to pay a thread
-//! hand-off for each of them, two or three per revocation batch on the
-//! leader (docs/BENCHMARKS.md). What can wait for the disk (the flush +
-//! fsync, truncation, purge) and large reads and writes stay off the
-//! runtime.
+//! exception to "file calls go to `spawn_blocking`": an append is one
+//! `pwrite` into the page cache and a read of recent entries one `pread`
+//! from it, and a thread hand-off for each used to cost more than the call
+//! (docs/BENCHMARKS.md). What waits for the disk (the fdatasync,
+//! truncation, purge) and large reads and writes stay off the runtime.
 
 use std::fmt::Debug;
+use std::fs::File;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::path::Path;
 use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{AnyError, LogState, OptionalSend, RaftLogReader, StorageIOError, Vote};
 
 use super::db::{self, blocking, Db};
+use super::seglog::{self, SegLog};
 use super::StoreError;
 use super::{chunk, entry_format};
 use crate::raft::{Entry, LogId, NodeId, StorageError, TypeConfig};
@@ -43,7 +45,7 @@ const INLINE_WRITE_ENTRIES: usize = 64;
 const INLINE_WRITE_BYTES: usize = 256 * 1024;
 /// Reads of a bounded range of at most this many entries run on the
 /// calling thread: replication and apply read the entries just appended,
-/// which sled holds in memory.
+/// which the page cache holds.
 const INLINE_READ_ENTRIES: u64 = 64;
 
 /// The Raft log store of one node. openraft serialises calls to it (every
@@ -51,14 +53,13 @@ const INLINE_READ_ENTRIES: u64 = 64;
 ///
 /// Appends are acknowledged by a group commit: `append` writes the entries
 /// (readable at once) and hands the acknowledgement to the flusher thread,
-/// which makes everything written so far durable with one flush + fsync and
-/// then acknowledges every append it covered, in order. openraft 0.9.25's
-/// core does wait for that acknowledgement (`append_to_log` awaits it)
-/// before it runs its next command, replication to the followers included,
-/// so a leader's fsync and its followers' are in series
-/// (docs/BENCHMARKS.md); the flusher keeps the wait off the runtime's
-/// threads, and the proposer's batching is what shares one fsync among
-/// many writes.
+/// which fdatasyncs the segment files written so far once and then
+/// acknowledges every append it covered, in order. openraft 0.9.25's core
+/// does wait for that acknowledgement (`append_to_log` awaits it) before it
+/// runs its next command, replication to the followers included, so a
+/// leader's fsync and its followers' are in series (docs/BENCHMARKS.md);
+/// the flusher keeps the wait off the runtime's threads, and the
+/// proposer's batching is what shares one fsync among many writes.
 pub struct LogStore {
     db: Arc<Db>,
     /// `None` only while dropping.
@@ -78,8 +79,12 @@ impl Drop for LogStore {
     }
 }
 
-/// An append's acknowledgement, waiting for its fsync.
-type Ack = Box<dyn FnOnce(io::Result<()>) + Send>;
+/// An append's acknowledgement, waiting for the fdatasync of the file its
+/// entries went to.
+struct Ack {
+    file: Arc<File>,
+    done: Box<dyn FnOnce(io::Result<()>) + Send>,
+}
 
 /// Most acknowledgements one fsync covers (bounds the work per round), and
 /// most waiting for the flusher (openraft has one append outstanding at a
@@ -99,15 +104,33 @@ fn flusher(db: Arc<Db>, rx: std::sync::mpsc::Receiver<Ack>) {
             }
         }
         // Every entry of every append in `group` was written before its
-        // acknowledgement was queued, so this flush covers them all.
-        let result = db.durable_flush();
+        // acknowledgement was queued, so syncing the files they name (one,
+        // or two across a new segment) covers them all.
+        let result = sync_files(&db, &group);
         for ack in group.drain(..) {
-            ack(match &result {
+            (ack.done)(match &result {
                 Ok(()) => Ok(()),
                 Err(e) => Err(io::Error::other(e.to_string())),
             });
         }
     }
+}
+
+fn sync_files(db: &Db, group: &[Ack]) -> Result<(), StoreError> {
+    db.check_write()?;
+    let mut synced: Vec<&Arc<File>> = Vec::with_capacity(1);
+    for ack in group {
+        if synced.iter().any(|f| Arc::ptr_eq(f, &ack.file)) {
+            continue;
+        }
+        ack.file.sync_data().map_err(|source| StoreError::Io {
+            path: db.dir().join(seglog::DIR),
+            source,
+        })?;
+        synced.push(&ack.file);
+    }
+    db.note_fsync();
+    Ok(())
 }
 
 /// A read-only handle on the log, used by replication tasks.
@@ -154,9 +177,9 @@ impl LogStore {
         self.db.fsync_count()
     }
 
-    /// Writes `entries` as one batch, makes them durable, then calls `done`
-    /// (never before the fsync has completed). Returns once the entries are
-    /// readable.
+    /// Writes `entries` with one write, makes them durable, then calls
+    /// `done` (never before the fdatasync has completed). Returns once the
+    /// entries are readable.
     async fn append_then<F>(&mut self, entries: Vec<Entry>, done: F) -> Result<(), StorageError>
     where
         F: FnOnce(io::Result<()>) + Send + 'static,
@@ -178,95 +201,40 @@ impl LogStore {
             let db = self.db.clone();
             blocking(move || write_encoded(&db, &encode_entries(&entries)?)).await
         };
-        written.map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
+        let file = written.map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
         // Written and readable; durability is reported through `done` by
-        // the flusher, after the fsync that covers these entries.
-        let ack: Ack = Box::new(done);
+        // the flusher, after the fdatasync that covers these entries.
+        let ack = Ack {
+            file,
+            done: Box::new(done),
+        };
         let unsent = match &self.flusher {
             Some(tx) => tx.send(ack).err().map(|e| e.0),
             None => Some(ack),
         };
         if let Some(ack) = unsent {
-            ack(Err(io::Error::other("the log flusher has stopped")));
+            (ack.done)(Err(io::Error::other("the log flusher has stopped")));
         }
         Ok(())
     }
 }
 
-/// An entry's key and stored bytes.
-type Encoded = ([u8; 8], Vec<u8>);
+/// An entry's index and stored bytes.
+type Encoded = (u64, Vec<u8>);
 
-/// Each entry's key and stored bytes.
+/// Each entry's index and stored bytes.
 fn encode_entries(entries: &[Entry]) -> Result<Vec<Encoded>, StoreError> {
     entries
         .iter()
-        .map(|e| Ok((db::index_key(e.log_id.index), entry_format::encode(e)?)))
+        .map(|e| Ok((e.log_id.index, entry_format::encode(e)?)))
         .collect()
 }
 
-/// Appends of at most this many entries go without a sled batch when they
-/// can (see [`write_encoded`]): a single write's path (one client, a quiet
-/// cluster) is where the two extra io-buffer writes of a batch show.
-/// Larger appends (a leader's batch under load, a follower catching up)
-/// stay in one batch: inserted one by one, the follower that installed a
-/// 1M snapshot and caught up ended at 237 MB of RSS against 181 MB.
-const UNBATCHED_MAX: usize = 4;
-
-/// Whether small appends may skip the sled batch (`TESSERA_UNBATCHED_APPENDS=0`
-/// turns it off for same-binary A/B runs).
-fn small_appends_unbatched() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("TESSERA_UNBATCHED_APPENDS").map_or(true, |v| v != "0"))
-}
-
-/// Writes entries (readable at once, durable at the next flush).
-///
-/// An append of a few small entries, none of whose indexes holds chunks of
-/// an earlier entry (openraft truncates a conflicting suffix before it
-/// appends over it), is a few plain inserts in index order: sled logs one
-/// thread's inserts in order and recovers a prefix of its log after a
-/// crash, so a crash before the flush leaves a prefix of the entries,
-/// never a hole, and nothing was acknowledged before the flush. A sled
-/// batch rolls sled's io buffer before and after its manifest, so each
-/// flush wrote three buffers, each followed by its own `sync_file_range`
-/// wait (`strace`, docs/BENCHMARKS.md "Where one revocation's time goes").
-/// Anything else goes in one batch, large entries in chunks (sled would
-/// put them in an unsynced blob file).
-fn write_encoded(db: &Db, entries: &[Encoded]) -> Result<(), StoreError> {
+/// Writes entries (readable at once, durable once the returned file is
+/// fdatasynced).
+fn write_encoded(db: &Db, entries: &[Encoded]) -> Result<Arc<File>, StoreError> {
     db.check_write()?;
-    let mut stale = Vec::with_capacity(entries.len());
-    for (key, _) in entries {
-        stale.push(chunk::stored_chunks(&db.log, key)?);
-    }
-    let plain = small_appends_unbatched()
-        && entries.len() <= UNBATCHED_MAX
-        && entries
-            .iter()
-            .all(|(_, v)| chunk::chunk_count(v.len()) == 0)
-        && stale.iter().all(|s| *s == 0);
-    if plain {
-        for (key, value) in entries {
-            db.log.insert(key, value.as_slice())?;
-        }
-        return Ok(());
-    }
-    let mut batch = sled::Batch::default();
-    for ((key, value), stale) in entries.iter().zip(stale) {
-        chunk::put(&mut batch, key, value, stale);
-    }
-    db.log.apply_batch(batch)?;
-    Ok(())
-}
-
-/// Whether `key` of the log tree is an entry's own key (not a chunk's).
-fn is_entry_key(key: &[u8]) -> bool {
-    key.len() == 8
-}
-
-/// Decodes the entry stored under `key` (reassembling its chunks).
-fn decode_entry(db: &Db, key: &[u8], stored: sled::IVec) -> Result<Entry, StoreError> {
-    let bytes = chunk::assemble(&db.log, db::T_LOG, key, stored)?;
-    entry_format::decode(&bytes)
+    db.raftlog.append(entries)
 }
 
 /// `[lo, hi)` of a range of indexes, `None` for `hi` meaning unbounded;
@@ -288,28 +256,14 @@ fn index_bounds<RB: RangeBounds<u64>>(range: &RB) -> Option<(u64, Option<u64>)> 
     }
 }
 
+/// The entries of `lo..hi` that the log holds, at most `limit`.
 pub(crate) fn read_entries(
     db: &Db,
     lo: u64,
     hi: Option<u64>,
     limit: usize,
 ) -> Result<Vec<Entry>, StoreError> {
-    let start = db::index_key(lo);
-    let iter = match hi {
-        Some(hi) => db.log.range(start..db::index_key(hi)),
-        None => db.log.range(start..),
-    };
-    let mut out = Vec::new();
-    for kv in iter {
-        if out.len() >= limit {
-            break;
-        }
-        let (k, v) = kv?;
-        if is_entry_key(&k) {
-            out.push(decode_entry(db, &k, v)?);
-        }
-    }
-    Ok(out)
+    db.raftlog.read(lo, hi, limit)
 }
 
 async fn get_entries<RB: RangeBounds<u64>>(
@@ -329,50 +283,56 @@ async fn get_entries<RB: RangeBounds<u64>>(
     read.map_err(|e| StorageIOError::read_logs(AnyError::new(&e)).into())
 }
 
+/// The log id of the last entry the log holds.
+fn last_log_id(db: &Db) -> Result<Option<LogId>, StoreError> {
+    let Some(last) = db.raftlog.last_index()? else {
+        return Ok(None);
+    };
+    Ok(read_entries(db, last, Some(last + 1), 1)?
+        .first()
+        .map(|e| e.log_id))
+}
+
 fn log_state(db: &Db) -> Result<LogState<TypeConfig>, StoreError> {
     let last_purged: Option<LogId> = db::get(&db.log_meta, db::T_LOG_META, K_LAST_PURGED)?;
-    // The last entry's own key: chunk keys sort after it.
-    let mut last = last_purged;
-    for kv in db.log.iter().rev() {
-        let (k, v) = kv?;
-        if is_entry_key(&k) {
-            last = Some(decode_entry(db, &k, v)?.log_id);
-            break;
-        }
-    }
+    let last = last_log_id(db)?.or(last_purged);
     Ok(LogState {
         last_purged_log_id: last_purged,
         last_log_id: last,
     })
 }
 
-/// The committed log id last saved (see `save_committed`). Blocking.
+/// The committed log id last saved (see `save_committed`), but never past
+/// the last entry the log holds: the committed id is saved without an
+/// fsync of its own and the log in other files, so after a power loss the
+/// saved id can be ahead of what survived of the log (the rest is learnt
+/// again from the leader). Blocking.
 pub(crate) fn saved_committed(db: &Db) -> Result<Option<LogId>, StoreError> {
-    Ok(db::get::<Option<LogId>>(&db.log_meta, db::T_LOG_META, K_COMMITTED)?.flatten())
+    let saved = db::get::<Option<LogId>>(&db.log_meta, db::T_LOG_META, K_COMMITTED)?.flatten();
+    let Some(saved) = saved else {
+        return Ok(None);
+    };
+    let last_purged: Option<LogId> = db::get(&db.log_meta, db::T_LOG_META, K_LAST_PURGED)?;
+    let last = last_log_id(db)?.or(last_purged);
+    Ok(match last {
+        Some(last) if last.index < saved.index => Some(last),
+        None => None,
+        _ => Some(saved),
+    })
 }
 
 /// Removes entries at and after `index`. Blocking.
 fn truncate_from(db: &Db, index: u64) -> Result<(), StoreError> {
     db.check_write()?;
-    let mut batch = sled::Batch::default();
-    for kv in db.log.range(db::index_key(index)..) {
-        let (k, _) = kv?;
-        batch.remove(k);
-    }
-    db.log.apply_batch(batch)?;
-    db.durable_flush()
+    db.raftlog.truncate_from(index)?;
+    db.note_fsync();
+    Ok(())
 }
-
-/// Keys removed per sled batch when purging the log.
-const PURGE_BATCH: usize = 256;
 
 /// Removes entries up to and including `upto`. The last purged log id is
 /// recorded (and made durable) first, so that a crash part-way leaves
-/// entries at or below it, which nothing reads and the next purge removes,
-/// and never a hole above it. The entries then go in batches of
-/// [`PURGE_BATCH`] keys: one sled transaction over thousands of entries
-/// (the previous way) read every value into its write set, tens of
-/// megabytes at a time that the allocator then kept. Blocking.
+/// entries at or below it, which nothing reads and the next open removes,
+/// and never a hole above it. Blocking.
 pub(crate) fn purge_upto(db: &Db, upto: LogId) -> Result<(), StoreError> {
     db.check_write()?;
     let prev: Option<LogId> = db::get(&db.log_meta, db::T_LOG_META, K_LAST_PURGED)?;
@@ -382,22 +342,50 @@ pub(crate) fn purge_upto(db: &Db, upto: LogId) -> Result<(), StoreError> {
     db.log_meta
         .insert(K_LAST_PURGED, db::encode(&Some(upto))?)?;
     db.durable_flush()?;
-    // Up to and including the chunks of the entry at `upto`.
-    let end = chunk::chunk_key(&db::index_key(upto.index), u32::MAX);
-    loop {
-        let mut removes = sled::Batch::default();
-        let mut n = 0;
-        for kv in db.log.range(..=&end[..]).take(PURGE_BATCH) {
-            let (k, _) = kv?;
-            removes.remove(k);
-            n += 1;
+    db.raftlog.purge(upto.index)?;
+    Ok(())
+}
+
+/// Opens the log's segment files under `dir`, first moving the log out of
+/// sled's `log` tree if an earlier version kept it there: its entries above
+/// the purge point are written to a new segment directory (renamed into
+/// place once fsynced), then the tree is emptied (made durable by the
+/// caller's next flush; entries left there after a crash are simply
+/// removed again). Blocking.
+pub(crate) fn open_segments(
+    dir: &Path,
+    legacy: &sled::Tree,
+    log_meta: &sled::Tree,
+) -> Result<SegLog, StoreError> {
+    let purged: Option<LogId> = db::get(log_meta, db::T_LOG_META, K_LAST_PURGED)?;
+    let purged = purged.map(|p| p.index);
+    let seg_dir = dir.join(seglog::DIR);
+    if !seg_dir.exists() {
+        let lo = purged.map_or(0, |p| p + 1);
+        let mut entries = Vec::new();
+        for kv in legacy.range(db::index_key(lo)..) {
+            let (k, v) = kv?;
+            if k.len() != 8 {
+                continue; // a chunk of the entry before it
+            }
+            let bytes = chunk::assemble(legacy, db::T_LOG, &k, v)?;
+            let entry = entry_format::decode(&bytes)?;
+            // Re-encoded: entries an older version stored as JSON move to
+            // the current format.
+            entries.push((entry.log_id.index, entry_format::encode(&entry)?));
         }
-        if n == 0 {
-            break;
+        if !entries.is_empty() {
+            tracing::info!(
+                entries = entries.len(),
+                "moving the Raft log out of sled into segment files"
+            );
         }
-        db.log.apply_batch(removes)?;
+        seglog::create_with(&seg_dir, &entries)?;
     }
-    db.durable_flush()
+    if !legacy.is_empty() {
+        legacy.clear()?;
+    }
+    SegLog::open(&seg_dir, purged)
 }
 
 impl RaftLogReader<TypeConfig> for LogReader {
@@ -485,11 +473,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
         let db = self.db.clone();
-        blocking(move || {
-            Ok(db::get::<Option<LogId>>(&db.log_meta, db::T_LOG_META, K_COMMITTED)?.flatten())
-        })
-        .await
-        .map_err(|e| StorageIOError::read(AnyError::new(&e)).into())
+        blocking(move || saved_committed(&db))
+            .await
+            .map_err(|e| StorageIOError::read(AnyError::new(&e)).into())
     }
 
     async fn append<I>(
@@ -593,8 +579,9 @@ mod tests {
         store.append_then(entries, |r| r.unwrap()).await.unwrap();
         store.truncate(log_id(1, 1, 4)).await.unwrap();
         store.purge(log_id(1, 1, 1)).await.unwrap();
-        // A purge fsyncs its mark, then the removals.
-        assert_eq!(store.fsync_count(), n + 5);
+        // Vote, append, truncation, and the purge's mark: one fsync each
+        // (the purge's file removals fsync the directory, not a file).
+        assert_eq!(store.fsync_count(), n + 4);
         let st = store.get_log_state().await.unwrap();
         assert_eq!(st.last_purged_log_id, Some(log_id(1, 1, 1)));
         assert_eq!(st.last_log_id, Some(log_id(1, 1, 3)));
@@ -605,9 +592,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn purging_thousands_of_entries_goes_in_bounded_batches_and_leaves_the_rest() {
+    async fn purging_thousands_of_entries_leaves_the_rest() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = open(dir.path());
+        const PURGE_BATCH: usize = 256;
         let n = 3 * PURGE_BATCH as u64 + 7;
         let entries: Vec<Entry> = (1..=n).map(|i| blank_ent(1, 1, i)).collect();
         store.append_then(entries, |r| r.unwrap()).await.unwrap();
@@ -648,107 +636,39 @@ mod tests {
         assert_eq!(idx, [5, 6]);
     }
 
-    fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for e in std::fs::read_dir(from).unwrap() {
-            let e = e.unwrap();
-            if e.file_type().unwrap().is_dir() {
-                copy_dir(&e.path(), &to.join(e.file_name()));
-            } else {
-                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-            }
-        }
-    }
-
-    // Small appends are plain sled inserts, not a batch (`write_encoded`):
-    // that is safe only if whatever part of sled's log survives a crash
-    // holds a prefix of the entries. A crash image is taken while the store
-    // is open (as a power loss leaves it, no clean close), then its `db`
-    // file is cut short, or has a page zeroed, at points across the region
-    // the small appends wrote: every reopen must find entries 1..=k, never
-    // a hole, and keep what was durable before that region.
+    // The committed id is saved without an fsync of its own, the log in
+    // other files: a power loss can keep the id and lose the log's unsynced
+    // tail. The store must then start from the end of what it holds, not
+    // refuse to open (or apply entries it does not have).
     #[tokio::test]
-    async fn a_log_torn_inside_its_small_appends_recovers_a_prefix() {
+    async fn a_committed_id_saved_ahead_of_the_log_is_cut_to_its_end() {
         let dir = tempfile::tempdir().unwrap();
-        let live = dir.path().join("live");
-        let mut store = open(&live);
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        store
-            .append_then((1..=8).map(|i| blank_ent(1, 1, i)).collect(), move |r| {
-                let _ = tx.send(r);
-            })
-            .await
-            .unwrap();
-        rx.await.unwrap().unwrap();
-        let db_file = live.join("db");
-        let before = std::fs::metadata(&db_file).unwrap().len();
-        let mut next = 9;
-        for round in 0..12u64 {
-            let n = 1 + round % UNBATCHED_MAX as u64;
-            let entries: Vec<Entry> = (next..next + n).map(|i| blank_ent(1, 1, i)).collect();
-            next += n;
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            store
-                .append_then(entries, move |r| {
-                    let _ = tx.send(r);
-                })
-                .await
-                .unwrap();
-            rx.await.unwrap().unwrap();
-        }
-        let last = next - 1;
-        let image = dir.path().join("image");
-        copy_dir(&live, &image);
-        drop(store);
-        let after = std::fs::metadata(image.join("db")).unwrap().len();
-        assert!(after > before, "the small appends grew the file");
         {
-            let whole = dir.path().join("whole");
-            copy_dir(&image, &whole);
-            let store = open(&whole);
-            let got = read_entries(&store.db, 0, None, usize::MAX).unwrap();
-            assert_eq!(
-                got.len() as u64,
-                last,
-                "every flushed entry is in the image"
-            );
+            let mut store = open(dir.path());
+            // From index 0, as openraft's first entry is.
+            let entries: Vec<Entry> = (0..=6).map(|i| blank_ent(1, 1, i)).collect();
+            store.append_then(entries, |r| r.unwrap()).await.unwrap();
+            store.save_committed(Some(log_id(1, 1, 6))).await.unwrap();
+            store.db.durable_flush().unwrap();
         }
-        let step = ((after - before) / 300).max(1);
-        let mut cuts = 0;
-        for cut in (before..=after).step_by(step as usize) {
-            for zero_a_page in [false, true] {
-                let trial = dir.path().join(format!("t{cut}-{zero_a_page}"));
-                copy_dir(&image, &trial);
-                let f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(trial.join("db"))
-                    .unwrap();
-                if zero_a_page {
-                    use std::os::unix::fs::FileExt as _;
-                    f.write_all_at(&[0u8; 4096], cut).unwrap();
-                } else {
-                    f.set_len(cut).unwrap();
-                }
-                drop(f);
-                let store = open(&trial);
-                let got = read_entries(&store.db, 0, None, usize::MAX).unwrap();
-                let idx: Vec<u64> = got.iter().map(|e| e.log_id.index).collect();
-                let k = idx.len() as u64;
-                assert_eq!(
-                    idx,
-                    (1..=k).collect::<Vec<_>>(),
-                    "cut at {cut} (zeroed page: {zero_a_page}): not a prefix"
-                );
-                assert!(
-                    (8..=last).contains(&k),
-                    "cut at {cut} (zeroed page: {zero_a_page}): {k} entries"
-                );
-                drop(store);
-                std::fs::remove_dir_all(&trial).unwrap();
-                cuts += 1;
-            }
+        // What the power loss leaves: entries 5 and 6 never reached the disk.
+        {
+            let store = open(dir.path());
+            store.db.raftlog.truncate_from(5).unwrap();
         }
-        assert!(cuts >= 300);
+        let (mut store, _sm, view) = super::super::open(dir.path()).unwrap();
+        assert_eq!(store.read_committed().await.unwrap(), Some(log_id(1, 1, 4)));
+        assert_eq!(view.revision(), 4, "replayed up to the end of the log");
+        let st = store.get_log_state().await.unwrap();
+        assert_eq!(st.last_log_id, Some(log_id(1, 1, 4)));
+        // And with nothing left at all, nothing is committed.
+        drop((store, _sm, view));
+        {
+            let store = open(dir.path());
+            store.db.raftlog.truncate_from(0).unwrap();
+        }
+        let mut store = open(dir.path());
+        assert_eq!(store.read_committed().await.unwrap(), None);
     }
 
     #[tokio::test]
@@ -788,51 +708,56 @@ mod tests {
         assert_ne!(third, first);
     }
 
-    // A node upgraded in place finds its log in JSON (the format before
-    // `entry_format`): it must read those entries, including a chunked one,
-    // next to the ones it appends afterwards.
+    // A node upgraded in place finds its log in sled's `log` tree, in JSON
+    // (the format before `entry_format`) or MessagePack, an entry larger
+    // than a sled chunk stored in chunks: opening moves every entry above
+    // the purge point into segment files and empties the tree.
     #[tokio::test]
-    async fn log_written_as_json_before_the_upgrade_is_still_read() {
+    async fn a_log_kept_in_sled_by_an_earlier_version_moves_into_segments() {
         let dir = tempfile::tempdir().unwrap();
-        let big = Entry {
-            log_id: log_id(1, 1, 2),
-            payload: openraft::EntryPayload::Normal(crate::raft::Command {
-                at: 5,
-                op: crate::raft::Op::RevokeJtis {
-                    jtis: (0..400)
-                        .map(|i| crate::raft::RevokedJti {
-                            jti: format!("old-jti-{i:014}"),
-                            until: 9,
-                        })
-                        .collect(),
-                },
-            }),
-        };
+        let big = big_entry(3, 4000);
         {
             let db = Db::open(dir.path()).unwrap();
+            let legacy = db.tree(db::T_LOG.as_bytes());
             let mut batch = sled::Batch::default();
-            for e in [blank_ent(1, 1, 1), big.clone()] {
-                let json = serde_json::to_vec(&e).unwrap();
-                chunk::put(&mut batch, &db::index_key(e.log_id.index), &json, 0);
+            for (e, json) in [
+                (blank_ent(1, 1, 1), true),
+                (blank_ent(1, 1, 2), false),
+                (big.clone(), true),
+                (blank_ent(1, 1, 4), false),
+            ] {
+                let bytes = if json {
+                    serde_json::to_vec(&e).unwrap()
+                } else {
+                    entry_format::encode(&e).unwrap()
+                };
+                chunk::put(&mut batch, &db::index_key(e.log_id.index), &bytes, 0);
             }
-            db.log.apply_batch(batch).unwrap();
-            assert!(chunk::stored_chunks(&db.log, &db::index_key(2)).unwrap() > 0);
+            legacy.apply_batch(batch).unwrap();
+            assert!(chunk::stored_chunks(&legacy, &db::index_key(3)).unwrap() > 0);
+            db.log_meta
+                .insert(K_LAST_PURGED, db::encode(&Some(log_id(1, 1, 1))).unwrap())
+                .unwrap();
             db.durable_flush().unwrap();
         }
+        // As the earlier version left it: no segment directory.
+        std::fs::remove_dir_all(dir.path().join(seglog::DIR)).unwrap();
+        {
+            let mut store = open(dir.path());
+            assert!(store.db.tree(db::T_LOG.as_bytes()).is_empty());
+            let st = store.get_log_state().await.unwrap();
+            assert_eq!(st.last_purged_log_id, Some(log_id(1, 1, 1)));
+            assert_eq!(st.last_log_id, Some(log_id(1, 1, 4)));
+            store
+                .append_then(vec![blank_ent(1, 1, 5)], |r| r.unwrap())
+                .await
+                .unwrap();
+        }
         let mut store = open(dir.path());
-        let st = store.get_log_state().await.unwrap();
-        assert_eq!(st.last_log_id, Some(log_id(1, 1, 2)));
-        store
-            .append_then(vec![blank_ent(1, 1, 3)], |r| r.unwrap())
-            .await
-            .unwrap();
-        let got = store.try_get_log_entries(1..=3).await.unwrap();
+        let got = store.try_get_log_entries(..).await.unwrap();
         let idx: Vec<u64> = got.iter().map(|e| e.log_id.index).collect();
-        assert_eq!(idx, [1, 2, 3]);
-        assert_eq!(
-            serde_json::to_value(&got[1]).unwrap(),
-            serde_json::to_value(&big).unwrap()
-        );
+        assert_eq!(idx, [2, 3, 4, 5]);
+        assert_eq!(got[1], big);
     }
 
     fn big_entry(index: u64, n: usize) -> Entry {
@@ -852,17 +777,18 @@ mod tests {
         }
     }
 
-    // A chunked entry next to small ones reads back whole, before and
-    // after a reopen.
+    // An entry larger than sled's blob threshold (which sled wrote to an
+    // unsynced file of its own) next to small ones reads back whole, before
+    // and after a reopen.
     #[tokio::test]
-    async fn a_chunked_entry_appended_next_to_small_ones_reads_back_whole() {
+    async fn a_large_entry_appended_next_to_small_ones_reads_back_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let big = big_entry(2, 400);
+        let big = big_entry(2, 4000);
+        assert!(entry_format::encode(&big).unwrap().len() > 128 * 1024);
         {
             let mut store = open(dir.path());
             let entries = vec![blank_ent(1, 1, 1), big.clone(), blank_ent(1, 1, 3)];
             store.append_then(entries, |r| r.unwrap()).await.unwrap();
-            assert!(chunk::stored_chunks(&store.db.log, &db::index_key(2)).unwrap() > 1);
             let got = store.try_get_log_entries(2..=2).await.unwrap();
             assert_eq!(got, vec![big.clone()]);
         }
@@ -870,27 +796,6 @@ mod tests {
         let got = store.try_get_log_entries(1..=3).await.unwrap();
         assert_eq!(got.len(), 3);
         assert_eq!(got[1], big);
-    }
-
-    // An index that still holds the chunks of an earlier, larger entry is
-    // rewritten in one sled batch that clears them.
-    #[tokio::test]
-    async fn appending_over_a_chunked_entry_clears_its_stale_chunks() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = open(dir.path());
-        store
-            .append_then(vec![blank_ent(1, 1, 1), big_entry(2, 400)], |r| r.unwrap())
-            .await
-            .unwrap();
-        let key = db::index_key(2);
-        assert!(chunk::stored_chunks(&store.db.log, &key).unwrap() > 0);
-        store
-            .append_then(vec![blank_ent(2, 1, 2)], |r| r.unwrap())
-            .await
-            .unwrap();
-        assert_eq!(chunk::stored_chunks(&store.db.log, &key).unwrap(), 0);
-        let got = store.try_get_log_entries(..).await.unwrap();
-        assert_eq!(got, vec![blank_ent(1, 1, 1), blank_ent(2, 1, 2)]);
     }
 
     #[tokio::test]

@@ -1,33 +1,36 @@
-//! The sled-backed Raft storage of one node: the log and vote
-//! ([`LogStore`]), the replicated state machine ([`StateMachine`]) and a
-//! read handle on its applied state for the services ([`StateView`]).
+//! The Raft storage of one node: the log and vote ([`LogStore`]), the
+//! replicated state machine ([`StateMachine`]) and a read handle on its
+//! applied state for the services ([`StateView`]).
 //!
 //! # On disk
 //!
-//! One sled database per node, with a tree per concern: log entries
-//! (big-endian index keys), log meta (vote, committed, last purged, and the
-//! data's incarnation: a random number drawn when the database is created,
-//! see [`LogStore::incarnation`]) and a pointer to the current snapshot,
-//! whose bytes are a file in `snapshots/` ([`snapfile`]). Values are at
-//! most 4 KiB: bigger ones (large log entries) are stored in chunks,
-//! because sled 0.34 writes large values to blob files it never fsyncs (see
-//! [`chunk`]). The applied state is not in sled: it is the snapshot plus
-//! the log after it (older nodes mirrored it in per-revocation trees; those
-//! are migrated once at open, see [`sm`]).
+//! The log's entries in segment files under `raftlog/` ([`seglog`]); a
+//! small sled database with the log's meta (vote, committed, last purged,
+//! and the data's incarnation: a random number drawn when the database is
+//! created, see [`LogStore::incarnation`]) and a pointer to the current
+//! snapshot, whose bytes are a file in `snapshots/` ([`snapfile`]). sled
+//! 0.34 writes values above ~128 KiB to blob files it never fsyncs, so
+//! nothing large is stored in it (older versions stored large values in
+//! chunks, which are still read, see [`chunk`]). The applied state is not
+//! in sled: it is the snapshot plus the log after it (older nodes mirrored
+//! it in per-revocation trees, and kept the log in a sled tree; both are
+//! migrated once at open, see [`sm`] and [`log`]).
 //!
 //! # Durability
 //!
-//! sled 0.34's `flush()` does not reach the disk, so every write Raft must
-//! find after a crash (appended entries, the vote, truncation, purge, an
-//! installed or built snapshot's pointer) is followed by a flush *and* an
-//! fsync of sled's data file before it is acknowledged; a snapshot file is
+//! Every write Raft must find after a crash is on disk before it is
+//! acknowledged: appended entries by an fdatasync of their segment file,
+//! truncation by one of the cut file, the vote, the purge point and a
+//! snapshot's pointer by a sled flush *and* an fsync of sled's data file
+//! (sled 0.34's `flush()` alone does not reach the disk); a snapshot file is
 //! fsynced, renamed and its directory fsynced before the pointer names it.
 //! Applying entries writes nothing: at open the state is decoded from the
 //! snapshot and the log after it is re-applied up to the saved committed
 //! id (the log is never purged beyond the durable snapshot). The restart cost is bounded by the snapshot policy
 //! (`snapshot_every` entries at most after the snapshot).
 //!
-//! All sled and file work runs on tokio's blocking pool.
+//! Most sled and file work runs on tokio's blocking pool; small log
+//! appends and reads run inline (see [`log`]).
 
 pub mod backup;
 mod chunk;
@@ -36,6 +39,7 @@ mod entry_format;
 mod faults;
 mod feed;
 mod log;
+mod seglog;
 mod sm;
 mod snapfile;
 mod state;

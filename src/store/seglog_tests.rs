@@ -1,0 +1,308 @@
+//! Tests of the segment-file log: appends across segments, reopen, torn
+//! tails, damage in closed segments, truncation and purge.
+
+use openraft::testing::blank_ent;
+
+use super::*;
+
+fn enc(range: std::ops::RangeInclusive<u64>) -> Vec<(u64, Vec<u8>)> {
+    range
+        .map(|i| (i, entry_format::encode(&blank_ent(1, 1, i)).unwrap()))
+        .collect()
+}
+
+fn indexes(entries: &[Entry]) -> Vec<u64> {
+    entries.iter().map(|e| e.log_id.index).collect()
+}
+
+fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// A log whose segments close after about three small entries.
+fn small(dir: &Path, purged: Option<u64>) -> SegLog {
+    SegLog::open(dir, purged).unwrap().with_segment_bytes(64)
+}
+
+#[test]
+fn names_round_trip_and_other_files_are_ignored() {
+    assert_eq!(parse_name(&segment_name(42)), Some(42));
+    assert_eq!(parse_name(&segment_name(u64::MAX)), Some(u64::MAX));
+    assert_eq!(parse_name("42.seg"), None);
+    assert_eq!(parse_name("0000000000000000004x.seg"), None);
+    assert_eq!(parse_name("00000000000000000042.tmp"), None);
+}
+
+#[test]
+fn entries_read_back_across_segments_and_after_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join(DIR);
+    {
+        let log = small(&dir, None);
+        for i in 1..=20 {
+            log.append(&enc(i..=i)).unwrap();
+        }
+        assert!(log.segment_count() > 3, "small segments rotated");
+        assert_eq!(log.last_index().unwrap(), Some(20));
+        assert_eq!(
+            indexes(&log.read(0, None, usize::MAX).unwrap()),
+            (1..=20).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            indexes(&log.read(5, Some(12), usize::MAX).unwrap()),
+            (5..12).collect::<Vec<_>>()
+        );
+        assert_eq!(indexes(&log.read(5, None, 4).unwrap()), [5, 6, 7, 8]);
+        assert!(log.read(21, None, 10).unwrap().is_empty());
+    }
+    let log = SegLog::open(&dir, None).unwrap();
+    assert_eq!(
+        indexes(&log.read(0, None, usize::MAX).unwrap()),
+        (1..=20).collect::<Vec<_>>()
+    );
+    log.append(&enc(21..=22)).unwrap();
+    assert_eq!(log.last_index().unwrap(), Some(22));
+}
+
+#[test]
+fn an_append_out_of_order_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = SegLog::open(&tmp.path().join(DIR), None).unwrap();
+    log.append(&enc(1..=3)).unwrap();
+    for bad in [
+        enc(5..=5),
+        enc(3..=3),
+        vec![enc(4..=4)[0].clone(), enc(6..=6)[0].clone()],
+    ] {
+        assert!(matches!(log.append(&bad), Err(StoreError::Corrupt { .. })));
+    }
+    assert!(matches!(log.append(&[]), Err(StoreError::Corrupt { .. })));
+    // Still usable: a refused append wrote nothing.
+    log.append(&enc(4..=4)).unwrap();
+    assert_eq!(log.last_index().unwrap(), Some(4));
+}
+
+// What a power loss leaves in the newest segment: any prefix of the bytes
+// written, or a page of zeros over part of them. Opening keeps exactly the
+// records wholly before the damage, and fsyncs the cut.
+#[test]
+fn a_torn_newest_segment_keeps_the_records_before_the_tear() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = tmp.path().join("image");
+    let bounds: Vec<u64> = {
+        let log = SegLog::open(&image, None).unwrap();
+        let mut ends = vec![0];
+        for i in 1..=30 {
+            log.append(&enc(i..=i)).unwrap();
+            ends.push(fs::metadata(&segment_files(&image)[0]).unwrap().len());
+        }
+        ends
+    };
+    let file = segment_files(&image)[0].clone();
+    let orig = fs::read(&file).unwrap();
+    let size = *bounds.last().unwrap();
+    let mut trials = 0;
+    for cut in (0..=size).step_by(7) {
+        for zero in [false, true] {
+            let trial = tmp.path().join(format!("t{cut}{zero}"));
+            fs::create_dir_all(&trial).unwrap();
+            let copy = trial.join(file.file_name().unwrap());
+            fs::copy(&file, &copy).unwrap();
+            let f = OpenOptions::new().write(true).open(&copy).unwrap();
+            if zero {
+                f.write_all_at(&[0u8; 4096], cut).unwrap();
+            } else {
+                f.set_len(cut).unwrap();
+            }
+            drop(f);
+            let log = SegLog::open(&trial, None).unwrap();
+            // Records that end at or before the damage survive (and one
+            // whose bytes from there on were zeros already).
+            let intact =
+                |e: u64| e <= cut || orig[cut as usize..e as usize].iter().all(|b| *b == 0);
+            let whole = bounds.iter().take_while(|&&e| intact(e)).count() as u64 - 1;
+            let got = indexes(&log.read(0, None, usize::MAX).unwrap());
+            assert_eq!(
+                got,
+                (1..=whole).collect::<Vec<_>>(),
+                "cut {cut} zero {zero}"
+            );
+            // The cut is on disk: the file now ends after the last record.
+            assert_eq!(fs::metadata(&copy).unwrap().len(), bounds[whole as usize]);
+            // And appends continue right after it.
+            log.append(&enc(whole + 1..=whole + 1)).unwrap();
+            drop(log);
+            let log = SegLog::open(&trial, None).unwrap();
+            assert_eq!(log.last_index().unwrap(), Some(whole + 1));
+            fs::remove_dir_all(&trial).unwrap();
+            trials += 1;
+        }
+    }
+    assert!(trials > 100);
+}
+
+// Segments other than the newest were fsynced before the next one began:
+// damage there is corruption, and the log refuses to open rather than lose
+// acknowledged entries.
+#[test]
+fn damage_in_a_closed_segment_refuses_to_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join(DIR);
+    {
+        let log = small(&dir, None);
+        for i in 1..=12 {
+            log.append(&enc(i..=i)).unwrap();
+        }
+    }
+    let files = segment_files(&dir);
+    assert!(files.len() > 2);
+    let f = OpenOptions::new().write(true).open(&files[1]).unwrap();
+    f.write_all_at(&[0xff; 3], 10).unwrap();
+    drop(f);
+    match SegLog::open(&dir, None) {
+        Err(StoreError::Corrupt { reason, .. }) => {
+            assert!(reason.contains("closed segment"), "{reason}")
+        }
+        other => panic!("expected corruption, got {:?}", other.map(|_| ())),
+    }
+    // A missing middle segment is a hole, also refused.
+    let tmp2 = tempfile::tempdir().unwrap();
+    let dir2 = tmp2.path().join(DIR);
+    {
+        let log = small(&dir2, None);
+        for i in 1..=12 {
+            log.append(&enc(i..=i)).unwrap();
+        }
+    }
+    fs::remove_file(&segment_files(&dir2)[1]).unwrap();
+    assert!(matches!(
+        SegLog::open(&dir2, None),
+        Err(StoreError::Corrupt { .. })
+    ));
+}
+
+#[test]
+fn truncation_removes_later_segments_and_survives_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join(DIR);
+    {
+        let log = small(&dir, None);
+        for i in 1..=20 {
+            log.append(&enc(i..=i)).unwrap();
+        }
+        let before = log.segment_count();
+        log.truncate_from(8).unwrap();
+        assert!(log.segment_count() < before);
+        assert_eq!(log.last_index().unwrap(), Some(7));
+        assert_eq!(
+            indexes(&log.read(0, None, usize::MAX).unwrap()),
+            (1..=7).collect::<Vec<_>>()
+        );
+        // Truncating past the end changes nothing.
+        log.truncate_from(30).unwrap();
+        log.append(&enc(8..=9)).unwrap();
+    }
+    let log = SegLog::open(&dir, None).unwrap();
+    assert_eq!(
+        indexes(&log.read(0, None, usize::MAX).unwrap()),
+        (1..=9).collect::<Vec<_>>()
+    );
+    log.truncate_from(1).unwrap();
+    assert_eq!(log.last_index().unwrap(), None);
+    log.append(&enc(1..=1)).unwrap();
+    assert_eq!(log.last_index().unwrap(), Some(1));
+}
+
+#[test]
+fn purge_removes_whole_segments_and_hides_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join(DIR);
+    {
+        let log = small(&dir, None);
+        for i in 1..=20 {
+            log.append(&enc(i..=i)).unwrap();
+        }
+        let before = segment_files(&dir).len();
+        assert!(log.purge(10).unwrap());
+        assert!(segment_files(&dir).len() < before);
+        assert_eq!(
+            indexes(&log.read(0, None, usize::MAX).unwrap()),
+            (11..=20).collect::<Vec<_>>()
+        );
+        assert!(!log.purge(5).unwrap(), "purging backwards does nothing");
+    }
+    // Reopened with the purge point the caller recorded.
+    let log = SegLog::open(&dir, Some(10)).unwrap();
+    assert_eq!(
+        indexes(&log.read(0, None, usize::MAX).unwrap()),
+        (11..=20).collect::<Vec<_>>()
+    );
+    // Everything purged, then appends resume further on (a snapshot
+    // installed past the end of the log).
+    log.purge(100).unwrap();
+    assert_eq!(log.last_index().unwrap(), None);
+    assert!(log.read(0, None, usize::MAX).unwrap().is_empty());
+    assert!(matches!(
+        log.append(&enc(100..=100)),
+        Err(StoreError::Corrupt { .. })
+    ));
+    log.append(&enc(101..=103)).unwrap();
+    assert_eq!(segment_files(&dir).len(), 1, "the purged segments went");
+    drop(log);
+    let log = SegLog::open(&dir, Some(100)).unwrap();
+    assert_eq!(
+        indexes(&log.read(0, None, usize::MAX).unwrap()),
+        [101, 102, 103]
+    );
+}
+
+// A purge recorded but cut short before its files went: opening with the
+// purge point removes them.
+#[test]
+fn files_a_purge_left_behind_go_at_the_next_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join(DIR);
+    {
+        let log = small(&dir, None);
+        for i in 1..=20 {
+            log.append(&enc(i..=i)).unwrap();
+        }
+    }
+    let before = segment_files(&dir).len();
+    let log = SegLog::open(&dir, Some(12)).unwrap();
+    assert!(segment_files(&dir).len() < before);
+    assert_eq!(
+        indexes(&log.read(0, None, usize::MAX).unwrap()),
+        (13..=20).collect::<Vec<_>>()
+    );
+    // Entries beyond the purge point missing at the start are a hole.
+    drop(log);
+    assert!(matches!(
+        SegLog::open(&dir, Some(2)),
+        Err(StoreError::Corrupt { .. })
+    ));
+}
+
+#[test]
+fn a_log_created_whole_opens_with_its_entries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join(DIR);
+    // A scratch directory a crash left behind is replaced.
+    fs::create_dir_all(tmp.path().join(format!("{DIR}.new"))).unwrap();
+    create_with(&dir, &enc(7..=9)).unwrap();
+    assert!(!tmp.path().join(format!("{DIR}.new")).exists());
+    let log = SegLog::open(&dir, Some(6)).unwrap();
+    assert_eq!(indexes(&log.read(0, None, usize::MAX).unwrap()), [7, 8, 9]);
+    let empty = tmp.path().join("empty");
+    create_with(&empty, &[]).unwrap();
+    assert_eq!(
+        SegLog::open(&empty, None).unwrap().last_index().unwrap(),
+        None
+    );
+}

@@ -1,8 +1,8 @@
 //! The Raft log and vote: openraft's [`RaftLogStorage`].
 //!
-//! Entries live in segment files of Tessera's own ([`super::seglog`]); the
-//! vote, the committed log id and the last purged log id in sled's small
-//! meta tree. Every write that Raft relies on having survived a crash
+//! Entries live in segment files of Tessera's own ([`super::seglog`]), and
+//! so does the committed log id (a commit record written with the next
+//! append); the vote and the last purged log id in sled's small meta tree. Every write that Raft relies on having survived a crash
 //! (append, vote, truncate, purge) is fsynced before it is acknowledged.
 //! A log that an earlier version kept in sled's `log` tree is moved into
 //! segment files when the store opens ([`open_segments`]).
@@ -71,10 +71,19 @@ impl Drop for LogStore {
     // Closing the channel ends the flusher after its last round; joining it
     // means that once the log store is gone, so is its database handle (a
     // reopen right after never finds the file locked).
+    // The committed id no append has carried yet is written last (see
+    // `save_committed`).
     fn drop(&mut self) {
         self.flusher = None;
         if let Some(t) = self.flusher_thread.take() {
             let _ = t.join();
+        }
+        if let Err(e) = self
+            .db
+            .check_write()
+            .and_then(|()| self.db.raftlog.write_pending_commit())
+        {
+            tracing::warn!(error = %e, "cannot write the committed log id at close");
         }
     }
 }
@@ -302,13 +311,17 @@ fn log_state(db: &Db) -> Result<LogState<TypeConfig>, StoreError> {
     })
 }
 
-/// The committed log id last saved (see `save_committed`), but never past
-/// the last entry the log holds: the committed id is saved without an
-/// fsync of its own and the log in other files, so after a power loss the
-/// saved id can be ahead of what survived of the log (the rest is learnt
-/// again from the leader). Blocking.
+/// The committed log id last saved (see `save_committed`): the log's last
+/// commit record, or else the id an earlier version kept in sled's meta
+/// tree. Never past the last entry the log holds: sled's copy was saved
+/// without an fsync of its own, so after a power loss it can be ahead of
+/// what survived of the log (the rest is learnt again from the leader).
+/// Blocking.
 pub(crate) fn saved_committed(db: &Db) -> Result<Option<LogId>, StoreError> {
-    let saved = db::get::<Option<LogId>>(&db.log_meta, db::T_LOG_META, K_COMMITTED)?.flatten();
+    let saved = match db.raftlog.committed()? {
+        Some(bytes) => db::decode::<Option<LogId>>(seglog::DIR, &bytes)?,
+        None => db::get::<Option<LogId>>(&db.log_meta, db::T_LOG_META, K_COMMITTED)?.flatten(),
+    };
     let Some(saved) = saved else {
         return Ok(None);
     };
@@ -457,16 +470,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| StorageIOError::read_vote(AnyError::new(&e)).into())
     }
 
-    // Not fsynced: a committed id lost in a crash is only learnt again from
-    // the leader; what is persisted (by a later fsync) lets a restarted node
-    // re-apply its committed entries without waiting for one.
-    // One small insert, so on the calling thread (see the module docs).
+    // Written with the next append (or at a clean close), durable with its
+    // entries: a committed id lost in a crash is only learnt again from the
+    // leader; what is persisted lets a restarted node re-apply its
+    // committed entries without waiting for one. No write of its own, so no
+    // file is written that an acknowledgement has not synced.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let db = &self.db;
         let saved: Result<(), StoreError> = (|| {
             db.check_write()?;
-            db.log_meta.insert(K_COMMITTED, db::encode(&committed)?)?;
-            Ok(())
+            db.raftlog.set_committed(db::encode(&committed)?)
         })();
         saved.map_err(|e| StorageIOError::write(AnyError::new(&e)).into())
     }
@@ -636,10 +649,10 @@ mod tests {
         assert_eq!(idx, [5, 6]);
     }
 
-    // The committed id is saved without an fsync of its own, the log in
-    // other files: a power loss can keep the id and lose the log's unsynced
-    // tail. The store must then start from the end of what it holds, not
-    // refuse to open (or apply entries it does not have).
+    // An earlier version saved the committed id in sled without an fsync
+    // of its own: after an upgrade it can be ahead of what the log holds.
+    // The store must then start from the end of what it holds, not refuse
+    // to open (or apply entries it does not have).
     #[tokio::test]
     async fn a_committed_id_saved_ahead_of_the_log_is_cut_to_its_end() {
         let dir = tempfile::tempdir().unwrap();
@@ -648,10 +661,15 @@ mod tests {
             // From index 0, as openraft's first entry is.
             let entries: Vec<Entry> = (0..=6).map(|i| blank_ent(1, 1, i)).collect();
             store.append_then(entries, |r| r.unwrap()).await.unwrap();
-            store.save_committed(Some(log_id(1, 1, 6))).await.unwrap();
+            store
+                .db
+                .log_meta
+                .insert(K_COMMITTED, db::encode(&Some(log_id(1, 1, 6))).unwrap())
+                .unwrap();
             store.db.durable_flush().unwrap();
         }
-        // What the power loss leaves: entries 5 and 6 never reached the disk.
+        // What a power loss could leave: entries 5 and 6 never reached the
+        // disk.
         {
             let store = open(dir.path());
             store.db.raftlog.truncate_from(5).unwrap();
@@ -798,6 +816,72 @@ mod tests {
         assert_eq!(got[1], big);
     }
 
+    fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                copy_dir(&e.path(), &to.join(e.file_name()));
+            } else {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+
+    // The committed id rides with the next append: durable with it, and
+    // lagging by one append after a crash; a clean close writes it; a
+    // truncation that cuts its record off does not lose it.
+    #[tokio::test]
+    async fn the_committed_id_is_written_with_the_next_append() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("live");
+        let image = tmp.path().join("image");
+        {
+            let mut store = open(&dir);
+            let entries: Vec<Entry> = (0..=3).map(|i| blank_ent(1, 1, i)).collect();
+            store.append_then(entries, |r| r.unwrap()).await.unwrap();
+            store.save_committed(Some(log_id(1, 1, 2))).await.unwrap();
+            let entries: Vec<Entry> = (4..=5).map(|i| blank_ent(1, 1, i)).collect();
+            store.append_then(entries, |r| r.unwrap()).await.unwrap();
+            store.save_committed(Some(log_id(1, 1, 5))).await.unwrap();
+            // A crash now (no clean close) leaves the id the last append
+            // carried.
+            copy_dir(&dir, &image);
+        }
+        let mut crashed = open(&image);
+        assert_eq!(
+            crashed.read_committed().await.unwrap(),
+            Some(log_id(1, 1, 2))
+        );
+        let mut store = open(&dir);
+        assert_eq!(store.read_committed().await.unwrap(), Some(log_id(1, 1, 5)));
+        drop(store);
+        // Commit 3 rides ahead of entry 6, so after entry 5; a truncation
+        // of the uncommitted 5 and 6 cuts its record off, and the next
+        // append writes it again.
+        let other = tmp.path().join("other");
+        {
+            let mut store = open(&other);
+            let entries: Vec<Entry> = (0..=5).map(|i| blank_ent(1, 1, i)).collect();
+            store.append_then(entries, |r| r.unwrap()).await.unwrap();
+            store.save_committed(Some(log_id(1, 1, 3))).await.unwrap();
+            store
+                .append_then(vec![blank_ent(1, 1, 6)], |r| r.unwrap())
+                .await
+                .unwrap();
+            store.truncate(log_id(1, 1, 5)).await.unwrap();
+            store
+                .append_then(vec![blank_ent(2, 1, 5)], |r| r.unwrap())
+                .await
+                .unwrap();
+            copy_dir(&other, &tmp.path().join("image2"));
+        }
+        let mut store = open(&tmp.path().join("image2"));
+        assert_eq!(store.read_committed().await.unwrap(), Some(log_id(1, 1, 3)));
+        let got = store.try_get_log_entries(..).await.unwrap();
+        assert_eq!(got.len(), 6, "commit records are not entries");
+    }
+
     #[tokio::test]
     async fn reopen_keeps_log_vote_committed_and_purge_point() {
         let dir = tempfile::tempdir().unwrap();
@@ -807,6 +891,11 @@ mod tests {
             store.append_then(entries, |r| r.unwrap()).await.unwrap();
             store.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
             store.save_committed(Some(log_id(2, 1, 5))).await.unwrap();
+            // The next append carries the committed id.
+            store
+                .append_then(vec![blank_ent(2, 1, 7)], |r| r.unwrap())
+                .await
+                .unwrap();
             store.purge(log_id(2, 1, 2)).await.unwrap();
         }
         let mut store = open(dir.path());
@@ -817,9 +906,9 @@ mod tests {
         assert_eq!(store.read_committed().await.unwrap(), Some(log_id(2, 1, 5)));
         let st = store.get_log_state().await.unwrap();
         assert_eq!(st.last_purged_log_id, Some(log_id(2, 1, 2)));
-        assert_eq!(st.last_log_id, Some(log_id(2, 1, 6)));
+        assert_eq!(st.last_log_id, Some(log_id(2, 1, 7)));
         let got = store.try_get_log_entries(..).await.unwrap();
         let idx: Vec<u64> = got.iter().map(|e| e.log_id.index).collect();
-        assert_eq!(idx, [3, 4, 5, 6]);
+        assert_eq!(idx, [3, 4, 5, 6, 7]);
     }
 }

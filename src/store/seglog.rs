@@ -12,7 +12,12 @@
 //! after the index of their first entry (`{first:020}.seg`). A file is a
 //! sequence of records, each `len: u32 LE, crc32(payload): u32 LE,
 //! payload`, the payload being one entry in [`super::entry_format`].
-//! Entries are contiguous: entry `first + i` is the file's record `i`.
+//! Entries are contiguous. Between them, *commit records* (a payload
+//! starting with [`COMMIT`]) carry the committed log id: openraft reports
+//! it after every commit, and the next append writes it ahead of its
+//! entries (and every new file starts with it), so it is made durable by
+//! the same fdatasync as they are, and never names an entry the log
+//! before it does not hold.
 //!
 //! Crash consistency:
 //! - Records are only appended to the newest file, or cut off by a
@@ -47,6 +52,13 @@ const SUFFIX: &str = ".seg";
 pub(crate) const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Bytes before each record's payload: its length and its checksum.
 const HEADER: usize = 8;
+/// First byte of a commit record's payload; an entry's starts with
+/// [`entry_format`]'s tag, never this.
+const COMMIT: u8 = 0xC1;
+
+fn is_commit(payload: &[u8]) -> bool {
+    payload.first() == Some(&COMMIT)
+}
 
 /// One segment file.
 struct Segment {
@@ -96,6 +108,10 @@ struct Inner {
     segs: Vec<Segment>,
     /// Entries at or below this index are purged: never read, never counted.
     purged: Option<u64>,
+    /// The committed log id last reported (encoded, without its tag), and
+    /// whether the log has yet to write it.
+    commit: Option<Vec<u8>>,
+    commit_pending: bool,
     /// Set when a write failed part-way: the in-memory offsets may no
     /// longer describe the file, so every later operation fails (the node
     /// stops on a storage error and recovers from the disk).
@@ -202,8 +218,10 @@ impl SegLog {
         let newest = found.len().checked_sub(1);
         let mut segs: Vec<Segment> = Vec::with_capacity(found.len());
         let mut removed = false;
+        let mut commit = None;
         for (i, (first, path)) in found.into_iter().enumerate() {
-            let seg = load_segment(first, &path, Some(i) == newest)?;
+            let (seg, seg_commit) = load_segment(first, &path, Some(i) == newest)?;
+            commit = seg_commit.or(commit);
             // Wholly purged (a purge cut short before it removed the file,
             // or an empty file a later segment superseded): not part of the
             // log any more.
@@ -242,6 +260,8 @@ impl SegLog {
             inner: Mutex::new(Inner {
                 segs,
                 purged,
+                commit,
+                commit_pending: false,
                 broken: None,
             }),
         })
@@ -305,6 +325,13 @@ impl SegLog {
         let mut offsets = Vec::with_capacity(entries.len());
         let seg = inner.segs.last().expect("a segment was just ensured");
         let base = seg.end;
+        let with_commit = inner.commit_pending || seg.end == 0;
+        if let Some(c) = inner.commit.as_ref().filter(|_| with_commit) {
+            let mut payload = Vec::with_capacity(1 + c.len());
+            payload.push(COMMIT);
+            payload.extend_from_slice(c);
+            put_record(&mut buf, &payload)?;
+        }
         for (_, payload) in entries {
             offsets.push(base + buf.len() as u64);
             put_record(&mut buf, payload)?;
@@ -314,10 +341,63 @@ impl SegLog {
             inner.broken = Some(err.to_string());
             return Err(err);
         }
+        if with_commit {
+            inner.commit_pending = false;
+        }
         let seg = inner.segs.last_mut().expect("a segment was just ensured");
         seg.offsets.extend(offsets);
         seg.end = base + buf.len() as u64;
         Ok(seg.file.clone())
+    }
+
+    /// Records the committed log id (encoded): written ahead of the next
+    /// append's entries, durable with them.
+    pub(crate) fn set_committed(&self, encoded: Vec<u8>) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        if inner.commit.as_ref() != Some(&encoded) {
+            inner.commit = Some(encoded);
+            inner.commit_pending = true;
+        }
+        Ok(())
+    }
+
+    /// Writes the committed log id if no append has carried it yet, and
+    /// fdatasyncs it: at a clean close, so that a restart re-applies
+    /// everything committed even when nothing was appended after the last
+    /// commit. Blocking.
+    pub(crate) fn write_pending_commit(&self) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        let (Some(c), true) = (inner.commit.clone(), inner.commit_pending) else {
+            return Ok(());
+        };
+        let Some(seg) = inner.segs.last() else {
+            return Ok(());
+        };
+        let mut payload = Vec::with_capacity(1 + c.len());
+        payload.push(COMMIT);
+        payload.extend_from_slice(&c);
+        let mut buf = Vec::new();
+        put_record(&mut buf, &payload)?;
+        let base = seg.end;
+        let written = seg
+            .file
+            .write_all_at(&buf, base)
+            .and_then(|()| seg.file.sync_data());
+        if let Err(e) = written {
+            let err = io_err(&seg.path, e);
+            inner.broken = Some(err.to_string());
+            return Err(err);
+        }
+        let seg = inner.segs.last_mut().expect("checked");
+        seg.end = base + buf.len() as u64;
+        inner.commit_pending = false;
+        Ok(())
+    }
+
+    /// The committed log id last recorded (encoded): at open, the last
+    /// commit record on disk.
+    pub(crate) fn committed(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.lock()?.commit.clone())
     }
 
     /// Starts a new segment for entry `first`: the current one is fsynced
@@ -385,7 +465,8 @@ impl SegLog {
             seg.file
                 .read_exact_at(&mut bytes, from)
                 .map_err(|e| io_err(&seg.path, e))?;
-            let (records, _) = parse_records(&bytes);
+            let (mut records, _) = parse_records(&bytes);
+            records.retain(|r| !is_commit(&bytes[r.clone()]));
             if records.len() as u64 != b - a {
                 return Err(corrupt(format!(
                     "{}: entries {a}..{b} no longer read back whole",
@@ -428,6 +509,9 @@ impl SegLog {
         }
         seg.offsets.truncate(keep);
         seg.end = end;
+        // The cut may have taken the last commit record with it (the id
+        // itself still holds: committed entries are never truncated).
+        inner.commit_pending = inner.commit.is_some();
         Ok(())
     }
 
@@ -485,9 +569,14 @@ impl Inner {
     }
 }
 
-/// Reads one segment file. The newest may end in a torn record, which is
-/// cut off (and the cut fsynced); any other damage is corruption.
-fn load_segment(first: u64, path: &Path, newest: bool) -> Result<Segment, StoreError> {
+/// Reads one segment file, and the last commit record in it. The newest
+/// may end in a torn record, which is cut off (and the cut fsynced); any
+/// other damage is corruption.
+fn load_segment(
+    first: u64,
+    path: &Path,
+    newest: bool,
+) -> Result<(Segment, Option<Vec<u8>>), StoreError> {
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -497,9 +586,15 @@ fn load_segment(first: u64, path: &Path, newest: bool) -> Result<Segment, StoreE
     file.read_to_end(&mut bytes).map_err(|e| io_err(path, e))?;
     let (records, valid) = parse_records(&bytes);
     let mut offsets = Vec::with_capacity(records.len());
-    for (r, index) in records.iter().zip(first..) {
+    let mut commit = None;
+    for r in &records {
+        let payload = &bytes[r.clone()];
+        if is_commit(payload) {
+            commit = Some(payload[1..].to_vec());
+            continue;
+        }
         // Decoding proves the record is an entry, and the one expected.
-        decode_at(&bytes[r.clone()], index, path)?;
+        decode_at(payload, first + offsets.len() as u64, path)?;
         offsets.push((r.start - HEADER) as u64);
     }
     if valid < bytes.len() {
@@ -520,13 +615,14 @@ fn load_segment(first: u64, path: &Path, newest: bool) -> Result<Segment, StoreE
             .and_then(|()| file.sync_data())
             .map_err(|e| io_err(path, e))?;
     }
-    Ok(Segment {
+    let seg = Segment {
         first,
         path: path.to_path_buf(),
         file: Arc::new(file),
         offsets,
         end: valid as u64,
-    })
+    };
+    Ok((seg, commit))
 }
 
 /// Writes `entries` (contiguous, in order) as the log in `dir`, which must

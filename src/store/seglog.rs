@@ -11,9 +11,12 @@
 //! Layout: the directory [`DIR`] under the data directory holds files named
 //! after the index of their first entry (`{first:020}.seg`). A file is a
 //! sequence of records, each `len: u32 LE, crc32(payload): u32 LE,
-//! payload`, the payload being one entry in [`super::entry_format`].
-//! Entries are contiguous. Between them, *commit records* (a payload
-//! starting with [`COMMIT`]) carry the committed log id: openraft reports
+//! payload`, the payload being an entry's index (u64 LE) and the entry in
+//! [`super::entry_format`]. The index is in the clear so that opening a
+//! file checks the entries' order without decoding them (they are decoded
+//! when read). Entries are contiguous. Between them, *commit records*
+//! ([`COMMIT`] where an index would be) carry the committed log id:
+//! openraft reports
 //! it after every commit, and the next append writes it ahead of its
 //! entries (and every new file starts with it), so it is made durable by
 //! the same fdatasync as they are, and never names an entry the log
@@ -52,12 +55,16 @@ const SUFFIX: &str = ".seg";
 pub(crate) const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Bytes before each record's payload: its length and its checksum.
 const HEADER: usize = 8;
-/// First byte of a commit record's payload; an entry's starts with
-/// [`entry_format`]'s tag, never this.
-const COMMIT: u8 = 0xC1;
+/// Where an entry record has its index, a commit record has this (no
+/// entry has it).
+const COMMIT: u64 = u64::MAX;
+/// Bytes of a payload before the entry (or committed id): the index.
+const KIND: usize = 8;
 
-fn is_commit(payload: &[u8]) -> bool {
-    payload.first() == Some(&COMMIT)
+/// The index (or [`COMMIT`]) a payload starts with; `parse_records` only
+/// yields payloads of at least [`KIND`] bytes.
+fn kind(payload: &[u8]) -> u64 {
+    u64::from_le_bytes(payload[..KIND].try_into().expect("8 bytes"))
 }
 
 /// One segment file.
@@ -149,13 +156,19 @@ fn parse_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// Appends `payload` as one record to `buf`.
-fn put_record(buf: &mut Vec<u8>, payload: &[u8]) -> Result<(), StoreError> {
-    let len = u32::try_from(payload.len())
-        .map_err(|_| corrupt(format!("a log entry of {} bytes", payload.len())))?;
+/// Appends one record to `buf`: `kind` (an entry's index, or [`COMMIT`])
+/// then `body`.
+fn put_record(buf: &mut Vec<u8>, kind: u64, body: &[u8]) -> Result<(), StoreError> {
+    let len = u32::try_from(KIND + body.len())
+        .map_err(|_| corrupt(format!("a log entry of {} bytes", body.len())))?;
+    let kind = kind.to_le_bytes();
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&kind);
+    crc.update(body);
     buf.extend_from_slice(&len.to_le_bytes());
-    buf.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-    buf.extend_from_slice(payload);
+    buf.extend_from_slice(&crc.finalize().to_le_bytes());
+    buf.extend_from_slice(&kind);
+    buf.extend_from_slice(body);
     Ok(())
 }
 
@@ -169,9 +182,8 @@ fn parse_records(bytes: &[u8]) -> (Vec<std::ops::Range<usize>>, usize) {
         let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
         let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
         let start = at + HEADER;
-        // A zero length is a zeroed tail, not a record (no entry encodes
-        // to nothing).
-        if len == 0 || bytes.len() - start < len {
+        // Shorter than its index: a zeroed tail (length 0), not a record.
+        if len < KIND || bytes.len() - start < len {
             break;
         }
         if crc32fast::hash(&bytes[start..start + len]) != crc {
@@ -183,9 +195,17 @@ fn parse_records(bytes: &[u8]) -> (Vec<std::ops::Range<usize>>, usize) {
     (out, at)
 }
 
-/// Decodes the entry in `payload`, which must be entry `index`.
+/// Decodes the entry in an entry record's `payload`, which must be entry
+/// `index`.
 fn decode_at(payload: &[u8], index: u64, path: &Path) -> Result<Entry, StoreError> {
-    let entry = entry_format::decode(payload)?;
+    if kind(payload) != index {
+        return Err(corrupt(format!(
+            "{}: record of entry {} where entry {index} belongs",
+            path.display(),
+            kind(payload)
+        )));
+    }
+    let entry = entry_format::decode(&payload[KIND..])?;
     if entry.log_id.index != index {
         return Err(corrupt(format!(
             "{}: entry {} where entry {index} belongs",
@@ -327,14 +347,11 @@ impl SegLog {
         let base = seg.end;
         let with_commit = inner.commit_pending || seg.end == 0;
         if let Some(c) = inner.commit.as_ref().filter(|_| with_commit) {
-            let mut payload = Vec::with_capacity(1 + c.len());
-            payload.push(COMMIT);
-            payload.extend_from_slice(c);
-            put_record(&mut buf, &payload)?;
+            put_record(&mut buf, COMMIT, c)?;
         }
-        for (_, payload) in entries {
+        for (index, body) in entries {
             offsets.push(base + buf.len() as u64);
-            put_record(&mut buf, payload)?;
+            put_record(&mut buf, *index, body)?;
         }
         if let Err(e) = seg.file.write_all_at(&buf, base) {
             let err = io_err(&seg.path, e);
@@ -373,11 +390,8 @@ impl SegLog {
         let Some(seg) = inner.segs.last() else {
             return Ok(());
         };
-        let mut payload = Vec::with_capacity(1 + c.len());
-        payload.push(COMMIT);
-        payload.extend_from_slice(&c);
         let mut buf = Vec::new();
-        put_record(&mut buf, &payload)?;
+        put_record(&mut buf, COMMIT, &c)?;
         let base = seg.end;
         let written = seg
             .file
@@ -466,7 +480,7 @@ impl SegLog {
                 .read_exact_at(&mut bytes, from)
                 .map_err(|e| io_err(&seg.path, e))?;
             let (mut records, _) = parse_records(&bytes);
-            records.retain(|r| !is_commit(&bytes[r.clone()]));
+            records.retain(|r| kind(&bytes[r.clone()]) != COMMIT);
             if records.len() as u64 != b - a {
                 return Err(corrupt(format!(
                     "{}: entries {a}..{b} no longer read back whole",
@@ -589,12 +603,19 @@ fn load_segment(
     let mut commit = None;
     for r in &records {
         let payload = &bytes[r.clone()];
-        if is_commit(payload) {
-            commit = Some(payload[1..].to_vec());
+        let index = kind(payload);
+        if index == COMMIT {
+            commit = Some(payload[KIND..].to_vec());
             continue;
         }
-        // Decoding proves the record is an entry, and the one expected.
-        decode_at(payload, first + offsets.len() as u64, path)?;
+        // The checksum held; the entry itself is decoded when it is read.
+        let expected = first + offsets.len() as u64;
+        if index != expected {
+            return Err(corrupt(format!(
+                "{}: record of entry {index} where entry {expected} belongs",
+                path.display()
+            )));
+        }
         offsets.push((r.start - HEADER) as u64);
     }
     if valid < bytes.len() {
@@ -638,8 +659,8 @@ pub(crate) fn create_with(dir: &Path, entries: &[(u64, Vec<u8>)]) -> Result<(), 
     fs::create_dir_all(&scratch).map_err(|e| io_err(&scratch, e))?;
     if let Some((first, _)) = entries.first() {
         let mut buf = Vec::new();
-        for (_, payload) in entries {
-            put_record(&mut buf, payload)?;
+        for (index, body) in entries {
+            put_record(&mut buf, *index, body)?;
         }
         let path = scratch.join(segment_name(*first));
         let mut f = File::create(&path).map_err(|e| io_err(&path, e))?;

@@ -30,9 +30,14 @@ and syncs it had before.
 Input: the strace log (`strace -f -ttt -T -yy`), the data directory, and an
 acknowledgements file with one line per acknowledged request:
 `<sent epoch seconds> <received epoch seconds> <label>` as the client saw
-them. The acknowledgement point is the node's last write to a socket before
-the client's receive time, if the trace has socket writes for it (more
-precise); else the receive time itself.
+them. The acknowledgement point is the start of the node's last write to a
+socket that ended before the client's receive time, if the trace has
+socket writes for it (more precise); else the receive time itself. The
+start, not the end: once the node has begun to send the answer it has
+stopped waiting for anything, so a file it writes while that write is in
+progress (background work: a snapshot being committed) cannot be one the
+answer depends on, and every sync the answer depends on must have ended
+before it began.
 
 Usage:
   durability_check.py TRACE DATA_DIR ACKS [--cwd DIR] [--api-port P] [--scratch REGEX]...
@@ -150,7 +155,7 @@ class Trace:
         self.created = defaultdict(list)  # path -> [time]
         self.removed = defaultdict(list)  # path -> [time]
         self.renamed_from = defaultdict(list)  # new path -> [(time, old path)]
-        self.sock_writes = []  # (end, local port)
+        self.sock_writes = []  # (end, start, local port)
 
 
 def load(trace_path, cwd):
@@ -164,7 +169,7 @@ def load(trace_path, cwd):
             if p and p.startswith(("TCP:", "TCPv6:")):
                 m = re.search(r":(\d+)->", p)
                 if m:
-                    t.sock_writes.append((end, int(m.group(1))))
+                    t.sock_writes.append((end, start, int(m.group(1))))
             elif p and name in WRITES and (int(ret) > 0 or name == "ftruncate"):
                 t.writes[os.path.normpath(p)].append((start, end))
         elif name in SYNCS:
@@ -230,10 +235,14 @@ def check(t, data_dir, acks, api_port=None, scratch=()):
         return under(path, data_dir) and not any(r.fullmatch(name) for r in scratch)
 
     violations, excused, points = [], 0, []
-    sock_ends = [e for e, port in t.sock_writes if api_port is None or port == api_port]
+    socks = [(e, s) for e, s, port in t.sock_writes if api_port is None or port == api_port]
+    sock_ends = [e for e, _ in socks]
     for sent, recv, label in acks:
-        w = last_before(sock_ends, recv)
-        ack = w if w is not None and w >= sent else recv
+        i = bisect.bisect_left(sock_ends, recv)
+        w = socks[i - 1] if i else None
+        # The start of the last socket write that ended before the client
+        # received the answer (and after it sent the request).
+        ack = w[1] if w is not None and w[1] >= sent else recv
         points.append(ack)
         for path, ws in t.writes.items():
             if not checked(path):
@@ -330,6 +339,21 @@ SCRATCH = """\
 102 11.004000 fsync(6</d/snapshots>) = 0 <0.000100>
 """
 
+# A background write (a snapshot's pointer in sled) that starts while the
+# node is already sending its answer: not one the answer waited for. The
+# answer's own write (the log segment) was synced before the send began.
+OVERLAP = """\
+100 10.000000 openat(AT_FDCWD</work>, "/d/db", O_RDWR|O_CREAT|O_CLOEXEC, 0644) = 3</d/db> <0.000010>
+100 10.000050 openat(AT_FDCWD</work>, "/d/log.seg", O_RDWR|O_CREAT|O_CLOEXEC, 0644) = 8</d/log.seg> <0.000010>
+100 10.000100 fsync(4</d>) = 0 <0.000100>
+101 11.000000 pwrite64(8</d/log.seg>, ""..., 200, 0) = 200 <0.000010>
+101 11.000100 fdatasync(8</d/log.seg>) = 0 <0.000800>
+100 11.001000 write(9<TCP:[127.0.0.1:7443->127.0.0.1:50000]>, ""..., 120 <unfinished ...>
+102 11.001100 pwrite64(3</d/db>, ""..., 24, 0) = 24 <0.000010>
+100 11.001500 <... write resumed>) = 120 <0.000500>
+102 11.002000 fdatasync(3</d/db>) = 0 <0.000800>
+"""
+
 LATER_ACK = """\
 101 13.000000 pwrite64(3</d/db>, ""..., 4096, 4096) = 4096 <0.000010>
 101 13.000100 fdatasync(3</d/db>) = 0 <0.000800>
@@ -345,11 +369,22 @@ def self_test():
         with open(trace, "w") as f:
             f.write(SYNTHETIC)
         t = load(trace, "/work")
-        # The acknowledgement at 11.001 follows the db's fdatasync, but the
-        # blob file was neither synced nor had its directory synced.
+        # The acknowledgement at 11.001 (its socket write's start) follows
+        # the db's fdatasync, but the blob file was neither synced nor had
+        # its directory synced.
         v, _, points = check(t, "/d", [(10.5, 11.5, "revoke 1")], api_port=7443)
-        assert [round(p, 6) for p in points] == [11.00101], points
+        assert [round(p, 6) for p in points] == [11.001], points
         assert len(v) == 2 and all("/d/blobs/42" in x for x in v), v
+        # A file written after the answer began to go out is not one it
+        # depends on; a sync still running when it began does not count.
+        with open(trace, "w") as f:
+            f.write(OVERLAP)
+        v, _, points = check(load(trace, "/work"), "/d", [(10.5, 11.5, "revoke 1")], api_port=7443)
+        assert [round(p, 6) for p in points] == [11.001] and v == [], (points, v)
+        with open(trace, "w") as f:
+            f.write(OVERLAP.replace("11.000100 fdatasync(8", "11.000900 fdatasync(8"))
+        v, _, _ = check(load(trace, "/work"), "/d", [(10.5, 11.5, "revoke 1")], api_port=7443)
+        assert len(v) == 1 and "/d/log.seg" in v[0], v
         # Without the blob, the same acknowledgement is covered.
         with open(trace, "w") as f:
             f.write("".join(l + "\n" for l in SYNTHETIC.splitlines() if "blobs" not in l))

@@ -30,6 +30,16 @@ fn small(dir: &Path, purged: Option<u64>) -> SegLog {
     SegLog::open(dir, purged).unwrap().with_segment_bytes(64)
 }
 
+/// A [`small`] log holding entries `1..=n`, appended one at a time (so
+/// across several segments).
+fn filled(dir: &Path, n: u64) -> SegLog {
+    let log = small(dir, None);
+    for i in 1..=n {
+        log.append(&enc(i..=i)).unwrap();
+    }
+    log
+}
+
 #[test]
 fn names_round_trip_and_other_files_are_ignored() {
     assert_eq!(parse_name(&segment_name(42)), Some(42));
@@ -44,10 +54,7 @@ fn entries_read_back_across_segments_and_after_reopen() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join(DIR);
     {
-        let log = small(&dir, None);
-        for i in 1..=20 {
-            log.append(&enc(i..=i)).unwrap();
-        }
+        let log = filled(&dir, 20);
         assert!(log.segment_count() > 3, "small segments rotated");
         assert_eq!(log.last_index().unwrap(), Some(20));
         assert_eq!(
@@ -154,12 +161,7 @@ fn a_torn_newest_segment_keeps_the_records_before_the_tear() {
 fn damage_in_a_closed_segment_refuses_to_open() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join(DIR);
-    {
-        let log = small(&dir, None);
-        for i in 1..=12 {
-            log.append(&enc(i..=i)).unwrap();
-        }
-    }
+    filled(&dir, 12);
     let files = segment_files(&dir);
     assert!(files.len() > 2);
     let f = OpenOptions::new().write(true).open(&files[1]).unwrap();
@@ -174,12 +176,7 @@ fn damage_in_a_closed_segment_refuses_to_open() {
     // A missing middle segment is a hole, also refused.
     let tmp2 = tempfile::tempdir().unwrap();
     let dir2 = tmp2.path().join(DIR);
-    {
-        let log = small(&dir2, None);
-        for i in 1..=12 {
-            log.append(&enc(i..=i)).unwrap();
-        }
-    }
+    filled(&dir2, 12);
     fs::remove_file(&segment_files(&dir2)[1]).unwrap();
     assert!(matches!(
         SegLog::open(&dir2, None),
@@ -192,10 +189,7 @@ fn truncation_removes_later_segments_and_survives_reopen() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join(DIR);
     {
-        let log = small(&dir, None);
-        for i in 1..=20 {
-            log.append(&enc(i..=i)).unwrap();
-        }
+        let log = filled(&dir, 20);
         let before = log.segment_count();
         log.truncate_from(8).unwrap();
         assert!(log.segment_count() < before);
@@ -224,10 +218,7 @@ fn purge_removes_whole_segments_and_hides_the_rest() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join(DIR);
     {
-        let log = small(&dir, None);
-        for i in 1..=20 {
-            log.append(&enc(i..=i)).unwrap();
-        }
+        let log = filled(&dir, 20);
         let before = segment_files(&dir).len();
         assert!(log.purge(10).unwrap());
         assert!(segment_files(&dir).len() < before);
@@ -268,12 +259,7 @@ fn purge_removes_whole_segments_and_hides_the_rest() {
 fn files_a_purge_left_behind_go_at_the_next_open() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join(DIR);
-    {
-        let log = small(&dir, None);
-        for i in 1..=20 {
-            log.append(&enc(i..=i)).unwrap();
-        }
-    }
+    filled(&dir, 20);
     let before = segment_files(&dir).len();
     let log = SegLog::open(&dir, Some(12)).unwrap();
     assert!(segment_files(&dir).len() < before);

@@ -13,7 +13,8 @@
 //! `pwrite` into the page cache and a read of recent entries one `pread`
 //! from it, and a thread hand-off for each used to cost more than the call
 //! (docs/BENCHMARKS.md). What waits for the disk (the fdatasync,
-//! truncation, purge) and large reads and writes stay off the runtime.
+//! truncation, purge, an append that starts a new segment file) and large
+//! reads and writes stay off the runtime.
 
 use std::fmt::Debug;
 use std::fs::File;
@@ -194,7 +195,10 @@ impl LogStore {
     where
         F: FnOnce(io::Result<()>) + Send + 'static,
     {
-        let written = if entries.len() <= INLINE_WRITE_ENTRIES {
+        // Starting a file costs three fsyncs: never on a runtime worker.
+        let inline =
+            entries.len() <= INLINE_WRITE_ENTRIES && !self.db.raftlog.next_append_starts_file();
+        let written = if inline {
             match encode_entries(&entries) {
                 Ok(enc)
                     if enc.iter().map(|(_, v)| v.len()).sum::<usize>() <= INLINE_WRITE_BYTES =>

@@ -367,6 +367,22 @@ impl SegLog {
         Ok(seg.file.clone())
     }
 
+    /// Whether the next append starts a new file, which fsyncs the current
+    /// one, the new file and the directory first: such an append belongs on
+    /// a blocking thread, not on a runtime worker. A hint (the answer may
+    /// be stale by the time the append runs), never a condition of
+    /// correctness.
+    pub(crate) fn next_append_starts_file(&self) -> bool {
+        let Ok(inner) = self.lock() else {
+            return true;
+        };
+        match inner.segs.last() {
+            None => true,
+            Some(_) if inner.last_index().is_none() => true,
+            Some(seg) => seg.end >= self.segment_bytes,
+        }
+    }
+
     /// Records the committed log id (encoded): written ahead of the next
     /// append's entries, durable with them.
     pub(crate) fn set_committed(&self, encoded: Vec<u8>) -> Result<(), StoreError> {

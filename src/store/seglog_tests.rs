@@ -320,3 +320,29 @@ fn a_record_out_of_place_is_corruption() {
         Err(StoreError::Corrupt { .. })
     ));
 }
+
+#[test]
+fn an_append_that_starts_a_file_is_known_before_it_runs() {
+    // log.rs sends such an append to a blocking thread, since starting a
+    // file fsyncs three times: the hint must match what append then does.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join(DIR);
+    let log = small(&dir, None);
+    let mut starts = 0;
+    let mut check = |log: &SegLog, i: u64| {
+        let predicted = log.next_append_starts_file();
+        log.append(&enc(i..=i)).unwrap();
+        let newest = segment_files(&dir).pop().unwrap();
+        let started = newest.file_name().unwrap().to_str() == Some(&segment_name(i));
+        assert_eq!(predicted, started, "entry {i}");
+        starts += usize::from(started);
+    };
+    for i in 1..=12 {
+        check(&log, i);
+    }
+    assert!(log.purge(12).unwrap());
+    for i in 13..=15 {
+        check(&log, i);
+    }
+    assert!(starts >= 4, "small segments rotated: {starts} starts");
+}

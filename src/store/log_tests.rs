@@ -387,3 +387,31 @@ async fn reopen_keeps_log_vote_committed_and_purge_point() {
     let idx: Vec<u64> = got.iter().map(|e| e.log_id.index).collect();
     assert_eq!(idx, [3, 4, 5, 6, 7]);
 }
+
+#[tokio::test]
+async fn a_rotation_cut_short_hides_no_acknowledged_entry_from_openraft() {
+    // A new segment file whose first write a power cut took: openraft
+    // was once told the log ended at the purge point (and the committed
+    // id was cut back to it), so the node denied entries it had
+    // acknowledged.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut store = open(dir.path());
+        let entries: Vec<Entry> = (1..=7).map(|i| blank_ent(2, 1, i)).collect();
+        store.append_then(entries, |r| r.unwrap()).await.unwrap();
+        store.save_committed(Some(log_id(2, 1, 5))).await.unwrap();
+        store
+            .append_then(vec![blank_ent(2, 1, 8)], |r| r.unwrap())
+            .await
+            .unwrap();
+        store.purge(log_id(2, 1, 2)).await.unwrap();
+    }
+    let newest = dir.path().join(seglog::DIR).join(format!("{:020}.seg", 9));
+    std::fs::File::create(&newest).unwrap();
+    let mut store = open(dir.path());
+    let st = store.get_log_state().await.unwrap();
+    assert_eq!(st.last_log_id, Some(log_id(2, 1, 8)));
+    assert_eq!(store.read_committed().await.unwrap(), Some(log_id(2, 1, 5)));
+    let got = store.try_get_log_entries(3..).await.unwrap();
+    assert_eq!(got.len(), 6);
+}

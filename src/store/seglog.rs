@@ -32,7 +32,11 @@
 //! - A new file is started only after the previous one was fsynced, and
 //!   its directory entry is fsynced before anything is written to it: a
 //!   damaged record in any file but the newest is corruption, and the log
-//!   refuses to open rather than drop acknowledged entries.
+//!   refuses to open rather than drop acknowledged entries. The newest file
+//!   may then be empty (its first write was lost): the log's last entry is
+//!   the last one of the newest file that holds any.
+//! - Any file operation that fails part-way marks the log unusable
+//!   (fail-stop): the files and the index in memory may differ.
 //! - Purging removes whole files whose entries are all at or below the
 //!   purge point (recorded durably by the caller first); entries of a file
 //!   that straddles it stay on disk and are never read.
@@ -355,8 +359,7 @@ impl SegLog {
         }
         if let Err(e) = seg.file.write_all_at(&buf, base) {
             let err = io_err(&seg.path, e);
-            inner.broken = Some(err.to_string());
-            return Err(err);
+            return Err(inner.fail(err));
         }
         if with_commit {
             inner.commit_pending = false;
@@ -415,8 +418,7 @@ impl SegLog {
             .and_then(|()| seg.file.sync_data());
         if let Err(e) = written {
             let err = io_err(&seg.path, e);
-            inner.broken = Some(err.to_string());
-            return Err(err);
+            return Err(inner.fail(err));
         }
         let seg = inner.segs.last_mut().expect("checked");
         seg.end = base + buf.len() as u64;
@@ -434,10 +436,27 @@ impl SegLog {
     /// first (so only the newest segment can have a torn tail), and the new
     /// file's directory entry before anything is written to it.
     fn start_segment(&self, inner: &mut Inner, first: u64) -> Result<(), StoreError> {
+        let path = self.dir.join(segment_name(first));
+        if inner.segs.iter().any(|s| s.path == path) {
+            return Err(corrupt(format!(
+                "a new segment for entry {first} would replace {}",
+                path.display()
+            )));
+        }
+        // Past this point the files may no longer match what `inner` says.
+        self.start_segment_at(inner, first, path)
+            .map_err(|e| inner.fail(e))
+    }
+
+    fn start_segment_at(
+        &self,
+        inner: &mut Inner,
+        first: u64,
+        path: PathBuf,
+    ) -> Result<(), StoreError> {
         if let Some(seg) = inner.segs.last() {
             seg.file.sync_data().map_err(|e| io_err(&seg.path, e))?;
         }
-        let path = self.dir.join(segment_name(first));
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -517,11 +536,11 @@ impl SegLog {
         let mut removed = false;
         while inner.segs.len() > 1 && inner.segs.last().is_some_and(|s| s.first >= index) {
             let seg = inner.segs.pop().expect("checked");
-            fs::remove_file(&seg.path).map_err(|e| io_err(&seg.path, e))?;
+            fs::remove_file(&seg.path).map_err(|e| inner.fail(io_err(&seg.path, e)))?;
             removed = true;
         }
         if removed {
-            sync_dir(&self.dir)?;
+            sync_dir(&self.dir).map_err(|e| inner.fail(e))?;
         }
         let Some(seg) = inner.segs.last_mut() else {
             return Ok(());
@@ -534,8 +553,7 @@ impl SegLog {
         let cut = seg.file.set_len(end).and_then(|()| seg.file.sync_data());
         if let Err(e) = cut {
             let err = io_err(&seg.path, e);
-            inner.broken = Some(err.to_string());
-            return Err(err);
+            return Err(inner.fail(err));
         }
         seg.offsets.truncate(keep);
         seg.end = end;
@@ -561,11 +579,11 @@ impl SegLog {
         // further on.
         while inner.segs.len() > 1 && inner.segs[0].last().is_some_and(|l| l <= upto) {
             let seg = inner.segs.remove(0);
-            fs::remove_file(&seg.path).map_err(|e| io_err(&seg.path, e))?;
+            fs::remove_file(&seg.path).map_err(|e| inner.fail(io_err(&seg.path, e)))?;
             removed = true;
         }
         if removed {
-            sync_dir(&self.dir)?;
+            sync_dir(&self.dir).map_err(|e| inner.fail(e))?;
         }
         Ok(removed)
     }
@@ -590,8 +608,19 @@ impl SegLog {
 }
 
 impl Inner {
+    /// Marks the log unusable after a failed file operation that may have
+    /// left the files and this index out of step (fail-stop), and hands
+    /// the error back.
+    fn fail(&mut self, err: StoreError) -> StoreError {
+        self.broken = Some(err.to_string());
+        err
+    }
+
     fn last_index(&self) -> Option<u64> {
-        let last = self.segs.last()?.last()?;
+        // Not just the newest file's last entry: a rotation whose first
+        // write was lost (a power cut before its fdatasync, a full disk)
+        // leaves the newest file empty, and the entries before it stand.
+        let last = self.segs.iter().rev().find_map(Segment::last)?;
         match self.purged {
             Some(p) if last <= p => None,
             _ => Some(last),

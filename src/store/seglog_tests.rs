@@ -346,3 +346,65 @@ fn an_append_that_starts_a_file_is_known_before_it_runs() {
     }
     assert!(starts >= 4, "small segments rotated: {starts} starts");
 }
+
+/// A [`small`] log filled one entry at a time until the next append
+/// starts a file, then that append too (entry `n + 1`, alone in the newest
+/// file, behind the commit record `b"c"`). Returns `n`.
+fn up_to_a_rotation(dir: &Path) -> u64 {
+    let log = small(dir, None);
+    let mut n = 0;
+    loop {
+        n += 1;
+        log.append(&enc(n..=n)).unwrap();
+        if n > 3 && log.next_append_starts_file() {
+            break;
+        }
+    }
+    log.set_committed(b"c".to_vec()).unwrap();
+    log.append(&enc(n + 1..=n + 1)).unwrap();
+    assert!(segment_files(dir)
+        .last()
+        .unwrap()
+        .ends_with(segment_name(n + 1)));
+    n
+}
+
+#[test]
+fn a_rotation_whose_first_write_was_lost_keeps_the_entries_before_it() {
+    // The new file was created and its directory entry fsynced, then its
+    // first write was lost (a power cut before the fdatasync, or a full
+    // disk): the file is empty, or holds only the commit record written
+    // ahead of the entry. The log once looked empty then, and the next
+    // append from the start replaced the files.
+    let commit_only = (HEADER + KIND) as u64 + 1;
+    for (kept, commit) in [(0, None), (commit_only, Some(b"c".to_vec()))] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join(DIR);
+        let n = up_to_a_rotation(&dir);
+        let newest = segment_files(&dir).pop().unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&newest)
+            .unwrap()
+            .set_len(kept)
+            .unwrap();
+
+        let log = small(&dir, None);
+        assert_eq!(log.last_index().unwrap(), Some(n), "kept {kept} bytes");
+        assert_eq!(log.committed().unwrap(), commit);
+        assert_eq!(
+            indexes(&log.read(0, None, usize::MAX).unwrap()),
+            (1..=n).collect::<Vec<_>>()
+        );
+        let files = segment_files(&dir);
+        assert!(log.append(&enc(1..=2)).is_err(), "an append from the start");
+        assert_eq!(segment_files(&dir), files);
+        log.append(&enc(n + 1..=n + 2)).unwrap();
+        drop(log);
+        let log = small(&dir, None);
+        assert_eq!(
+            indexes(&log.read(0, None, usize::MAX).unwrap()),
+            (1..=n + 2).collect::<Vec<_>>()
+        );
+    }
+}

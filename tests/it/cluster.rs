@@ -105,6 +105,30 @@ impl TestCluster {
         c
     }
 
+    /// A one-node cluster on a copy of the data directory `data` (written
+    /// earlier by a one-node cluster of these tests, with their KEK):
+    /// upgrade and format tests.
+    pub async fn start_on_copy_of(data: &std::path::Path) -> Self {
+        init_crypto();
+        let dir = tempfile::tempdir().unwrap();
+        let pki =
+            certs::init_dev_pki(&dir.path().join("certs"), &DevPkiOptions::default()).unwrap();
+        copy_dir(data, &dir.path().join("node1"));
+        let mut c = Self {
+            dir,
+            pki,
+            clock: Arc::new(ManualClock::new(T0)),
+            faults: Arc::new(Faults::default()),
+            nodes: BTreeMap::new(),
+            configs: BTreeMap::new(),
+            raft_addrs: BTreeMap::new(),
+            adjust: Arc::new(|_| {}),
+        };
+        c.add_node(1, false).await;
+        c.wait_ready(&[1]).await;
+        c
+    }
+
     /// Starts node `i` (fresh data unless it ran before) without adding it
     /// to the cluster.
     pub async fn add_node(&mut self, i: u64, bootstrap: bool) {
@@ -347,6 +371,20 @@ impl TestCluster {
         std::fs::copy(&path, &copy).unwrap();
         drop(dir);
         check(&std::fs::read_to_string(&copy).unwrap());
+    }
+}
+
+/// Copies directory `from` to `to` (created), recursively.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
     }
 }
 

@@ -30,3 +30,4 @@ mod t95_client;
 mod t96_middleware;
 mod t97_metrics;
 mod t98_backup;
+mod t99_data_formats;

@@ -41,10 +41,7 @@ const MALLOC_TUNABLES: &str = "glibc.malloc.mmap_threshold=131072";
 fn reaches_nodes(key: &str) -> bool {
     matches!(
         key,
-        "TESSERA_LOG"
-            | "TESSERA_UNBATCHED_APPENDS"
-            | "TESSERA_GATHER_WRITES"
-            | "TESSERA_WATCH_SHARED_ENCODING"
+        "TESSERA_LOG" | "TESSERA_GATHER_WRITES" | "TESSERA_WATCH_SHARED_ENCODING"
     )
 }
 
@@ -576,7 +573,6 @@ mod tests {
     fn only_node_side_settings_reach_the_nodes() {
         for k in [
             "TESSERA_LOG",
-            "TESSERA_UNBATCHED_APPENDS",
             "TESSERA_GATHER_WRITES",
             "TESSERA_WATCH_SHARED_ENCODING",
         ] {

@@ -300,6 +300,187 @@ mod tests {
         assert_eq!(round_trip(&cmd), cmd);
     }
 
+    /// The file of wire messages as a release encoded them: one line per
+    /// message, its name and its bytes in hex.
+    const WIRE_FIXTURE: &str = "tests/fixtures/wire-2026-12-01.txt";
+
+    fn to_hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn from_hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// One message of each kind nodes send each other, every command and
+    /// error shape included, under a stable name.
+    /// A message's name, its bytes, and a function that decodes bytes as
+    /// its type and encodes them again.
+    type Golden = (&'static str, Vec<u8>, fn(&[u8]) -> Vec<u8>);
+
+    fn wire_messages() -> Vec<Golden> {
+        fn again<T: Serialize + DeserializeOwned>(bytes: &[u8]) -> Vec<u8> {
+            encode(&decode::<T>(bytes).unwrap()).unwrap()
+        }
+        type AppendReply = Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>;
+        type SnapReply =
+            Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>;
+        type WriteReply =
+            Result<CommandResponse, RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>>;
+        let nodes: std::collections::BTreeMap<NodeId, NodeInfo> =
+            (1..=4).map(|i| (i, node(i))).collect();
+        let joint = Membership::new(vec![[1, 2, 3].into(), [2, 3, 4].into()], nodes.clone());
+        let mut entries: Vec<Entry> = vec![
+            Entry {
+                log_id: log_id(1, 1, 1),
+                payload: EntryPayload::Blank,
+            },
+            Entry {
+                log_id: log_id(1, 1, 2),
+                payload: EntryPayload::Membership(joint.clone()),
+            },
+        ];
+        for (i, op) in every_op().into_iter().enumerate() {
+            entries.push(Entry {
+                log_id: log_id(2, 3, 3 + i as u64),
+                payload: EntryPayload::Normal(Command { at: 99, op }),
+            });
+        }
+        let append = AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(2, 3),
+            prev_log_id: Some(log_id(1, 1, 0)),
+            leader_commit: Some(log_id(1, 1, 2)),
+            entries,
+        };
+        let snapshot = InstallSnapshotRequest::<TypeConfig> {
+            vote: Vote::new_committed(3, 1),
+            meta: SnapshotMeta {
+                last_log_id: Some(log_id(3, 1, 40)),
+                last_membership: StoredMembership::new(Some(log_id(1, 1, 2)), joint),
+                snapshot_id: "3-40-7".into(),
+            },
+            offset: 4 << 20,
+            data: (0..=255u8).collect(),
+            done: true,
+        };
+        let mut out: Vec<Golden> = Vec::new();
+        macro_rules! add {
+            ($name:expr, $ty:ty, $value:expr) => {{
+                let v: $ty = $value;
+                out.push(($name, encode(&v).unwrap(), again::<$ty>));
+            }};
+        }
+        add!("append_entries", AppendEntriesRequest<TypeConfig>, append);
+        add!(
+            "install_snapshot",
+            InstallSnapshotRequest<TypeConfig>,
+            snapshot
+        );
+        add!(
+            "vote",
+            VoteRequest<NodeId>,
+            VoteRequest::new(Vote::new(5, 2), Some(log_id(4, 1, 77)))
+        );
+        add!(
+            "vote_reply",
+            VoteResponse<NodeId>,
+            VoteResponse {
+                vote: Vote::new(5, 2),
+                vote_granted: true,
+                last_log_id: Some(log_id(4, 1, 77)),
+            }
+        );
+        for (name, r) in [
+            ("append_ok", Ok(AppendEntriesResponse::Success)),
+            ("append_conflict", Ok(AppendEntriesResponse::Conflict)),
+            (
+                "append_partial",
+                Ok(AppendEntriesResponse::PartialSuccess(Some(log_id(1, 2, 3)))),
+            ),
+            (
+                "append_higher_vote",
+                Ok(AppendEntriesResponse::HigherVote(Vote::new(9, 3))),
+            ),
+            ("append_stopped", Err(RaftError::Fatal(Fatal::Stopped))),
+        ] {
+            add!(name, AppendReply, r);
+        }
+        add!(
+            "snapshot_ok",
+            SnapReply,
+            Ok(InstallSnapshotResponse {
+                vote: Vote::new(1, 1),
+            })
+        );
+        add!(
+            "write_ok",
+            WriteReply,
+            Ok(CommandResponse {
+                revision: 12,
+                changed: 1,
+                ..Default::default()
+            })
+        );
+        add!(
+            "write_forward",
+            WriteReply,
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(
+                ForwardToLeader::new(2, node(2)),
+            )))
+        );
+        add!(
+            "command",
+            Command,
+            Command {
+                at: 1,
+                op: every_op().remove(0),
+            }
+        );
+        out
+    }
+
+    /// Nodes of two releases talk during a rolling upgrade: what one
+    /// release sent must decode in the next. This pins the encoding of
+    /// every Raft message to the bytes of the fixture; a deliberate change
+    /// adds a fixture of its own (and keeps decoding the old one). Write
+    /// the fixture with `TESSERA_WRITE_FIXTURE=1` when it does not exist.
+    #[test]
+    fn wire_messages_encode_as_the_release_of_2026_12_01_did() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(WIRE_FIXTURE);
+        let messages = wire_messages();
+        if !path.exists() && std::env::var_os("TESSERA_WRITE_FIXTURE").is_some() {
+            let text: String = messages
+                .iter()
+                .map(|(name, bytes, _)| format!("{name} {}\n", to_hex(bytes)))
+                .collect();
+            std::fs::write(&path, text).unwrap();
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let fixture: std::collections::BTreeMap<&str, Vec<u8>> = text
+            .lines()
+            .map(|l| {
+                let (name, hex) = l.split_once(' ').unwrap();
+                (name, from_hex(hex))
+            })
+            .collect();
+        assert_eq!(fixture.len(), messages.len(), "one line per message");
+        for (name, bytes, again) in &messages {
+            let old = &fixture[name];
+            assert_eq!(
+                again(old),
+                *old,
+                "{name}: the release's bytes no longer decode to the same message"
+            );
+            assert_eq!(
+                bytes, old,
+                "{name}: encoded differently than the release did"
+            );
+        }
+    }
+
     #[test]
     fn garbage_and_wrong_types_are_decode_errors() {
         assert!(matches!(

@@ -8,6 +8,8 @@
 //! keys of both algorithms, one rotated out of signing; revocations by
 //! token (a chain), by `jti` and by client cut-off. `manifest.json` next to
 //! it says what the node held and which tokens must (not) be active.
+//! `tests/fixtures/data-sled-log/` is the same, written by the last version
+//! that kept the Raft log in sled (22fe057, 2026-12-01 08:35).
 //!
 //! A change to any stored encoding (Raft entries and commands, the vote and
 //! purge point, the snapshot file, the state machine's records, sled's own
@@ -126,7 +128,19 @@ async fn check_holds(c: &TestCluster, m: &Manifest) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_directory_written_on_2026_12_01_opens_and_serves_what_it_held() {
-    let dir = fixture("data-2026-12-01");
+    opens_and_serves_what_it_held("data-2026-12-01").await;
+}
+
+/// The upgrade across the Raft log's move out of sled: written by 22fe057,
+/// the last version with the log in sled's `log` tree, which the first
+/// open moves into segment files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_with_the_log_in_sled_is_upgraded_and_serves_what_it_held() {
+    opens_and_serves_what_it_held("data-sled-log").await;
+}
+
+async fn opens_and_serves_what_it_held(name: &str) {
+    let dir = fixture(name);
     let m: Manifest =
         serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
     let mut c = TestCluster::start_on_copy_of(&dir.join("node1")).await;
@@ -138,6 +152,10 @@ async fn a_data_directory_written_on_2026_12_01_opens_and_serves_what_it_held() 
     assert_eq!(purged, m.purged_index, "purge point");
     assert!(last >= m.last_log_index, "log ends at {last}");
     check_holds(&c, &m).await;
+    assert!(
+        c.data_dir(1).join("raftlog").is_dir(),
+        "the log in segment files"
+    );
 
     // It takes new writes on top, and keeps them across a restart.
     let fresh = issue(&c).await;

@@ -98,6 +98,8 @@ pub struct Node {
     /// Set (once) when the node stopped itself on a fatal error.
     fatal: watch::Receiver<Option<String>>,
     campaign_stats: Arc<crate::raft::CampaignStats>,
+    /// When a leader was last heard, and the longest election timeout.
+    election: (Arc<crate::raft::LeaderContact>, Duration),
     rate_limiter: Arc<api::limits::RateLimiter>,
     http_addr: Option<std::net::SocketAddr>,
     tls: Arc<TlsReloader>,
@@ -180,6 +182,15 @@ impl Node {
     /// [`crate::raft::election`]).
     pub fn campaign_stats(&self) -> &crate::raft::CampaignStats {
         &self.campaign_stats
+    }
+
+    /// Starts an election the way the campaigner does once its pre-vote
+    /// is won: only if this node has not heard a leader for the longest
+    /// election timeout (a leader's read lease counts on it). Returns
+    /// whether it started one.
+    pub async fn elect_unless_led(&self) -> Result<bool, openraft::error::Fatal<NodeId>> {
+        let (contact, max) = &self.election;
+        crate::raft::elect_unless_led(&self.raft, contact, *max).await
     }
 
     /// Stops serving (in-flight calls finish), stops Raft, and releases the
@@ -404,6 +415,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
             .with_read_lease(read_lease, state.watch_revision())
             .with_election(contact.clone(), times),
     );
+    let contact_for_node = contact.clone();
     let campaigner =
         crate::raft::Campaigner::new(raft.clone(), network.clone(), contact.clone(), times);
     let campaign_stats = campaigner.stats();
@@ -584,6 +596,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
         store_closed,
         fatal,
         campaign_stats,
+        election: (contact_for_node, times.max),
         rate_limiter,
         http_addr,
         tls: tls_reloader,

@@ -15,7 +15,9 @@
 //!    quorum) and the candidate's log is not behind its own;
 //! 3. with grants from a quorum (in every configuration of a joint
 //!    membership) the node starts a real election (`trigger().elect()`),
-//!    which openraft runs with its usual rules.
+//!    which openraft runs with its usual rules — unless it has heard a
+//!    leader meanwhile ([`elect_unless_led`]: the leader's read lease
+//!    counts on every voter that acknowledged it, this one included).
 //!
 //! A node that cannot reach a quorum therefore never raises its term, and
 //! rejoins as a follower of the leader it left.
@@ -42,6 +44,12 @@ pub struct LeaderContact {
     last: Mutex<Instant>,
     /// The leader's commit index as heard (readiness and staleness).
     commits: super::commits_heard::CommitsHeard,
+    /// Shared while the Raft service hands a leader's message to the core
+    /// and records the contact; exclusive while [`elect_unless_led`]
+    /// decides to start an election. So an election never starts between
+    /// the core acknowledging a leader (perhaps the read round its lease
+    /// rests on) and that contact being seen.
+    gate: tokio::sync::RwLock<()>,
 }
 
 impl Default for LeaderContact {
@@ -51,11 +59,18 @@ impl Default for LeaderContact {
         Self {
             last: Mutex::new(Instant::now()),
             commits: Default::default(),
+            gate: tokio::sync::RwLock::new(()),
         }
     }
 }
 
 impl LeaderContact {
+    /// Held while a leader's message goes to the core and its contact is
+    /// recorded (see `gate`).
+    pub async fn hearing(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.gate.read().await
+    }
+
     /// Records that the leader was heard now.
     pub fn heard(&self) {
         if let Ok(mut l) = self.last.lock() {
@@ -334,13 +349,45 @@ impl Campaigner {
             tracing::debug!(granted = ?granted, "pre-vote lost; not campaigning");
             return Attempt::Done;
         }
-        tracing::info!(term = m.current_term, granted = ?granted, "pre-vote won; starting an election");
-        self.stats.elections.fetch_add(1, Ordering::Relaxed);
-        match self.raft.trigger().elect().await {
-            Ok(()) => Attempt::Done,
+        match elect_unless_led(&self.raft, &self.contact, self.times.max).await {
+            Ok(true) => {
+                tracing::info!(term = m.current_term, granted = ?granted, "pre-vote won; starting an election");
+                self.stats.elections.fetch_add(1, Ordering::Relaxed);
+                Attempt::Done
+            }
+            Ok(false) => {
+                tracing::debug!("a leader was heard during the pre-vote; not campaigning");
+                Attempt::Done
+            }
             Err(_) => Attempt::Stop,
         }
     }
+}
+
+/// Starts a real election (openraft's `trigger().elect()`) unless this
+/// node heard a leader within `max`; returns whether it did.
+///
+/// A pre-vote can take an election timeout, and the leader may be heard
+/// meanwhile: this node may even have acknowledged the round a leader's
+/// read lease rests on. A node's vote for itself is not subject to
+/// openraft's vote lease, so without this check it could be elected, with
+/// one voter that had not heard the leader, inside that lease, while the
+/// old leader still answered reads from its own state. Checked under the
+/// exclusive side of the contact gate, and the election is queued to the
+/// core before the gate opens: a leader's message either reached the core
+/// and was recorded before the check, or reaches the core after the
+/// election (and is refused, its term being lower).
+pub async fn elect_unless_led(
+    raft: &openraft::Raft<TypeConfig>,
+    contact: &LeaderContact,
+    max: Duration,
+) -> Result<bool, openraft::error::Fatal<NodeId>> {
+    let _gate = contact.gate.write().await;
+    if contact.quiet_for() < max {
+        return Ok(false);
+    }
+    raft.trigger().elect().await?;
+    Ok(true)
 }
 
 enum Attempt {

@@ -135,6 +135,15 @@ impl RaftService {
 
     /// Records an accepted leader message, and the commit index it
     /// announced (readiness compares it with what this node applied).
+    /// Held while a leader's message is handed to the core and recorded:
+    /// no election starts in between (`election::elect_unless_led`).
+    async fn hearing(&self) -> Option<tokio::sync::RwLockReadGuard<'_, ()>> {
+        match &self.election {
+            Some((contact, _)) => Some(contact.hearing().await),
+            None => None,
+        }
+    }
+
     fn heard_leader(&self, commit: Option<u64>) {
         if let Some((contact, _)) = &self.election {
             contact.heard();
@@ -267,6 +276,7 @@ impl raft_service_server::RaftService for RaftService {
             check_sender(caller, req.vote.leader_id.node_id, "leader")?;
             // Nothing committed yet is a commit index too: 0.
             let commit = Some(req.leader_commit.map_or(0, |l| l.index));
+            let _hearing = self.hearing().await;
             let reply = self.raft.append_entries(req).await;
             if matches!(&reply, Ok(r) if !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_)))
             {
@@ -299,6 +309,7 @@ impl raft_service_server::RaftService for RaftService {
             check_sender(caller, req.vote.leader_id.node_id, "leader")?;
             // Everything a snapshot covers is committed.
             let commit = req.meta.last_log_id.map(|l| l.index);
+            let _hearing = self.hearing().await;
             let reply = self.raft.install_snapshot(req).await;
             if matches!(&reply, Ok(r) if r.vote.leader_id().node_id == caller) {
                 self.heard_leader(commit);

@@ -421,3 +421,48 @@ async fn a_node_whose_disk_fills_stops_serving_and_recovers_after_a_restart() {
     }
     c.stop().await;
 }
+
+/// A voter's vote for itself is not subject to openraft's vote lease: a
+/// node whose pre-vote was granted before it heard the leader again (and
+/// acknowledged the round the leader's read lease rests on) could be
+/// elected inside that lease, while the old leader, cut off, still
+/// answered `active=true` from its own state (found by review). The
+/// election starts only if no leader was heard for the longest election
+/// timeout, checked atomically with the Raft service recording contact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_that_heard_the_leader_is_not_elected_inside_its_lease() {
+    let c = TestCluster::start(3).await;
+    let leader = c.agreed_leader(&[1, 2, 3]).await;
+    let v = if leader == 1 { 2 } else { 1 };
+    let t = c
+        .tokens_on(leader, "frontend")
+        .await
+        .issue_token(issue_req("orders", &["orders:write"]))
+        .await
+        .unwrap()
+        .into_inner();
+    // A linearizable read on the leader (a confirmed round or its lease),
+    // and v caught up with it: v heard the leader just now.
+    let r = c
+        .tokens_on(leader, "orders")
+        .await
+        .introspect(introspect_req(&t.access_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.active && r.linearizable);
+    c.wait_converged(&[1, 2, 3]).await;
+    let term = c.node(v).raft().metrics().borrow().current_term;
+    assert!(
+        !c.node(v).elect_unless_led().await.unwrap(),
+        "node {v} started an election although it had just heard leader {leader}"
+    );
+    assert_eq!(c.node(v).raft().metrics().borrow().current_term, term);
+    // The leader stays, and answers for what is acknowledged through v.
+    revoke_acknowledged(&c, &[v], &t.access_token).await;
+    assert_eq!(c.agreed_leader(&[1, 2, 3]).await, leader);
+    for i in [leader, v] {
+        assert_eq!(never_active(&c, i, &t.access_token).await, None);
+    }
+    c.stop().await;
+}

@@ -269,6 +269,13 @@ pub fn restore(
     let Some(last) = state.last_applied else {
         return Err(bad("the backup holds no applied state"));
     };
+    // Where the restored cluster's own entries go (checked before anything
+    // is created: a crafted backup may name any revision).
+    let first = last
+        .index
+        .checked_add(RESTORE_REVISION_GAP + 2)
+        .ok_or_else(|| bad(format!("the backup's revision {} is too high", last.index)))?
+        - 1;
     let db = Db::open_with(store_dir, Default::default())?;
     // The member is this database's incarnation.
     info.incarnation = db.incarnation;
@@ -279,13 +286,18 @@ pub fn restore(
     // after the backup's last one (and RESTORE_REVISION_GAP above it), so
     // the restored state reads as if the log had continued there.
     let mut touched = Touched::default();
+    // Term 0 of the new node: the restored node starts with no vote and
+    // elects itself in term 1, and openraft orders log ids by leader
+    // (term, node) before index; the old cluster's leader id (any term
+    // above 1, or a higher node id) would sort every new entry below the
+    // snapshot's last one, and no write would ever commit.
     let at = |index| LogId {
-        leader_id: last.leader_id,
+        leader_id: openraft::CommittedLeaderId::new(0, node_id),
         index,
     };
     state.apply(
         &Entry {
-            log_id: at(last.index + RESTORE_REVISION_GAP + 1),
+            log_id: at(first),
             payload: openraft::EntryPayload::Normal(Command {
                 at: now,
                 op: Op::AddKey { key: new_key },
@@ -299,7 +311,7 @@ pub fn restore(
     );
     state.apply(
         &Entry {
-            log_id: at(last.index + RESTORE_REVISION_GAP + 2),
+            log_id: at(first + 1),
             payload: openraft::EntryPayload::Membership(membership),
         },
         &mut touched,
@@ -313,4 +325,67 @@ pub fn restore(
     };
     drop(db);
     Ok(restored)
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::testing::log_id;
+
+    use super::*;
+    use crate::raft::KeyState;
+
+    /// A backup file (checksum right: a checksum is no signature) of a
+    /// state whose last entry is `last`.
+    fn backup_at(dir: &Path, last: LogId) -> std::path::PathBuf {
+        let st = State {
+            last_applied: Some(last),
+            cluster_id: "c0ffee".into(),
+            ..Default::default()
+        };
+        let mut body = Vec::new();
+        st.export().write(&mut body).unwrap();
+        let header = BackupHeader {
+            cluster_id: "c0ffee".into(),
+            revision: last.index,
+            node_id: 2,
+            created_at: 1,
+            length: body.len() as u64,
+            sha256: hex(digest::digest(&digest::SHA256, &body).as_ref()),
+            revocations: 0,
+            keys: 0,
+        };
+        let path = dir.join("b.backup");
+        let mut f = header_line(&header).unwrap().into_bytes();
+        f.extend_from_slice(&body);
+        std::fs::write(&path, f).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_backup_at_a_revision_near_the_top_is_refused_not_wrapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = backup_at(dir.path(), log_id(1, 1, u64::MAX - 10));
+        let key = KeyRecord {
+            kid: "new".into(),
+            alg: "EdDSA".into(),
+            public_key: vec![1; 32],
+            sealed_private_key: vec![2; 60],
+            kek_id: "kek1".into(),
+            state: KeyState::Active,
+            created_at: 1,
+            times: Default::default(),
+        };
+        let info = NodeInfo {
+            raft_addr: "127.0.0.1:1".into(),
+            api_addr: String::new(),
+            incarnation: 0,
+        };
+        let r = restore(&file, &dir.path().join("n"), 1, info, key, 1);
+        assert!(!dir.path().join("n").exists(), "nothing created");
+        assert!(
+            matches!(&r, Err(StoreError::Backup(m)) if m.contains("too high")),
+            "{:?}",
+            r.map(|r| r.revision)
+        );
+    }
 }

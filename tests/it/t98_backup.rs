@@ -294,3 +294,57 @@ async fn a_restore_keeps_every_revocation_and_revives_no_token() {
     assert_eq!(p_old.text, p_new.text);
     c.stop().await;
 }
+
+/// A restore took the old cluster's last leader id for its own entries,
+/// and openraft orders log ids by leader before index: from a cluster
+/// whose leader had changed (term 2 or more) the restored node, elected
+/// in term 1, appended entries that sorted below its snapshot and never
+/// committed a write (found by review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_from_a_cluster_whose_leader_changed_takes_writes() {
+    let mut c = TestCluster::start(3).await;
+    let first = c.agreed_leader(&[1, 2, 3]).await;
+    c.stop_node(first).await;
+    let rest: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != first).collect();
+    let leader = c.agreed_leader(&rest).await;
+    let term = c.node(leader).raft().metrics().borrow().current_term;
+    assert!(term >= 2, "a new leader in a later term: {term}");
+    let acked = revoke_burst(&c, "before", 5, 1, &[leader]).await;
+    assert!(acked.failed.is_empty(), "{:?}", acked.failed);
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cluster.backup");
+    backup_from(&c, leader, &file).await;
+    let raft_addr = c.reserve_raft_addr(4).await;
+    let kek = Kek::from_text(KEK).unwrap();
+    let now = c.now();
+    backup::restore(
+        &file,
+        &c.data_dir(4),
+        4,
+        NodeInfo {
+            raft_addr,
+            api_addr: String::new(),
+            incarnation: 0,
+        },
+        keys::new_ed25519_record(&kek, KeyState::Active, now).unwrap(),
+        now,
+    )
+    .unwrap();
+    c.add_node(4, false).await;
+    c.wait_ready(&[4]).await;
+    let r = tokio::time::timeout(
+        WAIT,
+        c.tokens_on(4, "admin")
+            .await
+            .revoke(revoke_jti("after-the-restore")),
+    )
+    .await
+    .expect("the restored node committed no write")
+    .unwrap()
+    .into_inner();
+    assert!(r.changed);
+    assert!(c.revoked(4).contains("after-the-restore"));
+    assert!(acked.acked_set().is_subset(&c.revoked(4)));
+    c.stop().await;
+}

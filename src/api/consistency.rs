@@ -184,6 +184,11 @@ impl Shared {
             return None;
         }
         if m.current_leader == Some(m.id) {
+            // A new leader holds every acknowledged write only once it has
+            // applied an entry of its own term.
+            if m.last_applied.map(|l| l.leader_id.term) != Some(m.current_term) {
+                return None;
+            }
             if m.membership_config.membership().voter_ids().count() <= 1 {
                 return Some(Duration::ZERO);
             }

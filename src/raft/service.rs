@@ -264,6 +264,21 @@ fn check_sender(caller: NodeId, claimed: NodeId, role: &str) -> Result<(), Statu
     }
 }
 
+/// The commit index a leader's message announces, if it proves that a
+/// follower which applied it holds every acknowledged write: only once the
+/// leader has committed an entry of its own term. A new leader may announce
+/// less than its predecessor acknowledged (Raft §6.4), and recording that
+/// would make a LOCAL read on a follower report itself current while
+/// missing those writes (found by review).
+fn commit_proving_current(
+    commit: Option<super::LogId>,
+    vote: &openraft::Vote<NodeId>,
+) -> Option<u64> {
+    commit
+        .filter(|c| c.leader_id.term == vote.leader_id.term)
+        .map(|c| c.index)
+}
+
 #[tonic::async_trait]
 impl raft_service_server::RaftService for RaftService {
     async fn append_entries(
@@ -274,8 +289,7 @@ impl raft_service_server::RaftService for RaftService {
             let caller = self.authorize(&request, true)?;
             let req: AppendEntriesRequest<TypeConfig> = decode(&request)?;
             check_sender(caller, req.vote.leader_id.node_id, "leader")?;
-            // Nothing committed yet is a commit index too: 0.
-            let commit = Some(req.leader_commit.map_or(0, |l| l.index));
+            let commit = commit_proving_current(req.leader_commit, &req.vote);
             let _hearing = self.hearing().await;
             let reply = self.raft.append_entries(req).await;
             if matches!(&reply, Ok(r) if !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_)))
@@ -308,7 +322,7 @@ impl raft_service_server::RaftService for RaftService {
             let req: InstallSnapshotRequest<TypeConfig> = decode(&request)?;
             check_sender(caller, req.vote.leader_id.node_id, "leader")?;
             // Everything a snapshot covers is committed.
-            let commit = req.meta.last_log_id.map(|l| l.index);
+            let commit = commit_proving_current(req.meta.last_log_id, &req.vote);
             let _hearing = self.hearing().await;
             let reply = self.raft.install_snapshot(req).await;
             if matches!(&reply, Ok(r) if r.vote.leader_id().node_id == caller) {
@@ -455,6 +469,24 @@ pub fn wrap(service: RaftService) -> RaftServiceServer<RaftService> {
 mod tests {
     use std::collections::BTreeMap;
     use std::time::Duration;
+
+    #[test]
+    fn only_a_commit_of_the_leaders_own_term_proves_a_follower_current() {
+        use openraft::testing::log_id;
+        use openraft::Vote;
+        let vote = Vote::new_committed(3, 2);
+        assert_eq!(
+            super::commit_proving_current(Some(log_id(3, 2, 40)), &vote),
+            Some(40)
+        );
+        // A new leader announcing what it learned from the old one (less,
+        // or as much as, the old one acknowledged): no proof.
+        assert_eq!(
+            super::commit_proving_current(Some(log_id(2, 1, 50)), &vote),
+            None
+        );
+        assert_eq!(super::commit_proving_current(None, &vote), None);
+    }
 
     use openraft::error::{ClientWriteError, RaftError};
     use openraft::raft::VoteRequest;

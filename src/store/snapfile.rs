@@ -78,23 +78,26 @@ impl SnapDir {
     }
 
     /// The final file name of the snapshot `snapshot_id`. Ids come from the
-    /// leader; anything but the characters our own ids use is hex-encoded,
-    /// so a name never leaves the directory.
+    /// leader, and two ids must never share a name (an install would
+    /// replace the current file before its pointer moved). Our own ids
+    /// (`{term}-{index}-{n}`) are used as they are; any other id is
+    /// hex-encoded behind `x` (up to 64 bytes) or named by its SHA-256
+    /// behind `h`: the three kinds start differently, so they cannot
+    /// collide, and no name leaves the directory.
     pub(crate) fn final_name(snapshot_id: &str) -> String {
-        let plain = !snapshot_id.is_empty()
-            && snapshot_id.len() <= 64
+        let plain = snapshot_id.len() <= 64
+            && snapshot_id.starts_with(|c: char| c.is_ascii_digit())
             && snapshot_id
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        let hex = |bytes: &[u8]| -> String { bytes.iter().map(|b| format!("{b:02x}")).collect() };
         if plain {
             format!("{snapshot_id}{SUFFIX}")
+        } else if snapshot_id.len() <= 64 {
+            format!("x{}{SUFFIX}", hex(snapshot_id.as_bytes()))
         } else {
-            let hex: String = snapshot_id
-                .bytes()
-                .take(64)
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            format!("x{hex}{SUFFIX}")
+            let sum = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, snapshot_id.as_bytes());
+            format!("h{}{SUFFIX}", hex(sum.as_ref()))
         }
     }
 
@@ -164,6 +167,26 @@ mod tests {
             assert!(name.starts_with('x') && name.ends_with(SUFFIX), "{name}");
         }
         assert!(SnapDir::final_name(&"9".repeat(500)).len() <= 2 * 64 + 6);
+    }
+
+    #[test]
+    fn two_ids_never_share_a_name() {
+        // A plain id that spells another's encoding, and long ids that
+        // share their first 64 bytes, once mapped to one file (found by
+        // review).
+        let long = "9".repeat(64);
+        let ids = [
+            "..".to_string(),
+            "x2e2e".to_string(),
+            "3-120-7".to_string(),
+            format!("{long}a"),
+            format!("{long}b"),
+            long.clone(),
+            format!("x{long}"),
+        ];
+        let names: std::collections::BTreeSet<String> =
+            ids.iter().map(|i| SnapDir::final_name(i)).collect();
+        assert_eq!(names.len(), ids.len(), "{names:?}");
     }
 
     #[test]

@@ -43,6 +43,10 @@ const END: &[u8; 8] = b"TESSEND\0";
 /// Longest name or jti accepted when reading (the API's limits are far
 /// below): a damaged length never becomes a huge allocation.
 const MAX_STR: u32 = 1 << 20;
+/// Longest head (policy, keys, membership): far above what a valid state
+/// holds (a policy is at most 1 MiB), so that a damaged or hostile length
+/// cannot make the reader buffer the rest of the file.
+const MAX_HEAD: u64 = 64 << 20;
 /// Entries reserved ahead when reading a section; more grow the map.
 const MAX_RESERVE: u64 = 1 << 22;
 /// Buffer size of reads.
@@ -203,6 +207,11 @@ pub(crate) fn read(r: &mut impl Read) -> Result<State, StoreError> {
         )));
     }
     let len = u64::from_le_bytes(array(&mut r)?);
+    if len > MAX_HEAD {
+        return Err(bad(&format!(
+            "a head of {len} bytes, more than the limit of {MAX_HEAD}"
+        )));
+    }
     let mut head = Vec::new();
     (&mut r).take(len).read_to_end(&mut head).map_err(io_err)?;
     if head.len() as u64 != len {
@@ -346,6 +355,18 @@ mod tests {
     use openraft::testing::log_id;
 
     use super::*;
+
+    #[test]
+    fn a_head_length_past_the_limit_is_refused_before_reading() {
+        // A snapshot from a peer, or a backup with a flipped bit, once made
+        // the reader buffer everything up to the length it claimed.
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&FORMAT.to_le_bytes());
+        bytes.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        bytes.extend_from_slice(&[b'{'; 1024]);
+        let err = read(&mut bytes.as_slice()).unwrap_err();
+        assert!(err.to_string().contains("more than the limit"), "{err}");
+    }
 
     fn sample() -> State {
         let mut st = State {

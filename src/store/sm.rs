@@ -579,7 +579,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let db = self.db.clone();
         let state = self.state.clone();
-        let seq = self.snapshot_seq.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        let seq = self
+            .snapshot_seq
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(1);
         let (meta, file) = blocking(move || build_file(&db, &state, seq))
             .await
             .map_err(|e| StorageIOError::write_snapshot(None, AnyError::new(&e)))?;

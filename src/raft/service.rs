@@ -133,8 +133,6 @@ impl RaftService {
         }
     }
 
-    /// Records an accepted leader message, and the commit index it
-    /// announced (readiness compares it with what this node applied).
     /// Held while a leader's message is handed to the core and recorded:
     /// no election starts in between (`election::elect_unless_led`).
     async fn hearing(&self) -> Option<tokio::sync::RwLockReadGuard<'_, ()>> {
@@ -144,6 +142,9 @@ impl RaftService {
         }
     }
 
+    /// Records an accepted leader message, and the commit index it
+    /// announced if that proves this node current (readiness compares it
+    /// with what this node applied).
     fn heard_leader(&self, commit: Option<u64>) {
         if let Some((contact, _)) = &self.election {
             contact.heard();
@@ -469,24 +470,6 @@ pub fn wrap(service: RaftService) -> RaftServiceServer<RaftService> {
 mod tests {
     use std::collections::BTreeMap;
     use std::time::Duration;
-
-    #[test]
-    fn only_a_commit_of_the_leaders_own_term_proves_a_follower_current() {
-        use openraft::testing::log_id;
-        use openraft::Vote;
-        let vote = Vote::new_committed(3, 2);
-        assert_eq!(
-            super::commit_proving_current(Some(log_id(3, 2, 40)), &vote),
-            Some(40)
-        );
-        // A new leader announcing what it learned from the old one (less,
-        // or as much as, the old one acknowledged): no proof.
-        assert_eq!(
-            super::commit_proving_current(Some(log_id(2, 1, 50)), &vote),
-            None
-        );
-        assert_eq!(super::commit_proving_current(None, &vote), None);
-    }
 
     use openraft::error::{ClientWriteError, RaftError};
     use openraft::raft::VoteRequest;
@@ -1056,5 +1039,22 @@ mod tests {
         let r = l.raft.client_write(revoke("after")).await.unwrap();
         c.wait_applied(&[1, 2, 3], r.data.revision).await;
         c.stop().await;
+    }
+
+    #[test]
+    fn only_a_commit_of_the_leaders_own_term_proves_a_follower_current() {
+        use openraft::testing::log_id;
+        let vote = Vote::new_committed(3, 2);
+        assert_eq!(
+            super::commit_proving_current(Some(log_id(3, 2, 40)), &vote),
+            Some(40)
+        );
+        // A new leader announcing what it learned from the old one (less,
+        // or as much as, the old one acknowledged): no proof.
+        assert_eq!(
+            super::commit_proving_current(Some(log_id(2, 1, 50)), &vote),
+            None
+        );
+        assert_eq!(super::commit_proving_current(None, &vote), None);
     }
 }

@@ -153,21 +153,8 @@ mod tests {
         ]
     }
 
-    fn round_trip<T>(value: &T) -> T
-    where
-        T: Serialize + DeserializeOwned,
-    {
-        decode(&encode(value).unwrap()).unwrap()
-    }
-
-    #[test]
-    fn append_entries_with_every_op_and_membership_round_trips() {
-        let members: BTreeSet<NodeId> = [1, 2, 3].into();
-        let nodes = (1..=4).map(|i| (i, node(i)));
-        let membership = Membership::new(
-            vec![members],
-            nodes.collect::<std::collections::BTreeMap<_, _>>(),
-        );
+    /// A blank entry, `membership`, then one entry per command.
+    fn entries_with_every_op(membership: Membership<NodeId, NodeInfo>) -> Vec<Entry> {
         let mut entries: Vec<Entry> = vec![
             Entry {
                 log_id: log_id(1, 1, 1),
@@ -184,6 +171,25 @@ mod tests {
                 payload: EntryPayload::Normal(Command { at: 99, op }),
             });
         }
+        entries
+    }
+
+    fn round_trip<T>(value: &T) -> T
+    where
+        T: Serialize + DeserializeOwned,
+    {
+        decode(&encode(value).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn append_entries_with_every_op_and_membership_round_trips() {
+        let members: BTreeSet<NodeId> = [1, 2, 3].into();
+        let nodes = (1..=4).map(|i| (i, node(i)));
+        let membership = Membership::new(
+            vec![members],
+            nodes.collect::<std::collections::BTreeMap<_, _>>(),
+        );
+        let entries = entries_with_every_op(membership);
         let req = AppendEntriesRequest::<TypeConfig> {
             vote: Vote::new_committed(2, 3),
             prev_log_id: Some(log_id(1, 1, 0)),
@@ -333,22 +339,7 @@ mod tests {
         let nodes: std::collections::BTreeMap<NodeId, NodeInfo> =
             (1..=4).map(|i| (i, node(i))).collect();
         let joint = Membership::new(vec![[1, 2, 3].into(), [2, 3, 4].into()], nodes.clone());
-        let mut entries: Vec<Entry> = vec![
-            Entry {
-                log_id: log_id(1, 1, 1),
-                payload: EntryPayload::Blank,
-            },
-            Entry {
-                log_id: log_id(1, 1, 2),
-                payload: EntryPayload::Membership(joint.clone()),
-            },
-        ];
-        for (i, op) in every_op().into_iter().enumerate() {
-            entries.push(Entry {
-                log_id: log_id(2, 3, 3 + i as u64),
-                payload: EntryPayload::Normal(Command { at: 99, op }),
-            });
-        }
+        let entries = entries_with_every_op(joint.clone());
         let append = AppendEntriesRequest::<TypeConfig> {
             vote: Vote::new_committed(2, 3),
             prev_log_id: Some(log_id(1, 1, 0)),

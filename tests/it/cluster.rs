@@ -78,16 +78,7 @@ impl TestCluster {
             ..Default::default()
         };
         let pki = certs::init_dev_pki(&dir.path().join("certs"), &opts).unwrap();
-        let mut c = Self {
-            dir,
-            pki,
-            clock: Arc::new(ManualClock::new(T0)),
-            faults: Arc::new(Faults::default()),
-            nodes: BTreeMap::new(),
-            configs: BTreeMap::new(),
-            raft_addrs: BTreeMap::new(),
-            adjust: Arc::new(adjust),
-        };
+        let mut c = Self::empty(dir, pki, Arc::new(adjust));
         for i in 1..=n {
             c.add_node(i, n == 1).await;
         }
@@ -105,6 +96,20 @@ impl TestCluster {
         c
     }
 
+    /// No nodes yet: the manual clock at [`T0`], no faults.
+    fn empty(dir: TempDir, pki: DevPki, adjust: Arc<dyn Fn(&mut Config) + Send + Sync>) -> Self {
+        Self {
+            dir,
+            pki,
+            clock: Arc::new(ManualClock::new(T0)),
+            faults: Arc::new(Faults::default()),
+            nodes: BTreeMap::new(),
+            configs: BTreeMap::new(),
+            raft_addrs: BTreeMap::new(),
+            adjust,
+        }
+    }
+
     /// A one-node cluster on a copy of the data directory `data` (written
     /// earlier by a one-node cluster of these tests, with their KEK):
     /// upgrade and format tests.
@@ -114,16 +119,7 @@ impl TestCluster {
         let pki =
             certs::init_dev_pki(&dir.path().join("certs"), &DevPkiOptions::default()).unwrap();
         copy_dir(data, &dir.path().join("node1"));
-        let mut c = Self {
-            dir,
-            pki,
-            clock: Arc::new(ManualClock::new(T0)),
-            faults: Arc::new(Faults::default()),
-            nodes: BTreeMap::new(),
-            configs: BTreeMap::new(),
-            raft_addrs: BTreeMap::new(),
-            adjust: Arc::new(|_| {}),
-        };
+        let mut c = Self::empty(dir, pki, Arc::new(|_| {}));
         c.add_node(1, false).await;
         c.wait_ready(&[1]).await;
         c
@@ -416,6 +412,19 @@ pub fn introspect_req(token: &str) -> pb::IntrospectRequest {
         min_revision: 0,
         consistency: 0,
     }
+}
+
+/// Revokes `target` through node `i` as the admin; returns the revision.
+pub async fn revoke_on(c: &TestCluster, i: u64, target: pb::revoke_request::Target) -> u64 {
+    c.tokens_on(i, "admin")
+        .await
+        .revoke(pb::RevokeRequest {
+            target: Some(target),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .revision
 }
 
 pub fn revoke_jti(jti: &str) -> pb::RevokeRequest {

@@ -87,18 +87,6 @@ async fn exchange_on(c: &TestCluster, i: u64, token: &str) -> pb::TokenResponse 
         .into_inner()
 }
 
-async fn revoke_on(c: &TestCluster, i: u64, target: pb::revoke_request::Target) -> u64 {
-    c.tokens_on(i, "admin")
-        .await
-        .revoke(pb::RevokeRequest {
-            target: Some(target),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .revision
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cutoff_revokes_a_token_minted_on_a_node_whose_clock_is_ahead() {
     let c = skewed_cluster().await;

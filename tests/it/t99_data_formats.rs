@@ -89,18 +89,6 @@ async fn issue(c: &TestCluster) -> pb::TokenResponse {
         .into_inner()
 }
 
-async fn revoke(c: &TestCluster, target: pb::revoke_request::Target) -> u64 {
-    c.tokens("admin")
-        .await
-        .revoke(pb::RevokeRequest {
-            target: Some(target),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .revision
-}
-
 fn raft_indexes(c: &TestCluster) -> (u64, u64, u64) {
     let m = c.node(1).raft().metrics().borrow().clone();
     (
@@ -159,7 +147,12 @@ async fn opens_and_serves_what_it_held(name: &str) {
 
     // It takes new writes on top, and keeps them across a restart.
     let fresh = issue(&c).await;
-    let rev = revoke(&c, pb::revoke_request::Target::Jti("after-upgrade".into())).await;
+    let rev = revoke_on(
+        &c,
+        1,
+        pb::revoke_request::Target::Jti("after-upgrade".into()),
+    )
+    .await;
     assert!(rev > m.revision);
     c.restart(1).await;
     c.wait_ready(&[1]).await;
@@ -192,7 +185,7 @@ async fn write_the_data_directory_fixture() {
 
     // A chain: its middle token revoked (so the last one with it).
     let (t1, t2, t3) = chain_of_three(&c).await;
-    revoke(&c, pb::revoke_request::Target::Token(t2.access_token)).await;
+    revoke_on(&c, 1, pb::revoke_request::Target::Token(t2.access_token)).await;
     active_tokens.push(t1.access_token);
     inactive.push(t3.access_token);
 
@@ -209,7 +202,7 @@ async fn write_the_data_directory_fixture() {
         .await
         .unwrap()
         .into_inner();
-    revoke(&c, pb::revoke_request::Target::Client(id("orders"))).await;
+    revoke_on(&c, 1, pb::revoke_request::Target::Client(id("orders"))).await;
     active_tokens.push(t4.access_token);
     inactive.push(t6.access_token);
 
@@ -236,7 +229,7 @@ async fn write_the_data_directory_fixture() {
         .await
         .unwrap();
     // And a write after it, in the log only.
-    revoke(&c, pb::revoke_request::Target::Jti(t7.jti)).await;
+    revoke_on(&c, 1, pb::revoke_request::Target::Jti(t7.jti)).await;
     inactive.push(t7.access_token);
 
     let state = c.node(1).state();

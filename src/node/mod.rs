@@ -353,6 +353,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
     // names the KEK id this node needs (never a KEK).
     keks.check(&state.keys())?;
     let store_closed = log_store.closed_signal();
+    let last_log: crate::raft::LastLogId = log_store.last_log_id_reader();
     let info = NodeInfo {
         raft_addr: non_empty_or(&config.raft_advertise_addr, raft_addr),
         api_addr: non_empty_or(&config.advertise_addr, api_addr),
@@ -413,11 +414,16 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
             .with_proposer(proposer.clone())
             .with_reads(reads.clone())
             .with_read_lease(read_lease, state.watch_revision())
-            .with_election(contact.clone(), times),
+            .with_election(contact.clone(), times, last_log.clone()),
     );
     let contact_for_node = contact.clone();
-    let campaigner =
-        crate::raft::Campaigner::new(raft.clone(), network.clone(), contact.clone(), times);
+    let campaigner = crate::raft::Campaigner::new(
+        raft.clone(),
+        network.clone(),
+        contact.clone(),
+        times,
+        last_log,
+    );
     let campaign_stats = campaigner.stats();
     tasks.push(campaigner.spawn(stop_rx.clone()));
     let (raft_incoming, raft_accept) =

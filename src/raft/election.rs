@@ -12,7 +12,8 @@
 //!    me?* — without changing anyone's term;
 //! 2. a voter grants it only if it has not heard from a leader for the
 //!    maximum election timeout itself (openraft's vote lease) (a leader, only if it has lost its
-//!    quorum) and the candidate's log is not behind its own;
+//!    quorum) and the candidate's log is not behind its own (term, then
+//!    index, as in the real vote: [`log_behind`]);
 //! 3. with grants from a quorum (in every configuration of a joint
 //!    membership) the node starts a real election (`trigger().elect()`),
 //!    which openraft runs with its usual rules — unless it has heard a
@@ -34,7 +35,21 @@ use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
 use super::network::Network;
-use super::{NodeId, TypeConfig};
+use super::{LogId, NodeId, TypeConfig};
+
+/// Reads this node's last log id from its log store (the Raft core keeps
+/// its own copy private). Blocking: called on a blocking thread, once per
+/// pre-vote asked or answered. An error is a message for the logs.
+pub type LastLogId = Arc<dyn Fn() -> Result<Option<LogId>, String> + Send + Sync>;
+
+/// [`LastLogId`] read on a blocking thread; a failed read (or a stopped
+/// runtime) is an error.
+pub(crate) async fn read_last_log(last_log: &LastLogId) -> Result<Option<LogId>, String> {
+    let read = last_log.clone();
+    tokio::task::spawn_blocking(move || read())
+        .await
+        .map_err(|e| format!("last log id task: {e}"))?
+}
 
 /// When this node last heard from a leader it accepts (an `AppendEntries`
 /// or snapshot chunk that did not carry a stale term). Written by the Raft
@@ -129,8 +144,12 @@ pub struct PreVoteRequest {
     pub candidate: NodeId,
     /// Its current term (a real campaign would use the next one).
     pub term: u64,
-    /// Its last log index.
+    /// Its last log index (all a node of 2026-12-01 or before sends).
     pub last_log_index: Option<u64>,
+    /// Its last log id: the term decides before the index, as in the real
+    /// vote. Absent from an older node's request.
+    #[serde(default)]
+    pub last_log: Option<LogId>,
 }
 
 /// The answer to a [`PreVoteRequest`].
@@ -143,12 +162,13 @@ pub struct PreVoteReply {
 }
 
 /// The voter's side: grants only if this node has no live leader and the
-/// candidate's log is not behind this node's.
+/// candidate's log is not behind this node's (`mine`, its last log id).
 pub fn decide(
     raft: &openraft::Raft<TypeConfig>,
     contact: &LeaderContact,
     times: ElectionTimes,
     req: &PreVoteRequest,
+    mine: Option<LogId>,
 ) -> PreVoteReply {
     let refuse = |reason: String| PreVoteReply {
         granted: false,
@@ -175,16 +195,38 @@ pub fn decide(
             contact.quiet_for()
         ));
     }
-    if req.last_log_index < m.last_log_index {
-        return refuse(format!(
-            "candidate log {:?} is behind {:?}",
-            req.last_log_index, m.last_log_index
-        ));
+    if let Some(behind) = log_behind(req, mine) {
+        return refuse(behind);
     }
     PreVoteReply {
         granted: true,
         reason: String::new(),
     }
+}
+
+/// Why the candidate's log is behind `mine`, if it is: by the real vote's
+/// rule (openraft's `LogId` order: the leader's term, then the index), so
+/// a pre-vote is granted exactly when the vote would be. Comparing the
+/// index alone both granted a pre-vote the vote then refused (a term raised
+/// for nothing) and refused one the vote would have granted: with one of
+/// three voters down, a node holding an old term's uncommitted tail could
+/// then win every pre-vote and lose every vote, and the node with the newer
+/// log never won a pre-vote, so no leader was elected until the third came
+/// back. An older candidate sends only its index, compared as before.
+pub fn log_behind(req: &PreVoteRequest, mine: Option<LogId>) -> Option<String> {
+    let behind = match req.last_log {
+        Some(theirs) => Some(theirs) < mine,
+        None if req.last_log_index.is_some() => req.last_log_index < mine.map(|id| id.index),
+        // An empty log, or an older node's: only an empty one is not behind
+        // an empty one.
+        None => mine.is_some(),
+    };
+    behind.then(|| {
+        format!(
+            "candidate log {:?} (index {:?}) is behind {:?}",
+            req.last_log, req.last_log_index, mine
+        )
+    })
 }
 
 /// Counters of the campaigner, for tests and metrics.
@@ -224,23 +266,26 @@ pub struct Campaigner {
     network: Network,
     contact: Arc<LeaderContact>,
     times: ElectionTimes,
+    last_log: LastLogId,
     stats: Arc<CampaignStats>,
 }
 
 impl Campaigner {
     /// A campaigner for node `raft`, reaching the other voters through
-    /// `network`.
+    /// `network`; its log's last id is read with `last_log`.
     pub fn new(
         raft: openraft::Raft<TypeConfig>,
         network: Network,
         contact: Arc<LeaderContact>,
         times: ElectionTimes,
+        last_log: LastLogId,
     ) -> Self {
         Self {
             raft,
             network,
             contact,
             times,
+            last_log,
             stats: Arc::default(),
         }
     }
@@ -318,10 +363,18 @@ impl Campaigner {
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let mut granted = BTreeSet::from([m.id]);
         if voters.len() > 1 {
+            let last_log = match read_last_log(&self.last_log).await {
+                Ok(id) => id,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the last log id; not campaigning");
+                    return Attempt::Done;
+                }
+            };
             let req = PreVoteRequest {
                 candidate: m.id,
                 term: m.current_term,
-                last_log_index: m.last_log_index,
+                last_log_index: last_log.map(|id| id.index),
+                last_log,
             };
             let asks = voters.iter().filter(|v| **v != m.id).filter_map(|v| {
                 let node = membership.get_node(v)?.clone();
@@ -393,4 +446,62 @@ pub async fn elect_unless_led(
 enum Attempt {
     Done,
     Stop,
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::testing::log_id;
+
+    use super::*;
+
+    fn req(last_log: Option<LogId>) -> PreVoteRequest {
+        PreVoteRequest {
+            candidate: 2,
+            term: 3,
+            last_log_index: last_log.map(|id| id.index),
+            last_log,
+        }
+    }
+
+    #[test]
+    fn a_pre_vote_compares_the_term_before_the_index_as_the_vote_does() {
+        // The newer term wins over a longer tail of an older one.
+        assert!(log_behind(&req(Some(log_id(3, 1, 10))), Some(log_id(2, 2, 12))).is_none());
+        assert!(log_behind(&req(Some(log_id(2, 2, 12))), Some(log_id(3, 1, 10))).is_some());
+        // Same term: the index decides; equal is not behind.
+        assert!(log_behind(&req(Some(log_id(3, 1, 9))), Some(log_id(3, 1, 10))).is_some());
+        assert!(log_behind(&req(Some(log_id(3, 1, 10))), Some(log_id(3, 1, 10))).is_none());
+        // An empty log is behind any other, and not behind an empty one.
+        assert!(log_behind(&req(None), Some(log_id(1, 1, 1))).is_some());
+        assert!(log_behind(&req(None), None).is_none());
+        assert!(log_behind(&req(Some(log_id(1, 1, 1))), None).is_none());
+    }
+
+    #[test]
+    fn an_older_nodes_pre_vote_is_decoded_and_compared_by_index() {
+        #[derive(Serialize)]
+        struct Older {
+            candidate: NodeId,
+            term: u64,
+            last_log_index: Option<u64>,
+        }
+        let bytes = super::super::codec::encode(&Older {
+            candidate: 2,
+            term: 3,
+            last_log_index: Some(10),
+        })
+        .unwrap();
+        let older: PreVoteRequest = super::super::codec::decode(&bytes).unwrap();
+        assert_eq!(older.last_log, None);
+        assert!(log_behind(&older, Some(log_id(1, 1, 10))).is_none());
+        assert!(log_behind(&older, Some(log_id(1, 1, 11))).is_some());
+        // And an older node reads a newer request (unknown fields ignored).
+        #[derive(Deserialize)]
+        struct OlderReads {
+            last_log_index: Option<u64>,
+        }
+        let newer = super::super::codec::encode(&req(Some(log_id(3, 1, 10)))).unwrap();
+        let read: OlderReads = super::super::codec::decode(&newer).unwrap();
+        assert_eq!(read.last_log_index, Some(10));
+    }
 }

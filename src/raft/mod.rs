@@ -32,8 +32,8 @@ pub mod types;
 
 pub use codec::CodecError;
 pub use election::{
-    elect_unless_led, CampaignStats, Campaigner, ElectionTimes, LeaderContact, PreVoteReply,
-    PreVoteRequest,
+    elect_unless_led, CampaignStats, Campaigner, ElectionTimes, LastLogId, LeaderContact,
+    PreVoteReply, PreVoteRequest,
 };
 pub use network::{
     hello, Faults, ForwardError, Network, PeerClient, RaftNetError, DEFAULT_SNAPSHOT_CHUNK_TIMEOUT,

@@ -65,7 +65,14 @@ pub struct RaftService {
     /// The read lease and the applied index it answers with.
     read_lease: Option<(std::time::Duration, tokio::sync::watch::Receiver<u64>)>,
     /// Records when the leader was last heard and answers pre-votes.
-    election: Option<(Arc<super::LeaderContact>, super::ElectionTimes)>,
+    election: Option<Election>,
+}
+
+/// What the service needs to record leader contact and answer pre-votes.
+struct Election {
+    contact: Arc<super::LeaderContact>,
+    times: super::ElectionTimes,
+    last_log: super::LastLogId,
 }
 
 impl std::fmt::Debug for RaftService {
@@ -115,13 +122,19 @@ impl RaftService {
     }
 
     /// Accepted leader messages are recorded in `contact`, and pre-votes
-    /// are decided with it and `times` (see [`super::election`]).
+    /// are decided with it, `times` and this node's last log id as
+    /// `last_log` reads it (see [`super::election`]).
     pub fn with_election(
         mut self,
         contact: Arc<super::LeaderContact>,
         times: super::ElectionTimes,
+        last_log: super::LastLogId,
     ) -> Self {
-        self.election = Some((contact, times));
+        self.election = Some(Election {
+            contact,
+            times,
+            last_log,
+        });
         self
     }
 
@@ -137,7 +150,7 @@ impl RaftService {
     /// no election starts in between (`election::elect_unless_led`).
     async fn hearing(&self) -> Option<tokio::sync::RwLockReadGuard<'_, ()>> {
         match &self.election {
-            Some((contact, _)) => Some(contact.hearing().await),
+            Some(e) => Some(e.contact.hearing().await),
             None => None,
         }
     }
@@ -146,7 +159,7 @@ impl RaftService {
     /// announced if that proves this node current (readiness compares it
     /// with what this node applied).
     fn heard_leader(&self, commit: Option<u64>) {
-        if let Some((contact, _)) = &self.election {
+        if let Some(Election { contact, .. }) = &self.election {
             contact.heard();
             if let Some(c) = commit {
                 contact.heard_commit(c);
@@ -416,9 +429,15 @@ impl raft_service_server::RaftService for RaftService {
             let req: super::PreVoteRequest = decode(&request)?;
             check_sender(caller, req.candidate, "candidate")?;
             let reply = match &self.election {
-                Some((contact, times)) => {
-                    super::election::decide(&self.raft, contact, *times, &req)
-                }
+                Some(e) => match super::election::read_last_log(&e.last_log).await {
+                    Ok(mine) => {
+                        super::election::decide(&self.raft, &e.contact, e.times, &req, mine)
+                    }
+                    Err(why) => super::PreVoteReply {
+                        granted: false,
+                        reason: format!("cannot read this node's last log id: {why}"),
+                    },
+                },
                 None => super::PreVoteReply {
                     granted: false,
                     reason: "this node does not take part in pre-votes".into(),

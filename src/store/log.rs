@@ -182,6 +182,20 @@ impl LogStore {
         self.db.incarnation
     }
 
+    /// A reader of the last log id for the pre-vote (`raft::LastLogId`):
+    /// the last entry's id, or the purge point's when the log is empty.
+    /// Blocking.
+    pub fn last_log_id_reader(
+        &self,
+    ) -> Arc<dyn Fn() -> Result<Option<LogId>, String> + Send + Sync> {
+        let db = self.db.clone();
+        Arc::new(move || {
+            log_state(&db)
+                .map(|s| s.last_log_id)
+                .map_err(|e| e.to_string())
+        })
+    }
+
     /// How many fsyncs of the database have completed since it was opened.
     /// Shared with the state machine (one database per node).
     pub fn fsync_count(&self) -> u64 {

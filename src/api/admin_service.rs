@@ -545,13 +545,14 @@ impl pb::admin_service_server::AdminService for AdminApi {
         };
         let rot = self.shared.rotate_signing_key(alg, r.now).await?;
         let publish = self.shared.key_settings().publish_ahead.as_secs();
+        let skew = self.shared.activation_delay().saturating_sub(publish);
         let message = match (rot.created, rot.activated) {
             (_, true) => format!(
                 "key {} signs now, without the {publish} s publish-ahead window: verifiers holding a cached JWKS refuse its tokens until they refresh (on the unknown kid, or when their cache expires)",
                 rot.key.kid
             ),
             (true, false) => format!(
-                "key {} is published and signs from {} (after the {publish} s publish-ahead window)",
+                "key {} is published and signs from {} (after the {publish} s publish-ahead window and the {skew} s clock skew tolerated between nodes)",
                 rot.key.kid, rot.key.times.activate_after
             ),
             (false, false) => format!(

@@ -109,10 +109,24 @@ impl Shared {
             .saturating_add(t.max_clock_skew)
     }
 
+    /// Seconds from a new key's creation to its first signature: the JWKS
+    /// max-age (publish-ahead) plus the clock skew tolerated between nodes.
+    /// The key's `activate_after` is stamped with the creating leader's
+    /// clock, and the leader that activates it judges it by its own; one
+    /// running up to `max_clock_skew` ahead would otherwise let the key
+    /// sign while a JWKS copy cached just before it was published is still
+    /// fresh (its verifier then refuses the token: unknown kid).
+    pub fn activation_delay(&self) -> u64 {
+        self.keys
+            .publish_ahead
+            .as_secs()
+            .saturating_add(self.settings.max_clock_skew)
+    }
+
     fn timing(&self) -> Timing {
         Timing {
             rotation_period: self.keys.rotation_period.map(|p| p.as_secs()),
-            publish_ahead: self.keys.publish_ahead.as_secs(),
+            publish_ahead: self.activation_delay(),
             retire_grace: self.retire_grace(),
         }
     }
@@ -147,7 +161,7 @@ impl Shared {
                     let activate_after = if now {
                         at
                     } else {
-                        at.saturating_add(self.keys.publish_ahead.as_secs())
+                        at.saturating_add(self.activation_delay())
                     };
                     let key = keys::new_record(self.keks.current(), alg, at, activate_after)?;
                     let r = self

@@ -454,9 +454,18 @@ impl TokenApi {
                     inactive
                 }
             }
-            Err(e) => {
+            // Only a token found unacceptable (or revoked) is inactive; a
+            // node that cannot decide (no key ring, a bug) says so rather
+            // than call a valid token invalid.
+            Err(e @ ApiError::Unauthenticated(_)) => {
                 ev.reason = Some(format!("inactive: {e}"));
                 inactive
+            }
+            Err(e) => {
+                ev.decision = "error";
+                ev.reason = Some(format!("cannot decide: {e}"));
+                self.audit(ev).await;
+                return Err(e);
             }
         };
         self.audit(ev).await;

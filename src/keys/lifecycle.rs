@@ -6,11 +6,12 @@
 //! checks the same conditions again when it applies the command (see
 //! `store::state::keys`), so a plan made on a stale view changes nothing.
 //!
-//! The timeline of one rotation (`P` = publish-ahead, `G` = retire grace =
+//! The timeline of one rotation (`P` = publish-ahead, the JWKS max-age;
+//! `S` = the clock skew tolerated between nodes; `G` = retire grace =
 //! longest token lifetime + leeway + clock skew):
 //!
 //! ```text
-//! t0: new key pending (in JWKS)   t0+P: new key active, old retired   t0+P+G: old removed
+//! t0: new key pending (in JWKS)   t0+P+S: new key active, old retired   t0+P+S+G: old removed
 //! ```
 
 use crate::raft::{KeyRecord, KeyState};
@@ -21,7 +22,8 @@ pub struct Timing {
     /// Rotate the active key after it has signed this long (`None`: only
     /// on demand).
     pub rotation_period: Option<u64>,
-    /// How long a new key is published before it may sign.
+    /// How long a new key is published before it may sign: the JWKS
+    /// max-age plus the clock skew tolerated between nodes.
     pub publish_ahead: u64,
     /// How long a retired key stays published.
     pub retire_grace: u64,

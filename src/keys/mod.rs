@@ -23,7 +23,7 @@ use crate::raft::{KeyRecord, KeyState, KeyTimes, ResealedKey};
 use crate::token::{self, KeySet, SigningKey, VerifyingKey};
 
 /// Errors of the key layer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeyError {
     /// The KEK could not be read or has the wrong shape.
@@ -311,13 +311,20 @@ pub fn new_record(
 /// that signs and the set that verifies.
 pub struct KeyRing {
     version: u64,
-    signer: Option<SigningKey>,
+    /// Why this node cannot sign, when the active key cannot be opened
+    /// (its KEK is not configured here): verifying needs only public keys,
+    /// so the ring still verifies and publishes; only signing fails.
+    signer: Result<Option<SigningKey>, KeyError>,
     verifiers: KeySet,
 }
 
 impl KeyRing {
     /// Derives the ring from the replicated records. The newest active key
-    /// signs; pending, active and retired keys verify.
+    /// signs; pending, active and retired keys verify. An active key this
+    /// node cannot open fails only [`KeyRing::signer`]: a node midway
+    /// through a KEK rotation still verifies every token and serves the
+    /// JWKS (before, the whole ring failed, and Introspect took that for
+    /// an invalid token and answered `active=false` for valid ones).
     pub fn from_records(
         version: u64,
         records: &[KeyRecord],
@@ -334,14 +341,13 @@ impl KeyRing {
                 newest_active = Some(r);
             }
         }
-        let signer = match newest_active {
-            None => None,
-            Some(r) => {
+        let signer = newest_active
+            .map(|r| {
                 let pkcs8 = keks.open(r)?;
                 let alg = token::Alg::from_name(&r.alg)?;
-                Some(SigningKey::from_pkcs8(r.kid.clone(), alg, &pkcs8)?)
-            }
-        };
+                Ok(SigningKey::from_pkcs8(r.kid.clone(), alg, &pkcs8)?)
+            })
+            .transpose();
         Ok(Self {
             version,
             signer,
@@ -356,7 +362,11 @@ impl KeyRing {
 
     /// The key that signs new tokens.
     pub fn signer(&self) -> Result<&SigningKey, KeyError> {
-        self.signer.as_ref().ok_or(KeyError::NoActiveKey)
+        match &self.signer {
+            Ok(Some(key)) => Ok(key),
+            Ok(None) => Err(KeyError::NoActiveKey),
+            Err(e) => Err(e.clone()),
+        }
     }
 
     /// The keys that verify tokens (and are published in JWKS).
@@ -416,13 +426,30 @@ mod tests {
     }
 
     #[test]
-    fn wrong_kek_is_a_clear_error() {
-        let a = new_ed25519_record(&kek(), KeyState::Active, 10).unwrap();
+    fn a_ring_whose_active_key_this_node_cannot_open_still_verifies() {
+        let k = kek();
+        let a = new_ed25519_record(&k, KeyState::Active, 10).unwrap();
+        let claims: token::Claims = serde_json::from_value(serde_json::json!({
+            "iss": "https://i", "sub": "s", "aud": "a", "exp": 200, "iat": 100,
+            "nbf": 100, "jti": "j", "scope": "x", "client_id": "c",
+        }))
+        .unwrap();
+        let jwt = KeyRing::from_records(1, std::slice::from_ref(&a), &k.into())
+            .unwrap()
+            .signer()
+            .unwrap()
+            .sign(&claims)
+            .unwrap();
         let other = Kek::from_bytes(&[9u8; 32]).unwrap();
         let other_id = other.id().to_string();
-        let err = KeyRing::from_records(1, &[a], &other.into())
-            .err()
-            .expect("wrong KEK");
+        let ring = KeyRing::from_records(1, &[a], &other.into()).unwrap();
+        let params = token::VerifyParams::new("https://i", 150).with_audience("a");
+        assert_eq!(
+            token::verify(&jwt, ring.verifiers(), &params).unwrap().jti,
+            "j"
+        );
+        assert_eq!(ring.verifiers().len(), 1);
+        let err = ring.signer().err().expect("wrong KEK");
         assert!(matches!(&err, KeyError::Unseal { kek_id, held, .. }
             if *kek_id == kek().id() && *held == other_id));
         // The message names the KEK id needed, never the KEK.

@@ -23,6 +23,12 @@ use crate::cluster::*;
 const ISSUER: &str = "https://tessera.dev";
 /// The publish-ahead window the tests run with (the default).
 const AHEAD: i64 = 600;
+/// The clock skew tolerated between nodes (the default `max_clock_skew`).
+const SKEW: i64 = 30;
+/// From a key's creation to its first signature: a JWKS copy cached just
+/// before the key was published has expired by then on any clock within
+/// the tolerated skew.
+const ACTIVATES: i64 = AHEAD + SKEW;
 /// A second test KEK.
 const NEW_KEK: &str = "bmV3LXRlc3Qta2VrLXRoaXJ0eS10d28tYnl0ZXMhISE=";
 
@@ -291,7 +297,7 @@ async fn rotation_under_load_keeps_every_token_verifiable_until_it_expires() {
     );
 
     // Publish-ahead passes: the leader activates k1 and retires k0.
-    c.clock.advance(AHEAD);
+    c.clock.advance(ACTIVATES);
     wait_all(&c, "k1 active", |k| {
         state_of(k, &k1) == Some(KeyState::Active) && state_of(k, &k0) == Some(KeyState::Retired)
     })
@@ -306,7 +312,7 @@ async fn rotation_under_load_keeps_every_token_verifiable_until_it_expires() {
     })
     .await;
     load.more(10).await;
-    c.clock.advance(AHEAD);
+    c.clock.advance(ACTIVATES);
     wait_all(&c, "k2 active", |k| {
         state_of(k, &k2) == Some(KeyState::Active) && state_of(k, &k1) == Some(KeyState::Retired)
     })
@@ -336,9 +342,14 @@ async fn rotation_under_load_keeps_every_token_verifiable_until_it_expires() {
     assert_eq!(info[&k0].state, "retired");
     assert_eq!(info[&k2].algorithm, "ES256");
     assert_eq!(info[&k1].activated_at, info[&k0].retired_at);
+    // Not the max-age alone: a leader whose clock runs up to the skew ahead
+    // of the one that created k1 would activate it while a JWKS cached just
+    // before k1 was published is still fresh (its verifier refuses k1's
+    // tokens: unknown kid).
     assert_eq!(
         info[&k1].activate_after,
-        info[&k1].created_at + AHEAD as u64
+        info[&k1].created_at + ACTIVATES as u64,
+        "a new key signs only once a JWKS cached before it was published has expired on every clock"
     );
     assert_eq!(listed.retire_grace_seconds, 3600 + 30 + 30);
     let k0_removal = info[&k0].remove_after;
@@ -423,7 +434,7 @@ async fn concurrent_rotations_on_every_node_add_exactly_one_key() {
         );
         let kid = kids.into_iter().next().unwrap();
         assert_eq!(state_of(&ring, &kid), Some(KeyState::Pending));
-        c.clock.advance(AHEAD);
+        c.clock.advance(ACTIVATES);
         wait_all(&c, "the new key active", |k| active(k) == [kid.clone()]).await;
     }
     // The ES256 key signs, and its tokens verify with the JWKS.
@@ -496,7 +507,7 @@ async fn a_rotation_on_an_isolated_minority_fails_and_the_majority_commits_one_k
         "only the majority's key: {ring:?}"
     );
     assert_eq!(state_of(&ring, &kid), Some(KeyState::Pending));
-    c.clock.advance(AHEAD);
+    c.clock.advance(ACTIVATES);
     wait_all(&c, "one active key", |k| active(k) == [kid.clone()]).await;
     let ring = same_ring(&c).await;
     assert_eq!(active(&ring), vec![kid.clone()]);
@@ -561,7 +572,7 @@ async fn kek_rotation_then_restart_with_only_the_new_kek() {
     c.wait_ready(&[1, 2, 3]).await;
     same_ring(&c).await;
     let t_new = issue_on(&c, 2).await;
-    c.clock.advance(AHEAD);
+    c.clock.advance(ACTIVATES);
     wait_all(&c, "the ES256 key active", |k| {
         k.iter()
             .any(|r| r.alg == "ES256" && r.state == KeyState::Active)
@@ -672,5 +683,75 @@ async fn cli_rotates_lists_and_warns_about_now() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("already sealed"));
+    c.stop().await;
+}
+
+/// A node midway through a KEK rotation (step 1 not yet done on it) cannot
+/// open a key activated by a leader that already holds the new KEK. It used
+/// to fail its whole key ring, and Introspect took that for an invalid
+/// token: a definitive `active=false` for a valid, unrevoked one. Verifying
+/// needs only public keys: the node must still verify (it only cannot sign).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_the_active_keys_kek_still_says_a_valid_token_is_active() {
+    let mut c = TestCluster::start(3).await;
+    let token = issue_on(&c, 1).await;
+    let leader = c.agreed_leader(&[1, 2, 3]).await;
+    let stale = [1, 2, 3].into_iter().find(|i| *i != leader).unwrap();
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != stale).collect();
+    for &i in &others {
+        let cfg = c.config_mut(i);
+        cfg.kek = KekSource::Text(NEW_KEK.into());
+        cfg.previous_kek = Some(KekSource::Text(KEK.into()));
+        c.restart(i).await;
+        c.wait_ready(&[1, 2, 3]).await;
+    }
+    // The leader must hold the new KEK: move leadership off `stale`.
+    let mut leader = c.agreed_leader(&[1, 2, 3]).await;
+    if leader == stale {
+        c.faults.isolate(stale);
+        leader = c.agreed_leader(&others).await;
+        c.faults.heal();
+        c.node(stale)
+            .raft()
+            .wait(Some(WAIT))
+            .current_leader(leader, "the stale node follows")
+            .await
+            .unwrap();
+    }
+    // An emergency rotation: the new key is sealed under the new KEK.
+    let rev = c
+        .admin(leader)
+        .await
+        .rotate_signing_key(pb::RotateSigningKeyRequest {
+            algorithm: "EdDSA".into(),
+            now: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .revision;
+    for i in [leader, stale] {
+        let mut req = introspect_req(&token);
+        req.min_revision = rev;
+        let r = c
+            .tokens_on(i, "admin")
+            .await
+            .introspect(req)
+            .await
+            .unwrap_or_else(|s| panic!("node {i}: {s:?}"))
+            .into_inner();
+        assert!(
+            r.active,
+            "node {i} says a valid, unrevoked token is inactive"
+        );
+    }
+    // It still cannot sign, and says so.
+    let e = c
+        .tokens_on(stale, "frontend")
+        .await
+        .issue_token(issue_req("orders", &["orders:write"]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     c.stop().await;
 }

@@ -449,7 +449,9 @@ mod tests {
             "j"
         );
         assert_eq!(ring.verifiers().len(), 1);
-        let err = ring.signer().err().expect("wrong KEK");
+        let Err(err) = ring.signer() else {
+            panic!("signed with a key sealed under another KEK");
+        };
         assert!(matches!(&err, KeyError::Unseal { kek_id, held, .. }
             if *kek_id == kek().id() && *held == other_id));
         // The message names the KEK id needed, never the KEK.

@@ -187,26 +187,36 @@ impl PolicyEngine {
     /// Parses `text`, names its policies by `@id` and validates it against
     /// the schema in strict mode. `version` is the replicated version the text
     /// came with (the log index of its `PutPolicy`), reported back as is.
+    ///
+    /// The parse runs on a thread of its own with a large stack, after
+    /// [`super::shape::check`] bounded the document's nesting.
     pub fn new(text: &str, version: u64) -> Result<Self, PolicyError> {
         let model = Model::get()?;
-        let (policies, ids) = load(model, text)?;
-        let reads_revoke_target = super::target::reads_revoke_target(&policies);
-        Ok(Self {
-            version,
-            text: text.to_owned(),
-            policies,
-            ids,
-            model,
-            authorizer: Authorizer::new(),
-            cache: Mutex::new(HashMap::new()),
-            reads_revoke_target,
+        check_size(text)?;
+        super::shape::check(text)?;
+        super::shape::on_parse_thread(|| {
+            let (policies, ids) = load(model, text)?;
+            let reads_revoke_target = super::target::reads_revoke_target(&policies);
+            Ok(Self {
+                version,
+                text: text.to_owned(),
+                policies,
+                ids,
+                model,
+                authorizer: Authorizer::new(),
+                cache: Mutex::new(HashMap::new()),
+                reads_revoke_target,
+            })
         })
     }
 
     /// Checks `text` exactly as [`PolicyEngine::new`] would, for dry runs
     /// (`ValidatePolicy`, and before proposing a `PutPolicy`).
     pub fn validate(text: &str) -> Result<(), PolicyError> {
-        load(Model::get()?, text).map(|_| ())
+        let model = Model::get()?;
+        check_size(text)?;
+        super::shape::check(text)?;
+        super::shape::on_parse_thread(|| load(model, text).map(|_| ()))
     }
 
     /// The version this engine was built with.
@@ -393,14 +403,19 @@ impl PolicyEngine {
     }
 }
 
-/// Parses, renames by `@id` and validates a policy document.
-fn load(model: &Model, text: &str) -> Result<(PolicySet, Vec<String>), PolicyError> {
+fn check_size(text: &str) -> Result<(), PolicyError> {
     if text.len() > MAX_POLICY_BYTES {
         return Err(PolicyError::Invalid(format!(
             "the document is {} bytes, more than the limit of {MAX_POLICY_BYTES}",
             text.len()
         )));
     }
+    Ok(())
+}
+
+/// Parses, renames by `@id` and validates a policy document (on the parse
+/// thread: Cedar's parser recurses per level of nesting).
+fn load(model: &Model, text: &str) -> Result<(PolicySet, Vec<String>), PolicyError> {
     let parsed = PolicySet::from_str(text).map_err(|_| PolicyError::Parse(parse_problems(text)))?;
 
     let mut problems: Vec<String> = parsed

@@ -23,6 +23,7 @@
 
 mod engine;
 mod request;
+mod shape;
 mod target;
 
 pub use engine::{Decision, PolicyEngine, MAX_ERROR_MESSAGE_BYTES, MAX_POLICY_BYTES};
@@ -30,6 +31,7 @@ pub use request::{
     Action, Context, DiscloseContext, ExchangeFacts, GrantFacts, Request, Resource, RevokeContext,
     RevokeKind, CLUSTER_ID,
 };
+pub use shape::{MAX_NESTING, MAX_OPERATORS_PER_POLICY};
 
 /// The Cedar schema (Cedar schema syntax) that policies are validated
 /// against. Published so that operators can see it (`tessera policy schema`).

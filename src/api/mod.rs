@@ -21,6 +21,7 @@ mod reflection;
 pub mod refusal;
 pub mod rpc_metrics;
 mod signals;
+pub mod stream_limit;
 mod token_service;
 mod trace_layer;
 pub mod validate;
@@ -607,9 +608,11 @@ pub async fn serve(
     let mut watch = watch;
     watch.shared_encoding &=
         std::env::var("TESSERA_WATCH_SHARED_ENCODING").map_or(true, |v| v != "0");
+    let streams = stream_limit::StreamLimits::new(watch.max_subscribers, watch.max_per_identity);
     let watcher = watch_wire::WatchServer::new(watch_service::WatchApi::new(
         shared.clone(),
         watch,
+        streams.clone(),
         stop.clone(),
     ));
     let mut accept = limits.accept.clone();
@@ -665,6 +668,7 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(limits.http2.keepalive_timeout))
         .layer(trace)
         .layer(rate)
+        .layer(stream_limit::StreamLimitLayer::new(streams))
         .add_service(health)
         .add_optional_service(reflection::v1())
         .add_optional_service(reflection::v1alpha())

@@ -29,7 +29,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{broadcast, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{broadcast, watch};
 use tonic::{Request, Response, Status};
 
 use super::watch_wire::Frame;
@@ -91,8 +91,9 @@ impl Default for WatchSettings {
 /// The `RevocationService` implementation.
 pub struct WatchApi {
     shared: Arc<Shared>,
-    permits: Arc<Semaphore>,
-    slots: Arc<super::limits::WatchSlots>,
+    /// Shared with the other long-lived streams (health `Watch`,
+    /// reflection): see [`super::stream_limit`].
+    limits: Arc<super::stream_limit::StreamLimits>,
     settings: WatchSettings,
     stop: watch::Receiver<bool>,
 }
@@ -101,12 +102,12 @@ impl WatchApi {
     pub(super) fn new(
         shared: Arc<Shared>,
         settings: WatchSettings,
+        limits: Arc<super::stream_limit::StreamLimits>,
         stop: watch::Receiver<bool>,
     ) -> Self {
         Self {
             shared,
-            permits: Arc::new(Semaphore::new(settings.max_subscribers)),
-            slots: super::limits::WatchSlots::new(settings.max_per_identity),
+            limits,
             settings,
             stop,
         }
@@ -266,13 +267,7 @@ impl WatchApi {
         }
         // Never an empty or frozen snapshot presented as current.
         self.shared.ensure_ready()?;
-        let slot = self.slots.acquire(&caller.id)?;
-        let permit = self.permits.clone().try_acquire_owned().map_err(|_| {
-            Status::resource_exhausted(format!(
-                "this node serves at most {} watchers; try another node",
-                self.settings.max_subscribers
-            ))
-        })?;
+        let slot = self.limits.acquire(&caller.id)?;
         let req = req.into_inner();
         let (from, coalesce) = (req.from_revision, req.coalesce);
         tracing::debug!(caller = %caller.id, from, coalesce, "watcher starts");
@@ -304,7 +299,7 @@ impl WatchApi {
             ready_before: true,
             held: None,
             done: false,
-            _permit: (permit, slot),
+            _slot: slot,
         };
         // The response body itself runs the pump: an event goes from the
         // feed to the HTTP/2 stream in the task that writes the stream,
@@ -406,7 +401,7 @@ struct Pump {
     done: bool,
     /// The node-wide and the per-identity subscriber slots, given back
     /// when the subscriber ends.
-    _permit: (OwnedSemaphorePermit, super::limits::WatchSlot),
+    _slot: super::stream_limit::StreamSlot,
 }
 
 impl Pump {

@@ -206,3 +206,73 @@ async fn client_silent_after_tls_kept_its_connection() {
         .unwrap();
     c.stop().await;
 }
+
+/// `grpc.health.v1.Health/Watch` never ends by itself and is not rate
+/// limited (probes must get answers); it used to be bounded by nothing,
+/// so one caller could hold as many as every HTTP/2 stream slot of every
+/// connection it may open (~6 KiB of node memory each). Such streams now
+/// take the same slots as `WatchRevocations`, and give them back when they
+/// end; `Health/Check` (what probes call) is never refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_caller_held_health_watch_streams_without_any_bound() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let c = TestCluster::start_with(1, |cfg| {
+        cfg.watch.max_per_identity = 2;
+        cfg.watch.max_subscribers = 3;
+    })
+    .await;
+    c.wait_ready(&[1]).await;
+    let orders = c.channel_as(1, &c.files("orders")).await;
+    let watch = |ch: &tonic::transport::Channel| {
+        let mut h = HealthClient::new(ch.clone());
+        async move {
+            tokio::time::timeout(
+                WAIT,
+                h.watch(HealthCheckRequest {
+                    service: String::new(),
+                }),
+            )
+            .await
+            .expect("answered")
+            .map(tonic::Response::into_inner)
+        }
+    };
+    let first = watch(&orders).await.unwrap();
+    let _second = watch(&orders).await.unwrap();
+    let e = watch(&orders).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    // The node-wide bound counts revocation watchers too.
+    let ledger = c.channel_as(1, &c.files("ledger")).await;
+    let _watcher = RevocationServiceClient::new(ledger.clone())
+        .watch_revocations(pb::WatchRequest::default())
+        .await
+        .unwrap();
+    let e = watch(&ledger).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("at most 3"), "{e:?}");
+    // Probes are never refused.
+    let check = HealthClient::new(orders.clone())
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(check.into_inner().status, 1, "SERVING");
+    // A stream that ends gives its slot back.
+    drop(first);
+    let again = tokio::time::timeout(WAIT, async {
+        loop {
+            match watch(&orders).await {
+                Ok(s) => return s,
+                // The server notices the reset asynchronously.
+                Err(e) if e.code() == Code::ResourceExhausted => tokio::task::yield_now().await,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the ended stream's slot is given back");
+    drop(again);
+    c.stop().await;
+}

@@ -99,7 +99,7 @@ impl TokenApi {
         jtis.push(&c.jti);
         self.shared
             .state
-            .is_revoked(&jtis, &c.sub, &c.client_id, c.iat, c.rev)
+            .is_revoked(&jtis, &c.sub, &c.clients(), c.iat, c.rev)
     }
 
     fn policy(&self) -> Result<Arc<crate::policy::PolicyEngine>, ApiError> {

@@ -548,6 +548,7 @@ fn crypto_costs(iterations: u32, out: &mut (dyn Write + Send)) -> Result<(), Cli
         may_act: None,
         chain: vec![],
         rev: None,
+        ancestor_clients: Vec::new(),
     };
     let params = VerifyParams {
         issuer: "https://tessera.dev".into(),

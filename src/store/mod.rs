@@ -258,15 +258,15 @@ mod tests {
 
     fn assert_workload_state(view: &StateView) {
         assert_eq!(view.revision(), 10);
-        assert!(view.is_revoked(&["j-live"], "x", "y", 1, None));
-        assert!(!view.is_revoked(&["j-old"], "x", "y", 1, None), "purged");
-        assert!(!view.is_revoked(&[], "alice", "y", 1, None), "purged");
-        assert!(view.is_revoked(&[], "bob", "svc-a", 90, None));
+        assert!(view.is_revoked(&["j-live"], "x", &["y"], 1, None));
+        assert!(!view.is_revoked(&["j-old"], "x", &["y"], 1, None), "purged");
+        assert!(!view.is_revoked(&[], "alice", &["y"], 1, None), "purged");
+        assert!(view.is_revoked(&[], "bob", &["svc-a"], 90, None));
         // The client cut-off was applied at revision 5: tokens minted below
         // it are revoked whatever their iat (also after a snapshot install
         // or a reopen: the revision is part of the state).
-        assert!(view.is_revoked(&[], "bob", "svc-a", 1_000, Some(4)));
-        assert!(!view.is_revoked(&[], "bob", "svc-a", 0, Some(5)));
+        assert!(view.is_revoked(&[], "bob", &["svc-a"], 1_000, Some(4)));
+        assert!(!view.is_revoked(&[], "bob", &["svc-a"], 0, Some(5)));
         assert_eq!(view.revocation_count(), 2);
         assert_eq!(view.policy().map(|p| p.0), Some(6));
         assert_eq!(view.keys_version(), 8);
@@ -422,9 +422,9 @@ mod tests {
         assert_eq!(view.revision(), 50);
         start_like_raft(&mut log, &mut sm).await;
         assert_eq!(view.revision(), 50);
-        assert!(view.is_revoked(&["j-live"], "x", "y", 1, None));
+        assert!(view.is_revoked(&["j-live"], "x", &["y"], 1, None));
         for i in 0..40 {
-            assert!(view.is_revoked(&[&format!("later-{i}")], "x", "y", 1, None));
+            assert!(view.is_revoked(&[&format!("later-{i}")], "x", &["y"], 1, None));
         }
         assert_eq!(view.revocation_count(), 42);
         assert_eq!(
@@ -469,7 +469,7 @@ mod tests {
         assert!(sm_b.fsync_count() > fsyncs);
         assert_eq!(*rx.borrow_and_update(), 10);
         assert_workload_state(&view_b);
-        assert!(!view_b.is_revoked(&["stale"], "", "", 0, None));
+        assert!(!view_b.is_revoked(&["stale"], "", &[""], 0, None));
         assert_eq!(
             sm_b.applied_state().await.unwrap(),
             sm_a.applied_state().await.unwrap()

@@ -247,21 +247,24 @@ impl State {
         }
     }
 
-    /// True if any of `jtis` is revoked, or the subject's or the client's
-    /// cut-off revokes a token minted at revision `rev` (or, without one, at
-    /// `iat`): see [`cutoff_revokes`].
+    /// True if any of `jtis` is revoked, or the subject's or one of the
+    /// `clients`' cut-off (the token's own and its ancestors') revokes a
+    /// token minted at revision `rev` (or, without one, at `iat`): see
+    /// [`cutoff_revokes`].
     pub(crate) fn is_revoked(
         &self,
         jtis: &[&str],
         subject: &str,
-        client: &str,
+        clients: &[&str],
         iat: u64,
         rev: Option<u64>,
     ) -> bool {
         let hit = |c: &Cutoff| cutoff_revokes(c.cutoff, c.revision, iat, rev);
         jtis.iter().any(|j| self.jtis.contains(j))
             || self.subjects.get(subject).is_some_and(hit)
-            || self.clients.get(client).is_some_and(hit)
+            || clients
+                .iter()
+                .any(|client| self.clients.get(*client).is_some_and(hit))
     }
 
     /// Every active revocation entry, for a watcher's snapshot: jtis in no
@@ -395,8 +398,8 @@ mod tests {
         assert_eq!(t.events.len(), 1, "one event per log entry");
         assert_eq!(t.events[0].revision, 2);
         assert_eq!(t.events[0].revocations.len(), 2);
-        assert!(s.is_revoked(&["b"], "x", "y", 0, None));
-        assert!(s.is_revoked(&[], "s", "y", 10, None));
+        assert!(s.is_revoked(&["b"], "x", &["y"], 0, None));
+        assert!(s.is_revoked(&[], "s", &["y"], 10, None));
     }
 
     #[test]
@@ -480,23 +483,23 @@ mod tests {
         apply(&mut s, 9, 100, client(100));
         // A token minted below the cut-off's revision is revoked whatever
         // its iat (a minting clock ahead of the revoking node's)...
-        assert!(s.is_revoked(&[], "alice", "x", 5_000, Some(6)));
-        assert!(s.is_revoked(&[], "bob", "svc", 5_000, Some(8)));
+        assert!(s.is_revoked(&[], "alice", &["x"], 5_000, Some(6)));
+        assert!(s.is_revoked(&[], "bob", &["svc"], 5_000, Some(8)));
         // ...and one minted at or above it is valid whatever its iat (a
         // minting clock behind).
-        assert!(!s.is_revoked(&[], "alice", "x", 1, Some(7)));
-        assert!(!s.is_revoked(&[], "alice", "x", 1, Some(8)));
-        assert!(!s.is_revoked(&[], "bob", "svc", 1, Some(9)));
+        assert!(!s.is_revoked(&[], "alice", &["x"], 1, Some(7)));
+        assert!(!s.is_revoked(&[], "alice", &["x"], 1, Some(8)));
+        assert!(!s.is_revoked(&[], "bob", &["svc"], 1, Some(9)));
         // No claim: the iat rule.
-        assert!(s.is_revoked(&[], "alice", "x", 100, None));
-        assert!(!s.is_revoked(&[], "alice", "x", 101, None));
+        assert!(s.is_revoked(&[], "alice", &["x"], 100, None));
+        assert!(!s.is_revoked(&[], "alice", &["x"], 101, None));
         // A cut-off held before revisions were recorded (read from old state
         // with the serde default) uses the iat rule even for new tokens.
         let old: Cutoff = serde_json::from_str(r#"{"cutoff":100,"until":200}"#).unwrap();
         assert_eq!(old.revision, 0);
         s.subjects.insert("carol".into(), old);
-        assert!(s.is_revoked(&[], "carol", "x", 100, Some(1_000)));
-        assert!(!s.is_revoked(&[], "carol", "x", 101, Some(1)));
+        assert!(s.is_revoked(&[], "carol", &["x"], 100, Some(1_000)));
+        assert!(!s.is_revoked(&[], "carol", &["x"], 101, Some(1)));
         // The watch feed and a watcher's snapshot carry the revision.
         let revs: Vec<u64> = s
             .revocations()
@@ -669,18 +672,21 @@ mod tests {
             },
         );
         // Own jti or any ancestor.
-        assert!(s.is_revoked(&["j1"], "bob", "other", 999, None));
-        assert!(s.is_revoked(&["x", "j1"], "bob", "other", 999, None));
-        assert!(!s.is_revoked(&["x", "y"], "bob", "other", 999, None));
-        assert!(!s.is_revoked(&[], "bob", "other", 0, None));
+        assert!(s.is_revoked(&["j1"], "bob", &["other"], 999, None));
+        assert!(s.is_revoked(&["x", "j1"], "bob", &["other"], 999, None));
+        assert!(!s.is_revoked(&["x", "y"], "bob", &["other"], 999, None));
+        assert!(!s.is_revoked(&[], "bob", &["other"], 0, None));
         // Subject cut-off: iat <= cutoff is revoked.
-        assert!(s.is_revoked(&[], "alice", "other", 50, None));
-        assert!(s.is_revoked(&[], "alice", "other", 0, None));
-        assert!(!s.is_revoked(&[], "alice", "other", 51, None));
+        assert!(s.is_revoked(&[], "alice", &["other"], 50, None));
+        assert!(s.is_revoked(&[], "alice", &["other"], 0, None));
+        assert!(!s.is_revoked(&[], "alice", &["other"], 51, None));
         // Client cut-off likewise; subject and client are not interchangeable.
-        assert!(s.is_revoked(&[], "bob", "svc", 60, None));
-        assert!(!s.is_revoked(&[], "bob", "svc", 61, None));
-        assert!(!s.is_revoked(&[], "svc", "alice", 1, None));
+        assert!(s.is_revoked(&[], "bob", &["svc"], 60, None));
+        assert!(!s.is_revoked(&[], "bob", &["svc"], 61, None));
+        assert!(!s.is_revoked(&[], "svc", &["alice"], 1, None));
+        // An ancestor's client is cut off: the token is too.
+        assert!(s.is_revoked(&[], "bob", &["other", "svc"], 60, None));
+        assert!(!s.is_revoked(&[], "bob", &["other", "svc"], 61, None));
     }
 
     #[test]

@@ -84,18 +84,20 @@ impl StateView {
     }
 
     /// True if any of `jtis` (a token's own and its ancestors') is revoked,
-    /// or `subject`'s or `client`'s revocation cut-off revokes a token
-    /// minted at revision `rev` (its `tsr_rev` claim) or, for a token
-    /// without one, at `iat`: see [`crate::token::cutoff_revokes`].
+    /// or `subject`'s or one of `clients`' (the token's own and its
+    /// ancestors', [`crate::token::Claims::clients`]) revocation cut-off
+    /// revokes a token minted at revision `rev` (its `tsr_rev` claim) or,
+    /// for a token without one, at `iat`: see
+    /// [`crate::token::cutoff_revokes`].
     pub fn is_revoked(
         &self,
         jtis: &[&str],
         subject: &str,
-        client: &str,
+        clients: &[&str],
         iat: u64,
         rev: Option<u64>,
     ) -> bool {
-        read(&self.state).is_revoked(jtis, subject, client, iat, rev)
+        read(&self.state).is_revoked(jtis, subject, clients, iat, rev)
     }
 
     /// The key ring, ordered by `kid`.

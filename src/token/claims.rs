@@ -24,6 +24,12 @@
 //!   cut-offs compare it with the revision they were committed at, not clocks
 //!   (see [`cutoff_revokes`](super::cutoff_revokes)). Tokens minted before the
 //!   claim existed lack it and fall back to comparing `iat`.
+//! - `tsr_clients` (private claim) holds the distinct `client_id`s of the
+//!   token's ancestors, root first, and is omitted when empty: a client
+//!   cut-off revokes the tokens delegated from that client's tokens too
+//!   (DESIGN: a token is inactive if any ancestor is). Tokens exchanged
+//!   before the claim existed lack it; a cut-off then reaches only their
+//!   own `client_id` (and their ancestors by `jti` revocation).
 
 use std::fmt;
 
@@ -69,6 +75,9 @@ pub struct Claims {
     /// `None` for tokens minted before this claim existed.
     #[serde(rename = "tsr_rev", default, skip_serializing_if = "Option::is_none")]
     pub rev: Option<u64>,
+    /// The distinct `client_id`s of the ancestors, root first.
+    #[serde(rename = "tsr_clients", default, skip_serializing_if = "Vec::is_empty")]
+    pub ancestor_clients: Vec<String>,
 }
 
 impl Claims {
@@ -86,6 +95,20 @@ impl Claims {
     /// token originally issued.
     pub fn depth(&self) -> usize {
         self.chain.len()
+    }
+
+    /// Every client whose cut-off reaches this token: its own `client_id`
+    /// and its ancestors' (`tsr_clients`).
+    pub fn clients(&self) -> Vec<&str> {
+        let mut out = Vec::with_capacity(self.ancestor_clients.len() + 1);
+        out.push(self.client_id.as_str());
+        out.extend(
+            self.ancestor_clients
+                .iter()
+                .map(String::as_str)
+                .filter(|c| *c != self.client_id),
+        );
+        out
     }
 
     /// Actor subjects, outermost (current) actor first.
@@ -341,6 +364,7 @@ mod tests {
             may_act: None,
             chain: vec![],
             rev: None,
+            ancestor_clients: Vec::new(),
         }
     }
 

@@ -179,6 +179,12 @@ pub fn exchange(
     if chain.len() > limits.max_depth {
         return Err(TokenError::DepthExceeded);
     }
+    // The ancestors' clients, distinct (at most one per ancestor): a cut-off
+    // of any of them reaches the new token too.
+    let mut ancestor_clients = subject.ancestor_clients.clone();
+    if !ancestor_clients.contains(&subject.client_id) {
+        ancestor_clients.push(subject.client_id.clone());
+    }
 
     // 8. Lifetime.
     let remaining = subject.exp - now; // > 0, checked in 1.
@@ -216,6 +222,7 @@ pub fn exchange(
         chain,
         // Set by the service from its applied revision.
         rev: None,
+        ancestor_clients,
     })
 }
 
@@ -264,6 +271,7 @@ pub fn issue_claims(
         chain: Vec::new(),
         // Set by the service from its applied revision.
         rev: None,
+        ancestor_clients: Vec::new(),
     })
 }
 
@@ -502,6 +510,21 @@ mod tests {
         assert_eq!(t3.chain, ["j0", "j1", "j2"]);
         assert_eq!(t3.client_id, D);
         assert_eq!(t3.thumbprint(), Some(thumb(D).as_str()));
+        // Every ancestor's client, root first, once each: a cut-off of any
+        // of them reaches t3.
+        assert_eq!(t1.ancestor_clients, [t0.client_id.as_str()]);
+        assert_eq!(t3.ancestor_clients, [t0.client_id.as_str(), B, C]);
+        assert_eq!(t3.clients(), [D, t0.client_id.as_str(), B, C]);
+    }
+
+    #[test]
+    fn a_client_appears_once_among_the_ancestors() {
+        let t0 = issued();
+        let t1 = run(&req(B, B), &t0, None, "j1").unwrap();
+        // B narrows its own token: B is already an ancestor's client.
+        let t2 = run(&req(B, C), &t1, None, "j2").unwrap();
+        assert_eq!(t2.ancestor_clients, [t0.client_id.as_str(), B]);
+        assert_eq!(t2.clients(), [B, t0.client_id.as_str()]);
     }
 
     #[test]

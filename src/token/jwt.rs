@@ -712,6 +712,7 @@ mod tests {
             may_act: None,
             chain: vec![],
             rev: None,
+            ancestor_clients: Vec::new(),
         }
     }
 

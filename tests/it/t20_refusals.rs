@@ -47,6 +47,7 @@ fn frontend_claims(c: &TestCluster, thumbprint: &str) -> Claims {
         may_act: None,
         chain: vec![],
         rev: None,
+        ancestor_clients: Vec::new(),
     }
 }
 

@@ -189,3 +189,60 @@ async fn cutoff_revokes_a_token_minted_on_a_node_whose_clock_is_ahead() {
     cache.shutdown().await;
     c.stop().await;
 }
+
+/// DESIGN: a token is inactive if it *or any ancestor* is revoked. A
+/// client cut-off used to reach only tokens whose own `client_id` was the
+/// client: after cutting off a compromised `orders`, the token `payments`
+/// had exchanged from an `orders` token stayed active (and exchangeable)
+/// on every node and in the client library, until it expired. Tokens now
+/// carry their ancestors' clients (`tsr_clients`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cutoff_left_tokens_delegated_from_that_clients_tokens_active() {
+    let c = TestCluster::start(1).await;
+    let (t1, t2, t3) = chain_of_three(&c).await;
+    assert_eq!(
+        decoded(&t3.access_token).ancestor_clients,
+        vec![id("frontend"), id("orders")],
+        "root first"
+    );
+    let mut cache_cfg = CacheConfig::new(
+        c.nodes.values().map(|n| n.api_addr().to_string()).collect(),
+        c.files("ledger"),
+    );
+    cache_cfg.clock = c.clock.clone();
+    let cache = RevocationCache::start(cache_cfg).unwrap();
+    cache.wait_ready(WAIT).await.unwrap();
+
+    let cut = revoke_on(&c, 1, pb::revoke_request::Target::Client(id("orders"))).await;
+    assert!(
+        active_on(&c, 1, &t1.access_token, cut).await,
+        "an ancestor stays"
+    );
+    assert!(
+        !active_on(&c, 1, &t2.access_token, cut).await,
+        "orders' own"
+    );
+    assert!(
+        !active_on(&c, 1, &t3.access_token, cut).await,
+        "exchanged from a token of the cut-off client, before the cut-off"
+    );
+    let e = c
+        .tokens("ledger")
+        .await
+        .exchange_token(exchange_req(&t3.access_token, "ledger", &["ledger:write"]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    assert!(e.message().contains("revoked"), "{e:?}");
+    cache.wait_for_revision(cut, WAIT).await.unwrap();
+    assert!(cache.is_token_revoked(&decoded(&t3.access_token)));
+    assert!(!cache.is_token_revoked(&decoded(&t1.access_token)));
+
+    // A chain started after the cut-off through the same clients is valid.
+    let (_, n2, n3) = chain_of_three(&c).await;
+    assert!(active_on(&c, 1, &n2.access_token, cut).await);
+    assert!(active_on(&c, 1, &n3.access_token, cut).await);
+    assert!(!cache.is_token_revoked(&decoded(&n3.access_token)));
+    cache.shutdown().await;
+    c.stop().await;
+}

@@ -206,14 +206,16 @@ impl Entries {
         &self,
         jtis: &[&str],
         subject: &str,
-        client: &str,
+        clients: &[&str],
         iat: u64,
         rev: Option<u64>,
     ) -> bool {
         let hit = |c: &Cutoff| cutoff_revokes(c.cutoff, c.revision, iat, rev);
         jtis.iter().any(|j| self.jtis.contains_key(*j))
             || self.subjects.get(subject).is_some_and(hit)
-            || self.clients.get(client).is_some_and(hit)
+            || clients
+                .iter()
+                .any(|client| self.clients.get(*client).is_some_and(hit))
     }
 }
 
@@ -589,18 +591,20 @@ impl RevocationCache {
         self.shared()
             .read()
             .entries
-            .is_revoked(jtis, subject, client, iat, rev)
+            .is_revoked(jtis, subject, &[client], iat, rev)
     }
 
     /// [`is_revoked`](Self::is_revoked) for verified claims: the chain and
-    /// the token's own jti, its `sub`, `client_id`, `iat` and `tsr_rev`.
+    /// the token's own jti, its `sub`, its `client_id` and its ancestors'
+    /// (`tsr_clients`: a cut-off of a client reaches the tokens delegated
+    /// from its tokens), `iat` and `tsr_rev`.
     pub fn is_token_revoked(&self, claims: &Claims) -> bool {
         let mut jtis: Vec<&str> = claims.chain.iter().map(String::as_str).collect();
         jtis.push(&claims.jti);
-        self.is_revoked(
+        self.shared().read().entries.is_revoked(
             &jtis,
             &claims.sub,
-            &claims.client_id,
+            &claims.clients(),
             claims.iat,
             claims.rev,
         )
@@ -973,7 +977,7 @@ mod tests {
         );
         s.step(&mut st, chunk(9, vec![jti("c", 100)])).unwrap();
         assert_eq!((st.revision, jtis(&st)), (5, set(&["a"])));
-        assert!(st.entries.is_revoked(&["a"], "", "", 0, None));
+        assert!(st.entries.is_revoked(&["a"], "", &[""], 0, None));
         assert_eq!(s.step(&mut st, end(9, 2)).unwrap(), Step::Replaced(9));
         // "a" was purged on the server: gone here too.
         assert_eq!((st.revision, jtis(&st)), (9, set(&["b", "c"])));
@@ -1123,19 +1127,19 @@ mod tests {
         );
         assert_eq!(e.len(), 3);
         // Any jti of the chain.
-        assert!(e.is_revoked(&["root", "child"], "bob", "other", 99, None));
-        assert!(e.is_revoked(&["child", "root"], "bob", "other", 99, None));
-        assert!(!e.is_revoked(&["child"], "bob", "other", 99, None));
-        assert!(!e.is_revoked(&[], "bob", "other", 0, None));
+        assert!(e.is_revoked(&["root", "child"], "bob", &["other"], 99, None));
+        assert!(e.is_revoked(&["child", "root"], "bob", &["other"], 99, None));
+        assert!(!e.is_revoked(&["child"], "bob", &["other"], 99, None));
+        assert!(!e.is_revoked(&[], "bob", &["other"], 0, None));
         // Subject cut-off: at or after iat.
-        assert!(e.is_revoked(&["x"], "alice", "other", 49, None));
-        assert!(e.is_revoked(&["x"], "alice", "other", 50, None));
-        assert!(!e.is_revoked(&["x"], "alice", "other", 51, None));
+        assert!(e.is_revoked(&["x"], "alice", &["other"], 49, None));
+        assert!(e.is_revoked(&["x"], "alice", &["other"], 50, None));
+        assert!(!e.is_revoked(&["x"], "alice", &["other"], 51, None));
         // Client cut-off.
-        assert!(e.is_revoked(&["x"], "bob", "svc", 60, None));
-        assert!(!e.is_revoked(&["x"], "bob", "svc", 61, None));
+        assert!(e.is_revoked(&["x"], "bob", &["svc"], 60, None));
+        assert!(!e.is_revoked(&["x"], "bob", &["svc"], 61, None));
         // A subject is not a client and the other way round.
-        assert!(!e.is_revoked(&["x"], "svc", "alice", 61, None));
+        assert!(!e.is_revoked(&["x"], "svc", &["alice"], 61, None));
     }
 
     #[test]
@@ -1159,14 +1163,14 @@ mod tests {
             .unwrap();
         let e = &st.entries;
         // Below the cut-off revision: revoked, whatever the iat.
-        assert!(e.is_revoked(&["x"], "alice", "o", 5_000, Some(6)));
-        assert!(e.is_revoked(&["x"], "bob", "svc", 5_000, Some(11)));
+        assert!(e.is_revoked(&["x"], "alice", &["o"], 5_000, Some(6)));
+        assert!(e.is_revoked(&["x"], "bob", &["svc"], 5_000, Some(11)));
         // At or above: valid, whatever the iat.
-        assert!(!e.is_revoked(&["x"], "alice", "o", 1, Some(7)));
-        assert!(!e.is_revoked(&["x"], "bob", "svc", 1, Some(12)));
+        assert!(!e.is_revoked(&["x"], "alice", &["o"], 1, Some(7)));
+        assert!(!e.is_revoked(&["x"], "bob", &["svc"], 1, Some(12)));
         // No claim: the iat rule.
-        assert!(e.is_revoked(&["x"], "alice", "o", 100, None));
-        assert!(!e.is_revoked(&["x"], "alice", "o", 101, None));
+        assert!(e.is_revoked(&["x"], "alice", &["o"], 100, None));
+        assert!(!e.is_revoked(&["x"], "alice", &["o"], 101, None));
     }
 
     #[test]

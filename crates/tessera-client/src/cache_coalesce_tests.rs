@@ -67,8 +67,8 @@ fn a_batch_applies_each_event_at_its_own_revision() {
     assert_eq!((st.revision, jtis(&st)), (5, set(&["a", "b", "c"])));
     assert!(st.synced);
     let e = &st.entries;
-    assert!(e.is_revoked(&["x"], "alice", "o", 5_000, Some(3)));
-    assert!(!e.is_revoked(&["x"], "alice", "o", 1, Some(4)));
+    assert!(e.is_revoked(&["x"], "alice", &["o"], 5_000, Some(3)));
+    assert!(!e.is_revoked(&["x"], "alice", &["o"], 1, Some(4)));
 }
 
 #[test]

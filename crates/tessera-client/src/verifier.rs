@@ -581,6 +581,7 @@ pub(crate) mod tests {
             may_act: None,
             chain: vec!["j1".into(), "j2".into()],
             rev: None,
+            ancestor_clients: Vec::new(),
         }
     }
 

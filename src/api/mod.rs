@@ -8,6 +8,7 @@
 mod admin_service;
 mod audit;
 pub mod consistency;
+mod deadline_layer;
 pub mod error;
 mod health;
 pub mod http;
@@ -660,7 +661,6 @@ pub async fn serve(
         .layer(rpc_metrics)
         .layer(MessageLimitLayer::new(MAX_REQUEST_BYTES))
         .concurrency_limit_per_connection(1024)
-        .timeout(Duration::from_secs(30))
         .tcp_nodelay(true)
         .max_concurrent_streams(limits.http2.max_concurrent_streams)
         .http2_max_header_list_size(limits.http2.max_header_list_size)
@@ -669,6 +669,9 @@ pub async fn serve(
         .layer(trace)
         .layer(rate)
         .layer(stream_limit::StreamLimitLayer::new(streams))
+        // The caller's deadline, capped at 30 s; `DEADLINE_EXCEEDED` when
+        // it passes (tonic's own timeout answers `CANCELLED`).
+        .layer(deadline_layer::DeadlineLayer::new(Duration::from_secs(30)))
         .add_service(health)
         .add_optional_service(reflection::v1())
         .add_optional_service(reflection::v1alpha())

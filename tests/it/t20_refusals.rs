@@ -388,3 +388,67 @@ async fn malformed_requests_are_invalid_argument() {
     assert_eq!(e.code(), Code::PermissionDenied);
     c.stop().await;
 }
+
+/// A call that runs out of its deadline (`grpc-timeout`) ends with
+/// `DEADLINE_EXCEEDED`. tonic's server timeout answered `CANCELLED`
+/// ("Timeout expired"): a code the API's table does not list, and the one
+/// the metrics count as "the client left". Sent with a raw HTTP/2 client,
+/// so that only the server's answer is seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_past_its_deadline_was_answered_cancelled() {
+    use http_body_util::{BodyExt as _, Full};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use prost::Message as _;
+
+    use crate::t44_https::{client_tls, tls_connect};
+    let c = TestCluster::start(1).await;
+    c.wait_ready(&[1]).await;
+    let addr = c.node(1).api_addr();
+    let files = c.files("orders");
+    let stream = tls_connect(addr, client_tls(&files.ca, Some(&files), b"h2")).await;
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    // A revision far ahead: the handler would wait (up to its own bound,
+    // 5 s) longer than the caller's 300 ms.
+    let msg = pb::IntrospectRequest {
+        min_revision: u64::MAX,
+        ..introspect_req("any-token")
+    }
+    .encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&u32::try_from(msg.len()).unwrap().to_be_bytes());
+    framed.extend_from_slice(&msg);
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("https://{addr}/tessera.v1.TokenService/Introspect"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", "300m")
+        .body(Full::new(hyper::body::Bytes::from(framed)))
+        .unwrap();
+    let resp = tokio::time::timeout(WAIT, sender.send_request(req))
+        .await
+        .expect("answered")
+        .unwrap();
+    let headers = resp.headers().clone();
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    let field = |name: &str| {
+        headers
+            .get(name)
+            .or_else(|| trailers.get(name))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    conn.abort();
+    assert_eq!(
+        field("grpc-status").as_deref(),
+        Some("4"),
+        "DEADLINE_EXCEEDED; grpc-message: {:?}",
+        field("grpc-message")
+    );
+    c.stop().await;
+}

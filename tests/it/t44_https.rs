@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{header, HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt as _, Full};
@@ -311,5 +312,61 @@ async fn https_jwks_on_a_node_that_is_not_ready_is_503() {
     // Metadata does not depend on state.
     let r = get(addr, &ca, "/.well-known/oauth-authorization-server").await;
     assert_eq!(r.status, StatusCode::OK);
+    c.stop().await;
+}
+
+/// Reads until the server closes the connection (or errors it).
+async fn closed_by_server(s: &mut TlsStream<TcpStream>) {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; 1024];
+    loop {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => continue,
+        }
+    }
+}
+
+/// The HTTPS listener gives a connection `header_read_timeout` to send a
+/// request's headers; hyper starts that timer only once it knows the
+/// protocol. A client that sent the first byte of the HTTP/2 preface and
+/// went silent was held until the connection's maximum age (600 s): 64
+/// such sockets per address starved the listener (JWKS, OAuth) at no
+/// cost to their sender.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_silent_inside_the_http2_preface_held_its_connection_ten_minutes() {
+    use tokio::io::AsyncWriteExt as _;
+    let header_timeout = Duration::from_secs(1);
+    let c = TestCluster::start_with(1, move |cfg| {
+        cfg.http.header_read_timeout = header_timeout;
+        cfg.http.accept.preface_timeout = header_timeout;
+    })
+    .await;
+    c.wait_ready(&[1]).await;
+    let addr = c.node(1).http_addr().expect("HTTPS listener");
+    let ca = c.files("orders").ca;
+    // A stalled HTTP/1.1 request head, and one byte of the HTTP/2 preface.
+    for (alpn, sent) in [
+        (
+            &b"http/1.1"[..],
+            &b"GET /.well-known/jwks.json HTTP/1.1\r\n"[..],
+        ),
+        (&b"h2"[..], &b"P"[..]),
+    ] {
+        let mut s = tls_connect(addr, client_tls(&ca, None, alpn)).await;
+        s.write_all(sent).await.unwrap();
+        s.flush().await.unwrap();
+        tokio::time::timeout(WAIT, closed_by_server(&mut s))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{} still holds its connection after {WAIT:?} (header deadline {header_timeout:?})",
+                    String::from_utf8_lossy(alpn)
+                )
+            });
+    }
+    // A client that sends its request in time is served.
+    let jwks = get(addr, &ca, "/.well-known/jwks.json").await;
+    assert_eq!(jwks.status, StatusCode::OK);
     c.stop().await;
 }

@@ -301,9 +301,14 @@ async fn serve_conn(
     );
     let max_body = settings.max_body_bytes;
     let timeout = settings.request_timeout;
+    // Set by the first request: until then the connection has the header
+    // deadline to send one (below).
+    let requested = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let requested_in = requested.clone();
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let mut app = app.clone();
         let identity = identity.clone();
+        requested_in.store(true, std::sync::atomic::Ordering::Release);
         async move {
             let too_large = req
                 .headers()
@@ -335,15 +340,33 @@ async fn serve_conn(
     tokio::pin!(connection);
     let age = tokio::time::sleep(settings.max_connection_age);
     tokio::pin!(age);
-    let result = tokio::select! {
-        r = connection.as_mut() => r,
-        () = stopped(&mut stop) => {
-            connection.as_mut().graceful_shutdown();
-            tokio::time::timeout(DRAIN_GRACE, connection.as_mut()).await.unwrap_or(Ok(()))
-        }
-        _ = &mut age => {
-            connection.as_mut().graceful_shutdown();
-            tokio::time::timeout(DRAIN_GRACE, connection.as_mut()).await.unwrap_or(Ok(()))
+    // hyper's `header_read_timeout` starts only once the protocol is known:
+    // a client that sent the first bytes of the HTTP/2 preface and went
+    // silent was held until the connection's maximum age (600 s). The
+    // first request must arrive within the header deadline, whatever the
+    // protocol.
+    let first_request = tokio::time::sleep(settings.header_read_timeout);
+    tokio::pin!(first_request);
+    let mut awaiting_first = true;
+    let result = loop {
+        tokio::select! {
+            r = connection.as_mut() => break r,
+            () = stopped(&mut stop) => {
+                connection.as_mut().graceful_shutdown();
+                break tokio::time::timeout(DRAIN_GRACE, connection.as_mut()).await.unwrap_or(Ok(()));
+            }
+            _ = &mut age => {
+                connection.as_mut().graceful_shutdown();
+                break tokio::time::timeout(DRAIN_GRACE, connection.as_mut()).await.unwrap_or(Ok(()));
+            }
+            _ = &mut first_request, if awaiting_first => {
+                awaiting_first = false;
+                if !requested.load(std::sync::atomic::Ordering::Acquire) {
+                    tracing::debug!("HTTPS connection sent no request within the header deadline; closed");
+                    // Dropping the connection closes it.
+                    break Ok(());
+                }
+            }
         }
     };
     if let Err(error) = result {

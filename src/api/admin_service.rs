@@ -31,12 +31,7 @@ pub struct AdminApi {
     backups: Arc<tokio::sync::Semaphore>,
 }
 
-/// Bytes of body per `BackupChunk`.
-const BACKUP_CHUNK: usize = 64 * 1024;
-
-/// A stream of backup chunks.
-pub type BackupStream =
-    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::BackupChunk, Status>> + Send>>;
+pub use super::backup_stream::BackupStream;
 
 impl AdminApi {
     pub(super) fn new(shared: Arc<Shared>) -> Self {
@@ -459,7 +454,6 @@ impl pb::admin_service_server::AdminService for AdminApi {
             bytes = header.length,
             "backup started"
         );
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
         let first = pb::BackupChunk {
             part: Some(pb::backup_chunk::Part::Header(pb::BackupHeader {
                 cluster_id: header.cluster_id,
@@ -472,39 +466,11 @@ impl pb::admin_service_server::AdminService for AdminApi {
                 keys: header.keys,
             })),
         };
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            use std::io::{Read, Seek};
-            let mut file = file;
-            if tx.blocking_send(Ok(first)).is_err() {
-                return;
-            }
-            if let Err(e) = file.rewind() {
-                let _ = tx.blocking_send(Err(Status::internal(format!("backup: {e}"))));
-                return;
-            }
-            loop {
-                let mut buf = vec![0u8; BACKUP_CHUNK];
-                let n = match file.read(&mut buf) {
-                    Ok(0) => return,
-                    Ok(n) => n,
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(Status::internal(format!("backup: {e}"))));
-                        return;
-                    }
-                };
-                buf.truncate(n);
-                let chunk = pb::BackupChunk {
-                    part: Some(pb::backup_chunk::Part::Data(buf)),
-                };
-                // The caller went away: stop.
-                if tx.blocking_send(Ok(chunk)).is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
+        Ok(Response::new(super::backup_stream::stream(
+            file,
+            first,
+            permit,
+            super::backup_stream::BACKUP_STALL,
         )))
     }
 

@@ -7,6 +7,7 @@
 
 mod admin_service;
 mod audit;
+mod backup_stream;
 pub mod consistency;
 mod deadline_layer;
 pub mod error;

@@ -490,6 +490,14 @@ pub struct Http2Limits {
     /// A connection whose peer does not answer a ping in this time is
     /// closed.
     pub keepalive_timeout: Duration,
+    /// A connection is drained (HTTP/2 `GOAWAY`: no new calls) after this
+    /// long, so one that idles (its client answering pings) does not hold
+    /// a connection slot forever. Calls in flight get
+    /// `max_connection_age_grace` to finish; a revocation stream still open
+    /// then is cut and resumes (on this node or another) from its revision.
+    pub max_connection_age: Duration,
+    /// See `max_connection_age`.
+    pub max_connection_age_grace: Duration,
 }
 
 impl Default for Http2Limits {
@@ -499,6 +507,8 @@ impl Default for Http2Limits {
             max_header_list_size: 16 * 1024,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
+            max_connection_age: Duration::from_secs(3600),
+            max_connection_age_grace: Duration::from_secs(60),
         }
     }
 }
@@ -528,6 +538,9 @@ impl ServerLimits {
         }
         if h.keepalive_interval.is_zero() || h.keepalive_timeout.is_zero() {
             return Err("HTTP/2 keepalive interval and timeout must be positive".into());
+        }
+        if h.max_connection_age.is_zero() {
+            return Err("the maximum connection age must be positive".into());
         }
         Ok(())
     }

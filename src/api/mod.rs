@@ -667,6 +667,9 @@ pub async fn serve(
         .http2_max_header_list_size(limits.http2.max_header_list_size)
         .http2_keepalive_interval(Some(limits.http2.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.http2.keepalive_timeout))
+        // Idle connections are not kept forever (see `Http2Limits`).
+        .max_connection_age(limits.http2.max_connection_age)
+        .max_connection_age_grace(limits.http2.max_connection_age_grace)
         .layer(trace)
         .layer(rate)
         .layer(stream_limit::StreamLimitLayer::new(streams))

@@ -276,3 +276,47 @@ async fn one_caller_held_health_watch_streams_without_any_bound() {
     drop(again);
     c.stop().await;
 }
+
+/// DESIGN: idle connections are closed. A client that opened a connection
+/// and then only answered the node's pings held its slot forever (the
+/// connection caps then filled for good). Connections are now drained at
+/// a maximum age.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_was_kept_forever() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    use crate::t44_https::{client_tls, tls_connect};
+    let c = TestCluster::start_with(1, |cfg| {
+        cfg.limits.http2.max_connection_age = Duration::from_secs(1);
+        cfg.limits.http2.max_connection_age_grace = Duration::from_secs(1);
+    })
+    .await;
+    c.wait_ready(&[1]).await;
+    let files = c.files("orders");
+    let stream = tls_connect(
+        c.node(1).api_addr(),
+        client_tls(&files.ca, Some(&files), b"h2"),
+    )
+    .await;
+    let (sender, conn) = hyper::client::conn::http2::handshake::<
+        _,
+        _,
+        http_body_util::Empty<hyper::body::Bytes>,
+    >(TokioExecutor::new(), TokioIo::new(stream))
+    .await
+    .unwrap();
+    // The client keeps its end open and answers pings; only the server can
+    // end the connection.
+    tokio::time::timeout(WAIT, conn)
+        .await
+        .expect("the node closed the idle connection")
+        .ok();
+    drop(sender);
+    // And the node still serves new connections.
+    c.tokens("frontend")
+        .await
+        .issue_token(issue_req("orders", &["orders:write"]))
+        .await
+        .unwrap();
+    c.stop().await;
+}

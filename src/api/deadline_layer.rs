@@ -81,9 +81,12 @@ where
         // fires then too; the status must reach it first.
         let asked = asked.map(|t| t.saturating_sub((t / 10).min(EARLY_BY)));
         let limit = asked.map_or(self.cap, |t| t.min(self.cap));
+        // Anchored now, as tonic's timer is: the future may first be polled
+        // later, on a busy node.
+        let deadline = tokio::time::Instant::now() + limit;
         let call = self.inner.call(req);
         Box::pin(async move {
-            match tokio::time::timeout(limit, call).await {
+            match tokio::time::timeout_at(deadline, call).await {
                 Ok(result) => result,
                 Err(_) => Ok(tonic::Status::deadline_exceeded(format!(
                     "the call's deadline ({} ms{}) passed before it was answered",
@@ -109,6 +112,9 @@ fn parse_grpc_timeout(v: &str) -> Option<Duration> {
         return None;
     }
     let (digits, unit) = v.split_at(unit_at);
+    // A leading `+` is outside the spec but tonic's own parser takes it:
+    // take it too, or tonic's timer would answer `CANCELLED` for it.
+    let digits = digits.strip_prefix('+').unwrap_or(digits);
     if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -129,7 +135,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn grpc_timeouts_parse_by_the_spec_and_nothing_else() {
+    fn grpc_timeouts_parse_as_tonics_own_parser_does() {
         assert_eq!(parse_grpc_timeout("300m"), Some(Duration::from_millis(300)));
         assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
         assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
@@ -139,8 +145,78 @@ mod tests {
             parse_grpc_timeout("99999999n"),
             Some(Duration::from_nanos(99_999_999))
         );
-        for bad in ["", "m", "123456789m", "12x", "-1S", "1.5S", "1 S", "€"] {
+        assert_eq!(parse_grpc_timeout("+5S"), Some(Duration::from_secs(5)));
+        for bad in [
+            "",
+            "m",
+            "123456789m",
+            "12x",
+            "-1S",
+            "1.5S",
+            "1 S",
+            "€",
+            "+m",
+            "++5S",
+        ] {
             assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
+
+    /// The deadline runs from the call, not from the first poll: hyper
+    /// polls the call's future on a task of its own, possibly late on a
+    /// busy node, and tonic's own timer (outside every layer, answering
+    /// `CANCELLED`) started at the call.
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_runs_from_the_call_not_from_the_first_poll() {
+        use tower_service::Service as _;
+        let slow = tower_service_fn(|_req: http::Request<()>| async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
+        });
+        let mut svc = tower_layer::Layer::layer(&DeadlineLayer::new(Duration::from_secs(30)), slow);
+        let req = http::Request::builder()
+            .header(GRPC_TIMEOUT, "1000m")
+            .body(())
+            .unwrap();
+        let start = tokio::time::Instant::now();
+        let fut = svc.call(req);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let resp = fut.await.unwrap();
+        let status = tonic::Status::from_header_map(resp.headers()).expect("a status");
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+        // 1 s less the early margin, from the call.
+        assert_eq!(start.elapsed(), Duration::from_millis(980));
+    }
+
+    /// A `tower::service_fn` without the dependency.
+    fn tower_service_fn<F, Fut>(f: F) -> ServiceFn<F>
+    where
+        F: FnMut(http::Request<()>) -> Fut,
+    {
+        ServiceFn(f)
+    }
+
+    #[derive(Clone)]
+    struct ServiceFn<F>(F);
+
+    impl<F, Fut> tower_service::Service<http::Request<()>> for ServiceFn<F>
+    where
+        F: FnMut(http::Request<()>) -> Fut,
+        Fut: std::future::Future<
+                Output = Result<http::Response<tonic::body::Body>, std::convert::Infallible>,
+            > + Send
+            + 'static,
+    {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = Fut;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: http::Request<()>) -> Fut {
+            (self.0)(req)
         }
     }
 }

@@ -155,7 +155,18 @@ impl TokenApi {
 
     fn sign(&self, claims: &Claims) -> Result<String, ApiError> {
         let ring = self.shared.key_ring()?;
-        Ok(ring.signer()?.sign(claims)?)
+        let jwt = ring.signer()?.sign(claims)?;
+        // Never hand out a token every verifier refuses as too large (long
+        // identities and a deep delegation chain can get there).
+        let max = self.shared.settings.max_token_len;
+        if jwt.len() > max {
+            return Err(ApiError::ResourceExhausted(format!(
+                "the token would be {} bytes, more than the {max} bytes verifiers accept: the delegation chain (depth {}) is too long for these identities",
+                jwt.len(),
+                claims.depth()
+            )));
+        }
+        Ok(jwt)
     }
 }
 

@@ -246,11 +246,14 @@ impl Config {
             return Err("key check interval must be positive".into());
         }
         if let Some(p) = k.rotation_period {
-            if p < Duration::from_secs(60) || p < 2 * k.publish_ahead {
+            // A new key signs publish-ahead plus the tolerated clock skew
+            // after it was created (`keys_admin::activation_delay`).
+            let delay = k.publish_ahead + Duration::from_secs(self.token.max_clock_skew);
+            if p < Duration::from_secs(60) || p < 2 * delay {
                 return Err(format!(
-                    "key rotation period ({}s) must be at least 60 s and at least twice the publish-ahead window ({}s)",
+                    "key rotation period ({}s) must be at least 60 s and at least twice the publish-ahead window plus the maximum clock skew ({}s)",
                     p.as_secs(),
-                    k.publish_ahead.as_secs()
+                    delay.as_secs()
                 ));
             }
         }
@@ -262,5 +265,40 @@ impl Config {
             return Err("purge interval must be positive".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        let tls = TlsFiles {
+            ca: "ca".into(),
+            cert: "cert".into(),
+            key: "key".into(),
+        };
+        Config::new(
+            1,
+            "data".into(),
+            String::new(),
+            tls,
+            KekSource::Text(String::new()),
+        )
+    }
+
+    /// A new key signs publish-ahead plus the skew after it is created; a
+    /// period shorter than twice that let each key sign far longer than the
+    /// period said, silently (a rotation was due the moment a key activated).
+    #[test]
+    fn a_rotation_period_must_leave_room_for_publish_ahead_plus_skew() {
+        let mut c = config();
+        c.keys.publish_ahead = Duration::from_secs(600);
+        c.token.max_clock_skew = 3600;
+        c.keys.rotation_period = Some(Duration::from_secs(1200));
+        let e = c.validate().unwrap_err();
+        assert!(e.contains("4200s"), "{e}");
+        c.keys.rotation_period = Some(Duration::from_secs(2 * 4200));
+        c.validate().unwrap();
     }
 }

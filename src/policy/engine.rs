@@ -188,12 +188,15 @@ impl PolicyEngine {
     /// the schema in strict mode. `version` is the replicated version the text
     /// came with (the log index of its `PutPolicy`), reported back as is.
     ///
-    /// The parse runs on a thread of its own with a large stack, after
-    /// [`super::shape::check`] bounded the document's nesting.
+    /// For a document the cluster already holds (replicated, restored, or
+    /// checked at start): the shape limits of [`PolicyEngine::validate`]
+    /// are not applied again, so a policy an earlier release accepted keeps
+    /// working after an upgrade. The parse runs on a thread of its own with
+    /// a large stack, which holds any document an earlier release could
+    /// parse on a worker's.
     pub fn new(text: &str, version: u64) -> Result<Self, PolicyError> {
         let model = Model::get()?;
         check_size(text)?;
-        super::shape::check(text)?;
         super::shape::on_parse_thread(|| {
             let (policies, ids) = load(model, text)?;
             let reads_revoke_target = super::target::reads_revoke_target(&policies);
@@ -210,8 +213,10 @@ impl PolicyEngine {
         })
     }
 
-    /// Checks `text` exactly as [`PolicyEngine::new`] would, for dry runs
-    /// (`ValidatePolicy`, and before proposing a `PutPolicy`).
+    /// Checks `text` as [`PolicyEngine::new`] would, plus the shape limits
+    /// ([`super::shape::check`]) every new document must meet: for dry
+    /// runs (`ValidatePolicy`), before proposing a `PutPolicy`, and for the
+    /// policy a node is started with.
     pub fn validate(text: &str) -> Result<(), PolicyError> {
         let model = Model::get()?;
         check_size(text)?;

@@ -257,4 +257,21 @@ mod tests {
                 .expect("evaluated and dropped without overflowing");
         }
     }
+
+    /// The limits apply to documents coming in, not to one the cluster
+    /// already holds: an upgraded node used to refuse to build a policy an
+    /// earlier release had accepted (and then answered `INTERNAL` to every
+    /// call the policy decides).
+    #[test]
+    fn a_stored_policy_beyond_the_limits_still_builds() {
+        let alternatives: Vec<String> = (0..600)
+            .map(|i| format!("context.scope == \"scope-{i}\""))
+            .collect();
+        let text = format!(
+            "@id(\"issue-many\")\npermit (principal, action == Tessera::Action::\"issue\", resource)\nwhen {{ {} }};\n",
+            alternatives.join(" ||\n  ")
+        );
+        assert!(crate::policy::PolicyEngine::validate(&text).is_err());
+        crate::policy::PolicyEngine::new(&text, 7).expect("a stored policy builds");
+    }
 }

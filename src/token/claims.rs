@@ -24,12 +24,13 @@
 //!   cut-offs compare it with the revision they were committed at, not clocks
 //!   (see [`cutoff_revokes`](super::cutoff_revokes)). Tokens minted before the
 //!   claim existed lack it and fall back to comparing `iat`.
-//! - `tsr_clients` (private claim) holds the distinct `client_id`s of the
-//!   token's ancestors, root first, and is omitted when empty: a client
-//!   cut-off revokes the tokens delegated from that client's tokens too
-//!   (DESIGN: a token is inactive if any ancestor is). Tokens exchanged
-//!   before the claim existed lack it; a cut-off then reaches only their
-//!   own `client_id` (and their ancestors by `jti` revocation).
+//! - A client cut-off revokes the tokens delegated from that client's
+//!   tokens too (DESIGN: a token is inactive if any ancestor is). The
+//!   ancestors' clients are `sub` (an issued token's client, kept by every
+//!   exchange), the actors in `act`, and `tsr_clients` (private claim,
+//!   omitted when empty): the callers of impersonating exchanges, which add
+//!   no `act` level. See [`Claims::clients`]. Tokens exchanged by
+//!   impersonation before the claim existed lack those.
 
 use std::fmt;
 
@@ -75,7 +76,9 @@ pub struct Claims {
     /// `None` for tokens minted before this claim existed.
     #[serde(rename = "tsr_rev", default, skip_serializing_if = "Option::is_none")]
     pub rev: Option<u64>,
-    /// The distinct `client_id`s of the ancestors, root first.
+    /// The `client_id`s of ancestors that `sub` and `act` do not name (the
+    /// callers of impersonating exchanges), distinct, root first: see
+    /// [`Claims::clients`].
     #[serde(rename = "tsr_clients", default, skip_serializing_if = "Vec::is_empty")]
     pub ancestor_clients: Vec<String>,
 }
@@ -98,16 +101,22 @@ impl Claims {
     }
 
     /// Every client whose cut-off reaches this token: its own `client_id`
-    /// and its ancestors' (`tsr_clients`).
+    /// and its ancestors'. Most are named already: an issued token's client
+    /// is its `sub` (which exchange keeps), and each exchange that adds an
+    /// actor names its caller, the new token's client, in `act`. Only the
+    /// callers of impersonating exchanges (no `act` level) are listed in
+    /// `tsr_clients`. Distinct, own client first.
     pub fn clients(&self) -> Vec<&str> {
-        let mut out = Vec::with_capacity(self.ancestor_clients.len() + 1);
-        out.push(self.client_id.as_str());
-        out.extend(
-            self.ancestor_clients
-                .iter()
-                .map(String::as_str)
-                .filter(|c| *c != self.client_id),
-        );
+        let mut out: Vec<&str> = Vec::with_capacity(4 + self.ancestor_clients.len());
+        let named = [self.client_id.as_str(), self.sub.as_str()]
+            .into_iter()
+            .chain(self.actor_subjects())
+            .chain(self.ancestor_clients.iter().map(String::as_str));
+        for c in named {
+            if !out.contains(&c) {
+                out.push(c);
+            }
+        }
         out
     }
 

@@ -179,12 +179,6 @@ pub fn exchange(
     if chain.len() > limits.max_depth {
         return Err(TokenError::DepthExceeded);
     }
-    // The ancestors' clients, distinct (at most one per ancestor): a cut-off
-    // of any of them reaches the new token too.
-    let mut ancestor_clients = subject.ancestor_clients.clone();
-    if !ancestor_clients.contains(&subject.client_id) {
-        ancestor_clients.push(subject.client_id.clone());
-    }
 
     // 8. Lifetime.
     let remaining = subject.exp - now; // > 0, checked in 1.
@@ -204,7 +198,7 @@ pub fn exchange(
         })
     };
 
-    Ok(Claims {
+    let mut claims = Claims {
         iss: limits.issuer.clone(),
         sub: subject.sub.clone(),
         aud,
@@ -222,8 +216,14 @@ pub fn exchange(
         chain,
         // Set by the service from its applied revision.
         rev: None,
-        ancestor_clients,
-    })
+        ancestor_clients: subject.ancestor_clients.clone(),
+    };
+    // A cut-off of any ancestor's client reaches the new token: the ones
+    // `sub` and `act` do not name are listed (impersonation hops).
+    if !claims.clients().contains(&subject.client_id.as_str()) {
+        claims.ancestor_clients.push(subject.client_id.clone());
+    }
+    Ok(claims)
 }
 
 /// The claims of a token the caller gets for itself (IssueToken): `sub` =

@@ -178,21 +178,29 @@ fn chain_of_three_nests_act_and_grows_chain() {
     assert_eq!(t3.chain, ["j0", "j1", "j2"]);
     assert_eq!(t3.client_id, D);
     assert_eq!(t3.thumbprint(), Some(thumb(D).as_str()));
-    // Every ancestor's client, root first, once each: a cut-off of any
-    // of them reaches t3.
-    assert_eq!(t1.ancestor_clients, [t0.client_id.as_str()]);
-    assert_eq!(t3.ancestor_clients, [t0.client_id.as_str(), B, C]);
-    assert_eq!(t3.clients(), [D, t0.client_id.as_str(), B, C]);
+    // Every ancestor's client reaches t3: named by `sub` and `act`, so
+    // nothing is listed twice.
+    assert!(t3.ancestor_clients.is_empty());
+    assert_eq!(t3.clients(), [D, A, C, B]);
 }
 
 #[test]
-fn a_client_appears_once_among_the_ancestors() {
+fn an_impersonating_caller_is_listed_among_the_ancestors_clients() {
     let t0 = issued();
-    let t1 = run(&req(B, B), &t0, None, "j1").unwrap();
-    // B narrows its own token: B is already an ancestor's client.
-    let t2 = run(&req(B, C), &t1, None, "j2").unwrap();
-    assert_eq!(t2.ancestor_clients, [t0.client_id.as_str(), B]);
-    assert_eq!(t2.clients(), [B, t0.client_id.as_str()]);
+    // B impersonates A: no `act` level names B.
+    let mut imp = req(B, C);
+    imp.impersonate = true;
+    let t1 = run(&imp, &t0, None, "j1").unwrap();
+    assert_eq!(t1.act, None);
+    assert!(t1.ancestor_clients.is_empty(), "B is t1's own client");
+    // C exchanges t1 normally: B, t1's client, is named nowhere else.
+    let t2 = run(&req(C, D), &t1, None, "j2").unwrap();
+    assert_eq!(t2.ancestor_clients, [B]);
+    assert_eq!(t2.clients(), [C, A, B]);
+    // And stays listed further down, once.
+    let t3 = run(&req(D, "spiffe://td/e"), &t2, None, "j3").unwrap();
+    assert_eq!(t3.ancestor_clients, [B]);
+    assert_eq!(t3.clients(), [D, A, C, B]);
 }
 
 #[test]

@@ -452,3 +452,21 @@ async fn a_call_past_its_deadline_was_answered_cancelled() {
     );
     c.stop().await;
 }
+
+/// A node signed tokens larger than the size every verifier (itself
+/// included) accepts: with long identities and a deep delegation chain an
+/// exchange succeeded and handed out a token nothing would take. It now
+/// refuses to mint one, with a clear status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_minted_tokens_too_large_for_any_verifier() {
+    let c = TestCluster::start_with(1, |cfg| cfg.token.max_token_len = 512).await;
+    let e = c
+        .tokens("frontend")
+        .await
+        .issue_token(issue_req("orders", &["orders:write"]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("512 bytes"), "{e:?}");
+    c.stop().await;
+}

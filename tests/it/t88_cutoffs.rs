@@ -194,16 +194,19 @@ async fn cutoff_revokes_a_token_minted_on_a_node_whose_clock_is_ahead() {
 /// client cut-off used to reach only tokens whose own `client_id` was the
 /// client: after cutting off a compromised `orders`, the token `payments`
 /// had exchanged from an `orders` token stayed active (and exchangeable)
-/// on every node and in the client library, until it expired. Tokens now
-/// carry their ancestors' clients (`tsr_clients`).
+/// on every node and in the client library, until it expired. The
+/// ancestors' clients (named by `sub`, `act` and `tsr_clients`) now count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_cutoff_left_tokens_delegated_from_that_clients_tokens_active() {
     let c = TestCluster::start(1).await;
     let (t1, t2, t3) = chain_of_three(&c).await;
+    let frontend = id("frontend");
+    let orders = id("orders");
+    let payments = id("payments");
     assert_eq!(
-        decoded(&t3.access_token).ancestor_clients,
-        vec![id("frontend"), id("orders")],
-        "root first"
+        decoded(&t3.access_token).clients(),
+        [payments.as_str(), frontend.as_str(), orders.as_str()],
+        "its own client, then the ancestors' (from sub and act)"
     );
     let mut cache_cfg = CacheConfig::new(
         c.nodes.values().map(|n| n.api_addr().to_string()).collect(),

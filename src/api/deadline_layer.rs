@@ -11,9 +11,10 @@
 //! time until the response starts (a stream's headers), as tonic's did;
 //! streams that stay open (`WatchRevocations`) are not cut.
 
-use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
+
+use futures_util::future::BoxFuture;
 
 /// The header a gRPC client states its deadline in.
 const GRPC_TIMEOUT: &str = "grpc-timeout";
@@ -53,8 +54,6 @@ pub struct Deadlined<S> {
     cap: Duration,
 }
 
-type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
-
 impl<S, B> tower_service::Service<http::Request<B>> for Deadlined<S>
 where
     S: tower_service::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
@@ -63,7 +62,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = BoxFuture<Result<S::Response, S::Error>>;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)

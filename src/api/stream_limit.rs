@@ -15,6 +15,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use futures_util::future::{BoxFuture, Either};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::ApiError;
@@ -109,8 +110,6 @@ pub struct StreamLimited<S> {
     limits: Arc<StreamLimits>,
 }
 
-type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
-
 impl<S, B> tower_service::Service<http::Request<B>> for StreamLimited<S>
 where
     S: tower_service::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
@@ -119,7 +118,9 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = BoxFuture<Result<S::Response, S::Error>>;
+    // Only the long-lived paths pay for a boxed future; every other call
+    // goes through as it is.
+    type Future = Either<S::Future, BoxFuture<'static, Result<S::Response, S::Error>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -127,7 +128,7 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         if !LONG_LIVED_PATHS.contains(&req.uri().path()) {
-            return Box::pin(self.inner.call(req));
+            return Either::Left(self.inner.call(req));
         }
         // A connection without an identity shares one caller's share.
         let caller = super::rate_layer::caller_of(&mut req).unwrap_or_default();
@@ -135,14 +136,14 @@ where
             Ok(slot) => slot,
             Err(e) => {
                 let status = tonic::Status::from(e);
-                return Box::pin(std::future::ready(Ok(status.into_http())));
+                return Either::Right(Box::pin(std::future::ready(Ok(status.into_http()))));
             }
         };
         let call = self.inner.call(req);
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             let resp = call.await?;
             Ok(resp.map(|body| tonic::body::Body::new(Holding { body, _slot: slot })))
-        })
+        }))
     }
 }
 

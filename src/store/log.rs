@@ -185,9 +185,7 @@ impl LogStore {
     /// A reader of the last log id for the pre-vote (`raft::LastLogId`):
     /// the last entry's id, or the purge point's when the log is empty.
     /// Blocking.
-    pub fn last_log_id_reader(
-        &self,
-    ) -> Arc<dyn Fn() -> Result<Option<LogId>, String> + Send + Sync> {
+    pub fn last_log_id_reader(&self) -> crate::raft::LastLogId {
         let db = self.db.clone();
         Arc::new(move || {
             log_state(&db)

@@ -10,6 +10,7 @@ use crate::api::{AuditRotation, AuditSink};
 pub use crate::api::{KeySettings, TokenSettings};
 use crate::clock::{Clock, SystemClock};
 use crate::tls::TlsFiles;
+use crate::token::{MAX_DEPTH_LIMIT, MAX_LEEWAY};
 
 /// Upper bound on `max_clock_skew`, seconds: clocks further apart than a
 /// day are a broken deployment, not skew to plan for.
@@ -204,8 +205,15 @@ impl Config {
                 t.default_lifetime, t.max_lifetime
             ));
         }
-        if t.max_depth == 0 || t.max_depth > 32 {
-            return Err("max delegation depth must be between 1 and 32".into());
+        if t.max_depth == 0 || t.max_depth > MAX_DEPTH_LIMIT {
+            return Err(format!(
+                "max delegation depth must be between 1 and {MAX_DEPTH_LIMIT}"
+            ));
+        }
+        if t.leeway > MAX_LEEWAY {
+            return Err(format!(
+                "clock leeway must be at most {MAX_LEEWAY}s (a leeway keeps expired tokens valid)"
+            ));
         }
         if t.max_clock_skew > MAX_CLOCK_SKEW_LIMIT {
             return Err(format!(
@@ -299,6 +307,18 @@ mod tests {
         let e = c.validate().unwrap_err();
         assert!(e.contains("4200s"), "{e}");
         c.keys.rotation_period = Some(Duration::from_secs(2 * 4200));
+        c.validate().unwrap();
+    }
+
+    /// Nothing bounded the leeway: a library caller could keep every
+    /// expired token valid for as long as it liked.
+    #[test]
+    fn a_leeway_without_any_bound_kept_expired_tokens_valid() {
+        let mut c = config();
+        c.token.leeway = MAX_LEEWAY + 1;
+        let e = c.validate().unwrap_err();
+        assert!(e.contains("leeway"), "{e}");
+        c.token.leeway = MAX_LEEWAY;
         c.validate().unwrap();
     }
 }

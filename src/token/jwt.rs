@@ -48,8 +48,17 @@ pub const TOKEN_TYPE: &str = "at+jwt";
 pub const DEFAULT_MAX_LEN: usize = 8 * 1024;
 /// Default clock leeway in seconds for `exp`, `nbf` and `iat`.
 pub const DEFAULT_LEEWAY: u64 = 30;
-/// Default maximum delegation chain length accepted by [`verify`].
-pub const DEFAULT_MAX_CHAIN: usize = 16;
+/// Largest delegation depth a cluster may be configured with (a node's
+/// `max_depth`).
+pub const MAX_DEPTH_LIMIT: usize = 32;
+/// Default maximum delegation chain length accepted by [`verify`]: the
+/// largest depth any cluster may mint, so that a verifier left at its
+/// defaults accepts every token a correctly configured cluster issues (the
+/// cluster's own `max_depth` is the policy; this only bounds work).
+pub const DEFAULT_MAX_CHAIN: usize = MAX_DEPTH_LIMIT;
+/// Largest clock leeway a node may be configured with, seconds: a leeway
+/// keeps expired tokens valid for that long.
+pub const MAX_LEEWAY: u64 = 300;
 /// Longest header segment (base64url characters) [`verify`] will decode. Our
 /// headers are under 100 characters; this only bounds work on junk.
 const MAX_HEADER_B64: usize = 1024;

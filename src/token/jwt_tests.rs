@@ -553,6 +553,25 @@ fn required_values_and_chain_bound() {
     );
 }
 
+/// Nodes may be configured to mint chains up to 32 deep, but a verifier
+/// left at its defaults refused anything deeper than 16.
+#[test]
+fn a_verifier_at_its_defaults_refused_depths_a_node_may_mint() {
+    let key = ed_key("k");
+    let keys = set(&[&key]);
+    let mut c = claims();
+    c.chain = (0..MAX_DEPTH_LIMIT).map(|i| format!("j{i}")).collect();
+    let mut act = Actor::new("a0");
+    for i in 1..MAX_DEPTH_LIMIT {
+        act = Actor {
+            sub: format!("a{i}"),
+            act: Some(Box::new(act)),
+        };
+    }
+    c.act = Some(act);
+    verify(&key.sign(&c).unwrap(), &keys, &params()).unwrap();
+}
+
 #[test]
 fn jwks_round_trip() {
     let ed = ed_key("ed");

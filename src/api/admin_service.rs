@@ -500,8 +500,9 @@ impl pb::admin_service_server::AdminService for AdminApi {
         self.admit(&req, "rotate_signing_key").await?;
         let r = req.into_inner();
         let alg = match r.algorithm.as_str() {
-            "" | "EdDSA" => Alg::EdDSA,
-            "ES256" => Alg::ES256,
+            "" => None,
+            "EdDSA" => Some(Alg::EdDSA),
+            "ES256" => Some(Alg::ES256),
             other => {
                 return Err(Status::invalid_argument(format!(
                     "algorithm must be EdDSA or ES256, not {:?}",

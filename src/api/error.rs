@@ -53,6 +53,10 @@ pub enum ApiError {
     /// A bounded wait ran out.
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// The request is well-formed but the system is not in a state where
+    /// it can be carried out (the message says what to do first).
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// A bug.
     #[error("internal error: {0}")]
     Internal(String),
@@ -185,6 +189,7 @@ impl From<ApiError> for Status {
                 s
             }
             ApiError::DeadlineExceeded(m) => Status::deadline_exceeded(m),
+            ApiError::FailedPrecondition(m) => Status::failed_precondition(m),
             ApiError::Internal(m) => Status::internal(m),
         }
     }
@@ -207,6 +212,10 @@ mod tests {
         assert_eq!(
             code(ApiError::Unauthenticated("x".into())),
             Code::Unauthenticated
+        );
+        assert_eq!(
+            code(ApiError::FailedPrecondition("x".into())),
+            Code::FailedPrecondition
         );
         assert_eq!(
             code(ApiError::PermissionDenied("x".into())),

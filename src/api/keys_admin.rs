@@ -140,11 +140,18 @@ impl Shared {
     }
 
     /// On-demand rotation, on the leader only (elsewhere `UNAVAILABLE`
-    /// with the leader's address): publishes a new pending `alg` key, or
-    /// answers the key of a rotation already in progress. With `now`, the
-    /// key signs at once (an emergency: verifiers that cached the JWKS
-    /// refuse its tokens until they refresh).
-    pub async fn rotate_signing_key(&self, alg: Alg, now: bool) -> Result<Rotation, ApiError> {
+    /// with the leader's address): publishes a new pending key of `alg`
+    /// (EdDSA when `None`), or answers the key of a rotation already in
+    /// progress. With `now`, the key signs at once (an emergency: verifiers
+    /// that cached the JWKS refuse its tokens until they refresh). A
+    /// rotation in progress to another algorithm than the one asked for is
+    /// `FailedPrecondition`: answering it (or activating it, with `now`)
+    /// would hand the operator a key of an algorithm they did not ask for.
+    pub async fn rotate_signing_key(
+        &self,
+        alg: Option<Alg>,
+        now: bool,
+    ) -> Result<Rotation, ApiError> {
         self.ensure_leader_for("key rotation")?;
         self.read_barrier().await?;
         for _ in 0..RACE_ATTEMPTS {
@@ -156,13 +163,24 @@ impl Shared {
                 .into_iter()
                 .find(|k| k.state == KeyState::Pending);
             let (key, created, revision) = match pending {
-                Some(k) => (k, false, self.state.revision()),
+                Some(k) => {
+                    if let Some(want) = alg.filter(|a| a.name() != k.alg) {
+                        return Err(ApiError::FailedPrecondition(format!(
+                            "a rotation to key {} ({}) is already in progress, not to {}: rotate with that algorithm, or once it is active rotate again",
+                            k.kid,
+                            k.alg,
+                            want.name()
+                        )));
+                    }
+                    (k, false, self.state.revision())
+                }
                 None => {
                     let activate_after = if now {
                         at
                     } else {
                         at.saturating_add(self.activation_delay())
                     };
+                    let alg = alg.unwrap_or(Alg::EdDSA);
                     let key = keys::new_record(self.keks.current(), alg, at, activate_after)?;
                     let r = self
                         .write(Op::AddPendingKey {
@@ -256,7 +274,7 @@ impl Shared {
                 .max_by_key(|k| k.created_at)
                 .and_then(|k| Alg::from_name(&k.alg).ok())
                 .unwrap_or(Alg::EdDSA);
-            let r = self.rotate_signing_key(alg, false).await?;
+            let r = self.rotate_signing_key(Some(alg), false).await?;
             if r.created {
                 tracing::info!(kid = %r.key.kid, "scheduled rotation started");
                 changed += 1;

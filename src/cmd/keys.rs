@@ -24,13 +24,15 @@ pub enum KeysCmd {
     },
     /// Start a rotation: publish a new key that signs after the
     /// publish-ahead window (a rotation in progress is reported, not
-    /// doubled).
+    /// doubled; one in progress to another algorithm than `--algorithm`
+    /// is refused).
     Rotate {
         #[command(flatten)]
         conn: AdminConn,
-        /// Algorithm of the new key.
-        #[arg(long, value_enum, default_value_t = Algorithm::EdDSA)]
-        algorithm: Algorithm,
+        /// Algorithm of the new key [default: EdDSA; without it, a
+        /// rotation in progress of either algorithm is taken]
+        #[arg(long, value_enum)]
+        algorithm: Option<Algorithm>,
         /// Emergency: the new key signs at once. Verifiers holding a cached
         /// JWKS refuse its tokens until they refresh (on the unknown kid).
         #[arg(long)]
@@ -145,8 +147,9 @@ pub async fn run_keys(cmd: KeysCmd) -> anyhow::Result<()> {
             now,
         } => {
             let algorithm = match algorithm {
-                Algorithm::EdDSA => "EdDSA",
-                Algorithm::ES256 => "ES256",
+                None => "",
+                Some(Algorithm::EdDSA) => "EdDSA",
+                Some(Algorithm::ES256) => "ES256",
             };
             let r = on_leader(&conn, |mut c| {
                 let req = pb::RotateSigningKeyRequest {

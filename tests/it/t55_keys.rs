@@ -464,6 +464,37 @@ async fn concurrent_rotations_on_every_node_add_exactly_one_key() {
     Arc::try_unwrap(c).ok().unwrap().stop().await;
 }
 
+/// `keys rotate --now --algorithm ES256` with an EdDSA rotation pending
+/// activated the EdDSA key: the operator got a key of an algorithm they
+/// had not asked for, signing at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_es256_emergency_rotation_activated_the_pending_eddsa_key() {
+    let c = TestCluster::start_with(1, fast_keys).await;
+    let pending = rotate_via(&c, 1, "EdDSA", false).await.unwrap();
+    assert!(pending.created);
+    let kid = pending.key.unwrap().kid;
+    let before = c.node(1).state().keys();
+    for now in [true, false] {
+        let e = rotate_via(&c, 1, "ES256", now).await.unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains(&kid), "{e:?}");
+    }
+    assert_eq!(
+        c.node(1).state().keys(),
+        before,
+        "nothing changed on a refused rotation"
+    );
+    // Asking for the pending key's algorithm, or for none, takes it.
+    let r = rotate_via(&c, 1, "EdDSA", false).await.unwrap();
+    assert!(!r.created);
+    assert_eq!(r.key.unwrap().kid, kid);
+    let r = rotate_via(&c, 1, "", true).await.unwrap();
+    assert!(r.activated);
+    assert_eq!(r.key.unwrap().kid, kid);
+    assert_eq!(active(&c.node(1).state().keys()), [kid]);
+    c.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_on_an_isolated_minority_fails_and_the_majority_commits_one_key() {
     let c = TestCluster::start_with(3, fast_keys).await;

@@ -68,7 +68,11 @@ pub fn oauth_error(e: &ApiError, cause: Cause) -> (StatusCode, &'static str) {
         (ApiError::PermissionDenied(_), Cause::Client | Cause::Request) => {
             (S::BAD_REQUEST, "unauthorized_client")
         }
-        (ApiError::InvalidArgument(_), _) => (S::BAD_REQUEST, "invalid_request"),
+        // Not produced by the token endpoints today; a request the node
+        // cannot carry out in its present state.
+        (ApiError::InvalidArgument(_) | ApiError::FailedPrecondition(_), _) => {
+            (S::BAD_REQUEST, "invalid_request")
+        }
     }
 }
 
@@ -419,6 +423,12 @@ mod tests {
                 Cause::Scope,
                 S::INTERNAL_SERVER_ERROR,
                 "server_error",
+            ),
+            (
+                ApiError::FailedPrecondition("x".into()),
+                Cause::Request,
+                S::BAD_REQUEST,
+                "invalid_request",
             ),
         ];
         for (e, cause, status, code) in cases {

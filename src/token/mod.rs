@@ -30,6 +30,6 @@ pub use error::TokenError;
 pub use exchange::{exchange, issue_claims, ExchangeInput, Limits};
 pub use jwt::{
     check_claims, generate_ed25519, generate_es256, new_jti, verify, Alg, KeySet, SigningKey,
-    VerifyParams, VerifyingKey, DEFAULT_LEEWAY, DEFAULT_MAX_CHAIN, DEFAULT_MAX_LEN, MAX_DEPTH_LIMIT,
-    MAX_LEEWAY, TOKEN_TYPE,
+    VerifyParams, VerifyingKey, DEFAULT_LEEWAY, DEFAULT_MAX_CHAIN, DEFAULT_MAX_LEN,
+    MAX_DEPTH_LIMIT, MAX_LEEWAY, TOKEN_TYPE,
 };

@@ -12,8 +12,7 @@
 //! (`form`), the JSON shapes, and the one table from refusals to
 //! RFC 6749 §5.2 error codes ([`oauth_error`]).
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -119,12 +118,12 @@ fn bad(message: impl Into<String>) -> Early {
 }
 
 /// What every endpoint does first: the caller's certificate identity, the
-/// `client_id` check, the rate limit, then the form.
-fn admit(
+/// rate limit, then the body and its form, then the `client_id` check.
+async fn admit(
     state: &HttpState,
     who: Option<PeerIdentity>,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
     class: RpcClass,
 ) -> Result<(PeerIdentity, Form), Early> {
     let unauthenticated = |m: &str| {
@@ -137,7 +136,8 @@ fn admit(
             "client authentication (tls_client_auth) needs a client certificate of the cluster CA",
         )
     })?;
-    // Charged before the body is read, like the gRPC layer does.
+    // Charged before the body is read, like the gRPC layer does: a
+    // refused caller costs no wait for its body.
     if let Err(e) = state.rate.check(&caller.id, class) {
         state.shared.metrics().rate_limited(class.name());
         return Err(Box::new(refusal_response(&e.into())));
@@ -153,13 +153,11 @@ fn admit(
     if !form_type {
         return Err(bad("the body must be application/x-www-form-urlencoded"));
     }
-    let body = body.map_err(|e| {
-        Box::new(error_response(
-            e.status(),
-            "invalid_request",
-            &e.body_text(),
-        ))
-    })?;
+    // The listener already bounds the body (`Limited`) and the whole
+    // request's time.
+    let body = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .map_err(|e| Box::new(body_refusal(&e)))?;
     let form = Form::parse(&body).map_err(bad)?;
     match form.one("client_id").map_err(bad)? {
         Some(id) if id != caller.id => Err(unauthenticated(
@@ -169,14 +167,31 @@ fn admit(
     }
 }
 
+/// 413 for a body over the listener's limit, 400 for one that could not be
+/// read.
+fn body_refusal(e: &axum::Error) -> Response {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request",
+                "request body too large",
+            );
+        }
+        source = err.source();
+    }
+    bad_request("the request body could not be read")
+}
+
 /// `POST /oauth2/token`.
 pub async fn token(
     State(state): State<HttpState>,
     Extension(ClientIdentity(who)): Extension<ClientIdentity>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
-    let (caller, form) = match admit(&state, who, &headers, body, RpcClass::Issue) {
+    let (caller, form) = match admit(&state, who, &headers, body, RpcClass::Issue).await {
         Ok(a) => a,
         Err(resp) => return *resp,
     };
@@ -263,9 +278,9 @@ pub async fn introspect(
     State(state): State<HttpState>,
     Extension(ClientIdentity(who)): Extension<ClientIdentity>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
-    let (caller, form) = match admit(&state, who, &headers, body, RpcClass::Introspect) {
+    let (caller, form) = match admit(&state, who, &headers, body, RpcClass::Introspect).await {
         Ok(a) => a,
         Err(resp) => return *resp,
     };
@@ -336,9 +351,9 @@ pub async fn revoke(
     State(state): State<HttpState>,
     Extension(ClientIdentity(who)): Extension<ClientIdentity>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
-    let (caller, form) = match admit(&state, who, &headers, body, RpcClass::Revoke) {
+    let (caller, form) = match admit(&state, who, &headers, body, RpcClass::Revoke).await {
         Ok(a) => a,
         Err(resp) => return *resp,
     };

@@ -226,6 +226,10 @@ struct CacheState {
     /// A complete set has been received (a snapshot or a replay from 0):
     /// until then the cache knows nothing and is infinitely stale.
     synced: bool,
+    /// Snapshots that replaced a synced set: each may come from a cluster
+    /// whose history differs from what the cache had (a restore), so keys
+    /// fetched before it may be stale too.
+    snapshots: u64,
     entries: Entries,
 }
 
@@ -312,6 +316,7 @@ impl Session {
                 if st.synced && revision < st.revision {
                     return Ok(Step::Nothing);
                 }
+                st.snapshots += u64::from(st.synced);
                 st.entries = entries;
                 st.revision = revision;
                 st.synced = true;
@@ -614,6 +619,17 @@ impl RevocationCache {
     /// before that it cannot say that any token is not revoked.
     pub fn is_synced(&self) -> bool {
         self.shared().read().synced
+    }
+
+    /// How many snapshots have replaced a set the cache had already
+    /// synced (the first sync does not count). A snapshot replaces the
+    /// whole set, for example after the cluster was restored from a
+    /// backup, whose revocations and signing keys may differ from what came
+    /// before; [`Verifier`](crate::Verifier) fetches the JWKS again
+    /// whenever this moves, so it never checks tokens against keys older
+    /// than the revocations.
+    pub fn snapshots_applied(&self) -> u64 {
+        self.shared().read().snapshots
     }
 
     /// The revision the cache has applied.

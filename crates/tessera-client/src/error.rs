@@ -61,8 +61,9 @@ pub enum ClientError {
     /// The background task (of a [`super::RevocationCache`]) has ended.
     #[error("the client has been shut down")]
     Closed,
-    /// No verification keys are loaded and fetching them is rate limited
-    /// (the last attempt failed recently).
+    /// No usable verification keys are loaded (none yet, or the loaded ones
+    /// predate the revocation cache's last snapshot) and fetching them is
+    /// rate limited (the last attempt failed recently).
     #[error("no verification keys loaded yet")]
     NoKeys,
     /// A node answered something the client cannot use (an unreadable JWKS

@@ -258,6 +258,9 @@ pub struct Verifier {
     /// that miss a `kid` at the same time wait for the one fetch rather than
     /// start their own.
     refreshed: tokio::sync::Mutex<Option<Instant>>,
+    /// The cache's [`RevocationCache::snapshots_applied`] when the current
+    /// key set was fetched: keys older than the last snapshot are not used.
+    keys_epoch: std::sync::atomic::AtomicU64,
     cache: Option<RevocationCache>,
 }
 
@@ -315,6 +318,7 @@ impl Verifier {
             fresh_until: std::sync::Mutex::new(None),
             fetches: std::sync::atomic::AtomicU64::new(0),
             refreshed: tokio::sync::Mutex::new(None),
+            keys_epoch: std::sync::atomic::AtomicU64::new(0),
             cache,
         })
     }
@@ -414,7 +418,26 @@ impl Verifier {
             .clone()
     }
 
+    /// The cache's snapshot count (0 without a cache).
+    fn epoch(&self) -> u64 {
+        self.cache
+            .as_ref()
+            .map_or(0, RevocationCache::snapshots_applied)
+    }
+
     async fn keys(&self) -> Result<Arc<KeySet>, VerifyError> {
+        if self.epoch() != self.keys_epoch.load(std::sync::atomic::Ordering::Acquire) {
+            // The revocation set was replaced since these keys were
+            // fetched (a restore drops the backup's keys and the
+            // revocations taken after it): no token is checked against
+            // them until the JWKS is fetched again. A failed fetch refuses.
+            let fetched = self.refresh_limited().await.map_err(VerifyError::Keys)?;
+            if !fetched
+                && self.epoch() != self.keys_epoch.load(std::sync::atomic::Ordering::Acquire)
+            {
+                return Err(VerifyError::Keys(ClientError::NoKeys));
+            }
+        }
         if let Some(k) = self.current_keys() {
             if self.keys_expired() {
                 self.refresh_expired().await;
@@ -468,6 +491,9 @@ impl Verifier {
     async fn fetch(&self) -> Result<usize, ClientError> {
         self.fetches
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Taken before the call: a snapshot applied while it runs makes the
+        // next verification fetch again.
+        let epoch = self.epoch();
         let resp = self
             .pool
             .call(|ch| async move {
@@ -486,6 +512,8 @@ impl Verifier {
             "JWKS fetched"
         );
         self.install(set, resp.max_age_seconds);
+        self.keys_epoch
+            .store(epoch, std::sync::atomic::Ordering::Release);
         Ok(n)
     }
 
@@ -499,6 +527,8 @@ impl Verifier {
         });
         *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(set));
         *self.fresh_until() = fresh;
+        self.keys_epoch
+            .store(self.epoch(), std::sync::atomic::Ordering::Release);
     }
 
     #[cfg(test)]

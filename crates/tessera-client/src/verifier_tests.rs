@@ -57,6 +57,19 @@ impl Fixture {
     }
 }
 
+/// Applies a snapshot that replaces what `cache` had, then gives `v` the
+/// fixture's key again (a replacing snapshot makes the verifier fetch the
+/// JWKS, which these tests have no server for).
+pub(crate) fn replace(
+    f: &Fixture,
+    v: &Verifier,
+    cache: &RevocationCache,
+    events: Vec<pb::WatchEvent>,
+) {
+    cache.apply_for_tests(events);
+    v.set_keys(KeySet::new([f.key.verifying_key()]));
+}
+
 pub(crate) fn claims() -> Claims {
     Claims {
         iss: ISS.into(),
@@ -207,32 +220,57 @@ async fn revocation_rules_use_the_cache() {
     assert_eq!(v.verify(&token, Some(cert)).await.unwrap().revision, 6);
 
     // An ancestor.
-    cache.apply_for_tests(snapshot(7, vec![revocation(Target::Jti("j1".into()), 0)]));
+    replace(
+        &f,
+        &v,
+        &cache,
+        snapshot(7, vec![revocation(Target::Jti("j1".into()), 0)]),
+    );
     assert!(matches!(
         v.verify(&token, Some(cert)).await,
         Err(VerifyError::Revoked)
     ));
     // Its own jti.
-    cache.apply_for_tests(snapshot(8, vec![revocation(Target::Jti("j3".into()), 0)]));
+    replace(
+        &f,
+        &v,
+        &cache,
+        snapshot(8, vec![revocation(Target::Jti("j3".into()), 0)]),
+    );
     assert!(matches!(
         v.verify(&token, Some(cert)).await,
         Err(VerifyError::Revoked)
     ));
     // A descendant's revocation does not touch the ancestor.
-    cache.apply_for_tests(snapshot(9, vec![revocation(Target::Jti("j4".into()), 0)]));
+    replace(
+        &f,
+        &v,
+        &cache,
+        snapshot(9, vec![revocation(Target::Jti("j4".into()), 0)]),
+    );
     assert_eq!(v.verify(&token, Some(cert)).await.unwrap().revision, 9);
     // Subject cut-off at iat, then before it.
     let sub = || Target::Subject(claims().sub);
-    cache.apply_for_tests(snapshot(10, vec![revocation(sub(), NOW)]));
+    replace(&f, &v, &cache, snapshot(10, vec![revocation(sub(), NOW)]));
     assert!(matches!(
         v.verify(&token, Some(cert)).await,
         Err(VerifyError::Revoked)
     ));
-    cache.apply_for_tests(snapshot(11, vec![revocation(sub(), NOW - 1)]));
+    replace(
+        &f,
+        &v,
+        &cache,
+        snapshot(11, vec![revocation(sub(), NOW - 1)]),
+    );
     assert!(v.verify(&token, Some(cert)).await.is_ok());
     // Client cut-off.
     let client = Target::Client(claims().client_id);
-    cache.apply_for_tests(snapshot(12, vec![revocation(client, NOW + 5)]));
+    replace(
+        &f,
+        &v,
+        &cache,
+        snapshot(12, vec![revocation(client, NOW + 5)]),
+    );
     assert!(matches!(
         v.verify(&token, Some(cert)).await,
         Err(VerifyError::Revoked)
@@ -276,13 +314,18 @@ async fn staleness_was_unbounded_by_default() {
     cache.apply_for_tests(snapshot(3, vec![]));
     assert!(v.verify(&token, CERT).await.is_ok());
     // Revoked wins over stale: it is certain.
-    cache.apply_for_tests(snapshot(4, vec![revocation(Target::Jti("j3".into()), 0)]));
+    replace(
+        &f,
+        &v,
+        &cache,
+        snapshot(4, vec![revocation(Target::Jti("j3".into()), 0)]),
+    );
     cache.make_stale_for_tests(Duration::from_secs(31));
     assert!(matches!(
         v.verify(&token, CERT).await,
         Err(VerifyError::Revoked)
     ));
-    cache.apply_for_tests(snapshot(5, vec![]));
+    replace(&f, &v, &cache, snapshot(5, vec![]));
     assert!(v.verify(&token, CERT).await.is_ok());
     cache.make_stale_for_tests(Duration::from_secs(31));
     assert!(matches!(
@@ -425,5 +468,38 @@ fn errors_never_quote_the_token() {
             "revocation data not synced yet",
             "no presenting certificate to check the token's binding against",
         ]
+    );
+}
+
+/// A restore replaces the revocation set with the backup's (without the
+/// revocations taken after it) and drops the backup's signing keys so that
+/// those tokens stay dead. The verifier kept its cached JWKS for its whole
+/// max-age, so a token revoked after the backup verified again.
+#[tokio::test]
+async fn a_restore_revived_a_token_revoked_after_the_backup_at_the_resource_server() {
+    let f = fixture();
+    let cache = RevocationCache::detached(f.clock.clone());
+    cache.apply_for_tests(snapshot(100, vec![revocation(Target::Jti("j3".into()), 0)]));
+    let v = f.verifier(Some(cache.clone()));
+    v.install(KeySet::new([f.key.verifying_key()]), 600);
+    let token = f.key.sign(&claims()).unwrap();
+    assert!(matches!(
+        v.verify(&token, CERT).await,
+        Err(VerifyError::Revoked)
+    ));
+    // The restored cluster: a backup at revision 90, lifted by 2^32.
+    let restored = 90 + (1u64 << 32) + 2;
+    cache.apply_for_tests(snapshot(restored, vec![]));
+    let fetches = v.fetches.load(std::sync::atomic::Ordering::Relaxed);
+    let r = v.verify(&token, CERT).await;
+    assert!(
+        matches!(r, Err(VerifyError::Keys(_))),
+        "keys older than the snapshot were used: {:?}",
+        r.map(|t| t.claims.jti)
+    );
+    assert_eq!(
+        v.fetches.load(std::sync::atomic::Ordering::Relaxed),
+        fetches + 1,
+        "the JWKS was fetched again"
     );
 }

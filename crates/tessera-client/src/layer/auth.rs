@@ -532,7 +532,7 @@ mod tests {
     /// handler; every refusal is the RFC 6750 status and challenge.
     #[tokio::test]
     async fn http_requests_get_claims_or_rfc6750_refusals() {
-        use crate::verifier::tests::{claims, fixture, revocation, snapshot, AUD, CERT};
+        use crate::verifier::tests::{claims, fixture, replace, revocation, snapshot, AUD, CERT};
         use tessera_proto::revocation::Target;
 
         let f = fixture();
@@ -542,7 +542,8 @@ mod tests {
             .exact("/admin", ["ledger:admin"]);
         let cache = crate::RevocationCache::detached(f.clock.clone());
         cache.apply_for_tests(snapshot(1, vec![]));
-        let layer = AuthLayer::new(Arc::new(f.verifier(Some(cache.clone()))), routes);
+        let verifier = Arc::new(f.verifier(Some(cache.clone())));
+        let layer = AuthLayer::new(verifier.clone(), routes);
         let mut svc = layer.layer(Echo);
         let token = f.key.sign(&claims()).unwrap();
 
@@ -609,7 +610,12 @@ mod tests {
         assert!(r.headers().get(WWW_AUTHENTICATE).is_none());
 
         // A revoked ancestor (j1 is the root of the token's chain).
-        cache.apply_for_tests(snapshot(2, vec![revocation(Target::Jti("j1".into()), 0)]));
+        replace(
+            &f,
+            &verifier,
+            &cache,
+            snapshot(2, vec![revocation(Target::Jti("j1".into()), 0)]),
+        );
         let r = svc
             .call(http_req("/ledger", Some(&token), CERT))
             .await

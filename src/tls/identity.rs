@@ -48,8 +48,11 @@ pub fn thumbprint(der: &[u8]) -> String {
 ///
 /// The first `spiffe://` URI SAN wins and must be a valid SPIFFE ID (a
 /// malformed one is an error rather than a reason to fall back to a DNS
-/// name). Without one, the first non-wildcard DNS SAN is used: a wildcard
-/// names many services, never one caller.
+/// name). Without one, the first DNS SAN that is a host name (RFC 1123
+/// syntax, no wildcard) is used: a wildcard names many services, never one
+/// caller, and a DNS SAN spelling anything else (`spiffe://td/admin`, which
+/// a CA that signs whatever names are requested would accept) must not
+/// become another caller's identity.
 pub fn identity_from_cert(der: &[u8]) -> Result<PeerIdentity, TlsError> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| TlsError::MalformedCertificate(e.to_string()))?;
@@ -72,9 +75,7 @@ pub fn identity_from_cert(der: &[u8]) -> Result<PeerIdentity, TlsError> {
         None => names
             .iter()
             .find_map(|name| match name {
-                GeneralName::DNSName(dns) if !dns.is_empty() && !dns.contains('*') => {
-                    Some(dns.to_ascii_lowercase())
-                }
+                GeneralName::DNSName(dns) if is_host_name(dns) => Some(dns.to_ascii_lowercase()),
                 _ => None,
             })
             .ok_or(TlsError::NoIdentity)?,
@@ -83,6 +84,12 @@ pub fn identity_from_cert(der: &[u8]) -> Result<PeerIdentity, TlsError> {
         id,
         thumbprint: thumbprint(der),
     })
+}
+
+/// A DNS SAN usable as an identity: a syntactically valid host name, not a
+/// wildcard.
+fn is_host_name(dns: &str) -> bool {
+    !dns.contains('*') && rustls::pki_types::DnsName::try_from(dns).is_ok()
 }
 
 /// The identity of the caller of a gRPC request served over
@@ -196,6 +203,30 @@ mod tests {
 
     fn id_of(uris: &[&str], dns: &[&str]) -> Result<String, TlsError> {
         identity_from_cert(&cert_der(uris, dns)).map(|i| i.id)
+    }
+
+    /// The DNS fallback took any SAN string: a certificate whose only SAN
+    /// was `DNS:spiffe://tessera.dev/admin` was the admin.
+    #[test]
+    fn a_dns_san_spelling_a_spiffe_id_became_that_identity() {
+        for dns in [
+            "spiffe://tessera.dev/admin",
+            "spiffe://tessera.dev/node/1",
+            "orders internal/x:1",
+            "",
+            "*.example.org",
+        ] {
+            assert!(
+                matches!(id_of(&[], &[dns]), Err(TlsError::NoIdentity)),
+                "{dns:?} became an identity: {:?}",
+                id_of(&[], &[dns])
+            );
+        }
+        // A valid host name after an invalid one is still found.
+        assert_eq!(
+            id_of(&[], &["spiffe://tessera.dev/admin", "Orders.Example"]).unwrap(),
+            "orders.example"
+        );
     }
 
     #[test]

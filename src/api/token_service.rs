@@ -221,7 +221,15 @@ impl TokenApi {
             scopes,
             lifetime,
             may_act,
-        } = validate::issue(req, s.max_lifetime)?;
+        } = validate::issue(req, s.max_lifetime).map_err(|e| {
+            // No scope is a scope refusal (OAuth `invalid_scope`, as for an
+            // exchange); the gRPC code is the same either way.
+            if e == ApiError::from(token::TokenError::NoScopeRequested) {
+                Refused::token(token::TokenError::NoScopeRequested)
+            } else {
+                Refused::from(e)
+            }
+        })?;
         // Policy and keys as of every acknowledged write; the token's
         // `tsr_rev` is read after this.
         self.shared.read_barrier().await?;

@@ -343,6 +343,19 @@ async fn oauth_http_every_error_code() {
     )
     .await;
     assert_error(&r, StatusCode::BAD_REQUEST, "invalid_scope");
+    // ...and none requested, for client_credentials too (it said
+    // invalid_request, against HTTP.md's table).
+    let r = post(
+        &c,
+        Some("frontend"),
+        "/oauth2/token",
+        &[
+            ("grant_type", "client_credentials"),
+            ("audience", orders.as_str()),
+        ],
+    )
+    .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_scope");
 
     // invalid_target: policy grants frontend nothing for ledger.
     let r = post(&c, Some("frontend"), "/oauth2/token", &cc("ledger")).await;

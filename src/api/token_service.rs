@@ -520,8 +520,11 @@ impl TokenApi {
         };
         let unchanged = || {
             // RFC 7009: an invalid token is not an error; nothing to do.
+            // Nothing was written, so there is no revision to wait for (a
+            // revision without an event is one no subscriber's stream
+            // would ever reach).
             Ok(pb::RevokeResponse {
-                revision: self.shared.state.revision(),
+                revision: 0,
                 changed: false,
                 jtis: Vec::new(),
             })

@@ -78,11 +78,11 @@ pub(crate) struct Touched {
 
 impl Touched {
     /// Records revocations of the entry at `revision`: one event per log
-    /// entry, however many operations a batch entry carries.
+    /// entry, however many operations a batch entry carries. An
+    /// idempotent repeat changed nothing, and still gets its (empty) event:
+    /// its caller is answered this revision, and a subscriber's stream must
+    /// reach it for read-your-writes (`wait_for_revision`).
     fn event(&mut self, revision: u64, revocations: Vec<Revocation>) {
-        if revocations.is_empty() {
-            return;
-        }
         match self.events.last_mut() {
             Some(last) if last.revision == revision => last.revocations.extend(revocations),
             _ => self.events.push(super::feed::RevocationEvent {
@@ -165,6 +165,9 @@ impl State {
                     revision: index,
                 };
                 let moved = raise_cutoff(&mut self.subjects, subject, new);
+                if !moved {
+                    touched.event(index, Vec::new());
+                }
                 if moved {
                     if let Some(c) = self.subjects.get(subject) {
                         let r = Revocation::Subject {
@@ -189,6 +192,9 @@ impl State {
                     revision: index,
                 };
                 let moved = raise_cutoff(&mut self.clients, client, new);
+                if !moved {
+                    touched.event(index, Vec::new());
+                }
                 if moved {
                     if let Some(c) = self.clients.get(client) {
                         let r = Revocation::Client {

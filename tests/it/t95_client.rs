@@ -16,6 +16,7 @@ use tessera::client::{
 };
 
 use crate::cluster::*;
+use tessera::pb;
 
 const ISSUER: &str = "https://tessera.dev";
 
@@ -344,6 +345,45 @@ async fn revocation_cache_forgets_expired_entries() {
     c.clock.advance(86_400);
     cache.purge_expired();
     assert!(!cache.is_revoked(&["short-lived"], "", "", 0, None));
+    cache.shutdown().await;
+    c.stop().await;
+}
+
+/// An idempotent repeat of a revocation committed a log entry and answered
+/// its revision, but emitted no event: `wait_for_revision` on that
+/// revision, the documented read-your-writes, timed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_your_writes_timed_out_after_an_idempotent_revoke() {
+    let c = TestCluster::start(3).await;
+    let cache = cache_as(&c, "ledger");
+    cache.wait_ready(WAIT).await.unwrap();
+    let first = revoke(&c, "twice").await;
+    cache.wait_for_revision(first, WAIT).await.unwrap();
+    let mut admin = c.tokens_on(1, "admin").await;
+    let again = admin
+        .revoke(revoke_jti("twice"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!again.changed);
+    assert!(again.revision > first, "{first} {again:?}");
+    // Nothing after it moves the cache: only the repeat's own revision can.
+    cache
+        .wait_for_revision(again.revision, WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("wait_for_revision({}): {e:?}", again.revision));
+    assert!(cache.is_revoked(&["twice"], "", "", 0, None));
+    // A token that is not the cluster's: nothing written, nothing to wait
+    // for (RFC 7009 still answers success).
+    let none = admin
+        .revoke(pb::RevokeRequest {
+            target: Some(pb::revoke_request::Target::Token("a.b.c".into())),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((none.revision, none.changed), (0, false));
+    cache.wait_for_revision(none.revision, WAIT).await.unwrap();
     cache.shutdown().await;
     c.stop().await;
 }

@@ -73,6 +73,26 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// A copy of a node's answer (`Status`), for callers that share one
+    /// failed attempt; `None` for the other kinds, which hold values that
+    /// cannot be copied.
+    pub(crate) fn shared_copy(&self) -> Option<ClientError> {
+        match self {
+            ClientError::Status {
+                endpoint,
+                code,
+                message,
+                retry_after,
+            } => Some(ClientError::Status {
+                endpoint: endpoint.clone(),
+                code: *code,
+                message: message.clone(),
+                retry_after: *retry_after,
+            }),
+            _ => None,
+        }
+    }
+
     /// The gRPC code of a failed call, as the server (or tonic's transport)
     /// reported it; `None` for errors that are not a call's status.
     pub fn code(&self) -> Option<Code> {

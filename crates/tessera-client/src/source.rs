@@ -216,6 +216,12 @@ struct Slot {
     /// No renewal before this instant: the cluster's retry hint, while the
     /// cached token is still handed out.
     retry_at: Mutex<Option<tokio::time::Instant>>,
+    /// Renewal attempts finished (success or failure).
+    finished: std::sync::atomic::AtomicU64,
+    /// The last failed renewal's answer, if the node answered a status, and
+    /// the attempt count it ended: callers that waited for it share it
+    /// instead of each resending the request that just failed.
+    failure: Mutex<Option<(u64, ClientError)>>,
 }
 
 impl Slot {
@@ -228,6 +234,25 @@ impl Slot {
 
     fn store(&self, c: Cached) {
         *self.cached.lock().unwrap_or_else(PoisonError::into_inner) = Some(c);
+    }
+
+    /// Records the end of a renewal attempt.
+    fn finish(&self, failed: Option<&ClientError>) {
+        let n = self
+            .finished
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            + 1;
+        *self.failure.lock().unwrap_or_else(PoisonError::into_inner) =
+            failed.and_then(ClientError::shared_copy).map(|e| (n, e));
+    }
+
+    /// The failure of an attempt that ended after `seen` attempts had, if
+    /// the latest one failed with a status.
+    fn failure_since(&self, seen: u64) -> Option<ClientError> {
+        match &*self.failure.lock().unwrap_or_else(PoisonError::into_inner) {
+            Some((n, e)) if *n > seen => e.shared_copy(),
+            _ => None,
+        }
     }
 
     fn retry_at(&self) -> std::sync::MutexGuard<'_, Option<tokio::time::Instant>> {
@@ -493,6 +518,7 @@ impl TokenSource {
                 return Ok(c.token.clone());
             }
         }
+        let seen = slot.finished.load(std::sync::atomic::Ordering::Acquire);
         let _renewing = match &cached {
             // Someone is renewing and this token is still good: use it.
             Some(c) if now < c.exp => match slot.renewing.try_lock() {
@@ -508,9 +534,18 @@ impl TokenSource {
                 return Ok(c.token.clone());
             }
         }
-        let fetched = match self.fetch_with_hints(&slot, &fetch).await {
-            Ok(resp) => self.accept(resp, cap),
-            Err(e) => Err(e),
+        // The renewal we waited for failed: its answer is ours too (it
+        // already followed the cluster's retry hints).
+        let fetched = match slot.failure_since(seen) {
+            Some(e) => Err(e),
+            None => {
+                let r = match self.fetch_with_hints(&slot, &fetch).await {
+                    Ok(resp) => self.accept(resp, cap),
+                    Err(e) => Err(e),
+                };
+                slot.finish(r.as_ref().err());
+                r
+            }
         };
         match fetched {
             Ok(c) => {

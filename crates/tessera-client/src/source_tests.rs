@@ -275,3 +275,30 @@ fn accept_caps_and_refuses_expired() {
         Err(ClientError::BadResponse(_))
     ));
 }
+
+/// Callers without a token wait for the one renewing; when its answer was a
+/// failure, each waiter sent the failed request again in turn: N callers,
+/// N requests to a struggling cluster, the last answered after N calls.
+#[tokio::test(start_paused = true)]
+async fn waiters_each_resent_the_request_that_just_failed() {
+    let f = unreachable();
+    let calls = std::sync::atomic::AtomicUsize::new(0);
+    let fetch = || async {
+        calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Err::<pb::TokenResponse, _>(rate_limited(5_000))
+    };
+    let start = tokio::time::Instant::now();
+    let g = || f.source.get(own("a"), None, fetch);
+    let (r1, r2, r3, r4) = tokio::join!(g(), g(), g(), g());
+    for r in [r1, r2, r3, r4] {
+        let e = r.unwrap_err();
+        assert_eq!(e.code(), Some(tonic::Code::ResourceExhausted));
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(5)));
+    }
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+    // A call after that failure is a new attempt.
+    let _ = g().await;
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+}

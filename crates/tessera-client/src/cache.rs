@@ -585,6 +585,12 @@ impl RevocationCache {
     /// applied at a revision above `rev` (for a token without `rev`, or a
     /// cut-off from a server that did not send its revision: a cut-off time
     /// at or after `iat`). See [`tessera_token::cutoff_revokes`].
+    ///
+    /// It checks exactly the one `client` given. A token exchanged from
+    /// other clients' tokens is also revoked by their cut-offs (the clients
+    /// in its `act` and `tsr_clients`, [`Claims::clients`]): for a token,
+    /// call [`is_token_revoked`](Self::is_token_revoked), which checks them
+    /// all, as the server and [`Verifier`](crate::Verifier) do.
     pub fn is_revoked(
         &self,
         jtis: &[&str],

@@ -102,11 +102,11 @@ impl Shared {
 
     /// Seconds a retired key stays published: every token it signed has
     /// expired (longest lifetime), plus verifiers' leeway and clock skew.
+    /// The larger settings of an earlier run count while they are in force
+    /// ([`TokenSettings::bounds`]).
     pub fn retire_grace(&self) -> u64 {
-        let t = &self.settings;
-        t.max_lifetime
-            .saturating_add(t.leeway)
-            .saturating_add(t.max_clock_skew)
+        let (lifetime, leeway, skew) = self.settings.bounds(self.clock.now());
+        lifetime.saturating_add(leeway).saturating_add(skew)
     }
 
     /// Seconds from a new key's creation to its first signature: the JWKS

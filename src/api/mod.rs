@@ -89,6 +89,43 @@ pub struct TokenSettings {
     pub max_token_len: usize,
     /// How many verified tokens to remember (0: verify every signature).
     pub verified_cache: usize,
+    /// Larger values this node ran with before, still in force: filled in
+    /// by the node from its data directory at start
+    /// (`node::settings_history`), not an operator setting.
+    pub previous: PreviousSettings,
+}
+
+/// Larger `max_lifetime`, `leeway` and `max_clock_skew` of an earlier run,
+/// and until when tokens minted or accepted under them may still verify.
+/// Zero everywhere when there are none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PreviousSettings {
+    /// Seconds.
+    pub max_lifetime: u64,
+    /// Seconds.
+    pub leeway: u64,
+    /// Seconds.
+    pub max_clock_skew: u64,
+    /// Unix seconds; the values apply before it.
+    pub until: u64,
+}
+
+impl TokenSettings {
+    /// `(max_lifetime, leeway, max_clock_skew)` that purge times and key
+    /// grace must allow for at `now`: each the larger of the current value
+    /// and the previous one while that is in force.
+    pub fn bounds(&self, now: u64) -> (u64, u64, u64) {
+        let p = &self.previous;
+        if now < p.until {
+            (
+                self.max_lifetime.max(p.max_lifetime),
+                self.leeway.max(p.leeway),
+                self.max_clock_skew.max(p.max_clock_skew),
+            )
+        } else {
+            (self.max_lifetime, self.leeway, self.max_clock_skew)
+        }
+    }
 }
 
 impl Default for TokenSettings {
@@ -102,6 +139,7 @@ impl Default for TokenSettings {
             max_clock_skew: 30,
             max_token_len: 8 * 1024,
             verified_cache: 16 * 1024,
+            previous: PreviousSettings::default(),
         }
     }
 }

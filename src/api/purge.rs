@@ -38,15 +38,17 @@ pub(super) struct PurgeTimes {
 
 impl PurgeTimes {
     /// The purge times for a request taken at `now` (this node's clock).
+    /// Uses the larger settings of an earlier run while tokens minted under
+    /// them may still verify ([`TokenSettings::bounds`]).
     pub(super) fn new(s: &TokenSettings, now: u64) -> Self {
-        let skew = s.max_clock_skew;
+        let (lifetime, leeway, skew) = s.bounds(now);
         Self {
             horizon: now
-                .saturating_add(s.max_lifetime)
-                .saturating_add(s.leeway)
+                .saturating_add(lifetime)
+                .saturating_add(leeway)
                 .saturating_add(skew.saturating_mul(2))
                 .saturating_add(WRITE_TIMEOUT.as_secs()),
-            token_margin: s.leeway.saturating_add(skew),
+            token_margin: leeway.saturating_add(skew),
         }
     }
 

@@ -10,6 +10,7 @@ mod config;
 mod key_duties;
 mod metrics;
 mod peers;
+pub mod settings_history;
 mod tls_reload;
 
 use std::collections::BTreeMap;
@@ -414,7 +415,8 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
             .with_proposer(proposer.clone())
             .with_reads(reads.clone())
             .with_read_lease(read_lease, state.watch_revision())
-            .with_election(contact.clone(), times, last_log.clone()),
+            .with_election(contact.clone(), times, last_log.clone())
+            .with_stop(stop_rx.clone()),
     );
     let contact_for_node = contact.clone();
     let campaigner = crate::raft::Campaigner::new(
@@ -474,6 +476,18 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
         bootstrap(&config, &raft, &state, keks.current()).await?;
     }
 
+    // Earlier runs' larger token settings, for purge times and key grace.
+    let token = {
+        let (dir, token, now) = (
+            config.data_dir.clone(),
+            config.token.clone(),
+            config.clock.now(),
+        );
+        tokio::task::spawn_blocking(move || settings_history::remember(&dir, token, now))
+            .await
+            .map_err(|e| NodeError::Fatal(format!("settings history: {e}")))?
+            .map_err(NodeError::Config)?
+    };
     let (audit, audit_thread) = AuditLog::start(config.audit.clone(), config.audit_rotation)?;
     let peers = Arc::new(NetPeers { network });
     let incarnation = info.incarnation;
@@ -485,7 +499,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
             peers,
             state.clone(),
             keks.clone(),
-            config.token.clone(),
+            token,
             config.read_wait_max,
             config.clock.clone(),
             audit,

@@ -64,6 +64,10 @@ pub(super) struct Answerer {
     pub raft: openraft::Raft<TypeConfig>,
     pub reads: Option<super::ReadIndex>,
     pub read_lease: Option<(Duration, tokio::sync::watch::Receiver<u64>)>,
+    /// Turns true when the node stops: served links end then, instead of
+    /// holding the server's graceful shutdown until the follower's side
+    /// goes idle.
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// Answers one read-index request on this node: refused unless it leads;
@@ -102,12 +106,28 @@ pub(super) fn serve(
     mut inbound: Streaming<RaftMessage>,
 ) -> ReceiverStream<Result<RaftMessage, Status>> {
     let (tx, rx) = mpsc::channel(IN_FLIGHT);
+    let mut stop = a.stop.clone();
     let a = std::sync::Arc::new(a);
     tokio::spawn(async move {
         let mut answering = FuturesOrdered::new();
         let mut open = true;
+        let stopping = async move {
+            match &mut stop {
+                Some(stop) => {
+                    let _ = stop.wait_for(|s| *s).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(stopping);
         while open || !answering.is_empty() {
             tokio::select! {
+                () = &mut stopping => {
+                    // The follower's rounds in flight fail over; its link
+                    // reconnects to whoever leads next.
+                    let _ = tx.send(Err(Status::unavailable("node stopping"))).await;
+                    return;
+                }
                 m = inbound.message(), if open && answering.len() < IN_FLIGHT => match m {
                     Ok(Some(m)) => {
                         if let Err(e) = codec::decode::<()>(&m.payload) {

@@ -66,6 +66,8 @@ pub struct RaftService {
     read_lease: Option<(std::time::Duration, tokio::sync::watch::Receiver<u64>)>,
     /// Records when the leader was last heard and answers pre-votes.
     election: Option<Election>,
+    /// The node's stop signal: long-lived streams end when it turns true.
+    stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// What the service needs to record leader contact and answer pre-votes.
@@ -99,7 +101,15 @@ impl RaftService {
             reads: None,
             read_lease: None,
             election: None,
+            stop: None,
         }
+    }
+
+    /// Streams served (followers' read-index links) end when `stop` turns
+    /// true, so that the server's graceful shutdown does not wait for them.
+    pub fn with_stop(mut self, stop: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stop = Some(stop);
+        self
     }
 
     /// Followers' read-index requests are served by `reads`.
@@ -143,6 +153,7 @@ impl RaftService {
             raft: self.raft.clone(),
             reads: self.reads.clone(),
             read_lease: self.read_lease.clone(),
+            stop: self.stop.clone(),
         }
     }
 

@@ -174,3 +174,26 @@ async fn a_followers_rounds_share_one_stream_that_a_partition_fails_and_a_heal_r
     );
     c.stop().await;
 }
+
+/// A leader's graceful shutdown waited for the read-index streams its
+/// followers held open to it: they close only after 30 s idle, so stopping
+/// a leader (a rolling restart, a test's cluster) took 30 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaders_shutdown_waited_thirty_seconds_for_its_followers_read_links() {
+    let (mut c, leader, follower, token) = long_lease_cluster().await;
+    let r = c
+        .tokens_on(follower, "orders")
+        .await
+        .introspect(introspect_req(&token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.active && r.linearizable);
+    assert_eq!(streams_opened(&c, follower), 1, "the follower holds a link");
+    // Half the links' idle time: far above a stop's milliseconds, far below
+    // what waiting for the link took.
+    tokio::time::timeout(std::time::Duration::from_secs(15), c.stop_node(leader))
+        .await
+        .expect("the leader stopped without waiting for its followers' links");
+    c.stop().await;
+}

@@ -249,3 +249,67 @@ async fn a_client_cutoff_left_tokens_delegated_from_that_clients_tokens_active()
     cache.shutdown().await;
     c.stop().await;
 }
+
+/// Lowering `max_lifetime` (3600 → 600 s, every node restarted) made a
+/// subject cut-off taken afterwards purgeable after ~12 minutes, while the
+/// subject's one-hour tokens minted before the change verified for ~48
+/// more: the purge time was computed from the lowered setting alone. Each
+/// node now remembers its previous run's larger values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lowered_max_lifetime_purged_a_cutoff_that_still_matched_live_tokens() {
+    use pb::revoke_request::Target;
+    let mut c = TestCluster::start_with(3, |cfg| {
+        cfg.token.max_lifetime = 3600;
+        cfg.purge_interval = std::time::Duration::from_millis(100);
+    })
+    .await;
+    let mut req = issue_req("orders", &["orders:read"]);
+    req.lifetime_seconds = 3600;
+    let long = c
+        .tokens_on(1, "frontend")
+        .await
+        .issue_token(req)
+        .await
+        .unwrap()
+        .into_inner();
+    for i in 1..=3 {
+        c.config_mut(i).token.max_lifetime = 600;
+        c.config_mut(i).token.default_lifetime = 600;
+        c.restart(i).await;
+        c.wait_ready(&[1, 2, 3]).await;
+    }
+    let leader = c.agreed_leader(&[1, 2, 3]).await;
+    let cut = revoke_on(&c, leader, Target::Subject(id("frontend"))).await;
+    // A marker the purge must take: a one-minute token revoked by value.
+    let mut req = issue_req("orders", &["orders:read"]);
+    req.lifetime_seconds = 60;
+    let short = c
+        .tokens_on(leader, "frontend")
+        .await
+        .issue_token(req)
+        .await
+        .unwrap()
+        .into_inner();
+    let marker = revoke_on(&c, leader, Target::Token(short.access_token.clone())).await;
+    let marker_jti = decoded(&short.access_token).jti;
+    for i in 1..=3 {
+        applied(&c, i, marker.max(cut)).await;
+        assert!(!active_on(&c, i, &long.access_token, cut).await);
+    }
+    // Twelve minutes on: past the horizon the lowered setting alone gives,
+    // well inside the one-hour token's life.
+    c.clock.advance(12 * 60);
+    for i in 1..=3 {
+        let mut rx = c.node(i).state().watch_revision();
+        let purged = rx.wait_for(|_| !c.revoked(i).contains(&marker_jti));
+        tokio::time::timeout(WAIT, purged)
+            .await
+            .expect("the marker purged in time")
+            .unwrap();
+        assert!(
+            !active_on(&c, i, &long.access_token, 0).await,
+            "node {i}: the cut-off was purged while a token it revokes still verifies"
+        );
+    }
+    c.stop().await;
+}

@@ -57,6 +57,10 @@ use crate::raft::{Command, CommandResponse, NodeId, NodeInfo, Op, TypeConfig};
 use crate::store::StateView;
 use crate::token::{Claims, VerifyParams};
 
+/// Health `Watch` and reflection streams get this fraction (1/N) of the
+/// revocation subscribers' limits, in a pool of their own.
+pub const PROBE_STREAM_SHARE: usize = 10;
+
 /// The Raft handle type.
 pub type Raft = openraft::Raft<TypeConfig>;
 
@@ -649,6 +653,12 @@ pub async fn serve(
     watch.shared_encoding &=
         std::env::var("TESSERA_WATCH_SHARED_ENCODING").map_or(true, |v| v != "0");
     let streams = stream_limit::StreamLimits::new(watch.max_subscribers, watch.max_per_identity);
+    // Health and reflection streams have a pool of their own, a tenth of
+    // the subscribers': they can never crowd out revocation subscribers.
+    let probe_streams = stream_limit::StreamLimits::new(
+        (watch.max_subscribers / PROBE_STREAM_SHARE).max(1),
+        (watch.max_per_identity / PROBE_STREAM_SHARE).max(1),
+    );
     let watcher = watch_wire::WatchServer::new(watch_service::WatchApi::new(
         shared.clone(),
         watch,
@@ -710,7 +720,7 @@ pub async fn serve(
         .max_connection_age_grace(limits.http2.max_connection_age_grace)
         .layer(trace)
         .layer(rate)
-        .layer(stream_limit::StreamLimitLayer::new(streams))
+        .layer(stream_limit::StreamLimitLayer::new(probe_streams))
         // The caller's deadline, capped at 30 s; `DEADLINE_EXCEEDED` when
         // it passes (tonic's own timeout answers `CANCELLED`).
         .layer(deadline_layer::DeadlineLayer::new(Duration::from_secs(30)))

@@ -1,6 +1,9 @@
-//! The bound on long-lived streams: `WatchRevocations` and the streams of
+//! The bound on long-lived streams: `WatchRevocations`, and the streams of
 //! the standard services that never end by themselves (health `Watch`,
-//! reflection) share one node-wide count and one per-identity share.
+//! reflection), each have a node-wide count and a per-identity share; the
+//! standard services' pool is a tenth of the subscribers'
+//! ([`super::PROBE_STREAM_SHARE`]), apart, so that they cannot crowd out
+//! revocation subscribers.
 //!
 //! Health and reflection are not rate limited (probes must always get an
 //! answer), and before 2026-12-01 their streams were bounded by nothing:

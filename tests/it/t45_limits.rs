@@ -217,9 +217,10 @@ async fn client_silent_after_tls_kept_its_connection() {
 async fn one_caller_held_health_watch_streams_without_any_bound() {
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::HealthCheckRequest;
+    // Health streams: a pool of a tenth of these, at least one each.
     let c = TestCluster::start_with(1, |cfg| {
-        cfg.watch.max_per_identity = 2;
-        cfg.watch.max_subscribers = 3;
+        cfg.watch.max_per_identity = 20;
+        cfg.watch.max_subscribers = 30;
     })
     .await;
     c.wait_ready(&[1]).await;
@@ -242,15 +243,23 @@ async fn one_caller_held_health_watch_streams_without_any_bound() {
     let _second = watch(&orders).await.unwrap();
     let e = watch(&orders).await.unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
-    // The node-wide bound counts revocation watchers too.
+    // Node-wide: three in all.
     let ledger = c.channel_as(1, &c.files("ledger")).await;
-    let _watcher = RevocationServiceClient::new(ledger.clone())
-        .watch_revocations(pb::WatchRequest::default())
-        .await
-        .unwrap();
+    let _third = watch(&ledger).await.unwrap();
     let e = watch(&ledger).await.unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     assert!(e.message().contains("at most 3"), "{e:?}");
+    // Health streams crowd out no revocation subscriber: ledger still opens
+    // its whole share of those.
+    let mut watchers = Vec::new();
+    for _ in 0..20 {
+        watchers.push(
+            RevocationServiceClient::new(ledger.clone())
+                .watch_revocations(pb::WatchRequest::default())
+                .await
+                .unwrap(),
+        );
+    }
     // Probes are never refused.
     let check = HealthClient::new(orders.clone())
         .check(HealthCheckRequest {

@@ -353,6 +353,19 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
     // Fail at start, before Raft runs, if a KEK is missing: the error
     // names the KEK id this node needs (never a KEK).
     keks.check(&state.keys())?;
+    // Earlier runs' larger token settings, for purge times and key grace;
+    // read before Raft runs, so that a damaged record stops the start.
+    let token = {
+        let (dir, token, now) = (
+            config.data_dir.clone(),
+            config.token.clone(),
+            config.clock.now(),
+        );
+        tokio::task::spawn_blocking(move || settings_history::remember(&dir, token, now))
+            .await
+            .map_err(|e| NodeError::Fatal(format!("settings history: {e}")))?
+            .map_err(NodeError::Config)?
+    };
     let store_closed = log_store.closed_signal();
     let last_log: crate::raft::LastLogId = log_store.last_log_id_reader();
     let info = NodeInfo {
@@ -476,18 +489,6 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
         bootstrap(&config, &raft, &state, keks.current()).await?;
     }
 
-    // Earlier runs' larger token settings, for purge times and key grace.
-    let token = {
-        let (dir, token, now) = (
-            config.data_dir.clone(),
-            config.token.clone(),
-            config.clock.now(),
-        );
-        tokio::task::spawn_blocking(move || settings_history::remember(&dir, token, now))
-            .await
-            .map_err(|e| NodeError::Fatal(format!("settings history: {e}")))?
-            .map_err(NodeError::Config)?
-    };
     let (audit, audit_thread) = AuditLog::start(config.audit.clone(), config.audit_rotation)?;
     let peers = Arc::new(NetPeers { network });
     let incarnation = info.incarnation;

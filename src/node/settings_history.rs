@@ -10,14 +10,16 @@
 //! cut-off taken at once was purged after ~12 minutes while that subject's
 //! one-hour tokens, minted before the change, verified for another ~48.
 //! So at start the node remembers the values of its previous run and keeps
-//! using the larger of each for one of that run's full horizons (its
+//! using the larger of each for two of that run's full horizons (its
 //! longest lifetime, leeway, twice the skew and the write timeout), counted
 //! from this start. Raising a value needs nothing: the new one is larger.
 //!
-//! The record is this node's alone. Operators change these settings on
-//! every node (docs/OPERATIONS.md, "Changing token lifetimes"), and a
-//! revocation is stamped by the node that takes it, so each node's own
-//! memory covers the revocations it stamps.
+//! The record is this node's alone, but tokens are minted by every node: a
+//! node not yet restarted keeps minting under the old values. Two horizons
+//! cover a rolling change that reaches every node within one of them
+//! (docs/OPERATIONS.md, "Changing token lifetimes"); a data directory
+//! without a record (the first start of this release) remembers nothing,
+//! so lower settings only after the upgrade.
 
 use std::path::Path;
 
@@ -90,9 +92,12 @@ fn merge(last: Option<Record>, current: Values, now: u64) -> PreviousSettings {
         p.until,
     );
     // The last run may have minted until just now (when it stopped is not
-    // recorded): its values hold for one of its horizons from this start.
+    // recorded), and so may the other nodes until their own restarts: its
+    // values hold for two of its horizons from this start, which covers a
+    // rolling change that reaches every node within one of them.
     if last.ran != current {
-        take(last.ran, last.ran.horizon_from(now));
+        let horizon = last.ran.horizon_from(now).saturating_sub(now);
+        take(last.ran, now.saturating_add(horizon.saturating_mul(2)));
     }
     // Nothing larger than now: nothing to remember.
     let larger = out.max_lifetime > current.max_lifetime
@@ -191,14 +196,14 @@ mod tests {
     }
 
     #[test]
-    fn lowered_settings_keep_the_previous_ones_for_one_of_their_horizons() {
+    fn lowered_settings_keep_the_previous_ones_for_two_of_their_horizons() {
         let last = Record {
             ran: v(3600, 60, 30),
             previous: PreviousSettings::default(),
         };
         let p = merge(Some(last), v(600, 30, 30), NOW);
         assert_eq!((p.max_lifetime, p.leeway, p.max_clock_skew), (3600, 60, 30));
-        assert_eq!(p.until, NOW + 3600 + 60 + 60 + T);
+        assert_eq!(p.until, NOW + 2 * (3600 + 60 + 60 + T));
         // A second restart inside that horizon keeps them; after it, not.
         let again = Record {
             ran: v(600, 30, 30),
@@ -209,6 +214,45 @@ mod tests {
             merge(Some(again), v(600, 30, 30), p.until),
             PreviousSettings::default()
         );
+    }
+
+    /// Found by the second read: with the memory counted from each node's
+    /// own restart for one horizon, a node lowered first forgot the old
+    /// values while a node restarted later had minted one-hour tokens
+    /// until its restart; a cut-off the first node stamped then was purged
+    /// before those tokens expired.
+    #[test]
+    fn a_rolling_lowering_purged_a_cutoff_before_the_last_nodes_tokens_expired() {
+        let old = TokenSettings {
+            max_lifetime: 3600,
+            ..TokenSettings::default()
+        };
+        let last = Record {
+            ran: Values::of(&old),
+            previous: PreviousSettings::default(),
+        };
+        let t0 = NOW;
+        let lowered = TokenSettings {
+            max_lifetime: 600,
+            previous: merge(Some(last), v(600, 30, 30), t0),
+            ..old.clone()
+        };
+        // The last node is restarted just under one old horizon later, and
+        // minted one-hour tokens until then.
+        let last_iat = t0 + 3600 - 1;
+        let verifies_until = last_iat + 3600 + old.leeway + old.max_clock_skew;
+        // Whenever the first node stamps a cut-off from then on.
+        for at in [last_iat, lowered.previous.until - 1, lowered.previous.until] {
+            let (l, w, s) = lowered.bounds(at);
+            let horizon = at + l + w + 2 * s + T;
+            assert!(
+                horizon >= verifies_until,
+                "a cut-off stamped at t0+{} is purged at t0+{}, its tokens verify until t0+{}",
+                at - t0,
+                horizon - t0,
+                verifies_until - t0
+            );
+        }
     }
 
     #[test]

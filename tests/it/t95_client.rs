@@ -387,3 +387,55 @@ async fn read_your_writes_timed_out_after_an_idempotent_revoke() {
     cache.shutdown().await;
     c.stop().await;
 }
+
+/// Found by the second read of the restore fix: a resubscription that
+/// resumes from a snapshot (a node restarted, the cache's cursor left its
+/// window) made the `Verifier` refetch the JWKS, but through the refresh
+/// limiter: within 5 s of its last fetch it refused every valid token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ordinary_resubscription_refused_valid_tokens_for_seconds() {
+    let mut c = TestCluster::start_with(3, |cfg| cfg.watch_window = 10).await;
+    let leader = c.agreed_leader(&[1, 2, 3]).await;
+    let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != leader).collect();
+    let mut ccfg = CacheConfig::new(
+        followers
+            .iter()
+            .map(|i| c.node(*i).api_addr().to_string())
+            .collect(),
+        c.files("ledger"),
+    );
+    ccfg.clock = c.clock.clone();
+    let cache = RevocationCache::start(ccfg).unwrap();
+    // The default refresh interval (5 s): far longer than this test's
+    // steps, so a refusal it causes shows.
+    let ledger = verifier_for(&c, "ledger", &cache);
+    cache.wait_ready(WAIT).await.unwrap();
+    let (_, _, t3) = chain_of_three(&c).await;
+    let cert = cert_der(&c, "payments");
+    ledger.verify(&t3.access_token, Some(&cert)).await.unwrap();
+    // The node the cache follows falls behind by more than its window and
+    // stops: the cache resumes on the other follower from a snapshot.
+    let on_addr = cache.status().connected_to.unwrap();
+    let on = *followers
+        .iter()
+        .find(|i| on_addr.contains(&c.node(**i).api_addr().to_string()))
+        .unwrap_or_else(|| panic!("{on_addr} {followers:?}"));
+    c.faults.hold_entries(on);
+    let burst = revoke_burst(&c, "r", 20, 2, &[leader]).await;
+    assert!(burst.failed.is_empty(), "{:?}", burst.failed);
+    let last = burst.acked.iter().map(|(_, r)| *r).max().unwrap();
+    c.stop_node(on).await;
+    cache.wait_for_revision(last, WAIT).await.unwrap();
+    assert!(
+        cache.snapshots_applied() >= 1,
+        "the cache resumed from a snapshot"
+    );
+    let r = ledger.verify(&t3.access_token, Some(&cert)).await;
+    assert!(
+        r.is_ok(),
+        "a valid token was refused after an ordinary resubscription: {:?}",
+        r.err()
+    );
+    cache.shutdown().await;
+    c.stop().await;
+}

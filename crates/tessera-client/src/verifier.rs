@@ -261,6 +261,8 @@ pub struct Verifier {
     /// The cache's [`RevocationCache::snapshots_applied`] when the current
     /// key set was fetched: keys older than the last snapshot are not used.
     keys_epoch: std::sync::atomic::AtomicU64,
+    /// The snapshot count the last snapshot-driven fetch was for.
+    epoch_tried: std::sync::atomic::AtomicU64,
     cache: Option<RevocationCache>,
 }
 
@@ -319,6 +321,7 @@ impl Verifier {
             fetches: std::sync::atomic::AtomicU64::new(0),
             refreshed: tokio::sync::Mutex::new(None),
             keys_epoch: std::sync::atomic::AtomicU64::new(0),
+            epoch_tried: std::sync::atomic::AtomicU64::new(0),
             cache,
         })
     }
@@ -426,17 +429,12 @@ impl Verifier {
     }
 
     async fn keys(&self) -> Result<Arc<KeySet>, VerifyError> {
-        if self.epoch() != self.keys_epoch.load(std::sync::atomic::Ordering::Acquire) {
+        if self.keys_behind() {
             // The revocation set was replaced since these keys were
             // fetched (a restore drops the backup's keys and the
             // revocations taken after it): no token is checked against
             // them until the JWKS is fetched again. A failed fetch refuses.
-            let fetched = self.refresh_limited().await.map_err(VerifyError::Keys)?;
-            if !fetched
-                && self.epoch() != self.keys_epoch.load(std::sync::atomic::Ordering::Acquire)
-            {
-                return Err(VerifyError::Keys(ClientError::NoKeys));
-            }
+            self.refresh_for_snapshot().await?;
         }
         if let Some(k) = self.current_keys() {
             if self.keys_expired() {
@@ -459,6 +457,42 @@ impl Verifier {
     /// Whether the current set is past the max-age it was served with.
     fn keys_expired(&self) -> bool {
         self.fresh_until().is_some_and(|t| Instant::now() >= t)
+    }
+
+    /// Whether the current keys were fetched before the cache's latest
+    /// replacing snapshot.
+    fn keys_behind(&self) -> bool {
+        self.epoch() != self.keys_epoch.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Fetches the JWKS after a replacing snapshot. The first attempt for
+    /// a snapshot goes out whatever the refresh interval (a resubscription
+    /// after a node restart is ordinary, and must not refuse valid tokens
+    /// for the rest of an interval); later ones, after a failure, wait for
+    /// the interval. One fetch at a time: concurrent callers wait for it.
+    async fn refresh_for_snapshot(&self) -> Result<(), VerifyError> {
+        let mut last = self.refreshed.lock().await;
+        // A snapshot landing during a fetch gets an attempt of its own;
+        // bounded, as snapshots are (one per resubscription).
+        for _ in 0..3 {
+            if !self.keys_behind() {
+                return Ok(());
+            }
+            let epoch = self.epoch();
+            let first = self
+                .epoch_tried
+                .swap(epoch, std::sync::atomic::Ordering::AcqRel)
+                != epoch;
+            if !first && last.is_some_and(|t| t.elapsed() < self.min_refresh) {
+                return Err(VerifyError::Keys(ClientError::NoKeys));
+            }
+            *last = Some(Instant::now());
+            self.fetch().await.map_err(VerifyError::Keys)?;
+        }
+        if self.keys_behind() {
+            return Err(VerifyError::Keys(ClientError::NoKeys));
+        }
+        Ok(())
     }
 
     /// Refreshes a set past its max-age, unless another call is fetching

@@ -45,6 +45,7 @@ pub use error::{ApiError, LEADER_METADATA};
 pub use keys_admin::{Jwks, KeySettings, Rotation};
 pub use limits::{Http2Limits, Rate, RateLimits, RpcClass, ServerLimits, RETRY_AFTER_METADATA};
 pub use message_limit::MessageLimitLayer;
+pub use purge::horizon as purge_horizon;
 pub use watch_service::{resumable, WatchSettings, RESUME_METADATA};
 
 use health::{health_loop, lease_keeper, Lease, HEALTH_SERVICES};

@@ -27,6 +27,15 @@
 
 use super::{TokenSettings, WRITE_TIMEOUT};
 
+/// Until when a revocation taken at `now` may match a token that still
+/// verifies somewhere, under these settings (the derivation above).
+pub fn horizon(now: u64, lifetime: u64, leeway: u64, skew: u64) -> u64 {
+    now.saturating_add(lifetime)
+        .saturating_add(leeway)
+        .saturating_add(skew.saturating_mul(2))
+        .saturating_add(WRITE_TIMEOUT.as_secs())
+}
+
 /// The `until`s of the revocations one request makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct PurgeTimes {
@@ -43,11 +52,7 @@ impl PurgeTimes {
     pub(super) fn new(s: &TokenSettings, now: u64) -> Self {
         let (lifetime, leeway, skew) = s.bounds(now);
         Self {
-            horizon: now
-                .saturating_add(lifetime)
-                .saturating_add(leeway)
-                .saturating_add(skew.saturating_mul(2))
-                .saturating_add(WRITE_TIMEOUT.as_secs()),
+            horizon: horizon(now, lifetime, leeway, skew),
             token_margin: leeway.saturating_add(skew),
         }
     }

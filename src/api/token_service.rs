@@ -221,15 +221,12 @@ impl TokenApi {
             scopes,
             lifetime,
             may_act,
-        } = validate::issue(req, s.max_lifetime).map_err(|e| {
-            // No scope is a scope refusal (OAuth `invalid_scope`, as for an
-            // exchange); the gRPC code is the same either way.
-            if e == ApiError::from(token::TokenError::NoScopeRequested) {
-                Refused::token(token::TokenError::NoScopeRequested)
-            } else {
-                Refused::from(e)
-            }
-        })?;
+        } = validate::issue(req, s.max_lifetime)?;
+        // A token rule, classified as one (OAuth `invalid_scope`, as for an
+        // exchange).
+        if scopes.is_empty() {
+            return Err(Refused::token(token::TokenError::NoScopeRequested));
+        }
         // Policy and keys as of every acknowledged write; the token's
         // `tsr_rev` is read after this.
         self.shared.read_barrier().await?;

@@ -67,7 +67,9 @@ fn invalid(msg: impl Into<String>) -> ApiError {
 pub struct IssueParams {
     /// Distinct audiences, first occurrence first; 1 to [`MAX_AUDIENCES`].
     pub audiences: Vec<String>,
-    /// Distinct scopes, first occurrence first; 1 to [`MAX_SCOPES`].
+    /// Distinct scopes, first occurrence first; at most [`MAX_SCOPES`].
+    /// None requested is a token rule's refusal (`NoScopeRequested`, a
+    /// scope refusal as for an exchange), left to the handler.
     pub scopes: Vec<String>,
     /// The requested lifetime, at most the maximum; `None` for the default.
     pub lifetime: Option<u64>,
@@ -84,9 +86,6 @@ pub fn issue(r: pb::IssueTokenRequest, max_lifetime: u64) -> Result<IssueParams,
     let may_act = names("may_act", r.may_act, MAX_MAY_ACT)?;
     if audiences.is_empty() {
         return Err(TokenError::NoAudience.into());
-    }
-    if scopes.is_empty() {
-        return Err(TokenError::NoScopeRequested.into());
     }
     Ok(IssueParams {
         audiences,

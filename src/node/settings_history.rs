@@ -25,7 +25,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::{PreviousSettings, TokenSettings, WRITE_TIMEOUT};
+use crate::api::{PreviousSettings, TokenSettings};
 
 /// The file, in the data directory.
 pub const FILE: &str = "token-settings.json";
@@ -59,10 +59,7 @@ impl Values {
     /// `now`, may still verify somewhere, and revocations stamped under
     /// them may still be needed.
     fn horizon_from(&self, now: u64) -> u64 {
-        now.saturating_add(self.max_lifetime)
-            .saturating_add(self.leeway)
-            .saturating_add(self.max_clock_skew.saturating_mul(2))
-            .saturating_add(WRITE_TIMEOUT.as_secs())
+        crate::api::purge_horizon(now, self.max_lifetime, self.leeway, self.max_clock_skew)
     }
 }
 
@@ -164,7 +161,7 @@ mod tests {
     use super::*;
 
     const NOW: u64 = 1_000_000;
-    const T: u64 = WRITE_TIMEOUT.as_secs();
+    const T: u64 = crate::api::WRITE_TIMEOUT.as_secs();
 
     fn v(max_lifetime: u64, leeway: u64, max_clock_skew: u64) -> Values {
         Values {

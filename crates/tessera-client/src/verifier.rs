@@ -545,16 +545,21 @@ impl Verifier {
             max_age_s = resp.max_age_seconds,
             "JWKS fetched"
         );
-        self.install(set, resp.max_age_seconds);
-        self.keys_epoch
-            .store(epoch, std::sync::atomic::Ordering::Release);
+        self.install_at(set, resp.max_age_seconds, epoch);
         Ok(n)
+    }
+
+    /// [`install_at`](Self::install_at) the cache's current snapshot count.
+    #[cfg(test)]
+    fn install(&self, set: KeySet, max_age_seconds: u64) {
+        self.install_at(set, max_age_seconds, self.epoch());
     }
 
     /// Makes `set` the current key set, fresh for `max_age_seconds` (0: no
     /// max-age), bounded below by the refresh interval and above by
-    /// [`MAX_JWKS_AGE`].
-    fn install(&self, set: KeySet, max_age_seconds: u64) {
+    /// [`MAX_JWKS_AGE`]; it was fetched when the cache's snapshot count was
+    /// `epoch`.
+    fn install_at(&self, set: KeySet, max_age_seconds: u64, epoch: u64) {
         let fresh = (max_age_seconds > 0).then(|| {
             let age = Duration::from_secs(max_age_seconds.min(MAX_JWKS_AGE.as_secs()));
             Instant::now() + age.max(self.min_refresh)
@@ -562,7 +567,7 @@ impl Verifier {
         *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(set));
         *self.fresh_until() = fresh;
         self.keys_epoch
-            .store(self.epoch(), std::sync::atomic::Ordering::Release);
+            .store(epoch, std::sync::atomic::Ordering::Release);
     }
 
     #[cfg(test)]

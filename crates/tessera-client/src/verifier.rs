@@ -54,6 +54,19 @@ use tessera_token::{
     DEFAULT_MAX_LEN,
 };
 
+/// How many times a verification is redone when a snapshot replaced the
+/// revocation set while it ran (see [`Verifier::verify`]).
+const VERIFY_ATTEMPTS: usize = 3;
+
+/// A fetched key set and the cache's [`RevocationCache::snapshots_applied`]
+/// when its fetch started, read together: keys older than the last
+/// replacing snapshot are not used.
+#[derive(Clone)]
+struct Keys {
+    set: Arc<KeySet>,
+    epoch: u64,
+}
+
 /// Longest the verifier keeps a JWKS without refreshing it, whatever
 /// max-age the cluster advertises.
 pub const MAX_JWKS_AGE: Duration = Duration::from_secs(24 * 3600);
@@ -247,7 +260,7 @@ pub struct Verifier {
     max_staleness: Option<Duration>,
     skip_binding: bool,
     clock: Arc<dyn Clock>,
-    keys: RwLock<Option<Arc<KeySet>>>,
+    keys: RwLock<Option<Keys>>,
     /// When the current set passes the max-age it was served with (`None`:
     /// no max-age given; refreshed on unknown `kid`s only).
     // A std lock: held to copy an instant, never across an await.
@@ -258,12 +271,13 @@ pub struct Verifier {
     /// that miss a `kid` at the same time wait for the one fetch rather than
     /// start their own.
     refreshed: tokio::sync::Mutex<Option<Instant>>,
-    /// The cache's [`RevocationCache::snapshots_applied`] when the current
-    /// key set was fetched: keys older than the last snapshot are not used.
-    keys_epoch: std::sync::atomic::AtomicU64,
     /// The snapshot count the last snapshot-driven fetch was for.
     epoch_tried: std::sync::atomic::AtomicU64,
     cache: Option<RevocationCache>,
+    /// Runs between the signature and the revocation check (tests use it to
+    /// land a snapshot there).
+    #[cfg(test)]
+    pub(crate) race: std::sync::Mutex<Option<Box<dyn FnMut() + Send>>>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -271,7 +285,7 @@ impl std::fmt::Debug for Verifier {
         f.debug_struct("Verifier")
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
-            .field("keys", &self.current_keys().map(|k| k.len()))
+            .field("keys", &self.current_keys().map(|k| k.set.len()))
             .field("cache", &self.cache)
             .finish_non_exhaustive()
     }
@@ -320,9 +334,10 @@ impl Verifier {
             fresh_until: std::sync::Mutex::new(None),
             fetches: std::sync::atomic::AtomicU64::new(0),
             refreshed: tokio::sync::Mutex::new(None),
-            keys_epoch: std::sync::atomic::AtomicU64::new(0),
             epoch_tried: std::sync::atomic::AtomicU64::new(0),
             cache,
+            #[cfg(test)]
+            race: std::sync::Mutex::new(None),
         })
     }
 
@@ -346,6 +361,28 @@ impl Verifier {
         token: &str,
         presenter_cert_der: Option<&[u8]>,
     ) -> Result<VerifiedToken, VerifyError> {
+        // A snapshot that replaces the revocation set while a token is
+        // checked could pair keys fetched before it with revocations after
+        // it (a restore drops the backup's keys because the revocations
+        // taken after the backup are gone): the check is then redone with
+        // keys fetched since. Bounded, as snapshots are.
+        for _ in 0..VERIFY_ATTEMPTS {
+            let (verified, keys_epoch) = self.verify_once(token, presenter_cert_der).await?;
+            if keys_epoch == self.epoch() {
+                return Ok(verified);
+            }
+        }
+        Err(VerifyError::Keys(ClientError::NoKeys))
+    }
+
+    /// One verification; also returns the snapshot count the keys used were
+    /// fetched at, for [`verify`](Self::verify) to compare with the cache's
+    /// after the revocation check.
+    async fn verify_once(
+        &self,
+        token: &str,
+        presenter_cert_der: Option<&[u8]>,
+    ) -> Result<(VerifiedToken, u64), VerifyError> {
         // Fail closed before any work: nothing is known about revocations.
         if let Some(cache) = &self.cache {
             if !cache.is_synced() {
@@ -353,14 +390,14 @@ impl Verifier {
             }
         }
         let params = self.params();
-        let keys = self.keys().await?;
-        let claims = match verify(token, &keys, &params) {
+        let mut keys = self.keys().await?;
+        let claims = match verify(token, &keys.set, &params) {
             Err(TokenError::UnknownKey(kid)) => {
                 // A key published after our fetch; or a made-up kid, which
                 // the rate limit makes cheap.
                 let refreshed = self.refresh_limited().await;
-                let keys = self.current_keys().unwrap_or(keys);
-                match verify(token, &keys, &params) {
+                keys = self.current_keys().unwrap_or(keys);
+                match verify(token, &keys.set, &params) {
                     Err(TokenError::UnknownKey(_)) => {
                         if let Err(e) = refreshed {
                             return Err(VerifyError::Keys(e));
@@ -380,6 +417,8 @@ impl Verifier {
                 Some(_) => {}
             }
         }
+        #[cfg(test)]
+        self.before_revocation_check();
         let mut revision = 0;
         if let Some(cache) = &self.cache {
             if cache.is_token_revoked(&claims) {
@@ -394,7 +433,7 @@ impl Verifier {
             }
             revision = cache.revision();
         }
-        Ok(VerifiedToken { claims, revision })
+        Ok((VerifiedToken { claims, revision }, keys.epoch))
     }
 
     /// Fetches the JWKS now, whatever the rate limit, and returns the number
@@ -414,7 +453,7 @@ impl Verifier {
         p
     }
 
-    fn current_keys(&self) -> Option<Arc<KeySet>> {
+    fn current_keys(&self) -> Option<Keys> {
         self.keys
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -428,7 +467,7 @@ impl Verifier {
             .map_or(0, RevocationCache::snapshots_applied)
     }
 
-    async fn keys(&self) -> Result<Arc<KeySet>, VerifyError> {
+    async fn keys(&self) -> Result<Keys, VerifyError> {
         if self.keys_behind() {
             // The revocation set was replaced since these keys were
             // fetched (a restore drops the backup's keys and the
@@ -462,7 +501,7 @@ impl Verifier {
     /// Whether the current keys were fetched before the cache's latest
     /// replacing snapshot.
     fn keys_behind(&self) -> bool {
-        self.epoch() != self.keys_epoch.load(std::sync::atomic::Ordering::Acquire)
+        self.current_keys().is_some_and(|k| k.epoch != self.epoch())
     }
 
     /// Fetches the JWKS after a replacing snapshot. The first attempt for
@@ -564,10 +603,19 @@ impl Verifier {
             let age = Duration::from_secs(max_age_seconds.min(MAX_JWKS_AGE.as_secs()));
             Instant::now() + age.max(self.min_refresh)
         });
-        *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(set));
+        *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Some(Keys {
+            set: Arc::new(set),
+            epoch,
+        });
         *self.fresh_until() = fresh;
-        self.keys_epoch
-            .store(epoch, std::sync::atomic::Ordering::Release);
+    }
+
+    #[cfg(test)]
+    fn before_revocation_check(&self) {
+        let mut race = self.race.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(f) = race.as_mut() {
+            f();
+        }
     }
 
     #[cfg(test)]

@@ -503,3 +503,38 @@ async fn a_restore_revived_a_token_revoked_after_the_backup_at_the_resource_serv
         "the JWKS was fetched again"
     );
 }
+
+/// A snapshot replacing the revocation set between a token's signature
+/// check and its revocation check paired the keys fetched before it with
+/// the revocations after it: after a restore, a token revoked after the
+/// backup (signed by a key the restore dropped) was accepted.
+#[tokio::test]
+async fn a_snapshot_between_the_signature_and_the_revocation_check_paired_old_keys_with_new_revocations(
+) {
+    let f = fixture();
+    let cache = RevocationCache::detached(f.clock.clone());
+    cache.apply_for_tests(snapshot(100, vec![revocation(Target::Jti("j3".into()), 0)]));
+    let v = f.verifier(Some(cache.clone()));
+    let token = f.key.sign(&claims()).unwrap();
+    assert!(matches!(
+        v.verify(&token, CERT).await,
+        Err(VerifyError::Revoked)
+    ));
+    let restored = 90 + (1u64 << 32) + 2;
+    let landing = cache.clone();
+    *v.race.lock().unwrap() = Some(Box::new(move || {
+        if landing.revision() != restored {
+            landing.apply_for_tests(snapshot(restored, vec![]));
+        }
+    }));
+    let r = v.verify(&token, CERT).await;
+    assert!(
+        matches!(r, Err(VerifyError::Keys(_))),
+        "keys older than the snapshot were used: {:?}",
+        r.map(|t| t.claims.jti)
+    );
+    // Keys fetched after the snapshot serve again.
+    *v.race.lock().unwrap() = None;
+    v.set_keys(KeySet::new([f.key.verifying_key()]));
+    assert_eq!(v.verify(&token, CERT).await.unwrap().claims.jti, "j3");
+}

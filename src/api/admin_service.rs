@@ -310,7 +310,22 @@ impl pb::admin_service_server::AdminService for AdminApi {
             .get_node(&id)
             .cloned();
         match existing {
-            Some(n) if n.incarnation == info.incarnation => {}
+            Some(n) if n == info => {}
+            Some(n) if n.incarnation == info.incarnation => {
+                // The same member (its certificate names the id, and its
+                // data is the incarnation recorded) now at another address:
+                // record where it is, or the leader keeps dialling the old
+                // one and the wait below times out. `hello` proved who
+                // answers at the new address, and every dial checks the
+                // node's certificate, so this cannot point the id at
+                // another node (openraft's `SetNodes` warning).
+                tracing::info!(node = id, from = %n.raft_addr, to = %info.raft_addr, "member's addresses updated");
+                self.shared
+                    .raft
+                    .change_membership(ChangeMembers::SetNodes(BTreeMap::from([(id, info)])), false)
+                    .await
+                    .map_err(ApiError::from)?;
+            }
             Some(_) => {
                 return Err(Status::failed_precondition(format!(
                     "node {id} is a member with another data incarnation (its data was replaced): remove it first"

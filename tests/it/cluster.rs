@@ -192,6 +192,14 @@ impl TestCluster {
         addr
     }
 
+    /// Makes node `i` (stopped) listen for Raft on a new port when it
+    /// starts again, as if it had moved: the membership still names the old
+    /// address.
+    pub fn move_raft_addr(&mut self, i: u64) {
+        assert!(!self.nodes.contains_key(&i), "node {i} is running");
+        self.raft_addrs.remove(&i);
+    }
+
     pub fn node(&self, i: u64) -> &Node {
         &self.nodes[&i]
     }

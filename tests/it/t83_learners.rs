@@ -368,3 +368,46 @@ async fn a_learner_cut_off_from_the_leader_stops_serving_and_the_voters_write_on
     assert!(!r.active && r.linearizable && r.revision >= rev);
     c.stop().await;
 }
+
+/// A member restarted with its data at another Raft address could not be
+/// added back: `AddLearner` saw the same id and data incarnation, kept the
+/// old address in the membership, and timed out waiting for a catch-up
+/// the leader kept sending to the old address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_restarted_at_another_address_could_not_be_added_back() {
+    let mut c = TestCluster::start(3).await;
+    let leader = c.agreed_leader(&[1, 2, 3]).await;
+    let moved = (1..=3).find(|&i| i != leader).unwrap();
+    let old = c.raft_addr(moved);
+    c.stop_node(moved).await;
+    c.move_raft_addr(moved);
+    c.start_node(moved).await;
+    let new = c.raft_addr(moved);
+    assert_ne!(old, new);
+    // Written while the moved node cannot be reached where it was.
+    let (t, _) = issue(&c, leader).await;
+    let rev = revoke_token(&c, leader, &t)
+        .await
+        .unwrap()
+        .into_inner()
+        .revision;
+
+    let s = add_learner(&c, leader, moved).await;
+    let m = s
+        .nodes
+        .iter()
+        .find(|n| n.node_id == moved)
+        .expect("the moved node is a member");
+    assert_eq!(m.raft_addr, new, "{s:?}");
+    assert_eq!(m.role, "voter", "it stays a voter: {s:?}");
+    wait_health(&c, moved, ServingStatus::Serving).await;
+    let r = c
+        .tokens_on(moved, "orders")
+        .await
+        .introspect(introspect_req(&t))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.active && r.linearizable && r.revision >= rev, "{r:?}");
+    c.stop().await;
+}

@@ -461,6 +461,94 @@ mod tests {
         assert!(!Arc::ptr_eq(snapshot_of(&fourth).1, snapshot_of(&fifth).1));
     }
 
+    /// Random histories of pushes (events of 1..6 revocations, gaps in
+    /// revisions) and resets: every watch from every cursor gives
+    /// exactly the events after the cursor (replay), or a snapshot at a
+    /// revision at or above the window start with every event after it.
+    #[test]
+    fn every_cursor_gets_exactly_the_events_after_it_on_random_histories() {
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut rnd = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for _round in 0..200 {
+            let window = 1 + rnd(12) as usize;
+            let start = rnd(5);
+            let feed = feed(start, window);
+            let mut state = State::default();
+            let mut rev = start;
+            // Every event since the last reset (or the start).
+            let mut model: Vec<(u64, usize)> = Vec::new();
+            let mut base = start;
+            let mut keep = Vec::new();
+            for _ in 0..60 {
+                if rnd(15) == 0 {
+                    rev += 1 + rnd(3);
+                    feed.reset(rev);
+                    model.clear();
+                    base = rev;
+                } else {
+                    let mut evs = Vec::new();
+                    for _ in 0..1 + rnd(3) {
+                        rev += 1 + rnd(2);
+                        let n = rnd(6) as usize;
+                        model.push((rev, n));
+                        evs.push(RevocationEvent {
+                            revision: rev,
+                            revocations: (0..n)
+                                .map(|i| Revocation::Jti {
+                                    jti: format!("{rev}-{i}"),
+                                    until: 1,
+                                })
+                                .collect(),
+                        });
+                    }
+                    feed.push(evs);
+                }
+                state.last_applied = Some(openraft::testing::log_id(1, 1, rev));
+                let ws = feed.window_start();
+                assert!(ws >= base, "window start {ws} below the reset/start {base}");
+                for cursor in 0..=rev + 2 {
+                    let w = feed.watch(&state, cursor);
+                    let want_after = |r: u64| -> Vec<(u64, usize)> {
+                        model.iter().copied().filter(|(v, _)| *v > r).collect()
+                    };
+                    let got = |evs: &[Arc<FeedEvent>]| -> Vec<(u64, usize)> {
+                        evs.iter()
+                            .map(|e| (e.revision, e.revocations.len()))
+                            .collect()
+                    };
+                    match &w.start {
+                        WatchStart::Replay(evs) => {
+                            assert!(
+                                cursor > 0 && cursor >= base,
+                                "replay from {cursor} before base {base}"
+                            );
+                            assert_eq!(got(evs), want_after(cursor), "replay from {cursor}");
+                        }
+                        WatchStart::Snapshot { revision, then, .. } => {
+                            assert!(
+                                cursor == 0 || cursor < ws,
+                                "snapshot for {cursor}, window {ws}"
+                            );
+                            assert!(*revision >= cursor && *revision >= base && *revision <= rev);
+                            assert_eq!(got(then), want_after(*revision), "then after {revision}");
+                        }
+                    }
+                    if rnd(4) == 0 {
+                        keep.push(w);
+                    }
+                }
+                if keep.len() > 20 {
+                    keep.clear();
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_watcher_that_falls_behind_the_live_buffer_lags() {
         let feed = feed(0, 10);

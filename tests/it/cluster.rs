@@ -51,6 +51,12 @@ pub struct TestCluster {
     /// Each node's Raft address, kept across restarts (the membership
     /// records it).
     raft_addrs: BTreeMap<u64, String>,
+    /// The Raft addresses of stopped nodes, bound again (not listening:
+    /// connections are still refused) as soon as they stopped, and
+    /// listened on when they start: a port left free while a node is down
+    /// can be taken by another test (a kernel-chosen port), and the restart
+    /// would fail with `AddrInUse`.
+    held: BTreeMap<u64, tokio::net::TcpSocket>,
     adjust: Arc<dyn Fn(&mut Config) + Send + Sync>,
 }
 
@@ -106,6 +112,7 @@ impl TestCluster {
             nodes: BTreeMap::new(),
             configs: BTreeMap::new(),
             raft_addrs: BTreeMap::new(),
+            held: BTreeMap::new(),
             adjust,
         }
     }
@@ -170,7 +177,10 @@ impl TestCluster {
             .get(&i)
             .cloned()
             .unwrap_or_else(|| "127.0.0.1:0".into());
-        let raft = TcpListener::bind(&raft_at).await.unwrap();
+        let raft = match self.held.remove(&i) {
+            Some(s) => s.listen(1024).unwrap(),
+            None => TcpListener::bind(&raft_at).await.unwrap(),
+        };
         self.raft_addrs
             .insert(i, raft.local_addr().unwrap().to_string());
         let mut config = self.configs[&i].clone();
@@ -184,11 +194,12 @@ impl TestCluster {
 
     /// Picks the Raft address node `i` will listen on before it starts
     /// (a restore writes it into the membership): a port the system hands
-    /// out for 127.0.0.1:0, released for the node to bind.
+    /// out for 127.0.0.1:0, held for the node (see `held`).
     pub async fn reserve_raft_addr(&mut self, i: u64) -> String {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap().to_string();
+        let s = hold("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = s.local_addr().unwrap().to_string();
         self.raft_addrs.insert(i, addr.clone());
+        self.held.insert(i, s);
         addr
     }
 
@@ -198,6 +209,7 @@ impl TestCluster {
     pub fn move_raft_addr(&mut self, i: u64) {
         assert!(!self.nodes.contains_key(&i), "node {i} is running");
         self.raft_addrs.remove(&i);
+        self.held.remove(&i);
     }
 
     pub fn node(&self, i: u64) -> &Node {
@@ -212,6 +224,17 @@ impl TestCluster {
     pub async fn stop_node(&mut self, i: u64) {
         let node = self.nodes.remove(&i).unwrap();
         node.shutdown().await.unwrap();
+        self.hold_raft_addr(i).await;
+    }
+
+    /// Binds stopped node `i`'s Raft address again until it starts (see
+    /// `held`); a node stopped another way may call it too.
+    pub async fn hold_raft_addr(&mut self, i: u64) {
+        if let Some(addr) = self.raft_addrs.get(&i) {
+            if let Ok(s) = hold(addr.parse().unwrap()) {
+                self.held.insert(i, s);
+            }
+        }
     }
 
     /// Starts a stopped node `i` again on its data.
@@ -379,6 +402,15 @@ impl TestCluster {
 }
 
 /// Copies directory `from` to `to` (created), recursively.
+/// A socket bound to `addr` and not listening: it keeps the port from
+/// other sockets while connections to it are refused.
+fn hold(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let s = tokio::net::TcpSocket::new_v4()?;
+    s.set_reuseaddr(true)?;
+    s.bind(addr)?;
+    Ok(s)
+}
+
 pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {

@@ -160,7 +160,15 @@ pub trait AuditOutput: Send + 'static {
     fn write_line(&mut self, line: &[u8]) -> std::io::Result<()>;
     /// Makes everything written so far durable (or at least visible).
     fn sync(&mut self) -> std::io::Result<()>;
+    /// What the output is, for error messages (a file's path).
+    fn describe(&self) -> String {
+        "the audit output".into()
+    }
 }
+
+/// Where the audit writer reports a write or sync error: the node stops on
+/// it (fail-stop, like a failed write under the data directory).
+pub type FailureReport = tokio::sync::mpsc::UnboundedSender<String>;
 
 /// Standard error, one `write_all` per line so lines never interleave with
 /// the service log mid-line.
@@ -172,6 +180,9 @@ impl AuditOutput for StderrOutput {
     }
     fn sync(&mut self) -> std::io::Result<()> {
         std::io::stderr().lock().flush()
+    }
+    fn describe(&self) -> String {
+        "standard error".into()
     }
 }
 
@@ -266,12 +277,18 @@ impl AuditOutput for RotatingFile {
         self.file.flush()?;
         self.file.get_ref().sync_data()
     }
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
 }
 
 /// What the handles share with the writer.
 struct Counters {
-    /// Records dropped since start (queue full or writer gone).
+    /// Records dropped since start (queue full, writer gone, or in a batch
+    /// whose write or sync failed).
     dropped: AtomicU64,
+    /// Writes or syncs of the output that failed.
+    write_errors: AtomicU64,
     /// Milliseconds after `epoch` of the last drop warning, +1 (0: never).
     last_warn: AtomicU64,
     epoch: Instant,
@@ -309,28 +326,36 @@ pub struct AuditLog {
 impl AuditLog {
     /// Starts the writer thread for `sink` (files rotated per `rotation`).
     /// It ends once every handle is dropped and the queue is drained; the
-    /// returned join handle lets the owner wait for it.
+    /// returned join handle lets the owner wait for it. The first write or
+    /// sync error is sent to `failures` (see [`AuditLog::start_with`]).
     pub fn start(
         sink: AuditSink,
         rotation: AuditRotation,
+        failures: Option<FailureReport>,
     ) -> std::io::Result<(Self, Option<std::thread::JoinHandle<()>>)> {
         let out: Box<dyn AuditOutput> = match sink {
             AuditSink::Discard => return Ok((Self::discard(), None)),
             AuditSink::Stderr => Box::new(StderrOutput),
             AuditSink::File(path) => Box::new(RotatingFile::open(&path, rotation)?),
         };
-        let (log, task) = Self::start_with(out, QUEUE)?;
+        let (log, task) = Self::start_with(out, QUEUE, failures)?;
         Ok((log, Some(task)))
     }
 
     /// Starts a writer thread on any output with a queue of `queue` records.
+    /// A batch whose write or sync fails is counted as dropped whole (none
+    /// of it is known durable: a buffered write fails only at the flush),
+    /// and the first such error goes to `failures`, naming the output: the
+    /// node stops rather than go on deciding without a record.
     pub fn start_with(
         mut out: Box<dyn AuditOutput>,
         queue: usize,
+        failures: Option<FailureReport>,
     ) -> std::io::Result<(Self, std::thread::JoinHandle<()>)> {
         let (tx, mut rx) = mpsc::channel::<AuditEvent>(queue.max(1));
         let counters = Arc::new(Counters {
             dropped: AtomicU64::new(0),
+            write_errors: AtomicU64::new(0),
             last_warn: AtomicU64::new(0),
             epoch: Instant::now(),
         });
@@ -340,6 +365,7 @@ impl AuditLog {
         let task = std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || {
+                let mut failures = failures;
                 let mut reported = 0u64;
                 let mut batch = Vec::with_capacity(BATCH);
                 let mut line = Vec::with_capacity(512);
@@ -364,33 +390,38 @@ impl AuditLog {
                             Err(_) => break,
                         }
                     }
-                    let mut written = 0;
                     let res = (|| {
                         for ev in &batch {
                             line.clear();
                             serde_json::to_writer(&mut line, ev)?;
                             line.push(b'\n');
                             out.write_line(&line)?;
-                            written += 1;
                         }
                         report_drops(&mut *out, &shared, &mut reported, &mut line)?;
                         out.sync()
                     })();
                     last_sync = Some(Instant::now());
                     if let Err(e) = res {
-                        // Records the output never took are lost: counted
-                        // like drops, so the gap is reported once the
-                        // output works again.
-                        let lost = (batch.len() - written) as u64;
+                        // No record of the batch is known durable: all are
+                        // counted like drops.
+                        let lost = batch.len() as u64;
                         shared.dropped.fetch_add(lost, Ordering::Relaxed);
-                        tracing::error!(error = %e, lost, "audit log write failed");
+                        shared.write_errors.fetch_add(1, Ordering::Relaxed);
+                        let what = out.describe();
+                        tracing::error!(error = %e, lost, output = %what, "audit log write failed");
+                        if let Some(f) = failures.take() {
+                            let _ = f.send(format!(
+                                "writing the audit log {what}: {e} ({lost} records not written)"
+                            ));
+                        }
                     }
                     batch.clear();
                 }
                 let res = report_drops(&mut *out, &shared, &mut reported, &mut line)
                     .and_then(|()| out.sync());
                 if let Err(e) = res {
-                    tracing::error!(error = %e, "audit log write failed");
+                    shared.write_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, output = %out.describe(), "audit log write failed");
                 }
             })?;
         Ok((
@@ -408,6 +439,7 @@ impl AuditLog {
             tx: None,
             counters: Arc::new(Counters {
                 dropped: AtomicU64::new(0),
+                write_errors: AtomicU64::new(0),
                 last_warn: AtomicU64::new(0),
                 epoch: Instant::now(),
             }),
@@ -438,6 +470,35 @@ impl AuditLog {
     /// Records dropped since this log was started (monotonic; for metrics).
     pub fn dropped(&self) -> u64 {
         self.counters.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Writes or syncs of the output that failed since this log was
+    /// started (monotonic; for metrics).
+    pub fn write_errors(&self) -> u64 {
+        self.counters.write_errors.load(Ordering::Relaxed)
+    }
+
+    /// The counts alone, for a metrics exporter: unlike a handle, they do
+    /// not keep the writer running (it ends when the last handle goes).
+    pub fn counts(&self) -> AuditCounts {
+        AuditCounts(self.counters.clone())
+    }
+}
+
+/// [`AuditLog::dropped`] and [`AuditLog::write_errors`] without a handle
+/// to the writer.
+#[derive(Clone)]
+pub struct AuditCounts(Arc<Counters>);
+
+impl AuditCounts {
+    /// See [`AuditLog::dropped`].
+    pub fn dropped(&self) -> u64 {
+        self.0.dropped.load(Ordering::Relaxed)
+    }
+
+    /// See [`AuditLog::write_errors`].
+    pub fn write_errors(&self) -> u64 {
+        self.0.write_errors.load(Ordering::Relaxed)
     }
 }
 

@@ -36,7 +36,7 @@ fn size_rotation_keeps_max_files_and_the_newest_records() {
         max_files: 3,
     };
     rotation.validate().unwrap();
-    let (log, task) = AuditLog::start(AuditSink::File(path.clone()), rotation).unwrap();
+    let (log, task) = AuditLog::start(AuditSink::File(path.clone()), rotation, None).unwrap();
     let n = 600; // about 70 KB: many more rotations than kept files
     for i in 0..n {
         log.try_record(event(i));
@@ -153,7 +153,7 @@ fn a_stalled_writer_drops_and_counts_records_and_never_blocks_a_request() {
         lines: lines.clone(),
     };
     let queue = 4;
-    let (log, task) = AuditLog::start_with(Box::new(out), queue).unwrap();
+    let (log, task) = AuditLog::start_with(Box::new(out), queue, None).unwrap();
     // The writer takes the first record and stalls inside its write.
     log.try_record(event(0));
     entered.recv_timeout(BOUND).expect("writer never started");
@@ -204,7 +204,7 @@ impl AuditOutput for Failing {
 
 #[test]
 fn records_a_failing_output_never_took_are_counted_as_dropped() {
-    let (log, task) = AuditLog::start_with(Box::new(Failing), 16).unwrap();
+    let (log, task) = AuditLog::start_with(Box::new(Failing), 16, None).unwrap();
     let counters = log.counters.clone();
     for i in 0..3 {
         log.try_record(event(i));
@@ -212,4 +212,53 @@ fn records_a_failing_output_never_took_are_counted_as_dropped() {
     drop(log);
     join(task);
     assert_eq!(counters.dropped.load(Ordering::Relaxed), 3);
+}
+
+/// A full disk refuses a buffered record only at the flush: the count said
+/// nothing was lost (records written into the buffer counted as written),
+/// and the records went when the buffer was dropped.
+#[test]
+fn records_a_full_disk_refused_at_the_flush_were_not_counted() {
+    let (log, task) = AuditLog::start(
+        AuditSink::File("/dev/full".into()),
+        AuditRotation::default(),
+        None,
+    )
+    .unwrap();
+    let counters = log.counters.clone();
+    for i in 0..10 {
+        log.try_record(event(i));
+    }
+    drop(log);
+    join(task.unwrap());
+    assert_eq!(
+        counters.dropped.load(Ordering::Relaxed),
+        10,
+        "every record the disk refused is counted"
+    );
+    assert!(counters.write_errors.load(Ordering::Relaxed) >= 1);
+}
+
+/// The first failed write is reported, once, naming the output (the node
+/// stops on it); later failures are only counted.
+#[tokio::test]
+async fn a_failed_audit_write_is_reported_once_naming_the_output() {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (log, task) = AuditLog::start(
+        AuditSink::File("/dev/full".into()),
+        AuditRotation::default(),
+        Some(tx),
+    )
+    .unwrap();
+    log.try_record(event(1));
+    let first = tokio::time::timeout(BOUND, rx.recv())
+        .await
+        .expect("the failure is reported")
+        .expect("the writer holds the sender");
+    assert!(first.contains("/dev/full"), "{first}");
+    assert!(first.contains("No space left on device"), "{first}");
+    log.try_record(event(2));
+    drop(log);
+    join(task.unwrap());
+    assert!(rx.try_recv().is_err(), "reported once");
 }

@@ -199,6 +199,22 @@ pub(super) fn register_reads(metrics: &Metrics, reads: crate::raft::ReadIndex) {
     );
 }
 
+/// The audit writer's losses: a full audit disk cannot write the
+/// `audit_dropped` record operators would alert on, so the counts are here.
+pub(super) fn register_audit(metrics: &Metrics, counts: crate::api::AuditCounts) {
+    let c = counts.clone();
+    metrics.counter_fn(
+        "audit_records_dropped",
+        "Audit records lost: the writer's queue was full, or their batch's write or sync failed",
+        move || vec![(vec![], c.dropped() as f64)],
+    );
+    metrics.counter_fn(
+        "audit_write_errors",
+        "Failed writes or syncs of the audit log (the first one stops the node)",
+        move || vec![(vec![], counts.write_errors() as f64)],
+    );
+}
+
 pub(super) fn register(
     metrics: &Metrics,
     raft: &Raft,

@@ -422,6 +422,9 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
     // A quarter below the shortest election timeout; voters refuse
     // pre-votes for twice that after hearing from the leader.
     let read_lease = times.min * 3 / 4;
+    // Failures met outside the Raft core (the audit log, a snapshot being
+    // received) stop the node like the core's own (see `fail_stop`).
+    let (failures, failed) = tokio::sync::mpsc::unbounded_channel();
     let raft_service = crate::raft::service::wrap(
         crate::raft::RaftService::new(raft.clone(), config.node_id, info.clone(), &trust_domain)
             .with_clock(config.clock.clone())
@@ -429,7 +432,8 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
             .with_reads(reads.clone())
             .with_read_lease(read_lease, state.watch_revision())
             .with_election(contact.clone(), times, last_log.clone())
-            .with_stop(stop_rx.clone()),
+            .with_stop(stop_rx.clone())
+            .with_failures(failures.clone(), config.data_dir.clone()),
     );
     let contact_for_node = contact.clone();
     let campaigner = crate::raft::Campaigner::new(
@@ -489,7 +493,11 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
         bootstrap(&config, &raft, &state, keks.current()).await?;
     }
 
-    let (audit, audit_thread) = AuditLog::start(config.audit.clone(), config.audit_rotation)?;
+    let (audit, audit_thread) = AuditLog::start(
+        config.audit.clone(),
+        config.audit_rotation,
+        Some(failures.clone()),
+    )?;
     let peers = Arc::new(NetPeers { network });
     let incarnation = info.incarnation;
     let read_rounds = reads.clone();
@@ -529,6 +537,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
         rate_limiter.clone(),
     );
     metrics::register_reads(&metrics, read_rounds);
+    metrics::register_audit(&metrics, shared.audit_counts());
     tasks.push(tokio::spawn(
         metrics::follow_raft(raft.clone(), metrics.clone(), stop_rx.clone())
             .instrument(tracing::info_span!("metrics", node = config.node_id)),
@@ -592,6 +601,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
             stop.clone(),
             fatal_tx,
             stop_rx.clone(),
+            failed,
         )
         .instrument(tracing::info_span!("fail-stop", node = config.node_id)),
     ));
@@ -626,33 +636,42 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
 }
 
 /// Fail-stop: when the Raft core stops on its own (a storage write or
-/// fsync failed, or it panicked), this node stops serving at once — its
-/// state is frozen and it must not answer from it — and reports the error
-/// so that [`run`] returns it and the process exits non-zero. A supervisor
-/// restarts it; it then recovers from what is on disk.
+/// fsync failed, or it panicked), or a write outside it fails (`failed`:
+/// the audit log, a snapshot being received), this node stops serving at
+/// once — its state is frozen, or its decisions would go unrecorded, and it
+/// must not answer — and reports the error so that [`run`] returns it and
+/// the process exits non-zero. A supervisor restarts it; it then recovers
+/// from what is on disk.
 async fn fail_stop(
     raft: Raft,
     data_dir: std::path::PathBuf,
     stop: watch::Sender<bool>,
     fatal: watch::Sender<Option<String>>,
     mut stopping: watch::Receiver<bool>,
+    mut failed: tokio::sync::mpsc::UnboundedReceiver<String>,
 ) {
     let mut metrics = raft.metrics();
     let error = loop {
         if let Err(e) = &metrics.borrow_and_update().running_state {
-            break e.clone();
+            if matches!(e, openraft::error::Fatal::Stopped) {
+                return;
+            }
+            break format!(
+                "storage or consensus failure under {}: {e}",
+                data_dir.display()
+            );
         }
         tokio::select! {
             _ = stopping.wait_for(|s| *s) => return,
             changed = metrics.changed() => if changed.is_err() { return },
+            Some(report) = failed.recv() => break report,
         }
     };
-    if matches!(error, openraft::error::Fatal::Stopped) || *stopping.borrow() {
+    if *stopping.borrow() {
         return;
     }
     let message = format!(
-        "storage or consensus failure under {}: {error}; stopping this node (fail-stop): restart it once the cause is fixed, it recovers from what is on disk",
-        data_dir.display()
+        "{error}; stopping this node (fail-stop): restart it once the cause is fixed, it recovers from what is on disk"
     );
     tracing::error!(error = %error, data_dir = %data_dir.display(), "fatal: stopping the node");
     let _ = fatal.send(Some(message));

@@ -68,6 +68,12 @@ pub struct RaftService {
     election: Option<Election>,
     /// The node's stop signal: long-lived streams end when it turns true.
     stop: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Where a storage error the Raft core does not see is reported (the
+    /// node stops on it), and the data directory to name in the report.
+    failures: Option<(
+        tokio::sync::mpsc::UnboundedSender<String>,
+        std::path::PathBuf,
+    )>,
 }
 
 /// What the service needs to record leader contact and answer pre-votes.
@@ -102,6 +108,7 @@ impl RaftService {
             read_lease: None,
             election: None,
             stop: None,
+            failures: None,
         }
     }
 
@@ -109,6 +116,20 @@ impl RaftService {
     /// true, so that the server's graceful shutdown does not wait for them.
     pub fn with_stop(mut self, stop: tokio::sync::watch::Receiver<bool>) -> Self {
         self.stop = Some(stop);
+        self
+    }
+
+    /// Storage errors met while receiving a snapshot go to `failures`,
+    /// naming `data_dir`: openraft writes the chunks outside its core,
+    /// hands the error back to the leader as the answer, and its core never
+    /// stops, so the node would go on answering from a frozen state while
+    /// the leader retried for ever.
+    pub fn with_failures(
+        mut self,
+        failures: tokio::sync::mpsc::UnboundedSender<String>,
+        data_dir: std::path::PathBuf,
+    ) -> Self {
+        self.failures = Some((failures, data_dir));
         self
     }
 
@@ -352,6 +373,16 @@ impl raft_service_server::RaftService for RaftService {
             let reply = self.raft.install_snapshot(req).await;
             if matches!(&reply, Ok(r) if r.vote.leader_id().node_id == caller) {
                 self.heard_leader(commit);
+            }
+            if let (
+                Err(openraft::error::RaftError::Fatal(openraft::error::Fatal::StorageError(e))),
+                Some((failures, dir)),
+            ) = (&reply, &self.failures)
+            {
+                let _ = failures.send(format!(
+                    "storage failure under {} while receiving a snapshot: {e}",
+                    dir.display()
+                ));
             }
             encode(&reply)
         }

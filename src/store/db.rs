@@ -186,6 +186,24 @@ impl Db {
         })
     }
 
+    /// The file a snapshot being received is written to: `file`, or while
+    /// [`StoreFaults::fail_writes`] is on, `/dev/full`, where every write
+    /// fails as on a full disk (openraft writes the chunks, out of the
+    /// reach of [`check_write`](Self::check_write)).
+    pub(crate) fn receiving_file(&self, file: std::fs::File) -> Result<std::fs::File, StoreError> {
+        if !self.faults.writes_fail() {
+            return Ok(file);
+        }
+        let full = Path::new("/dev/full");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(full)
+            .map_err(|source| StoreError::Io {
+                path: full.to_path_buf(),
+                source,
+            })
+    }
+
     /// The names of every tree, sled's default tree included (tests).
     #[cfg(test)]
     pub(crate) fn db_tree_names(&self) -> Vec<sled::IVec> {

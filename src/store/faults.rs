@@ -24,7 +24,9 @@ impl StoreFaults {
 
     /// While `on`, every log append, vote, truncate, purge, flush, snapshot
     /// store and state-machine apply fails with an `io::Error` of kind
-    /// `Other` whose message is [`INJECTED_ENOSPC`].
+    /// `Other` whose message is [`INJECTED_ENOSPC`]; the chunks of a
+    /// snapshot being received (written by openraft itself) go to
+    /// `/dev/full` and fail with a real `ENOSPC`.
     pub fn fail_writes(&self, on: bool) {
         self.fail_writes.store(on, Ordering::SeqCst);
     }

@@ -472,8 +472,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
         let db = self.db.clone();
         let (path, file) = blocking(move || {
-            db.check_write()?;
-            db.snaps.temp("recv")
+            let (path, file) = db.snaps.temp("recv")?;
+            Ok::<_, StoreError>((path, db.receiving_file(file)?))
         })
         .await
         .map_err(|e| StorageIOError::write_snapshot(None, AnyError::new(&e)))?;

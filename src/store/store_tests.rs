@@ -480,7 +480,8 @@ async fn each_build_gets_a_new_id_and_becomes_current() {
 }
 
 // The seam the disk-full tests use: while on, every kind of write fails
-// with the injected error; switched off, the same store works again.
+// (with the injected error, or a received snapshot's chunks with a real
+// ENOSPC); switched off, the same store works again.
 #[tokio::test]
 async fn injected_write_errors_fail_every_kind_of_write() {
     let dir = tempfile::tempdir().unwrap();
@@ -493,7 +494,17 @@ async fn injected_write_errors_fail_every_kind_of_write() {
     };
     injected(log.save_vote(&Vote::new(1, 1)).await.unwrap_err());
     injected(log.blocking_append(workload()).await.unwrap_err());
-    injected(sm.begin_receiving_snapshot().await.unwrap_err());
+    // openraft writes a received snapshot's chunks itself: they go to a
+    // file where every write fails with ENOSPC, as on a full disk.
+    let mut receiving = sm.begin_receiving_snapshot().await.unwrap();
+    // tokio's file reports a failed write at the next operation.
+    tokio::io::AsyncWriteExt::write_all(&mut *receiving, b"chunk")
+        .await
+        .unwrap();
+    let full = tokio::io::AsyncWriteExt::flush(&mut *receiving)
+        .await
+        .unwrap_err();
+    assert_eq!(full.raw_os_error(), Some(28), "{full}");
     injected(
         sm.get_snapshot_builder()
             .await

@@ -224,3 +224,68 @@ async fn a_follower_restarting_far_behind_never_reports_serving_until_it_caught_
     drop(health);
     c.stop().await;
 }
+
+/// A follower whose disk was full while it received a snapshot went on
+/// serving from its frozen state: openraft writes the chunks outside its
+/// core and hands the error back to the leader as the answer, so the core
+/// never stopped, health stayed `SERVING` and the leader retried for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_whose_disk_filled_while_receiving_a_snapshot_kept_serving() {
+    let faults: Vec<tessera::store::StoreFaults> =
+        (0..3).map(|_| tessera::store::StoreFaults::new()).collect();
+    let injected = faults.clone();
+    let mut c = TestCluster::start_with(3, move |cfg| {
+        cfg.raft.snapshot_every = 20;
+        cfg.raft.keep_logs = 5;
+        cfg.store_faults = injected[(cfg.node_id - 1) as usize].clone();
+    })
+    .await;
+    let leader = c.agreed_leader(&[1, 2, 3]).await;
+    let lagging = if leader == 3 { 2 } else { 3 };
+    let rest: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != lagging).collect();
+    c.faults.isolate(lagging);
+    let b = revoke_burst(&c, "full", 120, 4, &rest).await;
+    assert!(b.failed.is_empty(), "{:?}", b.failed);
+    let lag_last = c
+        .node(lagging)
+        .raft()
+        .metrics()
+        .borrow()
+        .last_log_index
+        .unwrap_or(0);
+    c.node(leader)
+        .raft()
+        .wait(Some(WAIT))
+        .metrics(
+            |m| m.purged.is_some_and(|p| p.index > lag_last),
+            "log purged past the lagging node",
+        )
+        .await
+        .unwrap();
+
+    // Its disk is full when the snapshot it needs arrives.
+    faults[(lagging - 1) as usize].fail_writes(true);
+    c.faults.heal();
+    let message = tokio::time::timeout(WAIT, c.node(lagging).failed())
+        .await
+        .expect("the node stops itself when it cannot store the snapshot");
+    assert!(message.contains("receiving a snapshot"), "{message}");
+    assert!(message.contains("No space left on device"), "{message}");
+    assert!(
+        message.contains(&c.data_dir(lagging).display().to_string()),
+        "{message}"
+    );
+
+    // Space freed, the supervisor restarts it: it installs the snapshot and
+    // holds every acknowledged revocation.
+    faults[(lagging - 1) as usize].fail_writes(false);
+    let failed = c.nodes.remove(&lagging).unwrap();
+    let _ = failed.shutdown().await;
+    c.start_node(lagging).await;
+    c.wait_converged(&[1, 2, 3]).await;
+    let revoked = c.revoked(lagging);
+    for (jti, _) in &b.acked {
+        assert!(revoked.contains(jti), "node {lagging} lacks {jti}");
+    }
+    c.stop().await;
+}

@@ -434,3 +434,33 @@ async fn exchanges_at_twenty_times_the_baseline_raise_one_anomaly() {
     })
     .await;
 }
+
+/// A node whose audit log could not be written went on deciding, with no
+/// record of its decisions and no metric to alert on: the writer counted
+/// the lost records but nothing exported them, and the `audit_dropped`
+/// record operators were told to alert on cannot reach a full disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_audit_disk_was_full_kept_issuing_unaudited_tokens() {
+    let c = TestCluster::start_with(1, |cfg| {
+        cfg.audit = tessera::api::AuditSink::File("/dev/full".into());
+    })
+    .await;
+    // A decision whose record cannot be written; the node may already be
+    // stopping when it answers.
+    let _ = c
+        .tokens("frontend")
+        .await
+        .issue_token(issue_req("orders", &["orders:write"]))
+        .await;
+    let message = tokio::time::timeout(WAIT, c.node(1).failed())
+        .await
+        .expect("the node stops when its audit log cannot be written");
+    assert!(message.contains("audit log /dev/full"), "{message}");
+    assert!(message.contains("No space left on device"), "{message}");
+    let m = parse(&c.node(1).metrics().encode());
+    assert!(
+        m[&series("tessera_audit_records_dropped_total", &[])] >= 1.0,
+        "{m:?}"
+    );
+    assert!(m[&series("tessera_audit_write_errors_total", &[])] >= 1.0);
+}

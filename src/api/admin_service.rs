@@ -41,14 +41,45 @@ impl AdminApi {
         }
     }
 
-    /// Authorises `operation` for the caller; audits the decision.
+    /// Authorises `operation` for the caller on the cluster's current
+    /// policy; audits the decision. A read barrier comes first: a node
+    /// behind its leader must not decide on a policy the cluster has
+    /// already replaced (an admin whose rights were withdrawn could put
+    /// them back through it).
     async fn admit<T>(&self, req: &Request<T>, operation: &'static str) -> Result<String, Status> {
+        self.shared.read_barrier().await?;
+        self.admit_local(req, operation).await
+    }
+
+    /// [`admit`](Self::admit) on this node's applied policy, without the
+    /// barrier: only for the calls that must answer without a quorum
+    /// (`ClusterStatus`, to diagnose one; `InitCluster`, before there is a
+    /// cluster) or that read no state (`ValidatePolicy`).
+    async fn admit_local<T>(
+        &self,
+        req: &Request<T>,
+        operation: &'static str,
+    ) -> Result<String, Status> {
         let caller = crate::tls::caller_identity(req)?;
         let now = self.shared.clock.now();
-        let policy = self
-            .shared
-            .policy()?
-            .ok_or_else(|| ApiError::PermissionDenied("no policy is installed".into()))?;
+        let policy = match self.shared.policy() {
+            Ok(Some(p)) => p,
+            refused => {
+                let e = match refused {
+                    Err(e) => e,
+                    _ => ApiError::PermissionDenied("no policy is installed".into()),
+                };
+                let decision = if matches!(e, ApiError::PermissionDenied(_)) {
+                    "deny"
+                } else {
+                    "error"
+                };
+                let mut ev = AuditEvent::new(now, "admin", decision, &caller.id);
+                ev.reason = Some(format!("{operation}: {e}"));
+                self.shared.record(ev).await;
+                return Err(e.into());
+            }
+        };
         let d = policy.authorize(&crate::policy::Request::admin(caller.id.clone(), operation));
         let mut ev = AuditEvent::new(
             now,
@@ -209,7 +240,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         req: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
-        self.admit(&req, "cluster_status").await?;
+        self.admit_local(&req, "cluster_status").await?;
         Ok(Response::new(self.status()))
     }
 
@@ -217,7 +248,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         req: Request<pb::InitClusterRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
-        self.admit(&req, "init_cluster").await?;
+        self.admit_local(&req, "init_cluster").await?;
         let addrs = req.into_inner().raft_addrs;
         super::validate::raft_addrs(&addrs)?;
         let raft = &self.shared.raft;
@@ -442,14 +473,14 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         req: Request<pb::BackupRequest>,
     ) -> Result<Response<BackupStream>, Status> {
+        // Everything acknowledged before this call is in the backup:
+        // `admit` passes a read barrier.
         let caller = self.admit(&req, "backup").await?;
         let permit = self.backups.clone().try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(
                 "a backup is already running on this node; retry when it ends",
             )
         })?;
-        // Everything acknowledged before this call is in the backup.
-        self.shared.read_barrier().await?;
         let state = self.shared.state.clone();
         let node_id = self.shared.raft.metrics().borrow().id;
         let now = self.shared.clock.now();
@@ -493,7 +524,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         req: Request<pb::PutPolicyRequest>,
     ) -> Result<Response<pb::ValidatePolicyResponse>, Status> {
-        self.admit(&req, "validate_policy").await?;
+        self.admit_local(&req, "validate_policy").await?;
         Ok(Response::new(
             match PolicyEngine::validate(&req.into_inner().text) {
                 Ok(()) => pb::ValidatePolicyResponse {

@@ -38,7 +38,8 @@ use tokio::net::TcpListener;
 
 pub use admin_service::cluster_status;
 pub use audit::{
-    AuditEvent, AuditLog, AuditOutput, AuditRotation, AuditSink, RotatingFile, MAX_AUDIT_FILES,
+    AuditCounts, AuditEvent, AuditLog, AuditOutput, AuditRotation, AuditSink, RotatingFile,
+    MAX_AUDIT_FILES,
 };
 pub use consistency::{NotReady, READ_CONFIRM_BUDGET};
 pub use error::{ApiError, LEADER_METADATA};
@@ -579,6 +580,12 @@ impl Shared {
     /// (monotonic; see [`AuditLog::dropped`]).
     pub fn audit_dropped(&self) -> u64 {
         self.audit.dropped()
+    }
+
+    /// The audit log's counts of lost records and failed writes (the
+    /// first failed write stops the node), for the metrics exporter.
+    pub fn audit_counts(&self) -> audit::AuditCounts {
+        self.audit.counts()
     }
 
     /// Health: `SERVING` only while [`Shared::health`] holds.

@@ -245,12 +245,15 @@ impl WatchApi {
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<WatchStream>, Status> {
         let caller = crate::tls::caller_identity(&req)?;
+        // Decided on the cluster's current policy, not on one this node
+        // has not caught up with.
+        self.shared.read_barrier().await?;
         // Watching is reading revocations: the introspect permission.
-        let decision = self
+        let policy = self
             .shared
             .policy()?
-            .ok_or_else(|| ApiError::PermissionDenied("no policy is installed".into()))?
-            .authorize(&crate::policy::Request::introspect(caller.id.clone()));
+            .ok_or_else(|| ApiError::PermissionDenied("no policy is installed".into()))?;
+        let decision = policy.authorize(&crate::policy::Request::introspect(caller.id.clone()));
         let mut ev = AuditEvent::new(
             self.shared.clock.now(),
             "watch",
@@ -299,6 +302,8 @@ impl WatchApi {
             ready_before: true,
             held: None,
             done: false,
+            caller: caller.id,
+            policy_version: policy.version(),
             _slot: slot,
         };
         // The response body itself runs the pump: an event goes from the
@@ -399,6 +404,10 @@ struct Pump {
     held: Option<Result<FeedItem, broadcast::error::RecvError>>,
     /// A terminal status went out: the stream ends.
     done: bool,
+    /// The subscriber, and the policy version it was last allowed by: a
+    /// new policy is asked again before anything more is sent.
+    caller: String,
+    policy_version: u64,
     /// The node-wide and the per-identity subscriber slots, given back
     /// when the subscriber ends.
     _slot: super::stream_limit::StreamSlot,
@@ -500,7 +509,47 @@ impl Pump {
     }
 
     /// The subscriber's next message; None once the stream has ended.
+    /// A subscriber that a newer policy no longer allows to watch gets
+    /// `PERMISSION_DENIED` instead, and nothing more: the check runs after
+    /// the message was taken, so the policy read is at least as new as
+    /// every event in it.
     async fn next(&mut self) -> Option<Result<Frame, Status>> {
+        let m = self.next_message().await?;
+        if m.is_ok() && !self.still_allowed().await {
+            self.done = true;
+            return Some(Err(Status::permission_denied(
+                "policy (introspect): no longer allowed to watch",
+            )));
+        }
+        Some(m)
+    }
+
+    /// Whether the subscriber may still watch: asked again whenever the
+    /// applied policy changed since it was last allowed. A refusal is
+    /// audited.
+    async fn still_allowed(&mut self) -> bool {
+        let version = self.shared.state.policy_version();
+        if version == self.policy_version {
+            return true;
+        }
+        let decision = match self.shared.policy() {
+            Ok(Some(p)) => {
+                self.policy_version = p.version();
+                p.authorize(&crate::policy::Request::introspect(self.caller.clone()))
+            }
+            _ => return false,
+        };
+        if !decision.allowed {
+            let mut ev = AuditEvent::new(self.shared.clock.now(), "watch", "deny", &self.caller);
+            ev.policy_ids = decision.policy_ids;
+            ev.reason = Some("policy changed during the stream".into());
+            self.shared.record(ev).await;
+        }
+        decision.allowed
+    }
+
+    /// [`next`](Self::next) before the permission check.
+    async fn next_message(&mut self) -> Option<Result<Frame, Status>> {
         if self.done {
             return None;
         }

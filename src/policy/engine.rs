@@ -162,8 +162,9 @@ pub struct PolicyEngine {
     /// Decisions already made by this version. A decision is a pure
     /// function of the request and the policy text, so it can be reused
     /// until the engine is replaced; Cedar evaluation costs 15 to 25 µs,
-    /// a lookup well under one. Bounded: cleared when full.
-    cache: Mutex<HashMap<Request, Decision>>,
+    /// a lookup well under one. Bounded in entries and in the bytes of
+    /// their keys (callers choose much of a key): cleared when full.
+    cache: Mutex<DecisionCache>,
     /// Whether a policy could tell revocation targets apart
     /// ([`super::target`]); when none can, revocation decisions are cached
     /// without their target, so that revocations of unique jtis share one.
@@ -172,6 +173,22 @@ pub struct PolicyEngine {
 
 /// Most decisions a [`PolicyEngine`] remembers.
 const DECISION_CACHE: usize = 16 * 1024;
+
+/// Most bytes of request text ([`Request::weight`]) the decision cache
+/// holds: a few MiB, where 16k requests of up to 16 `may_act` names of
+/// 512 bytes each would hold 126 MiB.
+const DECISION_CACHE_BYTES: usize = 4 << 20;
+
+/// A request this heavy is decided every time, not cached: it would take
+/// room from many ordinary ones.
+const DECISION_CACHE_MAX_KEY: usize = 2048;
+
+/// Decisions by request, and the weight of their keys.
+#[derive(Default)]
+struct DecisionCache {
+    decisions: HashMap<Request, Decision>,
+    bytes: usize,
+}
 
 impl std::fmt::Debug for PolicyEngine {
     // The text can be long; its ids say what it contains.
@@ -207,7 +224,7 @@ impl PolicyEngine {
                 ids,
                 model,
                 authorizer: Authorizer::new(),
-                cache: Mutex::new(HashMap::new()),
+                cache: Mutex::new(DecisionCache::default()),
                 reads_revoke_target,
             })
         })
@@ -249,15 +266,32 @@ impl PolicyEngine {
     fn cached(&self, req: &Request) -> Result<Decision, PolicyError> {
         let key = self.cache_key(req);
         let key = key.as_ref().unwrap_or(req);
-        if let Some(d) = self.cache.lock().ok().and_then(|c| c.get(key).cloned()) {
+        if let Some(d) = self
+            .cache
+            .lock()
+            .ok()
+            .and_then(|c| c.decisions.get(key).cloned())
+        {
             return Ok(d);
         }
         let decision = self.try_authorize(req)?;
-        if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() >= DECISION_CACHE {
-                cache.clear();
+        let weight = key.weight();
+        if weight <= DECISION_CACHE_MAX_KEY {
+            if let Ok(mut cache) = self.cache.lock() {
+                if cache.decisions.len() >= DECISION_CACHE
+                    || cache.bytes + weight > DECISION_CACHE_BYTES
+                {
+                    cache.decisions.clear();
+                    cache.bytes = 0;
+                }
+                if cache
+                    .decisions
+                    .insert(key.clone(), decision.clone())
+                    .is_none()
+                {
+                    cache.bytes += weight;
+                }
             }
-            cache.insert(key.clone(), decision.clone());
         }
         Ok(decision)
     }
@@ -285,7 +319,13 @@ impl PolicyEngine {
     /// How many decisions are cached (tests).
     #[cfg(test)]
     pub(super) fn cached_decisions(&self) -> usize {
-        self.cache.lock().map_or(0, |c| c.len())
+        self.cache.lock().map_or(0, |c| c.decisions.len())
+    }
+
+    /// The weight of the cached keys (tests).
+    #[cfg(test)]
+    pub(super) fn cached_bytes(&self) -> usize {
+        self.cache.lock().map_or(0, |c| c.bytes)
     }
 
     /// Like [`PolicyEngine::authorize`], but a request that cannot be built

@@ -741,3 +741,37 @@ fn allowed_scopes_keeps_order_and_drops_duplicates() {
     let (granted, by) = e.allowed_scopes(FRONTEND, Action::Issue, ORDERS, &[], &issue(60));
     assert!(granted.is_empty() && by.is_empty());
 }
+
+/// The decision cache was bounded in entries only, and a key holds the
+/// caller's context: 256 refused `IssueToken` calls of 64 scopes with 16
+/// `may_act` names of ~500 bytes filled it with ~126 MiB.
+#[test]
+fn a_caller_filled_the_decision_cache_with_its_own_large_contexts() {
+    let e = example();
+    let ask = |r: usize, names: usize, len: usize| {
+        let may_act: Vec<String> = (0..names)
+            .map(|i| format!("spiffe://tessera.dev/{r}/{i}/{}", "x".repeat(len)))
+            .collect();
+        let facts = GrantFacts::Issue {
+            lifetime: 60,
+            may_act,
+        };
+        let scopes: Vec<String> = (0..64).map(|s| format!("s{s}")).collect();
+        let (allowed, _) = e.allowed_scopes(LEDGER, Action::Issue, ORDERS, &scopes, &facts);
+        assert!(allowed.is_empty());
+    };
+    for r in 0..256 {
+        ask(r, 16, 480);
+    }
+    assert_eq!(e.cached_decisions(), 0, "keys this heavy are not cached");
+    // Keys just under the per-key bound are held up to the byte bound.
+    for r in 0..512 {
+        ask(r, 3, 600);
+        assert!(
+            e.cached_bytes() <= DECISION_CACHE_BYTES,
+            "{} bytes of caller-chosen context cached",
+            e.cached_bytes()
+        );
+    }
+    assert!(e.cached_decisions() > 0, "ordinary keys are still cached");
+}

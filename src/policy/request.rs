@@ -226,6 +226,35 @@ pub struct Request {
 }
 
 impl Request {
+    /// About how many bytes of caller-chosen text the request holds (its
+    /// strings), for bounding what a cache of requests keeps.
+    pub fn weight(&self) -> usize {
+        let resource = match &self.resource {
+            Resource::Audience(a) => a.len(),
+            Resource::Cluster => 0,
+        };
+        let context = match &self.context {
+            Context::Grant { scope, facts } => {
+                scope.len()
+                    + match facts {
+                        GrantFacts::Issue { may_act, .. } => may_act.iter().map(String::len).sum(),
+                        GrantFacts::Exchange(f) => {
+                            f.subject.len()
+                                + f.subject_client.len()
+                                + f.actors.iter().map(String::len).sum::<usize>()
+                        }
+                    }
+            }
+            Context::Revoke(c) => c.target.len(),
+            Context::Introspect => 0,
+            Context::Disclose(d) => {
+                d.audience.iter().map(String::len).sum::<usize>() + d.subject.len() + d.client.len()
+            }
+            Context::Admin { operation } => operation.len(),
+        };
+        self.principal.len() + resource + context
+    }
+
     /// May `principal` get a token for itself for `audience` with `scope`?
     pub fn issue(
         principal: impl Into<String>,

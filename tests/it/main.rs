@@ -4,6 +4,7 @@
 mod cluster;
 mod t10_tokens;
 mod t20_refusals;
+mod t22_policy_freshness;
 mod t25_hostile;
 mod t30_restart;
 mod t40_transport;

@@ -1,0 +1,182 @@
+//! Permissions follow the acknowledged policy: a node behind its leader
+//! does not decide on a policy the cluster has replaced, and an open
+//! revocation stream ends when a new policy withdraws its permission.
+
+use tessera::pb;
+use tessera::pb::admin_service_client::AdminServiceClient;
+use tessera::pb::revocation_service_client::RevocationServiceClient;
+use tessera::pb::watch_event::Kind;
+use tonic::Code;
+
+use crate::cluster::*;
+
+/// The example policy plus a temporary admin grant for `orders`.
+fn with_orders_admin() -> String {
+    format!(
+        "{POLICY}\n@id(\"ops-orders\")\npermit (principal == Tessera::Service::\"{}\", action == Tessera::Action::\"admin\", resource == Tessera::Cluster::\"tessera\");\n",
+        id("orders")
+    )
+}
+
+/// The example policy, where `frontend` may no longer revoke anything.
+fn frontend_may_not_revoke() -> String {
+    format!(
+        "{POLICY}\n@id(\"no-frontend-revoke\")\nforbid (principal == Tessera::Service::\"{}\", action == Tessera::Action::\"revoke\", resource);\n",
+        id("frontend")
+    )
+}
+
+/// Puts `text` through node `on` as `who`; the new version.
+async fn put_policy(
+    c: &TestCluster,
+    on: u64,
+    who: &str,
+    text: String,
+) -> Result<u64, tonic::Status> {
+    AdminServiceClient::new(c.channel_as(on, &c.files(who)).await)
+        .put_policy(pb::PutPolicyRequest { text })
+        .await
+        .map(|r| r.into_inner().version)
+}
+
+/// An operator withdraws `orders`' admin grant (PutPolicy acknowledged by
+/// the leader). Through a follower that has not applied it yet, `orders`
+/// is still an admin: it puts a policy that gives itself admin again, and
+/// the leader commits it. Likewise a revocation the acknowledged policy
+/// forbids is accepted through that follower.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawn_admin_regranted_itself_through_a_lagging_follower() {
+    let c = TestCluster::start(3).await;
+    let leader = c.agreed_leader(&[1, 2, 3]).await;
+    let f = [1, 2, 3].into_iter().find(|i| *i != leader).unwrap();
+    put_policy(&c, leader, "admin", with_orders_admin())
+        .await
+        .unwrap();
+    let t = c
+        .tokens_on(leader, "frontend")
+        .await
+        .issue_token(issue_req("orders", &["orders:write"]))
+        .await
+        .unwrap()
+        .into_inner();
+    c.wait_converged(&[1, 2, 3]).await;
+
+    // The follower falls behind (it still hears heartbeats).
+    c.faults.hold_entries(f);
+    // Withdraw orders' admin grant and frontend's right to revoke.
+    let v2 = put_policy(&c, leader, "admin", frontend_may_not_revoke())
+        .await
+        .unwrap();
+    // Acknowledged: the leader refuses orders now.
+    let e = put_policy(&c, leader, "orders", with_orders_admin())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let e = c
+        .tokens_on(leader, "frontend")
+        .await
+        .revoke(pb::RevokeRequest {
+            target: Some(pb::revoke_request::Target::Token(t.access_token.clone())),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+
+    // Through the lagging follower.
+    let regrant = put_policy(&c, f, "orders", with_orders_admin()).await;
+    let revoke = c
+        .tokens_on(f, "frontend")
+        .await
+        .revoke(pb::RevokeRequest {
+            target: Some(pb::revoke_request::Target::Token(t.access_token.clone())),
+        })
+        .await;
+    let stored = c.node(leader).state().policy().unwrap();
+    let still_active = c
+        .tokens_on(leader, "orders")
+        .await
+        .introspect(introspect_req(&t.access_token))
+        .await
+        .unwrap()
+        .into_inner()
+        .active;
+    c.faults.release_entries(f);
+    assert!(
+        regrant.is_err() && revoke.is_err(),
+        "after policy version {v2} was acknowledged, the follower still decided on the old one: \
+         orders' PutPolicy -> {:?} (leader now holds version {} with ops-orders: {}); \
+         frontend's forbidden Revoke -> {:?}",
+        regrant,
+        stored.0,
+        stored.1.contains("ops-orders"),
+        revoke.map(|r| r.into_inner()),
+    );
+    assert_eq!(stored.0, v2, "nothing was written through the follower");
+    assert!(still_active, "the forbidden revocation was not written");
+    // Caught up, the follower refuses both for what they are.
+    c.wait_converged(&[1, 2, 3]).await;
+    let e = put_policy(&c, f, "orders", with_orders_admin())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    c.stop().await;
+}
+
+/// A subscriber whose `introspect` permission (which also governs the
+/// revocation stream) is withdrawn keeps receiving every revocation on the
+/// stream it opened before, although a new subscription is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_kept_streaming_after_policy_withdrew_its_permission() {
+    let c = TestCluster::start(1).await;
+    let mut old = RevocationServiceClient::new(c.channel_as(1, &c.files("ledger")).await)
+        .watch_revocations(pb::WatchRequest {
+            from_revision: 0,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let no_ledger = format!(
+        "{POLICY}\n@id(\"no-ledger-introspect\")\nforbid (principal == Tessera::Service::\"{}\", action == Tessera::Action::\"introspect\", resource);\n",
+        id("ledger")
+    );
+    put_policy(&c, 1, "admin", no_ledger).await.unwrap();
+    // New subscriptions are refused...
+    let e = RevocationServiceClient::new(c.channel_as(1, &c.files("ledger")).await)
+        .watch_revocations(pb::WatchRequest {
+            from_revision: 0,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // ...but the open stream keeps delivering revocations made afterwards.
+    let rev = revoke_on(
+        &c,
+        1,
+        pb::revoke_request::Target::Jti("after-withdrawal".into()),
+    )
+    .await;
+    let got = tokio::time::timeout(WAIT, async {
+        loop {
+            match old.message().await {
+                Ok(Some(ev)) => {
+                    if let Some(Kind::Revoked(rs)) = &ev.kind {
+                        if ev.revision >= rev {
+                            return Ok(rs.revocations.clone());
+                        }
+                    }
+                }
+                Ok(None) => return Err("ended".to_string()),
+                Err(s) => return Err(format!("{s:?}")),
+            }
+        }
+    })
+    .await
+    .expect("neither an event nor an end");
+    assert!(
+        got.is_err(),
+        "ledger lost the introspect permission but still received revocation {rev}: {got:?}"
+    );
+    c.stop().await;
+}

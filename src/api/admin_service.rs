@@ -54,7 +54,8 @@ impl AdminApi {
     /// [`admit`](Self::admit) on this node's applied policy, without the
     /// barrier: only for the calls that must answer without a quorum
     /// (`ClusterStatus`, to diagnose one; `InitCluster`, before there is a
-    /// cluster) or that read no state (`ValidatePolicy`).
+    /// cluster; `GetPolicy`, whose text a survivor of a lost majority must
+    /// hand out) or that read no state (`ValidatePolicy`).
     async fn admit_local<T>(
         &self,
         req: &Request<T>,
@@ -341,15 +342,23 @@ impl pb::admin_service_server::AdminService for AdminApi {
             .get_node(&id)
             .cloned();
         match existing {
-            Some(n) if n == info => {}
+            Some(n) if n.incarnation == info.incarnation && n.raft_addr == r.raft_addr => {}
             Some(n) if n.incarnation == info.incarnation => {
                 // The same member (its certificate names the id, and its
                 // data is the incarnation recorded) now at another address:
                 // record where it is, or the leader keeps dialling the old
-                // one and the wait below times out. `hello` proved who
-                // answers at the new address, and every dial checks the
-                // node's certificate, so this cannot point the id at
-                // another node (openraft's `SetNodes` warning).
+                // one and the wait below times out. Only the address `hello`
+                // just reached is recorded, and only if the node advertises
+                // it too (a node advertising an address it cannot be reached
+                // at would be cut off); every dial checks the node's
+                // certificate, so this cannot point the id at another node
+                // (openraft's `SetNodes` warning).
+                if info.raft_addr != r.raft_addr {
+                    return Err(Status::failed_precondition(format!(
+                        "node {id} was reached at {} but advertises {}: fix its --raft-advertise first",
+                        r.raft_addr, info.raft_addr
+                    )));
+                }
                 tracing::info!(node = id, from = %n.raft_addr, to = %info.raft_addr, "member's addresses updated");
                 self.shared
                     .raft
@@ -462,7 +471,9 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         req: Request<pb::GetPolicyRequest>,
     ) -> Result<Response<pb::GetPolicyResponse>, Status> {
-        self.admit(&req, "get_policy").await?;
+        // This node's applied policy, with its version: it must answer on
+        // the survivor of a lost majority, the one place its text is left.
+        self.admit_local(&req, "get_policy").await?;
         let (version, text) = self.shared.state.policy().unwrap_or_default();
         Ok(Response::new(pb::GetPolicyResponse { text, version }))
     }

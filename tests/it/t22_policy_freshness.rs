@@ -180,3 +180,24 @@ async fn a_watcher_kept_streaming_after_policy_withdrew_its_permission() {
     );
     c.stop().await;
 }
+
+/// `GetPolicy` passed the read barrier of the other admin calls, so the
+/// survivor of a lost majority — the one place the policy's text is left,
+/// which CLUSTER.md "Losing a majority" says to carry over — refused it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_survivor_of_a_lost_majority_refused_to_hand_out_its_policy() {
+    let mut c = TestCluster::start(3).await;
+    let leader = c.agreed_leader(&[1, 2, 3]).await;
+    c.wait_converged(&[1, 2, 3]).await;
+    let held = c.node(leader).state().policy().unwrap();
+    for i in (1..=3).filter(|&i| i != leader) {
+        c.stop_node(i).await;
+    }
+    let got = AdminServiceClient::new(c.channel_as(leader, &c.files("admin")).await)
+        .get_policy(pb::GetPolicyRequest {})
+        .await
+        .expect("the survivor hands out its policy")
+        .into_inner();
+    assert_eq!((got.version, got.text), held);
+    c.stop().await;
+}

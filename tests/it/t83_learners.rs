@@ -411,3 +411,29 @@ async fn a_member_restarted_at_another_address_could_not_be_added_back() {
     assert!(!r.active && r.linearizable && r.revision >= rev, "{r:?}");
     c.stop().await;
 }
+
+/// `cluster add` of a healthy member, at the address the membership
+/// records, whose configuration now advertises another Raft address (a
+/// typo, a rename not live yet): the first version of the address update
+/// recorded the advertised address, which nothing had proved reachable,
+/// and the leader lost the voter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn re_adding_a_member_recorded_an_address_it_only_advertised() {
+    let mut c = TestCluster::start(3).await;
+    let leader = c.agreed_leader(&[1, 2, 3]).await;
+    let f = (1..=3).find(|&i| i != leader).unwrap();
+    let good = c.raft_addr(f);
+    c.stop_node(f).await;
+    c.config_mut(f).raft_advertise_addr = "127.0.0.1:9".into();
+    c.start_node(f).await;
+    assert_eq!(c.raft_addr(f), good);
+    revoke_on(&c, leader, pb::revoke_request::Target::Jti("before".into())).await;
+    c.wait_converged(&[1, 2, 3]).await;
+
+    let s = add_learner(&c, leader, f).await;
+    let recorded = s.nodes.iter().find(|n| n.node_id == f).unwrap();
+    assert_eq!(recorded.raft_addr, good, "{s:?}");
+    revoke_on(&c, leader, pb::revoke_request::Target::Jti("after".into())).await;
+    c.wait_converged(&[1, 2, 3]).await;
+    c.stop().await;
+}

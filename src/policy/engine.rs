@@ -5,9 +5,9 @@ use std::str::FromStr;
 use std::sync::{LazyLock, Mutex};
 
 use cedar_policy::{
-    Authorizer, Context as CedarContext, Decision as CedarDecision, Entities, Entity, EntityId,
-    EntityTypeName, EntityUid, PolicyId, PolicySet, Request as CedarRequest, RestrictedExpression,
-    Schema, ValidationMode, Validator,
+    AuthorizationError, Authorizer, Context as CedarContext, Decision as CedarDecision, Effect,
+    Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId, PolicySet,
+    Request as CedarRequest, RestrictedExpression, Schema, ValidationMode, Validator,
 };
 
 use super::request::{
@@ -436,8 +436,17 @@ impl PolicyEngine {
             .map(ToString::to_string)
             .collect();
         policy_ids.sort();
+        // Cedar skips a policy whose evaluation fails. For a `forbid` that
+        // would let a `permit` allow what the forbid was written to stop:
+        // an error in a forbid denies.
+        let forbid_failed = response.diagnostics().errors().any(|e| match e {
+            AuthorizationError::PolicyEvaluationError(e) => self
+                .policies
+                .policy(e.policy_id())
+                .is_none_or(|p| p.effect() == Effect::Forbid),
+        });
         Ok(Decision {
-            allowed: response.decision() == CedarDecision::Allow,
+            allowed: response.decision() == CedarDecision::Allow && !forbid_failed,
             policy_ids,
             errors: response
                 .diagnostics()

@@ -682,6 +682,28 @@ fn evaluation_errors_skip_the_policy_and_are_reported() {
     );
 }
 
+/// Cedar skips a policy whose evaluation fails, a `forbid` too: a permit
+/// then allowed what the forbid was written to stop (POLICY.md said an
+/// error never allows).
+#[test]
+fn a_forbid_that_failed_to_evaluate_let_a_permit_allow() {
+    let text = r#"
+            @id("issue-all")
+            permit(principal, action == Tessera::Action::"issue", resource);
+            @id("forbid-overflows")
+            forbid(principal, action == Tessera::Action::"issue", resource)
+            when { context.lifetime + 9223372036854775807 > 0 };
+        "#;
+    let e = PolicyEngine::new(text, 1).unwrap();
+    let decision = e.authorize(&Request::issue(ORDERS, PAYMENTS, "s", 60));
+    assert!(!decision.allowed, "{decision:?}");
+    assert_eq!(decision.errors.len(), 1);
+    assert!(decision.errors[0].contains("forbid-overflows"));
+    // A forbid that evaluates (no overflow at lifetime 0) is no error.
+    let ok = e.authorize(&Request::issue(ORDERS, PAYMENTS, "s", 0));
+    assert!(!ok.allowed && ok.errors.is_empty(), "{ok:?}");
+}
+
 #[test]
 fn mismatched_requests_are_internal_errors_and_deny() {
     let e = example();

@@ -63,24 +63,9 @@ impl AdminApi {
     ) -> Result<String, Status> {
         let caller = crate::tls::caller_identity(req)?;
         let now = self.shared.clock.now();
-        let policy = match self.shared.policy() {
-            Ok(Some(p)) => p,
-            refused => {
-                let e = match refused {
-                    Err(e) => e,
-                    _ => ApiError::PermissionDenied("no policy is installed".into()),
-                };
-                let decision = if matches!(e, ApiError::PermissionDenied(_)) {
-                    "deny"
-                } else {
-                    "error"
-                };
-                let mut ev = AuditEvent::new(now, "admin", decision, &caller.id);
-                ev.reason = Some(format!("{operation}: {e}"));
-                self.shared.record(ev).await;
-                return Err(e.into());
-            }
-        };
+        let mut refused = AuditEvent::new(now, "admin", "deny", &caller.id);
+        refused.reason = Some(operation.to_string());
+        let policy = self.shared.policy_for(&refused).await?;
         let d = policy.authorize(&crate::policy::Request::admin(caller.id.clone(), operation));
         let mut ev = AuditEvent::new(
             now,

@@ -472,12 +472,6 @@ impl AuditLog {
         self.counters.dropped.load(Ordering::Relaxed)
     }
 
-    /// Writes or syncs of the output that failed since this log was
-    /// started (monotonic; for metrics).
-    pub fn write_errors(&self) -> u64 {
-        self.counters.write_errors.load(Ordering::Relaxed)
-    }
-
     /// The counts alone, for a metrics exporter: unlike a handle, they do
     /// not keep the writer running (it ends when the last handle goes).
     pub fn counts(&self) -> AuditCounts {
@@ -485,8 +479,7 @@ impl AuditLog {
     }
 }
 
-/// [`AuditLog::dropped`] and [`AuditLog::write_errors`] without a handle
-/// to the writer.
+/// The writer's counts, without a handle to the writer.
 #[derive(Clone)]
 pub struct AuditCounts(Arc<Counters>);
 
@@ -496,7 +489,8 @@ impl AuditCounts {
         self.0.dropped.load(Ordering::Relaxed)
     }
 
-    /// See [`AuditLog::write_errors`].
+    /// Writes or syncs of the output that failed since the log was started
+    /// (monotonic).
     pub fn write_errors(&self) -> u64 {
         self.0.write_errors.load(Ordering::Relaxed)
     }

@@ -399,6 +399,30 @@ impl Shared {
         Ok(Some(engine))
     }
 
+    /// The policy to decide `ev`'s request with. Without one (none is
+    /// installed, or the stored one no longer builds), the refusal is
+    /// audited as a copy of `ev` (`deny`, or `error` for a broken policy)
+    /// and returned.
+    pub(crate) async fn policy_for(&self, ev: &AuditEvent) -> Result<Arc<PolicyEngine>, ApiError> {
+        let e = match self.policy() {
+            Ok(Some(p)) => return Ok(p),
+            Ok(None) => ApiError::PermissionDenied("no policy is installed".into()),
+            Err(e) => e,
+        };
+        let mut ev = ev.clone();
+        ev.decision = if matches!(e, ApiError::PermissionDenied(_)) {
+            "deny"
+        } else {
+            "error"
+        };
+        ev.reason = Some(match ev.reason.take() {
+            Some(r) => format!("{r}: {e}"),
+            None => e.to_string(),
+        });
+        self.record(ev).await;
+        Err(e)
+    }
+
     /// Verifies a token (RFC 8725), reusing an earlier signature check of
     /// the same token under the same key ring.
     pub fn verify_token(&self, token: &str, now: u64) -> Result<Arc<Claims>, ApiError> {
@@ -574,12 +598,6 @@ impl Shared {
         }
         lease.observe(m);
         lease.last_contact().elapsed() <= self.contact_timeout
-    }
-
-    /// Audit records dropped because the audit writer fell behind
-    /// (monotonic; see [`AuditLog::dropped`]).
-    pub fn audit_dropped(&self) -> u64 {
-        self.audit.dropped()
     }
 
     /// The audit log's counts of lost records and failed writes (the

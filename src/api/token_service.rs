@@ -108,26 +108,6 @@ impl TokenApi {
             .ok_or_else(|| ApiError::PermissionDenied("no policy is installed".into()))
     }
 
-    /// [`policy`](Self::policy); when there is none to decide with, the
-    /// refusal is audited as `ev` (a copy) before it is returned.
-    async fn policy_audited(
-        &self,
-        ev: &AuditEvent,
-    ) -> Result<Arc<crate::policy::PolicyEngine>, ApiError> {
-        match self.policy() {
-            Ok(p) => Ok(p),
-            Err(e) => {
-                let mut ev = ev.clone();
-                if !matches!(e, ApiError::PermissionDenied(_)) {
-                    ev.decision = "error";
-                }
-                ev.reason = Some(e.to_string());
-                self.audit(ev).await;
-                Err(e)
-            }
-        }
-    }
-
     /// Narrows `scopes` to what policy allows for every audience. Returns the
     /// granted scopes and the determining policy ids, or the first audience
     /// for which nothing is allowed.
@@ -432,7 +412,7 @@ impl TokenApi {
         }
         let now = self.shared.clock.now();
         let mut ev = AuditEvent::new(now, "introspect", "deny", &caller.id);
-        let policy = self.policy_audited(&ev).await?;
+        let policy = self.shared.policy_for(&ev).await?;
         let decision = policy.authorize(&crate::policy::Request::introspect(caller.id.clone()));
         ev.policy_ids = decision.policy_ids;
         if !decision.allowed {
@@ -529,7 +509,7 @@ impl TokenApi {
         let purge = PurgeTimes::new(s, now);
         let horizon = purge.horizon;
         let mut ev = AuditEvent::new(now, "revoke", "deny", &caller.id);
-        let policy = self.policy_audited(&ev).await?;
+        let policy = self.shared.policy_for(&ev).await?;
         let mut ids = BTreeSet::new();
         // Asks policy; a refusal of the main target is PERMISSION_DENIED.
         let mut ask = |ctx: RevokeContext| {

@@ -249,10 +249,8 @@ impl WatchApi {
         // has not caught up with.
         self.shared.read_barrier().await?;
         // Watching is reading revocations: the introspect permission.
-        let policy = self
-            .shared
-            .policy()?
-            .ok_or_else(|| ApiError::PermissionDenied("no policy is installed".into()))?;
+        let refused = AuditEvent::new(self.shared.clock.now(), "watch", "deny", &caller.id);
+        let policy = self.shared.policy_for(&refused).await?;
         let decision = policy.authorize(&crate::policy::Request::introspect(caller.id.clone()));
         let mut ev = AuditEvent::new(
             self.shared.clock.now(),

@@ -227,6 +227,46 @@ impl TestCluster {
         self.hold_raft_addr(i).await;
     }
 
+    /// Cuts node `lagging` off (it stays cut off), has `n` revocations
+    /// named `{prefix}-k` acknowledged through the others, and waits
+    /// (bounded) until `leader` has purged its log past what `lagging`
+    /// holds: it can catch up only with a snapshot. The burst, and the last
+    /// log index `lagging` holds.
+    pub async fn leave_behind_a_purged_log(
+        &self,
+        leader: u64,
+        lagging: u64,
+        prefix: &str,
+        n: usize,
+    ) -> (Burst, u64) {
+        let rest: Vec<u64> = self
+            .nodes
+            .keys()
+            .copied()
+            .filter(|i| *i != lagging)
+            .collect();
+        self.faults.isolate(lagging);
+        let b = revoke_burst(self, prefix, n, 4, &rest).await;
+        assert!(b.failed.is_empty(), "{:?}", b.failed);
+        let lag_last = self
+            .node(lagging)
+            .raft()
+            .metrics()
+            .borrow()
+            .last_log_index
+            .unwrap_or(0);
+        self.node(leader)
+            .raft()
+            .wait(Some(WAIT))
+            .metrics(
+                |m| m.purged.is_some_and(|p| p.index > lag_last),
+                "log purged past the lagging node",
+            )
+            .await
+            .unwrap();
+        (b, lag_last)
+    }
+
     /// Binds stopped node `i`'s Raft address again until it starts (see
     /// `held`); a node stopped another way may call it too.
     pub async fn hold_raft_addr(&mut self, i: u64) {

@@ -197,27 +197,10 @@ async fn a_follower_behind_a_purged_log_installs_a_snapshot() {
     .await;
     let leader = c.agreed_leader(&[1, 2, 3]).await;
     let lagging = if leader == 3 { 2 } else { 3 };
-    let rest: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != lagging).collect();
-    c.faults.isolate(lagging);
-    let b = revoke_burst(&c, "snap", 120, 4, &rest).await;
-    assert!(b.failed.is_empty(), "{:?}", b.failed);
-    // The leader has purged the log the lagging node would need.
-    let lag_last = c
-        .node(lagging)
-        .raft()
-        .metrics()
-        .borrow()
-        .last_log_index
-        .unwrap_or(0);
-    c.node(leader)
-        .raft()
-        .wait(Some(WAIT))
-        .metrics(
-            |m| m.purged.is_some_and(|p| p.index > lag_last),
-            "log purged past the lagging node",
-        )
-        .await
-        .unwrap();
+    // The leader purges the log the lagging node would need.
+    let (b, lag_last) = c
+        .leave_behind_a_purged_log(leader, lagging, "snap", 120)
+        .await;
     c.faults.heal();
     c.wait_converged(&[1, 2, 3]).await;
     let snap = c.node(lagging).raft().metrics().borrow().snapshot;

@@ -242,26 +242,9 @@ async fn a_follower_whose_disk_filled_while_receiving_a_snapshot_kept_serving() 
     .await;
     let leader = c.agreed_leader(&[1, 2, 3]).await;
     let lagging = if leader == 3 { 2 } else { 3 };
-    let rest: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != lagging).collect();
-    c.faults.isolate(lagging);
-    let b = revoke_burst(&c, "full", 120, 4, &rest).await;
-    assert!(b.failed.is_empty(), "{:?}", b.failed);
-    let lag_last = c
-        .node(lagging)
-        .raft()
-        .metrics()
-        .borrow()
-        .last_log_index
-        .unwrap_or(0);
-    c.node(leader)
-        .raft()
-        .wait(Some(WAIT))
-        .metrics(
-            |m| m.purged.is_some_and(|p| p.index > lag_last),
-            "log purged past the lagging node",
-        )
-        .await
-        .unwrap();
+    let (b, _) = c
+        .leave_behind_a_purged_log(leader, lagging, "full", 120)
+        .await;
 
     // Its disk is full when the snapshot it needs arrives.
     faults[(lagging - 1) as usize].fail_writes(true);

@@ -97,24 +97,27 @@ fn revoke_jtis_counts_new_and_keeps_max_until() {
     assert_eq!(s.revocation_count(), 3);
 }
 
+/// A cut-off of client (or subject) `c1`.
+fn cutoff_op(client: bool, cutoff: u64, until: u64) -> Op {
+    if client {
+        Op::RevokeClient {
+            client: "c1".into(),
+            cutoff,
+            until,
+        }
+    } else {
+        Op::RevokeSubject {
+            subject: "c1".into(),
+            cutoff,
+            until,
+        }
+    }
+}
+
 #[test]
 fn subject_and_client_cutoffs_only_move_forward() {
     for client in [false, true] {
-        let op = |cutoff, until| {
-            if client {
-                Op::RevokeClient {
-                    client: "c1".into(),
-                    cutoff,
-                    until,
-                }
-            } else {
-                Op::RevokeSubject {
-                    subject: "c1".into(),
-                    cutoff,
-                    until,
-                }
-            }
-        };
+        let op = |cutoff, until| cutoff_op(client, cutoff, until);
         let get = |s: &State| {
             *if client { &s.clients } else { &s.subjects }
                 .get("c1")
@@ -200,21 +203,7 @@ fn a_cutoff_revokes_by_revision_not_by_clock() {
 #[test]
 fn a_batched_cutoff_whose_until_grew_was_streamed_with_the_earlier_until() {
     for client in [false, true] {
-        let op = |cutoff, until| {
-            if client {
-                Op::RevokeClient {
-                    client: "c1".into(),
-                    cutoff,
-                    until,
-                }
-            } else {
-                Op::RevokeSubject {
-                    subject: "c1".into(),
-                    cutoff,
-                    until,
-                }
-            }
-        };
+        let op = |cutoff, until| cutoff_op(client, cutoff, until);
         let mut s = State::default();
         let mut t = Touched::default();
         let batch = Op::Batch {

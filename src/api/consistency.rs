@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use super::{ApiError, Shared, MAX_APPLY_LAG};
-use crate::raft::ReadIndexError;
+use crate::raft::{NodeId, NodeInfo, ReadIndexError};
 
 /// Longest a read waits for its read index and for this node to apply it
 /// (it may be shorter: the node's `read_wait_max`).
@@ -41,6 +41,16 @@ pub enum NotReady {
     /// This node leads but has not heard from a quorum within the lease.
     #[error("this leader has lost contact with a quorum")]
     LostQuorum,
+    /// This node leads but no quorum has acknowledged it in this term yet:
+    /// just elected, or restored as leader when it started (it may have
+    /// been deposed meanwhile).
+    #[error("this leader has not heard from a quorum in its term yet")]
+    LeadershipUnconfirmed,
+    /// This node follows (or learns from) a leader that has not answered
+    /// it a read index within the contact timeout: its messages alone do
+    /// not prove a quorum still follows it.
+    #[error("the leader has not confirmed a read index for {}", match .0 { Some(d) => format!("{d:?}"), None => "as long as this node has run".into() })]
+    LeaderUnconfirmed(Option<Duration>),
     /// This node follows a leader it has not heard from within the lease.
     #[error("the leader has not been heard from for {0:?}")]
     LeaderSilent(Duration),
@@ -69,6 +79,78 @@ pub enum NotReady {
     CertificateExpiring(Duration),
 }
 
+/// A leader's contact with a quorum in its current term.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum QuorumContact {
+    /// This node does not lead.
+    NotLeader,
+    /// The only voter: its own word is a quorum.
+    Alone,
+    /// A quorum acknowledged it (or confirmed a read round that started)
+    /// at this instant, within the contact timeout.
+    Held(Instant),
+    /// It has led for less than the contact timeout and heard from no
+    /// quorum yet in this term: just elected, or restored as leader at
+    /// start-up (see `health::Lease`).
+    NotYet,
+    /// No quorum's word within the contact timeout.
+    Lost,
+}
+
+impl Shared {
+    /// Records what a metrics update says about the last quorum
+    /// acknowledgement.
+    pub(super) fn observe(&self, m: &openraft::RaftMetrics<NodeId, NodeInfo>) {
+        if m.current_leader == Some(m.id) {
+            if let Ok(mut lease) = self.lease.lock() {
+                lease.observe(m);
+            }
+        }
+    }
+
+    /// This leader's contact with a quorum in its current term (see
+    /// [`QuorumContact`]).
+    fn leader_contact(&self, m: &openraft::RaftMetrics<NodeId, NodeInfo>) -> QuorumContact {
+        if m.current_leader != Some(m.id) {
+            return QuorumContact::NotLeader;
+        }
+        if m.membership_config.membership().voter_ids().count() <= 1 {
+            return QuorumContact::Alone;
+        }
+        let Ok(mut lease) = self.lease.lock() else {
+            return QuorumContact::Lost;
+        };
+        let contact = if let Some(reads) = &self.reads {
+            // Contact is either a quorum acknowledgement seen in *fresh*
+            // metrics (recorded by `observe` as each update arrives; never
+            // recomputed here from metrics that may be old: an age read late
+            // makes a lost quorum look fresh, and a leader cut off from
+            // everyone gets no new metrics) or a confirmed read-index round
+            // of this term (its start, measured here).
+            lease.observe_term(m);
+            reads.confirmed_at(m.current_term).max(lease.last_contact())
+        } else {
+            lease.observe(m);
+            lease.last_contact()
+        };
+        match contact {
+            Some(at) if at.elapsed() <= self.contact_timeout => QuorumContact::Held(at),
+            Some(_) => QuorumContact::Lost,
+            None if lease.leading_for() <= self.contact_timeout => QuorumContact::NotYet,
+            None => QuorumContact::Lost,
+        }
+    }
+
+    /// Whether this node may act as leader: it is one and a quorum (or it
+    /// alone, as the only voter) acknowledged it within the contact
+    /// timeout, or it has led for less than that and may still hear from
+    /// one (a write needs a quorum anyway). True for non-leaders, which
+    /// forward instead.
+    pub(super) fn lease_holds(&self, m: &openraft::RaftMetrics<NodeId, NodeInfo>) -> bool {
+        !matches!(self.leader_contact(m), QuorumContact::Lost)
+    }
+}
+
 impl Shared {
     /// Whether this node may serve, and if not, why. Health (`SERVING`),
     /// `ClusterStatus.leader_known` and stream heartbeats all report this.
@@ -94,8 +176,10 @@ impl Shared {
             return Err(NotReady::NoLeader);
         };
         if leader == m.id {
-            if !self.lease_holds(&m) {
-                return Err(NotReady::LostQuorum);
+            match self.leader_contact(&m) {
+                QuorumContact::Lost => return Err(NotReady::LostQuorum),
+                QuorumContact::NotYet => return Err(NotReady::LeadershipUnconfirmed),
+                QuorumContact::NotLeader | QuorumContact::Alone | QuorumContact::Held(_) => {}
             }
         } else if let Some(contact) = &self.contact {
             let quiet = contact.quiet_for();
@@ -113,6 +197,12 @@ impl Shared {
                     applied,
                     leader_commit,
                 });
+            }
+            if let Some(reads) = &self.reads {
+                let age = reads.answered_at().map(|at| at.elapsed());
+                if age.is_none_or(|a| a > self.contact_timeout) {
+                    return Err(NotReady::LeaderUnconfirmed(age));
+                }
             }
         }
         let behind = m
@@ -189,13 +279,20 @@ impl Shared {
             if m.last_applied.map(|l| l.leader_id.term) != Some(m.current_term) {
                 return None;
             }
-            if m.membership_config.membership().voter_ids().count() <= 1 {
-                return Some(Duration::ZERO);
-            }
-            return self.lease.lock().ok().map(|l| l.last_contact().elapsed());
+            return match self.leader_contact(&m) {
+                QuorumContact::Alone => Some(Duration::ZERO),
+                QuorumContact::Held(at) => Some(at.elapsed()),
+                QuorumContact::Lost | QuorumContact::NotYet | QuorumContact::NotLeader => None,
+            };
+        }
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        // A leader's messages do not prove it still has a quorum (one cut
+        // off from the voters keeps talking to the nodes on its side): only
+        // a read index it answered does.
+        if let Some(reads) = &self.reads {
+            return reads.answered_since(applied).map(|at| at.elapsed());
         }
         let contact = self.contact.as_ref()?;
-        let applied = m.last_applied.map_or(0, |l| l.index);
         let since = contact.current_since(applied)?;
         Some(since.elapsed().max(contact.quiet_for()))
     }

@@ -12,11 +12,15 @@ use crate::raft::{NodeId, NodeInfo};
 /// What this node knows about its own leadership's contact with a quorum.
 /// Ages are measured here, from when metrics were seen: a leader cut off
 /// from everyone gets no fresh acknowledgements, so its lease runs out.
+///
+/// Leading is no proof of contact: openraft restores a node whose saved
+/// vote is its own as leader of that term at once when it starts, even if
+/// the others elected a leader of a later term meanwhile and it cannot
+/// reach them. Only acknowledgements (and confirmed read rounds) count.
 #[derive(Debug)]
 pub(super) struct Lease {
     term: u64,
-    /// When this node was first seen leading in `term`: winning the
-    /// election was a quorum's contact, so a new leader starts with a lease.
+    /// When this node was first seen leading in `term`.
     since: std::time::Instant,
     /// The latest quorum acknowledgement seen in `term`.
     ack: Option<std::time::Instant>,
@@ -55,8 +59,14 @@ impl Lease {
         }
     }
 
-    pub(super) fn last_contact(&self) -> std::time::Instant {
-        self.ack.map_or(self.since, |a| a.max(self.since))
+    /// The latest quorum acknowledgement seen in this term (`None`: none).
+    pub(super) fn last_contact(&self) -> Option<std::time::Instant> {
+        self.ack
+    }
+
+    /// How long this node has been seen leading in its current term.
+    pub(super) fn leading_for(&self) -> Duration {
+        self.since.elapsed()
     }
 }
 
@@ -107,26 +117,64 @@ pub(super) async fn health_loop(
     }
 }
 
-/// On the leader, confirms leadership with a quorum (one read-index round)
-/// whenever no read did so for a third of [`super::LEADER_LEASE`], so that
-/// health and the lease reflect real contact even when no reads arrive.
+/// Runs a read-index round whenever no read did for a while, so that
+/// health, the lease and `LOCAL` staleness reflect real contact with a
+/// quorum even when no reads arrive: on the leader, a confirmation every
+/// third of the contact timeout; on a follower or learner, a read index
+/// from its leader every [`FOLLOWER_CONFIRM_PERIOD`] (a leader's messages
+/// do not prove that a quorum still follows it). A failed round is tried
+/// again after [`RETRY`].
 pub(super) async fn lease_keeper(shared: Arc<Shared>) {
     let Some(reads) = shared.reads.clone() else {
         return;
     };
-    let period = shared.contact_timeout / 3;
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let leader_period = shared.contact_timeout / 3;
+    let follower_period = FOLLOWER_CONFIRM_PERIOD.min(leader_period);
+    let mut metrics = shared.raft.metrics();
+    let mut seen = None;
+    let mut wait = Duration::ZERO;
     loop {
-        tick.tick().await;
-        let leading = {
-            let m = shared.raft.metrics();
-            let m = m.borrow();
-            m.current_leader == Some(m.id)
-        };
-        let fresh = reads.confirmed_at().is_some_and(|c| c.elapsed() < period);
-        if leading && !fresh {
-            let _ = reads.get().await;
+        // A new leader is confirmed at once: until then this node is not
+        // ready.
+        let next = tokio::time::Instant::now() + wait;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(next) => break,
+                changed = metrics.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    if metrics.borrow_and_update().current_leader != seen {
+                        break;
+                    }
+                }
+            }
         }
+        let (leading, term) = {
+            let m = metrics.borrow_and_update();
+            seen = m.current_leader;
+            (m.current_leader == Some(m.id), m.current_term)
+        };
+        let (last, period) = if leading {
+            (reads.confirmed_at(term), leader_period)
+        } else {
+            (reads.answered_at(), follower_period)
+        };
+        let age = last.map(|c| c.elapsed());
+        wait = match age {
+            Some(age) if age < period => period - age,
+            _ => match reads.get().await {
+                Ok(_) => period,
+                Err(_) => RETRY,
+            },
+        };
     }
 }
+
+/// How often a follower or learner with no reads asks its leader for a read
+/// index: the bound on an idle node's `LOCAL` staleness, at one small
+/// message each way.
+pub(super) const FOLLOWER_CONFIRM_PERIOD: Duration = Duration::from_millis(250);
+
+/// When a keeper's round failed (no leader, no quorum), the next try.
+const RETRY: Duration = Duration::from_millis(100);

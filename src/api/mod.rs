@@ -560,46 +560,6 @@ impl Shared {
         Some((id, node.api_addr))
     }
 
-    /// Records what a metrics update says about the last quorum
-    /// acknowledgement.
-    fn observe(&self, m: &openraft::RaftMetrics<NodeId, NodeInfo>) {
-        if m.current_leader == Some(m.id) {
-            if let Ok(mut lease) = self.lease.lock() {
-                lease.observe(m);
-            }
-        }
-    }
-
-    /// Whether this node may act as leader: it is one and a quorum (or it
-    /// alone, as the only voter) acknowledged it within [`LEADER_LEASE`].
-    /// True for non-leaders, which forward instead.
-    fn lease_holds(&self, m: &openraft::RaftMetrics<NodeId, NodeInfo>) -> bool {
-        if m.current_leader != Some(m.id)
-            || m.membership_config.membership().voter_ids().count() <= 1
-        {
-            return true;
-        }
-        let Ok(mut lease) = self.lease.lock() else {
-            return false;
-        };
-        if let Some(reads) = &self.reads {
-            // Contact is either a quorum acknowledgement seen in *fresh*
-            // metrics (recorded by `observe` as each update arrives; never
-            // recomputed here from metrics that may be old: an age read late
-            // makes a lost quorum look fresh, and a leader cut off from
-            // everyone gets no new metrics) or a confirmed read-index round
-            // (its start, measured here).
-            lease.observe_term(m);
-            let contact = match reads.confirmed_at() {
-                Some(c) => c.max(lease.last_contact()),
-                None => lease.last_contact(),
-            };
-            return contact.elapsed() <= self.contact_timeout;
-        }
-        lease.observe(m);
-        lease.last_contact().elapsed() <= self.contact_timeout
-    }
-
     /// The audit log's counts of lost records and failed writes (the
     /// first failed write stops the node), for the metrics exporter.
     pub fn audit_counts(&self) -> audit::AuditCounts {

@@ -41,6 +41,8 @@ pub type Raft = openraft::Raft<TypeConfig>;
 const LEADER_WAIT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for Raft's workers to release the store.
 const STORE_CLOSE_WAIT: Duration = Duration::from_secs(30);
+/// Largest header block the Raft listener accepts (the API's default).
+const RAFT_MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
 /// Errors that stop a node from starting or stopping cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +118,12 @@ impl Node {
     /// The Raft handle (metrics, waits).
     pub fn raft(&self) -> &Raft {
         &self.raft
+    }
+
+    /// Whether this node may serve: what health reports, but for the
+    /// certificate's expiry (`docs/CONSISTENCY.md`, honest node state).
+    pub fn ready(&self) -> bool {
+        self.shared.as_ref().is_some_and(|s| s.readiness().is_ok())
     }
 
     /// The applied state.
@@ -447,11 +455,16 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
     tasks.push(campaigner.spawn(stop_rx.clone()));
     let (raft_incoming, raft_accept) =
         crate::tls::tls_incoming_joined(listeners.raft, server_tls.clone());
+    let raft_gate = crate::raft::MembersOnlyLayer::new(raft.clone(), &trust_domain);
     let raft_stop = wait_stop(stop_rx.clone());
     tasks.push(tokio::spawn(
         async move {
             let res = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
+                // Members send small headers; the API's bound.
+                .http2_max_header_list_size(RAFT_MAX_HEADER_LIST_BYTES)
+                // Non-members are refused before their bodies are read.
+                .layer(raft_gate)
                 .add_service(raft_service)
                 .serve_with_incoming_shutdown(raft_incoming, raft_stop)
                 .await;

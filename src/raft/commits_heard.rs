@@ -49,7 +49,9 @@ impl CommitsHeard {
         self.record_at(commit, Instant::now());
     }
 
-    fn record_at(&self, commit: u64, at: Instant) {
+    /// Records that `commit` was current at `at` (see [`CommitsHeard`]'s
+    /// other use, rounds a leader answered: `super::read_index`).
+    pub fn record_at(&self, commit: u64, at: Instant) {
         let mut heard = self.heard();
         match heard.back_mut() {
             // The same index again: known current as of this later instant.

@@ -1,7 +1,8 @@
 //! Raft: the type configuration and replicated data model ([`types`]), and
 //! the node-to-node transport: the binary encoding of Raft messages
 //! ([`codec`]), the client side openraft sends through ([`network`]) and
-//! the internal gRPC service that receives ([`service`]); and the
+//! the internal gRPC service that receives ([`service`]) behind its
+//! members-only gate ([`members_only`]); and the
 //! [`proposer`], which batches concurrent writes into single log entries;
 //! the batched [`read_index`] behind linearizable reads; and the pre-vote
 //! [`election`] that keeps a returning node from deposing a healthy leader;
@@ -14,7 +15,7 @@
 //! that the other is a *member*, not merely someone the CA vouches for: the
 //! server maps the caller's certificate to a node id
 //! (`spiffe://{trust-domain}/node/{id}`) and looks it up in the current
-//! membership; the client verifies that the server certificate names the
+//! membership, before it reads the call's body; the client verifies that the server certificate names the
 //! node it meant to reach. Each request carries the sender's data
 //! incarnation and each reply the responder's node id and incarnation, so a
 //! node whose data was wiped can neither vote nor acknowledge on behalf of
@@ -23,6 +24,7 @@
 pub mod codec;
 pub mod commits_heard;
 pub mod election;
+pub mod members_only;
 pub mod network;
 pub mod proposer;
 pub mod read_index;
@@ -35,6 +37,7 @@ pub use election::{
     elect_unless_led, CampaignStats, Campaigner, ElectionTimes, LastLogId, LeaderContact,
     PreVoteReply, PreVoteRequest,
 };
+pub use members_only::MembersOnlyLayer;
 pub use network::{
     hello, Faults, ForwardError, Network, PeerClient, RaftNetError, DEFAULT_SNAPSHOT_CHUNK_TIMEOUT,
 };

@@ -4,7 +4,9 @@
 //!
 //! # Members only
 //!
-//! Every call is checked before it is decoded:
+//! Every call is checked, rules 1 and 2 before its body is read (by
+//! [`super::members_only`], in front of this service), and all three again
+//! in the handler:
 //!
 //! 1. the caller's certificate must be a node certificate of this node's
 //!    trust domain (`spiffe://{td}/node/{id}`); a service or admin
@@ -242,38 +244,13 @@ impl RaftService {
         // Memoized per certificate (`crate::tls::identity_cache`): every
         // Raft message and forwarded write is authorized this way.
         let peer = caller_identity(req)?;
-        let Some(caller) = peer.node_id(&self.trust_domain) else {
-            tracing::debug!(caller = %peer.id, "raft service: not a node identity");
-            return Err(Status::permission_denied(format!(
-                "{} is not a node of trust domain {}: the Raft service is for cluster members only",
-                peer.id, self.trust_domain
-            )));
-        };
+        let (caller, recorded) = member(&self.raft, &self.trust_domain, &peer)?;
         let incarnation: u64 = req
             .metadata()
             .get(INCARNATION_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        // Read the membership without holding the metrics borrow any
-        // longer than this block: it blocks openraft's metrics updates.
-        let recorded = {
-            let metrics = self.raft.metrics();
-            let metrics = metrics.borrow();
-            let membership = metrics.membership_config.membership();
-            if membership.nodes().next().is_none() {
-                return Ok(caller);
-            }
-            match membership.get_node(&caller) {
-                Some(info) => info.incarnation,
-                None => {
-                    tracing::debug!(caller, "raft service: not a member");
-                    return Err(Status::permission_denied(format!(
-                        "node {caller} is not a member of this cluster"
-                    )));
-                }
-            }
-        };
         if check_incarnation && recorded != 0 && recorded != incarnation {
             tracing::warn!(
                 caller,
@@ -286,6 +263,41 @@ impl RaftService {
             )));
         }
         Ok(caller)
+    }
+}
+
+/// Rules 1 and 2 of the module docs: the node id of `peer` and the data
+/// incarnation the membership records for it (0: none, or no membership
+/// yet), if it is a node of `trust_domain` in the current membership.
+/// Also run by [`super::members_only`] before a call's body is read.
+pub(super) fn member(
+    raft: &Raft<TypeConfig>,
+    trust_domain: &str,
+    peer: &crate::tls::PeerIdentity,
+) -> Result<(NodeId, u64), Status> {
+    let Some(caller) = peer.node_id(trust_domain) else {
+        tracing::debug!(caller = %peer.id, "raft service: not a node identity");
+        return Err(Status::permission_denied(format!(
+            "{} is not a node of trust domain {trust_domain}: the Raft service is for cluster members only",
+            peer.id
+        )));
+    };
+    // Read the membership without holding the metrics borrow any longer
+    // than this: it blocks openraft's metrics updates.
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
+    let membership = metrics.membership_config.membership();
+    if membership.nodes().next().is_none() {
+        return Ok((caller, 0));
+    }
+    match membership.get_node(&caller) {
+        Some(info) => Ok((caller, info.incarnation)),
+        None => {
+            tracing::debug!(caller, "raft service: not a member");
+            Err(Status::permission_denied(format!(
+                "node {caller} is not a member of this cluster"
+            )))
+        }
     }
 }
 

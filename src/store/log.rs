@@ -39,6 +39,13 @@ const K_LAST_PURGED: &str = "last_purged";
 /// Most entries one `limited_get_log_entries` call returns, so that one
 /// replication message stays bounded however far a follower lags.
 const MAX_ENTRIES_PER_READ: usize = 512;
+/// Most bytes of records one `limited_get_log_entries` call returns (a
+/// larger first entry comes alone). openraft 0.9 sends what it returns as
+/// one `AppendEntries` and gives up on it after one heartbeat interval
+/// (100 ms by default), then sends the same again: a follower that lagged
+/// behind a few large entries (policies of up to 1 MiB) was sent tens of
+/// MiB at once, over and over, and never caught up.
+pub(crate) const MAX_BYTES_PER_READ: u64 = 1024 * 1024;
 
 /// Appends of at most this many entries are encoded on the calling thread,
 /// and written there too if they come to at most [`INLINE_WRITE_BYTES`].
@@ -292,19 +299,22 @@ pub(crate) fn read_entries(
     db.raftlog.read(lo, hi, limit)
 }
 
+/// At most `limit` entries of `range`, and no more than `max_bytes` of
+/// them beyond the first.
 async fn get_entries<RB: RangeBounds<u64>>(
     db: &Arc<Db>,
     range: RB,
     limit: usize,
+    max_bytes: u64,
 ) -> Result<Vec<Entry>, StorageError> {
     let Some((lo, hi)) = index_bounds(&range) else {
         return Ok(Vec::new());
     };
     let read = if hi.is_some_and(|hi| hi - lo <= INLINE_READ_ENTRIES) {
-        read_entries(db, lo, hi, limit)
+        db.raftlog.read_within(lo, hi, limit, max_bytes)
     } else {
         let db = db.clone();
-        blocking(move || read_entries(&db, lo, hi, limit)).await
+        blocking(move || db.raftlog.read_within(lo, hi, limit, max_bytes)).await
     };
     read.map_err(|e| StorageIOError::read_logs(AnyError::new(&e)).into())
 }
@@ -423,7 +433,7 @@ impl RaftLogReader<TypeConfig> for LogReader {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        get_entries(&self.db, range, usize::MAX).await
+        get_entries(&self.db, range, usize::MAX, u64::MAX).await
     }
 
     async fn limited_get_log_entries(
@@ -431,7 +441,13 @@ impl RaftLogReader<TypeConfig> for LogReader {
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry>, StorageError> {
-        get_entries(&self.db, start..end, MAX_ENTRIES_PER_READ).await
+        get_entries(
+            &self.db,
+            start..end,
+            MAX_ENTRIES_PER_READ,
+            MAX_BYTES_PER_READ,
+        )
+        .await
     }
 }
 
@@ -440,7 +456,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        get_entries(&self.db, range, usize::MAX).await
+        get_entries(&self.db, range, usize::MAX, u64::MAX).await
     }
 
     async fn limited_get_log_entries(
@@ -448,7 +464,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry>, StorageError> {
-        get_entries(&self.db, start..end, MAX_ENTRIES_PER_READ).await
+        get_entries(
+            &self.db,
+            start..end,
+            MAX_ENTRIES_PER_READ,
+            MAX_BYTES_PER_READ,
+        )
+        .await
     }
 }
 

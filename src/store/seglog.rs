@@ -495,9 +495,23 @@ impl SegLog {
         hi: Option<u64>,
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError> {
+        self.read_within(lo, hi, limit, u64::MAX)
+    }
+
+    /// As [`SegLog::read`], and stops before the entries read come to more
+    /// than `max_bytes` of records, except that the first entry is always
+    /// read (a replication message must make progress whatever its size).
+    pub(crate) fn read_within(
+        &self,
+        lo: u64,
+        hi: Option<u64>,
+        limit: usize,
+        max_bytes: u64,
+    ) -> Result<Vec<Entry>, StoreError> {
         let inner = self.lock()?;
         let lo = lo.max(inner.purged.map_or(0, |p| p + 1));
         let mut out = Vec::new();
+        let mut bytes_left = max_bytes;
         for seg in &inner.segs {
             let a = lo.max(seg.first);
             let b = hi.unwrap_or(u64::MAX).min(seg.next());
@@ -509,6 +523,29 @@ impl SegLog {
                 }
                 continue;
             }
+            // The longest run from `a` within the bytes left (records are
+            // laid out in index order, so offsets grow), but never nothing:
+            // an entry larger than the budget goes alone.
+            let within = |end: u64| seg.offset(end) - seg.offset(a) <= bytes_left;
+            let (mut fits, mut over) = (a, b + 1);
+            while over - fits > 1 {
+                let mid = fits + (over - fits) / 2;
+                if within(mid) {
+                    fits = mid;
+                } else {
+                    over = mid;
+                }
+            }
+            let cut = fits < b;
+            let b = if fits == a && out.is_empty() {
+                a + 1
+            } else {
+                fits
+            };
+            if a >= b {
+                break;
+            }
+            bytes_left = bytes_left.saturating_sub(seg.offset(b) - seg.offset(a));
             let (from, to) = (seg.offset(a), seg.offset(b));
             let mut bytes = vec![0u8; (to - from) as usize];
             seg.file
@@ -524,6 +561,9 @@ impl SegLog {
             }
             for (r, index) in records.into_iter().zip(a..) {
                 out.push(decode_at(&bytes[r], index, &seg.path)?);
+            }
+            if cut {
+                break;
             }
         }
         Ok(out)

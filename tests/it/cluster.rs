@@ -350,6 +350,17 @@ impl TestCluster {
             .await
             .expect("keys and policy replicated")
             .unwrap();
+            // Ready: a follower also needs its leader to have answered it
+            // a read index (a round, within milliseconds of the leader
+            // being known). Readiness changes without an event to wait on.
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while !node.ready() {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "node {i} never ready"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
     }
 

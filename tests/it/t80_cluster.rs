@@ -387,6 +387,7 @@ async fn health_follows_leadership() {
     use tonic_health::pb::HealthCheckRequest;
     let c = TestCluster::start(3).await;
     let leader = c.agreed_leader(&[1, 2, 3]).await;
+    c.wait_ready(&[1, 2, 3]).await;
     let follower = if leader == 1 { 2 } else { 1 };
     let c = &c;
     let health = |i: u64| async move {

@@ -466,3 +466,96 @@ async fn a_voter_that_heard_the_leader_is_not_elected_inside_its_lease() {
     }
     c.stop().await;
 }
+
+/// A leader stopped, deposed while down (the others elect a leader and
+/// acknowledge a revocation), and started again cut off from them. openraft
+/// 0.9 restores a node whose saved vote is its own committed vote as
+/// leader of its old term at once; it had heard from no quorum, yet it
+/// reported itself the live leader (health `SERVING`, `leader_known`) and
+/// answered a `LOCAL` read that missed the acknowledged revocation with a
+/// `max_staleness_ms` counted from its own start (found by review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_restarted_cut_off_claimed_a_quorum_and_fresh_state() {
+    let mut c = TestCluster::start(3).await;
+    let old = c.agreed_leader(&[1, 2, 3]).await;
+    let majority: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != old).collect();
+    let t = c
+        .tokens_on(old, "frontend")
+        .await
+        .issue_token(issue_req("orders", &["orders:write"]))
+        .await
+        .unwrap()
+        .into_inner();
+    c.wait_converged(&[1, 2, 3]).await;
+
+    c.stop_node(old).await;
+    let rev = revoke_acknowledged(&c, &majority, &t.access_token).await;
+    let acked = std::time::Instant::now();
+    // Let time pass (not a synchronisation: nothing is awaited), so that a
+    // staleness counted from the restart is visibly smaller than the truth.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Back on its data, cut off from the voters that deposed it.
+    c.faults.isolate(old);
+    c.start_node(old).await;
+
+    let mut wrong = Vec::new();
+    let sent = std::time::Instant::now();
+    let r = c
+        .tokens_on(old, "orders")
+        .await
+        .introspect(pb::IntrospectRequest {
+            consistency: pb::Consistency::Local as i32,
+            ..introspect_req(&t.access_token)
+        })
+        .await;
+    let at_least = sent.duration_since(acked).as_millis() as u64;
+    match r {
+        Ok(r) => {
+            let r = r.into_inner();
+            if r.revision < rev && r.max_staleness_ms < at_least {
+                wrong.push(format!(
+                    "LOCAL: active={} at revision {} (revocation acknowledged at {rev}, {at_least} ms before) with max_staleness_ms={}",
+                    r.active, r.revision, r.max_staleness_ms
+                ));
+            }
+        }
+        Err(s) => assert_eq!(s.code(), Code::Unavailable, "{s:?}"),
+    }
+    let health = HealthClient::new(c.channel_as(old, &c.files("ledger")).await)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    if health == ServingStatus::Serving as i32 {
+        wrong.push("health: SERVING".into());
+    }
+    let s = c
+        .admin(old)
+        .await
+        .cluster_status(pb::ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    if s.leader_known {
+        wrong.push(format!(
+            "ClusterStatus: leader_known=true, leader_id={}, state={}",
+            s.leader_id, s.state
+        ));
+    }
+    assert!(
+        wrong.is_empty(),
+        "node {old}, restarted after being deposed and cut off from every voter:\n  {}",
+        wrong.join("\n  ")
+    );
+    // Linearizable reads are refused there.
+    assert_eq!(
+        never_active(&c, old, &t.access_token).await,
+        Some(Code::Unavailable)
+    );
+    c.faults.heal();
+    c.stop().await;
+}

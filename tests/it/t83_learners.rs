@@ -5,6 +5,7 @@
 //! (`docs/SCALING.md`).
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use tessera::pb;
 use tessera::pb::revocation_service_client::RevocationServiceClient;
@@ -435,5 +436,139 @@ async fn re_adding_a_member_recorded_an_address_it_only_advertised() {
     assert_eq!(recorded.raft_addr, good, "{s:?}");
     revoke_on(&c, leader, pb::revoke_request::Target::Jti("after".into())).await;
     c.wait_converged(&[1, 2, 3]).await;
+    c.stop().await;
+}
+
+/// The leader and a learner are cut off together from the other voters,
+/// which elect a leader and acknowledge a revocation. openraft 0.9's old
+/// leader does not step down for want of a quorum and keeps sending the
+/// learner heartbeats, which the learner accepts (it never heard of the
+/// new term). The learner went on saying a leader was live (health, status,
+/// stream heartbeats) and answered `LOCAL` reads that missed the
+/// revocation with a staleness of one heartbeat (found by review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_left_with_a_deposed_leader_claimed_it_live_and_its_state_fresh() {
+    let mut c = TestCluster::start(3).await;
+    let old = c.agreed_leader(&[1, 2, 3]).await;
+    let majority: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != old).collect();
+    c.add_node(4, false).await;
+    add_learner(&c, old, 4).await;
+    wait_health(&c, 4, ServingStatus::Serving).await;
+    let (t, _) = issue(&c, old).await;
+    c.wait_converged(&[1, 2, 3, 4]).await;
+    // A subscriber on the learner, before the partition.
+    let mut sub = RevocationServiceClient::new(c.channel_as(4, &c.files("ledger")).await)
+        .watch_revocations(pb::WatchRequest {
+            from_revision: c.node(4).state().revision(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut health = HealthClient::new(c.channel_as(4, &c.files("ledger")).await)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    // {old leader, learner} | {the two other voters}.
+    c.faults.isolate_from(old, majority.clone());
+    c.faults.isolate_from(4, majority.clone());
+    let new = c.agreed_leader(&majority).await;
+    assert_ne!(new, old);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let rev = loop {
+        match revoke_token(&c, new, &t).await {
+            Ok(r) => break r.into_inner().revision,
+            Err(s) if s.code() == Code::Unavailable && tokio::time::Instant::now() < deadline => {
+                c.agreed_leader(&majority).await;
+            }
+            Err(s) => panic!("the majority did not acknowledge the revocation: {s:?}"),
+        }
+    };
+    let acked = std::time::Instant::now();
+
+    // The learner must admit it within the contact timeout (3 s) and a
+    // round (2 s); give it five times that.
+    let mut wrong = Vec::new();
+    let stopped_serving = tokio::time::timeout(Duration::from_secs(25), async {
+        while let Ok(Some(r)) = health.message().await {
+            if r.status != ServingStatus::Serving as i32 {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    if stopped_serving != Ok(true) {
+        wrong.push(format!(
+            "health: still SERVING {:?} after the revocation was acknowledged",
+            acked.elapsed()
+        ));
+    }
+    let s = c
+        .admin(4)
+        .await
+        .cluster_status(pb::ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    if s.leader_known {
+        wrong.push(format!(
+            "ClusterStatus: leader_known=true, leader_id={} (the deposed leader is {old}, the live one {new})",
+            s.leader_id
+        ));
+    }
+    let sent = std::time::Instant::now();
+    let r = c
+        .tokens_on(4, "orders")
+        .await
+        .introspect(pb::IntrospectRequest {
+            consistency: pb::Consistency::Local as i32,
+            ..introspect_req(&t)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let at_least = sent.duration_since(acked).as_millis() as u64;
+    if r.revision < rev && r.max_staleness_ms < at_least {
+        wrong.push(format!(
+            "LOCAL: active={} at revision {} (revocation acknowledged at {rev}, {at_least} ms before) with max_staleness_ms={}",
+            r.active, r.revision, r.max_staleness_ms
+        ));
+    }
+    // The subscriber's stream ends (resumable) or its heartbeats stop
+    // saying a leader is known (heartbeats sent before the node knew may
+    // still be in flight).
+    let admitted = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match sub.message().await {
+                Ok(Some(e)) => {
+                    if let Some(Kind::Heartbeat(hb)) = e.kind {
+                        if !hb.leader_known {
+                            return;
+                        }
+                    }
+                }
+                Ok(None) => return,
+                Err(s) => {
+                    assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    if admitted.is_err() {
+        wrong.push("watch: the stream goes on, its heartbeats say leader_known=true".into());
+    }
+    assert!(
+        wrong.is_empty(),
+        "learner 4, following deposed leader {old}:\n  {}",
+        wrong.join("\n  ")
+    );
+    c.faults.heal();
     c.stop().await;
 }

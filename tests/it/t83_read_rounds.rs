@@ -137,7 +137,9 @@ async fn a_followers_rounds_share_one_stream_that_a_partition_fails_and_a_heal_r
     };
 
     // Rounds one after another and all at once: one stream carries them.
-    assert_eq!(streams_opened(&c, follower), 0, "no follower read yet");
+    // A follower confirms its leader in the background too (readiness):
+    // that round opened the stream, or none is open yet.
+    assert!(streams_opened(&c, follower) <= 1, "no follower read yet");
     let (rounds_before, _) = rounds(&c, follower);
     for k in 0..N / 2 {
         read(k).await;

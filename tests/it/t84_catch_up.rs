@@ -272,3 +272,55 @@ async fn a_follower_whose_disk_filled_while_receiving_a_snapshot_kept_serving() 
     }
     c.stop().await;
 }
+
+/// A follower held back while a few large entries were committed (here 70
+/// of about 1 MiB, as 70 policies of the largest size allowed would be)
+/// never caught up: openraft 0.9 sent it everything it missed in one
+/// `AppendEntries` (bounded in entries, not bytes: ~70 MiB, over the
+/// transport's 64 MiB message limit and far more than crosses in the one
+/// heartbeat interval it waits), then the same message again, for ever
+/// (found by review). The log's replication reads now stop at 1 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_a_few_large_entries_never_caught_up() {
+    const ENTRIES: u64 = 70;
+    const JTIS: usize = 1024;
+    let (c, leader, follower) = cluster().await;
+    c.faults.hold_entries(follower);
+    let raft = c.node(leader).raft();
+    let mut last = 0;
+    for k in 0..ENTRIES {
+        let jtis = (0..JTIS)
+            .map(|j| tessera::raft::RevokedJti {
+                jti: format!("{k:04}-{j:04}-{}", "x".repeat(1000)),
+                until: u64::MAX / 2,
+            })
+            .collect();
+        let written = raft
+            .client_write(tessera::raft::Command {
+                at: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs(),
+                op: tessera::raft::Op::RevokeJtis { jtis },
+            })
+            .await
+            .unwrap_or_else(|e| panic!("large entry {k}: {e}"));
+        last = written.log_id.index;
+    }
+    c.faults.release_entries(follower);
+    let caught_up = c
+        .node(follower)
+        .raft()
+        .wait(Some(WAIT))
+        .metrics(
+            |m| m.last_applied.is_some_and(|l| l.index >= last),
+            "the follower applied the large entries",
+        )
+        .await;
+    let applied = c.node(follower).raft().metrics().borrow().last_applied;
+    assert!(
+        caught_up.is_ok(),
+        "node {follower} never caught up with index {last} (applied: {applied:?})"
+    );
+    c.stop().await;
+}

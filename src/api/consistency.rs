@@ -49,7 +49,7 @@ pub enum NotReady {
     /// This node follows (or learns from) a leader that has not answered
     /// it a read index within the contact timeout: its messages alone do
     /// not prove a quorum still follows it.
-    #[error("the leader has not confirmed a read index for {}", match .0 { Some(d) => format!("{d:?}"), None => "as long as this node has run".into() })]
+    #[error("the leader has not confirmed a read index for {}", for_how_long(.0))]
     LeaderUnconfirmed(Option<Duration>),
     /// This node follows a leader it has not heard from within the lease.
     #[error("the leader has not been heard from for {0:?}")]
@@ -77,6 +77,14 @@ pub enum NotReady {
     /// traffic away while the node still answers.
     #[error("this node's TLS certificate expires in {0:?}: renew it (docs/OPERATIONS.md, certificate renewal)")]
     CertificateExpiring(Duration),
+}
+
+/// How long, in [`NotReady::LeaderUnconfirmed`]'s words.
+fn for_how_long(age: &Option<Duration>) -> String {
+    match age {
+        Some(d) => format!("{d:?}"),
+        None => "as long as this node has run".into(),
+    }
 }
 
 /// A leader's contact with a quorum in its current term.
@@ -264,9 +272,11 @@ impl Shared {
     /// For LOCAL reads: how stale this node's applied state may be, that
     /// is, how long ago it last had a quorum's leader's word that it held
     /// everything committed (`None`: no such word since it started). On a
-    /// follower that is the last leader message whose commit index it has
-    /// applied: a follower catching up reports the time since it was last
-    /// current, not since its last heartbeat.
+    /// follower or learner that is the start of the latest read-index round
+    /// its leader answered with an index it has applied (a leader's
+    /// messages alone do not prove it still has a quorum): a follower
+    /// catching up reports the time since it was last current, not since
+    /// its last heartbeat.
     pub fn staleness(&self) -> Option<Duration> {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();

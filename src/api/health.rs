@@ -123,7 +123,8 @@ pub(super) async fn health_loop(
 /// third of the contact timeout; on a follower or learner, a read index
 /// from its leader every [`FOLLOWER_CONFIRM_PERIOD`] (a leader's messages
 /// do not prove that a quorum still follows it). A failed round is tried
-/// again after [`RETRY`].
+/// again after [`RETRY`], doubled after each failure up to [`RETRY_MAX`]
+/// (a removed, wiped or stopped node fails every time).
 pub(super) async fn lease_keeper(shared: Arc<Shared>) {
     let Some(reads) = shared.reads.clone() else {
         return;
@@ -133,6 +134,7 @@ pub(super) async fn lease_keeper(shared: Arc<Shared>) {
     let mut metrics = shared.raft.metrics();
     let mut seen = None;
     let mut wait = Duration::ZERO;
+    let mut retry = RETRY;
     loop {
         // A new leader is confirmed at once: until then this node is not
         // ready.
@@ -163,9 +165,16 @@ pub(super) async fn lease_keeper(shared: Arc<Shared>) {
         let age = last.map(|c| c.elapsed());
         wait = match age {
             Some(age) if age < period => period - age,
-            _ => match reads.get().await {
-                Ok(_) => period,
-                Err(_) => RETRY,
+            _ => match tokio::time::timeout(ROUND_WAIT_MAX, reads.get()).await {
+                Ok(Ok(_)) => {
+                    retry = RETRY;
+                    period
+                }
+                Ok(Err(_)) | Err(_) => {
+                    let wait = retry;
+                    retry = (retry * 2).min(RETRY_MAX);
+                    wait
+                }
             },
         };
     }
@@ -178,3 +187,8 @@ pub(super) const FOLLOWER_CONFIRM_PERIOD: Duration = Duration::from_millis(250);
 
 /// When a keeper's round failed (no leader, no quorum), the next try.
 const RETRY: Duration = Duration::from_millis(100);
+/// The longest wait between failed tries.
+const RETRY_MAX: Duration = Duration::from_secs(2);
+/// Longest the keeper waits for one round: a round ends by its own deadline
+/// (`raft::read_index::ROUND_TIMEOUT`, 2 s); this is the backstop.
+const ROUND_WAIT_MAX: Duration = Duration::from_secs(3);

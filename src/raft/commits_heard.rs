@@ -10,8 +10,11 @@
 //! - *how far behind am I?* — the highest commit heard minus the applied
 //!   index (readiness: a follower too far behind reports `NOT_SERVING`);
 //! - *since when is my applied state known to be current?* — the arrival
-//!   of the latest message whose commit this node has applied. A `LOCAL`
-//!   read reports the time since then as its staleness. A leader sends its
+//!   of the latest message whose commit this node has applied. (`LOCAL`
+//!   staleness is counted from read-index rounds its leader answered
+//!   instead, recorded in a second `CommitsHeard` by
+//!   `super::read_index`: a leader cut off from the voters still sends
+//!   messages, so they prove nothing on their own.) A leader sends its
 //!   messages to a follower one at a time, so once a message with a commit
 //!   above the applied index arrived, no later message can move that
 //!   instant forward until the node applies more.

@@ -15,8 +15,8 @@
 //! that the other is a *member*, not merely someone the CA vouches for: the
 //! server maps the caller's certificate to a node id
 //! (`spiffe://{trust-domain}/node/{id}`) and looks it up in the current
-//! membership, before it reads the call's body; the client verifies that the server certificate names the
-//! node it meant to reach. Each request carries the sender's data
+//! membership, before it reads the call's body; the client verifies that
+//! the server certificate names the node it meant to reach. Each request carries the sender's data
 //! incarnation and each reply the responder's node id and incarnation, so a
 //! node whose data was wiped can neither vote nor acknowledge on behalf of
 //! the state it lost.

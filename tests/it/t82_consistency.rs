@@ -495,9 +495,15 @@ async fn a_deposed_leader_restarted_cut_off_claimed_a_quorum_and_fresh_state() {
     // staleness counted from the restart is visibly smaller than the truth.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    // Back on its data, cut off from the voters that deposed it.
+    // Back on its data, cut off from the voters that deposed it: openraft
+    // restores it as leader of its old term.
     c.faults.isolate(old);
     c.start_node(old).await;
+    assert_eq!(
+        c.node(old).raft().metrics().borrow().current_leader,
+        Some(old),
+        "the scenario needs the restarted node to lead its old term"
+    );
 
     let mut wrong = Vec::new();
     let sent = std::time::Instant::now();

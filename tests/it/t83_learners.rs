@@ -489,6 +489,11 @@ async fn a_learner_left_with_a_deposed_leader_claimed_it_live_and_its_state_fres
         }
     };
     let acked = std::time::Instant::now();
+    assert_eq!(
+        c.node(4).raft().metrics().borrow().current_leader,
+        Some(old),
+        "the scenario needs the learner to follow the deposed leader"
+    );
 
     // The learner must admit it within the contact timeout (3 s) and a
     // round (2 s); give it five times that.

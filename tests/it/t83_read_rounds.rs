@@ -139,7 +139,10 @@ async fn a_followers_rounds_share_one_stream_that_a_partition_fails_and_a_heal_r
     // Rounds one after another and all at once: one stream carries them.
     // A follower confirms its leader in the background too (readiness):
     // that round opened the stream, or none is open yet.
-    assert!(streams_opened(&c, follower) <= 1, "no follower read yet");
+    assert!(
+        streams_opened(&c, follower) <= 1,
+        "before any read, at most the keeper's stream"
+    );
     let (rounds_before, _) = rounds(&c, follower);
     for k in 0..N / 2 {
         read(k).await;

@@ -497,6 +497,18 @@ pub fn exchange_req(subject: &str, aud: &str, scopes: &[&str]) -> pb::ExchangeTo
     }
 }
 
+/// What is wrong with LOCAL answer `r`, given `at_least` ms after a
+/// revocation was acknowledged at revision `rev`: it misses the revocation
+/// yet claims to be fresher than that (`None`: nothing).
+pub fn too_fresh(r: &pb::IntrospectResponse, rev: u64, at_least: u64) -> Option<String> {
+    (r.revision < rev && r.max_staleness_ms < at_least).then(|| {
+        format!(
+            "LOCAL: active={} at revision {} (revocation acknowledged at {rev}, {at_least} ms before) with max_staleness_ms={}",
+            r.active, r.revision, r.max_staleness_ms
+        )
+    })
+}
+
 pub fn introspect_req(token: &str) -> pb::IntrospectRequest {
     pb::IntrospectRequest {
         token: token.to_string(),

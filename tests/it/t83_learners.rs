@@ -538,12 +538,7 @@ async fn a_learner_left_with_a_deposed_leader_claimed_it_live_and_its_state_fres
         .unwrap()
         .into_inner();
     let at_least = sent.duration_since(acked).as_millis() as u64;
-    if r.revision < rev && r.max_staleness_ms < at_least {
-        wrong.push(format!(
-            "LOCAL: active={} at revision {} (revocation acknowledged at {rev}, {at_least} ms before) with max_staleness_ms={}",
-            r.active, r.revision, r.max_staleness_ms
-        ));
-    }
+    wrong.extend(too_fresh(&r, rev, at_least));
     // The subscriber's stream ends (resumable) or its heartbeats stop
     // saying a leader is known (heartbeats sent before the node knew may
     // still be in flight).

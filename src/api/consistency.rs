@@ -46,6 +46,16 @@ pub enum NotReady {
     /// been deposed meanwhile).
     #[error("this leader has not heard from a quorum in its term yet")]
     LeadershipUnconfirmed,
+    /// This node leads but has not applied its log as it stood when it
+    /// took the lead (`crate::raft::read_index`, "A leader's floor"): after
+    /// a crash it may lack writes it acknowledged before.
+    #[error("this leader has applied {applied} of the {floor} entries it leads with")]
+    LeaderApplying {
+        /// This node's applied index.
+        applied: u64,
+        /// Its last log index when it first saw itself leading the term.
+        floor: u64,
+    },
     /// This node follows (or learns from) a leader that has not answered
     /// it a read index within the contact timeout: its messages alone do
     /// not prove a quorum still follows it.
@@ -189,6 +199,12 @@ impl Shared {
                 QuorumContact::NotYet => return Err(NotReady::LeadershipUnconfirmed),
                 QuorumContact::NotLeader | QuorumContact::Alone | QuorumContact::Held(_) => {}
             }
+            if let Some(floor) = self.reads.as_ref().and_then(|r| r.leader_floor(&m)) {
+                let applied = m.last_applied.map_or(0, |l| l.index);
+                if applied < floor {
+                    return Err(NotReady::LeaderApplying { applied, floor });
+                }
+            }
         } else if let Some(contact) = &self.contact {
             let quiet = contact.quiet_for();
             if quiet > self.contact_timeout {
@@ -287,6 +303,12 @@ impl Shared {
             // A new leader holds every acknowledged write only once it has
             // applied an entry of its own term.
             if m.last_applied.map(|l| l.leader_id.term) != Some(m.current_term) {
+                return None;
+            }
+            // Nor, after a crash, before it has applied what it had
+            // acknowledged (its floor).
+            let floor = self.reads.as_ref().and_then(|r| r.leader_floor(&m));
+            if floor.is_some_and(|f| m.last_applied.is_none_or(|l| l.index < f)) {
                 return None;
             }
             return match self.leader_contact(&m) {

@@ -40,6 +40,19 @@
 //! have applied. Reads inside the lease need no round; a paused or cut-off
 //! leader's lease runs out on the monotonic clock, whatever its metrics
 //! still say.
+//!
+//! **A leader's floor.** openraft restores a node whose saved vote is its
+//! own as leader of that term at start-up, with the read index
+//! `max(first entry of its term, saved commit)`. The commit index is saved
+//! lazily (with the next append), so after a crash it can be below writes
+//! this node acknowledged before it went down, and its applied state is
+//! replayed only up to it. Every write it acknowledged is in its log,
+//! though (appended and flushed before it was replicated). So the first
+//! time this process sees itself leading a term it records its last log
+//! index as the term's *floor*: its read indexes are never below it, and
+//! its lease and its claims of freshness hold only once it has applied it.
+//! For a leader just elected the floor is its first entry or a little
+//! more, which it commits and applies at once.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -113,14 +126,68 @@ type Waiter = oneshot::Sender<Result<u64, ReadIndexError>>;
 #[derive(Clone, Debug)]
 pub struct ReadIndex {
     tx: mpsc::Sender<Waiter>,
-    /// When the last round this node ran *as leader* started, if it was
-    /// confirmed by a quorum, and in which term: proof of contact at that
-    /// instant.
-    confirmed: Arc<Mutex<Option<(u64, Instant)>>>,
+    /// The term this node last led, its floor, and when its last
+    /// quorum-confirmed round as leader started.
+    leading: Arc<Leading>,
     /// Rounds a leader answered while this node followed (or learned).
     answered: Arc<Answered>,
     stats: Arc<RoundStats>,
     network: Network,
+}
+
+/// What this process knows of the last term it led (see the module docs,
+/// "A leader's floor").
+#[derive(Debug, Default)]
+struct Leading(Mutex<Option<Term>>);
+
+#[derive(Debug, Clone, Copy)]
+struct Term {
+    term: u64,
+    /// Its last log index when this process first saw itself leading the
+    /// term: every write it acknowledged in the term, before a crash too.
+    floor: u64,
+    /// When its latest quorum-confirmed round in the term started.
+    confirmed: Option<Instant>,
+}
+
+impl Leading {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Term>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The floor of the term `m` shows this node leading, recorded now if
+    /// this is the first sight of it (`None`: `m` shows it not leading).
+    fn floor(&self, m: &openraft::RaftMetrics<NodeId, NodeInfo>) -> Option<u64> {
+        if m.current_leader != Some(m.id) {
+            return None;
+        }
+        let mut t = self.lock();
+        match *t {
+            Some(t) if t.term == m.current_term => Some(t.floor),
+            _ => {
+                let floor = m.last_log_index.unwrap_or(0);
+                *t = Some(Term {
+                    term: m.current_term,
+                    floor,
+                    confirmed: None,
+                });
+                Some(floor)
+            }
+        }
+    }
+
+    /// A round of `term` that started at `started` was confirmed.
+    fn confirmed(&self, term: u64, started: Instant) {
+        let mut t = self.lock();
+        if let Some(t) = t.as_mut().filter(|t| t.term == term) {
+            t.confirmed = Some(t.confirmed.map_or(started, |at| at.max(started)));
+        }
+    }
+
+    fn confirmed_at(&self, term: u64) -> Option<Instant> {
+        self.lock()
+            .and_then(|t| (t.term == term).then_some(t.confirmed).flatten())
+    }
 }
 
 /// Counts for [`ReadIndex::rounds`].
@@ -140,10 +207,10 @@ impl ReadIndex {
     ) -> (Self, JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<Waiter>(QUEUE);
         let id = network.self_id();
-        let confirmed: Arc<Mutex<Option<(u64, Instant)>>> = Arc::default();
+        let leading: Arc<Leading> = Arc::default();
         let stats: Arc<RoundStats> = Arc::default();
         let answered: Arc<Answered> = Arc::default();
-        let (record, counts) = (confirmed.clone(), stats.clone());
+        let (record, counts) = (leading.clone(), stats.clone());
         let heard = answered.clone();
         let handle_network = network.clone();
         let task = tokio::spawn(
@@ -215,22 +282,22 @@ impl ReadIndex {
                                     // never starts later than the
                                     // heartbeats that confirm it.
                                     let started = Instant::now();
-                                    let term = raft.metrics().borrow().current_term;
+                                    let (term, floor) = {
+                                        let m = raft.metrics();
+                                        let m = m.borrow();
+                                        (m.current_term, record.floor(&m))
+                                    };
                                     let result =
                                         tokio::time::timeout(ROUND_TIMEOUT, leader_round(&raft))
                                             .await
                                             .unwrap_or(Err(ReadIndexError::Timeout));
                                     if result.is_ok() {
-                                        if let Ok(mut c) = record.lock() {
-                                            *c = Some(match *c {
-                                                Some((t, at)) if t == term => {
-                                                    (term, at.max(started))
-                                                }
-                                                _ => (term, started),
-                                            });
-                                        }
+                                        record.confirmed(term, started);
                                     }
-                                    reply(result);
+                                    // Never below what this node may have
+                                    // acknowledged in its term before a
+                                    // crash (module docs).
+                                    reply(result.map(|i| i.max(floor.unwrap_or(0))));
                                 }
                                 .in_current_span(),
                             );
@@ -247,7 +314,7 @@ impl ReadIndex {
         (
             Self {
                 tx,
-                confirmed,
+                leading,
                 answered,
                 stats,
                 network: handle_network,
@@ -275,10 +342,15 @@ impl ReadIndex {
     /// When the last quorum-confirmed round this node ran as leader of
     /// `term` started (`None`: none in that term).
     pub fn confirmed_at(&self, term: u64) -> Option<Instant> {
-        self.confirmed
-            .lock()
-            .ok()
-            .and_then(|c| c.and_then(|(t, at)| (t == term).then_some(at)))
+        self.leading.confirmed_at(term)
+    }
+
+    /// The floor of the term `m` shows this node leading (see the module
+    /// docs): until it has applied that index, its applied state may lack
+    /// writes it acknowledged before a crash. `None` when `m` shows it not
+    /// leading.
+    pub fn leader_floor(&self, m: &openraft::RaftMetrics<NodeId, NodeInfo>) -> Option<u64> {
+        self.leading.floor(m)
     }
 
     /// When the latest round a leader answered this node (as follower or
@@ -303,21 +375,26 @@ impl ReadIndex {
 
     /// True while this node may answer a linearizable read from its own
     /// applied state without a round (see the module docs): it leads, has
-    /// applied an entry of its own term, and a round it ran in this term
-    /// started less than `lease` ago and was confirmed by a quorum.
+    /// applied an entry of its own term and its floor, and a round it ran
+    /// in this term started less than `lease` ago and was confirmed by a
+    /// quorum.
     pub fn lease_holds(&self, raft: &openraft::Raft<TypeConfig>, lease: Duration) -> bool {
-        let Some((term, at)) = self.confirmed.lock().ok().and_then(|c| *c) else {
-            return false;
-        };
-        if at.elapsed() >= lease {
-            return false;
-        }
         let m = raft.metrics();
         let m = m.borrow();
+        let Some(floor) = self.leading.floor(&m) else {
+            return false;
+        };
+        let term = m.current_term;
+        if self
+            .leading
+            .confirmed_at(term)
+            .is_none_or(|at| at.elapsed() >= lease)
+        {
+            return false;
+        }
         m.running_state.is_ok()
-            && m.current_leader == Some(m.id)
-            && m.current_term == term
-            && m.last_applied.is_some_and(|l| l.leader_id.term == term)
+            && m.last_applied
+                .is_some_and(|l| l.leader_id.term == term && l.index >= floor)
     }
 
     /// The read index of a round that starts after this call: once this
@@ -477,6 +554,27 @@ mod tests {
     use super::*;
 
     use futures_util::FutureExt as _;
+
+    #[test]
+    fn a_leaders_floor_is_its_last_log_index_when_it_first_saw_itself_leading() {
+        let leading = Leading::default();
+        let mut m = openraft::RaftMetrics::<NodeId, NodeInfo>::new_initial(1);
+        m.current_term = 3;
+        m.last_log_index = Some(7);
+        assert_eq!(leading.floor(&m), None, "not leading");
+        m.current_leader = Some(1);
+        assert_eq!(leading.floor(&m), Some(7));
+        m.last_log_index = Some(9);
+        assert_eq!(leading.floor(&m), Some(7), "kept for the term");
+        let at = Instant::now();
+        leading.confirmed(3, at);
+        leading.confirmed(2, at + Duration::from_secs(1));
+        assert_eq!(leading.confirmed_at(3), Some(at));
+        m.current_term = 4;
+        assert_eq!(leading.floor(&m), Some(9), "a new term, a new floor");
+        assert_eq!(leading.confirmed_at(4), None);
+        assert_eq!(leading.confirmed_at(3), None);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_round_gathers_reads_only_while_another_is_in_flight() {

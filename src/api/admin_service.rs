@@ -443,10 +443,29 @@ impl pb::admin_service_server::AdminService for AdminApi {
         req: Request<pb::PutPolicyRequest>,
     ) -> Result<Response<pb::PutPolicyResponse>, Status> {
         self.admit(&req, "put_policy").await?;
-        let text = req.into_inner().text;
+        let pb::PutPolicyRequest {
+            text,
+            expected_version,
+        } = req.into_inner();
         super::validate::policy_text(&text)?;
         PolicyEngine::validate(&text).map_err(ApiError::from)?;
-        let r = self.shared.write(Op::PutPolicy { text }).await?;
+        let op = match expected_version {
+            Some(expected_version) => Op::PutPolicyIf {
+                text,
+                expected_version,
+            },
+            None => Op::PutPolicy { text },
+        };
+        let r = self.shared.write(op).await?;
+        if let (Some(expected), 0) = (expected_version, r.changed) {
+            // Decided where it was applied: another version was put since
+            // the caller read `expected`.
+            return Err(ApiError::FailedPrecondition(format!(
+                "the policy is no longer at version {expected}: read the current one (GetPolicy with min_revision {}), merge, and put again with its version",
+                r.revision
+            ))
+            .into());
+        }
         Ok(Response::new(pb::PutPolicyResponse {
             version: r.revision,
         }))
@@ -458,7 +477,12 @@ impl pb::admin_service_server::AdminService for AdminApi {
     ) -> Result<Response<pb::GetPolicyResponse>, Status> {
         // This node's applied policy, with its version: it must answer on
         // the survivor of a lost majority, the one place its text is left.
+        // `min_revision` gives read-your-writes where the caller asks.
         self.admit_local(&req, "get_policy").await?;
+        let min = req.get_ref().min_revision;
+        if min > 0 {
+            self.shared.wait_applied(min).await?;
+        }
         let (version, text) = self.shared.state.policy().unwrap_or_default();
         Ok(Response::new(pb::GetPolicyResponse { text, version }))
     }

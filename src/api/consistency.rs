@@ -329,6 +329,25 @@ impl Shared {
         Some(since.elapsed().max(contact.quiet_for()))
     }
 
+    /// Waits until this node has applied revision `min`, up to
+    /// `read_wait_max` (then `DEADLINE_EXCEEDED`).
+    pub(super) async fn wait_applied(&self, min: u64) -> Result<(), ApiError> {
+        let mut rx = self.state.watch_revision();
+        let wait = async move { rx.wait_for(|r| *r >= min).await.map(|_| ()) };
+        match tokio::time::timeout(self.read_wait_max, wait).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(ApiError::Unavailable {
+                reason: "node is shutting down".into(),
+                leader: None,
+            }),
+            Err(_) => Err(ApiError::DeadlineExceeded(format!(
+                "revision {min} not applied within {:?} (applied: {})",
+                self.read_wait_max,
+                self.state.revision()
+            ))),
+        }
+    }
+
     /// Waits until this node's applied state includes every write
     /// acknowledged before the call, and returns the applied revision.
     /// `UNAVAILABLE` (with the leader hint) when that cannot be confirmed in

@@ -155,6 +155,9 @@ pub(super) async fn lease_keeper(shared: Arc<Shared>) {
         let (leading, term) = {
             let m = metrics.borrow_and_update();
             seen = m.current_leader;
+            // A leader's floor, recorded as early as this node sees itself
+            // lead (`crate::raft::read_index`).
+            reads.leader_floor(&m);
             (m.current_leader == Some(m.id), m.current_term)
         };
         let (last, period) = if leading {

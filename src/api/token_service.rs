@@ -423,7 +423,7 @@ impl TokenApi {
             ));
         }
         if r.min_revision > 0 {
-            self.wait_applied(r.min_revision).await?;
+            self.shared.wait_applied(r.min_revision).await?;
         }
         // Read the revision before the state: the answer reflects at least it.
         let revision = self.shared.state.revision();
@@ -738,23 +738,6 @@ impl TokenApi {
         params.now = 0; // time does not matter for revocation
         params.leeway = u64::MAX / 4;
         token::verify(token, ring.verifiers(), &params).ok()
-    }
-
-    async fn wait_applied(&self, min: u64) -> Result<(), ApiError> {
-        let mut rx = self.shared.state.watch_revision();
-        let wait = async move { rx.wait_for(|r| *r >= min).await.map(|_| ()) };
-        match tokio::time::timeout(self.shared.read_wait_max, wait).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(_)) => Err(ApiError::Unavailable {
-                reason: "node is shutting down".into(),
-                leader: None,
-            }),
-            Err(_) => Err(ApiError::DeadlineExceeded(format!(
-                "revision {min} not applied within {:?} (applied: {})",
-                self.shared.read_wait_max,
-                self.shared.state.revision()
-            ))),
-        }
     }
 }
 

@@ -131,9 +131,20 @@ pub enum PolicyCmd {
     Put {
         /// Cedar policy file.
         file: PathBuf,
+        /// Store it only if the cluster's policy is still at this version
+        /// (the one `policy get` printed; 0: no policy yet). Otherwise
+        /// nothing changes and the command fails: get, merge, put again.
+        #[arg(long, value_name = "VERSION")]
+        if_version: Option<u64>,
     },
     /// Print the current policy.
-    Get,
+    Get {
+        /// Wait until the node has applied at least this revision (the
+        /// version `policy put` printed), so a node behind its leader does
+        /// not print an older policy.
+        #[arg(long, value_name = "REVISION", default_value_t = 0)]
+        min_revision: u64,
+    },
     /// Validate a policy file without storing it.
     Validate {
         /// Cedar policy file.
@@ -281,20 +292,23 @@ pub async fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
         }
         ClusterCmd::Backup { conn, out } => super::backup::backup_to(&conn, &out).await?,
         ClusterCmd::Policy { conn, cmd } => match cmd {
-            PolicyCmd::Put { file } => {
+            PolicyCmd::Put { file, if_version } => {
                 let text = std::fs::read_to_string(&file)?;
                 let r = on_leader(&conn, |mut c| {
-                    let req = pb::PutPolicyRequest { text: text.clone() };
+                    let req = pb::PutPolicyRequest {
+                        text: text.clone(),
+                        expected_version: if_version,
+                    };
                     async move { c.put_policy(req).await }
                 })
                 .await?;
                 println!("policy version {}", r.version);
             }
-            PolicyCmd::Get => {
+            PolicyCmd::Get { min_revision } => {
                 let r = conn
                     .client(&conn.endpoint)
                     .await?
-                    .get_policy(pb::GetPolicyRequest {})
+                    .get_policy(pb::GetPolicyRequest { min_revision })
                     .await
                     .map_err(status_err)?
                     .into_inner();
@@ -305,7 +319,10 @@ pub async fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
                 let r = conn
                     .client(&conn.endpoint)
                     .await?
-                    .validate_policy(pb::PutPolicyRequest { text })
+                    .validate_policy(pb::PutPolicyRequest {
+                        text,
+                        expected_version: None,
+                    })
                     .await
                     .map_err(status_err)?
                     .into_inner();

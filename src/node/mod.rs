@@ -8,6 +8,7 @@
 
 mod config;
 mod key_duties;
+mod leader_duties;
 mod metrics;
 mod peers;
 pub mod settings_history;
@@ -31,7 +32,7 @@ use peers::NetPeers;
 use crate::api::{self, AuditLog, Shared};
 use crate::keys::{self, Kek, KekRing};
 use crate::raft::network::Network as RaftNetwork;
-use crate::raft::{Command, KeyState, NodeId, NodeInfo, Op, TypeConfig};
+use crate::raft::{NodeId, NodeInfo, TypeConfig};
 use crate::store::{self, StateView};
 
 /// The Raft handle type.
@@ -503,7 +504,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
             .current_leader(config.node_id, "this node leads its one-node cluster")
             .await
             .map_err(|e| NodeError::Raft(format!("waiting for leadership: {e}")))?;
-        bootstrap(&config, &raft, &state, keks.current()).await?;
+        leader_duties::bootstrap(&config, &raft, &state, keks.current()).await?;
     }
 
     let (audit, audit_thread) = AuditLog::start(
@@ -589,11 +590,11 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
             .instrument(tracing::info_span!("tls-reload", node = config.node_id)),
     ));
     tasks.push(tokio::spawn(
-        purge_loop(raft.clone(), state.clone(), config.clone(), stop_rx.clone())
+        leader_duties::purge_loop(raft.clone(), state.clone(), config.clone(), stop_rx.clone())
             .instrument(tracing::info_span!("purge", node = config.node_id)),
     ));
     tasks.push(tokio::spawn(
-        leader_duties(
+        leader_duties::leader_duties(
             raft.clone(),
             state.clone(),
             config.clone(),
@@ -707,118 +708,6 @@ fn non_empty_or(configured: &str, bound: std::net::SocketAddr) -> String {
     }
 }
 
-/// Whenever this node becomes leader: once it has applied everything
-/// committed before its term, it makes sure the cluster has a signing key
-/// and (if it was given one) the initial policy. Idempotent: a cluster that
-/// has them gets nothing.
-async fn leader_duties(
-    raft: Raft,
-    state: StateView,
-    config: Config,
-    keks: Arc<KekRing>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut metrics = raft.metrics();
-    let mut done_term = None;
-    loop {
-        let (leading, term) = {
-            let m = metrics.borrow_and_update();
-            (m.current_leader == Some(config.node_id), m.current_term)
-        };
-        if leading && done_term != Some(term) {
-            match raft.ensure_linearizable().await {
-                Ok(_) => match bootstrap(&config, &raft, &state, keks.current()).await {
-                    Ok(()) => done_term = Some(term),
-                    Err(e) => tracing::warn!(error = %e, "bootstrap as leader failed; will retry"),
-                },
-                Err(e) => tracing::debug!(error = %e, "not confirmed as leader yet"),
-            }
-        }
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            changed = metrics.changed() => if changed.is_err() { return },
-        }
-    }
-}
-
 async fn wait_stop(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
-}
-
-/// On a new cluster: the first signing key and the initial policy.
-async fn bootstrap(
-    config: &Config,
-    raft: &Raft,
-    state: &StateView,
-    kek: &Kek,
-) -> Result<(), NodeError> {
-    let now = config.clock.now();
-    if state.keys().is_empty() {
-        let key = keys::new_ed25519_record(kek, KeyState::Active, now)?;
-        tracing::info!(kid = %key.kid, kek_id = %kek.id(), "bootstrap: first signing key");
-        write(
-            raft,
-            Command {
-                at: now,
-                op: Op::AddKey { key },
-            },
-        )
-        .await?;
-    }
-    if state.policy().is_none() {
-        match &config.initial_policy {
-            Some(text) => {
-                crate::policy::PolicyEngine::validate(text)?;
-                write(
-                    raft,
-                    Command {
-                        at: now,
-                        op: Op::PutPolicy { text: text.clone() },
-                    },
-                )
-                .await?;
-                tracing::info!("bootstrap: initial policy installed");
-            }
-            None => tracing::warn!("no policy installed: every request will be denied"),
-        }
-    }
-    Ok(())
-}
-
-async fn write(raft: &Raft, cmd: Command) -> Result<u64, NodeError> {
-    raft.client_write(cmd)
-        .await
-        .map(|r| r.data.revision)
-        .map_err(|e| NodeError::Raft(e.to_string()))
-}
-
-/// Purges revocation entries no token can match any more, so the set stays
-/// bounded by token lifetimes. Only the leader proposes; the command carries
-/// the leader's time so every replica drops the same entries.
-async fn purge_loop(raft: Raft, state: StateView, config: Config, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(config.purge_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            _ = tick.tick() => {}
-        }
-        let is_leader = raft.metrics().borrow().current_leader == Some(config.node_id);
-        if !is_leader || state.revocation_count() == 0 {
-            continue;
-        }
-        let at = config.clock.now();
-        match raft.client_write(Command { at, op: Op::Purge }).await {
-            Ok(r) => {
-                if r.data.changed > 0 {
-                    tracing::info!(
-                        removed = r.data.changed,
-                        revision = r.data.revision,
-                        "purged expired revocations"
-                    );
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "purge failed"),
-        }
-    }
 }

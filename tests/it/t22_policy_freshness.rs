@@ -34,7 +34,10 @@ async fn put_policy(
     text: String,
 ) -> Result<u64, tonic::Status> {
     AdminServiceClient::new(c.channel_as(on, &c.files(who)).await)
-        .put_policy(pb::PutPolicyRequest { text })
+        .put_policy(pb::PutPolicyRequest {
+            text,
+            expected_version: None,
+        })
         .await
         .map(|r| r.into_inner().version)
 }
@@ -194,10 +197,125 @@ async fn the_survivor_of_a_lost_majority_refused_to_hand_out_its_policy() {
         c.stop_node(i).await;
     }
     let got = AdminServiceClient::new(c.channel_as(leader, &c.files("admin")).await)
-        .get_policy(pb::GetPolicyRequest {})
+        .get_policy(pb::GetPolicyRequest::default())
         .await
         .expect("the survivor hands out its policy")
         .into_inner();
     assert_eq!((got.version, got.text), held);
+    c.stop().await;
+}
+
+/// Gets node `on`'s policy as the admin, waiting for `min_revision`.
+async fn get_policy(
+    c: &TestCluster,
+    on: u64,
+    min_revision: u64,
+) -> Result<pb::GetPolicyResponse, tonic::Status> {
+    AdminServiceClient::new(c.channel_as(on, &c.files("admin")).await)
+        .get_policy(pb::GetPolicyRequest { min_revision })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Puts `text` through node `on` as the admin, only over `expected`.
+async fn put_policy_if(
+    c: &TestCluster,
+    on: u64,
+    text: String,
+    expected: u64,
+) -> Result<u64, tonic::Status> {
+    AdminServiceClient::new(c.channel_as(on, &c.files("admin")).await)
+        .put_policy(pb::PutPolicyRequest {
+            text,
+            expected_version: Some(expected),
+        })
+        .await
+        .map(|r| r.into_inner().version)
+}
+
+/// Found by review: `PutPolicy` had no compare-and-set, so two admins who
+/// read the same version and each put their edit through another node
+/// overwrote each other without a word. With `expected_version`, exactly
+/// one of them wins and the other is told to merge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_admins_editing_the_same_policy_version_overwrote_each_other() {
+    let c = TestCluster::start(3).await;
+    let leader = c.agreed_leader(&[1, 2, 3]).await;
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != leader).collect();
+    c.wait_converged(&[1, 2, 3]).await;
+    let read = get_policy(&c, leader, 0).await.unwrap().version;
+    assert!(read > 0, "the cluster starts with a policy");
+
+    let edit = |who: &str| {
+        format!("{POLICY}\n@id(\"edit-{who}\")\nforbid (principal == Tessera::Service::\"{}\", action, resource);\n", id(who))
+    };
+    let (a, b) = tokio::join!(
+        put_policy_if(&c, others[0], edit("alice"), read),
+        put_policy_if(&c, others[1], edit("bob"), read),
+    );
+    let (won, lost, text) = match (a, b) {
+        (Ok(v), Err(s)) => (v, s, edit("alice")),
+        (Err(s), Ok(v)) => (v, s, edit("bob")),
+        other => panic!("exactly one edit of version {read} must win: {other:?}"),
+    };
+    assert_eq!(lost.code(), Code::FailedPrecondition, "{lost:?}");
+    assert!(
+        lost.message()
+            .contains(&format!("no longer at version {read}")),
+        "{lost:?}"
+    );
+    for i in [1, 2, 3] {
+        let got = get_policy(&c, i, won).await.unwrap();
+        assert_eq!(
+            (got.version, got.text.as_str()),
+            (won, text.as_str()),
+            "node {i}"
+        );
+    }
+
+    // A stale version is refused on its own too; the current one works;
+    // and a put without a version is unconditional, as before.
+    let e = put_policy_if(&c, leader, edit("carol"), read)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    let next = put_policy_if(&c, others[0], edit("carol"), won)
+        .await
+        .unwrap();
+    assert!(next > won);
+    put_policy(&c, others[1], "admin", POLICY.to_string())
+        .await
+        .unwrap();
+    c.stop().await;
+}
+
+/// Found by review: `GetPolicy` answers the node's applied policy, so an
+/// operator who put a policy through the leader and checked it on a
+/// follower a moment later could see the old version. `min_revision`
+/// makes the follower wait for the version it was told (bounded by
+/// `read_wait_max`: `DEADLINE_EXCEEDED`, never the old text).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_showed_the_old_policy_right_after_a_put() {
+    let c = TestCluster::start_with(3, |cfg| {
+        cfg.read_wait_max = std::time::Duration::from_millis(500);
+    })
+    .await;
+    let leader = c.agreed_leader(&[1, 2, 3]).await;
+    let f = [1, 2, 3].into_iter().find(|i| *i != leader).unwrap();
+    c.wait_converged(&[1, 2, 3]).await;
+    let old = get_policy(&c, f, 0).await.unwrap();
+
+    c.faults.hold_entries(f);
+    let v = put_policy(&c, leader, "admin", with_orders_admin())
+        .await
+        .unwrap();
+    // The scenario: without a revision the follower shows the old policy.
+    assert_eq!(get_policy(&c, f, 0).await.unwrap().version, old.version);
+    let e = get_policy(&c, f, v).await.unwrap_err();
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+
+    c.faults.release_entries(f);
+    let got = get_policy(&c, f, v).await.unwrap();
+    assert_eq!((got.version, got.text), (v, with_orders_admin()));
     c.stop().await;
 }

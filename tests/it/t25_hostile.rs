@@ -433,7 +433,10 @@ async fn issue_could_not_set_may_act() {
     );
     c.admin(1)
         .await
-        .put_policy(pb::PutPolicyRequest { text: policy })
+        .put_policy(pb::PutPolicyRequest {
+            text: policy,
+            expected_version: None,
+        })
         .await
         .unwrap();
     let e = fe.issue_token(with(&[])).await.unwrap_err();

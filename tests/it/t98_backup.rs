@@ -280,14 +280,14 @@ async fn a_restore_keeps_every_revocation_and_revives_no_token() {
     let p_old = c
         .admin(leader)
         .await
-        .get_policy(pb::GetPolicyRequest {})
+        .get_policy(pb::GetPolicyRequest::default())
         .await
         .unwrap()
         .into_inner();
     let p_new = c
         .admin(4)
         .await
-        .get_policy(pb::GetPolicyRequest {})
+        .get_policy(pb::GetPolicyRequest::default())
         .await
         .unwrap()
         .into_inner();

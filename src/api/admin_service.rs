@@ -34,6 +34,52 @@ pub struct AdminApi {
 pub use super::backup_stream::BackupStream;
 
 impl AdminApi {
+    /// A compare-and-set of the policy, decided on the leader (elsewhere
+    /// `UNAVAILABLE` with its address): under the node's policy-write lock
+    /// (`crate::raft::proposer`), after a read barrier (so every policy
+    /// acknowledged anywhere is applied here, earlier leaders' included),
+    /// the applied version must be `expected`; the put is then proposed
+    /// and applied before the lock is let go. No new log command: a node
+    /// of an earlier release replicates it as any other put. Putting the
+    /// text the policy already holds succeeds with its version, so a retry
+    /// after a lost answer does not report a conflict with itself.
+    async fn put_policy_if(&self, text: String, expected: u64) -> Result<u64, ApiError> {
+        let shared = &self.shared;
+        shared.ensure_leader_for("a conditional policy put")?;
+        let decided = async {
+            let held = shared.proposer.policy_writes().await;
+            shared.read_barrier().await?;
+            match shared.state.policy() {
+                Some((version, current)) if version != expected && current == text => {
+                    return Ok(version);
+                }
+                current => {
+                    let version = current.map_or(0, |(v, _)| v);
+                    if version != expected {
+                        return Err(ApiError::FailedPrecondition(format!(
+                            "the policy is no longer at version {expected} but at {version}: read it, merge, and put again with its version"
+                        )));
+                    }
+                }
+            }
+            let cmd = crate::raft::Command {
+                at: shared.clock.now(),
+                op: Op::PutPolicy { text },
+            };
+            Ok(shared.proposer.propose_holding(cmd, &held).await?.revision)
+        };
+        match tokio::time::timeout(super::WRITE_TIMEOUT, decided).await {
+            Ok(r) => r,
+            Err(_) => Err(ApiError::Unavailable {
+                reason: format!(
+                    "conditional policy put not confirmed within {:?}; it may still be applied: read the policy before retrying",
+                    super::WRITE_TIMEOUT
+                ),
+                leader: None,
+            }),
+        }
+    }
+
     pub(super) fn new(shared: Arc<Shared>) -> Self {
         Self {
             shared,
@@ -449,26 +495,11 @@ impl pb::admin_service_server::AdminService for AdminApi {
         } = req.into_inner();
         super::validate::policy_text(&text)?;
         PolicyEngine::validate(&text).map_err(ApiError::from)?;
-        let op = match expected_version {
-            Some(expected_version) => Op::PutPolicyIf {
-                text,
-                expected_version,
-            },
-            None => Op::PutPolicy { text },
+        let version = match expected_version {
+            Some(expected) => self.put_policy_if(text, expected).await?,
+            None => self.shared.write(Op::PutPolicy { text }).await?.revision,
         };
-        let r = self.shared.write(op).await?;
-        if let (Some(expected), 0) = (expected_version, r.changed) {
-            // Decided where it was applied: another version was put since
-            // the caller read `expected`.
-            return Err(ApiError::FailedPrecondition(format!(
-                "the policy is no longer at version {expected}: read the current one (GetPolicy with min_revision {}), merge, and put again with its version",
-                r.revision
-            ))
-            .into());
-        }
-        Ok(Response::new(pb::PutPolicyResponse {
-            version: r.revision,
-        }))
+        Ok(Response::new(pb::PutPolicyResponse { version }))
     }
 
     async fn get_policy(

@@ -586,14 +586,7 @@ impl Shared {
     /// Membership changes run on the leader; elsewhere `UNAVAILABLE` with
     /// the leader's address.
     fn ensure_leader(&self) -> Result<(), ApiError> {
-        let m = self.raft.metrics().borrow().clone();
-        if m.current_leader == Some(m.id) {
-            return self.check_lease();
-        }
-        Err(ApiError::Unavailable {
-            reason: "membership changes go to the leader".into(),
-            leader: self.leader_hint(),
-        })
+        self.ensure_leader_for("a membership change")
     }
 }
 

@@ -15,6 +15,7 @@
 pub mod lifecycle;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use base64::Engine as _;
@@ -314,7 +315,7 @@ pub struct KeyRing {
     /// Why this node cannot sign, when the active key cannot be opened
     /// (its KEK is not configured here): verifying needs only public keys,
     /// so the ring still verifies and publishes; only signing fails.
-    signer: Result<Option<SigningKey>, KeyError>,
+    signer: Result<Option<Arc<SigningKey>>, KeyError>,
     verifiers: KeySet,
 }
 
@@ -345,9 +346,20 @@ impl KeyRing {
             .map(|r| {
                 let pkcs8 = keks.open(r)?;
                 let alg = token::Alg::from_name(&r.alg)?;
-                Ok(SigningKey::from_pkcs8(r.kid.clone(), alg, &pkcs8)?)
+                Ok(Arc::new(SigningKey::from_pkcs8(
+                    r.kid.clone(),
+                    alg,
+                    &pkcs8,
+                )?))
             })
             .transpose();
+        // The active key's tokens are checked by signing again, cheaper
+        // than verifying (`VerifyingKey::with_signer`).
+        if let Ok(Some(s)) = &signer {
+            for v in verifiers.iter_mut().filter(|v| v.kid() == s.kid()) {
+                *v = v.clone().with_signer(s.clone());
+            }
+        }
         Ok(Self {
             version,
             signer,
@@ -363,7 +375,7 @@ impl KeyRing {
     /// The key that signs new tokens.
     pub fn signer(&self) -> Result<&SigningKey, KeyError> {
         match &self.signer {
-            Ok(Some(key)) => Ok(key),
+            Ok(Some(key)) => Ok(key.as_ref()),
             Ok(None) => Err(KeyError::NoActiveKey),
             Err(e) => Err(e.clone()),
         }

@@ -204,20 +204,6 @@ mod tests {
         assert_eq!(back.entries.len(), 2 + every_op().len());
     }
 
-    /// Added after the release of the wire fixture: not in `every_op`, so
-    /// the fixture keeps pinning that release's bytes.
-    #[test]
-    fn a_conditional_policy_put_round_trips() {
-        let cmd = Command {
-            at: 5,
-            op: Op::PutPolicyIf {
-                text: "permit(principal, action, resource);".into(),
-                expected_version: 42,
-            },
-        };
-        assert_eq!(round_trip(&cmd), cmd);
-    }
-
     #[test]
     fn vote_messages_round_trip() {
         let req = VoteRequest::<NodeId>::new(Vote::new(5, 2), Some(log_id(4, 1, 77)));

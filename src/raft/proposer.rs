@@ -14,12 +14,18 @@
 //! its batches (a batch forwarded as one command is flattened into them).
 //!
 //! Only revocations are batched; any other operation is sent alone.
+//!
+//! Policy writes also pass one lock per node ([`Batcher::policy_writes`]):
+//! a compare-and-set of the policy, run on the leader, holds it from its
+//! check of the applied version until its own write is applied, so no
+//! other policy write proposed by this leader — its own, or one a follower
+//! forwarded — lands in between.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use openraft::error::ClientWriteError;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, Mutex, OwnedMutexGuard, Semaphore};
 
 use super::{Command, CommandResponse, NodeId, NodeInfo, Op, TypeConfig};
 
@@ -46,6 +52,7 @@ pub type BatchObserver = Arc<dyn Fn(usize) + Send + Sync>;
 pub struct Batcher<E> {
     tx: mpsc::Sender<Pending<E>>,
     stopped: fn() -> E,
+    policy: Arc<Mutex<()>>,
 }
 
 impl<E> Clone for Batcher<E> {
@@ -53,8 +60,14 @@ impl<E> Clone for Batcher<E> {
         Self {
             tx: self.tx.clone(),
             stopped: self.stopped,
+            policy: self.policy.clone(),
         }
     }
+}
+
+/// Held while a policy write is checked and proposed (see the module docs).
+pub struct PolicyWrites {
+    _held: OwnedMutexGuard<()>,
 }
 
 impl<E> std::fmt::Debug for Batcher<E> {
@@ -105,11 +118,42 @@ impl<E: Clone + Send + 'static> Batcher<E> {
             Arc::new(send),
             observe,
         ));
-        Self { tx, stopped }
+        Self {
+            tx,
+            stopped,
+            policy: Arc::default(),
+        }
     }
 
     /// Sends `cmd` (batched with concurrent ones) and waits for its answer.
+    /// A policy write waits for [`Batcher::policy_writes`] first.
     pub async fn propose(&self, cmd: Command) -> Result<CommandResponse, E> {
+        if matches!(cmd.op, Op::PutPolicy { .. }) {
+            let held = self.policy_writes().await;
+            return self.propose_holding(cmd, &held).await;
+        }
+        self.send(cmd).await
+    }
+
+    /// The lock every policy write on this node passes: held from a
+    /// compare-and-set's check until its write is applied.
+    pub async fn policy_writes(&self) -> PolicyWrites {
+        PolicyWrites {
+            _held: self.policy.clone().lock_owned().await,
+        }
+    }
+
+    /// Like [`Batcher::propose`], for a policy write whose caller holds the
+    /// lock.
+    pub async fn propose_holding(
+        &self,
+        cmd: Command,
+        _held: &PolicyWrites,
+    ) -> Result<CommandResponse, E> {
+        self.send(cmd).await
+    }
+
+    async fn send(&self, cmd: Command) -> Result<CommandResponse, E> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Pending { cmd, reply })
@@ -368,6 +412,34 @@ mod tests {
         let n = calls.load(Ordering::SeqCst);
         assert!(n < 10, "{n} writes for 101 callers");
         assert!(answers.iter().any(|c| *c > 0));
+    }
+
+    #[tokio::test]
+    async fn a_policy_write_waits_while_a_compare_and_set_holds_the_lock() {
+        use futures_util::FutureExt as _;
+        let b: Batcher<String> = Batcher::start(
+            2,
+            || "stopped".into(),
+            |_cmd: Command| async {
+                Ok(CommandResponse {
+                    revision: 3,
+                    changed: 1,
+                    changed_each: Vec::new(),
+                })
+            },
+        );
+        let put = Command {
+            at: 1,
+            op: Op::PutPolicy { text: "p".into() },
+        };
+        let held = b.policy_writes().await;
+        let waiting = b.propose(put.clone());
+        tokio::pin!(waiting);
+        assert!(waiting.as_mut().now_or_never().is_none());
+        assert!(b.propose(revoke("a")).await.is_ok(), "revocations pass");
+        assert!(b.propose_holding(put, &held).await.is_ok());
+        drop(held);
+        assert!(waiting.await.is_ok());
     }
 
     #[tokio::test]

@@ -109,17 +109,6 @@ pub enum Op {
         /// Cedar policy text, validated against the schema before proposal.
         text: String,
     },
-    /// Like [`Op::PutPolicy`], applied only if the current policy version
-    /// is still `expected_version` (0: no policy yet): a compare-and-set,
-    /// decided at apply time. A variant of its own rather than a field of
-    /// `PutPolicy`: a node of an older release fails on it (and stops)
-    /// instead of ignoring the condition and diverging.
-    PutPolicyIf {
-        /// Cedar policy text, validated against the schema before proposal.
-        text: String,
-        /// The policy version the caller read.
-        expected_version: u64,
-    },
     /// Add a signing key to the key ring.
     AddKey {
         /// The key record (private part sealed with the cluster KEK).

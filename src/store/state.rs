@@ -215,19 +215,6 @@ impl State {
                 });
                 1
             }
-            Op::PutPolicyIf {
-                text,
-                expected_version,
-            } => {
-                if self.policy.as_ref().map_or(0, |p| p.version) != *expected_version {
-                    return 0;
-                }
-                self.policy = Some(Policy {
-                    version: index,
-                    text: text.clone(),
-                });
-                1
-            }
             Op::AddKey { key } => {
                 if self.keys.contains_key(&key.kid) {
                     return 0;

@@ -4,9 +4,11 @@
 //! Signing keys are parsed once, when the key ring changes, and the JWS is
 //! assembled here (header, payload, signature, base64url without padding)
 //! rather than through `jsonwebtoken::encode`, which re-parses the key on
-//! every call. Verification calls aws-lc-rs directly with a public key parsed
-//! once per [`VerifyingKey`]: the only keys ever used are the ones in the
-//! caller's [`KeySet`], and each key verifies only its own algorithm.
+//! every call. The signature is checked with the keys of the caller's
+//! [`KeySet`] only, each for its own algorithm: through jsonwebtoken
+//! (aws-lc-rs) with the public key, or, for an Ed25519 key whose private
+//! half the caller attached ([`VerifyingKey::with_signer`]: a node holding
+//! the active signing key), by signing the input again and comparing.
 //!
 //! [`verify`] checks, in this order, and stops at the first failure:
 //!
@@ -27,6 +29,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{
@@ -186,6 +189,21 @@ impl SigningKey {
         VerifyingKey::new(self.kid.clone(), self.alg, self.public_key.clone())
     }
 
+    /// Whether `signature_b64` is the signature this key makes of
+    /// `message` (Ed25519 only; see [`VerifyingKey::with_signer`]).
+    fn made(&self, message: &[u8], signature_b64: &str) -> bool {
+        let Signer::Ed(kp) = &self.signer else {
+            return false;
+        };
+        let mut presented = [0u8; 64];
+        match B64.decode_slice(signature_b64, &mut presented) {
+            Ok(64) => {}
+            _ => return false,
+        }
+        let ours = kp.sign(message);
+        aws_lc_rs::constant_time::verify_slices_are_equal(ours.as_ref(), &presented).is_ok()
+    }
+
     /// Serializes and signs `claims` as a compact JWS.
     pub fn sign(&self, claims: &Claims) -> Result<String, TokenError> {
         let payload =
@@ -245,6 +263,9 @@ pub struct VerifyingKey {
     /// kept (so the set mirrors the replicated records) but verifies nothing
     /// and is left out of the JWKS.
     parsed: Option<ParsedPublicKey>,
+    /// The private half, on a node that holds it: signatures are checked by
+    /// signing again (see [`VerifyingKey::with_signer`]).
+    signer: Option<Arc<SigningKey>>,
 }
 
 impl fmt::Debug for VerifyingKey {
@@ -253,6 +274,7 @@ impl fmt::Debug for VerifyingKey {
             .field("kid", &self.kid)
             .field("alg", &self.alg)
             .field("valid", &self.parsed.is_some())
+            .field("resigns", &self.signer.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -268,6 +290,7 @@ impl VerifyingKey {
             alg,
             public_key,
             parsed,
+            signer: None,
         }
     }
 
@@ -280,7 +303,33 @@ impl VerifyingKey {
             alg,
             public_key,
             parsed,
+            signer: None,
         })
+    }
+
+    /// This key, checking Ed25519 signatures by making them again with
+    /// `signer`, its private half, and comparing: an Ed25519 signature is a
+    /// function of the key and the message alone (RFC 8032 §5.1.6), so the
+    /// one signature this key would make of a token's signing input is the
+    /// one every token it signed carries, and any bytes equal to it are a
+    /// valid signature. Signing costs about a third of a verification
+    /// (docs/BENCHMARKS.md), which is most of what an `Introspect` of a
+    /// token seen for the first time costs the node. The comparison runs
+    /// in constant time, so its timing tells nothing of the expected bytes;
+    /// its outcome is what a verification would say, or stricter (a valid
+    /// signature this key did not make is refused). Ignored unless `signer`
+    /// is the private half of this very key (same kid, algorithm and public
+    /// key) and the algorithm is Ed25519 (ECDSA signatures are randomized).
+    pub fn with_signer(mut self, signer: Arc<SigningKey>) -> Self {
+        if self.parsed.is_some()
+            && self.alg == Alg::EdDSA
+            && signer.alg == Alg::EdDSA
+            && signer.kid == self.kid
+            && signer.public_key == self.public_key
+        {
+            self.signer = Some(signer);
+        }
+        self
     }
 
     /// The key id.
@@ -372,11 +421,18 @@ impl VerifyingKey {
     }
 
     /// The signature check itself is jsonwebtoken's (aws-lc-rs backend),
-    /// with the algorithm fixed by this key, never by the token header; all
-    /// the RFC 8725 checks around it are ours.
+    /// with the algorithm fixed by this key, never by the token header, or
+    /// a signature made again and compared when this key has its private
+    /// half (`with_signer`); all the RFC 8725 checks around it are ours.
     fn verify_signature(&self, message: &[u8], signature_b64: &str) -> Result<(), TokenError> {
         if self.parsed.is_none() {
             return Err(TokenError::BadSignature);
+        }
+        if let Some(signer) = &self.signer {
+            return match signer.made(message, signature_b64) {
+                true => Ok(()),
+                false => Err(TokenError::BadSignature),
+            };
         }
         let (key, alg) = match self.alg {
             Alg::EdDSA => (

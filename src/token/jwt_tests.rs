@@ -381,6 +381,63 @@ fn duplicate_header_members_are_refused() {
     );
 }
 
+/// What a key set that checks by signing again (a node holding the
+/// private key) answers must match, or be stricter than, what verifying
+/// with the public key answers.
+#[test]
+fn signing_again_accepts_exactly_what_the_key_signed() {
+    let key = Arc::new(ed_key("k"));
+    let resigning: KeySet = [key.verifying_key().with_signer(key.clone())]
+        .into_iter()
+        .collect();
+    assert!(format!("{resigning:?}").contains("resigns: true"));
+    let public = set(&[&key]);
+    let token = key.sign(&claims()).unwrap();
+    assert_eq!(verify(&token, &resigning, &params()).unwrap(), claims());
+
+    let (head, sig_b64) = token.rsplit_once('.').unwrap();
+    let sig = B64.decode(sig_b64).unwrap();
+    let mut wrong = Vec::new();
+    for i in [0, 1, 31, 32, 33, 62, 63] {
+        let mut s = sig.clone();
+        s[i] ^= 0x80;
+        wrong.push(format!("{head}.{}", B64.encode(&s)));
+    }
+    wrong.push(format!("{head}.{}", B64.encode(&sig[..63])));
+    wrong.push(format!("{head}.{}", B64.encode([&sig[..], &[0]].concat())));
+    wrong.push(format!("{head}.{}", B64.encode([0u8; 64])));
+    // Another key with the same kid, and another message.
+    let other = ed_key("k");
+    wrong.push(other.sign(&claims()).unwrap());
+    let mut c = claims();
+    c.scope = "read write admin".into();
+    let signed_other = key.sign(&c).unwrap();
+    let (other_head, _) = signed_other.rsplit_once('.').unwrap();
+    wrong.push(format!("{other_head}.{sig_b64}"));
+    for t in &wrong {
+        assert_eq!(
+            verify(t, &resigning, &params()).unwrap_err(),
+            TokenError::BadSignature,
+            "{t}"
+        );
+        assert_eq!(
+            verify(t, &public, &params()).unwrap_err(),
+            TokenError::BadSignature
+        );
+    }
+
+    // Only this key's own private half, and only Ed25519.
+    let mismatched = key.verifying_key().with_signer(Arc::new(other));
+    assert!(format!("{mismatched:?}").contains("resigns: false"));
+    let es = Arc::new(es_key("e"));
+    let es_set: KeySet = [es.verifying_key().with_signer(es.clone())]
+        .into_iter()
+        .collect();
+    assert!(format!("{es_set:?}").contains("resigns: false"));
+    let es_token = es.sign(&claims()).unwrap();
+    assert_eq!(verify(&es_token, &es_set, &params()).unwrap(), claims());
+}
+
 #[test]
 fn tampering_breaks_the_signature() {
     for key in [ed_key("k"), es_key("k")] {

@@ -234,14 +234,14 @@ async fn put_policy_if(
 }
 
 /// Found by review: `PutPolicy` had no compare-and-set, so two admins who
-/// read the same version and each put their edit through another node
-/// overwrote each other without a word. With `expected_version`, exactly
-/// one of them wins and the other is told to merge.
+/// read the same version and each put their edit overwrote each other
+/// without a word. With `expected_version`, exactly one of them wins and
+/// the other is told to merge.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_admins_editing_the_same_policy_version_overwrote_each_other() {
     let c = TestCluster::start(3).await;
     let leader = c.agreed_leader(&[1, 2, 3]).await;
-    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != leader).collect();
+    let f = [1, 2, 3].into_iter().find(|i| *i != leader).unwrap();
     c.wait_converged(&[1, 2, 3]).await;
     let read = get_policy(&c, leader, 0).await.unwrap().version;
     assert!(read > 0, "the cluster starts with a policy");
@@ -250,8 +250,8 @@ async fn two_admins_editing_the_same_policy_version_overwrote_each_other() {
         format!("{POLICY}\n@id(\"edit-{who}\")\nforbid (principal == Tessera::Service::\"{}\", action, resource);\n", id(who))
     };
     let (a, b) = tokio::join!(
-        put_policy_if(&c, others[0], edit("alice"), read),
-        put_policy_if(&c, others[1], edit("bob"), read),
+        put_policy_if(&c, leader, edit("alice"), read),
+        put_policy_if(&c, leader, edit("bob"), read),
     );
     let (won, lost, text) = match (a, b) {
         (Ok(v), Err(s)) => (v, s, edit("alice")),
@@ -261,7 +261,7 @@ async fn two_admins_editing_the_same_policy_version_overwrote_each_other() {
     assert_eq!(lost.code(), Code::FailedPrecondition, "{lost:?}");
     assert!(
         lost.message()
-            .contains(&format!("no longer at version {read}")),
+            .contains(&format!("no longer at version {read} but at {won}")),
         "{lost:?}"
     );
     for i in [1, 2, 3] {
@@ -273,17 +273,27 @@ async fn two_admins_editing_the_same_policy_version_overwrote_each_other() {
         );
     }
 
-    // A stale version is refused on its own too; the current one works;
-    // and a put without a version is unconditional, as before.
+    // Decided on the leader: elsewhere UNAVAILABLE with its address.
+    let e = put_policy_if(&c, f, edit("carol"), won).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e
+        .metadata()
+        .get(tessera::api::error::LEADER_METADATA)
+        .is_some());
+    // The winner's retry (its answer lost) is no conflict with itself; a
+    // stale version with other text is.
+    assert_eq!(
+        put_policy_if(&c, leader, text.clone(), read).await.unwrap(),
+        won
+    );
     let e = put_policy_if(&c, leader, edit("carol"), read)
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
-    let next = put_policy_if(&c, others[0], edit("carol"), won)
-        .await
-        .unwrap();
+    let next = put_policy_if(&c, leader, edit("carol"), won).await.unwrap();
     assert!(next > won);
-    put_policy(&c, others[1], "admin", POLICY.to_string())
+    // A put without a version is unconditional, through any node.
+    put_policy(&c, f, "admin", POLICY.to_string())
         .await
         .unwrap();
     c.stop().await;

@@ -376,31 +376,6 @@ fn put_policy_versions_by_index() {
 }
 
 #[test]
-fn a_conditional_policy_put_applies_only_at_the_version_it_names() {
-    let mut s = State::default();
-    let put_if = |text: &str, expected_version| Op::PutPolicyIf {
-        text: text.into(),
-        expected_version,
-    };
-    assert_eq!(
-        apply(&mut s, 5, 0, put_if("p1", 3)),
-        0,
-        "no policy is version 0"
-    );
-    assert_eq!(s.policy, None);
-    assert_eq!(apply(&mut s, 6, 0, put_if("p1", 0)), 1);
-    assert_eq!(apply(&mut s, 7, 0, put_if("p2", 0)), 0, "stale");
-    assert_eq!(apply(&mut s, 8, 0, put_if("p2", 6)), 1);
-    assert_eq!(
-        s.policy,
-        Some(Policy {
-            version: 8,
-            text: "p2".into()
-        })
-    );
-}
-
-#[test]
 fn keys_add_is_idempotent_and_set_state_tolerates_unknown() {
     let mut s = State::default();
     assert_eq!(

@@ -96,8 +96,10 @@ pub(super) async fn health_loop(
         if fresh {
             // Only a new metrics value says anything new about quorum
             // contact: its age is measured from now, as it arrives.
-            let m = metrics.borrow_and_update().clone();
-            shared.observe(&m);
+            // Borrowed, not cloned: under a write load this runs thousands
+            // of times a second, and a clone copies the membership and the
+            // replication map.
+            shared.observe(&metrics.borrow_and_update());
         }
         let status = if shared.serving() {
             ServingStatus::Serving
@@ -131,7 +133,10 @@ pub(super) async fn lease_keeper(shared: Arc<Shared>) {
     };
     let leader_period = shared.contact_timeout / 3;
     let follower_period = FOLLOWER_CONFIRM_PERIOD.min(leader_period);
-    let mut metrics = shared.raft.metrics();
+    let metrics = shared.raft.metrics();
+    // Only the vote, role, leader and membership: under a write load the
+    // full metrics change thousands of times a second.
+    let mut server = shared.raft.server_metrics();
     let mut seen = None;
     let mut wait = Duration::ZERO;
     let mut retry = RETRY;
@@ -142,19 +147,19 @@ pub(super) async fn lease_keeper(shared: Arc<Shared>) {
         loop {
             tokio::select! {
                 () = tokio::time::sleep_until(next) => break,
-                changed = metrics.changed() => {
+                changed = server.changed() => {
                     if changed.is_err() {
                         return;
                     }
-                    if metrics.borrow_and_update().current_leader != seen {
+                    if server.borrow_and_update().current_leader != seen {
                         break;
                     }
                 }
             }
         }
+        seen = server.borrow_and_update().current_leader;
         let (leading, term) = {
-            let m = metrics.borrow_and_update();
-            seen = m.current_leader;
+            let m = metrics.borrow();
             // A leader's floor, recorded as early as this node sees itself
             // lead (`crate::raft::read_index`).
             reads.leader_floor(&m);

@@ -66,7 +66,7 @@ impl AdminApi {
                 at: shared.clock.now(),
                 op: Op::PutPolicy { text },
             };
-            Ok(shared.proposer.propose_holding(cmd, &held).await?.revision)
+            Ok(shared.proposer.propose_holding(cmd, held).await?.revision)
         };
         match tokio::time::timeout(super::WRITE_TIMEOUT, decided).await {
             Ok(r) => r,

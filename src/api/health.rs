@@ -157,14 +157,22 @@ pub(super) async fn lease_keeper(shared: Arc<Shared>) {
                 }
             }
         }
-        seen = server.borrow_and_update().current_leader;
+        // Role and term from the server metrics that woke us: openraft
+        // sends them before the full metrics, which may still show the
+        // previous report for a moment (found by review).
         let (leading, term) = {
+            let s = server.borrow_and_update();
+            seen = s.current_leader;
+            (s.current_leader == Some(s.id), s.vote.leader_id().term)
+        };
+        {
             let m = metrics.borrow();
             // A leader's floor, recorded as early as this node sees itself
-            // lead (`crate::raft::read_index`).
-            reads.leader_floor(&m);
-            (m.current_leader == Some(m.id), m.current_term)
-        };
+            // lead (`crate::raft::read_index`), from metrics of this term.
+            if m.current_term == term {
+                reads.leader_floor(&m);
+            }
+        }
         let (last, period) = if leading {
             (reads.confirmed_at(term), leader_period)
         } else {

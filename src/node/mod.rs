@@ -500,10 +500,19 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
     if single_voter {
         // A one-node cluster is ready as soon as it leads itself; then the
         // first key and the policy exist before the first request.
-        raft.wait(Some(LEADER_WAIT))
+        let led = raft
+            .wait(Some(LEADER_WAIT))
             .current_leader(config.node_id, "this node leads its one-node cluster")
             .await
             .map_err(|e| NodeError::Raft(format!("waiting for leadership: {e}")))?;
+        // Its whole log first: restored after a crash, it may have applied
+        // less (see `leader_duties`), and "no key" would then be false.
+        if let Some(last) = led.last_log_index {
+            raft.wait(Some(LEADER_WAIT))
+                .applied_index_at_least(Some(last), "this node applied its log")
+                .await
+                .map_err(|e| NodeError::Raft(format!("waiting for its log to apply: {e}")))?;
+        }
         leader_duties::bootstrap(&config, &raft, &state, keks.current()).await?;
     }
 

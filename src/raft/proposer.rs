@@ -76,6 +76,16 @@ impl<E> std::fmt::Debug for Batcher<E> {
     }
 }
 
+/// Whether `op` writes the policy (a forwarded batch is looked into: no
+/// honest node builds one with a policy, but one would bypass the lock).
+fn writes_policy(op: &Op) -> bool {
+    match op {
+        Op::PutPolicy { .. } => true,
+        Op::Batch { ops } => ops.iter().any(writes_policy),
+        _ => false,
+    }
+}
+
 fn batchable(op: &Op) -> bool {
     match op {
         Op::RevokeJtis { .. } | Op::RevokeSubject { .. } | Op::RevokeClient { .. } => true,
@@ -128,9 +138,9 @@ impl<E: Clone + Send + 'static> Batcher<E> {
     /// Sends `cmd` (batched with concurrent ones) and waits for its answer.
     /// A policy write waits for [`Batcher::policy_writes`] first.
     pub async fn propose(&self, cmd: Command) -> Result<CommandResponse, E> {
-        if matches!(cmd.op, Op::PutPolicy { .. }) {
+        if writes_policy(&cmd.op) {
             let held = self.policy_writes().await;
-            return self.propose_holding(cmd, &held).await;
+            return self.propose_holding(cmd, held).await;
         }
         self.send(cmd).await
     }
@@ -144,13 +154,23 @@ impl<E: Clone + Send + 'static> Batcher<E> {
     }
 
     /// Like [`Batcher::propose`], for a policy write whose caller holds the
-    /// lock.
+    /// lock. The lock goes with the write: it is let go once the write is
+    /// answered (applied, or refused), even if the caller stops waiting
+    /// first (found by review: a caller's timeout or a client's reset let
+    /// another compare-and-set check a version the pending write was about
+    /// to replace).
     pub async fn propose_holding(
         &self,
         cmd: Command,
-        _held: &PolicyWrites,
+        held: PolicyWrites,
     ) -> Result<CommandResponse, E> {
-        self.send(cmd).await
+        let this = self.clone();
+        let write = tokio::spawn(async move {
+            let answer = this.send(cmd).await;
+            drop(held);
+            answer
+        });
+        write.await.unwrap_or_else(|_| Err((self.stopped)()))
     }
 
     async fn send(&self, cmd: Command) -> Result<CommandResponse, E> {
@@ -331,6 +351,7 @@ impl Batcher<WriteError> {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
 
     use super::*;
     use crate::raft::RevokedJti;
@@ -437,9 +458,55 @@ mod tests {
         tokio::pin!(waiting);
         assert!(waiting.as_mut().now_or_never().is_none());
         assert!(b.propose(revoke("a")).await.is_ok(), "revocations pass");
-        assert!(b.propose_holding(put, &held).await.is_ok());
-        drop(held);
+        assert!(b.propose_holding(put, held).await.is_ok());
         assert!(waiting.await.is_ok());
+    }
+
+    /// Found by review: the lock lived in the caller's future, so a caller
+    /// that stopped waiting (a timeout, a client's reset) let it go while
+    /// its write was still on its way.
+    #[tokio::test]
+    async fn a_policy_write_keeps_the_lock_after_its_caller_stops_waiting() {
+        use futures_util::FutureExt as _;
+        let gate = Arc::new(Semaphore::new(0));
+        let g = gate.clone();
+        let b: Batcher<String> = Batcher::start(
+            2,
+            || "stopped".into(),
+            move |_cmd: Command| {
+                let g = g.clone();
+                async move {
+                    let _ = g.acquire().await.map(|p| p.forget());
+                    Ok(CommandResponse {
+                        revision: 3,
+                        changed: 1,
+                        changed_each: Vec::new(),
+                    })
+                }
+            },
+        );
+        let put = Command {
+            at: 1,
+            op: Op::PutPolicy { text: "p".into() },
+        };
+        let held = b.policy_writes().await;
+        let mut first = Box::pin(b.propose_holding(put, held));
+        assert!(first.as_mut().now_or_never().is_none());
+        drop(first);
+        let next = b.policy_writes();
+        tokio::pin!(next);
+        assert!(
+            next.as_mut().now_or_never().is_none(),
+            "the lock is still held by the write on its way"
+        );
+        gate.add_permits(1);
+        tokio::time::timeout(Duration::from_secs(10), next)
+            .await
+            .expect("the lock is let go once the write is answered");
+        // A batch with a policy write in it waits for the lock too.
+        assert!(writes_policy(&Op::Batch {
+            ops: vec![Op::PutPolicy { text: "p".into() }]
+        }));
     }
 
     #[tokio::test]

@@ -435,24 +435,39 @@ mod tests {
         assert!(answers.iter().any(|c| *c > 0));
     }
 
+    fn put_policy() -> Command {
+        Command {
+            at: 1,
+            op: Op::PutPolicy { text: "p".into() },
+        }
+    }
+
+    /// A batcher whose writes succeed, each once it takes a permit of
+    /// `gate`.
+    fn answering_when(gate: Arc<Semaphore>) -> Batcher<String> {
+        Batcher::start(
+            2,
+            || "stopped".into(),
+            move |_cmd: Command| {
+                let gate = gate.clone();
+                async move {
+                    let _ = gate.acquire().await.map(|p| p.forget());
+                    Ok(CommandResponse {
+                        revision: 3,
+                        changed: 1,
+                        changed_each: Vec::new(),
+                    })
+                }
+            },
+        )
+    }
+
     #[tokio::test]
     async fn a_policy_write_waits_while_a_compare_and_set_holds_the_lock() {
         use futures_util::FutureExt as _;
-        let b: Batcher<String> = Batcher::start(
-            2,
-            || "stopped".into(),
-            |_cmd: Command| async {
-                Ok(CommandResponse {
-                    revision: 3,
-                    changed: 1,
-                    changed_each: Vec::new(),
-                })
-            },
-        );
-        let put = Command {
-            at: 1,
-            op: Op::PutPolicy { text: "p".into() },
-        };
+        let gate = Arc::new(Semaphore::new(Semaphore::MAX_PERMITS));
+        let b = answering_when(gate);
+        let put = put_policy();
         let held = b.policy_writes().await;
         let waiting = b.propose(put.clone());
         tokio::pin!(waiting);
@@ -469,28 +484,9 @@ mod tests {
     async fn a_policy_write_keeps_the_lock_after_its_caller_stops_waiting() {
         use futures_util::FutureExt as _;
         let gate = Arc::new(Semaphore::new(0));
-        let g = gate.clone();
-        let b: Batcher<String> = Batcher::start(
-            2,
-            || "stopped".into(),
-            move |_cmd: Command| {
-                let g = g.clone();
-                async move {
-                    let _ = g.acquire().await.map(|p| p.forget());
-                    Ok(CommandResponse {
-                        revision: 3,
-                        changed: 1,
-                        changed_each: Vec::new(),
-                    })
-                }
-            },
-        );
-        let put = Command {
-            at: 1,
-            op: Op::PutPolicy { text: "p".into() },
-        };
+        let b = answering_when(gate.clone());
         let held = b.policy_writes().await;
-        let mut first = Box::pin(b.propose_holding(put, held));
+        let mut first = Box::pin(b.propose_holding(put_policy(), held));
         assert!(first.as_mut().now_or_never().is_none());
         drop(first);
         let next = b.policy_writes();

@@ -37,6 +37,19 @@ pub(crate) async fn wait_health(c: &TestCluster, i: u64, want: ServingStatus) {
     .unwrap_or_else(|_| panic!("node {i} health never became {want:?}"));
 }
 
+/// Whether node `i`'s health says `SERVING` now.
+async fn serving(c: &TestCluster, i: u64) -> bool {
+    HealthClient::new(c.channel_as(i, &c.files("ledger")).await)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        == ServingStatus::Serving as i32
+}
+
 /// Revokes `token` through any of `via`, retrying while leadership moves;
 /// returns the acknowledged revision.
 async fn revoke_acknowledged(c: &TestCluster, via: &[u64], token: &str) -> u64 {
@@ -530,15 +543,7 @@ async fn a_deposed_leader_restarted_cut_off_claimed_a_quorum_and_fresh_state() {
         }
         Err(s) => assert_eq!(s.code(), Code::Unavailable, "{s:?}"),
     }
-    let health = HealthClient::new(c.channel_as(old, &c.files("ledger")).await)
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status;
-    if health == ServingStatus::Serving as i32 {
+    if serving(&c, old).await {
         wrong.push("health: SERVING".into());
     }
     let s = c
@@ -660,15 +665,7 @@ async fn a_leader_restarted_after_a_crash_answered_from_before_what_it_had_ackno
         rev,
         sent.duration_since(acked).as_millis() as u64,
     ));
-    let health = HealthClient::new(c.channel_as(leader, &c.files("ledger")).await)
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status;
-    if health == ServingStatus::Serving as i32 {
+    if serving(&c, leader).await {
         wrong.push("health: SERVING".into());
     }
     assert!(

@@ -204,7 +204,7 @@ fi
 # by recovery: nothing depends on them until they are renamed into place.
 status=0
 echo "== node 1 (leader: appends, snapshots, purges)"
-python3 "$root/scripts/durability_check.py" --cwd "$tmp" --api-port "$port" --scratch 'tmp-.*' "$tmp/trace" "$data" "$acks" || status=1
+python3 "$root/scripts/durability_check.py" --cwd "$tmp" --api-port "$port" --scratch 'tmp-.*' --commit-file db "$tmp/trace" "$data" "$acks" || status=1
 echo "== node 2 (learner: installs a snapshot before it answers the leader)"
-python3 "$root/scripts/durability_check.py" --cwd "$tmp" --scratch 'tmp-.*' "$tmp/trace2" "$data2" "$acks2" || status=1
+python3 "$root/scripts/durability_check.py" --cwd "$tmp" --scratch 'tmp-.*' --commit-file db "$tmp/trace2" "$data2" "$acks2" || status=1
 exit $status

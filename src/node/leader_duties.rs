@@ -8,7 +8,7 @@ use tokio::sync::watch;
 
 use super::{Config, NodeError, Raft};
 use crate::keys::{self, Kek, KekRing};
-use crate::raft::{Command, KeyState, Op};
+use crate::raft::{Command, KeyState, Op, ReadIndex};
 use crate::store::StateView;
 
 /// Whenever this node becomes leader: once it has applied everything
@@ -20,28 +20,26 @@ pub(super) async fn leader_duties(
     state: StateView,
     config: Config,
     keks: Arc<KekRing>,
+    reads: ReadIndex,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut metrics = raft.metrics();
     let mut done_term = None;
-    // The term this node leads and its last log index when it first saw
-    // that: a leader restored after a crash may have applied less than it
-    // had (its commit index is saved lazily), and openraft's own read index
-    // can be below it (`crate::raft::read_index`, "A leader's floor").
-    // Until it has applied that much, "no key" or "no policy" may be false.
-    let mut floor: Option<(u64, u64)> = None;
     loop {
-        let (leading, term, applied) = {
+        // A leader restored after a crash may have applied less than it
+        // had (its commit index is saved lazily), and openraft's own read
+        // index can be below that: until it has applied its floor
+        // (`crate::raft::read_index`), "no key" or "no policy" may be false.
+        let (leading, term) = {
             let m = metrics.borrow_and_update();
-            let leading = m.current_leader == Some(config.node_id);
-            if leading && floor.is_none_or(|(t, _)| t != m.current_term) {
-                floor = Some((m.current_term, m.last_log_index.unwrap_or(0)));
-            }
             let applied = m.last_applied.map_or(0, |l| l.index);
-            (leading, m.current_term, applied)
+            let caught_up = reads.leader_floor(&m).is_some_and(|f| applied >= f);
+            (
+                caught_up && m.current_leader == Some(config.node_id),
+                m.current_term,
+            )
         };
-        let caught_up = floor.is_some_and(|(t, f)| t == term && applied >= f);
-        if leading && caught_up && done_term != Some(term) {
+        if leading && done_term != Some(term) {
             match raft.ensure_linearizable().await {
                 Ok(_) => match bootstrap(&config, &raft, &state, keks.current()).await {
                     Ok(()) => done_term = Some(term),

@@ -524,6 +524,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
     let peers = Arc::new(NetPeers { network });
     let incarnation = info.incarnation;
     let read_rounds = reads.clone();
+    let duty_reads = reads.clone();
     let shared = Arc::new(
         Shared::new(
             raft.clone(),
@@ -608,6 +609,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Node, NodeErr
             state.clone(),
             config.clone(),
             keks.clone(),
+            duty_reads,
             stop_rx.clone(),
         )
         .instrument(tracing::info_span!("leader-duties", node = config.node_id)),

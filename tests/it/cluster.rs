@@ -303,6 +303,17 @@ impl TestCluster {
     }
 
     /// A TokenService client on node `i` presenting `name`'s certificate.
+    /// A token `frontend` gets through node `i` for `orders`, scope
+    /// `orders:write`.
+    pub async fn issue_on(&self, i: u64) -> pb::TokenResponse {
+        self.tokens_on(i, "frontend")
+            .await
+            .issue_token(issue_req("orders", &["orders:write"]))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     pub async fn tokens_on(&self, i: u64, name: &str) -> TokenServiceClient<Channel> {
         TokenServiceClient::new(self.channel_as(i, &self.files(name)).await)
     }

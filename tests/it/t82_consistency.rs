@@ -114,13 +114,7 @@ async fn an_isolated_leader_never_answers_active_for_a_token_revoked_on_the_majo
     let c = TestCluster::start(3).await;
     let old = c.agreed_leader(&[1, 2, 3]).await;
     let majority: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != old).collect();
-    let t = c
-        .tokens_on(old, "frontend")
-        .await
-        .issue_token(issue_req("orders", &["orders:write"]))
-        .await
-        .unwrap()
-        .into_inner();
+    let t = c.issue_on(old).await;
     // Active before: the audience is told so (the checks below can fail).
     let before = c
         .tokens_on(old, "orders")
@@ -382,13 +376,7 @@ async fn a_node_whose_disk_fills_stops_serving_and_recovers_after_a_restart() {
     })
     .await;
     c.agreed_leader(&[1, 2, 3]).await;
-    let t = c
-        .tokens_on(1, "frontend")
-        .await
-        .issue_token(issue_req("orders", &["orders:write"]))
-        .await
-        .unwrap()
-        .into_inner();
+    let t = c.issue_on(1).await;
     let before = c
         .tokens_on(3, "orders")
         .await
@@ -455,13 +443,7 @@ async fn a_voter_that_heard_the_leader_is_not_elected_inside_its_lease() {
     let c = TestCluster::start(3).await;
     let leader = c.agreed_leader(&[1, 2, 3]).await;
     let v = if leader == 1 { 2 } else { 1 };
-    let t = c
-        .tokens_on(leader, "frontend")
-        .await
-        .issue_token(issue_req("orders", &["orders:write"]))
-        .await
-        .unwrap()
-        .into_inner();
+    let t = c.issue_on(leader).await;
     // A linearizable read on the leader (a confirmed round or its lease),
     // and v caught up with it: v heard the leader just now.
     let r = c
@@ -500,13 +482,7 @@ async fn a_deposed_leader_restarted_cut_off_claimed_a_quorum_and_fresh_state() {
     let mut c = TestCluster::start(3).await;
     let old = c.agreed_leader(&[1, 2, 3]).await;
     let majority: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != old).collect();
-    let t = c
-        .tokens_on(old, "frontend")
-        .await
-        .issue_token(issue_req("orders", &["orders:write"]))
-        .await
-        .unwrap()
-        .into_inner();
+    let t = c.issue_on(old).await;
     c.wait_converged(&[1, 2, 3]).await;
 
     c.stop_node(old).await;
@@ -594,13 +570,7 @@ async fn a_leader_restarted_after_a_crash_answered_from_before_what_it_had_ackno
     .await;
     let leader = c.agreed_leader(&[1, 2, 3]).await;
     let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != leader).collect();
-    let t = c
-        .tokens_on(leader, "frontend")
-        .await
-        .issue_token(issue_req("orders", &["orders:write"]))
-        .await
-        .unwrap()
-        .into_inner();
+    let t = c.issue_on(leader).await;
     // Everything before the revocation that matters is committed when it
     // is appended, so the commit saved with it covers all of that.
     revoke_on(

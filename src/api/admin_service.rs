@@ -50,7 +50,10 @@ impl AdminApi {
             let held = shared.proposer.policy_writes().await;
             shared.read_barrier().await?;
             match shared.state.policy() {
-                Some((version, current)) if version != expected && current == text => {
+                // The text already stored: nothing to write, whether this
+                // is a retry whose write landed or a document put back
+                // unchanged (it would otherwise take a new version).
+                Some((version, current)) if current == text => {
                     return Ok(version);
                 }
                 current => {

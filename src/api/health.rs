@@ -151,7 +151,11 @@ pub(super) async fn lease_keeper(shared: Arc<Shared>) {
                     if changed.is_err() {
                         return;
                     }
-                    if server.borrow_and_update().current_leader != seen {
+                    // The term too: a leader re-elected for a new term must
+                    // confirm its lease in that term, and the updates for
+                    // the lost term and the new one may arrive merged.
+                    let s = server.borrow_and_update();
+                    if Some((s.current_leader, s.vote.leader_id().term)) != seen {
                         break;
                     }
                 }
@@ -162,8 +166,9 @@ pub(super) async fn lease_keeper(shared: Arc<Shared>) {
         // previous report for a moment (found by review).
         let (leading, term) = {
             let s = server.borrow_and_update();
-            seen = s.current_leader;
-            (s.current_leader == Some(s.id), s.vote.leader_id().term)
+            let term = s.vote.leader_id().term;
+            seen = Some((s.current_leader, term));
+            (s.current_leader == Some(s.id), term)
         };
         {
             let m = metrics.borrow();

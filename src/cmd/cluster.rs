@@ -132,12 +132,13 @@ pub enum PolicyCmd {
         /// Cedar policy file.
         file: PathBuf,
         /// Store it only if the cluster's policy is still at this version
-        /// (the one `policy get` printed; 0: no policy yet). Otherwise
+        /// (the one `policy get` printed on stderr; 0: no policy yet). Otherwise
         /// nothing changes and the command fails: get, merge, put again.
         #[arg(long, value_name = "VERSION")]
         if_version: Option<u64>,
     },
-    /// Print the current policy.
+    /// Print the current policy: the document exactly as stored on
+    /// stdout, `policy version N` on stderr.
     Get {
         /// Wait until the node has applied at least this revision (the
         /// version `policy put` printed), so a node behind its leader does
@@ -312,7 +313,15 @@ pub async fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
                     .await
                     .map_err(status_err)?
                     .into_inner();
-                println!("// version {}\n{}", r.version, r.text);
+                // The document exactly as stored on stdout, its version on
+                // stderr: `get > file`, edit, `put --if-version N file`
+                // round-trips (a version line in the file would be stored
+                // with the text and pile up over edits).
+                eprintln!("policy version {}", r.version);
+                use std::io::Write as _;
+                let mut out = std::io::stdout().lock();
+                out.write_all(r.text.as_bytes())?;
+                out.flush()?;
             }
             PolicyCmd::Validate { file } => {
                 let text = std::fs::read_to_string(&file)?;

@@ -329,3 +329,70 @@ async fn a_follower_showed_the_old_policy_right_after_a_put() {
     assert_eq!((got.version, got.text), (v, with_orders_admin()));
     c.stop().await;
 }
+
+/// Runs `tessera cluster policy … ARGS` against node `i` as the admin.
+async fn policy_cli(c: &TestCluster, i: u64, args: &[&str]) -> std::process::Output {
+    let f = c.files("admin");
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tessera"));
+    cmd.args(["cluster", "policy", "--endpoint"])
+        .arg(c.node(i).api_addr().to_string())
+        .arg("--ca")
+        .arg(&f.ca)
+        .arg("--cert")
+        .arg(&f.cert)
+        .arg("--key")
+        .arg(&f.key)
+        .args(args)
+        .env_remove("TESSERA_LOG")
+        .env_remove("TESSERA_LOG_FORMAT")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    tokio::time::timeout(WAIT, cmd.output())
+        .await
+        .expect("the command did not finish")
+        .unwrap()
+}
+
+/// Found in use: `policy get` printed a `// version N` line above the
+/// document, so a file saved from it and put back unchanged was another
+/// document: each round trip stored a new version, one such line longer.
+/// The document goes to stdout exactly as stored, its version to stderr;
+/// and a conditional put of the text already stored writes nothing, also
+/// at its own version (it used to take a new version for the same text).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_saved_by_policy_get_and_put_back_grew_a_version_line() {
+    let c = TestCluster::start(3).await;
+    let leader = c.agreed_leader(&[1, 2, 3]).await;
+    c.wait_converged(&[1, 2, 3]).await;
+    let stored = get_policy(&c, leader, 0).await.unwrap();
+
+    let out = policy_cli(&c, leader, &["get"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("policy version {}", stored.version)),
+        "{stderr}"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), stored.text);
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.cedar");
+    std::fs::write(&file, &out.stdout).unwrap();
+    let version = stored.version.to_string();
+    let out = policy_cli(
+        &c,
+        leader,
+        &["put", "--if-version", &version, file.to_str().unwrap()],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), format!("policy version {version}"));
+    let now = get_policy(&c, leader, 0).await.unwrap();
+    assert_eq!((now.version, now.text), (stored.version, stored.text));
+    c.stop().await;
+}

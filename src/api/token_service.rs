@@ -208,13 +208,12 @@ fn actor_pb(a: &token::Actor) -> pb::Actor {
 /// ([`super::http`]) both call these, so the rules exist once.
 impl TokenApi {
     /// `IssueToken` (the bootstrap grant; OAuth `client_credentials`).
-    #[tracing::instrument(name = "issue", skip_all, fields(caller, jti))]
+    #[tracing::instrument(name = "issue", skip_all, fields(caller = caller.id.as_str(), jti))]
     pub(crate) async fn issue(
         &self,
         caller: &PeerIdentity,
         req: pb::IssueTokenRequest,
     ) -> Result<pb::TokenResponse, Refused> {
-        tracing::Span::current().record("caller", caller.id.as_str());
         let s = &self.shared.settings;
         let validate::IssueParams {
             audiences,
@@ -282,13 +281,12 @@ impl TokenApi {
     }
 
     /// `ExchangeToken` (RFC 8693).
-    #[tracing::instrument(name = "exchange", skip_all, fields(caller, subject_jti, jti))]
+    #[tracing::instrument(name = "exchange", skip_all, fields(caller = caller.id.as_str(), subject_jti, jti))]
     pub(crate) async fn exchange(
         &self,
         caller: &PeerIdentity,
         req: pb::ExchangeTokenRequest,
     ) -> Result<pb::TokenResponse, Refused> {
-        tracing::Span::current().record("caller", caller.id.as_str());
         let r = validate::exchange(req, self.shared.settings.max_lifetime)?;
         let (scopes, audiences) = (&r.scopes, &r.audiences);
         // Revocations, keys and policy as of every acknowledged write: a
@@ -391,13 +389,12 @@ impl TokenApi {
     }
 
     /// `Introspect` (RFC 7662).
-    #[tracing::instrument(name = "introspect", skip_all, fields(caller, jti))]
+    #[tracing::instrument(name = "introspect", skip_all, fields(caller = caller.id.as_str(), jti))]
     pub(crate) async fn introspect(
         &self,
         caller: &PeerIdentity,
         r: pb::IntrospectRequest,
     ) -> Result<pb::IntrospectResponse, ApiError> {
-        tracing::Span::current().record("caller", caller.id.as_str());
         validate::introspect(&r)?;
         let local = r.consistency == pb::Consistency::Local as i32;
         if !local && r.consistency != pb::Consistency::Linearizable as i32 {
@@ -489,14 +486,13 @@ impl TokenApi {
     }
 
     /// `Revoke` (RFC 7009 for a token target).
-    #[tracing::instrument(name = "revoke", skip_all, fields(caller, jti, revision))]
+    #[tracing::instrument(name = "revoke", skip_all, fields(caller = caller.id.as_str(), jti, revision))]
     pub(crate) async fn revoke(
         &self,
         caller: &PeerIdentity,
         req: pb::RevokeRequest,
     ) -> Result<pb::RevokeResponse, ApiError> {
         use pb::revoke_request::Target;
-        tracing::Span::current().record("caller", caller.id.as_str());
         let target = validate::revoke(req)?;
         // The write goes through the leader and is linearizable; the
         // permission must be too: a node behind its leader would otherwise

@@ -69,22 +69,23 @@ where
             .and_then(TraceContext::parse)
             .map(|c| c.child())
             .unwrap_or_else(TraceContext::generate);
-        let span = tracing::info_span!(
-            "request",
-            method = req.uri().path(),
-            caller = tracing::field::Empty,
-            trace_id = tracing::field::Empty,
-            node = self.layer.node,
-            revision = tracing::field::Empty,
-        );
+        // Every field is given when the span opens: the log formatter
+        // formats a span's fields then, and again at every `record`.
         // Parsing the certificate and formatting ids costs a little on
-        // every call: only when the span is logged at all.
-        if !span.is_disabled() {
+        // every call: only when such a span is logged at all.
+        let span = if tracing::span_enabled!(tracing::Level::INFO) {
             let caller = super::rate_layer::caller_of(&mut req);
-            span.record("caller", caller.as_deref().unwrap_or("-"));
-            span.record("trace_id", ctx.trace_id().as_str());
-            span.record("revision", self.layer.state.revision());
-        }
+            tracing::info_span!(
+                "request",
+                method = req.uri().path(),
+                caller = caller.as_deref().unwrap_or("-"),
+                trace_id = ctx.trace_id().as_str(),
+                node = self.layer.node,
+                revision = self.layer.state.revision(),
+            )
+        } else {
+            tracing::Span::none()
+        };
         crate::trace::scope(ctx, self.inner.call(req)).instrument(span)
     }
 }

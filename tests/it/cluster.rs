@@ -292,6 +292,22 @@ impl TestCluster {
         self.pki.tls_files(name).unwrap()
     }
 
+    /// The `--endpoint`, `--ca`, `--cert` and `--key` arguments with which
+    /// a command of the `tessera` binary reaches node `i` as `name`.
+    pub fn cli_conn(&self, i: u64, name: &str) -> Vec<std::ffi::OsString> {
+        let f = self.files(name);
+        vec![
+            "--endpoint".into(),
+            self.node(i).api_addr().to_string().into(),
+            "--ca".into(),
+            f.ca.into(),
+            "--cert".into(),
+            f.cert.into(),
+            "--key".into(),
+            f.key.into(),
+        ]
+    }
+
     pub async fn channel_as(&self, i: u64, files: &TlsFiles) -> Channel {
         let addr = self.node(i).api_addr().to_string();
         tessera::client::connect(&addr, files).await.unwrap()

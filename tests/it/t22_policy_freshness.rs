@@ -332,16 +332,9 @@ async fn a_follower_showed_the_old_policy_right_after_a_put() {
 
 /// Runs `tessera cluster policy … ARGS` against node `i` as the admin.
 async fn policy_cli(c: &TestCluster, i: u64, args: &[&str]) -> std::process::Output {
-    let f = c.files("admin");
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tessera"));
-    cmd.args(["cluster", "policy", "--endpoint"])
-        .arg(c.node(i).api_addr().to_string())
-        .arg("--ca")
-        .arg(&f.ca)
-        .arg("--cert")
-        .arg(&f.cert)
-        .arg("--key")
-        .arg(&f.key)
+    cmd.args(["cluster", "policy"])
+        .args(c.cli_conn(i, "admin"))
         .args(args)
         .env_remove("TESSERA_LOG")
         .env_remove("TESSERA_LOG_FORMAT")

@@ -18,17 +18,9 @@ async fn probe(
     env: &[(&str, &str)],
     stderr: Option<&Path>,
 ) -> std::process::Output {
-    let f = c.files("ledger");
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tessera"));
     cmd.arg("health")
-        .arg("--endpoint")
-        .arg(c.node(i).api_addr().to_string())
-        .arg("--ca")
-        .arg(&f.ca)
-        .arg("--cert")
-        .arg(&f.cert)
-        .arg("--key")
-        .arg(&f.key)
+        .args(c.cli_conn(i, "ledger"))
         .arg("--timeout")
         .arg("25s")
         .args(extra)

@@ -37,8 +37,8 @@ pub(crate) async fn wait_health(c: &TestCluster, i: u64, want: ServingStatus) {
     .unwrap_or_else(|_| panic!("node {i} health never became {want:?}"));
 }
 
-/// Whether node `i`'s health says `SERVING` now.
-async fn serving(c: &TestCluster, i: u64) -> bool {
+/// Node `i`'s health right now.
+pub(crate) async fn health(c: &TestCluster, i: u64) -> i32 {
     HealthClient::new(c.channel_as(i, &c.files("ledger")).await)
         .check(HealthCheckRequest {
             service: String::new(),
@@ -47,7 +47,11 @@ async fn serving(c: &TestCluster, i: u64) -> bool {
         .unwrap()
         .into_inner()
         .status
-        == ServingStatus::Serving as i32
+}
+
+/// Whether node `i`'s health says `SERVING` now.
+async fn serving(c: &TestCluster, i: u64) -> bool {
+    health(c, i).await == ServingStatus::Serving as i32
 }
 
 /// Revokes `token` through any of `via`, retrying while leadership moves;

@@ -16,19 +16,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 use crate::cluster::*;
-use crate::t82_consistency::wait_health;
-
-/// Node `i`'s health right now.
-async fn health(c: &TestCluster, i: u64) -> i32 {
-    HealthClient::new(c.channel_as(i, &c.files("ledger")).await)
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-}
+use crate::t82_consistency::{health, wait_health};
 
 /// Adds node `i` (already started) as a learner through the leader, and
 /// does not promote it.

@@ -513,21 +513,11 @@ impl TokenApi {
             ids.extend(d.policy_ids);
             d.allowed
         };
-        let unchanged = || {
-            // RFC 7009: an invalid token is not an error; nothing to do.
-            // Nothing was written, so there is no revision to wait for (a
-            // revision without an event is one no subscriber's stream
-            // would ever reach).
-            Ok(pb::RevokeResponse {
-                revision: 0,
-                changed: false,
-                jtis: Vec::new(),
-            })
-        };
         let (kind, allowed, op) = match target {
             Target::Token(t) => {
-                let Some(c) = self.revocable(&t, now) else {
-                    return unchanged();
+                let c = match self.revocable(&t, now) {
+                    Ok(c) => c,
+                    Err(e) => return self.not_revocable(ev, e).await,
                 };
                 ev.subject_jti = Some(c.jti.clone());
                 let allowed = ask(RevokeContext {
@@ -542,8 +532,9 @@ impl TokenApi {
                 (RevokeKind::Token, allowed, Op::RevokeJtis { jtis })
             }
             Target::ChainOfToken(t) => {
-                let Some(c) = self.revocable(&t, now) else {
-                    return unchanged();
+                let c = match self.revocable(&t, now) {
+                    Ok(c) => c,
+                    Err(e) => return self.not_revocable(ev, e).await,
                 };
                 ev.subject_jti = Some(c.jti.clone());
                 let allowed = ask(RevokeContext {
@@ -728,12 +719,45 @@ impl TokenApi {
     /// A token presented for revocation: signed by us and for us; an expired
     /// or already revoked one is still accepted (revoking it again is a
     /// harmless repeat), anything else is `None`.
-    fn revocable(&self, token: &str, now: u64) -> Option<Claims> {
-        let ring = self.shared.key_ring().ok()?;
+    /// The claims of a token to revoke: one this cluster signed, whatever
+    /// its times. `UNAUTHENTICATED` if it is not one (RFC 7009: nothing to
+    /// revoke); any other error means this node cannot tell (its key ring
+    /// cannot be built, a crypto failure), which must not pass for "not a
+    /// token of ours".
+    fn revocable(&self, token: &str, now: u64) -> Result<Claims, ApiError> {
+        let ring = self.shared.key_ring()?;
         let mut params = self.shared.verify_params(now);
         params.now = 0; // time does not matter for revocation
         params.leeway = u64::MAX / 4;
-        token::verify(token, ring.verifiers(), &params).ok()
+        Ok(token::verify(token, ring.verifiers(), &params)?)
+    }
+
+    /// The answer to a revocation whose token [`Self::revocable`] refused,
+    /// audited either way so that a caller probing with forged tokens
+    /// leaves a record. A token that does not verify is RFC 7009's
+    /// success with nothing changed: nothing was written, so there is no
+    /// revision to wait for (a revision without an event is one no
+    /// subscriber's stream would ever reach). A node that cannot tell
+    /// says so.
+    async fn not_revocable(
+        &self,
+        mut ev: AuditEvent,
+        e: ApiError,
+    ) -> Result<pb::RevokeResponse, ApiError> {
+        if let ApiError::Unauthenticated(why) = &e {
+            ev.decision = "allow";
+            ev.reason = Some(format!("nothing to revoke: {why}"));
+            self.audit(ev).await;
+            return Ok(pb::RevokeResponse {
+                revision: 0,
+                changed: false,
+                jtis: Vec::new(),
+            });
+        }
+        ev.decision = "error";
+        ev.reason = Some(format!("cannot decide: {e}"));
+        self.audit(ev).await;
+        Err(e)
     }
 }
 

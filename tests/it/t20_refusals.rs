@@ -470,3 +470,65 @@ async fn a_node_minted_tokens_too_large_for_any_verifier() {
     assert!(e.message().contains("512 bytes"), "{e:?}");
     c.stop().await;
 }
+
+/// A revocation of a token that does not verify is RFC 7009's success with
+/// nothing changed, and it used to leave no audit record: a caller probing
+/// with forged tokens was invisible but for the rate-limit counters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_of_a_forged_token_left_no_audit_record() {
+    use pb::revoke_request::Target;
+    let c = TestCluster::start(1).await;
+    let (t1, _, _) = chain_of_three(&c).await;
+    let parts: Vec<&str> = t1.access_token.split('.').collect();
+    let mut claims: serde_json::Value =
+        serde_json::from_slice(&B64.decode(parts[1]).unwrap()).unwrap();
+    claims["scope"] = "orders:write admin:everything".into();
+    let tampered = format!("{}.{}.{}", parts[0], b64json(&claims), parts[2]);
+    let unknown_kid = format!(
+        "{}.{}.{}",
+        b64json(&serde_json::json!({"alg":"EdDSA","typ":"at+jwt","kid":"no-such-key"})),
+        parts[1],
+        parts[2]
+    );
+    let mut admin = c.tokens("admin").await;
+    for target in [
+        Target::Token(tampered.clone()),
+        Target::ChainOfToken(unknown_kid.clone()),
+    ] {
+        let r = admin
+            .revoke(pb::RevokeRequest {
+                target: Some(target),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!r.changed && r.revision == 0 && r.jtis.is_empty(), "{r:?}");
+    }
+    // The genuine token was not touched by either.
+    let r = admin
+        .introspect(introspect_req(&t1.access_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.active);
+    c.stop_audit_and_read(|text| {
+        assert!(!text.contains(&tampered) && !text.contains(&unknown_kid));
+        assert!(
+            !text.contains(parts[2]),
+            "a signature reached the audit log"
+        );
+        let refused: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|l| l["op"] == "revoke")
+            .collect();
+        assert_eq!(refused.len(), 2, "{text}");
+        for l in &refused {
+            assert_eq!(l["caller"], id("admin"));
+            assert!(l.get("revision").is_none() && l.get("subject_jti").is_none());
+            let reason = l["reason"].as_str().unwrap();
+            assert!(reason.starts_with("nothing to revoke: "), "{reason}");
+        }
+    })
+    .await;
+}

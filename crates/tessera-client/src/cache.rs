@@ -22,12 +22,19 @@
 //!   never back in time, also after resuming on a node that is behind.
 //! - Entries whose `until` has passed (on the injected [`Clock`]) are
 //!   forgotten: no token they could match is still valid.
+//! - Nothing unreadable passes for nothing: a revocation of a kind this
+//!   client does not know (a newer server's), or a message of an unknown
+//!   kind, above the cache's revision is not skipped. The cache records its
+//!   revision ([`RevocationCache::unreadable_revision`]), refuses to vouch
+//!   for any token (staleness `Duration::MAX`) until a complete snapshot at
+//!   or above it replaces the set, and subscribes again at the slowest
+//!   backoff.
 //! - Heartbeats are not applied as a revision: a node's applied revision may
 //!   run ahead of the events it has queued for this stream, so they only
 //!   tell how fresh the cache is ([`RevocationCache::staleness`]) and how far
 //!   the node is ([`CacheStatus::node_revision`]).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -41,10 +48,14 @@ use super::conn::{endpoint, DEFAULT_CONNECT_TIMEOUT};
 use super::error::ClientError;
 use crate::TlsFiles;
 use tessera_proto as pb;
-use tessera_proto::revocation::Target;
-use tessera_proto::watch_event::Kind;
 use tessera_token::clock::{Clock, SystemClock};
-use tessera_token::{cutoff_revokes, Claims};
+use tessera_token::Claims;
+
+#[path = "cache_rules.rs"]
+mod rules;
+use rules::{CacheState, ProtocolError, Session, Step};
+#[cfg(test)]
+use rules::{Cutoff, Entries};
 
 /// How often expired entries are forgotten while a stream is open.
 const PURGE_EVERY: Duration = Duration::from_secs(1);
@@ -129,220 +140,8 @@ pub struct CacheStatus {
     /// diagnostics: a `PERMISSION_DENIED` here means the identity may not
     /// watch).
     pub last_error: Option<String>,
-}
-
-/// A subject or client cut-off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Cutoff {
-    /// Cut-off time, for tokens without `tsr_rev`.
-    cutoff: u64,
-    until: u64,
-    /// Revision the cut-off was applied at; 0 if the server did not say.
-    revision: u64,
-}
-
-/// A set of revocation entries, as the server's state holds them.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-struct Entries {
-    jtis: HashMap<String, u64>,
-    subjects: HashMap<String, Cutoff>,
-    clients: HashMap<String, Cutoff>,
-}
-
-impl Entries {
-    /// Adds or raises an entry. The server sends the entry's resulting
-    /// values; taking the maximum keeps the set monotonic whatever the order.
-    /// An entry without a target (a newer server's kind) is skipped.
-    ///
-    /// `event_revision` is the revision of the live event carrying the entry
-    /// (0 for a snapshot entry): a cut-off in a live event was applied at
-    /// that revision, which stands in for `cutoff_revision` if a server too
-    /// old to send it did not.
-    fn add(&mut self, r: pb::Revocation, event_revision: u64) {
-        fn raise(map: &mut HashMap<String, Cutoff>, key: String, new: Cutoff) {
-            let e = map.entry(key).or_insert(new);
-            e.cutoff = e.cutoff.max(new.cutoff);
-            e.until = e.until.max(new.until);
-            e.revision = e.revision.max(new.revision);
-        }
-        let cut = Cutoff {
-            cutoff: r.cutoff,
-            until: r.until,
-            revision: match r.cutoff_revision {
-                0 => event_revision,
-                rev => rev,
-            },
-        };
-        match r.target {
-            Some(Target::Jti(jti)) => {
-                let until = self.jtis.entry(jti).or_insert(r.until);
-                *until = (*until).max(r.until);
-            }
-            Some(Target::Subject(s)) => raise(&mut self.subjects, s, cut),
-            Some(Target::Client(c)) => raise(&mut self.clients, c, cut),
-            None => tracing::debug!("revocation without a known target skipped"),
-        }
-    }
-
-    /// Forgets entries whose `until` is before `now`, as the cluster's purge
-    /// does. Returns how many.
-    fn purge(&mut self, now: u64) -> usize {
-        let before = self.len();
-        self.jtis.retain(|_, until| *until >= now);
-        self.subjects.retain(|_, c| c.until >= now);
-        self.clients.retain(|_, c| c.until >= now);
-        before - self.len()
-    }
-
-    fn len(&self) -> usize {
-        self.jtis.len() + self.subjects.len() + self.clients.len()
-    }
-
-    /// The server's rule: any of the token's jtis (its own and its
-    /// ancestors') is revoked, or its subject's or client's cut-off revokes
-    /// it ([`cutoff_revokes`]: by revision, or by `iat` for a token or entry
-    /// without one).
-    fn is_revoked(
-        &self,
-        jtis: &[&str],
-        subject: &str,
-        clients: &[&str],
-        iat: u64,
-        rev: Option<u64>,
-    ) -> bool {
-        let hit = |c: &Cutoff| cutoff_revokes(c.cutoff, c.revision, iat, rev);
-        jtis.iter().any(|j| self.jtis.contains_key(*j))
-            || self.subjects.get(subject).is_some_and(hit)
-            || clients
-                .iter()
-                .any(|client| self.clients.get(*client).is_some_and(hit))
-    }
-}
-
-/// The applied set and its revision.
-#[derive(Debug, Default)]
-struct CacheState {
-    revision: u64,
-    /// A complete set has been received (a snapshot or a replay from 0):
-    /// until then the cache knows nothing and is infinitely stale.
-    synced: bool,
-    /// Snapshots that replaced a synced set: each may come from a cluster
-    /// whose history differs from what the cache had (a restore), so keys
-    /// fetched before it may be stale too.
-    snapshots: u64,
-    entries: Entries,
-}
-
-/// Per-stream progress: a snapshot being received is kept here, apart from
-/// the serving set, and dropped with the stream if it breaks half-way.
-#[derive(Debug, Default)]
-struct Session {
-    snapshot: Option<(Entries, u64)>,
-}
-
-/// What one message did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Step {
-    /// Nothing changed (a duplicate, a snapshot chunk, an old snapshot, an
-    /// unknown kind).
-    Nothing,
-    /// An event was applied; the cache is at this revision.
-    Applied(u64),
-    /// A snapshot replaced the set; the cache is at this revision.
-    Replaced(u64),
-    /// A heartbeat: the node's applied revision and leader knowledge, and
-    /// whether the node has applied at least what the cache has (a node
-    /// behind the cache is lagging, whatever it says about its leader).
-    Heartbeat {
-        revision: u64,
-        leader_known: bool,
-        caught_up: bool,
-    },
-}
-
-/// A stream that broke the protocol; the cache drops it and subscribes
-/// again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-enum ProtocolError {
-    #[error("event inside a snapshot")]
-    EventDuringSnapshot,
-    #[error("snapshot announced {announced} entries, {received} received")]
-    SnapshotCount { announced: u64, received: u64 },
-}
-
-impl Session {
-    fn step(&mut self, st: &mut CacheState, ev: pb::WatchEvent) -> Result<Step, ProtocolError> {
-        let revision = ev.revision;
-        match ev.kind {
-            Some(Kind::Revoked(rs)) => {
-                if self.snapshot.is_some() {
-                    return Err(ProtocolError::EventDuringSnapshot);
-                }
-                Ok(apply_event(st, revision, rs.revocations))
-            }
-            Some(Kind::RevokedBatch(batch)) => {
-                if self.snapshot.is_some() {
-                    return Err(ProtocolError::EventDuringSnapshot);
-                }
-                // Each event on its own, in order, exactly as if it had
-                // come in its own message.
-                let mut step = Step::Nothing;
-                for e in batch.events {
-                    if let applied @ Step::Applied(_) = apply_event(st, e.revision, e.revocations) {
-                        step = applied;
-                    }
-                }
-                Ok(step)
-            }
-            Some(Kind::Snapshot(rs)) => {
-                let (entries, received) = self.snapshot.get_or_insert_with(Default::default);
-                *received += rs.revocations.len() as u64;
-                for r in rs.revocations {
-                    entries.add(r, 0);
-                }
-                Ok(Step::Nothing)
-            }
-            Some(Kind::SnapshotEnd(end)) => {
-                let (entries, received) = self.snapshot.take().unwrap_or_default();
-                if received != end.count {
-                    return Err(ProtocolError::SnapshotCount {
-                        announced: end.count,
-                        received,
-                    });
-                }
-                // A node behind the cache (after a fail-over) may answer with
-                // an older snapshot: keeping the newer set is right, and the
-                // node's live events up to our revision will be skipped.
-                if st.synced && revision < st.revision {
-                    return Ok(Step::Nothing);
-                }
-                st.snapshots += u64::from(st.synced);
-                st.entries = entries;
-                st.revision = revision;
-                st.synced = true;
-                Ok(Step::Replaced(revision))
-            }
-            Some(Kind::Heartbeat(hb)) => Ok(Step::Heartbeat {
-                revision,
-                leader_known: hb.leader_known,
-                caught_up: revision >= st.revision,
-            }),
-            None => Ok(Step::Nothing),
-        }
-    }
-}
-
-/// Applies one revocation event unless the cache already has its revision.
-fn apply_event(st: &mut CacheState, revision: u64, revocations: Vec<pb::Revocation>) -> Step {
-    if revision <= st.revision {
-        return Step::Nothing;
-    }
-    for r in revocations {
-        st.entries.add(r, revision);
-    }
-    st.revision = revision;
-    st.synced = true;
-    Step::Applied(revision)
+    /// See [`RevocationCache::unreadable_revision`].
+    pub unreadable_revision: Option<u64>,
 }
 
 /// What waiters on the cache watch.
@@ -389,7 +188,26 @@ impl Shared {
     }
 
     fn apply(&self, session: &mut Session, ev: pb::WatchEvent) -> Result<(), ProtocolError> {
-        let step = session.step(&mut self.write(), ev)?;
+        let step = {
+            let mut st = self.write();
+            let before = st.revision;
+            match session.step(&mut st, ev) {
+                Ok(step) => step,
+                Err(e) => {
+                    // A batch may have applied events before the one that
+                    // broke it: their waiters are woken all the same.
+                    let after = st.revision;
+                    drop(st);
+                    if after > before {
+                        self.progress.send_modify(|p| {
+                            p.revision = after;
+                            p.synced = true;
+                        });
+                    }
+                    return Err(e);
+                }
+            }
+        };
         let now = Instant::now();
         let mut link = self.link();
         link.last_message = Some(now);
@@ -638,6 +456,19 @@ impl RevocationCache {
         self.shared().read().snapshots
     }
 
+    /// The revision of a message this client could not read, while that
+    /// blocks the cache: a revocation of a kind newer than this client, or
+    /// a message of a kind it does not know, above the cache's revision.
+    /// Skipping it could let tokens it revokes pass, so until a complete
+    /// snapshot at or above that revision (without such entries) replaces
+    /// the set, [`staleness`](Self::staleness) is `Duration::MAX` and
+    /// [`Verifier`](crate::Verifier) refuses every token with
+    /// [`VerifyError::UnreadableRevocations`](crate::VerifyError::UnreadableRevocations).
+    /// The fix is a newer `tessera-client`.
+    pub fn unreadable_revision(&self) -> Option<u64> {
+        self.shared().read().unreadable
+    }
+
     /// The revision the cache has applied.
     pub fn revision(&self) -> u64 {
         self.shared().read().revision
@@ -645,12 +476,16 @@ impl RevocationCache {
 
     /// Time since the last event, snapshot, or heartbeat from a node that
     /// knew a leader and was not behind the cache: how old the cache's
-    /// knowledge may be. `Duration::MAX`
-    /// until the first snapshot has been applied. Measured on Tokio's clock
-    /// (monotonic, and paused in tests that pause time).
+    /// knowledge may be. `Duration::MAX` until the first snapshot has been
+    /// applied, and while the cache holds an
+    /// [unreadable revision](Self::unreadable_revision). Measured on
+    /// Tokio's clock (monotonic, and paused in tests that pause time).
     pub fn staleness(&self) -> Duration {
-        if !self.shared().read().synced {
-            return Duration::MAX;
+        {
+            let st = self.shared().read();
+            if !st.synced || st.unreadable.is_some() {
+                return Duration::MAX;
+            }
         }
         self.shared()
             .link()
@@ -660,9 +495,9 @@ impl RevocationCache {
 
     /// The subscription's state, for health checks and metrics.
     pub fn status(&self) -> CacheStatus {
-        let (revision, entries) = {
+        let (revision, entries, unreadable_revision) = {
             let st = self.shared().read();
-            (st.revision, st.entries.len())
+            (st.revision, st.entries.len(), st.unreadable)
         };
         let link = self.shared().link();
         CacheStatus {
@@ -674,6 +509,7 @@ impl RevocationCache {
             entries,
             subscriptions: link.subscriptions,
             last_error: link.last_error.clone(),
+            unreadable_revision,
         }
     }
 
@@ -783,6 +619,14 @@ impl RevocationCache {
         }
     }
 
+    /// Applies one message as a stream would, returning the protocol
+    /// error that would drop the stream, in words.
+    pub(crate) fn try_apply_for_tests(&self, ev: pb::WatchEvent) -> Result<(), String> {
+        self.shared()
+            .apply(&mut Session::default(), ev)
+            .map_err(|e| e.to_string())
+    }
+
     /// Pretends the last fresh message is `age` old.
     pub(crate) fn make_stale_for_tests(&self, age: Duration) {
         self.shared().link().last_fresh = Instant::now().checked_sub(age);
@@ -833,7 +677,16 @@ impl Runner {
                     tracing::info!(endpoint = %addr, reason = ?other, "stream ended; resubscribing")
                 }
             }
-            if delivered {
+            if let End::Protocol(ProtocolError::Unreadable { revision }) = &end {
+                // The next node will most likely send the same: ask again
+                // only as often as after failures.
+                tracing::warn!(
+                    endpoint = %addr,
+                    revision,
+                    "the revocation stream holds a kind this client does not know; every token is refused until a snapshot without it: upgrade tessera-client"
+                );
+                backoff = self.backoff_max;
+            } else if delivered {
                 backoff = self.backoff_min;
             }
             self.shared.purge();

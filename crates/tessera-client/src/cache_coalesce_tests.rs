@@ -4,6 +4,8 @@
 use std::collections::BTreeSet;
 
 use super::*;
+use tessera_proto::revocation::Target;
+use tessera_proto::watch_event::Kind;
 
 fn jti(j: &str) -> pb::Revocation {
     pb::Revocation {
@@ -131,4 +133,33 @@ async fn waiters_see_the_last_revision_of_a_batch() {
         .unwrap();
     assert_eq!(cache.revision(), 11);
     assert!(cache.is_revoked(&["b"], "s", "c", 1, None));
+}
+
+/// The events of a batch before an unreadable one are applied (and their
+/// waiters woken); the unreadable one and those after it are not.
+#[tokio::test]
+async fn a_batch_stops_at_an_unreadable_event() {
+    let cache = RevocationCache::detached(Arc::new(SystemClock));
+    cache.apply_for_tests(vec![single(2, vec![jti("a")])]);
+    let unknown = pb::Revocation {
+        target: None,
+        cutoff: 0,
+        until: 100,
+        cutoff_revision: 0,
+    };
+    assert!(cache
+        .try_apply_for_tests(batch(vec![
+            event(3, vec![jti("b")]),
+            event(4, vec![unknown]),
+            event(5, vec![jti("c")]),
+        ]))
+        .is_err());
+    assert_eq!(cache.revision(), 3);
+    assert_eq!(cache.revoked_jtis(), set(&["a", "b"]));
+    assert_eq!(cache.unreadable_revision(), Some(4));
+    // The progress watch moved to 3: a waiter for it returns.
+    cache
+        .wait_for_revision(3, Duration::from_secs(10))
+        .await
+        .unwrap();
 }

@@ -2,6 +2,8 @@
 //! server's revocation rules, staleness and readiness, purging.
 
 use super::*;
+use tessera_proto::revocation::Target;
+use tessera_proto::watch_event::Kind;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -206,36 +208,26 @@ fn heartbeats_do_not_move_the_revision() {
     );
     assert_eq!(st.revision, 0);
     assert!(!st.synced);
-    // Nor does an event kind this client does not know.
-    assert_eq!(
-        s.step(
-            &mut st,
-            pb::WatchEvent {
-                revision: 50,
-                kind: None
-            }
-        )
-        .unwrap(),
-        Step::Nothing
-    );
-    assert_eq!(st.revision, 0);
 }
 
 #[test]
 fn the_revocation_rules() {
     let mut e = Entries::default();
-    e.add(jti("root", 100), 0);
-    e.add(subject("alice", 50, 100), 0);
-    e.add(client("svc", 60, 100), 0);
-    e.add(
-        pb::Revocation {
-            target: None,
-            cutoff: 1,
-            until: 1,
-            cutoff_revision: 1,
-        },
-        0,
-    );
+    e.add(jti("root", 100), 0).unwrap();
+    e.add(subject("alice", 50, 100), 0).unwrap();
+    e.add(client("svc", 60, 100), 0).unwrap();
+    // A newer server's kind is not skipped: it is an error.
+    assert!(e
+        .add(
+            pb::Revocation {
+                target: None,
+                cutoff: 1,
+                until: 1,
+                cutoff_revision: 1,
+            },
+            0,
+        )
+        .is_err());
     assert_eq!(e.len(), 3);
     // Any jti of the chain.
     assert!(e.is_revoked(&["root", "child"], "bob", &["other"], 99, None));
@@ -287,8 +279,8 @@ fn cutoffs_compare_revisions_like_the_server() {
 #[test]
 fn entries_only_grow() {
     let mut e = Entries::default();
-    e.add(subject("alice", 50, 100), 0);
-    e.add(subject("alice", 40, 90), 0);
+    e.add(subject("alice", 50, 100), 0).unwrap();
+    e.add(subject("alice", 40, 90), 0).unwrap();
     assert_eq!(
         e.subjects["alice"],
         Cutoff {
@@ -297,7 +289,7 @@ fn entries_only_grow() {
             revision: 0,
         }
     );
-    e.add(subject("alice", 70, 200), 0);
+    e.add(subject("alice", 70, 200), 0).unwrap();
     assert_eq!(
         e.subjects["alice"],
         Cutoff {
@@ -306,18 +298,18 @@ fn entries_only_grow() {
             revision: 0,
         }
     );
-    e.add(jti("a", 100), 0);
-    e.add(jti("a", 80), 0);
+    e.add(jti("a", 100), 0).unwrap();
+    e.add(jti("a", 80), 0).unwrap();
     assert_eq!(e.jtis["a"], 100);
 }
 
 #[test]
 fn expired_entries_are_forgotten() {
     let mut e = Entries::default();
-    e.add(jti("a", 100), 0);
-    e.add(jti("b", 200), 0);
-    e.add(subject("alice", 50, 100), 0);
-    e.add(client("svc", 60, 300), 0);
+    e.add(jti("a", 100), 0).unwrap();
+    e.add(jti("b", 200), 0).unwrap();
+    e.add(subject("alice", 50, 100), 0).unwrap();
+    e.add(client("svc", 60, 300), 0).unwrap();
     // `until` itself is still kept (the server purges `until < at`).
     assert_eq!(e.purge(100), 0);
     assert_eq!(e.purge(101), 2);
@@ -422,4 +414,101 @@ fn start_needs_a_runtime() {
         RevocationCache::start(test_config()),
         Err(ClientError::InvalidConfig(_))
     ));
+}
+
+fn unknown_target() -> pb::Revocation {
+    pb::Revocation {
+        target: None,
+        cutoff: 1,
+        until: 100,
+        cutoff_revision: 0,
+    }
+}
+
+fn unknown_kind(revision: u64) -> pb::WatchEvent {
+    pb::WatchEvent {
+        revision,
+        kind: None,
+    }
+}
+
+/// A revocation of a kind this client does not know (a newer server's)
+/// used to be skipped, and the cache went on vouching for the tokens it
+/// revoked: it failed open.
+#[test]
+fn a_revocation_of_a_kind_this_client_does_not_know_was_skipped() {
+    let mut st = CacheState::default();
+    let mut s = Session::default();
+    s.step(&mut st, chunk(5, vec![jti("a", 100)])).unwrap();
+    assert_eq!(s.step(&mut st, end(5, 1)).unwrap(), Step::Replaced(5));
+
+    // Not applied at all, not even its readable entries; recorded.
+    assert_eq!(
+        s.step(&mut st, revoked(6, vec![jti("b", 100), unknown_target()])),
+        Err(ProtocolError::Unreadable { revision: 6 })
+    );
+    assert_eq!((st.revision, st.unreadable), (5, Some(6)));
+    assert_eq!(jtis(&st), set(&["a"]));
+    // A message of an unknown kind above the cache's revision is the same;
+    // the first unreadable revision is kept.
+    assert_eq!(
+        s.step(&mut st, unknown_kind(7)),
+        Err(ProtocolError::Unreadable { revision: 7 })
+    );
+    assert_eq!(st.unreadable, Some(6));
+    // At or below it, it cannot change what was applied.
+    assert_eq!(s.step(&mut st, unknown_kind(5)).unwrap(), Step::Nothing);
+
+    // A complete snapshot below the unreadable revision does not clear it;
+    // one at or above it does: every active revocation, all readable.
+    let mut s = Session::default();
+    s.step(&mut st, chunk(5, vec![jti("a", 100)])).unwrap();
+    assert_eq!(s.step(&mut st, end(5, 1)).unwrap(), Step::Replaced(5));
+    assert_eq!(st.unreadable, Some(6));
+    s.step(&mut st, chunk(8, vec![jti("a", 100), jti("c", 100)]))
+        .unwrap();
+    assert_eq!(s.step(&mut st, end(8, 2)).unwrap(), Step::Replaced(8));
+    assert_eq!((st.revision, st.unreadable), (8, None));
+
+    // In a snapshot being received: the stream is dropped, the set kept.
+    let mut s = Session::default();
+    assert_eq!(
+        s.step(&mut st, chunk(9, vec![jti("d", 100), unknown_target()])),
+        Err(ProtocolError::Unreadable { revision: 9 })
+    );
+    assert_eq!((st.revision, st.unreadable), (8, Some(9)));
+    assert_eq!(jtis(&st), set(&["a", "c"]));
+    // A snapshot older than the cache's set is ignored anyway: not recorded.
+    let mut st2 = CacheState {
+        revision: 8,
+        synced: true,
+        ..Default::default()
+    };
+    assert!(Session::default()
+        .step(&mut st2, chunk(7, vec![unknown_target()]))
+        .is_err());
+    assert_eq!(st2.unreadable, None);
+}
+
+#[test]
+fn an_unreadable_revocation_makes_the_cache_infinitely_stale() {
+    let cache = RevocationCache::detached(Arc::new(tessera_token::clock::ManualClock::new(0)));
+    cache.apply_for_tests(vec![chunk(4, vec![jti("a", 10)]), end(4, 1)]);
+    assert!(cache.staleness() < Duration::from_secs(60));
+    assert_eq!(cache.unreadable_revision(), None);
+    let err = cache
+        .try_apply_for_tests(revoked(5, vec![unknown_target()]))
+        .unwrap_err();
+    assert!(err.contains("upgrade tessera-client"), "{err}");
+    assert_eq!(cache.unreadable_revision(), Some(5));
+    assert_eq!(cache.status().unreadable_revision, Some(5));
+    assert_eq!(cache.staleness(), Duration::MAX);
+    assert!(
+        cache.is_synced(),
+        "the set it has is still complete up to 4"
+    );
+    // A later complete snapshot without it lifts the block.
+    cache.apply_for_tests(vec![chunk(6, vec![jti("a", 10)]), end(6, 1)]);
+    assert_eq!(cache.unreadable_revision(), None);
+    assert!(cache.staleness() < Duration::from_secs(60));
 }

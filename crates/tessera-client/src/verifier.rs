@@ -207,6 +207,15 @@ pub enum VerifyError {
     /// no token can be known not to be revoked yet.
     #[error("revocation data not synced yet")]
     NotSynced,
+    /// The revocation stream held, at `revision`, a revocation of a kind
+    /// this client does not know (a newer server's): the cache cannot say
+    /// that any token is not revoked until a snapshot without it arrives.
+    /// See [`RevocationCache::unreadable_revision`](crate::RevocationCache::unreadable_revision).
+    #[error("revocation data unreadable from revision {revision} (a kind newer than this client): upgrade tessera-client")]
+    UnreadableRevocations {
+        /// The revision of the first message the cache could not read.
+        revision: u64,
+    },
     /// No certificate was given to check the token's binding against.
     #[error("no presenting certificate to check the token's binding against")]
     NoCertificate,
@@ -387,6 +396,9 @@ impl Verifier {
         if let Some(cache) = &self.cache {
             if !cache.is_synced() {
                 return Err(VerifyError::NotSynced);
+            }
+            if let Some(revision) = cache.unreadable_revision() {
+                return Err(VerifyError::UnreadableRevocations { revision });
             }
         }
         let params = self.params();

@@ -538,3 +538,41 @@ async fn a_snapshot_between_the_signature_and_the_revocation_check_paired_old_ke
     v.set_keys(KeySet::new([f.key.verifying_key()]));
     assert_eq!(v.verify(&token, CERT).await.unwrap().claims.jti, "j3");
 }
+
+/// A revocation of a kind newer than this client must not pass for none:
+/// the verifier refuses every token while the cache holds one, whatever
+/// staleness it was told to accept.
+#[tokio::test]
+async fn an_unreadable_revocation_let_the_tokens_it_revoked_pass() {
+    let f = fixture();
+    let cache = RevocationCache::detached(f.clock.clone());
+    let mut cfg = f.config();
+    cfg.danger_accept_unbounded_staleness()
+        .danger_skip_certificate_binding();
+    let v = Verifier::new(cfg, cache.clone()).unwrap();
+    v.set_keys(KeySet::new([f.key.verifying_key()]));
+    let token = f.key.sign(&claims()).unwrap();
+    cache.apply_for_tests(snapshot(3, vec![]));
+    assert!(v.verify(&token, CERT).await.is_ok());
+    let unknown = tessera_proto::WatchEvent {
+        revision: 4,
+        kind: Some(tessera_proto::watch_event::Kind::Revoked(
+            tessera_proto::Revocations {
+                revocations: vec![tessera_proto::Revocation {
+                    target: None,
+                    cutoff: 0,
+                    until: u64::MAX,
+                    cutoff_revision: 0,
+                }],
+            },
+        )),
+    };
+    assert!(cache.try_apply_for_tests(unknown).is_err());
+    assert!(matches!(
+        v.verify(&token, CERT).await,
+        Err(VerifyError::UnreadableRevocations { revision: 4 })
+    ));
+    // A snapshot replacing the set makes the verifier fetch keys again.
+    replace(&f, &v, &cache, snapshot(5, vec![]));
+    assert!(v.verify(&token, CERT).await.is_ok());
+}

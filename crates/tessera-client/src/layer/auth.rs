@@ -174,7 +174,10 @@ impl std::error::Error for Refusal {}
 fn server_side(e: &VerifyError) -> bool {
     matches!(
         e,
-        VerifyError::NotSynced | VerifyError::Stale { .. } | VerifyError::Keys(_)
+        VerifyError::NotSynced
+            | VerifyError::UnreadableRevocations { .. }
+            | VerifyError::Stale { .. }
+            | VerifyError::Keys(_)
     )
 }
 
@@ -437,6 +440,12 @@ mod tests {
             (Refusal::NoRoute, Code::PermissionDenied, 403, None),
             (Refusal::MalformedAuthorization, Code::Unauthenticated, 400, None),
             (Refusal::Invalid(VerifyError::NotSynced), Code::Unavailable, 503, None),
+            (
+                Refusal::Invalid(VerifyError::UnreadableRevocations { revision: 7 }),
+                Code::Unavailable,
+                503,
+                None,
+            ),
             (
                 Refusal::Invalid(VerifyError::Stale {
                     staleness: std::time::Duration::from_secs(60),

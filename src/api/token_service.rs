@@ -716,14 +716,12 @@ fn claims_response(c: &Claims, revision: u64) -> pb::IntrospectResponse {
 }
 
 impl TokenApi {
-    /// A token presented for revocation: signed by us and for us; an expired
-    /// or already revoked one is still accepted (revoking it again is a
-    /// harmless repeat), anything else is `None`.
-    /// The claims of a token to revoke: one this cluster signed, whatever
-    /// its times. `UNAUTHENTICATED` if it is not one (RFC 7009: nothing to
-    /// revoke); any other error means this node cannot tell (its key ring
-    /// cannot be built, a crypto failure), which must not pass for "not a
-    /// token of ours".
+    /// The claims of a token to revoke: one this cluster signed for its
+    /// issuer, whatever its times (an expired or already revoked one is
+    /// accepted: revoking it again is a harmless repeat).
+    /// `UNAUTHENTICATED` if it is not one (RFC 7009: nothing to revoke); any
+    /// other error means this node cannot tell (its key ring cannot be
+    /// built), which must not pass for "not a token of ours".
     fn revocable(&self, token: &str, now: u64) -> Result<Claims, ApiError> {
         let ring = self.shared.key_ring()?;
         let mut params = self.shared.verify_params(now);

@@ -525,6 +525,7 @@ async fn a_revocation_of_a_forged_token_left_no_audit_record() {
         assert_eq!(refused.len(), 2, "{text}");
         for l in &refused {
             assert_eq!(l["caller"], id("admin"));
+            assert_eq!(l["decision"], "allow", "answered, as RFC 7009 asks");
             assert!(l.get("revision").is_none() && l.get("subject_jti").is_none());
             let reason = l["reason"].as_str().unwrap();
             assert!(reason.starts_with("nothing to revoke: "), "{reason}");

@@ -188,6 +188,7 @@ impl Shared {
     }
 
     fn apply(&self, session: &mut Session, ev: pb::WatchEvent) -> Result<(), ProtocolError> {
+        session.now = self.clock.now();
         let step = {
             let mut st = self.write();
             let before = st.revision;
@@ -306,8 +307,13 @@ impl Drop for Owner {
 /// // Read-your-writes after a `Revoke` that answered `revision`:
 /// # let revision = 1;
 /// cache.wait_for_revision(revision, Duration::from_secs(5)).await?;
-/// // Per request, with the verified token's chain + jti, sub, client_id, iat:
-/// if cache.is_revoked(&["root-jti", "the-jti"], "spiffe://tessera.dev/svc/frontend",
+/// // Per request, with the verified token's chain + jti, sub, client_id, iat.
+/// // "Not revoked" is only worth as much as the set is fresh (`Verifier`
+/// // does all of this for you):
+/// if cache.staleness() > Duration::from_secs(30) {
+///     // refuse: the set may lack revocations (stream down, not synced, or
+///     // holding a revocation kind newer than this client)
+/// } else if cache.is_revoked(&["root-jti", "the-jti"], "spiffe://tessera.dev/svc/frontend",
 ///     "spiffe://tessera.dev/svc/orders", 1_795_000_000, None) {
 ///     // refuse
 /// }
@@ -409,6 +415,13 @@ impl RevocationCache {
     /// in its `act` and `tsr_clients`, [`Claims::clients`]): for a token,
     /// call [`is_token_revoked`](Self::is_token_revoked), which checks them
     /// all, as the server and [`Verifier`](crate::Verifier) do.
+    ///
+    /// It answers from the set the cache holds: `false` means "not in this
+    /// set". How far that set can be trusted is
+    /// [`staleness`](Self::staleness), which is `Duration::MAX` before the
+    /// first snapshot and while a revision is
+    /// [unreadable](Self::unreadable_revision); check it too, as
+    /// [`Verifier`](crate::Verifier) does.
     pub fn is_revoked(
         &self,
         jtis: &[&str],
@@ -426,17 +439,33 @@ impl RevocationCache {
     /// [`is_revoked`](Self::is_revoked) for verified claims: the chain and
     /// the token's own jti, its `sub`, its `client_id` and its ancestors'
     /// (`tsr_clients`: a cut-off of a client reaches the tokens delegated
-    /// from its tokens), `iat` and `tsr_rev`.
+    /// from its tokens), `iat` and `tsr_rev`. The same caveat: check
+    /// [`staleness`](Self::staleness) too.
     pub fn is_token_revoked(&self, claims: &Claims) -> bool {
+        matches!(self.token_revoked_checked(claims), Ok(true))
+    }
+
+    /// [`is_token_revoked`](Self::is_token_revoked) and the
+    /// [unreadable revision](Self::unreadable_revision), read together: a
+    /// revocation recorded unreadable after an earlier check cannot slip
+    /// between the two. `Ok(true)` (revoked) is certain whatever else the
+    /// set lacks, so it comes first; `Err(revision)`: the set cannot say
+    /// "not revoked".
+    pub(crate) fn token_revoked_checked(&self, claims: &Claims) -> Result<bool, u64> {
         let mut jtis: Vec<&str> = claims.chain.iter().map(String::as_str).collect();
         jtis.push(&claims.jti);
-        self.shared().read().entries.is_revoked(
+        let st = self.shared().read();
+        let revoked = st.entries.is_revoked(
             &jtis,
             &claims.sub,
             &claims.clients(),
             claims.iat,
             claims.rev,
-        )
+        );
+        match st.unreadable {
+            Some(revision) if !revoked => Err(revision),
+            _ => Ok(revoked),
+        }
     }
 
     /// Whether the cache has applied a complete snapshot at least once:
@@ -537,14 +566,22 @@ impl RevocationCache {
 
     /// Waits until the cache holds a complete copy (its first snapshot),
     /// at most `timeout`: for a resource server's start-up, so that it does
-    /// not answer from an empty set.
+    /// not answer from an empty set. If it times out because the stream
+    /// holds a revocation kind newer than this client, the error
+    /// ([`ClientError::BadResponse`]) says so.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<(), ClientError> {
         let mut rx = self.shared().progress.subscribe();
         let waited = tokio::time::timeout(timeout, rx.wait_for(|p| p.synced || p.closed)).await;
         match waited {
-            Err(_) => Err(ClientError::Timeout {
-                what: "the revocation cache's first snapshot",
-                waited: timeout,
+            Err(_) => Err(match self.unreadable_revision() {
+                // The likeliest cause for a new resource server: say it.
+                Some(revision) => ClientError::BadResponse(format!(
+                    "the revocation stream holds, at revision {revision}, a revocation kind this client does not know: upgrade tessera-client"
+                )),
+                None => ClientError::Timeout {
+                    what: "the revocation cache's first snapshot",
+                    waited: timeout,
+                },
             }),
             Ok(Ok(p)) if p.synced => Ok(()),
             Ok(_) => Err(ClientError::Closed),
@@ -657,6 +694,7 @@ impl Runner {
         tracing::info!(endpoints = self.targets.len(), "revocation cache started");
         let mut next = 0usize;
         let mut backoff = self.backoff_min;
+        let mut warned = None;
         loop {
             let (addr, ep) = &self.targets[next % self.targets.len()];
             next = next.wrapping_add(1);
@@ -678,13 +716,17 @@ impl Runner {
                 }
             }
             if let End::Protocol(ProtocolError::Unreadable { revision }) = &end {
+                // Once per revision, not once per attempt.
+                if warned != Some(*revision) {
+                    warned = Some(*revision);
+                    tracing::warn!(
+                        endpoint = %addr,
+                        revision,
+                        "the revocation stream holds a kind this client does not know; every token is refused until a snapshot without it: upgrade tessera-client"
+                    );
+                }
                 // The next node will most likely send the same: ask again
                 // only as often as after failures.
-                tracing::warn!(
-                    endpoint = %addr,
-                    revision,
-                    "the revocation stream holds a kind this client does not know; every token is refused until a snapshot without it: upgrade tessera-client"
-                );
                 backoff = self.backoff_max;
             } else if delivered {
                 backoff = self.backoff_min;

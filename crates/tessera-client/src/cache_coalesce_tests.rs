@@ -144,7 +144,7 @@ async fn a_batch_stops_at_an_unreadable_event() {
     let unknown = pb::Revocation {
         target: None,
         cutoff: 0,
-        until: 100,
+        until: u64::MAX,
         cutoff_revision: 0,
     };
     assert!(cache

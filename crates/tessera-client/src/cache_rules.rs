@@ -131,6 +131,10 @@ pub(super) struct CacheState {
 #[derive(Debug, Default)]
 pub(super) struct Session {
     snapshot: Option<(Entries, u64)>,
+    /// Unix seconds on the cache's clock, set before each message: an
+    /// unreadable entry whose `until` has passed can revoke no valid token,
+    /// so it blocks nothing (the rule [`Entries::purge`] keeps).
+    pub(super) now: u64,
 }
 
 /// What one message did.
@@ -181,7 +185,7 @@ impl Session {
                 if self.snapshot.is_some() {
                     return Err(ProtocolError::EventDuringSnapshot);
                 }
-                apply_event(st, revision, rs.revocations)
+                apply_event(st, self.now, revision, rs.revocations)
             }
             Some(Kind::RevokedBatch(batch)) => {
                 if self.snapshot.is_some() {
@@ -191,8 +195,8 @@ impl Session {
                 // come in its own message.
                 let mut step = Step::Nothing;
                 for e in batch.events {
-                    if let applied @ Step::Applied(_) = apply_event(st, e.revision, e.revocations)?
-                    {
+                    let applied = apply_event(st, self.now, e.revision, e.revocations)?;
+                    if let Step::Applied(_) = applied {
                         step = applied;
                     }
                 }
@@ -202,9 +206,11 @@ impl Session {
                 let (entries, received) = self.snapshot.get_or_insert_with(Default::default);
                 *received += rs.revocations.len() as u64;
                 for r in rs.revocations {
-                    if entries.add(r, 0).is_err() {
+                    if blocks(&r, self.now) {
                         return Err(unreadable(st, revision, revision >= st.revision));
                     }
+                    // An expired unreadable entry is counted, not kept.
+                    let _expired = entries.add(r, 0);
                 }
                 Ok(Step::Nothing)
             }
@@ -249,31 +255,41 @@ impl Session {
     }
 }
 
+/// Whether `r` is unreadable (a target kind this client does not know) and
+/// may still revoke a valid token at `now`.
+fn blocks(r: &pb::Revocation, now: u64) -> bool {
+    r.target.is_none() && r.until >= now
+}
+
 /// Records that the message at `revision` could not be read (if it `counts`:
 /// it would have been applied) and returns the error that drops the stream.
+/// The highest such revision is kept: only a snapshot at or above it can
+/// hold none of them.
 fn unreadable(st: &mut CacheState, revision: u64, counts: bool) -> ProtocolError {
     if counts {
-        st.unreadable = Some(st.unreadable.map_or(revision, |u| u.min(revision)));
+        st.unreadable = Some(st.unreadable.map_or(revision, |u| u.max(revision)));
     }
     ProtocolError::Unreadable { revision }
 }
 
 /// Applies one revocation event unless the cache already has its revision.
-/// An event with an unreadable entry is not applied at all.
+/// An event with an unreadable entry that may still revoke something is not
+/// applied at all; an expired one is left out.
 fn apply_event(
     st: &mut CacheState,
+    now: u64,
     revision: u64,
     revocations: Vec<pb::Revocation>,
 ) -> Result<Step, ProtocolError> {
     if revision <= st.revision {
         return Ok(Step::Nothing);
     }
-    if revocations.iter().any(|r| r.target.is_none()) {
+    if revocations.iter().any(|r| blocks(r, now)) {
         return Err(unreadable(st, revision, true));
     }
     for r in revocations {
-        // Checked above: every entry has a target.
-        let _ = st.entries.add(r, revision);
+        // Only an expired unreadable entry is refused here (checked above).
+        let _expired = st.entries.add(r, revision);
     }
     st.revision = revision;
     st.synced = true;

@@ -450,21 +450,23 @@ fn a_revocation_of_a_kind_this_client_does_not_know_was_skipped() {
     assert_eq!((st.revision, st.unreadable), (5, Some(6)));
     assert_eq!(jtis(&st), set(&["a"]));
     // A message of an unknown kind above the cache's revision is the same;
-    // the first unreadable revision is kept.
+    // the highest unreadable revision is kept (only a snapshot at or above
+    // it can be free of both).
     assert_eq!(
         s.step(&mut st, unknown_kind(7)),
         Err(ProtocolError::Unreadable { revision: 7 })
     );
-    assert_eq!(st.unreadable, Some(6));
+    assert_eq!(st.unreadable, Some(7));
     // At or below it, it cannot change what was applied.
     assert_eq!(s.step(&mut st, unknown_kind(5)).unwrap(), Step::Nothing);
 
-    // A complete snapshot below the unreadable revision does not clear it;
-    // one at or above it does: every active revocation, all readable.
+    // A complete snapshot below the unreadable revision does not clear it
+    // (6 lies between the cache's 5 and the unreadable 7); one at or above
+    // it does: every active revocation, all readable.
     let mut s = Session::default();
-    s.step(&mut st, chunk(5, vec![jti("a", 100)])).unwrap();
-    assert_eq!(s.step(&mut st, end(5, 1)).unwrap(), Step::Replaced(5));
-    assert_eq!(st.unreadable, Some(6));
+    s.step(&mut st, chunk(6, vec![jti("a", 100)])).unwrap();
+    assert_eq!(s.step(&mut st, end(6, 1)).unwrap(), Step::Replaced(6));
+    assert_eq!(st.unreadable, Some(7));
     s.step(&mut st, chunk(8, vec![jti("a", 100), jti("c", 100)]))
         .unwrap();
     assert_eq!(s.step(&mut st, end(8, 2)).unwrap(), Step::Replaced(8));
@@ -511,4 +513,51 @@ fn an_unreadable_revocation_makes_the_cache_infinitely_stale() {
     cache.apply_for_tests(vec![chunk(6, vec![jti("a", 10)]), end(6, 1)]);
     assert_eq!(cache.unreadable_revision(), None);
     assert!(cache.staleness() < Duration::from_secs(60));
+}
+
+/// An unreadable entry whose `until` has passed can revoke no valid token:
+/// a node replays it for as long as it is in its window, and it must not
+/// block the cache all that time.
+#[test]
+fn an_expired_unreadable_revocation_blocks_nothing() {
+    let mut st = CacheState::default();
+    let mut s = Session::default();
+    s.now = 50;
+    let expired = pb::Revocation {
+        until: 49,
+        ..unknown_target()
+    };
+    s.step(&mut st, chunk(5, vec![jti("a", 100), expired.clone()]))
+        .unwrap();
+    // Counted with the snapshot, not kept.
+    assert_eq!(s.step(&mut st, end(5, 2)).unwrap(), Step::Replaced(5));
+    assert_eq!((jtis(&st), st.entries.len()), (set(&["a"]), 1));
+    assert_eq!(
+        s.step(&mut st, revoked(6, vec![jti("b", 100), expired]))
+            .unwrap(),
+        Step::Applied(6)
+    );
+    assert_eq!(jtis(&st), set(&["a", "b"]));
+    assert_eq!(st.unreadable, None);
+    // Valid until now (inclusive, as the purge keeps it): it blocks.
+    let live = pb::Revocation {
+        until: 50,
+        ..unknown_target()
+    };
+    assert!(s.step(&mut st, revoked(7, vec![live])).is_err());
+    assert_eq!(st.unreadable, Some(7));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_first_snapshot_it_cannot_read_says_why_it_is_not_ready() {
+    let cache = RevocationCache::detached(Arc::new(tessera_token::clock::ManualClock::new(0)));
+    assert!(cache
+        .try_apply_for_tests(chunk(3, vec![unknown_target()]))
+        .is_err());
+    assert!(!cache.is_synced());
+    let err = cache.wait_ready(Duration::from_secs(5)).await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::BadResponse(m) if m.contains("upgrade tessera-client")),
+        "{err}"
+    );
 }

@@ -394,11 +394,13 @@ impl Verifier {
     ) -> Result<(VerifiedToken, u64), VerifyError> {
         // Fail closed before any work: nothing is known about revocations.
         if let Some(cache) = &self.cache {
-            if !cache.is_synced() {
-                return Err(VerifyError::NotSynced);
-            }
+            // Unreadable first: for a cache that cannot read even its
+            // first snapshot, it is the more useful answer.
             if let Some(revision) = cache.unreadable_revision() {
                 return Err(VerifyError::UnreadableRevocations { revision });
+            }
+            if !cache.is_synced() {
+                return Err(VerifyError::NotSynced);
             }
         }
         let params = self.params();
@@ -433,9 +435,15 @@ impl Verifier {
         self.before_revocation_check();
         let mut revision = 0;
         if let Some(cache) = &self.cache {
-            if cache.is_token_revoked(&claims) {
-                tracing::debug!(jti = %claims.jti, "token revoked");
-                return Err(VerifyError::Revoked);
+            // Checked again with the revocations: one recorded unreadable
+            // while the keys were fetched must not let the token pass.
+            match cache.token_revoked_checked(&claims) {
+                Ok(true) => {
+                    tracing::debug!(jti = %claims.jti, "token revoked");
+                    return Err(VerifyError::Revoked);
+                }
+                Ok(false) => {}
+                Err(revision) => return Err(VerifyError::UnreadableRevocations { revision }),
             }
             if let Some(max) = self.max_staleness {
                 let staleness = cache.staleness();

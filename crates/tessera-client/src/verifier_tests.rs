@@ -576,3 +576,30 @@ async fn an_unreadable_revocation_let_the_tokens_it_revoked_pass() {
     replace(&f, &v, &cache, snapshot(5, vec![]));
     assert!(v.verify(&token, CERT).await.is_ok());
 }
+
+/// A revocation recorded unreadable while a verification fetched its keys
+/// (between the early check and the revocation check) let the token pass
+/// when unbounded staleness was accepted.
+#[tokio::test]
+async fn an_unreadable_revocation_landing_mid_verification_let_the_token_pass() {
+    let f = fixture();
+    let cache = RevocationCache::detached(f.clock.clone());
+    let mut cfg = f.config();
+    cfg.danger_accept_unbounded_staleness()
+        .danger_skip_certificate_binding();
+    let v = Verifier::new(cfg, cache.clone()).unwrap();
+    v.set_keys(KeySet::new([f.key.verifying_key()]));
+    let token = f.key.sign(&claims()).unwrap();
+    cache.apply_for_tests(snapshot(3, vec![]));
+    let landing = cache.clone();
+    *v.race.lock().unwrap() = Some(Box::new(move || {
+        let _ = landing.try_apply_for_tests(tessera_proto::WatchEvent {
+            revision: 4,
+            kind: None,
+        });
+    }));
+    assert!(matches!(
+        v.verify(&token, CERT).await,
+        Err(VerifyError::UnreadableRevocations { revision: 4 })
+    ));
+}

@@ -490,7 +490,8 @@ impl RevocationCache {
     /// a message of a kind it does not know, above the cache's revision.
     /// Skipping it could let tokens it revokes pass, so until a complete
     /// snapshot at or above that revision (without such entries) replaces
-    /// the set, [`staleness`](Self::staleness) is `Duration::MAX` and
+    /// the set, or the entry's `until` passes and its event is applied,
+    /// [`staleness`](Self::staleness) is `Duration::MAX` and
     /// [`Verifier`](crate::Verifier) refuses every token with
     /// [`VerifyError::UnreadableRevocations`](crate::VerifyError::UnreadableRevocations).
     /// The fix is a newer `tessera-client`.

@@ -122,7 +122,8 @@ pub(super) struct CacheState {
     /// this client cannot read (a revocation of a kind newer than it, or a
     /// message of a kind it does not know). The set may lack revocations,
     /// so the cache vouches for no token until a complete snapshot at or
-    /// above this revision replaces it.
+    /// above this revision replaces it, or until it applies the events up
+    /// to it (once what blocked them has expired).
     pub(super) unreadable: Option<u64>,
 }
 
@@ -293,5 +294,11 @@ fn apply_event(
     }
     st.revision = revision;
     st.synced = true;
+    // Every event up to the unreadable revision is now applied, in order:
+    // what blocked it has expired since (a node replays it for as long as
+    // it is in the node's window, and no snapshot need ever come).
+    if st.unreadable.is_some_and(|u| u <= revision) {
+        st.unreadable = None;
+    }
     Ok(Step::Applied(revision))
 }

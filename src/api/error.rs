@@ -41,6 +41,12 @@ pub enum ApiError {
     /// A limit was hit.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// What the request asks for would exceed a size limit (a token longer
+    /// than verifiers accept): `RESOURCE_EXHAUSTED` over gRPC like any
+    /// limit, but the request's doing, so no retry helps (HTTP 400, not
+    /// 429 `slow_down`).
+    #[error("{0}")]
+    TooLarge(String),
     /// A per-caller rate limit refused the call; retrying after
     /// `retry_after` can succeed.
     #[error("rate limit for {class} calls exceeded; retry in {} ms", retry_after_ms(*retry_after))]
@@ -179,7 +185,7 @@ impl From<ApiError> for Status {
                 }
                 None => Status::unavailable(reason),
             },
-            ApiError::ResourceExhausted(m) => Status::resource_exhausted(m),
+            ApiError::ResourceExhausted(m) | ApiError::TooLarge(m) => Status::resource_exhausted(m),
             e @ ApiError::RateLimited { retry_after, .. } => {
                 let mut s = Status::resource_exhausted(e.to_string());
                 s.metadata_mut().insert(
@@ -223,6 +229,10 @@ mod tests {
         );
         assert_eq!(
             code(ApiError::ResourceExhausted("x".into())),
+            Code::ResourceExhausted
+        );
+        assert_eq!(
+            code(ApiError::TooLarge("x".into())),
             Code::ResourceExhausted
         );
         assert_eq!(

@@ -160,7 +160,7 @@ impl TokenApi {
         // identities and a deep delegation chain can get there).
         let max = self.shared.settings.max_token_len;
         if jwt.len() > max {
-            return Err(ApiError::ResourceExhausted(format!(
+            return Err(ApiError::TooLarge(format!(
                 "the token would be {} bytes, more than the {max} bytes verifiers accept: the delegation chain (depth {}) is too long for these identities",
                 jwt.len(),
                 claims.depth()
@@ -378,7 +378,12 @@ impl TokenApi {
         };
         claims.scope = granted.join(" ");
         claims.rev = Some(rev);
-        let token = self.sign(&claims)?;
+        // Too long a token here is the subject token's chain (as a depth
+        // refusal): the grant's doing.
+        let token = self.sign(&claims).map_err(|e| match e {
+            e @ ApiError::TooLarge(_) => Refused::new(Cause::Grant, e),
+            e => e.into(),
+        })?;
         tracing::Span::current().record("jti", claims.jti.as_str());
         ev.decision = "allow";
         ev.policy_ids = ids;

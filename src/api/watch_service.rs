@@ -24,7 +24,6 @@
 //! Subscribers that do not opt in get one `revoked` message per event, as
 //! clients built before the field existed expect.
 
-use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -208,32 +207,6 @@ impl Batch {
     }
 }
 
-/// Replayed events as the messages they go out in: batches for a
-/// coalescing subscriber, else one event each.
-fn replay_groups(events: Vec<Arc<FeedEvent>>, coalesce: bool) -> VecDeque<Vec<Arc<FeedEvent>>> {
-    if coalesce {
-        batches(events).into()
-    } else {
-        events.into_iter().map(|e| vec![e]).collect()
-    }
-}
-
-/// Splits `events` into batches within the message bounds, in order.
-fn batches(events: Vec<Arc<FeedEvent>>) -> Vec<Vec<Arc<FeedEvent>>> {
-    let mut out = Vec::new();
-    let mut cur = Batch::default();
-    for e in events {
-        if let Err(e) = cur.offer(e) {
-            out.push(std::mem::take(&mut cur).events);
-            let _ = cur.offer(e);
-        }
-    }
-    if !cur.events.is_empty() {
-        out.push(cur.events);
-    }
-    out
-}
-
 /// A subscriber's stream of messages.
 pub(super) type WatchStream =
     Pin<Box<dyn tokio_stream::Stream<Item = Result<Frame, Status>> + Send>>;
@@ -274,16 +247,14 @@ impl WatchApi {
         tracing::debug!(caller = %caller.id, from, coalesce, "watcher starts");
         let watch = self.shared.state.watch(from);
         let start = match watch.start {
-            WatchStart::Replay(events) => Start::Replay(replay_groups(events, coalesce)),
+            WatchStart::Replay => Start::Replay,
             WatchStart::Snapshot {
                 revision,
                 revocations,
-                then,
             } => Start::Snapshot {
                 revision,
                 revocations: HeldSnapshot::new(revocations, self.settings.snapshot_deadline),
                 sent: 0,
-                then: replay_groups(then, coalesce),
             },
         };
         let mut tick = tokio::time::interval(self.settings.heartbeat);
@@ -323,15 +294,17 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 
 /// Where a subscriber's start (before the live feed) stands.
 enum Start {
-    /// Groups of replayed events still to send (one message each).
-    Replay(VecDeque<Vec<Arc<FeedEvent>>>),
+    /// Replaying the events after the cursor from the node's window, read
+    /// one message's worth at a time as the subscriber takes them (the
+    /// stream holds none of them meanwhile; one whose events have left the
+    /// window by then must resume).
+    Replay,
     /// A snapshot, of which `sent` revocations went out so far; the end
-    /// marker follows the last chunk, then the events in `then`.
+    /// marker follows the last chunk, then the replay from its revision.
     Snapshot {
         revision: u64,
         revocations: HeldSnapshot,
         sent: usize,
-        then: VecDeque<Vec<Arc<FeedEvent>>>,
     },
     /// Done: live events.
     Live,
@@ -445,15 +418,38 @@ impl Pump {
     fn next_start(&mut self) -> Option<Result<Frame, Status>> {
         loop {
             match &mut self.start {
-                Start::Replay(groups) => match groups.pop_front() {
-                    Some(g) => return self.events_msg(g).map(Ok),
-                    None => self.start = Start::Live,
-                },
+                Start::Replay => {
+                    let (events, revocations) = if self.coalesce {
+                        (BATCH_EVENTS, BATCH_REVOCATIONS)
+                    } else {
+                        (1, usize::MAX)
+                    };
+                    match self
+                        .shared
+                        .state
+                        .watch_after(self.last, events, revocations)
+                    {
+                        Ok(g) if g.is_empty() => self.start = Start::Live,
+                        Ok(g) => return self.events_msg(g).map(Ok),
+                        Err(left) => {
+                            self.start = Start::Live;
+                            tracing::info!(
+                                last = self.last,
+                                window_start = left.window_start,
+                                "watcher replayed too slowly: its events left the window; cut off"
+                            );
+                            self.shared.metrics.watch_cut("slow");
+                            return Some(self.end(
+                                tonic::Code::Aborted,
+                                "subscriber too slow to keep up: the events after its cursor left this node's window",
+                            ));
+                        }
+                    }
+                }
                 Start::Snapshot {
                     revision,
                     revocations: held,
                     sent,
-                    then,
                 } => {
                     let revision = *revision;
                     let Some(revocations) = held.get() else {
@@ -476,7 +472,7 @@ impl Pump {
                         })));
                     }
                     let count = revocations.len() as u64;
-                    self.start = Start::Replay(std::mem::take(then));
+                    self.start = Start::Replay;
                     self.last = self.last.max(revision);
                     return Some(Ok(Frame::Msg(pb::WatchEvent {
                         revision,
@@ -689,33 +685,6 @@ mod tests {
 
     fn revisions(events: &[Arc<FeedEvent>]) -> Vec<u64> {
         events.iter().map(|e| e.revision).collect()
-    }
-
-    #[test]
-    fn replay_batches_keep_order_and_bounds() {
-        let events: Vec<_> = (1..=BATCH_EVENTS as u64 * 2 + 3)
-            .map(|r| ev(r, 1))
-            .collect();
-        let groups = batches(events);
-        assert_eq!(
-            groups.iter().map(Vec::len).collect::<Vec<_>>(),
-            vec![BATCH_EVENTS, BATCH_EVENTS, 3]
-        );
-        let flat: Vec<u64> = groups.iter().flat_map(|g| revisions(g)).collect();
-        assert_eq!(flat, (1..=BATCH_EVENTS as u64 * 2 + 3).collect::<Vec<_>>());
-        // Revocations bound the batch too; an event larger than the bound
-        // goes alone.
-        let groups = batches(vec![
-            ev(1, 600),
-            ev(2, 600),
-            ev(3, BATCH_REVOCATIONS + 5),
-            ev(4, 1),
-        ]);
-        assert_eq!(
-            groups.iter().map(|g| revisions(g)).collect::<Vec<_>>(),
-            vec![vec![1], vec![2], vec![3], vec![4]]
-        );
-        assert!(batches(Vec::new()).is_empty());
     }
 
     #[test]

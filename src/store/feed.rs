@@ -143,11 +143,15 @@ pub enum FeedItem {
     },
 }
 
-/// How a watcher starts.
+/// How a watcher starts. Either way the events after the start's revision
+/// are read from the window as they are sent ([`Feed::after`]), not copied
+/// at the start: a subscriber that stops reading holds no copy of the
+/// window (found by review: a stalled replay held O(window) pointers per
+/// stream, gigabytes for a thousand streams).
 #[derive(Debug)]
 pub enum WatchStart {
     /// The cursor is inside the window: every event after it, in order.
-    Replay(Vec<Arc<FeedEvent>>),
+    Replay,
     /// The cursor is outside the window (or 0): all active revocations as
     /// of `revision`, then every event after it.
     Snapshot {
@@ -156,10 +160,15 @@ pub enum WatchStart {
         /// Every active revocation, as of `revision`. Shared by the
         /// watchers that start while it is being sent (see [`Feed::watch`]).
         revocations: Arc<Vec<Revocation>>,
-        /// The events after `revision` that the feed already holds, in
-        /// order: they go out after the snapshot, before live events.
-        then: Vec<Arc<FeedEvent>>,
     },
+}
+
+/// The events a watcher still needed have left the window: it must resume
+/// (from its cursor, which now asks for a snapshot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeftWindow {
+    /// The oldest cursor the window can resume from now.
+    pub window_start: u64,
 }
 
 /// A watcher's start and its live subscription, which continues exactly
@@ -255,16 +264,8 @@ impl Feed {
     pub(crate) fn watch(&self, state: &State, from_revision: u64) -> Watch {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let live = self.tx.subscribe();
-        let after = |inner: &Inner, revision: u64| -> Vec<Arc<FeedEvent>> {
-            inner
-                .ring
-                .iter()
-                .filter(|e| e.revision > revision)
-                .cloned()
-                .collect()
-        };
         let start = if from_revision > 0 && from_revision >= inner.window_start {
-            WatchStart::Replay(after(&inner, from_revision))
+            WatchStart::Replay
         } else {
             let shared = inner
                 .snapshot
@@ -278,11 +279,40 @@ impl Feed {
             });
             WatchStart::Snapshot {
                 revision,
-                then: after(&inner, revision),
                 revocations,
             }
         };
         Watch { start, live }
+    }
+
+    /// The events after `revision`, oldest first: at most `max_events`,
+    /// and after the first, no more than `max_revocations` revocations in
+    /// all (one message's worth). Empty once `revision` is the newest.
+    /// [`LeftWindow`] if some of them have left the window.
+    pub(crate) fn after(
+        &self,
+        revision: u64,
+        max_events: usize,
+        max_revocations: usize,
+    ) -> Result<Vec<Arc<FeedEvent>>, LeftWindow> {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if revision < inner.window_start {
+            return Err(LeftWindow {
+                window_start: inner.window_start,
+            });
+        }
+        let first = inner.ring.partition_point(|e| e.revision <= revision);
+        let mut out = Vec::new();
+        let mut revocations = 0;
+        for e in inner.ring.range(first..) {
+            let n = e.revocations.len();
+            if !out.is_empty() && (out.len() >= max_events || revocations + n > max_revocations) {
+                break;
+            }
+            revocations += n;
+            out.push(e.clone());
+        }
+        Ok(out)
     }
 
     /// The oldest cursor this feed can resume from.
@@ -347,9 +377,25 @@ mod tests {
         // One event above the bound still stays, alone.
         feed.push(vec![batch(14, 9)]);
         assert_eq!(feed.window_start(), 13);
-        match feed.watch(&State::default(), 13).start {
-            WatchStart::Replay(evs) => assert_eq!(evs.len(), 1),
-            other => panic!("{other:?}"),
+        assert!(matches!(
+            feed.watch(&State::default(), 13).start,
+            WatchStart::Replay
+        ));
+        assert_eq!(all_after(&feed, 13), Ok(vec![14]));
+    }
+
+    /// Every event after `revision`, read the way a replaying watcher
+    /// does, one bounded read at a time.
+    fn all_after(feed: &Feed, revision: u64) -> Result<Vec<u64>, LeftWindow> {
+        let mut out = Vec::new();
+        let mut last = revision;
+        loop {
+            let evs = feed.after(last, 2, 3)?;
+            let Some(e) = evs.last() else {
+                return Ok(out);
+            };
+            last = e.revision;
+            out.extend(evs.iter().map(|e| e.revision));
         }
     }
 
@@ -361,19 +407,10 @@ mod tests {
         // The ring holds 12, 13, 14: complete above 11.
         assert_eq!(feed.window_start(), 11);
         let state = State::default();
-        match feed.watch(&state, 12).start {
-            WatchStart::Replay(evs) => {
-                assert_eq!(
-                    evs.iter().map(|e| e.revision).collect::<Vec<_>>(),
-                    vec![13, 14]
-                )
-            }
-            other => panic!("{other:?}"),
-        }
-        match feed.watch(&state, 11).start {
-            WatchStart::Replay(evs) => assert_eq!(evs.len(), 3),
-            other => panic!("{other:?}"),
-        }
+        assert!(matches!(feed.watch(&state, 12).start, WatchStart::Replay));
+        assert_eq!(all_after(&feed, 12), Ok(vec![13, 14]));
+        assert!(matches!(feed.watch(&state, 11).start, WatchStart::Replay));
+        assert_eq!(all_after(&feed, 11), Ok(vec![12, 13, 14]));
         assert!(matches!(
             feed.watch(&state, 10).start,
             WatchStart::Snapshot { .. }
@@ -383,10 +420,52 @@ mod tests {
             WatchStart::Snapshot { .. }
         ));
         // A cursor ahead of this node replays nothing.
-        match feed.watch(&state, 99).start {
-            WatchStart::Replay(evs) => assert!(evs.is_empty()),
-            other => panic!("{other:?}"),
+        assert!(matches!(feed.watch(&state, 99).start, WatchStart::Replay));
+        assert_eq!(all_after(&feed, 99), Ok(vec![]));
+        // A replay that the window has moved past must resume.
+        assert_eq!(all_after(&feed, 10), Err(LeftWindow { window_start: 11 }));
+    }
+
+    /// A replaying watcher used to get its own copy of every event after
+    /// its cursor at the start: one that stopped reading held O(window)
+    /// pointers, and kept evicted events alive, for as long as its
+    /// connection lived. The start now holds no event at all.
+    #[test]
+    fn a_stalled_replay_held_a_copy_of_the_window() {
+        let feed = feed(0, 4);
+        let state = State::default();
+        feed.push(vec![ev(1, "a"), ev(2, "b"), ev(3, "c")]);
+        let replay = feed.watch(&state, 1);
+        let snapshot = feed.watch(&state, 0);
+        assert!(matches!(replay.start, WatchStart::Replay));
+        assert!(matches!(snapshot.start, WatchStart::Snapshot { .. }));
+        let inner = feed.inner.lock().unwrap();
+        for e in &inner.ring {
+            assert_eq!(Arc::strong_count(e), 1, "event {} held", e.revision);
         }
+    }
+
+    /// One read is one message's worth: the first event always, then
+    /// within both bounds.
+    #[test]
+    fn after_reads_one_message_worth() {
+        let feed = feed(0, 100);
+        let batch = |revision: u64, n: usize| RevocationEvent {
+            revision,
+            revocations: (0..n)
+                .map(|i| Revocation::Jti {
+                    jti: format!("j{revision}-{i}"),
+                    until: 1,
+                })
+                .collect(),
+        };
+        feed.push(vec![batch(1, 5), batch(2, 1), batch(3, 1), batch(4, 1)]);
+        let revs = |v: Vec<Arc<FeedEvent>>| v.iter().map(|e| e.revision).collect::<Vec<_>>();
+        // A first event above the revocation bound still goes, alone.
+        assert_eq!(revs(feed.after(0, 10, 2).unwrap()), vec![1]);
+        assert_eq!(revs(feed.after(1, 10, 2).unwrap()), vec![2, 3]);
+        assert_eq!(revs(feed.after(1, 1, 100).unwrap()), vec![2]);
+        assert_eq!(revs(feed.after(4, 10, 10).unwrap()), Vec::<u64>::new());
     }
 
     #[test]
@@ -411,17 +490,21 @@ mod tests {
         ));
     }
 
-    fn snapshot_of(w: &Watch) -> (u64, &Arc<Vec<Revocation>>, Vec<u64>) {
+    /// The snapshot start's revision and copy, and the events after it as
+    /// the watcher reads them.
+    fn snapshot_of<'a>(feed: &Feed, w: &'a Watch) -> (u64, &'a Arc<Vec<Revocation>>, Vec<u64>) {
         match &w.start {
             WatchStart::Snapshot {
                 revision,
                 revocations,
-                then,
-            } => (
-                *revision,
-                revocations,
-                then.iter().map(|e| e.revision).collect(),
-            ),
+            } => (*revision, revocations, all_after(feed, *revision).unwrap()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn copy_of(w: &Watch) -> &Arc<Vec<Revocation>> {
+        match &w.start {
+            WatchStart::Snapshot { revocations, .. } => revocations,
             other => panic!("{other:?}"),
         }
     }
@@ -434,11 +517,11 @@ mod tests {
         let feed = feed(0, 3);
         let state = State::default();
         let first = feed.watch(&state, 0);
-        let (rev, copy, then) = snapshot_of(&first);
+        let (rev, copy, then) = snapshot_of(&feed, &first);
         assert_eq!((rev, then), (0, vec![]));
         feed.push(vec![ev(1, "a"), ev(2, "b")]);
         let second = feed.watch(&state, 0);
-        let (rev2, copy2, then2) = snapshot_of(&second);
+        let (rev2, copy2, then2) = snapshot_of(&feed, &second);
         assert!(Arc::ptr_eq(copy, copy2), "one copy shared");
         assert_eq!((rev2, then2), (0, vec![1, 2]));
         // A cursor older than the window shares it too.
@@ -450,7 +533,7 @@ mod tests {
         feed.push(vec![ev(4, "d")]);
         assert_eq!(feed.window_start(), 1);
         let third = feed.watch(&state, 0);
-        assert!(!Arc::ptr_eq(copy, snapshot_of(&third).1));
+        assert!(!Arc::ptr_eq(copy, copy_of(&third)));
         // A copy nobody holds any more is gone, not kept for later.
         drop((first, second, third));
         assert!(weak.upgrade().is_none());
@@ -458,7 +541,7 @@ mod tests {
         let fourth = feed.watch(&state, 0);
         feed.reset(9);
         let fifth = feed.watch(&state, 0);
-        assert!(!Arc::ptr_eq(snapshot_of(&fourth).1, snapshot_of(&fifth).1));
+        assert!(!Arc::ptr_eq(copy_of(&fourth), copy_of(&fifth)));
     }
 
     /// Random histories of pushes (events of 1..6 revocations, gaps in
@@ -516,26 +599,37 @@ mod tests {
                     let want_after = |r: u64| -> Vec<(u64, usize)> {
                         model.iter().copied().filter(|(v, _)| *v > r).collect()
                     };
-                    let got = |evs: &[Arc<FeedEvent>]| -> Vec<(u64, usize)> {
-                        evs.iter()
-                            .map(|e| (e.revision, e.revocations.len()))
-                            .collect()
+                    // What a watcher reads after `r`, one message's
+                    // worth at a time, with each event's size.
+                    let got = |r: u64| -> Vec<(u64, usize)> {
+                        let mut out = Vec::new();
+                        let mut last = r;
+                        loop {
+                            let evs = feed.after(last, 1 + (last % 3) as usize, 4).unwrap();
+                            let Some(e) = evs.last() else { return out };
+                            last = e.revision;
+                            out.extend(evs.iter().map(|e| (e.revision, e.revocations.len())));
+                        }
                     };
                     match &w.start {
-                        WatchStart::Replay(evs) => {
+                        WatchStart::Replay => {
                             assert!(
                                 cursor > 0 && cursor >= base,
                                 "replay from {cursor} before base {base}"
                             );
-                            assert_eq!(got(evs), want_after(cursor), "replay from {cursor}");
+                            assert_eq!(got(cursor), want_after(cursor), "replay from {cursor}");
                         }
-                        WatchStart::Snapshot { revision, then, .. } => {
+                        WatchStart::Snapshot { revision, .. } => {
                             assert!(
                                 cursor == 0 || cursor < ws,
                                 "snapshot for {cursor}, window {ws}"
                             );
                             assert!(*revision >= cursor && *revision >= base && *revision <= rev);
-                            assert_eq!(got(then), want_after(*revision), "then after {revision}");
+                            assert_eq!(
+                                got(*revision),
+                                want_after(*revision),
+                                "then after {revision}"
+                            );
                         }
                     }
                     if rnd(4) == 0 {

@@ -50,8 +50,8 @@ use std::sync::Arc;
 
 pub use self::faults::{StoreFaults, INJECTED_ENOSPC};
 pub use self::feed::{
-    FeedEvent, FeedItem, FeedSizes, Revocation, RevocationEvent, Watch, WatchStart, DEFAULT_WINDOW,
-    LIVE_BUFFER,
+    FeedEvent, FeedItem, FeedSizes, LeftWindow, Revocation, RevocationEvent, Watch, WatchStart,
+    DEFAULT_WINDOW, LIVE_BUFFER,
 };
 pub use self::log::{LogReader, LogStore};
 pub use self::sm::{ApplyCounters, SnapshotBuilder, StateMachine};

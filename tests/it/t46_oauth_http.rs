@@ -576,3 +576,27 @@ async fn ensure_interop_packages() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A token too long for any verifier was refused over HTTP as 429
+/// `slow_down`, which tells an OAuth client to back off and retry a request
+/// that can never succeed. It is the request's doing: 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_too_large_to_mint_was_answered_slow_down() {
+    let c = TestCluster::start_with(1, |cfg| cfg.token.max_token_len = 512).await;
+    let r = post(
+        &c,
+        Some("frontend"),
+        "/oauth2/token",
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", &id("frontend")),
+            ("audience", &id("orders")),
+            ("scope", "orders:write"),
+        ],
+    )
+    .await;
+    let why = assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request");
+    assert!(why.contains("512 bytes"), "{why}");
+    assert!(!r.headers.contains_key(header::RETRY_AFTER));
+    c.stop().await;
+}

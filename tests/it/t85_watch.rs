@@ -270,6 +270,65 @@ async fn a_snapshot_shared_with_an_earlier_subscriber_is_followed_by_every_later
     c.stop().await;
 }
 
+/// A subscriber replaying from a cursor inside the window was handed its
+/// own copy of every event after the cursor when it subscribed, and one
+/// that stopped reading held that copy (and kept alive events the window
+/// had dropped) for as long as its connection lived: a thousand such
+/// streams held gigabytes. It now reads the window as it sends: one whose
+/// events have left the window by the time it reads on is cut off,
+/// resumable exactly after what it received, and resumes with a snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_replay_held_a_copy_of_every_event_after_its_cursor() {
+    // A window of 600 revocations of 100-byte jtis: its replay (about
+    // 60 KiB of messages) is more than what the stalled subscriber's 4 KiB
+    // stream window and the gRPC encoder's 32 KiB buffer take in.
+    let c = TestCluster::start_with(1, |cfg| cfg.watch_window = 600).await;
+    let long = format!("old-{}", "x".repeat(90));
+    let old = revoke_burst(&c, &long, 700, 16, &[1]).await;
+    assert!(old.failed.is_empty());
+    // A cursor inside the window (0 would ask for a snapshot).
+    let cursor = c.node(1).state().watch_window_start();
+    assert!(cursor > 0);
+    let mut stuck = watch_with(small_window_channel(&c, 1).await, cursor).await;
+    // The window moves past every old event while it reads nothing.
+    let new = revoke_burst(&c, "new", 700, 16, &[1]).await;
+    assert!(new.failed.is_empty());
+    assert!(
+        c.node(1).state().watch_window_start() > old.acked.iter().map(|(_, r)| *r).max().unwrap()
+    );
+
+    let mut seen = Seen::default();
+    let end = read_until(&mut stuck, &mut seen, |_| false)
+        .await
+        .expect("the stream ends");
+    assert_eq!(end.code(), Code::Aborted, "{end:?}");
+    assert!(end.message().contains("window"), "{end:?}");
+    assert!(
+        !seen.events.is_empty()
+            && seen.events.iter().all(|(r, _)| *r > cursor)
+            && seen.jtis().is_subset(&old.acked_set()),
+        "what was already on its way, all from the replay"
+    );
+    seen.assert_ordered();
+    let resume: u64 = end
+        .metadata()
+        .get(tessera::api::RESUME_METADATA)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(resume, seen.last_revision(), "resume exactly after it");
+    // From there: a snapshot (the cursor left the window) with the rest.
+    let mut s = watch_on(&c, 1, resume).await;
+    let mut after = Seen::default();
+    read_until(&mut s, &mut after, |s| s.snapshot.is_some()).await;
+    let mut all = old.acked_set();
+    all.extend(new.acked_set());
+    assert_eq!(after.snapshot.unwrap().1, all);
+    c.stop().await;
+}
+
 // A subscriber that stopped reading in the middle of its snapshot pinned
 // that copy of the whole revocation set for as long as its connection
 // stayed open (the node does not poll a stream whose reader is not

@@ -177,7 +177,9 @@ pub fn json_response(status: StatusCode, body: String, cache_control: &str) -> R
 /// the gRPC table in [`super::error`].
 pub fn api_error_response(e: &ApiError) -> Response {
     let (status, code) = match e {
-        ApiError::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+        ApiError::InvalidArgument(_) | ApiError::TooLarge(_) => {
+            (StatusCode::BAD_REQUEST, "invalid_request")
+        }
         ApiError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "invalid_client"),
         ApiError::PermissionDenied(_) => (StatusCode::FORBIDDEN, "access_denied"),
         ApiError::Unavailable { .. } => {

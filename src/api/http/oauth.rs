@@ -53,6 +53,11 @@ pub fn oauth_error(e: &ApiError, cause: Cause) -> (StatusCode, &'static str) {
             (S::TOO_MANY_REQUESTS, "slow_down")
         }
         (ApiError::Internal(_), _) => (S::INTERNAL_SERVER_ERROR, "server_error"),
+        // The token asked for would be too long: a delegation chain too
+        // deep for these identities (as a depth refusal), or too much
+        // asked for at once.
+        (ApiError::TooLarge(_), Cause::Grant) => (S::BAD_REQUEST, "invalid_grant"),
+        (ApiError::TooLarge(_), _) => (S::BAD_REQUEST, "invalid_request"),
         // The presented subject or actor token is not acceptable.
         (ApiError::Unauthenticated(_), Cause::Grant) => (S::BAD_REQUEST, "invalid_grant"),
         // The caller's own credentials (its client certificate).
@@ -432,6 +437,18 @@ mod tests {
                 Cause::Request,
                 S::TOO_MANY_REQUESTS,
                 "slow_down",
+            ),
+            (
+                ApiError::TooLarge("x".into()),
+                Cause::Grant,
+                S::BAD_REQUEST,
+                "invalid_grant",
+            ),
+            (
+                ApiError::TooLarge("x".into()),
+                Cause::Request,
+                S::BAD_REQUEST,
+                "invalid_request",
             ),
             (
                 ApiError::Internal("x".into()),

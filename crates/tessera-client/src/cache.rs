@@ -479,10 +479,21 @@ impl RevocationCache {
     /// whole set, for example after the cluster was restored from a
     /// backup, whose revocations and signing keys may differ from what came
     /// before; [`Verifier`](crate::Verifier) fetches the JWKS again
-    /// whenever this moves, so it never checks tokens against keys older
-    /// than the revocations.
+    /// whenever this moves (and after the first sync, if it fetched keys
+    /// before it), so it never checks tokens against keys older than the
+    /// revocations.
     pub fn snapshots_applied(&self) -> u64 {
         self.shared().read().snapshots
+    }
+
+    /// How many complete sets the cache has taken: the first sync, then
+    /// each [replacing snapshot](Self::snapshots_applied), read together.
+    /// What [`Verifier`](crate::Verifier) dates its keys by: keys fetched
+    /// before the first sync may predate a restore that the first snapshot
+    /// reflects, just as keys fetched before a replacing snapshot may.
+    pub(crate) fn sets_applied(&self) -> u64 {
+        let st = self.shared().read();
+        st.snapshots.saturating_add(u64::from(st.synced))
     }
 
     /// The revision of a message this client could not read, while that
@@ -738,7 +749,7 @@ impl Runner {
                 _ = tokio::time::sleep(backoff) => {}
             }
             if !delivered {
-                backoff = (backoff * 2).min(self.backoff_max);
+                backoff = backoff.saturating_mul(2).min(self.backoff_max);
             }
         }
         self.shared.disconnected(None);
@@ -779,7 +790,7 @@ impl Runner {
                 msg = stream.message() => match msg {
                     Ok(Some(ev)) => {
                         delivered = true;
-                        idle.as_mut().reset(Instant::now() + self.idle_timeout);
+                        idle.as_mut().reset(idle_deadline(self.idle_timeout));
                         if let Err(e) = self.shared.apply(&mut session, ev) {
                             return (delivered, End::Protocol(e));
                         }
@@ -793,6 +804,19 @@ impl Runner {
         }
     }
 }
+
+/// When a stream that delivers nothing more is dropped as idle: after
+/// `idle_timeout`, or never, as tokio's own `sleep` takes a timeout too
+/// large to add to now (a configured `Duration::MAX`).
+fn idle_deadline(idle_timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(idle_timeout)
+        .unwrap_or_else(|| now + NEVER_IDLE)
+}
+
+/// "Never" for [`idle_deadline`]: the same thirty years tokio waits for a
+/// sleep too long to add.
+const NEVER_IDLE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
 
 fn end_of(status: &tonic::Status) -> End {
     End::Status {

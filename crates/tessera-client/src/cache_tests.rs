@@ -408,6 +408,19 @@ async fn start_refuses_bad_config() {
     ));
 }
 
+/// `Instant::now() + idle_timeout` panicked the subscription task at its
+/// first message for a timeout too large to add (`Duration::MAX`, meant as
+/// "never idle").
+#[tokio::test(start_paused = true)]
+async fn an_idle_timeout_too_large_to_add_panicked_the_subscription() {
+    let now = Instant::now();
+    assert!(idle_deadline(Duration::MAX) >= now + Duration::from_secs(10 * 365 * 24 * 3600));
+    assert_eq!(
+        idle_deadline(Duration::from_secs(10)),
+        now + Duration::from_secs(10)
+    );
+}
+
 #[test]
 fn start_needs_a_runtime() {
     assert!(matches!(

@@ -23,6 +23,26 @@
 //! for the hint and tries again, as long as the waits stay within
 //! [`TokenSourceConfig::max_retry_wait`] — beyond that the error is
 //! returned at once, carrying the hint ([`ClientError::retry_after`]).
+//!
+//! Any failed attempt, hint or not, also holds the token's slot off for a
+//! backoff (or the hint, if longer): 1 s after the first failure, doubling
+//! with each one after it up to 10 s, and reset by a success. Otherwise a
+//! fast refusal (`PERMISSION_DENIED`, a refused connection) would cost the
+//! cluster one request per caller request. With a valid token the backoff
+//! is also at most a quarter of the time the token has left (so a few
+//! attempts still fit before it expires), the hold never reaches its
+//! expiry, and the token is handed out meanwhile. Without a valid token,
+//! callers during the hold get the failed attempt's error again at once,
+//! without a request and without waiting: a caller is never kept waiting
+//! by the backoff, only told sooner. (The rare error that cannot be
+//! copied, a failed connection set-up to a leader named in a hint, lets
+//! the next call through.)
+//!
+//! A renewal point is never earlier than a tenth of the token's remaining
+//! life (at least 1 s) after the token was received, whatever the renewal
+//! settings and clocks say: a renewal point already passed on receipt
+//! (`Renewal::Before` at least the lifetime, a fraction of 0, a local clock
+//! ahead of the cluster's) would otherwise renew on every call.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -109,11 +129,30 @@ impl Renewal {
     }
 }
 
+/// The earliest renewal point of a token received at `received` and kept
+/// until `exp` (unix seconds): a tenth of its remaining life later, at
+/// least a second. A point at or before receipt would renew on every call
+/// (see the module docs); this bounds that to one renewal per second, and
+/// to one per tenth of the lifetime for tokens of 20 s and more. It is at
+/// most `exp` (a token of one second is renewed when it expires).
+fn earliest_renewal(received: u64, exp: u64) -> u64 {
+    let left = exp.saturating_sub(received);
+    received.saturating_add((left / 10).max(1))
+}
+
 /// Default for [`TokenSourceConfig::max_retry_wait`].
 pub const DEFAULT_MAX_RETRY_WAIT: Duration = Duration::from_secs(2);
 
 /// Most attempts of one call that follows retry hints.
 const MAX_ATTEMPTS: usize = 4;
+
+/// The hold after a slot's first failed attempt (see the module docs).
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+
+/// The longest hold after failed attempts, however many failed: long
+/// enough that a refusing cluster sees a trickle, short enough that a
+/// caller without a token is not refused for long once it recovers.
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// Settings of a [`TokenSource`]. Build with [`TokenSourceConfig::new`]
 /// and adjust the public fields.
@@ -213,14 +252,14 @@ struct Slot {
     /// purpose: the holder awaits the cluster, and callers without a valid
     /// token wait for its answer instead of sending their own request.
     renewing: tokio::sync::Mutex<()>,
-    /// No renewal before this instant: the cluster's retry hint, while the
-    /// cached token is still handed out.
-    retry_at: Mutex<Option<tokio::time::Instant>>,
+    /// When the slot may ask the cluster again after a failed attempt.
+    hold: Mutex<Hold>,
     /// Renewal attempts finished (success or failure).
     finished: std::sync::atomic::AtomicU64,
-    /// The last failed renewal's answer, if the node answered a status, and
-    /// the attempt count it ended: callers that waited for it share it
-    /// instead of each resending the request that just failed.
+    /// The last failed renewal's answer, if it can be shared (see
+    /// [`shared_copy`]), and the attempt count it ended: callers that waited
+    /// for it, or come during the hold that followed it, share it instead of
+    /// each resending the request that just failed.
     failure: Mutex<Option<(u64, ClientError)>>,
 }
 
@@ -243,26 +282,81 @@ impl Slot {
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
             + 1;
         *self.failure.lock().unwrap_or_else(PoisonError::into_inner) =
-            failed.and_then(ClientError::shared_copy).map(|e| (n, e));
+            failed.and_then(shared_copy).map(|e| (n, e));
     }
 
     /// The failure of an attempt that ended after `seen` attempts had, if
-    /// the latest one failed with a status.
+    /// the latest one failed with an error that can be shared.
     fn failure_since(&self, seen: u64) -> Option<ClientError> {
         match &*self.failure.lock().unwrap_or_else(PoisonError::into_inner) {
-            Some((n, e)) if *n > seen => e.shared_copy(),
+            Some((n, e)) if *n > seen => shared_copy(e),
             _ => None,
         }
     }
 
-    fn retry_at(&self) -> std::sync::MutexGuard<'_, Option<tokio::time::Instant>> {
-        self.retry_at.lock().unwrap_or_else(PoisonError::into_inner)
+    fn hold(&self) -> std::sync::MutexGuard<'_, Hold> {
+        self.hold.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Whether the cluster asked not to be called again yet.
+    /// Whether the slot must not ask the cluster yet: a retry hint or the
+    /// backoff after a failed attempt.
     fn held_off(&self) -> bool {
-        self.retry_at()
+        self.hold()
+            .until
             .is_some_and(|t| tokio::time::Instant::now() < t)
+    }
+
+    /// The error of the latest attempt, if it failed with one that can be
+    /// shared.
+    fn last_failure(&self) -> Option<ClientError> {
+        self.failure_since(0)
+    }
+}
+
+/// A slot's backoff after failed attempts (see the module docs).
+#[derive(Default)]
+struct Hold {
+    /// No request before this instant.
+    until: Option<tokio::time::Instant>,
+    /// The backoff of the next failure: zero while the last attempt
+    /// succeeded (the next failure then waits [`BACKOFF_MIN`]).
+    next: Duration,
+}
+
+impl Hold {
+    /// Holds off after a failed attempt: the backoff, at most a quarter of
+    /// `left` (the time a valid token has left), at least the cluster's
+    /// `hint`, and never past `left`.
+    fn failed(&mut self, hint: Option<Duration>, left: Option<Duration>) {
+        let backoff = self.next.max(BACKOFF_MIN);
+        self.next = backoff.saturating_mul(2).min(BACKOFF_MAX);
+        let mut wait = match left {
+            Some(left) => backoff.min(left / 4),
+            None => backoff,
+        };
+        if let Some(hint) = hint {
+            wait = wait.max(hint);
+        }
+        if let Some(left) = left {
+            wait = wait.min(left);
+        }
+        // At most a minute (hints are capped), so this cannot overflow;
+        // if it did, there would be no hold rather than a panic.
+        self.until = tokio::time::Instant::now().checked_add(wait);
+    }
+
+    fn succeeded(&mut self) {
+        *self = Hold::default();
+    }
+}
+
+/// A copy of a failed attempt's error, for the callers that share it: a
+/// node's answer, or a token the source could not use (clocks apart);
+/// `None` for the errors holding values that cannot be copied.
+fn shared_copy(e: &ClientError) -> Option<ClientError> {
+    match e {
+        ClientError::BadResponse(m) => Some(ClientError::BadResponse(m.clone())),
+        e => e.shared_copy(),
     }
 }
 
@@ -503,7 +597,8 @@ impl TokenSource {
 
     /// The cached token while it is before its renewal point, else a new
     /// one from `fetch`; the cached one if that fails and it has not
-    /// expired.
+    /// expired. After a failure, the slot is held off for a backoff (see
+    /// the module docs).
     async fn get<F, Fut>(&self, key: Key, cap: Option<u64>, fetch: F) -> Result<String, ClientError>
     where
         F: Fn() -> Fut,
@@ -511,26 +606,32 @@ impl TokenSource {
     {
         let slot = self.slot(key);
         let now = self.clock.now();
-        let cached = slot.cached();
-        if let Some(c) = &cached {
-            // Before the renewal point, or the cluster asked us to wait.
-            if now < c.exp && (now < c.renew_at || slot.held_off()) {
-                return Ok(c.token.clone());
+        let valid = slot.cached().filter(|c| now < c.exp);
+        match &valid {
+            // Before the renewal point, or held off after a failure.
+            Some(c) if now < c.renew_at || slot.held_off() => return Ok(c.token.clone()),
+            // Nothing to hand out and the last attempt failed moments ago:
+            // its answer, rather than the same request again.
+            None if slot.held_off() => {
+                if let Some(e) = slot.last_failure() {
+                    return Err(e);
+                }
             }
+            _ => {}
         }
         let seen = slot.finished.load(std::sync::atomic::Ordering::Acquire);
-        let _renewing = match &cached {
+        let _renewing = match &valid {
             // Someone is renewing and this token is still good: use it.
-            Some(c) if now < c.exp => match slot.renewing.try_lock() {
+            Some(c) => match slot.renewing.try_lock() {
                 Ok(guard) => guard,
                 Err(_) => return Ok(c.token.clone()),
             },
-            _ => slot.renewing.lock().await,
+            None => slot.renewing.lock().await,
         };
-        // Renewed while we waited?
+        // Renewed, or failed and held off, while we waited?
         let now = self.clock.now();
         if let Some(c) = slot.cached() {
-            if now < c.renew_at && now < c.exp {
+            if now < c.exp && (now < c.renew_at || slot.held_off()) {
                 return Ok(c.token.clone());
             }
         }
@@ -543,6 +644,17 @@ impl TokenSource {
                     Ok(resp) => self.accept(resp, cap),
                     Err(e) => Err(e),
                 };
+                match &r {
+                    Ok(_) => slot.hold().succeeded(),
+                    Err(e) => {
+                        let now = self.clock.now();
+                        let left = slot
+                            .cached()
+                            .filter(|c| now < c.exp)
+                            .map(|c| Duration::from_secs(c.exp - now));
+                        slot.hold().failed(retry_hint(e), left);
+                    }
+                }
                 slot.finish(r.as_ref().err());
                 r
             }
@@ -566,8 +678,9 @@ impl TokenSource {
 
     /// Calls `fetch`, following the cluster's retry hints (see the module
     /// docs): with a valid token cached, a hint only defers the next
-    /// renewal; without one, the call waits for it while the waits fit in
-    /// `max_retry_wait`, at most [`MAX_ATTEMPTS`] attempts.
+    /// renewal (through the slot's hold, set by the caller); without one,
+    /// the call waits for it while the waits fit in `max_retry_wait`, at
+    /// most [`MAX_ATTEMPTS`] attempts.
     async fn fetch_with_hints<F, Fut>(
         &self,
         slot: &Slot,
@@ -577,8 +690,6 @@ impl TokenSource {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<pb::TokenResponse, ClientError>>,
     {
-        // Past the hint, or an earlier caller waited it out: clear it.
-        *slot.retry_at() = None;
         let mut waited = Duration::ZERO;
         let mut attempt = 1;
         loop {
@@ -590,11 +701,7 @@ impl TokenSource {
                 return Err(e);
             };
             let valid = slot.cached().is_some_and(|c| self.clock.now() < c.exp);
-            if valid {
-                *slot.retry_at() = Some(tokio::time::Instant::now() + hint);
-                return Err(e);
-            }
-            if attempt >= MAX_ATTEMPTS || waited + hint > self.max_retry_wait {
+            if valid || attempt >= MAX_ATTEMPTS || waited + hint > self.max_retry_wait {
                 return Err(e);
             }
             tracing::debug!(wait_ms = hint.as_millis() as u64, error = %e, "retrying after the cluster's hint");
@@ -612,7 +719,8 @@ impl TokenSource {
             ClientError::BadResponse("the issued token's claims are unreadable".into())
         })?;
         let exp = cap.map_or(times.exp, |cap| cap.min(times.exp));
-        if exp <= self.clock.now() {
+        let now = self.clock.now();
+        if exp <= now {
             return Err(ClientError::BadResponse(
                 "the issued token has already expired (are the clocks apart?)".into(),
             ));
@@ -622,8 +730,12 @@ impl TokenSource {
         } else {
             times.jti
         };
+        let renew_at = self
+            .renewal
+            .renew_at(times.iat, exp, unit_random())
+            .max(earliest_renewal(now, exp));
         Ok(Cached {
-            renew_at: self.renewal.renew_at(times.iat, exp, unit_random()),
+            renew_at,
             token: resp.access_token,
             jti,
             exp,

@@ -298,7 +298,190 @@ async fn waiters_each_resent_the_request_that_just_failed() {
     }
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
     assert_eq!(start.elapsed(), Duration::from_secs(1));
-    // A call after that failure is a new attempt.
+    // A call within the hold that follows (the 5 s hint) shares it too.
+    let e = g().await.unwrap_err();
+    assert_eq!(e.code(), Some(tonic::Code::ResourceExhausted));
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // A call after it is a new attempt.
+    tokio::time::advance(Duration::from_secs(5)).await;
     let _ = g().await;
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+/// What a node answers when policy refuses: no retry hint.
+fn denied() -> ClientError {
+    ClientError::status("n1:1", &tonic::Status::permission_denied("policy: issue"))
+}
+
+/// A token response valid from `iat` to `exp`.
+fn issued_at(jti: &str, iat: u64, exp: u64) -> pb::TokenResponse {
+    let payload = B64.encode(format!(r#"{{"iat":{iat},"exp":{exp},"jti":"{jti}"}}"#));
+    pb::TokenResponse {
+        access_token: format!("h.{payload}.s"),
+        jti: jti.into(),
+        ..Default::default()
+    }
+}
+
+/// A failed renewal was remembered only when it carried a retry hint:
+/// between the renewal point and `exp`, a fast refusal without one cost the
+/// cluster one request per caller request.
+#[tokio::test(start_paused = true)]
+async fn a_renewal_refused_without_a_hint_was_resent_on_every_call() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let f = unreachable();
+    f.source.seed("a", &["s"], cached("t1", T0 + 100, T0 + 80));
+    f.clock.advance(85);
+    let calls = std::sync::atomic::AtomicUsize::new(0);
+    let fetch = || async {
+        calls.fetch_add(1, SeqCst);
+        Err::<pb::TokenResponse, _>(denied())
+    };
+    for _ in 0..3 {
+        assert_eq!(f.source.get(own("a"), None, fetch).await.unwrap(), "t1");
+    }
+    assert_eq!(calls.load(SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_renewal_backoff_doubles_is_capped_and_resets_on_success() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let f = unreachable();
+    f.source.seed("a", &["s"], cached("t1", T0 + 100, T0 + 80));
+    f.clock.advance(80);
+    let calls = std::sync::atomic::AtomicUsize::new(0);
+    let ok = std::sync::atomic::AtomicBool::new(false);
+    let fetch = || async {
+        calls.fetch_add(1, SeqCst);
+        if ok.load(SeqCst) {
+            Ok(issued_at("j2", T0 + 80, T0 + 1000))
+        } else {
+            Err(denied())
+        }
+    };
+    let get = || f.source.get(own("a"), None, fetch);
+    let step = |ms: u64| tokio::time::advance(Duration::from_millis(ms));
+    // 1 s, then 2 s, then 4 s.
+    assert_eq!(get().await.unwrap(), "t1");
+    step(999).await;
+    get().await.unwrap();
+    assert_eq!(calls.load(SeqCst), 1);
+    step(1).await;
+    get().await.unwrap();
+    assert_eq!(calls.load(SeqCst), 2);
+    step(1_999).await;
+    get().await.unwrap();
+    assert_eq!(calls.load(SeqCst), 2);
+    step(1).await;
+    get().await.unwrap();
+    assert_eq!(calls.load(SeqCst), 3);
+    // A quarter of the time left caps it: 2 s left, 0.5 s.
+    f.clock.advance(18);
+    step(4_000).await;
+    get().await.unwrap();
+    assert_eq!(calls.load(SeqCst), 4);
+    step(499).await;
+    get().await.unwrap();
+    assert_eq!(calls.load(SeqCst), 4);
+    step(1).await;
+    ok.store(true, SeqCst);
+    let renewed = get().await.unwrap();
+    assert_ne!(renewed, "t1");
+    assert_eq!(calls.load(SeqCst), 5);
+    // Reset by the success: past the new token's renewal point (900 s
+    // left) the next failure holds off for 1 s again, not 16.
+    ok.store(false, SeqCst);
+    f.clock.advance(850);
+    assert_eq!(get().await.unwrap(), renewed);
+    assert_eq!(calls.load(SeqCst), 6);
+    step(1_000).await;
+    assert_eq!(get().await.unwrap(), renewed);
+    assert_eq!(calls.load(SeqCst), 7);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_renewal_backoff_never_reaches_the_tokens_expiry() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let f = unreachable();
+    f.source.seed("a", &["s"], cached("t1", T0 + 100, T0 + 80));
+    f.clock.advance(96);
+    let calls = std::sync::atomic::AtomicUsize::new(0);
+    let fetch = || async {
+        calls.fetch_add(1, SeqCst);
+        Err::<pb::TokenResponse, _>(rate_limited(30_000))
+    };
+    // A 30 s hint with 4 s left: held off until expiry, no further.
+    assert_eq!(f.source.get(own("a"), None, fetch).await.unwrap(), "t1");
+    tokio::time::advance(Duration::from_millis(3_999)).await;
+    assert_eq!(f.source.get(own("a"), None, fetch).await.unwrap(), "t1");
+    assert_eq!(calls.load(SeqCst), 1);
+    tokio::time::advance(Duration::from_millis(1)).await;
+    f.clock.advance(4);
+    let e = f.source.get(own("a"), None, fetch).await.unwrap_err();
+    assert_eq!(e.code(), Some(tonic::Code::ResourceExhausted));
+    assert_eq!(calls.load(SeqCst), 2);
+}
+
+/// Without a valid token, a caller during the hold gets the failed
+/// attempt's error at once: no request, no wait.
+#[tokio::test(start_paused = true)]
+async fn without_a_token_the_last_error_is_returned_during_the_backoff() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let f = unreachable();
+    let calls = std::sync::atomic::AtomicUsize::new(0);
+    let fetch = || async {
+        calls.fetch_add(1, SeqCst);
+        Err::<pb::TokenResponse, _>(denied())
+    };
+    let start = tokio::time::Instant::now();
+    for _ in 0..3 {
+        let e = f.source.get(own("a"), None, fetch).await.unwrap_err();
+        assert_eq!(e.code(), Some(tonic::Code::PermissionDenied), "{e}");
+    }
+    assert_eq!(calls.load(SeqCst), 1);
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let e = f.source.get(own("a"), None, fetch).await.unwrap_err();
+    assert_eq!(e.code(), Some(tonic::Code::PermissionDenied), "{e}");
+    assert_eq!(calls.load(SeqCst), 2);
+}
+
+/// A renewal point at or before the token's receipt (`Before` at least the
+/// lifetime, or a local clock ahead of the cluster's) renewed on every
+/// call, even though every renewal succeeded.
+#[tokio::test(start_paused = true)]
+async fn a_renewal_point_before_receipt_renewed_on_every_call() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let pki = TestPki::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let mut cfg = TokenSourceConfig::new(vec!["127.0.0.1:1".into()], pki.client("frontend"));
+    cfg.clock = clock.clone();
+    cfg.renewal = Renewal::Before {
+        before: Duration::from_secs(200),
+        jitter: Duration::ZERO,
+    };
+    let source = TokenSource::new(cfg).unwrap();
+    let calls = std::sync::atomic::AtomicUsize::new(0);
+    let fetch = || async {
+        let n = calls.fetch_add(1, SeqCst);
+        Ok(issued_at(&format!("j{n}"), T0, T0 + 100))
+    };
+    let first = source.get(own("a"), None, fetch).await.unwrap();
+    assert_eq!(source.get(own("a"), None, fetch).await.unwrap(), first);
+    assert_eq!(calls.load(SeqCst), 1);
+    // A tenth of the lifetime after receipt, it is renewed.
+    clock.advance(10);
+    assert_ne!(source.get(own("a"), None, fetch).await.unwrap(), first);
+    assert_eq!(calls.load(SeqCst), 2);
+}
+
+#[test]
+fn a_renewal_point_is_some_time_after_receipt() {
+    let f = unreachable();
+    // The local clock 95 s ahead of the cluster's: 5 s of the token left.
+    f.clock.advance(95);
+    let c = f.source.accept(issued_at("j", T0, T0 + 100), None).unwrap();
+    assert_eq!(c.renew_at, T0 + 96);
+    assert_eq!(earliest_renewal(T0, T0 + 100), T0 + 10);
+    assert_eq!(earliest_renewal(T0, T0 + 1), T0 + 1);
 }

@@ -58,9 +58,9 @@ use tessera_token::{
 /// revocation set while it ran (see [`Verifier::verify`]).
 const VERIFY_ATTEMPTS: usize = 3;
 
-/// A fetched key set and the cache's [`RevocationCache::snapshots_applied`]
-/// when its fetch started, read together: keys older than the last
-/// replacing snapshot are not used.
+/// A fetched key set and the cache's count of complete sets taken (its
+/// first sync and each replacing snapshot) when its fetch started, read
+/// together: keys older than the last set are not used.
 #[derive(Clone)]
 struct Keys {
     set: Arc<KeySet>,
@@ -280,7 +280,8 @@ pub struct Verifier {
     /// that miss a `kid` at the same time wait for the one fetch rather than
     /// start their own.
     refreshed: tokio::sync::Mutex<Option<Instant>>,
-    /// The snapshot count the last snapshot-driven fetch was for.
+    /// The set count ([`Self::epoch`]) the last snapshot-driven fetch was
+    /// for.
     epoch_tried: std::sync::atomic::AtomicU64,
     cache: Option<RevocationCache>,
     /// Runs between the signature and the revocation check (tests use it to
@@ -384,7 +385,7 @@ impl Verifier {
         Err(VerifyError::Keys(ClientError::NoKeys))
     }
 
-    /// One verification; also returns the snapshot count the keys used were
+    /// One verification; also returns the set count the keys used were
     /// fetched at, for [`verify`](Self::verify) to compare with the cache's
     /// after the revocation check.
     async fn verify_once(
@@ -480,11 +481,13 @@ impl Verifier {
             .clone()
     }
 
-    /// The cache's snapshot count (0 without a cache).
+    /// The cache's count of complete sets taken (0 without a cache). The
+    /// first sync counts: keys fetched before it (by
+    /// [`refresh_keys`](Self::refresh_keys) at start-up) are fetched again
+    /// once it lands, as the first snapshot may come from a cluster
+    /// restored since and without their signing keys.
     fn epoch(&self) -> u64 {
-        self.cache
-            .as_ref()
-            .map_or(0, RevocationCache::snapshots_applied)
+        self.cache.as_ref().map_or(0, RevocationCache::sets_applied)
     }
 
     async fn keys(&self) -> Result<Keys, VerifyError> {
@@ -518,17 +521,19 @@ impl Verifier {
         self.fresh_until().is_some_and(|t| Instant::now() >= t)
     }
 
-    /// Whether the current keys were fetched before the cache's latest
-    /// replacing snapshot.
+    /// Whether the current keys were fetched before the cache's first sync
+    /// or its latest replacing snapshot.
     fn keys_behind(&self) -> bool {
         self.current_keys().is_some_and(|k| k.epoch != self.epoch())
     }
 
-    /// Fetches the JWKS after a replacing snapshot. The first attempt for
-    /// a snapshot goes out whatever the refresh interval (a resubscription
-    /// after a node restart is ordinary, and must not refuse valid tokens
-    /// for the rest of an interval); later ones, after a failure, wait for
-    /// the interval. One fetch at a time: concurrent callers wait for it.
+    /// Fetches the JWKS after the first sync or a replacing snapshot. The
+    /// first attempt for a set goes out whatever the refresh interval (a
+    /// resubscription after a node restart is ordinary, and must not refuse
+    /// valid tokens for the rest of an interval; nor must keys fetched at
+    /// start-up, just before the first sync); later ones, after a failure,
+    /// wait for the interval. One fetch at a time: concurrent callers wait
+    /// for it.
     async fn refresh_for_snapshot(&self) -> Result<(), VerifyError> {
         let mut last = self.refreshed.lock().await;
         // A snapshot landing during a fetch gets an attempt of its own;
@@ -608,7 +613,7 @@ impl Verifier {
         Ok(n)
     }
 
-    /// [`install_at`](Self::install_at) the cache's current snapshot count.
+    /// [`install_at`](Self::install_at) the cache's current set count.
     #[cfg(test)]
     fn install(&self, set: KeySet, max_age_seconds: u64) {
         self.install_at(set, max_age_seconds, self.epoch());
@@ -616,13 +621,17 @@ impl Verifier {
 
     /// Makes `set` the current key set, fresh for `max_age_seconds` (0: no
     /// max-age), bounded below by the refresh interval and above by
-    /// [`MAX_JWKS_AGE`]; it was fetched when the cache's snapshot count was
-    /// `epoch`.
+    /// [`MAX_JWKS_AGE`]; it was fetched when the cache's set count was
+    /// `epoch`. A refresh interval too long to add to now (a configured
+    /// `Duration::MAX`) means the set never ages out: it is then refreshed
+    /// on unknown `kid`s only, as without a max-age.
     fn install_at(&self, set: KeySet, max_age_seconds: u64, epoch: u64) {
-        let fresh = (max_age_seconds > 0).then(|| {
-            let age = Duration::from_secs(max_age_seconds.min(MAX_JWKS_AGE.as_secs()));
-            Instant::now() + age.max(self.min_refresh)
-        });
+        let fresh = (max_age_seconds > 0)
+            .then(|| {
+                let age = Duration::from_secs(max_age_seconds.min(MAX_JWKS_AGE.as_secs()));
+                Instant::now().checked_add(age.max(self.min_refresh))
+            })
+            .flatten();
         *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Some(Keys {
             set: Arc::new(set),
             epoch,

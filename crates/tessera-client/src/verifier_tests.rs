@@ -216,7 +216,8 @@ async fn revocation_rules_use_the_cache() {
         v.verify(&token, Some(cert)).await,
         Err(VerifyError::NotSynced)
     ));
-    cache.apply_for_tests(snapshot(6, vec![]));
+    // The first sync: keys from after it (those set before it are not used).
+    replace(&f, &v, &cache, snapshot(6, vec![]));
     assert_eq!(v.verify(&token, Some(cert)).await.unwrap().revision, 6);
 
     // An ancestor.
@@ -292,7 +293,7 @@ async fn never_synced_cache_said_not_revoked() {
         v.verify(&token, CERT).await,
         Err(VerifyError::NotSynced)
     ));
-    cache.apply_for_tests(snapshot(3, vec![]));
+    replace(&f, &v, &cache, snapshot(3, vec![]));
     assert!(v.verify(&token, CERT).await.is_ok());
     // Unbounded staleness was asked for explicitly.
     cache.make_stale_for_tests(Duration::from_secs(3600));
@@ -311,7 +312,7 @@ async fn staleness_was_unbounded_by_default() {
         v.verify(&token, CERT).await,
         Err(VerifyError::NotSynced)
     ));
-    cache.apply_for_tests(snapshot(3, vec![]));
+    replace(&f, &v, &cache, snapshot(3, vec![]));
     assert!(v.verify(&token, CERT).await.is_ok());
     // Revoked wins over stale: it is certain.
     replace(
@@ -504,6 +505,55 @@ async fn a_restore_revived_a_token_revoked_after_the_backup_at_the_resource_serv
     );
 }
 
+/// Keys were dated by the count of replacing snapshots, which the first
+/// sync does not move: keys fetched before it (`refresh_keys` at start-up)
+/// stayed in use after it, for their whole max-age, even when the first
+/// snapshot came from a cluster restored since, which no longer signs with
+/// them.
+#[tokio::test]
+async fn keys_fetched_before_the_first_sync_were_never_checked_against_it() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let f = fixture();
+    let cache = RevocationCache::detached(f.clock.clone());
+    let v = Verifier::new(f.config(), cache.clone()).unwrap();
+    v.install(KeySet::new([f.key.verifying_key()]), 600);
+    let token = f.key.sign(&claims()).unwrap();
+    cache.apply_for_tests(snapshot(1, vec![]));
+    let r = v.verify(&token, CERT).await;
+    assert!(
+        matches!(r, Err(VerifyError::Keys(_))),
+        "keys from before the first sync were used: {:?}",
+        r.map(|t| t.claims.jti)
+    );
+    assert_eq!(v.fetches.load(Relaxed), 1, "the JWKS was fetched again");
+    // Keys fetched after it serve; one more snapshot makes them old again.
+    v.set_keys(KeySet::new([f.key.verifying_key()]));
+    assert!(v.verify(&token, CERT).await.is_ok());
+    cache.apply_for_tests(snapshot(2, vec![]));
+    assert!(matches!(
+        v.verify(&token, CERT).await,
+        Err(VerifyError::Keys(_))
+    ));
+    assert_eq!(v.fetches.load(Relaxed), 2);
+}
+
+/// `Instant::now() + interval` panicked installing keys with a max-age when
+/// the refresh interval was too large to add (`Duration::MAX`).
+#[tokio::test]
+async fn a_refresh_interval_too_large_to_add_panicked_the_key_install() {
+    let f = fixture();
+    let mut cfg = f.config();
+    cfg.jwks_refresh_min_interval = Duration::MAX;
+    let cache = RevocationCache::detached(f.clock.clone());
+    cache.apply_for_tests(snapshot(1, vec![]));
+    let v = Verifier::new(cfg, cache).unwrap();
+    v.install(KeySet::new([f.key.verifying_key()]), 60);
+    // Never ages out: refreshed on unknown `kid`s only.
+    assert_eq!(*v.fresh_until(), None);
+    let token = f.key.sign(&claims()).unwrap();
+    assert!(v.verify(&token, CERT).await.is_ok());
+}
+
 /// A snapshot replacing the revocation set between a token's signature
 /// check and its revocation check paired the keys fetched before it with
 /// the revocations after it: after a restore, a token revoked after the
@@ -550,9 +600,8 @@ async fn an_unreadable_revocation_let_the_tokens_it_revoked_pass() {
     cfg.danger_accept_unbounded_staleness()
         .danger_skip_certificate_binding();
     let v = Verifier::new(cfg, cache.clone()).unwrap();
-    v.set_keys(KeySet::new([f.key.verifying_key()]));
     let token = f.key.sign(&claims()).unwrap();
-    cache.apply_for_tests(snapshot(3, vec![]));
+    replace(&f, &v, &cache, snapshot(3, vec![]));
     assert!(v.verify(&token, CERT).await.is_ok());
     let unknown = tessera_proto::WatchEvent {
         revision: 4,
@@ -588,9 +637,8 @@ async fn an_unreadable_revocation_landing_mid_verification_let_the_token_pass() 
     cfg.danger_accept_unbounded_staleness()
         .danger_skip_certificate_binding();
     let v = Verifier::new(cfg, cache.clone()).unwrap();
-    v.set_keys(KeySet::new([f.key.verifying_key()]));
     let token = f.key.sign(&claims()).unwrap();
-    cache.apply_for_tests(snapshot(3, vec![]));
+    replace(&f, &v, &cache, snapshot(3, vec![]));
     let landing = cache.clone();
     *v.race.lock().unwrap() = Some(Box::new(move || {
         let _ = landing.try_apply_for_tests(tessera_proto::WatchEvent {

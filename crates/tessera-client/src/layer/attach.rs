@@ -12,7 +12,9 @@
 //! When no token can be had, the request is not sent: the call fails with a
 //! `tonic::Status` (boxed, so that a tonic client reports it as the call's
 //! status) carrying the cluster's code (`PERMISSION_DENIED` when policy
-//! refuses, `UNAVAILABLE` when the cluster is unreachable).
+//! refuses, `UNAVAILABLE` when the cluster is unreachable) and its retry
+//! hint (`x-tessera-retry-after-ms`) when it gave one, so that a caller
+//! that honours hints sees the cluster's.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -170,10 +172,19 @@ pub struct TokenService<S> {
 /// The status a caller sees when no token could be had for `audience`.
 fn refused(audience: &str, e: &ClientError) -> tonic::Status {
     let msg = format!("no token for {audience}: {e}");
-    match e.code() {
+    let mut status = match e.code() {
         Some(code) if !crate::error::is_failover(code) => tonic::Status::new(code, msg),
         _ => tonic::Status::unavailable(msg),
+    };
+    if let Some(hint) = e.retry_after() {
+        // Digits always make a valid value; the check only keeps a panic out.
+        if let Ok(value) = hint.as_millis().to_string().parse() {
+            status
+                .metadata_mut()
+                .insert(tessera_proto::RETRY_AFTER_METADATA, value);
+        }
     }
+    status
 }
 
 impl<S, B> Service<Request<B>> for TokenService<S>
@@ -270,6 +281,46 @@ mod tests {
             refused("a", &ClientError::NoEndpoints).code(),
             tonic::Code::Unavailable
         );
+    }
+
+    /// The cluster's retry hint was dropped from the status: a caller that
+    /// honours hints retried at once into the rate limit that refused it.
+    #[test]
+    fn a_refusal_dropped_the_clusters_retry_hint() {
+        let hint = |s: &tonic::Status| {
+            s.metadata()
+                .get(tessera_proto::RETRY_AFTER_METADATA)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let limited = ClientError::Status {
+            endpoint: "n".into(),
+            code: tonic::Code::ResourceExhausted,
+            message: "rate limit".into(),
+            retry_after: Some(std::time::Duration::from_millis(1_500)),
+        };
+        let s = refused("a", &limited);
+        assert_eq!(s.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(hint(&s).as_deref(), Some("1500"));
+        // As a tonic client reads it back.
+        assert_eq!(
+            ClientError::status("a", &s).retry_after(),
+            Some(std::time::Duration::from_millis(1_500))
+        );
+        let busy = ClientError::Status {
+            endpoint: "n".into(),
+            code: tonic::Code::Unavailable,
+            message: "overloaded".into(),
+            retry_after: Some(std::time::Duration::from_millis(200)),
+        };
+        assert_eq!(hint(&refused("a", &busy)).as_deref(), Some("200"));
+        let denied = ClientError::Status {
+            endpoint: "n".into(),
+            code: tonic::Code::PermissionDenied,
+            message: "policy".into(),
+            retry_after: None,
+        };
+        assert_eq!(hint(&refused("a", &denied)), None);
     }
 
     /// An unreachable cluster: the request is never sent and the caller

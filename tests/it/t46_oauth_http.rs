@@ -485,6 +485,42 @@ async fn a_rate_limited_caller_was_made_to_send_its_whole_body_first() {
     panic!("never refused before its body arrived: {statuses:?}");
 }
 
+/// A request still unanswered at the request timeout (here: its body never
+/// all arrived) was answered 503 without the `Retry-After: 1` every other
+/// 503 of the endpoints carries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_timeout_was_a_503_without_retry_after() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let c = TestCluster::start_with(1, |cfg| {
+        cfg.http.request_timeout = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let addr: SocketAddr = c.node(1).http_addr().expect("HTTPS listener");
+    let files = c.files("frontend");
+    let mut s = tls_connect(addr, client_tls(&files.ca, Some(&files), b"http/1.1")).await;
+    let head = format!(
+        "POST /oauth2/token HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\ngrant_type"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.flush().await.unwrap();
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !reply.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .expect("a reply within the bound")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        reply.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&reply).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 503 "), "{text}");
+    assert!(text.contains("\r\nretry-after: 1\r\n"), "{text}");
+    c.stop().await;
+}
+
 /// Interoperability (issue 12, item 4): `tests/interop/oauth_interop.py`
 /// drives the endpoints with Authlib's `OAuth2Session` and verifies the
 /// tokens with joserfc against the JWKS fetched over HTTPS. Needs

@@ -330,11 +330,11 @@ async fn serve_conn(
             match tokio::time::timeout(timeout, app.call(req)).await {
                 Ok(Ok(resp)) => Ok(resp),
                 Ok(Err(never)) => match never {},
-                Err(_) => Ok(error_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "temporarily_unavailable",
-                    "request timed out",
-                )),
+                // As every 503 of the table: with `Retry-After` (it had
+                // none, found by review).
+                Err(_) => Ok(api_error_response(&ApiError::DeadlineExceeded(
+                    "request timed out".into(),
+                ))),
             }
         }
     });

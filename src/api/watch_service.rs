@@ -266,6 +266,7 @@ impl WatchApi {
             stop: self.stop.clone(),
             live: watch.live,
             start,
+            replay_until: watch.replay_until,
             last: from,
             tick,
             ready_before: true,
@@ -367,6 +368,8 @@ struct Pump {
     stop: watch::Receiver<bool>,
     live: broadcast::Receiver<FeedItem>,
     start: Start,
+    /// Where the start's replay ends and `live` takes over.
+    replay_until: u64,
     /// The last revision this subscriber has: it resumes from here.
     last: u64,
     tick: tokio::time::Interval,
@@ -424,11 +427,12 @@ impl Pump {
                     } else {
                         (1, usize::MAX)
                     };
-                    match self
-                        .shared
-                        .state
-                        .watch_after(self.last, events, revocations)
-                    {
+                    match self.shared.state.watch_after(
+                        self.last,
+                        self.replay_until,
+                        events,
+                        revocations,
+                    ) {
                         Ok(g) if g.is_empty() => self.start = Start::Live,
                         Ok(g) => return self.events_msg(g).map(Ok),
                         Err(left) => {
@@ -452,6 +456,20 @@ impl Pump {
                     sent,
                 } => {
                     let revision = *revision;
+                    // The events between the snapshot and the start are
+                    // replayed from the window after it: once they have
+                    // left it, sending the rest of the snapshot is wasted
+                    // (the subscriber would resume with another).
+                    if revision < self.replay_until
+                        && self.shared.state.watch_window_start() > revision
+                    {
+                        self.start = Start::Live;
+                        self.shared.metrics.watch_cut("slow");
+                        return Some(self.end(
+                            tonic::Code::Aborted,
+                            "subscriber too slow to keep up: the events after its snapshot left this node's window",
+                        ));
+                    }
                     let Some(revocations) = held.get() else {
                         self.start = Start::Live;
                         self.shared.metrics.watch_cut("snapshot_deadline");

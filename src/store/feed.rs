@@ -178,6 +178,12 @@ pub struct LeftWindow {
 pub struct Watch {
     /// Replay or snapshot.
     pub start: WatchStart,
+    /// The state's revision when the watcher started: the replay (or the
+    /// events after the snapshot) ends here, and everything after it comes
+    /// on `live`. Without this end a replay that kept pace with new events
+    /// would chase the newest one for ever, through the window instead of
+    /// the live feed, unchecked (found by review).
+    pub replay_until: u64,
     /// Live items after the start.
     pub live: broadcast::Receiver<FeedItem>,
 }
@@ -261,37 +267,57 @@ impl Feed {
     /// starting from 0 copied the whole state (~56 MB at 1M revocations)
     /// under the state's read lock, and a node whose subscribers all
     /// reconnected at once held one copy per subscriber.
+    ///
+    /// The state's read lock keeps [`Feed::push`] and [`Feed::reset`] out
+    /// for the whole call, so a new copy is made outside the feed's own
+    /// mutex: replaying watchers take that mutex for every message, and a
+    /// copy of a million revocations under it would stall them all.
     pub(crate) fn watch(&self, state: &State, from_revision: u64) -> Watch {
-        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let live = self.tx.subscribe();
-        let start = if from_revision > 0 && from_revision >= inner.window_start {
-            WatchStart::Replay
-        } else {
+        let replay_until = state.revision();
+        let (live, shared) = {
+            let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            let live = self.tx.subscribe();
+            if from_revision > 0 && from_revision >= inner.window_start {
+                return Watch {
+                    start: WatchStart::Replay,
+                    replay_until,
+                    live,
+                };
+            }
             let shared = inner
                 .snapshot
                 .as_ref()
                 .filter(|(revision, _)| *revision >= inner.window_start)
                 .and_then(|(revision, copy)| Some((*revision, copy.upgrade()?)));
-            let (revision, revocations) = shared.unwrap_or_else(|| {
-                let copy = Arc::new(state.revocations());
-                inner.snapshot = Some((state.revision(), Arc::downgrade(&copy)));
-                (state.revision(), copy)
-            });
-            WatchStart::Snapshot {
+            (live, shared)
+        };
+        let (revision, revocations) = shared.unwrap_or_else(|| {
+            let copy = Arc::new(state.revocations());
+            self.inner
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .snapshot = Some((replay_until, Arc::downgrade(&copy)));
+            (replay_until, copy)
+        });
+        Watch {
+            start: WatchStart::Snapshot {
                 revision,
                 revocations,
-            }
-        };
-        Watch { start, live }
+            },
+            replay_until,
+            live,
+        }
     }
 
-    /// The events after `revision`, oldest first: at most `max_events`,
-    /// and after the first, no more than `max_revocations` revocations in
-    /// all (one message's worth). Empty once `revision` is the newest.
+    /// The events after `revision` and up to `until`, oldest first: at
+    /// most `max_events`, and after the first, no more than
+    /// `max_revocations` revocations in all (one message's worth). Empty
+    /// once `revision` has reached `until` (or the newest event).
     /// [`LeftWindow`] if some of them have left the window.
     pub(crate) fn after(
         &self,
         revision: u64,
+        until: u64,
         max_events: usize,
         max_revocations: usize,
     ) -> Result<Vec<Arc<FeedEvent>>, LeftWindow> {
@@ -305,6 +331,9 @@ impl Feed {
         let mut out = Vec::new();
         let mut revocations = 0;
         for e in inner.ring.range(first..) {
+            if e.revision > until {
+                break;
+            }
             let n = e.revocations.len();
             if !out.is_empty() && (out.len() >= max_events || revocations + n > max_revocations) {
                 break;
@@ -390,7 +419,7 @@ mod tests {
         let mut out = Vec::new();
         let mut last = revision;
         loop {
-            let evs = feed.after(last, 2, 3)?;
+            let evs = feed.after(last, u64::MAX, 2, 3)?;
             let Some(e) = evs.last() else {
                 return Ok(out);
             };
@@ -462,10 +491,15 @@ mod tests {
         feed.push(vec![batch(1, 5), batch(2, 1), batch(3, 1), batch(4, 1)]);
         let revs = |v: Vec<Arc<FeedEvent>>| v.iter().map(|e| e.revision).collect::<Vec<_>>();
         // A first event above the revocation bound still goes, alone.
-        assert_eq!(revs(feed.after(0, 10, 2).unwrap()), vec![1]);
-        assert_eq!(revs(feed.after(1, 10, 2).unwrap()), vec![2, 3]);
-        assert_eq!(revs(feed.after(1, 1, 100).unwrap()), vec![2]);
-        assert_eq!(revs(feed.after(4, 10, 10).unwrap()), Vec::<u64>::new());
+        let all = u64::MAX;
+        assert_eq!(revs(feed.after(0, all, 10, 2).unwrap()), vec![1]);
+        assert_eq!(revs(feed.after(1, all, 10, 2).unwrap()), vec![2, 3]);
+        assert_eq!(revs(feed.after(1, all, 1, 100).unwrap()), vec![2]);
+        assert_eq!(revs(feed.after(4, all, 10, 10).unwrap()), Vec::<u64>::new());
+        // Never past `until`: what came after the watcher started is on
+        // its live feed.
+        assert_eq!(revs(feed.after(1, 3, 10, 100).unwrap()), vec![2, 3]);
+        assert_eq!(revs(feed.after(3, 3, 10, 100).unwrap()), Vec::<u64>::new());
     }
 
     #[test]
@@ -605,7 +639,9 @@ mod tests {
                         let mut out = Vec::new();
                         let mut last = r;
                         loop {
-                            let evs = feed.after(last, 1 + (last % 3) as usize, 4).unwrap();
+                            let evs = feed
+                                .after(last, w.replay_until, 1 + (last % 3) as usize, 4)
+                                .unwrap();
                             let Some(e) = evs.last() else { return out };
                             last = e.revision;
                             out.extend(evs.iter().map(|e| (e.revision, e.revocations.len())));

@@ -62,16 +62,18 @@ impl StateView {
         self.feed.watch(&st, from_revision)
     }
 
-    /// The events after `revision` a watcher sends next, one message's
-    /// worth (see [`Feed::after`]); [`LeftWindow`](super::LeftWindow) if
+    /// The events after `revision` (up to `until`) a watcher sends next,
+    /// one message's worth (see [`Feed::after`]); [`LeftWindow`](super::LeftWindow) if
     /// some have left the retained window.
     pub fn watch_after(
         &self,
         revision: u64,
+        until: u64,
         max_events: usize,
         max_revocations: usize,
     ) -> Result<Vec<Arc<super::FeedEvent>>, super::LeftWindow> {
-        self.feed.after(revision, max_events, max_revocations)
+        self.feed
+            .after(revision, until, max_events, max_revocations)
     }
 
     /// The oldest cursor a watcher can resume from without a snapshot.

@@ -5,8 +5,11 @@
 //!
 //! Each subscriber has a bounded buffer: the live feed keeps
 //! [`WatchSettings::live_buffer`] events for it, and its HTTP/2 stream
-//! holds at most one message beyond its flow-control window (the response
-//! body reads the feed itself, only when the stream has room). One that
+//! holds at most what tonic's encoder gathers at once (32 KiB) beyond its
+//! flow-control window (the response body reads the feed itself, only when
+//! the stream has room). Its replay is read from the node's window a
+//! message at a time as it is sent, up to the revision the node had when
+//! it subscribed, never copied ahead ([`crate::store::WatchStart`]). One that
 //! cannot keep up is ended with `ABORTED` and the revision to resume from
 //! (message and `x-tessera-resume-from` metadata); the feed never waits for
 //! it, so the others are not slowed. A snapshot it is being sent (a copy

@@ -5,9 +5,9 @@
 //!
 //! Each subscriber has a bounded buffer: the live feed keeps
 //! [`WatchSettings::live_buffer`] events for it, and its HTTP/2 stream
-//! holds at most what tonic's encoder gathers at once (32 KiB) beyond its
-//! flow-control window (the response body reads the feed itself, only when
-//! the stream has room). Its replay is read from the node's window a
+//! holds at most what tonic's encoder gathers at once (32 KiB) and hyper's
+//! per-stream send buffer (400 KiB) beyond its flow-control window (the
+//! response body reads the feed itself, only when the stream has room). Its replay is read from the node's window a
 //! message at a time as it is sent, up to the revision the node had when
 //! it subscribed, never copied ahead ([`crate::store::WatchStart`]). One that
 //! cannot keep up is ended with `ABORTED` and the revision to resume from

@@ -279,19 +279,19 @@ async fn a_snapshot_shared_with_an_earlier_subscriber_is_followed_by_every_later
 /// resumable exactly after what it received, and resumes with a snapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_replay_held_a_copy_of_every_event_after_its_cursor() {
-    // A window of 600 revocations of 100-byte jtis: its replay (about
-    // 60 KiB of messages) is more than what the stalled subscriber's 4 KiB
-    // stream window and the gRPC encoder's 32 KiB buffer take in.
-    let c = TestCluster::start_with(1, |cfg| cfg.watch_window = 600).await;
-    let long = format!("old-{}", "x".repeat(90));
-    let old = revoke_burst(&c, &long, 700, 16, &[1]).await;
+    // A window of 2,000 revocations of 460-byte jtis: its replay (about
+    // 920 KB of messages) is twice what a stalled stream can take in (its
+    // 4 KiB window, the gRPC encoder's 32 KiB, hyper's 400 KiB send buffer).
+    let c = TestCluster::start_with(1, |cfg| cfg.watch_window = 2_000).await;
+    let long = format!("old-{}", "x".repeat(450));
+    let old = revoke_burst(&c, &long, 2_400, 16, &[1]).await;
     assert!(old.failed.is_empty());
     // A cursor inside the window (0 would ask for a snapshot).
     let cursor = c.node(1).state().watch_window_start();
     assert!(cursor > 0);
     let mut stuck = watch_with(small_window_channel(&c, 1).await, cursor).await;
     // The window moves past every old event while it reads nothing.
-    let new = revoke_burst(&c, "new", 700, 16, &[1]).await;
+    let new = revoke_burst(&c, "new", 2_400, 16, &[1]).await;
     assert!(new.failed.is_empty());
     assert!(
         c.node(1).state().watch_window_start() > old.acked.iter().map(|(_, r)| *r).max().unwrap()

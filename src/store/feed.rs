@@ -373,6 +373,19 @@ mod tests {
         )
     }
 
+    /// An event at `revision` carrying `n` revocations.
+    fn batch(revision: u64, n: usize) -> RevocationEvent {
+        RevocationEvent {
+            revision,
+            revocations: (0..n)
+                .map(|i| Revocation::Jti {
+                    jti: format!("j{revision}-{i}"),
+                    until: 1,
+                })
+                .collect(),
+        }
+    }
+
     fn ev(revision: u64, jti: &str) -> RevocationEvent {
         RevocationEvent {
             revision,
@@ -389,15 +402,6 @@ mod tests {
     #[test]
     fn the_window_bounds_revocations_not_only_events() {
         let feed = feed(10, 4);
-        let batch = |revision, n| RevocationEvent {
-            revision,
-            revocations: (0..n)
-                .map(|i| Revocation::Jti {
-                    jti: format!("j{revision}-{i}"),
-                    until: 1,
-                })
-                .collect(),
-        };
         feed.push(vec![batch(11, 2), batch(12, 2)]);
         assert_eq!(feed.window_start(), 10);
         feed.push(vec![batch(13, 1)]);
@@ -479,15 +483,6 @@ mod tests {
     #[test]
     fn after_reads_one_message_worth() {
         let feed = feed(0, 100);
-        let batch = |revision: u64, n: usize| RevocationEvent {
-            revision,
-            revocations: (0..n)
-                .map(|i| Revocation::Jti {
-                    jti: format!("j{revision}-{i}"),
-                    until: 1,
-                })
-                .collect(),
-        };
         feed.push(vec![batch(1, 5), batch(2, 1), batch(3, 1), batch(4, 1)]);
         let revs = |v: Vec<Arc<FeedEvent>>| v.iter().map(|e| e.revision).collect::<Vec<_>>();
         // A first event above the revocation bound still goes, alone.

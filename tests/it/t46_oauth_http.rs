@@ -430,71 +430,11 @@ async fn oauth_http_shares_the_grpc_rate_limit() {
     c.stop().await;
 }
 
-/// The OAuth handlers read the whole body before charging the rate limit:
-/// a caller over its limit that sent headers and then trickled (or held
-/// back) its body kept a request and its connection waiting until the
-/// request timeout, instead of being told `slow_down` at once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rate_limited_caller_was_made_to_send_its_whole_body_first() {
+/// As `frontend`, announces a 1,000-byte form to `/oauth2/token`, sends
+/// ten bytes of it and returns the head of the reply (status line and
+/// headers), read within the suite's bound.
+async fn post_a_trickled_body(c: &TestCluster) -> String {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let c = TestCluster::start_with(1, |cfg| {
-        cfg.limits.rate.apply("issue=1/1").unwrap();
-        // Bounds each attempt whose bucket refilled in between (a slow
-        // machine): that request waits for its body until this timeout.
-        cfg.http.request_timeout = std::time::Duration::from_secs(3);
-    })
-    .await;
-    let addr: SocketAddr = c.node(1).http_addr().expect("HTTPS listener");
-    let files = c.files("frontend");
-    let mut frontend = c.tokens("frontend").await;
-    let mut statuses = Vec::new();
-    for _ in 0..5 {
-        // Spend the bucket (one token, refilled once a second)...
-        let _ = frontend
-            .issue_token(issue_req("orders", &["orders:write"]))
-            .await;
-        // ...then announce a 1,000-byte form and send ten bytes of it.
-        let mut s = tls_connect(addr, client_tls(&files.ca, Some(&files), b"http/1.1")).await;
-        let head = format!(
-            "POST /oauth2/token HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\ngrant_type"
-        );
-        s.write_all(head.as_bytes()).await.unwrap();
-        s.flush().await.unwrap();
-        let mut reply = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !reply.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = tokio::time::timeout(WAIT, s.read(&mut buf))
-                .await
-                .expect("a reply within the bound")
-                .unwrap_or(0);
-            if n == 0 {
-                break;
-            }
-            reply.extend_from_slice(&buf[..n]);
-        }
-        let status_line = String::from_utf8_lossy(&reply)
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        if status_line.contains(" 429 ") {
-            return c.stop().await;
-        }
-        statuses.push(status_line);
-    }
-    panic!("never refused before its body arrived: {statuses:?}");
-}
-
-/// A request still unanswered at the request timeout (here: its body never
-/// all arrived) was answered 503 without the `Retry-After: 1` every other
-/// 503 of the endpoints carries.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_timeout_was_a_503_without_retry_after() {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let c = TestCluster::start_with(1, |cfg| {
-        cfg.http.request_timeout = std::time::Duration::from_secs(1);
-    })
-    .await;
     let addr: SocketAddr = c.node(1).http_addr().expect("HTTPS listener");
     let files = c.files("frontend");
     let mut s = tls_connect(addr, client_tls(&files.ca, Some(&files), b"http/1.1")).await;
@@ -515,7 +455,54 @@ async fn a_request_timeout_was_a_503_without_retry_after() {
         }
         reply.extend_from_slice(&buf[..n]);
     }
-    let text = String::from_utf8_lossy(&reply).to_ascii_lowercase();
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+/// The OAuth handlers read the whole body before charging the rate limit:
+/// a caller over its limit that sent headers and then trickled (or held
+/// back) its body kept a request and its connection waiting until the
+/// request timeout, instead of being told `slow_down` at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_caller_was_made_to_send_its_whole_body_first() {
+    let c = TestCluster::start_with(1, |cfg| {
+        cfg.limits.rate.apply("issue=1/1").unwrap();
+        // Bounds each attempt whose bucket refilled in between (a slow
+        // machine): that request waits for its body until this timeout.
+        cfg.http.request_timeout = std::time::Duration::from_secs(3);
+    })
+    .await;
+    let mut frontend = c.tokens("frontend").await;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        // Spend the bucket (one token, refilled once a second)...
+        let _ = frontend
+            .issue_token(issue_req("orders", &["orders:write"]))
+            .await;
+        // ...then announce a 1,000-byte form and send ten bytes of it.
+        let status_line = post_a_trickled_body(&c)
+            .await
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        if status_line.contains(" 429 ") {
+            return c.stop().await;
+        }
+        statuses.push(status_line);
+    }
+    panic!("never refused before its body arrived: {statuses:?}");
+}
+
+/// A request still unanswered at the request timeout (here: its body never
+/// all arrived) was answered 503 without the `Retry-After: 1` every other
+/// 503 of the endpoints carries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_timeout_was_a_503_without_retry_after() {
+    let c = TestCluster::start_with(1, |cfg| {
+        cfg.http.request_timeout = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let text = post_a_trickled_body(&c).await.to_ascii_lowercase();
     assert!(text.starts_with("http/1.1 503 "), "{text}");
     assert!(text.contains("\r\nretry-after: 1\r\n"), "{text}");
     c.stop().await;

@@ -13,6 +13,17 @@ use crate::cluster::*;
 
 type Stream = tonic::Streaming<pb::WatchEvent>;
 
+/// The revision a resumable end says to resume from.
+fn resume_from(end: &tonic::Status) -> u64 {
+    end.metadata()
+        .get(tessera::api::RESUME_METADATA)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 async fn watch_on(c: &TestCluster, i: u64, from: u64) -> Stream {
     let ch = c.channel_as(i, &c.files("ledger")).await;
     watch_with(ch, from).await
@@ -310,14 +321,7 @@ async fn a_stalled_replay_held_a_copy_of_every_event_after_its_cursor() {
         "what was already on its way, all from the replay"
     );
     seen.assert_ordered();
-    let resume: u64 = end
-        .metadata()
-        .get(tessera::api::RESUME_METADATA)
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let resume = resume_from(&end);
     assert_eq!(resume, seen.last_revision(), "resume exactly after it");
     // From there: a snapshot (the cursor left the window) with the rest.
     let mut s = watch_on(&c, 1, resume).await;
@@ -454,14 +458,7 @@ async fn a_slow_subscriber_is_cut_off_while_a_hundred_others_get_everything() {
         None => read_until(&mut slow, &mut seen, |_| false).await.unwrap(),
     };
     assert_eq!(end.code(), Code::Aborted, "{end:?}");
-    let resume: u64 = end
-        .metadata()
-        .get(tessera::api::RESUME_METADATA)
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let resume = resume_from(&end);
     assert_eq!(
         resume,
         seen.last_revision(),

@@ -43,6 +43,17 @@ impl Fixture {
         c
     }
 
+    /// A verifier with the fixture's key over `cache`, with every check
+    /// that can be relaxed relaxed: unbounded staleness, no binding.
+    pub(crate) fn relaxed_verifier(&self, cache: &RevocationCache) -> Verifier {
+        let mut cfg = self.config();
+        cfg.danger_accept_unbounded_staleness()
+            .danger_skip_certificate_binding();
+        let v = Verifier::new(cfg, cache.clone()).unwrap();
+        v.set_keys(KeySet::new([self.key.verifying_key()]));
+        v
+    }
+
     /// A verifier with the fixture's key; without a cache given, one
     /// that has synced (an empty snapshot).
     pub(crate) fn verifier(&self, cache: Option<RevocationCache>) -> Verifier {
@@ -283,11 +294,7 @@ async fn never_synced_cache_said_not_revoked() {
     let f = fixture();
     let cache = RevocationCache::detached(f.clock.clone());
     // Even with every other check relaxed.
-    let mut cfg = f.config();
-    cfg.danger_accept_unbounded_staleness()
-        .danger_skip_certificate_binding();
-    let v = Verifier::new(cfg, cache.clone()).unwrap();
-    v.set_keys(KeySet::new([f.key.verifying_key()]));
+    let v = f.relaxed_verifier(&cache);
     let token = f.key.sign(&claims()).unwrap();
     assert!(matches!(
         v.verify(&token, CERT).await,
@@ -596,10 +603,7 @@ async fn a_snapshot_between_the_signature_and_the_revocation_check_paired_old_ke
 async fn an_unreadable_revocation_let_the_tokens_it_revoked_pass() {
     let f = fixture();
     let cache = RevocationCache::detached(f.clock.clone());
-    let mut cfg = f.config();
-    cfg.danger_accept_unbounded_staleness()
-        .danger_skip_certificate_binding();
-    let v = Verifier::new(cfg, cache.clone()).unwrap();
+    let v = f.relaxed_verifier(&cache);
     let token = f.key.sign(&claims()).unwrap();
     replace(&f, &v, &cache, snapshot(3, vec![]));
     assert!(v.verify(&token, CERT).await.is_ok());
@@ -633,10 +637,7 @@ async fn an_unreadable_revocation_let_the_tokens_it_revoked_pass() {
 async fn an_unreadable_revocation_landing_mid_verification_let_the_token_pass() {
     let f = fixture();
     let cache = RevocationCache::detached(f.clock.clone());
-    let mut cfg = f.config();
-    cfg.danger_accept_unbounded_staleness()
-        .danger_skip_certificate_binding();
-    let v = Verifier::new(cfg, cache.clone()).unwrap();
+    let v = f.relaxed_verifier(&cache);
     let token = f.key.sign(&claims()).unwrap();
     replace(&f, &v, &cache, snapshot(3, vec![]));
     let landing = cache.clone();
